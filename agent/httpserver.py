@@ -1,0 +1,404 @@
+"""The HTTP/1.1 server under the proxy and P2P ports: h11 on trio, nothing registry-specific.
+
+Theory of operation: one task (and nursery) per connection runs request cycles. A cycle reads
+a request head under a deadline (idle timeout before the first byte, read timeout after it),
+hands a `Request` to the application, and writes the `Response` it returns. A streamed body
+that raises is cut off: the connection closes without completing the message, so the client
+sees a short body rather than a complete one with wrong bytes. Draining (SIGTERM) stops
+accepting, closes idle connections, and gives requests in flight a bounded grace period.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from itertools import count
+
+import h11
+import trio
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES = 32 * 1024
+MAX_REQUEST_BODY = 64 * 1024  # pull-only API: bodies are never expected, only discarded
+RECEIVE_SIZE = 64 * 1024
+TLS_HANDSHAKE_BYTE = 0x16
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Request:
+    """A request head as the application sees it; repeated headers stay separate lines."""
+
+    method: str
+    target: str
+    headers: Headers
+    client: tuple[str, int]
+    conn_id: int
+    tls: bool
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header (names compared case-insensitively)."""
+        key = name.lower().encode()
+        for k, v in self.headers:
+            if k == key:
+                return v.decode("latin-1")
+        return None
+
+    def header_lines(self, name: str) -> list[bytes]:
+        """Every value of a header, one per line, in order."""
+        key = name.lower().encode()
+        return [v for k, v in self.headers if k == key]
+
+    @property
+    def client_is_loopback(self) -> bool:
+        try:
+            addr = ipaddress.ip_address(self.client[0].split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return addr.is_loopback
+
+
+Body = bytes | AsyncIterator[bytes]
+
+
+@dataclass(kw_only=True)
+class Response:
+    """What the application answers; a streamed body must match its Content-Length."""
+
+    status: int
+    headers: Headers = field(default_factory=list)
+    body: Body = b""
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+ErrorResponder = Callable[[int, str], Response]
+
+
+class CutShort(Exception):
+    """A streamed body stopped early on purpose; the connection must close mid-message."""
+
+
+def plain_error(status: int, message: str) -> Response:
+    body = (message + "\n").encode()
+    return Response(
+        status=status,
+        headers=[
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        body=body,
+    )
+
+
+@dataclass(kw_only=True)
+class ServerSettings:
+    read_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    max_header_bytes: int = MAX_HEADER_BYTES
+    server_name: bytes = b"pollen"
+
+
+class HttpServer:
+    """Serves one application over any number of listeners until drained."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        settings: ServerSettings,
+        *,
+        name: str,
+        on_protocol_error: ErrorResponder = plain_error,
+    ) -> None:
+        self._handler = handler
+        self._settings = settings
+        self._name = name
+        self._error_response = on_protocol_error
+        self._conn_ids = count(1)
+        self._draining = False
+        self._active_requests = 0
+        self._idle_scopes: set[trio.CancelScope] = set()
+        self._accept_scope: trio.CancelScope | None = None
+        self._quiet = trio.Event()
+        self._quiet.set()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def statistics(self) -> dict[str, int | bool]:
+        return {"active_requests": self._active_requests, "draining": self._draining}
+
+    async def serve(
+        self,
+        listeners: list[trio.abc.Listener[trio.abc.Stream]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept connections until `drain` is called; returns when every connection ended."""
+        async with trio.open_nursery() as connections:
+            with trio.CancelScope() as accept_scope:
+                self._accept_scope = accept_scope
+                async with trio.open_nursery() as acceptors:
+                    for listener in listeners:
+                        acceptors.start_soon(self._accept_loop, listener, connections)
+                    task_status.started()
+            for listener in listeners:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+
+    async def _accept_loop(
+        self, listener: trio.abc.Listener[trio.abc.Stream], nursery: trio.Nursery
+    ) -> None:
+        # Accepting runs under the accept scope (cancelled by drain); connections run in the
+        # outer nursery so drain can let them finish.
+        while True:
+            try:
+                stream = await listener.accept()
+            except (OSError, trio.BrokenResourceError) as exc:
+                log.warning("%s: accept failed: %s", self._name, exc)
+                await trio.sleep(0.05)
+                continue
+            nursery.start_soon(self._serve_connection, stream)
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, close idle connections, wait up to `grace` for requests in flight."""
+        self._draining = True
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        for scope in list(self._idle_scopes):
+            scope.cancel()
+        with trio.move_on_after(grace) as waited:
+            await self._quiet.wait()
+        if waited.cancelled_caught:
+            log.warning(
+                "%s: %d requests still in flight after %.1fs grace; closing them",
+                self._name,
+                self._active_requests,
+                grace,
+            )
+
+    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
+        conn_id = next(self._conn_ids)
+        client = _peer_address(stream)
+        tls = isinstance(stream, trio.SSLStream)
+        conn = _Connection(stream, self._settings, conn_id)
+        try:
+            await self._run_cycles(conn, client, tls)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError) as exc:
+            log.debug("conn %d: peer went away: %s", conn_id, exc)
+        except ssl.SSLError as exc:
+            log.debug("conn %d: TLS error: %s", conn_id, exc)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await conn.close()
+
+    async def _run_cycles(self, conn: _Connection, client: tuple[str, int], tls: bool) -> None:
+        while not self._draining:
+            idle_scope = trio.CancelScope()
+            self._idle_scopes.add(idle_scope)
+            try:
+                with idle_scope:
+                    event = await conn.next_request()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                log.info("conn %d: bad request (%s): %s", conn.conn_id, status, exc)
+                if conn.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    message = "request header too large" if status == 431 else f"bad request: {exc}"
+                    await conn.send_response(self._error_response(status, message), head_only=False)
+                return
+            finally:
+                self._idle_scopes.discard(idle_scope)
+            if event is None:  # clean close, idle timeout, TLS on a plain port, or drain
+                return
+            request = Request(
+                method=event.method.decode("ascii", "replace"),
+                target=event.target.decode("latin-1"),
+                headers=[(k.lower(), v) for k, v in event.headers],
+                client=client,
+                conn_id=conn.conn_id,
+                tls=tls,
+            )
+            self._active_requests += 1
+            self._quiet = trio.Event() if self._quiet.is_set() else self._quiet
+            try:
+                keep = await self._one_cycle(conn, request)
+            finally:
+                self._active_requests -= 1
+                if self._active_requests == 0:
+                    self._quiet.set()
+            if not keep:
+                return
+
+    async def _one_cycle(self, conn: _Connection, request: Request) -> bool:
+        await conn.discard_body()
+        try:
+            response = await self._handler(request)
+        except Exception:
+            log.exception(
+                "conn %d: handler failed for %s %s", conn.conn_id, request.method, request.target
+            )
+            response = self._error_response(500, "internal error")
+        head_only = request.method == "HEAD"
+        completed = await conn.send_response(response, head_only=head_only)
+        if not completed:
+            return False
+        if conn.h11.our_state is h11.MUST_CLOSE or conn.h11.their_state is h11.MUST_CLOSE:
+            return False
+        try:
+            conn.h11.start_next_cycle()
+        except h11.LocalProtocolError:
+            return False
+        return True
+
+
+def _peer_address(stream: trio.abc.Stream) -> tuple[str, int]:
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    sock = getattr(inner, "socket", None)
+    if sock is None:
+        return ("", 0)
+    try:
+        addr = sock.getpeername()
+    except OSError:
+        return ("", 0)
+    return (str(addr[0]), int(addr[1]))
+
+
+class _Connection:
+    """h11 state plus the stream: the dozen-line adapter of h11's trio example."""
+
+    def __init__(self, stream: trio.abc.Stream, settings: ServerSettings, conn_id: int) -> None:
+        self.stream = stream
+        self.settings = settings
+        self.conn_id = conn_id
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_bytes)
+        self._first_bytes = True
+        self._send_lock = trio.Lock()
+
+    async def _receive_into_h11(self, timeout: float) -> bool:
+        with trio.move_on_after(timeout):
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            if self._first_bytes and data:
+                self._first_bytes = False
+                if data[0] == TLS_HANDSHAKE_BYTE and not isinstance(self.stream, trio.SSLStream):
+                    # skopeo with insecure=true tries TLS first on a plain port: close cleanly.
+                    log.debug("conn %d: TLS handshake on a plain-HTTP port; closing", self.conn_id)
+                    return False
+            self.h11.receive_data(data)
+            return True
+        return False
+
+    async def next_request(self) -> h11.Request | None:
+        """The next request head, or None when the peer closed or timed out."""
+        waited_bytes = bool(self.h11.trailing_data[0])
+        while True:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:
+                timeout = self.settings.read_timeout if waited_bytes else self.settings.idle_timeout
+                if self.h11.their_state is h11.DONE or not await self._receive_into_h11(timeout):
+                    return None
+                waited_bytes = True
+                continue
+            if isinstance(event, h11.Request):
+                # h11 bounds only heads that arrive in pieces; one that arrived whole in a
+                # single read is measured here, so the limit holds however it was sent.
+                size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                if size > self.settings.max_header_bytes:
+                    raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+                return event
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            # Data/EndOfMessage of a previous cycle cannot appear here; anything else is noise.
+            return None
+
+    async def discard_body(self) -> None:
+        """Read and drop a request body (GET/HEAD bodies are meaningless), bounded in size."""
+        received = 0
+        while True:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:
+                if not await self._receive_into_h11(self.settings.read_timeout):
+                    return
+                continue
+            if isinstance(event, h11.Data):
+                received += len(event.data)
+                if received > MAX_REQUEST_BODY:
+                    raise h11.RemoteProtocolError("request body too large", error_status_hint=413)
+                continue
+            return
+
+    async def _send(self, event: h11.Event) -> None:
+        # Passthrough keeps a multi-MiB Data payload as the caller's buffer instead of joining
+        # it into a fresh bytes object: one copy less per chunk served.
+        pieces = self.h11.send_with_data_passthrough(event)
+        try:
+            for piece in pieces or ():
+                if piece:
+                    await self.stream.send_all(piece)
+        except BaseException:
+            self.h11.send_failed()
+            raise
+
+    async def send_response(self, response: Response, *, head_only: bool) -> bool:
+        """Send a response; False when a streamed body was cut short (connection must close)."""
+        headers = [(b"server", self.settings.server_name), *response.headers]
+        body = response.body
+        try:
+            await self._send(h11.Response(status_code=response.status, headers=headers))
+            if head_only:
+                await self._send(h11.EndOfMessage())
+                return True
+            if isinstance(body, bytes):
+                if body:
+                    await self._send(h11.Data(data=body))
+            else:
+                async for piece in body:
+                    if piece:
+                        await self._send(h11.Data(data=piece))
+            await self._send(h11.EndOfMessage())
+            return True
+        except h11.LocalProtocolError as exc:
+            log.error("conn %d: response does not match its framing: %s", self.conn_id, exc)
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any body failure must cut the message short
+            log.warning("conn %d: response cut short: %s", self.conn_id, exc)
+            return False
+        finally:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
+
+    async def close(self) -> None:
+        try:
+            await self.stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+async def open_listeners(
+    host: str, port: int, ssl_context: ssl.SSLContext | None
+) -> list[trio.abc.Listener[trio.abc.Stream]]:
+    """Bind the port; an empty host, 0.0.0.0 or :: means every address on IPv4 and IPv6."""
+    bind_host: str | None = None if host in ("", "0.0.0.0", "::") else host
+    tcp = await trio.open_tcp_listeners(port, host=bind_host)
+    if ssl_context is None:
+        return list(tcp)
+    return [trio.SSLListener(t, ssl_context, https_compatible=True) for t in tcp]
+
+
+def listener_port(listeners: list[trio.abc.Listener[trio.abc.Stream]]) -> int:
+    """The bound port (for port 0 in tests)."""
+    first = listeners[0]
+    if isinstance(first, trio.SSLListener):
+        first = first.transport_listener
+    assert isinstance(first, trio.SocketListener)
+    return int(first.socket.getsockname()[1])

@@ -1,0 +1,594 @@
+"""Layer downloads: one per layer at a time (single flight), shared by every reader.
+
+Theory of operation. `LayerFetcher` owns a nursery; each `LayerDownload` runs in it under a
+CapacityLimiter (``proxyConcurrencyLimit``) and a nursery of its own. A download asks the
+upstream for the layer, learns its size, and then either
+
+- **cache mode**: writes each chunk into the cache as it completes; readers wait for chunk
+  *i*, read it back from the cache and send it, so any number of readers share one fetch and
+  memory stays at one chunk per reader; or
+- **stream mode** (the layer cannot be admitted: bigger than the cache, or the cache is full of
+  layers being read): passes chunks to the readers that joined before the body started, through
+  bounded memory channels; a later reader starts a download of its own.
+
+Every byte is hashed on the way in. The last bytes of any response wait until the whole layer
+matched its digest; a mismatch drops the layer and cuts every response short, so no client ever
+completes a download of wrong bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+
+import trio
+
+from agent.cache import CacheEntry, ChunkCache, ChunkCorrupt
+from agent.chunks import ChunkLayout
+from agent.config import Upstream
+from agent.errors import RegistryError
+from agent.httpclient import ClientResponse, HttpClientError
+from agent.routes import Digest
+from agent.upstream import RegistryClient, UpstreamUnavailable, backoff_delay
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[bytes, bytes]]
+STREAM_CHANNEL_CHUNKS = 1
+HOT_CHUNKS = 2  # chunks already on disk kept in memory for readers close behind
+WRITES_IN_FLIGHT = 2  # chunk writes overlapping the network receive, per layer
+# Upstream statuses passed to the client as they are (with these headers): the client must see
+# the registry's own answer to its credentials or its request.
+PASSTHROUGH_HEADERS = (b"www-authenticate", b"retry-after", b"docker-distribution-api-version")
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+class LayerFailed(Exception):
+    """The download failed after responses started; readers must cut their responses short."""
+
+
+class LayerCorrupt(LayerFailed):
+    """The upstream's bytes did not match the layer's digest."""
+
+
+@dataclass(kw_only=True)
+class DownloadProgress:
+    """What `pollen status` and the per-layer summary show about a download."""
+
+    digest: str
+    upstream: str
+    size: int | None = None
+    received: int = 0
+    mode: str = "starting"
+    started_at: float = 0.0
+    readers: int = 0
+
+
+async def passthrough_error(response: ClientResponse, what: str) -> RegistryError:
+    """Turn an upstream's non-success answer into the same answer for our client."""
+    try:
+        body = await response.read_all(ERROR_BODY_LIMIT)
+    except HttpClientError:
+        body = b""
+    headers = [(k, v) for k, v in response.headers if k in PASSTHROUGH_HEADERS]
+    err = RegistryError(
+        response.status,
+        {401: "UNAUTHORIZED", 403: "DENIED", 404: "BLOB_UNKNOWN", 429: "TOOMANYREQUESTS"}.get(
+            response.status, "UNKNOWN"
+        ),
+        f"upstream answered {response.status} for {what}",
+        headers=headers,
+    )
+    err.upstream_body = body  # type: ignore[attr-defined]
+    return err
+
+
+class LayerDownload:
+    """One layer being fetched from its upstream; readers attach to it."""
+
+    def __init__(
+        self,
+        *,
+        digest: Digest,
+        upstream: Upstream,
+        repo: str,
+        headers: Headers,
+        cache: ChunkCache,
+        registry: RegistryClient,
+        retries: int,
+    ) -> None:
+        self.digest = digest
+        self.upstream = upstream
+        self.repo = repo
+        self._headers = headers
+        self._cache = cache
+        self._registry = registry
+        self._retries = retries
+        self.started = trio.Event()  # size known (or failed before any byte)
+        self.finished = trio.Event()
+        self.error: BaseException | None = None
+        self.layout: ChunkLayout | None = None
+        self.entry: CacheEntry | None = None
+        self.stream_mode = False
+        self.verified = False
+        self._changed = trio.Event()
+        self._subscribers: list[trio.MemorySendChannel[bytearray | None]] = []
+        self._hot: OrderedDict[int, bytearray] = OrderedDict()
+        self._unwritten: set[int] = set()  # in memory, write to disk in progress
+        self._write_slots = trio.Semaphore(WRITES_IN_FLIGHT)
+        self._nursery: trio.Nursery | None = None
+        self.progress = DownloadProgress(
+            digest=str(digest), upstream=upstream.key, started_at=trio.current_time()
+        )
+
+    @property
+    def joinable(self) -> bool:
+        """A new reader may attach (stream mode only before the body starts)."""
+        return self.error is None and not (self.started.is_set() and self.stream_mode)
+
+    # -- readers ----------------------------------------------------------------------------
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[bytearray | None] | None:
+        """Register a reader before the body starts, in case this becomes a stream download."""
+        if self.started.is_set():
+            return None
+        send, receive = trio.open_memory_channel[bytearray | None](STREAM_CHANNEL_CHUNKS)
+        self._subscribers.append(send)
+        return receive
+
+    async def wait_chunk(self, index: int) -> None:
+        """Wait until chunk `index` can be read: in memory or on disk."""
+        while True:
+            assert self.entry is not None
+            if index in self._hot or self.entry.has_chunk(index):
+                return
+            if self.error is not None:
+                raise LayerFailed(str(self.error)) from self.error
+            await self._changed.wait()
+
+    async def wait_verified(self) -> None:
+        while not self.verified:
+            if self.error is not None:
+                raise LayerFailed(str(self.error)) from self.error
+            await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # -- the download ---------------------------------------------------------------------
+
+    async def run(self, limiter: trio.CapacityLimiter) -> None:
+        try:
+            async with limiter:
+                # A nursery per layer: chunk writes run here beside the receive (and the
+                # swarm's parallel chunk fetches will too). It closes when every write ended.
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await self._download()
+                await self._finish()
+        except (RegistryError, LayerFailed, HttpClientError, OSError) as exc:
+            self._fail(exc)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        finally:
+            for send in self._subscribers:
+                send.close()
+            if self.entry is not None:
+                self._cache.unpin(self.entry)
+            self.started.set()
+            self.finished.set()
+            self._notify()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        log.warning("layer %s from %s failed: %s", self.digest, self.upstream.key, exc)
+        if self.entry is not None:
+            self._cache.drop(self.entry)
+
+    def _begin(self, size: int) -> None:
+        self.layout = ChunkLayout(size=size, chunk_size=self._cache.chunk_size)
+        self.progress.size = size
+        self.entry = self._cache.admit(str(self.digest), size)
+        if self.entry is None:
+            self.stream_mode = True
+            self.progress.mode = "stream"
+            log.info(
+                "layer %s (%d bytes) does not fit the cache; streaming to %d reader(s)",
+                self.digest,
+                size,
+                len(self._subscribers),
+            )
+        else:
+            self.progress.mode = "cache"
+            for send in self._subscribers:
+                send.close()
+            self._subscribers.clear()
+        self.started.set()
+
+    async def _download(self) -> None:
+        path = f"/v2/{self.repo}/blobs/{self.digest}"
+        hasher = hashlib.new(self.digest.algorithm)
+        offset = 0
+        chunk_index = 0
+        chunk = bytearray()
+        filled = 0
+        failures = 0
+        while True:
+            headers = list(self._headers)
+            if offset:
+                headers.append((b"range", f"bytes={offset}-".encode()))
+            try:
+                async with self._registry.open(
+                    "GET", self.upstream, path, headers, follow_redirects=True
+                ) as response:
+                    skip = await self._check_response(response, offset, path)
+                    if skip:
+                        await _discard(response, skip)
+                    layout = self.layout
+                    assert layout is not None
+                    while offset < layout.size:
+                        if filled == len(chunk):
+                            # A fresh buffer per chunk: emitted chunks are shared, never reused.
+                            chunk = bytearray(layout.length(chunk_index))
+                            filled = 0
+                        view = memoryview(chunk)[filled:]
+                        n = await response.receive_into(view)
+                        if n == 0:
+                            raise HttpClientError(f"body ended at {offset} of {layout.size}")
+                        hasher.update(view[:n])
+                        filled += n
+                        offset += n
+                        self.progress.received = offset
+                        if filled == len(chunk) and chunk_index < layout.count - 1:
+                            await self._emit(chunk_index, chunk)
+                            chunk_index += 1
+                break
+            except HttpClientError as exc:
+                if self.layout is None:
+                    raise UpstreamUnavailable(f"layer {self.digest}: {exc}") from exc
+                failures += 1
+                if failures >= self._retries:
+                    raise LayerFailed(
+                        f"layer {self.digest}: body failed {failures} times: {exc}"
+                    ) from exc
+                log.info("layer %s: body broke at %d (%s); resuming", self.digest, offset, exc)
+                await trio.sleep(backoff_delay(failures - 1, None))
+        assert self.layout is not None
+        if hasher.hexdigest() != self.digest.hex:
+            raise LayerCorrupt(
+                f"layer {self.digest}: upstream bytes hash to "
+                f"{self.digest.algorithm}:{hasher.hexdigest()}"
+            )
+        # The last chunk was held back until the digest matched.
+        if self.layout.count:
+            await self._emit(self.layout.count - 1, chunk)
+
+    async def _check_response(self, response: ClientResponse, offset: int, path: str) -> int:
+        """Validate a (possibly resumed) response; returns how many leading bytes to skip."""
+        if offset == 0:
+            if response.status != 200:
+                raise await passthrough_error(response, path)
+            size = response.content_length
+            if size is None:
+                raise UpstreamUnavailable(f"upstream sent {path} without a Content-Length")
+            self._begin(size)
+            return 0
+        if response.status == 206:
+            content_range = response.header("content-range") or ""
+            if not content_range.startswith(f"bytes {offset}-"):
+                raise LayerFailed(f"resume of {self.digest} got Content-Range {content_range!r}")
+            return 0
+        if response.status == 200:
+            return offset
+        raise LayerFailed(f"resume of {self.digest} answered {response.status}")
+
+    async def _emit(self, index: int, data: bytearray) -> None:
+        if self.stream_mode:
+            alive = []
+            for send in self._subscribers:
+                try:
+                    await send.send(data)
+                    alive.append(send)
+                except trio.BrokenResourceError:
+                    pass
+            self._subscribers = alive
+            if not alive:
+                raise LayerFailed("every reader of a streamed layer went away")
+            return
+        assert self.entry is not None and self._nursery is not None
+        # The chunk is readable from memory at once; its write overlaps the next receive.
+        await self._write_slots.acquire()
+        self._hot[index] = data
+        self._unwritten.add(index)
+        self._nursery.start_soon(self._write_chunk, index, data)
+        self._notify()
+
+    async def _write_chunk(self, index: int, data: bytearray) -> None:
+        assert self.entry is not None
+        try:
+            await self._cache.write_chunk(self.entry, index, data)
+        finally:
+            self._write_slots.release()
+        self._unwritten.discard(index)
+        # Keep only the newest chunks in memory, and never one that is not on disk yet.
+        written = [i for i in self._hot if i not in self._unwritten]
+        for old in written[: max(0, len(written) - HOT_CHUNKS)]:
+            del self._hot[old]
+        self._notify()
+
+    def hot_chunk(self, index: int) -> bytearray | None:
+        return self._hot.get(index)
+
+    async def _finish(self) -> None:
+        if self.stream_mode:
+            for send in self._subscribers:
+                try:
+                    await send.send(None)  # end marker: the layer matched its digest
+                except trio.BrokenResourceError:
+                    pass
+        else:
+            assert self.entry is not None
+            self._cache.commit(self.entry)
+        self.verified = True
+        self.progress.mode = "done"
+        elapsed = trio.current_time() - self.progress.started_at
+        log.info(
+            "layer %s: %d bytes from %s in %.2fs (%s)",
+            self.digest,
+            self.progress.received,
+            self.upstream.key,
+            elapsed,
+            "streamed" if self.stream_mode else "cached",
+        )
+        self._notify()
+
+
+class BlobSource:
+    """What a reader holds: a layer's size and its bytes, from the cache or a download."""
+
+    size: int
+
+    async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        raise NotImplementedError
+        yield b""  # pragma: no cover
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class CachedBlob(BlobSource):
+    """A verified layer in the cache. A chunk that fails its check on the way out is never
+    sent: the layer is dropped and the rest of the response comes from a fresh download."""
+
+    def __init__(
+        self,
+        cache: ChunkCache,
+        entry: CacheEntry,
+        refetch: Callable[[], Awaitable[BlobSource]],
+    ) -> None:
+        self.cache = cache
+        self.entry = entry
+        self.size = entry.size
+        self._refetch = refetch
+        self._replacement: BlobSource | None = None
+        self._closed = False
+
+    async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        layout = self.entry.layout
+        position = start
+        for index in layout.covering(start, end):
+            try:
+                data = await self.cache.read_chunk(self.entry, index)
+            except ChunkCorrupt as exc:
+                log.warning("%s; fetching the layer again from byte %d", exc, position)
+                self._replacement = await self._refetch()
+                async with aclosing(self._replacement.read(position, end)) as rest:
+                    async for piece in rest:
+                        yield piece
+                return
+            piece = _slice(data, layout.offset(index), start, end)
+            position += len(piece)
+            yield piece
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.cache.unpin(self.entry)
+            if self._replacement is not None:
+                self._replacement.close()
+
+
+class DownloadReader(BlobSource):
+    def __init__(
+        self,
+        download: LayerDownload,
+        cache: ChunkCache,
+        channel: trio.MemoryReceiveChannel[bytearray | None] | None,
+    ) -> None:
+        assert download.layout is not None
+        self.download = download
+        self.cache = cache
+        self.size = download.layout.size
+        self._channel = channel
+        self._entry = download.entry
+        if self._entry is not None:
+            cache.pin(self._entry)
+        download.progress.readers += 1
+        self._closed = False
+
+    async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        if self.download.stream_mode:
+            async for piece in self._read_stream(start, end):
+                yield piece
+            return
+        layout = self.download.layout
+        entry = self._entry
+        assert layout is not None and entry is not None
+        indexes = layout.covering(start, end)
+        if not indexes:
+            await self.download.wait_verified()
+        for index in indexes:
+            await self.download.wait_chunk(index)
+            if index == indexes[-1]:
+                await self.download.wait_verified()
+            data = self.download.hot_chunk(index)
+            if data is None:
+                data = await self.cache.read_chunk(entry, index)
+            yield _slice(data, layout.offset(index), start, end)
+
+    async def _read_stream(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        # Consume every chunk (the download must not stall on us) and hold the last piece
+        # of our range until the end marker says the layer matched its digest.
+        assert self._channel is not None
+        offset = 0
+        held: memoryview | None = None
+        async with self._channel:
+            async for data in self._channel:
+                if data is None:
+                    if held:
+                        yield held
+                    return
+                piece = (
+                    _slice(data, offset, start, end)
+                    if offset < end and offset + len(data) > start
+                    else b""
+                )
+                offset += len(data)
+                if piece:
+                    if held:
+                        yield held
+                    held = piece
+        raise LayerFailed(f"layer {self.download.digest} failed: {self.download.error}")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.download.progress.readers -= 1
+        if self._channel is not None:
+            self._channel.close()
+        if self._entry is not None:
+            self.cache.unpin(self._entry)
+
+
+def _slice(data: bytes | bytearray, data_offset: int, start: int, end: int) -> memoryview:
+    """The part of `data` (which starts at `data_offset` in the layer) inside [start, end)."""
+    lo = max(start - data_offset, 0)
+    hi = min(end - data_offset, len(data))
+    return memoryview(data)[lo:hi]
+
+
+async def _discard(response: ClientResponse, count: int) -> None:
+    """Skip `count` body bytes (a resume answered 200 instead of 206)."""
+    scratch = memoryview(bytearray(min(count, 1 << 20)))
+    while count:
+        n = await response.receive_into(scratch[: min(count, len(scratch))])
+        if n == 0:
+            raise HttpClientError("body ended while skipping")
+        count -= n
+
+
+class LayerFetcher:
+    """Single-flight layer downloads under a concurrency limit."""
+
+    def __init__(
+        self,
+        cache: ChunkCache,
+        registry: RegistryClient,
+        *,
+        concurrency_limit: int,
+        retries: int,
+    ) -> None:
+        self._cache = cache
+        self._registry = registry
+        self._limiter = trio.CapacityLimiter(concurrency_limit)
+        self._retries = retries
+        self._inflight: dict[str, LayerDownload] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def statistics(self) -> dict[str, object]:
+        limiter = self._limiter.statistics()
+        return {
+            "downloads_in_flight": len(self._inflight),
+            "download_slots_used": limiter.borrowed_tokens,
+            "download_slots_total": int(limiter.total_tokens)
+            if not math.isinf(limiter.total_tokens)
+            else -1,
+            "downloads_waiting": limiter.tasks_waiting,
+        }
+
+    def cached_size(self, digest: str) -> int | None:
+        """The size of a layer this node holds or is downloading, without starting anything."""
+        entry = self._cache.get(digest)
+        if entry is not None:
+            return entry.size
+        download = self._inflight.get(digest)
+        if download is not None and download.layout is not None:
+            return download.layout.size
+        return None
+
+    def in_flight(self) -> list[DownloadProgress]:
+        return [d.progress for d in self._inflight.values()]
+
+    async def open(
+        self, *, upstream: Upstream, repo: str, digest: Digest, headers: Headers
+    ) -> BlobSource:
+        """A reader for the layer: from the cache, joining a download, or starting one."""
+        key = str(digest)
+        entry = self._cache.get(key)
+        if entry is not None:
+            self._cache.pin(entry)
+            return CachedBlob(
+                self._cache,
+                entry,
+                lambda: self.open(upstream=upstream, repo=repo, digest=digest, headers=headers),
+            )
+        download = self._inflight.get(key)
+        if download is None or not download.joinable:
+            download = LayerDownload(
+                digest=digest,
+                upstream=upstream,
+                repo=repo,
+                headers=headers,
+                cache=self._cache,
+                registry=self._registry,
+                retries=self._retries,
+            )
+            self._inflight[key] = download
+            assert self._nursery is not None, "LayerFetcher.run is not running"
+            self._nursery.start_soon(self._run_download, download)
+        channel = download.subscribe()
+        try:
+            await download.started.wait()
+            if download.layout is None:
+                assert download.error is not None
+                if isinstance(download.error, RegistryError):
+                    raise download.error
+                raise UpstreamUnavailable(f"layer {digest}: {download.error}")
+            return DownloadReader(download, self._cache, channel)
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            raise
+
+    async def _run_download(self, download: LayerDownload) -> None:
+        key = str(download.digest)
+        try:
+            await download.run(self._limiter)
+        finally:
+            if self._inflight.get(key) is download:
+                del self._inflight[key]

@@ -1,0 +1,95 @@
+"""A real `pollen agent` process on loopback, configured by environment variables."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from .procs import ManagedProcess, free_port, wait_http_ok
+
+
+class AgentProcess:
+    """`python -m agent agent` with its own cache directory and a free proxy port.
+
+    `env` overrides the defaults (any POLLEN_* key); `upstreams` is required because an agent
+    must never guess which registries it may contact.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        upstreams: str,
+        env: Mapping[str, str] | None = None,
+        name: str = "agent",
+        tls: tuple[Path, Path] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.name = name
+        self.port = port or free_port()
+        self.cache_path = workdir / "cache"
+        self.scheme = "https" if tls else "http"
+        self.env = {
+            "POLLEN_PROXY_PORT": str(self.port),
+            "POLLEN_LISTEN_ADDRESS": "127.0.0.1",
+            "POLLEN_CACHE_PATH": str(self.cache_path),
+            "POLLEN_LOG_DIR": str(workdir / "log"),
+            "POLLEN_UPSTREAMS": upstreams,
+            "POLLEN_UPSTREAM_RETRIES": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+        if tls:
+            self.env["POLLEN_TLS_CERT"], self.env["POLLEN_TLS_KEY"] = str(tls[0]), str(tls[1])
+        self.env.update(env or {})
+        self._tls_ca: Path | None = None
+        self.proc: ManagedProcess | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+    def start(self, *, ca: Path | None = None, timeout: float = 30.0) -> AgentProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = ManagedProcess(
+            [sys.executable, "-m", "agent", "agent"],
+            name=self.name,
+            log_dir=self.workdir,
+            env=self.env,
+            cwd=Path(__file__).resolve().parents[3],
+            # The agent must see only what the test configured, not the caller's POLLEN_*.
+            drop_env_prefixes=("POLLEN_",),
+        )
+        self.proc.start()
+        context = None
+        if ca is not None:
+            from .tlsutil import client_context
+
+            context = client_context(ca)
+        wait_http_ok(f"{self.url}/readyz", timeout=timeout, proc=self.proc, ssl_context=context)
+        return self
+
+    def stop(self) -> int | None:
+        return self.proc.stop() if self.proc else None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no draining, no cleanup."""
+        assert self.proc is not None and self.proc.popen is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.popen.wait(timeout=10)
+
+    def log_text(self) -> str:
+        return self.proc.log_text() if self.proc else ""
+
+    def __enter__(self) -> AgentProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

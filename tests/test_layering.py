@@ -1,0 +1,298 @@
+"""The import direction of docs/ARCHITECTURE.md: a module imports only its own layer or lower.
+
+Every module in agent/ is read with `ast` (nothing is imported), so a new module must be placed
+in LAYERS below before the suite passes -- that keeps the table, and the picture in
+ARCHITECTURE.md, complete.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+AGENT = Path(__file__).resolve().parents[1] / "agent"
+PACKAGE = "agent"
+
+# Module (dotted, relative to agent/; the package itself is "__init__") -> layer.
+LAYERS: dict[str, int] = {
+    # 1. config and errors
+    "__init__": 1,  # only __version__
+    "errors": 1,
+    "config": 1,
+    # 2. pure protocol cores: no I/O, no trio
+    "routes": 2,
+    "ranges": 2,
+    "upstream_choice": 2,
+    "chunks": 2,
+    # 3. native bindings and the cache
+    "_pollen_io": 3,  # the compiled cffi module (build.py); only native may import it
+    "native": 3,
+    "cache": 3,
+    # 4. trio adapters: any order among themselves
+    "httpserver": 4,
+    "httpclient": 4,
+    "upstream": 4,
+    "layerfetch": 4,
+    "authcheck": 4,
+    "proxy": 4,
+    "nodeaddr": 4,  # opens a UDP socket to find the node's address
+    # 5. wiring
+    "daemon": 5,
+    "cli": 5,
+    "__main__": 5,
+}
+LAYER_NAMES = {
+    1: "config and errors",
+    2: "pure protocol cores",
+    3: "native bindings and the cache",
+    4: "trio adapters",
+    5: "daemon and CLI",
+}
+PURE_LAYERS = (1, 2)
+# Libraries that mean I/O or an event loop; a pure module imports none of them.
+NOT_PURE = frozenset({"trio", "h11", "socket"})
+EXTENSION = "_pollen_io"
+EXTENSION_IMPORTER = "native"
+
+
+@dataclass(frozen=True)
+class Import:
+    line: int
+    module: str  # absolute dotted name, e.g. "agent.routes" or "urllib.request"
+
+
+def discover(root: Path = AGENT) -> list[str]:
+    """Every module under agent/, as keys of LAYERS: sources and compiled extensions."""
+    found: set[str] = set()
+    for path in root.rglob("*"):
+        if "__pycache__" in path.parts or not path.is_file():
+            continue
+        if path.suffix not in (".py", ".so", ".pyd"):
+            continue
+        rel = path.relative_to(root)
+        parts = [*rel.parts[:-1], rel.name.split(".", 1)[0]]  # _x.abi3.so -> _x
+        if len(parts) > 1 and parts[-1] == "__init__":
+            parts = parts[:-1]
+        found.add(".".join(parts))
+    return sorted(found)
+
+
+MODULES = discover()
+
+
+def source_path(module: str) -> Path:
+    if module == "__init__":
+        return AGENT / "__init__.py"
+    path = AGENT.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+SOURCES = [m for m in MODULES if source_path(m).exists()]
+
+
+def _package_of(module: str) -> list[str]:
+    """The dotted package a module's relative imports start from."""
+    if module == "__init__":
+        return [PACKAGE]
+    parts = [PACKAGE, *module.split(".")]
+    return parts if source_path(module).name == "__init__.py" else parts[:-1]
+
+
+def imports_of(source: str, module: str, known: set[str]) -> list[Import]:
+    """Absolute names of everything `source` imports, at any depth (functions included).
+
+    `from agent import x` names the submodule agent.x when x is one, else the package.
+    importlib.import_module("...") and __import__("...") with a literal count as imports too.
+    """
+    found: list[Import] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [Import(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = _package_of(module)
+                base = base[: len(base) - (node.level - 1)]
+                if not base:
+                    raise AssertionError(f"{module}:{node.lineno}: relative import beyond agent")
+                prefix = ".".join(base)
+                parent = f"{prefix}.{node.module}" if node.module else prefix
+            else:
+                parent = node.module or ""
+            for alias in node.names:
+                sub = f"{parent}.{alias.name}"
+                inner = sub.removeprefix(PACKAGE + ".")
+                is_submodule = sub.startswith(PACKAGE + ".") and inner in known
+                found.append(Import(node.lineno, sub if is_submodule else parent))
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in ("import_module", "__import__") and node.args:
+                arg = node.args[0]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    found.append(Import(node.lineno, arg.value))
+    return found
+
+
+def internal(name: str, known: set[str]) -> str | None:
+    """The LAYERS key an absolute module name refers to, or None when it is not ours."""
+    if name == PACKAGE:
+        return "__init__"
+    if not name.startswith(PACKAGE + "."):
+        return None
+    parts = name.removeprefix(PACKAGE + ".").split(".")
+    for n in range(len(parts), 0, -1):  # longest known prefix: agent.x.Thing -> x
+        candidate = ".".join(parts[:n])
+        if candidate in known:
+            return candidate
+    return ".".join(parts)
+
+
+KNOWN = set(MODULES) | set(LAYERS)
+
+
+def unplaced_message(modules: list[str]) -> str:
+    return (
+        f"agent module(s) {', '.join(modules)} not in LAYERS in tests/test_layering.py: place "
+        "each in its layer (docs/ARCHITECTURE.md, 'Layers') so the import direction is checked"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The table is complete
+
+
+def test_every_module_is_placed() -> None:
+    unplaced = [m for m in MODULES if m not in LAYERS]
+    assert not unplaced, unplaced_message(unplaced)
+
+
+def test_table_names_only_known_layers() -> None:
+    assert set(LAYERS.values()) <= set(LAYER_NAMES)
+
+
+def test_the_table_is_not_vacuous() -> None:
+    # The source files the architecture relies on are where the table says.
+    for module in ("errors", "config", "routes", "ranges", "chunks", "cache", "proxy", "cli"):
+        assert module in SOURCES
+
+
+# --------------------------------------------------------------------------------------------
+# Direction
+
+
+@pytest.mark.parametrize("module", SOURCES)
+def test_imports_point_down(module: str) -> None:
+    if module not in LAYERS:
+        pytest.fail(unplaced_message([module]))
+    layer = LAYERS[module]
+    source = source_path(module).read_text(encoding="utf-8")
+    problems = []
+    for imp in imports_of(source, module, KNOWN):
+        target = internal(imp.module, KNOWN)
+        if target is None or target == module:
+            continue
+        if target not in LAYERS:
+            problems.append(f"line {imp.line}: imports {imp.module}, which is not in LAYERS")
+        elif LAYERS[target] > layer:
+            problems.append(
+                f"line {imp.line}: imports {imp.module} (layer {LAYERS[target]}, "
+                f"{LAYER_NAMES[LAYERS[target]]}) from layer {layer} ({LAYER_NAMES[layer]})"
+            )
+    assert not problems, f"agent/{source_path(module).relative_to(AGENT)}: " + "; ".join(problems)
+
+
+@pytest.mark.parametrize("module", [m for m in SOURCES if LAYERS.get(m) in PURE_LAYERS])
+def test_pure_modules_do_no_io(module: str) -> None:
+    source = source_path(module).read_text(encoding="utf-8")
+    bad = [
+        f"line {imp.line}: {imp.module}"
+        for imp in imports_of(source, module, KNOWN)
+        if imp.module.split(".")[0] in NOT_PURE
+    ]
+    assert not bad, f"agent/{module}.py is in a pure layer but imports " + ", ".join(bad)
+
+
+@pytest.mark.parametrize("module", SOURCES)
+def test_only_native_imports_the_extension(module: str) -> None:
+    if module == EXTENSION_IMPORTER:
+        return
+    source = source_path(module).read_text(encoding="utf-8")
+    bad = [
+        imp.line
+        for imp in imports_of(source, module, KNOWN)
+        if internal(imp.module, KNOWN) == EXTENSION
+    ]
+    assert not bad, f"agent/{module}.py imports agent.{EXTENSION} (lines {bad}); use agent.native"
+
+
+# --------------------------------------------------------------------------------------------
+# The checker itself: it must see the imports it is meant to catch.
+
+
+def test_checker_sees_every_import_form() -> None:
+    source = """
+import trio
+import agent.daemon
+from agent import __version__, native
+from agent.routes import parse_target
+from . import cache
+from .proxy import RegistryProxy
+import importlib
+
+def late():
+    from agent.cli import main
+    importlib.import_module("agent.httpserver")
+"""
+    got = sorted((i.line, i.module) for i in imports_of(source, "routes", KNOWN))
+    assert got == [
+        (2, "trio"),
+        (3, "agent.daemon"),
+        (4, "agent"),
+        (4, "agent.native"),
+        (5, "agent.routes"),
+        (6, "agent.cache"),
+        (7, "agent.proxy"),
+        (8, "importlib"),
+        (11, "agent.cli"),
+        (12, "agent.httpserver"),
+    ]
+    targets = {internal(m, KNOWN) for _, m in got}
+    assert targets == {
+        None,
+        "daemon",
+        "__init__",
+        "native",
+        "routes",
+        "cache",
+        "proxy",
+        "cli",
+        "httpserver",
+    }
+
+
+def test_relative_imports_beyond_the_package_are_refused() -> None:
+    with pytest.raises(AssertionError, match="beyond agent"):
+        imports_of("from .. import x\n", "routes", KNOWN)
+
+
+def test_checker_sees_real_imports() -> None:
+    proxy = imports_of(source_path("proxy").read_text(encoding="utf-8"), "proxy", KNOWN)
+    assert {internal(i.module, KNOWN) for i in proxy} >= {"routes", "ranges", "errors"}
+    native = imports_of(source_path("native").read_text(encoding="utf-8"), "native", KNOWN)
+    assert EXTENSION in {internal(i.module, KNOWN) for i in native}
+
+
+def test_discover_places_new_files(tmp_path: Path) -> None:
+    (tmp_path / "errors.py").write_text("")
+    (tmp_path / "__init__.py").write_text("")
+    (tmp_path / "swarm").mkdir()
+    (tmp_path / "swarm" / "__init__.py").write_text("")
+    (tmp_path / "swarm" / "plan.py").write_text("")
+    (tmp_path / "_fast.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "errors.cpython-311.pyc").write_bytes(b"")
+    assert discover(tmp_path) == ["__init__", "_fast", "errors", "swarm", "swarm.plan"]
+    assert "swarm.plan" in unplaced_message(["swarm.plan"])
