@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,7 @@ class ChunkCache:
         engine: IOEngine,
         files: FileOps,
         direct: bool = False,
+        write_retry: float = 30.0,
     ) -> None:
         self.root = root
         self.capacity = capacity
@@ -110,17 +112,27 @@ class ChunkCache:
         self._engine = engine
         self._files = files
         self._direct = direct
+        # After a failed write (disk full, directory gone) new layers bypass the cache this
+        # long, then caching is tried again: it resumes by itself once space returns.
+        self._write_retry = write_retry
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()  # LRU order, oldest first
         self.used = 0
         self.evictions = 0
         self.corrupt_chunks = 0
+        self.write_errors = 0
+        self._writes_paused_until = 0.0
 
     # -- start-up ---------------------------------------------------------------------------
 
     def load(self) -> None:
         """Rebuild the index from disk; anything incomplete or unreadable is deleted."""
         blobs = self.root / "blobs"
-        blobs.mkdir(parents=True, exist_ok=True)
+        try:
+            blobs.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # The agent still serves (every layer streams past the cache) and tries again.
+            self.write_failed(exc)
+            return
         kept = removed = 0
         found: list[tuple[float, CacheEntry]] = []
         for algo_dir in sorted(blobs.iterdir()):
@@ -206,6 +218,8 @@ class ChunkCache:
         """
         if digest in self._entries:
             raise ValueError(f"{digest} already in the cache")
+        if time.monotonic() < self._writes_paused_until:
+            return None
         if size > self.capacity or not self._make_room(size):
             return None
         layout = ChunkLayout(size=size, chunk_size=self.chunk_size)
@@ -220,6 +234,7 @@ class ChunkCache:
         except OSError as exc:
             log.error("cache: cannot create %s for %s: %s", directory, digest, exc)
             shutil.rmtree(directory, ignore_errors=True)
+            self.write_failed(exc)
             return None
         entry = CacheEntry(digest=digest, layout=layout, directory=directory, pins=1)
         self._entries[digest] = entry
@@ -240,6 +255,17 @@ class ChunkCache:
             self._remove(entry)
             self.evictions += 1
         return True
+
+    def write_failed(self, exc: OSError) -> None:
+        """Note a failed write: new layers stream past the cache for a while."""
+        self.write_errors += 1
+        self._writes_paused_until = time.monotonic() + self._write_retry
+        log.error(
+            "cache %s: write failed (%s); layers bypass the cache for %.0fs",
+            self.root,
+            exc,
+            self._write_retry,
+        )
 
     def pin(self, entry: CacheEntry) -> None:
         entry.pins += 1
@@ -342,4 +368,5 @@ class ChunkCache:
             "pinned": sum(1 for e in self._entries.values() if e.pins),
             "evictions": self.evictions,
             "corrupt_chunks": self.corrupt_chunks,
+            "write_errors": self.write_errors,
         }

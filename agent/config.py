@@ -714,6 +714,10 @@ KEYS: tuple[Key, ...] = (
        _positive_size, "bytes", "chunk size (a multiple of 4096 when aioEnable=1)", **_SIZE),
     _k("cache_queue_depth", "POLLEN_CACHE_QUEUE_DEPTH", "cache.queueDepth", 32, _positive_int,
        "operations", "native I/O operations in flight"),
+    _k("cache_write_retry", "POLLEN_CACHE_WRITE_RETRY", "cache.writeRetry", 30.0,
+       _positive_duration, "seconds",
+       "after a failed cache write (disk full), layers bypass the cache this long, then "
+       "caching is tried again"),
     _k("upstreams", "POLLEN_UPSTREAMS", "upstreams", (Upstream("https", _DOCKER_HUB, 443),),
        _upstreams, "",
        "comma list host[:port] (https), https://host[:port], or http://host[:port] (plain)",
@@ -810,6 +814,7 @@ class Config:
     cache_path: str
     cache_chunk_size: int
     cache_queue_depth: int
+    cache_write_retry: float
     upstreams: tuple[Upstream, ...]
     default_upstream: Upstream
     upstream_ca_file: str

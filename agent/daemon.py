@@ -49,6 +49,7 @@ class Agent:
             chunk_size=config.cache_chunk_size,
             engine=self.engine,
             files=native,
+            write_retry=config.cache_write_retry,
         )
         self.http = HttpClient(
             make_client_ssl_context(config.upstream_ca_file or None),

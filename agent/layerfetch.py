@@ -56,6 +56,14 @@ class LayerCorrupt(LayerFailed):
     """The upstream's bytes did not match the layer's digest."""
 
 
+class CacheWriteFailed(LayerFailed):
+    """The cache could not store a chunk (disk full, directory gone): readers carry on from a
+    download that does not cache."""
+
+
+MAX_RESUMES = 2
+
+
 @dataclass(kw_only=True)
 class DownloadProgress:
     """What `pollen status` and the per-layer summary show about a download."""
@@ -101,8 +109,10 @@ class LayerDownload:
         cache: ChunkCache,
         registry: RegistryClient,
         retries: int,
+        cacheable: bool = True,
     ) -> None:
         self.digest = digest
+        self._cacheable = cacheable
         self.upstream = upstream
         self.repo = repo
         self._headers = headers
@@ -147,15 +157,21 @@ class LayerDownload:
             assert self.entry is not None
             if index in self._hot or self.entry.has_chunk(index):
                 return
-            if self.error is not None:
-                raise LayerFailed(str(self.error)) from self.error
+            self._raise_if_failed()
             await self._changed.wait()
 
     async def wait_verified(self) -> None:
         while not self.verified:
-            if self.error is not None:
-                raise LayerFailed(str(self.error)) from self.error
+            self._raise_if_failed()
             await self._changed.wait()
+
+    def _raise_if_failed(self) -> None:
+        """Each reader gets its own exception, of the failure's kind (so it can resume)."""
+        err = self.error
+        if err is None:
+            return
+        kind = type(err) if isinstance(err, LayerFailed) else LayerFailed
+        raise kind(f"layer {self.digest}: {err}") from err
 
     def _notify(self) -> None:
         self._changed.set()
@@ -168,9 +184,12 @@ class LayerDownload:
             async with limiter:
                 # A nursery per layer: chunk writes run here beside the receive (and the
                 # swarm's parallel chunk fetches will too). It closes when every write ended.
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    await self._download()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        await self._download()
+                except BaseExceptionGroup as group:
+                    raise first_failure(group) from None
                 await self._finish()
         except (RegistryError, LayerFailed, HttpClientError, OSError) as exc:
             self._fail(exc)
@@ -196,7 +215,7 @@ class LayerDownload:
     def _begin(self, size: int) -> None:
         self.layout = ChunkLayout(size=size, chunk_size=self._cache.chunk_size)
         self.progress.size = size
-        self.entry = self._cache.admit(str(self.digest), size)
+        self.entry = self._cache.admit(str(self.digest), size) if self._cacheable else None
         if self.entry is None:
             self.stream_mode = True
             self.progress.mode = "stream"
@@ -315,6 +334,9 @@ class LayerDownload:
         assert self.entry is not None
         try:
             await self._cache.write_chunk(self.entry, index, data)
+        except OSError as exc:
+            self._cache.write_failed(exc)
+            raise CacheWriteFailed(f"cache write of chunk {index} failed: {exc}") from exc
         finally:
             self._write_slots.release()
         self._unwritten.discard(index)
@@ -351,6 +373,23 @@ class LayerDownload:
         self._notify()
 
 
+def first_failure(group: BaseExceptionGroup) -> BaseException:
+    """The exception that made a layer's nursery fail (not the cancellations it caused).
+
+    A layer has one outcome; readers need its kind (corrupt, cache write, upstream), not a
+    group. A group of nothing but cancellations is returned as it is, to propagate.
+    """
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if leaves else group
+
+
 class BlobSource:
     """What a reader holds: a layer's size and its bytes, from the cache or a download."""
 
@@ -365,45 +404,66 @@ class BlobSource:
 
 
 class CachedBlob(BlobSource):
-    """A verified layer in the cache. A chunk that fails its check on the way out is never
-    sent: the layer is dropped and the rest of the response comes from a fresh download."""
+    """A verified layer in the cache; every chunk is checked on its way out."""
 
-    def __init__(
-        self,
-        cache: ChunkCache,
-        entry: CacheEntry,
-        refetch: Callable[[], Awaitable[BlobSource]],
-    ) -> None:
+    def __init__(self, cache: ChunkCache, entry: CacheEntry) -> None:
         self.cache = cache
         self.entry = entry
         self.size = entry.size
-        self._refetch = refetch
-        self._replacement: BlobSource | None = None
         self._closed = False
 
     async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
         layout = self.entry.layout
-        position = start
         for index in layout.covering(start, end):
-            try:
-                data = await self.cache.read_chunk(self.entry, index)
-            except ChunkCorrupt as exc:
-                log.warning("%s; fetching the layer again from byte %d", exc, position)
-                self._replacement = await self._refetch()
-                async with aclosing(self._replacement.read(position, end)) as rest:
-                    async for piece in rest:
-                        yield piece
-                return
-            piece = _slice(data, layout.offset(index), start, end)
-            position += len(piece)
-            yield piece
+            data = await self.cache.read_chunk(self.entry, index)
+            yield _slice(data, layout.offset(index), start, end)
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self.cache.unpin(self.entry)
-            if self._replacement is not None:
-                self._replacement.close()
+
+
+class ResumingBlob(BlobSource):
+    """A reader that survives the failures that are ours, not the upstream's.
+
+    A chunk that fails its check in the cache, or a cache that cannot store a chunk, must not
+    cost the client its download: the reader opens the layer again (from a fresh download,
+    cached or not) and carries on from the byte it had reached.
+    """
+
+    def __init__(self, inner: BlobSource, reopen: Callable[[bool], Awaitable[BlobSource]]) -> None:
+        self._current = inner
+        self._reopen = reopen
+        self.size = inner.size
+        self.resumes = 0
+
+    async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        position = start
+        while True:
+            try:
+                async with aclosing(self._current.read(position, end)) as pieces:
+                    async for piece in pieces:
+                        position += len(piece)
+                        yield piece
+                return
+            except (ChunkCorrupt, CacheWriteFailed) as exc:
+                if self.resumes >= MAX_RESUMES:
+                    raise
+                self.resumes += 1
+                cacheable = isinstance(exc, ChunkCorrupt)
+                log.warning(
+                    "%s; reading on from byte %d (%s)",
+                    exc,
+                    position,
+                    "fetching again" if cacheable else "without the cache",
+                )
+                replacement = await self._reopen(cacheable)
+                self._current.close()
+                self._current = replacement
+
+    def close(self) -> None:
+        self._current.close()
 
 
 class DownloadReader(BlobSource):
@@ -548,16 +608,27 @@ class LayerFetcher:
         self, *, upstream: Upstream, repo: str, digest: Digest, headers: Headers
     ) -> BlobSource:
         """A reader for the layer: from the cache, joining a download, or starting one."""
+
+        async def reopen(cacheable: bool) -> BlobSource:
+            return await self._open(upstream, repo, digest, headers, cacheable=cacheable)
+
+        return ResumingBlob(await self._open(upstream, repo, digest, headers), reopen)
+
+    async def _open(
+        self,
+        upstream: Upstream,
+        repo: str,
+        digest: Digest,
+        headers: Headers,
+        *,
+        cacheable: bool = True,
+    ) -> BlobSource:
         key = str(digest)
-        entry = self._cache.get(key)
+        entry = self._cache.get(key) if cacheable else None
         if entry is not None:
             self._cache.pin(entry)
-            return CachedBlob(
-                self._cache,
-                entry,
-                lambda: self.open(upstream=upstream, repo=repo, digest=digest, headers=headers),
-            )
-        download = self._inflight.get(key)
+            return CachedBlob(self._cache, entry)
+        download = self._inflight.get(key) if cacheable else None
         if download is None or not download.joinable:
             download = LayerDownload(
                 digest=digest,
@@ -567,8 +638,10 @@ class LayerFetcher:
                 cache=self._cache,
                 registry=self._registry,
                 retries=self._retries,
+                cacheable=cacheable,
             )
-            self._inflight[key] = download
+            if cacheable:
+                self._inflight[key] = download
             assert self._nursery is not None, "LayerFetcher.run is not running"
             self._nursery.start_soon(self._run_download, download)
         channel = download.subscribe()

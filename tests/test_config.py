@@ -99,6 +99,7 @@ def test_defaults_equal_spec_table() -> None:
     assert cfg.cache_io_engine == "auto"
     assert (cfg.read_timeout, cfg.idle_timeout, cfg.shutdown_grace) == (30.0, 60.0, 10.0)
     assert (cfg.upstream_timeout, cfg.upstream_retries) == (30.0, 3)
+    assert cfg.cache_write_retry == 30.0
     assert cfg.labels == ()
     assert all(source == "default" for *_, source in cfg.describe())
 
@@ -143,6 +144,7 @@ def test_spec_env_vars_and_file_keys_are_all_present() -> None:
         "POLLEN_SHUTDOWN_GRACE": "shutdownGrace",
         "POLLEN_UPSTREAM_TIMEOUT": "upstreamTimeout",
         "POLLEN_UPSTREAM_RETRIES": "upstreamRetries",
+        "POLLEN_CACHE_WRITE_RETRY": "cache.writeRetry",
         "POLLEN_LABELS": "labels",
     }
     assert {k.env: k.file for k in KEYS} == spec
@@ -342,6 +344,7 @@ BAD_VALUES = {
     "idle_timeout": "1 minute",
     "shutdown_grace": "soon",
     "upstream_timeout": "0s",
+    "cache_write_retry": "0s",
     "upstream_retries": "-1",
     "labels": "node=x",
 }
