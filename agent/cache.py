@@ -66,7 +66,8 @@ class CacheEntry:
     digest: str
     layout: ChunkLayout
     directory: Path
-    checksums: dict[int, int] = field(default_factory=dict)
+    checksums: dict[int, int] = field(default_factory=dict)  # xxh3-64, checked on every read
+    sha256: dict[int, str] = field(default_factory=dict)  # the chunk table peers verify against
     verified: bool = False
     pins: int = 0
     dropped: bool = False
@@ -120,6 +121,7 @@ class ChunkCache:
         self.evictions = 0
         self.corrupt_chunks = 0
         self.write_errors = 0
+        self._trash_serial = 0
         self._writes_paused_until = 0.0
 
     # -- start-up ---------------------------------------------------------------------------
@@ -127,6 +129,7 @@ class ChunkCache:
     def load(self) -> None:
         """Rebuild the index from disk; anything incomplete or unreadable is deleted."""
         blobs = self.root / "blobs"
+        shutil.rmtree(self.root / "trash", ignore_errors=True)  # dropped layers of a past run
         try:
             blobs.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -190,10 +193,11 @@ class ChunkCache:
             parts = line.split(" ")
             if parts == ["v"]:
                 entry.verified = True
-            elif len(parts) == 4 and parts[0] == "c":
+            elif len(parts) == 5 and parts[0] == "c" and len(parts[4]) == 64:
                 index, length = int(parts[1]), int(parts[2])
                 if 0 <= index < entry.layout.count and length == entry.layout.length(index):
                     entry.checksums[index] = int(parts[3], 16)
+                    entry.sha256[index] = parts[4]
             else:
                 return None
         complete = len(entry.checksums) == entry.layout.count and data_size >= size
@@ -285,6 +289,17 @@ class ChunkCache:
         entry.dropped = True
         if entry.pins == 0:
             shutil.rmtree(entry.directory, ignore_errors=True)
+            return
+        # Readers still hold it: move its files aside so a fresh copy of the same layer can be
+        # admitted at the layer's own path while they finish.
+        self._trash_serial += 1
+        trash = self.root / "trash" / f"{entry.directory.name}-{os.getpid()}-{self._trash_serial}"
+        try:
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            entry.directory.rename(trash)
+            entry.directory = trash
+        except OSError as exc:
+            log.warning("cache: cannot move dropped %s aside: %s", entry.digest, exc)
 
     def _remove(self, entry: CacheEntry) -> None:
         del self._entries[entry.digest]
@@ -294,8 +309,14 @@ class ChunkCache:
 
     # -- chunk I/O ------------------------------------------------------------------------
 
-    async def write_chunk(self, entry: CacheEntry, index: int, data: bytes | bytearray) -> None:
-        """Write chunk `index` and record it in the index (data first, then the record)."""
+    async def write_chunk(
+        self, entry: CacheEntry, index: int, data: bytes | bytearray, sha256: str
+    ) -> None:
+        """Write chunk `index` and record it in the index (data first, then the record).
+
+        `sha256` is the chunk's hex sha256, computed by the caller from the bytes it received
+        (the swarm's chunk table); it is stored so this node can vouch for the chunk later.
+        """
         if len(data) != entry.layout.length(index):
             raise ValueError(
                 f"chunk {index} of {entry.digest}: {len(data)} bytes, "
@@ -309,8 +330,9 @@ class ChunkCache:
         finally:
             self._files.close_file(fd)
         checksum = chunk_checksum(data)
-        self._append_index(entry, f"c {index} {len(data)} {checksum:016x}\n")
+        self._append_index(entry, f"c {index} {len(data)} {checksum:016x} {sha256}\n")
         entry.checksums[index] = checksum
+        entry.sha256[index] = sha256
 
     async def read_chunk(self, entry: CacheEntry, index: int) -> bytes:
         """Read chunk `index`, checked against its checksum; a bad chunk drops the layer.

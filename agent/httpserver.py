@@ -10,8 +10,10 @@ accepting, closes idle connections, and gives requests in flight a bounded grace
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
+import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -65,7 +67,25 @@ class Request:
         return addr.is_loopback
 
 
-Body = bytes | AsyncIterator[bytes]
+@dataclass(frozen=True, kw_only=True)
+class FileRegion:
+    """Bytes of an open file to send as (part of) a body: with sendfile on plain TCP, so a
+    cached chunk goes from the page cache to the socket without passing through Python.
+
+    h11 frames it like any other Data payload (it only needs ``len()``; that is what
+    ``send_with_data_passthrough`` is for); the caller owns the fd and keeps it open until
+    the body is done.
+    """
+
+    fd: int
+    offset: int
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+
+Body = bytes | AsyncIterator[bytes | memoryview | FileRegion]
 
 
 @dataclass(kw_only=True)
@@ -103,6 +123,9 @@ class ServerSettings:
     idle_timeout: float = 60.0
     max_header_bytes: int = MAX_HEADER_BYTES
     server_name: bytes = b"pollen"
+    # Awaited with each body piece's size before it is sent: the node's upload cap
+    # (throttleLimitMB), shared by every server of the node.
+    throttle: Callable[[int], Awaitable[None]] | None = None
 
 
 class HttpServer:
@@ -337,9 +360,14 @@ class _Connection:
         # Passthrough keeps a multi-MiB Data payload as the caller's buffer instead of joining
         # it into a fresh bytes object: one copy less per chunk served.
         pieces = self.h11.send_with_data_passthrough(event)
+        throttle = self.settings.throttle
+        if throttle is not None and isinstance(event, h11.Data):
+            await throttle(len(event.data))
         try:
             for piece in pieces or ():
-                if piece:
+                if isinstance(piece, FileRegion):
+                    await send_file_region(self.stream, piece)
+                elif piece:
                     await self.stream.send_all(piece)
         except BaseException:
             self.h11.send_failed()
@@ -382,6 +410,32 @@ class _Connection:
             await self.stream.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
+
+
+async def send_file_region(stream: trio.abc.Stream, region: FileRegion) -> None:
+    """sendfile(2) on plain TCP; on TLS (no sendfile) read and send in pieces."""
+    offset, remaining = region.offset, region.length
+    if isinstance(stream, trio.SocketStream):
+        sock = stream.socket
+        while remaining:
+            try:
+                sent = os.sendfile(sock.fileno(), region.fd, offset, remaining)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            if sent == 0:
+                raise OSError(errno.EIO, f"sendfile: file ended {remaining} bytes early")
+            offset += sent
+            remaining -= sent
+            await trio.lowlevel.checkpoint_if_cancelled()
+        return
+    while remaining:
+        piece = await trio.to_thread.run_sync(os.pread, region.fd, min(remaining, 1 << 20), offset)
+        if not piece:
+            raise OSError(errno.EIO, f"pread: file ended {remaining} bytes early")
+        await stream.send_all(piece)
+        offset += len(piece)
+        remaining -= len(piece)
 
 
 async def open_listeners(

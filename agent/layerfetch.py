@@ -274,7 +274,7 @@ class LayerDownload:
                 if self.layout is None:
                     raise UpstreamUnavailable(f"layer {self.digest}: {exc}") from exc
                 failures += 1
-                if failures >= self._retries:
+                if failures > self._retries:
                     raise LayerFailed(
                         f"layer {self.digest}: body failed {failures} times: {exc}"
                     ) from exc
@@ -333,7 +333,9 @@ class LayerDownload:
     async def _write_chunk(self, index: int, data: bytearray) -> None:
         assert self.entry is not None
         try:
-            await self._cache.write_chunk(self.entry, index, data)
+            await self._cache.write_chunk(
+                self.entry, index, data, hashlib.sha256(data).hexdigest()
+            )
         except OSError as exc:
             self._cache.write_failed(exc)
             raise CacheWriteFailed(f"cache write of chunk {index} failed: {exc}") from exc

@@ -71,7 +71,7 @@ class RegistryClient:
 
     def __init__(self, http: HttpClient, *, retries: int) -> None:
         self._http = http
-        self._retries = max(1, retries)
+        self._attempts = max(0, retries) + 1  # `retries` counts the tries after the first
 
     @asynccontextmanager
     async def open(
@@ -90,7 +90,7 @@ class RegistryClient:
         """
         url = upstream.base_url + path
         last_error = ""
-        for attempt in range(self._retries):
+        for attempt in range(self._attempts):
             if attempt:
                 await trio.sleep(backoff_delay(attempt - 1, None))
             stack = AsyncExitStack()
@@ -103,7 +103,7 @@ class RegistryClient:
                 last_error = str(exc)
                 log.info("upstream %s %s attempt %d failed: %s", method, url, attempt + 1, exc)
                 continue
-            if response.status in RETRY_STATUSES and attempt + 1 < self._retries:
+            if response.status in RETRY_STATUSES and attempt + 1 < self._attempts:
                 await stack.aclose()
                 last_error = f"{response.status} from {response.url}"
                 log.info("upstream %s %s: %s, retrying", method, url, last_error)
@@ -120,7 +120,7 @@ class RegistryClient:
                 yield response
             return
         raise UpstreamUnavailable(
-            f"upstream {upstream.key} unreachable after {self._retries} attempts: {last_error}"
+            f"upstream {upstream.key} unreachable after {self._attempts} attempts: {last_error}"
         )
 
     @asynccontextmanager

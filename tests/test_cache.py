@@ -22,6 +22,10 @@ def make_cache(root: Path, capacity: int = 10 * CHUNK) -> ChunkCache:
     return cache
 
 
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -31,7 +35,8 @@ async def put(cache: ChunkCache, data: bytes) -> str:
     entry = cache.admit(digest, len(data))
     assert entry is not None
     for i in range(entry.layout.count):
-        await cache.write_chunk(entry, i, data[i * CHUNK : (i + 1) * CHUNK])
+        piece = data[i * CHUNK : (i + 1) * CHUNK]
+        await cache.write_chunk(entry, i, piece, hashlib.sha256(piece).hexdigest())
     cache.commit(entry)
     cache.unpin(entry)
     return digest
@@ -52,6 +57,9 @@ async def test_round_trip_and_reload(tmp_path: Path) -> None:
     reloaded = make_cache(tmp_path)
     assert reloaded.used == len(data)
     assert await read_all(reloaded, digest) == data
+    entry = reloaded.get(digest)
+    assert entry is not None
+    assert entry.sha256[3] == sha(data[3 * CHUNK :]), "the chunk table survives a restart"
 
 
 async def test_unverified_layer_is_not_served_and_is_removed_on_restart(tmp_path: Path) -> None:
@@ -60,7 +68,7 @@ async def test_unverified_layer_is_not_served_and_is_removed_on_restart(tmp_path
     digest = digest_of(data)
     entry = cache.admit(digest, len(data))
     assert entry is not None
-    await cache.write_chunk(entry, 0, data[:CHUNK])
+    await cache.write_chunk(entry, 0, data[:CHUNK], sha(data[:CHUNK]))
     assert cache.get(digest) is None  # being written: not a hit
     reloaded = make_cache(tmp_path)  # as after kill -9 mid-layer
     assert reloaded.get(digest) is None
@@ -74,8 +82,8 @@ async def test_torn_index_line_is_ignored(tmp_path: Path) -> None:
     digest = digest_of(data)
     entry = cache.admit(digest, len(data))
     assert entry is not None
-    await cache.write_chunk(entry, 0, data[:CHUNK])
-    await cache.write_chunk(entry, 1, data[CHUNK:])
+    await cache.write_chunk(entry, 0, data[:CHUNK], sha(data[:CHUNK]))
+    await cache.write_chunk(entry, 1, data[CHUNK:], sha(data[CHUNK:]))
     with open(entry.index_path, "a") as index:
         index.write("v")  # the verified marker torn before its newline
     assert make_cache(tmp_path).get(digest) is None
