@@ -5,6 +5,10 @@ type mismatches are compile errors, and every call releases the GIL. The ``cdef`
 header itself minus its preprocessor lines, so declarations live in one place
 (``native/pollen_io.h``) and cannot drift from what Python sees.
 
+The C code needs only libc and the kernel's UAPI headers (``<linux/io_uring.h>``,
+``<linux/aio_abi.h>``: Debian's linux-libc-dev, which libc6-dev pulls in); io_uring and Linux
+AIO are reached through raw system calls, so neither liburing nor libaio is needed.
+
 setuptools uses this through ``setup.py`` (``cffi_modules=["build.py:ffibuilder"]``), which is
 what ``make build`` / ``pip install -e .`` run. ``python build.py`` compiles the module in place
 (``agent/_pollen_io.*.so``) for quick development loops.

@@ -215,6 +215,11 @@ class ChunkCache:
         self._entries.move_to_end(digest)
         return entry
 
+    def peek(self, digest: str) -> CacheEntry | None:
+        """The layer's entry, complete or still being written, without touching LRU order
+        (peers asking for chunks must not keep a layer alive that no client uses)."""
+        return self._entries.get(digest)
+
     def admit(self, digest: str, size: int) -> CacheEntry | None:
         """Reserve room for a new layer and create its files; None when it cannot fit.
 

@@ -40,15 +40,14 @@ def print_config(config: Config) -> None:
 
 
 def run_role(config: Config, role: str) -> int:
-    if role != "agent":
-        print(
-            f"pollen: mode {role!r} is not available in this build (only 'agent')",
-            file=sys.stderr,
-        )
-        return 2
     from agent.daemon import Agent
 
-    trio.run(Agent(config).run)
+    try:
+        agent = Agent(config, mode=role)
+    except ConfigError as exc:
+        print(f"pollen: {exc}", file=sys.stderr)
+        return 2
+    trio.run(agent.run)
     return 0
 
 
@@ -100,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     for name, text in (
         ("agent", "run the node agent (registry proxy with a disk cache)"),
+        ("root", "run a root: an agent that also tracks the layers it owns and fetches them"),
         ("run", "run the role named by DeployConfig.mode"),
     ):
         role = sub.add_parser(name, help=text)
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print_config(config)
         return 0
     configure_logging(args.verbose)
-    role = "agent" if args.command == "agent" else config.mode
+    role = config.mode if args.command == "run" else args.command
     try:
         return run_role(config, role)
     except KeyboardInterrupt:

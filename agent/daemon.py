@@ -19,11 +19,18 @@ from agent import __version__, native
 from agent.authcheck import AuthChecker
 from agent.cache import ChunkCache
 from agent.config import Config
+from agent.errors import ConfigError
 from agent.httpclient import HttpClient, make_client_ssl_context
 from agent.httpserver import HttpServer, ServerSettings, listener_port, open_listeners
-from agent.layerfetch import LayerFetcher
+from agent.layerfetch import LayerFetcher, SwarmContext
 from agent.nodeaddr import detect_node_ip
+from agent.p2pclient import P2PClient
+from agent.p2pproto import parse_node
+from agent.p2pserver import P2PService
 from agent.proxy import RegistryProxy, protocol_error_response
+from agent.roots import RootSet
+from agent.throttle import TokenBucket
+from agent.tracker import Tracker
 from agent.upstream import RegistryClient
 
 log = logging.getLogger(__name__)
@@ -36,12 +43,47 @@ def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
+def p2p_server_ssl_context(config: Config) -> ssl.SSLContext:
+    """The P2P port's TLS: this node's certificate, and peers must show one from the CA."""
+    context = server_ssl_context(config.p2p_tls_cert, config.p2p_tls_key)
+    if config.p2p_tls_ca:
+        context.load_verify_locations(cafile=config.p2p_tls_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def p2p_client_ssl_context(config: Config) -> ssl.SSLContext:
+    context = make_client_ssl_context(config.p2p_tls_ca or None)
+    context.load_cert_chain(config.p2p_tls_cert, config.p2p_tls_key)
+    return context
+
+
+class Throttle:
+    """The node's upload cap (throttleLimitMB), awaited before each piece any server sends."""
+
+    def __init__(self, bucket: TokenBucket) -> None:
+        self._bucket = bucket
+
+    async def __call__(self, n: int) -> None:
+        delay = self._bucket.reserve(n, trio.current_time())
+        if delay > 0:
+            await trio.sleep(delay)
+
+
+def _join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class Agent:
     """A running agent's components, built from the configuration."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, mode: str | None = None) -> None:
         self.config = config
+        self.mode = mode or config.mode
+        if self.mode == "root" and not config.cluster_token:
+            raise ConfigError("clusterToken", "a root needs POLLEN_CLUSTER_TOKEN (clusterToken)")
         self.node_ip = config.node_ip or detect_node_ip()
+        self.node = parse_node(_join_host_port(self.node_ip, config.p2p_port))
         self.engine = native.open_engine("pread", config.cache_queue_depth)
         self.cache = ChunkCache(
             Path(config.cache_path),
@@ -57,11 +99,50 @@ class Agent:
         )
         self.registry = RegistryClient(self.http, retries=config.upstream_retries)
         self.auth = AuthChecker(self.registry, ttl=config.auth_cache_ttl)
+        bucket = TokenBucket(config.throttle_bytes_per_second, burst=config.cache_chunk_size)
+        self.throttle = Throttle(bucket)
+        self.p2p_enabled = self.mode == "root" or bool(config.roots)
+        p2p_tls = bool(config.p2p_tls_cert)
+        self.swarm: SwarmContext | None = None
+        self.roots: RootSet | None = None
+        if config.roots:
+            self.roots = RootSet(config.roots, p2p_port=config.p2p_port)
+            p2p_http = HttpClient(
+                p2p_client_ssl_context(config) if p2p_tls else make_client_ssl_context(None),
+                timeout=config.upstream_timeout,
+            )
+            self.swarm = SwarmContext(
+                node=self.node,
+                roots=self.roots,
+                client=P2PClient(
+                    p2p_http, token=config.cluster_token.encode(), node=self.node, tls=p2p_tls
+                ),
+            )
         self.fetcher = LayerFetcher(
             self.cache,
             self.registry,
             concurrency_limit=config.proxy_concurrency_limit,
             retries=config.upstream_retries,
+            swarm=self.swarm,
+        )
+        self.tracker: Tracker | None = None
+        if self.mode == "root":
+            self.tracker = Tracker(
+                node=self.node, config=config, fetcher=self.fetcher, cache=self.cache
+            )
+        self.p2p = P2PService(
+            token=config.cluster_token.encode(),
+            cache=self.cache,
+            plan_handler=self.tracker.plan if self.tracker else None,
+        )
+        self.p2p_server = HttpServer(
+            self.p2p.handle,
+            ServerSettings(
+                read_timeout=config.read_timeout,
+                idle_timeout=config.idle_timeout,
+                throttle=self.throttle,
+            ),
+            name="p2p",
         )
         self.proxy = RegistryProxy(
             config=config,
@@ -72,7 +153,11 @@ class Agent:
         )
         self.server = HttpServer(
             self.proxy.handle,
-            ServerSettings(read_timeout=config.read_timeout, idle_timeout=config.idle_timeout),
+            ServerSettings(
+                read_timeout=config.read_timeout,
+                idle_timeout=config.idle_timeout,
+                throttle=self.throttle,
+            ),
             name="proxy",
             on_protocol_error=protocol_error_response,
         )
@@ -82,7 +167,7 @@ class Agent:
         """The JSON of ``/_pollen/status`` (and `pollen status`)."""
         return {
             "version": __version__,
-            "mode": self.config.mode,
+            "mode": self.mode,
             "node": f"{self.node_ip}:{self.config.p2p_port}",
             "proxy_port": self.proxy_port,
             "ready": self.proxy.ready,
@@ -104,6 +189,20 @@ class Agent:
             "auth_checks": dict(self.auth.results),
             "server": self.server.statistics(),
             "upstreams": [str(u) for u in self.config.upstreams],
+            "swarm": self._swarm_status(),
+        }
+
+    def _swarm_status(self) -> dict[str, object] | None:
+        if not self.p2p_enabled:
+            return None
+        return {
+            "node": self.node,
+            "roots": self.roots.state() if self.roots else [],
+            "origin_fallbacks": self.swarm.fallbacks if self.swarm else 0,
+            "peer_bytes": self.swarm.peer_bytes if self.swarm else 0,
+            "chunks_served": self.p2p.chunks_served,
+            "refused": self.p2p.refused,
+            "tracker": self.tracker.statistics() if self.tracker else None,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -112,14 +211,32 @@ class Agent:
         tls = server_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert else None
         listeners = await open_listeners(config.listen_address, config.proxy_port, tls)
         self.proxy_port = listener_port(listeners)
+        p2p_listeners = []
+        if self.p2p_enabled:
+            p2p_tls = p2p_server_ssl_context(config) if config.p2p_tls_cert else None
+            p2p_listeners = await open_listeners(config.listen_address, config.p2p_port, p2p_tls)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.fetcher.run)
+                if self.roots is not None:
+                    await nursery.start(self.roots.run)
+                if self.tracker is not None:
+                    await nursery.start(self.tracker.run)
+                if p2p_listeners:
+                    await nursery.start(self.p2p_server.serve, p2p_listeners)
+                    log.info(
+                        "P2P port %d as %s (%s), roots %s",
+                        config.p2p_port,
+                        self.node,
+                        self.mode,
+                        ", ".join(config.roots) or "(none)",
+                    )
                 await nursery.start(self.server.serve, listeners)
                 self.proxy.ready = True
                 log.info(
-                    "pollen %s agent serving the registry API on %s port %d (%s), upstreams %s",
+                    "pollen %s %s serving the registry API on %s port %d (%s), upstreams %s",
                     __version__,
+                    self.mode,
                     config.listen_address or "*",
                     self.proxy_port,
                     "https" if tls else "http",
@@ -131,7 +248,11 @@ class Agent:
                         log.info("received %s: draining", signal.Signals(signum).name)
                         break
                 self.proxy.ready = False
-                await self.server.drain(config.shutdown_grace)
+                with trio.move_on_after(config.shutdown_grace):
+                    async with trio.open_nursery() as drains:
+                        drains.start_soon(self.server.drain, config.shutdown_grace)
+                        if p2p_listeners:
+                            drains.start_soon(self.p2p_server.drain, config.shutdown_grace)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):

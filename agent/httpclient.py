@@ -111,7 +111,10 @@ class ClientResponse:
         """Yield body pieces as they arrive; each wait is bounded by the read timeout."""
         conn = self._conn
         while not self.complete:
-            event = conn.h11.next_event()
+            try:
+                event = conn.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise HttpClientError(f"bad response from {self.url}: {exc}") from exc
             if event is h11.NEED_DATA:
                 try:
                     with trio.fail_after(self._timeout):

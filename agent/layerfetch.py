@@ -33,6 +33,9 @@ from agent.chunks import ChunkLayout
 from agent.config import Upstream
 from agent.errors import RegistryError
 from agent.httpclient import ClientResponse, HttpClientError
+from agent.p2pclient import P2PClient, PeerError
+from agent.p2pproto import MAX_REPORTS, PlanTarget
+from agent.roots import RootSet
 from agent.routes import Digest
 from agent.upstream import RegistryClient, UpstreamUnavailable, backoff_delay
 
@@ -62,6 +65,25 @@ class CacheWriteFailed(LayerFailed):
 
 
 MAX_RESUMES = 2
+
+
+class SwarmUnavailable(Exception):
+    """The swarm cannot deliver this layer (no root answers, it does not fit); the download
+    goes to the origin instead."""
+
+
+@dataclass(eq=False, kw_only=True)
+class SwarmContext:
+    """What a node needs to fetch layers through the swarm."""
+
+    node: str  # this node's id, nodeIP:p2pPort
+    roots: RootSet
+    client: P2PClient
+    parallel: int = 4  # chunk transfers in flight per layer
+    chunk_timeout: float = 15.0
+    plan_timeout: float = 10.0
+    fallbacks: int = 0  # layers fetched from the origin because no root answered
+    peer_bytes: int = 0
 
 
 @dataclass(kw_only=True)
@@ -110,9 +132,12 @@ class LayerDownload:
         registry: RegistryClient,
         retries: int,
         cacheable: bool = True,
+        swarm: SwarmContext | None = None,
     ) -> None:
         self.digest = digest
         self._cacheable = cacheable
+        self._swarm = swarm
+        self._hashed_upto = 0  # chunks [0, n) are in the whole-layer hash
         self.upstream = upstream
         self.repo = repo
         self._headers = headers
@@ -177,6 +202,10 @@ class LayerDownload:
         self._changed.set()
         self._changed = trio.Event()
 
+    async def wait_change(self) -> None:
+        """Wait for the next chunk stored, verification, or failure (the root's tracker)."""
+        await self._changed.wait()
+
     # -- the download ---------------------------------------------------------------------
 
     async def run(self, limiter: trio.CapacityLimiter) -> None:
@@ -187,7 +216,10 @@ class LayerDownload:
                 try:
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
-                        await self._download()
+                        if self._swarm is not None and self._cacheable:
+                            await self._download_swarm_or_origin()
+                        else:
+                            await self._download()
                 except BaseExceptionGroup as group:
                     raise first_failure(group) from None
                 await self._finish()
@@ -213,6 +245,13 @@ class LayerDownload:
             self._cache.drop(self.entry)
 
     def _begin(self, size: int) -> None:
+        if self.layout is not None:
+            if size != self.layout.size:
+                raise LayerCorrupt(
+                    f"layer {self.digest}: origin says {size} bytes, the swarm said "
+                    f"{self.layout.size}"
+                )
+            return
         self.layout = ChunkLayout(size=size, chunk_size=self._cache.chunk_size)
         self.progress.size = size
         self.entry = self._cache.admit(str(self.digest), size) if self._cacheable else None
@@ -267,8 +306,10 @@ class LayerDownload:
                         offset += n
                         self.progress.received = offset
                         if filled == len(chunk) and chunk_index < layout.count - 1:
-                            await self._emit(chunk_index, chunk)
+                            if not self._holds(chunk_index):
+                                await self._emit(chunk_index, chunk)
                             chunk_index += 1
+                            self._hashed_upto = chunk_index
                 break
             except HttpClientError as exc:
                 if self.layout is None:
@@ -287,8 +328,213 @@ class LayerDownload:
                 f"{self.digest.algorithm}:{hasher.hexdigest()}"
             )
         # The last chunk was held back until the digest matched.
-        if self.layout.count:
+        if self.layout.count and not self._holds(self.layout.count - 1):
             await self._emit(self.layout.count - 1, chunk)
+        self._hashed_upto = self.layout.count
+
+    # -- the swarm ---------------------------------------------------------------------------
+
+    async def _download_swarm_or_origin(self) -> None:
+        """Fetch through the swarm; go to the origin when no root answers (a pull never fails
+        because of P2P) or when this node is the layer's owner."""
+        swarm = self._swarm
+        assert swarm is not None
+        owners = swarm.roots.owners(str(self.digest))
+        if owners and owners[0] == swarm.node:
+            await self._download()  # we own it: the cluster's one trip to the origin
+            return
+        try:
+            await self._download_swarm()
+        except SwarmUnavailable as exc:
+            swarm.fallbacks += 1
+            log.warning(
+                "layer %s: %s; fetching from the origin %s", self.digest, exc, self.upstream.key
+            )
+            self.progress.mode = "origin-fallback"
+            await self._download()
+
+    async def _download_swarm(self) -> None:
+        swarm = self._swarm
+        assert swarm is not None and self._nursery is not None
+        digest = str(self.digest)
+        hashes: dict[int, str] = {}
+        reports_done: list[tuple[int, str]] = []
+        reports_failed: list[tuple[int, str, bool]] = []
+        fetching: dict[int, dict[str, trio.CancelScope]] = {}
+        wake = trio.Event()
+        authorization = next((v for k, v in self._headers if k == b"authorization"), None)
+        hasher = hashlib.new(self.digest.algorithm)
+        hash_lock = trio.Lock()
+        first_ask = True
+
+        def in_flight() -> int:
+            return sum(len(s) for s in fetching.values())
+
+        async def advance_hash() -> None:
+            # The whole-layer digest needs the bytes in order; chunks arrive out of order.
+            async with hash_lock:
+                layout, entry = self.layout, self.entry
+                assert layout is not None and entry is not None
+                while self._hashed_upto < layout.count and self._holds(self._hashed_upto):
+                    index = self._hashed_upto
+                    data = self._hot.get(index)
+                    if data is None:
+                        data = await self._cache.read_chunk(entry, index)
+                    hasher.update(data)
+                    self._hashed_upto += 1
+                self._evict_hot()
+
+        async def fetch(index: int, source: str, scope: trio.CancelScope) -> None:
+            nonlocal wake
+            layout = self.layout
+            assert layout is not None
+            buffer = bytearray(layout.length(index))
+            try:
+                with scope:
+                    with trio.fail_after(swarm.chunk_timeout):
+                        await swarm.client.fetch_chunk(
+                            source, digest, index, len(buffer), into=memoryview(buffer)
+                        )
+                if scope.cancelled_caught:
+                    return  # the endgame's loser: the chunk came from elsewhere
+                sha = hashlib.sha256(buffer).hexdigest()
+                if sha != hashes.get(index):
+                    log.warning(
+                        "layer %s: %s sent a bad chunk %d; dropping it", digest, source, index
+                    )
+                    reports_failed.append((index, source, True))
+                    return
+                if not self._holds(index):
+                    for other, other_scope in fetching.get(index, {}).items():
+                        if other != source:
+                            other_scope.cancel()
+                    await self._emit(index, buffer, sha)
+                    self.progress.received += len(buffer)
+                    swarm.peer_bytes += len(buffer)
+                reports_done.append((index, source))
+                await advance_hash()
+            except (PeerError, trio.TooSlowError) as exc:
+                log.info("layer %s: chunk %d from %s failed: %s", digest, index, source, exc)
+                reports_failed.append((index, source, False))
+            finally:
+                sources = fetching.get(index, {})
+                sources.pop(source, None)
+                if not sources:
+                    fetching.pop(index, None)
+                wake.set()
+
+        while True:
+            layout = self.layout
+            if layout is not None and self._hashed_upto == layout.count:
+                break
+            owners = swarm.roots.owners(digest)
+            if not owners:
+                raise SwarmUnavailable("no root answers")
+            root = owners[0]
+            held = None
+            if first_ask and layout is not None:
+                held = {i for i in range(layout.count) if self._holds(i)}
+            budget = MAX_REPORTS
+            done, reports_done[:] = reports_done[:budget], reports_done[budget:]
+            failed, reports_failed[:] = (
+                reports_failed[: budget - len(done)],
+                reports_failed[budget - len(done) :],
+            )
+            request = PlanTarget(
+                digest=digest,
+                upstream=self.upstream.key,
+                repo=self.repo,
+                want=max(0, swarm.parallel - in_flight()),
+                have=held,
+                done=tuple(done),
+                failed=tuple(failed),
+            )
+            try:
+                with trio.fail_after(swarm.plan_timeout):
+                    plan = await swarm.client.plan(root, request, authorization)
+            except (PeerError, trio.TooSlowError) as exc:
+                swarm.roots.bench(root, str(exc))
+                reports_done[:0] = done
+                reports_failed[:0] = failed
+                first_ask = True
+                continue
+            first_ask = False
+            log.debug(
+                "layer %s: plan from %s: want %d done %d failed %d -> %d assignments %s",
+                digest,
+                root,
+                request.want,
+                len(done),
+                len(failed),
+                len(plan.assignments),
+                plan.assignments[:4],
+            )
+            if plan.error is not None:
+                raise RegistryError(
+                    plan.error_status or 502,
+                    "UNAVAILABLE" if (plan.error_status or 502) >= 500 else "DENIED",
+                    f"root {root}: {plan.error}",
+                )
+            if plan.size is None:
+                await trio.sleep(plan.retry_after or 0.2)
+                continue
+            if self.layout is None:
+                if plan.chunk_size != self._cache.chunk_size:
+                    raise SwarmUnavailable(
+                        f"root {root} uses {plan.chunk_size}-byte chunks, "
+                        f"we use {self._cache.chunk_size}"
+                    )
+                self._begin(plan.size)
+                if self.stream_mode:
+                    raise SwarmUnavailable("the layer does not fit this node's cache")
+                self.progress.mode = "swarm"
+            hashes.update(plan.chunk_sha256)
+            for index, source in plan.assignments:
+                if self._holds(index):
+                    reports_done.append((index, source))  # nothing to fetch: free its slot
+                    continue
+                if source in fetching.get(index, {}):
+                    continue
+                scope = trio.CancelScope()
+                fetching.setdefault(index, {})[source] = scope
+                self._nursery.start_soon(fetch, index, source, scope)
+            if not plan.assignments and not in_flight():
+                await trio.sleep(plan.retry_after or 0.1)
+                continue
+            # Ask again as soon as a transfer ends (to report it and take more work).
+            wake = trio.Event()
+            with trio.move_on_after(1.0):
+                await wake.wait()
+        # The last reports free the sources' upload slots at the root: send them now rather
+        # than let them time out there.
+        while reports_done or reports_failed:
+            owners = swarm.roots.owners(digest)
+            if not owners:
+                break
+            budget = MAX_REPORTS
+            done, reports_done[:] = reports_done[:budget], reports_done[budget:]
+            failed = reports_failed[: budget - len(done)]
+            del reports_failed[: len(failed)]
+            final = PlanTarget(
+                digest=digest,
+                upstream=self.upstream.key,
+                repo=self.repo,
+                want=0,
+                done=tuple(done),
+                failed=tuple(failed),
+            )
+            try:
+                with trio.fail_after(swarm.plan_timeout):
+                    await swarm.client.plan(owners[0], final, authorization)
+            except (PeerError, trio.TooSlowError) as exc:
+                log.info("layer %s: last report to %s failed: %s", digest, owners[0], exc)
+                break
+        assert self.layout is not None
+        if hasher.hexdigest() != self.digest.hex:
+            raise LayerCorrupt(
+                f"layer {self.digest}: chunks from the swarm hash to "
+                f"{self.digest.algorithm}:{hasher.hexdigest()}"
+            )
 
     async def _check_response(self, response: ClientResponse, offset: int, path: str) -> int:
         """Validate a (possibly resumed) response; returns how many leading bytes to skip."""
@@ -309,7 +555,10 @@ class LayerDownload:
             return offset
         raise LayerFailed(f"resume of {self.digest} answered {response.status}")
 
-    async def _emit(self, index: int, data: bytearray) -> None:
+    def _holds(self, index: int) -> bool:
+        return self.entry is not None and (index in self._hot or self.entry.has_chunk(index))
+
+    async def _emit(self, index: int, data: bytearray, sha256: str | None = None) -> None:
         if self.stream_mode:
             alive = []
             for send in self._subscribers:
@@ -327,14 +576,14 @@ class LayerDownload:
         await self._write_slots.acquire()
         self._hot[index] = data
         self._unwritten.add(index)
-        self._nursery.start_soon(self._write_chunk, index, data)
+        self._nursery.start_soon(self._write_chunk, index, data, sha256)
         self._notify()
 
-    async def _write_chunk(self, index: int, data: bytearray) -> None:
+    async def _write_chunk(self, index: int, data: bytearray, sha256: str | None) -> None:
         assert self.entry is not None
         try:
             await self._cache.write_chunk(
-                self.entry, index, data, hashlib.sha256(data).hexdigest()
+                self.entry, index, data, sha256 or hashlib.sha256(data).hexdigest()
             )
         except OSError as exc:
             self._cache.write_failed(exc)
@@ -342,11 +591,14 @@ class LayerDownload:
         finally:
             self._write_slots.release()
         self._unwritten.discard(index)
-        # Keep only the newest chunks in memory, and never one that is not on disk yet.
-        written = [i for i in self._hot if i not in self._unwritten]
-        for old in written[: max(0, len(written) - HOT_CHUNKS)]:
-            del self._hot[old]
+        self._evict_hot()
         self._notify()
+
+    def _evict_hot(self) -> None:
+        """Keep only the newest chunks in memory, never one not on disk or not hashed yet."""
+        done = [i for i in self._hot if i not in self._unwritten and i < self._hashed_upto]
+        for old in sorted(done)[: max(0, len(done) - HOT_CHUNKS)]:
+            del self._hot[old]
 
     def hot_chunk(self, index: int) -> bytearray | None:
         return self._hot.get(index)
@@ -362,16 +614,17 @@ class LayerDownload:
             assert self.entry is not None
             self._cache.commit(self.entry)
         self.verified = True
-        self.progress.mode = "done"
+        via = "the swarm" if self.progress.mode == "swarm" else self.upstream.key
         elapsed = trio.current_time() - self.progress.started_at
         log.info(
             "layer %s: %d bytes from %s in %.2fs (%s)",
             self.digest,
             self.progress.received,
-            self.upstream.key,
+            via,
             elapsed,
             "streamed" if self.stream_mode else "cached",
         )
+        self.progress.mode = "done"
         self._notify()
 
 
@@ -568,7 +821,9 @@ class LayerFetcher:
         *,
         concurrency_limit: int,
         retries: int,
+        swarm: SwarmContext | None = None,
     ) -> None:
+        self._swarm = swarm
         self._cache = cache
         self._registry = registry
         self._limiter = trio.CapacityLimiter(concurrency_limit)
@@ -641,6 +896,7 @@ class LayerFetcher:
                 registry=self._registry,
                 retries=self._retries,
                 cacheable=cacheable,
+                swarm=self._swarm,
             )
             if cacheable:
                 self._inflight[key] = download
@@ -659,6 +915,39 @@ class LayerFetcher:
             if channel is not None:
                 channel.close()
             raise
+
+    async def ensure(
+        self, *, upstream: Upstream, repo: str, digest: Digest, headers: Headers
+    ) -> LayerDownload | CacheEntry:
+        """The layer in this node's cache, or its download from the origin once its size is
+        known (the root's tracker: the owner never asks the swarm for its own layers)."""
+        key = str(digest)
+        entry = self._cache.get(key)
+        if entry is not None:
+            return entry
+        download = self._inflight.get(key)
+        if download is None or not download.joinable:
+            download = LayerDownload(
+                digest=digest,
+                upstream=upstream,
+                repo=repo,
+                headers=headers,
+                cache=self._cache,
+                registry=self._registry,
+                retries=self._retries,
+            )
+            self._inflight[key] = download
+            assert self._nursery is not None, "LayerFetcher.run is not running"
+            self._nursery.start_soon(self._run_download, download)
+        await download.started.wait()
+        if download.layout is None or download.error is not None:
+            err = download.error
+            if isinstance(err, RegistryError):
+                raise err
+            raise UpstreamUnavailable(f"layer {digest}: {err}")
+        if download.stream_mode:
+            raise RegistryError(502, "UNAVAILABLE", f"layer {digest} does not fit the cache")
+        return download
 
     async def _run_download(self, download: LayerDownload) -> None:
         key = str(download.digest)

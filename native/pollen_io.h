@@ -7,8 +7,8 @@
  *     is never the interface, because the caller (cffi, on a worker thread) must not have to
  *     race to read it.
  *   - Results go into caller-owned buffers and out-parameters; this library never allocates
- *     memory the caller must free, and keeps no global state.
- *   - Calls may block on the disk; Python runs them on worker threads with the GIL released.
+ *     memory the caller must free (the engine handle, freed by pollen_engine_close, is the one
+ *     exception), and keeps no global state.
  *
  * build.py feeds this file to ffibuilder.cdef() after dropping every line that starts with
  * '#', so outside preprocessor lines this header must stay plain declarations that cffi's
@@ -19,16 +19,21 @@
  * EXPECTED_NATIVE_VERSION, which catches a stale build after `git pull`. Bump it whenever a
  * declaration here is added or changes meaning.
  *
- * Room for the asynchronous engines (a later issue): io_uring and Linux AIO engines will be
- * added beside, not instead of, the calls below. The plan is an opaque handle, declared
- * here as "struct pollen_engine;", with functions such as
- *     pollen_engine_open(kind, queue_depth, &engine, &eventfd)   (eventfd: readable when
- *                                                                 completions are ready)
- *     pollen_engine_submit(engine, op, fd, buf, len, offset, tag)
- *     pollen_engine_reap(engine, completions, max, &count)       (tag, status, bytes)
- *     pollen_engine_close(engine)
- * keeping the status/out-parameter convention. The synchronous calls below keep their
- * signatures and meaning, so the plain pread engine stays the fallback everywhere.
+ * Two families of calls:
+ *   - synchronous calls (pollen_pread_full, pollen_open, ...) that may block on the disk;
+ *     Python runs them on worker threads with the GIL released (the plain pread engine);
+ *   - the asynchronous engines, io_uring and Linux AIO, behind one opaque handle
+ *     (struct pollen_engine). pollen_engine_open() sets one up together with an eventfd that
+ *     becomes readable when completions are waiting; pollen_engine_submit() queues one read or
+ *     write and returns at once; pollen_engine_reap() collects finished operations without
+ *     blocking; pollen_engine_close() waits for the operations still in flight and releases
+ *     everything. The engine handle is the one thing this library allocates: it is freed by
+ *     pollen_engine_close(), and nothing else is kept between calls.
+ *
+ * The caller (agent/native.py) keeps every buffer handed to pollen_engine_submit() alive until
+ * that operation's completion has been reaped (or pollen_engine_close() has returned), and never
+ * has more than queue_depth operations in flight (pollen_engine_submit() refuses with EBUSY).
+ * A handle is used by one thread at a time (the trio thread); it is not thread-safe.
  */
 #ifndef POLLEN_IO_H
 #define POLLEN_IO_H
@@ -36,7 +41,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define POLLEN_IO_VERSION 1
+#define POLLEN_IO_VERSION 2
 
 /* The POLLEN_IO_VERSION this module was compiled with. (Not a status.) */
 int pollen_version(void);
@@ -68,5 +73,64 @@ int pollen_close(int fd);
 
 /* fsync(2), retried on EINTR. */
 int pollen_fsync(int fd);
+
+/* ---- asynchronous engines ------------------------------------------------------------ */
+
+/* Engine kinds for pollen_engine_open. */
+enum pollen_engine_kind { POLLEN_ENGINE_IO_URING = 1, POLLEN_ENGINE_AIO = 2 };
+
+/* Operations for pollen_engine_submit. */
+enum pollen_op { POLLEN_OP_READ = 1, POLLEN_OP_WRITE = 2 };
+
+/* An io_uring ring or a Linux AIO context, with its eventfd. Opaque. */
+struct pollen_engine;
+
+/* One finished operation, as pollen_engine_reap reports it. */
+struct pollen_completion {
+    uint64_t tag;    /* the tag given to pollen_engine_submit */
+    int64_t result;  /* bytes transferred when status is 0 (fewer than asked: EOF or short) */
+    int32_t status;  /* 0, or the positive errno the operation failed with */
+};
+
+/*
+ * Open an engine of the given kind for at most queue_depth (1..4096) operations in flight.
+ * On success *engine_out is the handle and *eventfd_out an eventfd (non-blocking, close-on-exec,
+ * owned by the engine: do not close or read it) that is readable while completions wait.
+ * Fails with the kernel's errno when the kind is unavailable (ENOSYS or EPERM when io_uring
+ * or AIO is compiled out or forbidden by seccomp, EOPNOTSUPP when the kernel's io_uring lacks
+ * plain read/write, EAGAIN when fs.aio-max-nr is exhausted), EINVAL for a bad argument.
+ */
+int pollen_engine_open(int kind, unsigned int queue_depth, struct pollen_engine **engine_out,
+                       int *eventfd_out);
+
+/*
+ * Start one read or write of len bytes at offset on fd, from or into buf, and return without
+ * waiting. tag comes back in the completion. An operation may transfer less than asked (at
+ * most 0x7ffff000 bytes are asked of the kernel at once); the caller continues from there.
+ * A status here means the operation was not started (EBUSY: queue_depth already in flight;
+ * with AIO also EBADF, EINVAL for a bad fd or request); errors found once started (ENOSPC,
+ * EIO, and with io_uring EBADF...) arrive in the completion instead. Linux AIO returns at
+ * once only for O_DIRECT I/O that needs no block allocation; otherwise io_submit itself
+ * waits for the disk (buffered I/O, or writes that extend a file on ext4).
+ */
+int pollen_engine_submit(struct pollen_engine *engine, int op, int fd, void *buf, size_t len,
+                         int64_t offset, uint64_t tag);
+
+/*
+ * Collect up to max finished operations into out, without blocking; *count is how many.
+ * Clears the eventfd first, so after a call that returned fewer than max, the eventfd becomes
+ * readable again only for completions that arrive later.
+ */
+int pollen_engine_reap(struct pollen_engine *engine, struct pollen_completion *out, size_t max,
+                       size_t *count);
+
+/*
+ * Wait (blocking) for the operations still in flight, discard their completions, and release
+ * the ring or context, the eventfd and the handle. The handle is invalid afterwards, also when
+ * an error is returned. Waiting means the kernel can no longer write into a caller's buffer
+ * once this returns; it also means an operation that never completes (a read from an idle
+ * pipe) blocks it, so engines are for files.
+ */
+int pollen_engine_close(struct pollen_engine *engine);
 
 #endif /* POLLEN_IO_H */

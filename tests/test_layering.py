@@ -27,6 +27,9 @@ LAYERS: dict[str, int] = {
     "ranges": 2,
     "upstream_choice": 2,
     "chunks": 2,
+    "p2pproto": 2,
+    "throttle": 2,
+    "swarm": 2,
     # 3. native bindings and the cache
     "_pollen_io": 3,  # the compiled cffi module (build.py); only native may import it
     "native": 3,
@@ -39,6 +42,10 @@ LAYERS: dict[str, int] = {
     "authcheck": 4,
     "proxy": 4,
     "nodeaddr": 4,  # opens a UDP socket to find the node's address
+    "roots": 4,
+    "p2pclient": 4,
+    "p2pserver": 4,
+    "tracker": 4,
     # 5. wiring
     "daemon": 5,
     "cli": 5,

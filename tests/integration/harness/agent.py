@@ -27,15 +27,20 @@ class AgentProcess:
         name: str = "agent",
         tls: tuple[Path, Path] | None = None,
         port: int | None = None,
+        address: str = "127.0.0.1",
+        role: str = "agent",
     ) -> None:
         self.workdir = workdir
         self.name = name
-        self.port = port or free_port()
+        self.address = address
+        self.role = role
+        self.port = port or free_port(address)
         self.cache_path = workdir / "cache"
         self.scheme = "https" if tls else "http"
         self.env = {
             "POLLEN_PROXY_PORT": str(self.port),
-            "POLLEN_LISTEN_ADDRESS": "127.0.0.1",
+            "POLLEN_LISTEN_ADDRESS": address,
+            "POLLEN_NODE_IP": address,
             "POLLEN_CACHE_PATH": str(self.cache_path),
             "POLLEN_LOG_DIR": str(workdir / "log"),
             "POLLEN_UPSTREAMS": upstreams,
@@ -50,7 +55,7 @@ class AgentProcess:
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -59,7 +64,7 @@ class AgentProcess:
     def start(self, *, ca: Path | None = None, timeout: float = 30.0) -> AgentProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = ManagedProcess(
-            [sys.executable, "-m", "agent", "agent"],
+            [sys.executable, "-m", "agent", self.role, "-v"],
             name=self.name,
             log_dir=self.workdir,
             env=self.env,

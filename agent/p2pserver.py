@@ -1,0 +1,121 @@
+"""The P2P port's application: chunks for peers (`rpc:pread`, `rpc:stat`) and, on a root,
+plans for agents.
+
+Every request must carry a valid signature of the cluster token (`agent.p2pproto.verify`);
+anything else gets 401 and no data. A chunk is served straight from the cache file with
+sendfile (the receiver checks it against the root's sha256, so no byte needs to pass through
+Python here), and only if this node holds it: a chunk still being downloaded is 404, and the
+asker goes elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from agent.cache import CacheEntry, ChunkCache
+from agent.httpserver import FileRegion, Request, Response
+from agent.p2pproto import (
+    ChunkTarget,
+    P2PAuthError,
+    P2PProtocolError,
+    Plan,
+    PlanTarget,
+    parse_target,
+    verify,
+)
+
+log = logging.getLogger(__name__)
+
+PlanHandler = Callable[[str, PlanTarget, bytes | None], Awaitable[Plan]]
+AUTHORIZATION_HEADER = b"x-pollen-authorization"
+
+
+def text_response(status: int, message: str) -> Response:
+    body = (message + "\n").encode()
+    return Response(
+        status=status,
+        headers=[
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        body=body,
+    )
+
+
+class P2PService:
+    def __init__(
+        self,
+        *,
+        token: bytes,
+        cache: ChunkCache,
+        plan_handler: PlanHandler | None,
+        on_served: Callable[[int], None] | None = None,
+    ) -> None:
+        self._token = token
+        self._cache = cache
+        self._plan = plan_handler
+        self._on_served = on_served
+        self.refused = 0
+        self.chunks_served = 0
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            node = verify(self._token, request.method, request.target, request.headers, time.time())
+        except P2PAuthError as exc:
+            self.refused += 1
+            log.warning("p2p conn %d from %s: refused: %s", request.conn_id, request.client[0], exc)
+            return text_response(401, f"unauthorized: {exc}")
+        try:
+            target = parse_target(request.method, request.target)
+        except P2PProtocolError as exc:
+            return text_response(exc.status_hint or 400, str(exc))
+        if isinstance(target, ChunkTarget):
+            return self._chunk(request.method, target)
+        if self._plan is None:
+            return text_response(404, "this node is not a root")
+        authorization = None
+        for name, value in request.headers:
+            if name == AUTHORIZATION_HEADER:
+                authorization = value
+        if authorization is not None and not request.tls:
+            return text_response(400, "credentials must not cross the network in clear")
+        plan = await self._plan(node, target, authorization)
+        body = plan.to_json()
+        return Response(
+            status=200,
+            headers=[
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            body=body,
+        )
+
+    def _chunk(self, method: str, target: ChunkTarget) -> Response:
+        entry = self._cache.peek(target.digest)
+        if entry is None or entry.dropped or not entry.has_chunk(target.index):
+            return text_response(404, f"chunk {target.index} of {target.digest} is not here")
+        length = entry.layout.length(target.index)
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"content-length", str(length).encode()),
+            (b"x-pollen-layer-size", str(entry.size).encode()),
+        ]
+        if method == "HEAD":  # rpc:stat
+            return Response(status=200, headers=headers)
+        return Response(status=200, headers=headers, body=self._send_chunk(entry, target.index))
+
+    async def _send_chunk(self, entry: CacheEntry, index: int) -> AsyncIterator[FileRegion]:
+        self._cache.pin(entry)
+        fd = os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            length = entry.layout.length(index)
+            yield FileRegion(fd=fd, offset=entry.layout.offset(index), length=length)
+            self.chunks_served += 1
+            if self._on_served is not None:
+                self._on_served(length)
+        finally:
+            os.close(fd)
+            self._cache.unpin(entry)

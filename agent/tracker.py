@@ -1,0 +1,229 @@
+"""The root's tracker: for each layer it owns, the one place that knows who holds what.
+
+A plan request from an agent (`agent.p2pproto.PlanTarget`) makes the root start — or join —
+its own download of the layer from the origin (the only one in the cluster), feeds the
+agent's reports into the layer's `agent.swarm.LayerSchedule`, and answers with the transfers
+the schedule assigned to that agent. Assignments the schedule makes for an agent between its
+requests wait in that agent's mailbox; an agent with nothing to do is held up to
+`LONG_POLL` seconds so new work reaches it at once.
+
+State per layer has a single owner: this object, on the trio thread. One task per layer
+watches the root's own download and tells the schedule how far it got.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from agent.cache import CacheEntry, ChunkCache
+from agent.config import Config
+from agent.errors import RegistryError
+from agent.layerfetch import LayerDownload, LayerFetcher
+from agent.p2pproto import Plan, PlanTarget
+from agent.routes import parse_digest
+from agent.swarm import Actions, LayerSchedule
+from agent.upstream_choice import match_upstream
+
+log = logging.getLogger(__name__)
+
+LONG_POLL = 2.0
+FORGET_AFTER = 600.0  # a layer nobody asked about this long is forgotten
+EXPIRE_EVERY = 1.0
+
+
+@dataclass(eq=False, kw_only=True)
+class RootLayer:
+    digest: str
+    download: LayerDownload | None
+    entry: CacheEntry | None
+    schedule: LayerSchedule | None = None
+    mailbox: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    origin_held: int = 0  # leading chunks the root holds on disk
+    outstanding: dict[str, int] = field(default_factory=dict)  # handed out, not reported
+    changed: trio.Event = field(default_factory=trio.Event)
+    last_asked: float = 0.0
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class Tracker:
+    def __init__(
+        self,
+        *,
+        node: str,
+        config: Config,
+        fetcher: LayerFetcher,
+        cache: ChunkCache,
+        window: int = 8,
+        upload_slots: int = 3,
+        transfer_timeout: float = 10.0,
+    ) -> None:
+        self.node = node
+        self._config = config
+        self._fetcher = fetcher
+        self._cache = cache
+        self._window = window
+        self._upload_slots = upload_slots
+        self._transfer_timeout = transfer_timeout
+        self._layers: dict[str, RootLayer] = {}
+        self._nursery: trio.Nursery | None = None
+        self.plans_answered = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                await trio.sleep(EXPIRE_EVERY)
+                self._expire_and_forget()
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "layers": {
+                digest: layer.schedule.progress() if layer.schedule else {"state": "starting"}
+                for digest, layer in self._layers.items()
+            },
+            "plans_answered": self.plans_answered,
+        }
+
+    def _expire_and_forget(self) -> None:
+        now = trio.current_time()
+        for digest, layer in list(self._layers.items()):
+            if layer.schedule is not None:
+                self._deliver(layer, layer.schedule.expire(now))
+            if now - layer.last_asked > FORGET_AFTER:
+                del self._layers[digest]
+
+    def _deliver(self, layer: RootLayer, actions: Actions) -> None:
+        if not actions:
+            return
+        for a in actions.assigned:
+            layer.mailbox.setdefault(a.node, []).append((a.chunk, a.source))
+        for a in actions.cancelled:
+            box = layer.mailbox.get(a.node)
+            if box and (a.chunk, a.source) in box:
+                box.remove((a.chunk, a.source))
+            elif layer.outstanding.get(a.node):
+                layer.outstanding[a.node] -= 1
+        layer.notify()
+
+    async def plan(self, asker: str, request: PlanTarget, authorization: bytes | None) -> Plan:
+        chunk_size = self._cache.chunk_size
+        upstream = match_upstream(request.upstream, self._config.upstreams)
+        if upstream is None:
+            return Plan(
+                size=None,
+                chunk_size=chunk_size,
+                error=f"registry {request.upstream} is not in this root's upstreams",
+                error_status=403,
+            )
+        layer = self._layers.get(request.digest)
+        if layer is None or (layer.download is not None and layer.download.error is not None):
+            headers = [(b"authorization", authorization)] if authorization else []
+            try:
+                layer = await self._start_layer(request, upstream, headers)
+            except RegistryError as err:
+                return Plan(
+                    size=None, chunk_size=chunk_size, error=err.message, error_status=err.status
+                )
+        layer.last_asked = trio.current_time()
+        if layer.schedule is None:
+            return Plan(size=None, chunk_size=chunk_size, retry_after=0.2)
+        schedule = layer.schedule
+        now = trio.current_time()
+        reported = len(request.done) + len(request.failed)
+        layer.outstanding[asker] = max(0, layer.outstanding.get(asker, 0) - reported)
+        for chunk, source in request.done:
+            self._deliver(layer, schedule.completed(asker, chunk, source, now))
+        for chunk, source, bad in request.failed:
+            if bad:
+                log.warning(
+                    "tracker %s: %s says %s served a bad chunk %d",
+                    request.digest,
+                    asker,
+                    source,
+                    chunk,
+                )
+            self._deliver(layer, schedule.failed(asker, chunk, source, bad_data=bad, now=now))
+        self._deliver(layer, schedule.request(asker, have=request.have, want=request.want, now=now))
+        # Hold an agent that has nothing to do until work appears; one with transfers under
+        # way must come back at once to report them (its reports free other nodes' slots).
+        if request.want and not layer.mailbox.get(asker) and not layer.outstanding.get(asker):
+            with trio.move_on_after(LONG_POLL):
+                while not layer.mailbox.get(asker):
+                    await layer.changed.wait()
+        self.plans_answered += 1
+        assignments = layer.mailbox.pop(asker, [])
+        layer.outstanding[asker] = layer.outstanding.get(asker, 0) + len(assignments)
+        entry = layer.entry
+        hashes = {c: entry.sha256[c] for c, _ in assignments} if entry is not None else {}
+        return Plan(
+            size=schedule_size(layer),
+            chunk_size=chunk_size,
+            chunk_sha256=hashes,
+            assignments=tuple(assignments),
+            complete=bool(layer.download is None or layer.download.verified),
+            retry_after=0.0 if assignments or layer.outstanding[asker] else 0.5,
+        )
+
+    async def _start_layer(self, request: PlanTarget, upstream, headers) -> RootLayer:  # type: ignore[no-untyped-def]
+        digest = parse_digest(request.digest)
+        target = await self._fetcher.ensure(
+            upstream=upstream, repo=request.repo, digest=digest, headers=headers
+        )
+        if isinstance(target, CacheEntry):
+            layer = RootLayer(digest=request.digest, download=None, entry=target)
+        else:
+            layer = RootLayer(digest=request.digest, download=target, entry=target.entry)
+        self._layers[request.digest] = layer
+        count = layer.entry.layout.count if layer.entry is not None else None
+        if count is None:
+            raise RegistryError(
+                502, "UNAVAILABLE", f"layer {digest} does not fit this root's cache"
+            )
+        layer.schedule = LayerSchedule(
+            chunk_count=count,
+            root=self.node,
+            window=self._window,
+            upload_slots=self._upload_slots,
+            root_upload_slots=self._upload_slots,
+            transfer_timeout=self._transfer_timeout,
+        )
+        self._sync_origin(layer)
+        if layer.download is not None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._watch_origin, layer)
+        return layer
+
+    def _sync_origin(self, layer: RootLayer) -> None:
+        """Tell the schedule how many leading chunks the root holds on disk (servable)."""
+        entry, schedule = layer.entry, layer.schedule
+        if entry is None or schedule is None:
+            return
+        held = layer.origin_held
+        count = entry.layout.count
+        while held < count and entry.has_chunk(held):
+            held += 1
+        if held > layer.origin_held:
+            layer.origin_held = held
+            self._deliver(layer, schedule.origin_progress(held, trio.current_time()))
+
+    async def _watch_origin(self, layer: RootLayer) -> None:
+        download = layer.download
+        assert download is not None
+        while not download.finished.is_set():
+            await download.wait_change()
+            self._sync_origin(layer)
+        self._sync_origin(layer)
+        if download.error is not None:
+            log.warning("tracker %s: the root's download failed: %s", layer.digest, download.error)
+            layer.notify()
+
+
+def schedule_size(layer: RootLayer) -> int | None:
+    return layer.entry.size if layer.entry is not None else None

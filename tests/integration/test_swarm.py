@@ -1,0 +1,260 @@
+"""The swarm with real processes on loopback addresses: a docker-registry origin, two roots,
+several agents, real skopeo pulls through each agent at once.
+
+Each node has its own loopback address (127.0.0.2, 127.0.0.3, ...: all of 127/8 is on lo),
+its proxy port and its P2P port. What the origin sent is counted at the registry.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from harness import (
+    AgentProcess,
+    Image,
+    Registry,
+    free_port,
+    push_image,
+    skopeo_copy_to_dir,
+    verify_dir_blobs,
+)
+
+MiB = 1 << 20
+TOKEN = "test-cluster-token"
+
+
+class Cluster:
+    def __init__(
+        self,
+        make_agent: Callable[..., AgentProcess],
+        registry: Registry,
+        *,
+        roots: int,
+        agents: int,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.p2p_port = free_port("127.0.0.2")
+        addresses = [f"127.0.0.{i}" for i in range(2, 2 + roots + agents)]
+        self.root_addresses = addresses[:roots]
+        root_list = ",".join(f"{a}:{self.p2p_port}" for a in self.root_addresses)
+        common = {
+            "POLLEN_ROOTS": root_list,
+            "POLLEN_CLUSTER_TOKEN": TOKEN,
+            "POLLEN_P2P_PORT": str(self.p2p_port),
+            "POLLEN_CACHE_CHUNK_SIZE": "256KiB",
+            **(env or {}),
+        }
+        upstream = f"http://{registry.host}"
+        self.roots = [
+            make_agent(upstreams=upstream, env=common, address=a, role="root", name=f"root-{a}")
+            for a in self.root_addresses
+        ]
+        self.agents = [
+            make_agent(upstreams=upstream, env=common, address=a, name=f"agent-{a}")
+            for a in addresses[roots:]
+        ]
+
+
+def pull_all(agents: list[AgentProcess], ref: str, dest: Path) -> list[set[str]]:
+    def one(agent: AgentProcess) -> set[str]:
+        out = dest / agent.name
+        result = skopeo_copy_to_dir(f"{agent.host}/{ref}", out)
+        assert result.returncode == 0, f"{agent.name}: {result.stderr}\n{agent.log_text()[-3000:]}"
+        return verify_dir_blobs(out)
+
+    with concurrent.futures.ThreadPoolExecutor(len(agents)) as pool:
+        return list(pool.map(one, agents))
+
+
+def status(agent: AgentProcess) -> dict:
+    import json
+
+    conn = http.client.HTTPConnection(agent.address, agent.port, timeout=10)
+    try:
+        conn.request("GET", "/_pollen/status")
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def test_swarm_pull_sends_each_layer_once_from_the_origin(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    image = make_image(layers=(3 * MiB, 2 * MiB, 512 * 1024), seed=21)
+    push_image(image, registry, "team/app", "v1")
+    cluster = Cluster(make_agent, registry, roots=2, agents=4)
+    results = pull_all(cluster.agents, "team/app:v1", tmp_path / "pulls")
+    for got in results:
+        assert set(image.layer_digests) <= got
+    for digest in image.layer_digests:
+        assert registry.blob_get_count(digest) == 1, f"origin sent {digest} more than once"
+    peer_bytes = sum(status(a)["swarm"]["peer_bytes"] for a in cluster.agents)
+    assert peer_bytes >= sum(layer.size for layer in image.layers) * len(cluster.agents) * 0.9
+    assert all(status(a)["swarm"]["origin_fallbacks"] == 0 for a in cluster.agents)
+
+
+def test_p2p_port_refuses_unsigned_requests(
+    registry: Registry,
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    cluster = Cluster(make_agent, registry, roots=1, agents=0)
+    root = cluster.roots[0]
+    conn = http.client.HTTPConnection(root.address, cluster.p2p_port, timeout=10)
+    conn.request("GET", "/p2p/v1/chunk/sha256:" + "a" * 64 + "/0")
+    response = conn.getresponse()
+    body = response.read()
+    assert response.status == 401
+    assert b"unauthorized" in body
+    conn.close()
+
+
+def test_no_root_answers_agent_goes_to_the_origin(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    image = make_image(layers=(MiB,), seed=22)
+    push_image(image, registry, "team/app", "v1")
+    dead_port = free_port("127.0.0.9")
+    agent = make_agent(
+        upstreams=f"http://{registry.host}",
+        address="127.0.0.8",
+        env={
+            "POLLEN_ROOTS": f"127.0.0.9:{dead_port}",
+            "POLLEN_CLUSTER_TOKEN": TOKEN,
+            "POLLEN_P2P_PORT": str(free_port("127.0.0.8")),
+        },
+    )
+    [got] = pull_all([agent], "team/app:v1", tmp_path / "pulls")
+    assert set(image.layer_digests) <= got
+    assert status(agent)["swarm"]["origin_fallbacks"] >= 1
+    assert "fetching from the origin" in agent.log_text()
+
+
+def test_root_killed_mid_layer_pull_still_completes(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    image = make_image(layers=(6 * MiB,), seed=23)
+    push_image(image, registry, "team/app", "v1")
+    cluster = Cluster(
+        make_agent, registry, roots=2, agents=3, env={"POLLEN_THROTTLE_LIMIT_MB": "4"}
+    )
+    layer = image.layer_digests[0]
+    # Kill whichever root owns the layer once the pulls are under way.
+    from agent.p2pproto import rendezvous_order
+
+    owner = rendezvous_order(layer, [f"{a}:{cluster.p2p_port}" for a in cluster.root_addresses])[0]
+    owner_proc = next(r for r in cluster.roots if owner.startswith(r.address + ":"))
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pulls = pool.submit(pull_all, cluster.agents, "team/app:v1", tmp_path / "pulls")
+        deadline = time.monotonic() + 30
+        while (
+            time.monotonic() < deadline
+            and registry.blob_get_count(layer, statuses=range(0, 600)) == 0
+        ):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        owner_proc.kill()
+        results = pulls.result(timeout=120)
+    for got in results:
+        assert layer in got
+    logs = "".join(a.log_text() for a in cluster.agents)
+    assert f"{owner} does not answer" in logs, "the agents must have moved to the other root"
+
+
+def owner_of(cluster: Cluster, digest: str) -> tuple[str, AgentProcess]:
+    from agent.p2pproto import rendezvous_order
+
+    owner = rendezvous_order(digest, [f"{a}:{cluster.p2p_port}" for a in cluster.root_addresses])[0]
+    return owner, next(r for r in cluster.roots if owner.startswith(r.address + ":"))
+
+
+def test_a_peer_that_serves_wrong_bytes_is_dropped(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """The liar is a small real process speaking the P2P protocol: it claims every chunk of the
+    layer at its root and answers every chunk request with random bytes."""
+    import subprocess
+    import sys
+
+    image = make_image(layers=(4 * MiB,), seed=24)
+    push_image(image, registry, "team/app", "v1")
+    cluster = Cluster(make_agent, registry, roots=1, agents=3)
+    layer = image.layer_digests[0]
+    owner, _root = owner_of(cluster, layer)
+    liar_port = cluster.p2p_port
+    liar = subprocess.Popen(
+        [
+            sys.executable,
+            "-P",  # not the script's folder first: harness/agent.py would shadow the package
+            str(Path(__file__).parent / "harness" / "liar.py"),
+            "127.0.0.20",
+            str(liar_port),
+            owner,
+            TOKEN,
+            registry.host,
+            "team/app",
+            layer,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert liar.stdout is not None
+        assert liar.stdout.readline().strip() == "ready"
+        results = pull_all(cluster.agents, "team/app:v1", tmp_path / "pulls")
+        for got in results:
+            assert layer in got
+        logs = "".join(a.log_text() for a in cluster.agents)
+        assert f"127.0.0.20:{liar_port} sent a bad chunk" in logs
+        assert registry.blob_get_count(layer) == 1
+    finally:
+        liar.send_signal(signal.SIGKILL)
+        liar.wait(timeout=10)
+
+
+def test_a_peer_killed_mid_transfer_costs_no_pull(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    image = make_image(layers=(6 * MiB,), seed=25)
+    push_image(image, registry, "team/app", "v1")
+    cluster = Cluster(
+        make_agent, registry, roots=1, agents=4, env={"POLLEN_THROTTLE_LIMIT_MB": "3"}
+    )
+    layer = image.layer_digests[0]
+    victim, survivors = cluster.agents[0], cluster.agents[1:]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        doomed = pool.submit(pull_all, [victim], "team/app:v1", tmp_path / "victim")
+        pulls = pool.submit(pull_all, survivors, "team/app:v1", tmp_path / "pulls")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and status(victim)["swarm"]["chunks_served"] == 0:
+            time.sleep(0.05)
+        assert status(victim)["swarm"]["chunks_served"] > 0, "the victim must be serving peers"
+        victim.kill()
+        results = pulls.result(timeout=120)
+        with pytest.raises(AssertionError):
+            doomed.result(timeout=60)
+    for got in results:
+        assert layer in got
+    assert registry.blob_get_count(layer) == 1
