@@ -42,7 +42,7 @@ class ChunkCorrupt(Exception):
 class IOEngine(Protocol):
     name: str
 
-    async def read(self, fd: int, offset: int, length: int) -> bytes: ...
+    async def read(self, fd: int, offset: int, length: int) -> bytes | memoryview: ...
 
     async def write(self, fd: int, offset: int, data: bytes | bytearray | memoryview) -> None: ...
 
@@ -53,6 +53,12 @@ class FileOps(Protocol):
     def open_file(self, path: str, *, write: bool, create: bool, direct: bool = False) -> int: ...
 
     def close_file(self, fd: int) -> None: ...
+
+    def allocate(self, fd: int, offset: int, length: int) -> None: ...
+
+    def alloc_buffer(self, n: int) -> memoryview: ...
+
+    def round_up(self, n: int) -> int: ...
 
 
 def chunk_checksum(data: bytes | bytearray | memoryview) -> int:
@@ -239,7 +245,13 @@ class ChunkCache:
             with open(directory / "index", "x", encoding="ascii") as index:
                 index.write(f"{INDEX_MAGIC} {digest} {size} {self.chunk_size}\n")
             fd = self._files.open_file(str(directory / "data"), write=True, create=True)
-            self._files.close_file(fd)
+            try:
+                if self._direct:
+                    # Reserve the blocks now: a full disk shows here, not mid-layer, and
+                    # O_DIRECT writes inside the file's size need no synchronous extension.
+                    self._files.allocate(fd, 0, self._files.round_up(size))
+            finally:
+                self._files.close_file(fd)
         except OSError as exc:
             log.error("cache: cannot create %s for %s: %s", directory, digest, exc)
             shutil.rmtree(directory, ignore_errors=True)
@@ -315,7 +327,7 @@ class ChunkCache:
     # -- chunk I/O ------------------------------------------------------------------------
 
     async def write_chunk(
-        self, entry: CacheEntry, index: int, data: bytes | bytearray, sha256: str
+        self, entry: CacheEntry, index: int, data: bytes | bytearray | memoryview, sha256: str
     ) -> None:
         """Write chunk `index` and record it in the index (data first, then the record).
 
@@ -339,7 +351,12 @@ class ChunkCache:
         entry.checksums[index] = checksum
         entry.sha256[index] = sha256
 
-    async def read_chunk(self, entry: CacheEntry, index: int) -> bytes:
+    def new_buffer(self, n: int) -> bytearray | memoryview:
+        """A buffer for one chunk, aligned for O_DIRECT when the cache uses it (so writing it
+        needs no copy)."""
+        return self._files.alloc_buffer(n) if self._direct else bytearray(n)
+
+    async def read_chunk(self, entry: CacheEntry, index: int) -> bytes | memoryview:
         """Read chunk `index`, checked against its checksum; a bad chunk drops the layer.
 
         A file that vanished or cannot be read counts as corrupt too: the layer is dropped and

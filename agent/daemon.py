@@ -84,13 +84,18 @@ class Agent:
             raise ConfigError("clusterToken", "a root needs POLLEN_CLUSTER_TOKEN (clusterToken)")
         self.node_ip = config.node_ip or detect_node_ip()
         self.node = parse_node(_join_host_port(self.node_ip, config.p2p_port))
-        self.engine = native.open_engine("pread", config.cache_queue_depth)
+        # Logs which engine runs and why a preferred one was passed over (config.io_engines:
+        # io_uring -> aio -> pread with aioEnable=1, or the one cache.ioEngine forces).
+        self.engine = native.open_preferred_engine(
+            config.io_engines, config.cache_queue_depth, direct=config.cache_aio_enable
+        )
         self.cache = ChunkCache(
             Path(config.cache_path),
             capacity=config.cache_capacity,
             chunk_size=config.cache_chunk_size,
             engine=self.engine,
             files=native,
+            direct=config.cache_aio_enable,
             write_retry=config.cache_write_retry,
         )
         self.http = HttpClient(
@@ -216,7 +221,7 @@ class Agent:
             p2p_tls = p2p_server_ssl_context(config) if config.p2p_tls_cert else None
             p2p_listeners = await open_listeners(config.listen_address, config.p2p_port, p2p_tls)
         try:
-            async with trio.open_nursery() as nursery:
+            async with self.engine, trio.open_nursery() as nursery:
                 await nursery.start(self.fetcher.run)
                 if self.roots is not None:
                     await nursery.start(self.roots.run)

@@ -42,6 +42,7 @@ from agent.upstream import RegistryClient, UpstreamUnavailable, backoff_delay
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[bytes, bytes]]
+Chunk = bytearray | memoryview  # one chunk's bytes; aligned memory when the cache is O_DIRECT
 STREAM_CHANNEL_CHUNKS = 1
 HOT_CHUNKS = 2  # chunks already on disk kept in memory for readers close behind
 WRITES_IN_FLIGHT = 2  # chunk writes overlapping the network receive, per layer
@@ -152,8 +153,8 @@ class LayerDownload:
         self.stream_mode = False
         self.verified = False
         self._changed = trio.Event()
-        self._subscribers: list[trio.MemorySendChannel[bytearray | None]] = []
-        self._hot: OrderedDict[int, bytearray] = OrderedDict()
+        self._subscribers: list[trio.MemorySendChannel[Chunk | None]] = []
+        self._hot: OrderedDict[int, Chunk] = OrderedDict()
         self._unwritten: set[int] = set()  # in memory, write to disk in progress
         self._write_slots = trio.Semaphore(WRITES_IN_FLIGHT)
         self._nursery: trio.Nursery | None = None
@@ -168,11 +169,11 @@ class LayerDownload:
 
     # -- readers ----------------------------------------------------------------------------
 
-    def subscribe(self) -> trio.MemoryReceiveChannel[bytearray | None] | None:
+    def subscribe(self) -> trio.MemoryReceiveChannel[Chunk | None] | None:
         """Register a reader before the body starts, in case this becomes a stream download."""
         if self.started.is_set():
             return None
-        send, receive = trio.open_memory_channel[bytearray | None](STREAM_CHANNEL_CHUNKS)
+        send, receive = trio.open_memory_channel[Chunk | None](STREAM_CHANNEL_CHUNKS)
         self._subscribers.append(send)
         return receive
 
@@ -276,7 +277,7 @@ class LayerDownload:
         hasher = hashlib.new(self.digest.algorithm)
         offset = 0
         chunk_index = 0
-        chunk = bytearray()
+        chunk: Chunk = bytearray()
         filled = 0
         failures = 0
         while True:
@@ -295,7 +296,7 @@ class LayerDownload:
                     while offset < layout.size:
                         if filled == len(chunk):
                             # A fresh buffer per chunk: emitted chunks are shared, never reused.
-                            chunk = bytearray(layout.length(chunk_index))
+                            chunk = self._cache.new_buffer(layout.length(chunk_index))
                             filled = 0
                         view = memoryview(chunk)[filled:]
                         n = await response.receive_into(view)
@@ -388,7 +389,7 @@ class LayerDownload:
             nonlocal wake
             layout = self.layout
             assert layout is not None
-            buffer = bytearray(layout.length(index))
+            buffer = self._cache.new_buffer(layout.length(index))
             try:
                 with scope:
                     with trio.fail_after(swarm.chunk_timeout):
@@ -558,7 +559,7 @@ class LayerDownload:
     def _holds(self, index: int) -> bool:
         return self.entry is not None and (index in self._hot or self.entry.has_chunk(index))
 
-    async def _emit(self, index: int, data: bytearray, sha256: str | None = None) -> None:
+    async def _emit(self, index: int, data: Chunk, sha256: str | None = None) -> None:
         if self.stream_mode:
             alive = []
             for send in self._subscribers:
@@ -579,7 +580,7 @@ class LayerDownload:
         self._nursery.start_soon(self._write_chunk, index, data, sha256)
         self._notify()
 
-    async def _write_chunk(self, index: int, data: bytearray, sha256: str | None) -> None:
+    async def _write_chunk(self, index: int, data: Chunk, sha256: str | None) -> None:
         assert self.entry is not None
         try:
             await self._cache.write_chunk(
@@ -600,7 +601,7 @@ class LayerDownload:
         for old in sorted(done)[: max(0, len(done) - HOT_CHUNKS)]:
             del self._hot[old]
 
-    def hot_chunk(self, index: int) -> bytearray | None:
+    def hot_chunk(self, index: int) -> Chunk | None:
         return self._hot.get(index)
 
     async def _finish(self) -> None:
@@ -726,7 +727,7 @@ class DownloadReader(BlobSource):
         self,
         download: LayerDownload,
         cache: ChunkCache,
-        channel: trio.MemoryReceiveChannel[bytearray | None] | None,
+        channel: trio.MemoryReceiveChannel[Chunk | None] | None,
     ) -> None:
         assert download.layout is not None
         self.download = download
@@ -794,7 +795,7 @@ class DownloadReader(BlobSource):
             self.cache.unpin(self._entry)
 
 
-def _slice(data: bytes | bytearray, data_offset: int, start: int, end: int) -> memoryview:
+def _slice(data: bytes | Chunk, data_offset: int, start: int, end: int) -> memoryview:
     """The part of `data` (which starts at `data_offset` in the layer) inside [start, end)."""
     lo = max(start - data_offset, 0)
     hi = min(end - data_offset, len(data))

@@ -1,30 +1,35 @@
 """A discrete-event simulator of one layer's swarm, driving `agent.swarm.LayerSchedule`.
 
-It is the schedule's proving ground (tests/test_swarm.py) and is meant to be imported by a
-larger benchmark too (`bench/`, 1000+ nodes): nothing here depends on pytest.
+It is the schedule's proving ground (tests/test_swarm.py) and meant to be imported by bigger
+benchmarks (`bench/`, 1000+ nodes): nothing here depends on pytest. Run it as a script to print
+the two reference settings of issue 4.
 
 Model
 -----
 - An origin sends the layer to the root in order at `origin` bytes/s; the root reports each
   chunk as it lands (`origin_progress`). The root uploads at `root_upload` bytes/s.
 - N agents, node i named ``n<i>``, each with upload `upload` and download `download` bytes/s
-  (per-node overrides allowed). An agent keeps `want` transfers outstanding: it asks at start
-  and again after each of its transfers ends, with ``want - in flight``; an agent with free
-  slots and nothing to do asks again every `poll` seconds (the plan long-poll). A transfer
-  starts `latency` seconds after it is assigned (plan answer, connect, request).
-- Links: every node's concurrent uploads share its upload rate equally, its concurrent
+  (per-node overrides allowed). An agent joins (`request` with an empty `have`) at
+  ``i * start_spread / N``, and asks again whenever one of its transfers ends, for ``want -
+  in flight`` (plus `endgame_want` once it lacks at most `endgame` chunks); an agent with free
+  slots asks again every `poll` seconds anyway (the plan long-poll). A transfer starts about
+  `latency` seconds after it is assigned (plan answer, connect, request; `jitter` spreads it
+  uniformly over [latency/2, 3·latency/2] so simultaneous events do not always run in the same
+  order). The tracker's `expire` runs every `tick` seconds.
+- Links (default): a node's concurrent uploads share its upload rate equally, its concurrent
   downloads share its download rate equally, and a transfer runs at the smaller of its two
-  shares. Max-min fair sharing (what TCP over shaped links approaches) gives every transfer at
-  least this much at every instant, so the model is on the slow side, and it stays local: a
-  transfer starting or ending changes only the rates of the transfers at its two ends, which
-  keeps an event O(slots) and lets 1000 nodes run in seconds.
+  shares. Max-min fair sharing, which TCP over shaped links approaches, gives every transfer
+  at least that much at every instant, so this model errs on the slow side; and it is local:
+  a transfer starting or ending changes only the rates at its two ends, so an event costs
+  O(slots) and 1000 nodes run in seconds. `fair_sharing=True` computes max-min fair rates over
+  every link instead (progressive filling, O(transfers · links) per event: small swarms only).
 - Faults: `liars` serve bytes that fail verification (the receiver reports bad data when the
-  transfer ends); `leaves` maps a node to the time it disappears; `expire` runs every
-  `transfer_timeout / 4` seconds.
+  transfer ends); `leaves` maps a node to the time it disappears (it stops counting).
 
 `simulate(SwarmConfig(...))` returns a `SwarmResult`: each node's completion time, the bytes
-the root uploaded, all bytes moved, and T_min = max(F/u_origin, F/d, N·F/(u_origin + Σu)),
-counting the root's upload in Σu (issue 4's floor).
+the root and every node uploaded, all bytes moved, and T_min = max(F/u_origin, F/d,
+N·F/(u_origin + Σu)), counting the root's upload in Σu (issue 4's floor; with per-node rates, d
+is the slowest download and Σu the sum of the actual uploads).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from agent.swarm import Actions, LayerSchedule
+from agent.swarm import Actions, Assignment, LayerSchedule
 
 MiB = 1 << 20
 Mbit = 1_000_000 / 8  # bytes per second in one Mbit/s
@@ -82,24 +87,33 @@ class SwarmConfig:
     def chunk_bytes(self, chunk: int) -> int:
         return min(self.chunk_size, self.file_size - chunk * self.chunk_size)
 
+    def upload_of(self, node: int) -> float:
+        return self.node_upload.get(node, self.upload)
+
+    def download_of(self, node: int) -> float:
+        return self.node_download.get(node, self.download)
+
+    @property
+    def root_rate(self) -> float:
+        return self.upload if self.root_upload is None else self.root_upload
+
     @property
     def t_min(self) -> float:
         return t_min(
             file_size=self.file_size,
-            nodes=self.nodes,
-            upload=self.upload,
-            download=self.download,
             origin=self.origin,
-            root_upload=self.upload if self.root_upload is None else self.root_upload,
+            downloads=[self.download_of(i) for i in range(self.nodes)],
+            uploads=[self.upload_of(i) for i in range(self.nodes)] + [self.root_rate],
         )
 
 
 def t_min(
-    *, file_size: int, nodes: int, upload: float, download: float, origin: float, root_upload: float
+    *, file_size: int, origin: float, downloads: list[float], uploads: list[float]
 ) -> float:
-    """Kumar-Ross floor, counting the root's upload with the nodes' (issue 4)."""
-    f = file_size
-    return max(f / origin, f / download, nodes * f / (origin + nodes * upload + root_upload))
+    """The Kumar-Ross floor max(F/u_o, F/d, N·F/(u_o + Σu)) for nodes with these download
+    rates, and these upload rates (the nodes' and the roots')."""
+    f, n = file_size, len(downloads)
+    return max(f / origin, f / min(downloads), n * f / (origin + sum(uploads)))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -111,7 +125,7 @@ def percentile(values: list[float], q: float) -> float:
 @dataclass(frozen=True, kw_only=True)
 class SwarmResult:
     config: SwarmConfig
-    completion: dict[str, float]  # node -> time it held every chunk (nodes that left: absent)
+    completion: dict[str, float]  # node -> when it held every chunk (absent: left before that)
     t_min: float
     root_upload_bytes: int
     total_bytes: int  # every byte moved between nodes (root included), aborted parts too
@@ -188,9 +202,8 @@ class Simulation:
         self.root = n  # index of the root in the per-node arrays
         self.names = [f"n{i}" for i in range(n)] + [ROOT_NAME]
         self.index = {name: i for i, name in enumerate(self.names)}
-        self.up_cap = [c.node_upload.get(i, c.upload) for i in range(n)]
-        self.up_cap.append(c.upload if c.root_upload is None else c.root_upload)
-        self.down_cap = [c.node_download.get(i, c.download) for i in range(n)] + [math.inf]
+        self.up_cap = [c.upload_of(i) for i in range(n)] + [c.root_rate]
+        self.down_cap = [c.download_of(i) for i in range(n)] + [math.inf]
         self.ups: list[set[_Flow]] = [set() for _ in range(n + 1)]
         self.downs: list[set[_Flow]] = [set() for _ in range(n + 1)]
         self.flows: dict[tuple[int, int, int], _Flow] = {}  # (dst, chunk, src)
@@ -208,8 +221,11 @@ class Simulation:
         self.events = 0
         self.heap: list[tuple[float, int, int, object, int]] = []
         self.seq = 0
-        self.ask: set[int] = set()
+        self.ask: set[int] = set()  # agents that will ask for work before time moves on
         self.running: set[_Flow] = set()
+        self.origin_chunks = 0  # chunks the root holds
+        self.sending = [0] * (n + 1)  # transfers assigned to each source and not ended
+        self.banned: set[int] = set()  # sources reported for bad data
         self.rng = random.Random(c.seed)
         self.unfinished = n
         self.schedule = LayerSchedule(
@@ -251,6 +267,7 @@ class Simulation:
             elif kind == _START:
                 self.start(obj, now)
             elif kind == _ORIGIN:
+                self.origin_chunks = obj
                 self.apply(self.schedule.origin_progress(obj, now), now)
             elif kind == _JOIN:
                 self.alive[obj] = True
@@ -313,17 +330,18 @@ class Simulation:
                 self.push(now + c.poll, _POLL, i)
 
     def apply(self, actions: Actions, now: float) -> None:
+        """Carry out the schedule's decisions, checking each against the simulated truth."""
         index = self.index
         for a in actions.cancelled:
             flow = self.flows.pop((index[a.node], a.chunk, index[a.source]), None)
             if flow is not None:
                 self.cancelled += 1
                 self.stop(flow, now)
-                self.inflight[flow.dst] -= 1
-                self.ask.add(flow.dst)
+                self.ended(flow)
         for a in actions.assigned:
             dst, src = index[a.node], index[a.source]
-            assert self.alive[dst], a
+            self.check(a, dst, src)
+            self.sending[src] += 1
             flow = _Flow(src, dst, a.chunk, self.config.chunk_bytes(a.chunk))
             self.flows[(dst, a.chunk, src)] = flow
             self.inflight[dst] += 1
@@ -332,6 +350,26 @@ class Simulation:
             if self.config.jitter:
                 delay *= 0.5 + self.rng.random()
             self.push(now + delay, _START, flow)
+
+    def check(self, a: Assignment, dst: int, src: int) -> None:
+        """The schedule's promises, against what the simulation knows (AssertionError)."""
+        c = self.config
+        chunk = a.chunk
+        assert self.alive[dst] and not self.gone[dst], f"{a}: to a node that is not there"
+        assert not self.held[dst][chunk], f"{a}: the node holds that chunk"
+        if src == self.root:
+            assert chunk < self.origin_chunks, f"{a}: the root does not have it yet"
+            assert self.sending[src] < c.root_upload_slots, f"{a}: root slots exceeded"
+        else:
+            assert self.alive[src] and not self.gone[src], f"{a}: from a node that is not there"
+            assert self.held[src][chunk], f"{a}: the source does not hold it"
+            assert src not in self.banned, f"{a}: from a banned source"
+            assert self.sending[src] < c.upload_slots, f"{a}: upload slots exceeded"
+
+    def ended(self, flow: _Flow) -> None:
+        self.inflight[flow.dst] -= 1
+        self.sending[flow.src] -= 1
+        self.ask.add(flow.dst)
 
     # Links -------------------------------------------------------------------------------
 
@@ -413,11 +451,11 @@ class Simulation:
         del self.flows[(flow.dst, flow.chunk, flow.src)]
         flow.remaining = 0.0
         self.stop(flow, now)
+        self.ended(flow)
         dst, chunk = flow.dst, flow.chunk
-        self.inflight[dst] -= 1
-        self.ask.add(dst)
         name, source = self.names[dst], self.names[flow.src]
         if flow.src in self.config.liars:
+            self.banned.add(flow.src)
             self.apply(self.schedule.failed(name, chunk, source, bad_data=True, now=now), now)
             return
         if not self.held[dst][chunk]:
@@ -433,11 +471,12 @@ def simulate(config: SwarmConfig) -> SwarmResult:
     return Simulation(config).run()
 
 
-def kumar_ross_case(
-    nodes: int = 16, link_mbit: float = 100, origin_mbit: float = 200, **kw: object
+def reference_case(
+    nodes: int = 16, link_mbit: float = 100, origin_mbit: float = 200, **overrides: object
 ) -> SwarmConfig:
-    """The issue's reference setting: 128 MiB, 4 MiB chunks, symmetric node links."""
-    base = {
+    """Issue 4's benchmark setting: 128 MiB (2 x 64 MiB as one file) in 4 MiB chunks, every
+    node (and the root) with `link_mbit` up and down, the origin at `origin_mbit`."""
+    base: dict[str, object] = {
         "nodes": nodes,
         "file_size": 128 * MiB,
         "chunk_size": 4 * MiB,
@@ -445,15 +484,15 @@ def kumar_ross_case(
         "download": link_mbit * Mbit,
         "origin": origin_mbit * Mbit,
     }
-    base.update(kw)
-    return SwarmConfig(**base)
+    base.update(overrides)
+    return SwarmConfig(**base)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
     import sys
     import time
 
-    for cfg in (kumar_ross_case(16, 100, 200), kumar_ross_case(8, 200, 400)):
+    for cfg in (reference_case(16, 100, 200), reference_case(8, 200, 400)):
         t0 = time.process_time()
         res = simulate(cfg)
         print(res.summary(), f"cpu={time.process_time() - t0:.2f}s", file=sys.stdout)

@@ -1,0 +1,74 @@
+"""Every native I/O engine under a real agent: a pull that fills the cache, a pull served from
+it, and the engine the status page reports (with the reason a preferred one was skipped)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from harness import (
+    AgentProcess,
+    Image,
+    Registry,
+    push_image,
+    skopeo_copy_to_dir,
+    verify_dir_blobs,
+)
+
+MiB = 1 << 20
+
+
+def status(agent: AgentProcess) -> dict:
+    conn = http.client.HTTPConnection(agent.address, agent.port, timeout=10)
+    try:
+        conn.request("GET", "/_pollen/status")
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("aio", "engine", "expected"),
+    [
+        ("1", "auto", "io_uring"),
+        ("1", "aio", "aio"),
+        ("1", "pread", "pread"),
+        ("0", "auto", "pread"),
+    ],
+)
+def test_pull_through_each_engine(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+    aio: str,
+    engine: str,
+    expected: str,
+) -> None:
+    # Layer sizes that are not multiples of 4096: the O_DIRECT tail must come back exact.
+    image = make_image(layers=(3 * MiB + 123, 777), seed=31)
+    push_image(image, registry, "team/app", "v1")
+    agent = make_agent(
+        upstreams=f"http://{registry.host}",
+        env={
+            "POLLEN_CACHE_AIO_ENABLE": aio,
+            "POLLEN_CACHE_IO_ENGINE": engine,
+            "POLLEN_CACHE_CHUNK_SIZE": "1MiB",
+        },
+    )
+    io = status(agent)["io_engine"]
+    assert io["name"] == expected
+    assert io["direct"] == (aio == "1")
+    for attempt in ("cold", "warm"):
+        result = skopeo_copy_to_dir(f"{agent.host}/team/app:v1", tmp_path / attempt)
+        assert result.returncode == 0, result.stderr
+        assert set(image.layer_digests) <= verify_dir_blobs(tmp_path / attempt)
+    for digest in image.layer_digests:
+        assert registry.blob_get_count(digest) == 1, "the warm pull must come from the cache"
+    io = status(agent)["io_engine"]
+    assert io["writes"] > 0 and io["reads"] > 0
+    if aio == "1":
+        assert io["copies"] == 0, "chunk buffers are aligned: O_DIRECT writes need no copy"
