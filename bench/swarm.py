@@ -1,0 +1,388 @@
+"""Swarm benchmark: N nodes pulling the same image at once, against the physical floor.
+
+    sudo .venv/bin/python bench/swarm.py [--nodes 16] [--roots 2] [--layers 2] [--layer-mib 64]
+                                         [--node-mbit 100] [--origin-mbit 200] [--chunk 4MiB]
+
+It builds a cluster in network namespaces it creates: a hub namespace with a bridge, and one
+namespace per host (the origin, R roots, N agents) joined to it by a veth pair. Addresses come
+from 198.18.0.0/24, the range RFC 2544 sets aside for benchmarks; no packet leaves the
+namespaces. `tc qdisc tbf` shapes every host's upload (its veth end) and download (the hub's
+end). The origin runs Debian's docker-registry; every agent node pulls the image with skopeo
+through its local agent, all at once. In the same run every node also pulls straight from the
+origin (the baseline). It prints per-node times, P50/P95/max, the bytes the origin sent (from
+the registry's own access log), CPU use, and the ratios P95/T_min and P95/direct, where
+    T_min = max(F/u_origin, F/d, N·F/(u_origin + Σu))   (Σu counts the roots' uploads too).
+Everything it made (namespaces, processes, files) is removed at the end, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+from harness import build_image  # noqa: E402
+from harness.registry import parse_access_line  # noqa: E402
+
+MiB = 1 << 20
+SUBNET = "198.18.0"
+TOKEN = "bench-cluster-token"
+PROXY_PORT = 65001
+P2P_PORT = 65002
+
+
+def sh(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Host:
+    index: int
+    netns: str
+    address: str
+    role: str  # origin, root, agent
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def run(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return sh("ip", "netns", "exec", self.netns, *args, **kwargs)  # type: ignore[arg-type]
+
+    def spawn(
+        self, args: list[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        out = open(log, "ab")
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        out.close()
+        self.procs.append(proc)
+        return proc
+
+
+class Network:
+    """The namespaces, bridge, veths and shaping; `close()` removes all of it."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.hub = f"{tag}-hub"
+        self.hosts: list[Host] = []
+
+    def create_hub(self) -> None:
+        sh("ip", "netns", "add", self.hub)
+        sh("ip", "-n", self.hub, "link", "set", "lo", "up")
+        sh("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.hub, "link", "set", "br0", "up")
+
+    def add_host(self, role: str, up_mbit: float, down_mbit: float) -> Host:
+        index = len(self.hosts)
+        host = Host(index, f"{self.tag}-h{index}", f"{SUBNET}.{index + 1}", role)
+        sh("ip", "netns", "add", host.netns)
+        veth = f"v{index}"
+        sh(
+            "ip",
+            "-n",
+            self.hub,
+            "link",
+            "add",
+            veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            host.netns,
+        )
+        sh("ip", "-n", self.hub, "link", "set", veth, "master", "br0", "up")
+        sh("ip", "-n", host.netns, "link", "set", "lo", "up")
+        sh("ip", "-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0")
+        sh("ip", "-n", host.netns, "link", "set", "eth0", "up")
+        # Upload: the host's own end; download: the hub's end (traffic towards the host).
+        shape(host.netns, "eth0", up_mbit)
+        shape(self.hub, veth, down_mbit)
+        self.hosts.append(host)
+        return host
+
+    def close(self) -> None:
+        for host in self.hosts:
+            for proc in host.procs:
+                stop(proc)
+        for host in self.hosts:
+            sh("ip", "netns", "del", host.netns, check=False)
+        sh("ip", "netns", "del", self.hub, check=False)
+
+
+def shape(netns: str, dev: str, mbit: float) -> None:
+    rate_bytes = mbit * 1e6 / 8
+    # The burst must hold a GSO segment (64 KiB) and a few ms of traffic.
+    burst = max(128 * 1024, int(rate_bytes / 100))
+    sh(
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        "tc",
+        "qdisc",
+        "add",
+        "dev",
+        dev,
+        "root",
+        "tbf",
+        "rate",
+        f"{mbit}mbit",
+        "burst",
+        str(burst),
+        "latency",
+        "100ms",
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+
+
+def wait_http(host: Host, url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = host.run(
+            "python3",
+            "-c",
+            f"import urllib.request,sys; urllib.request.urlopen('{url}', timeout=2)",
+            check=False,
+        )
+        if result.returncode == 0 or "HTTP Error" in result.stderr:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} in {host.netns} did not answer within {timeout}s")
+
+
+def cpu_times() -> tuple[float, float]:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [float(x) for x in fields]
+    idle = values[3] + values[4]
+    return sum(values), idle
+
+
+def pull_all(hosts: list[Host], source: str, work: Path, label: str) -> list[float]:
+    """Start a skopeo pull on every host at once; return each one's duration."""
+    started = time.monotonic()
+    procs = []
+    for host in hosts:
+        dest = work / f"{label}-{host.index}"
+        shutil.rmtree(dest, ignore_errors=True)
+        ref = source.format(address=host.address)
+        procs.append(
+            subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    host.netns,
+                    "skopeo",
+                    "copy",
+                    "--quiet",
+                    "--insecure-policy",
+                    "--src-tls-verify=false",
+                    f"docker://{ref}",
+                    f"dir:{dest}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        )
+    durations = [0.0] * len(procs)
+    pending = set(range(len(procs)))
+    deadline = started + 1800
+    while pending and time.monotonic() < deadline:
+        for i in list(pending):
+            if procs[i].poll() is not None:
+                durations[i] = time.monotonic() - started
+                pending.discard(i)
+                if procs[i].returncode != 0:
+                    raise RuntimeError(
+                        f"{label} pull on {hosts[i].netns} failed: {procs[i].stderr.read().decode()[-500:]}"
+                    )
+        time.sleep(0.02)
+    if pending:
+        raise RuntimeError(f"{label}: {len(pending)} pulls did not finish")
+    return durations
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[k]
+
+
+def origin_bytes(log: Path, since: int) -> int:
+    total = 0
+    for line in log.read_text(errors="replace").splitlines()[since:]:
+        entry = parse_access_line(line)
+        if entry and entry["method"] == "GET" and "/blobs/" in entry["path"]:
+            total += entry["size"]
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=16)
+    parser.add_argument("--roots", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--layer-mib", type=int, default=64)
+    parser.add_argument("--node-mbit", type=float, default=100)
+    parser.add_argument("--origin-mbit", type=float, default=200)
+    parser.add_argument("--chunk", default="4MiB")
+    parser.add_argument("--skip-direct", action="store_true")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/swarm.py needs root (network namespaces, tc)", file=sys.stderr)
+        return 2
+
+    tag = f"plb{os.getpid() % 100000}"
+    work = Path(tempfile.mkdtemp(prefix="pollen-bench-swarm-"))
+    net = Network(tag)
+    try:
+        image = build_image(work / "image", tuple([args.layer_mib * MiB] * args.layers), seed=7)
+        blobs = [layer.size for layer in image.layers] + [image.config_size]
+        F = sum(blobs)
+        net.create_hub()
+        origin = net.add_host("origin", args.origin_mbit, args.origin_mbit)
+        roots = [net.add_host("root", args.node_mbit, args.node_mbit) for _ in range(args.roots)]
+        agents = [net.add_host("agent", args.node_mbit, args.node_mbit) for _ in range(args.nodes)]
+
+        # The origin registry, inside its namespace.
+        reg_dir = work / "registry"
+        reg_dir.mkdir()
+        config = {
+            "version": 0.1,
+            "log": {"level": "warn", "accesslog": {"disabled": False}},
+            "storage": {"filesystem": {"rootdirectory": str(reg_dir / "data")}},
+            "http": {"addr": "0.0.0.0:5000"},
+        }
+        (reg_dir / "config.yml").write_text(json.dumps(config))
+        reg_log = reg_dir / "access.log"
+        origin.spawn(
+            ["docker-registry", "serve", str(reg_dir / "config.yml")],
+            reg_log,
+            env={"PATH": os.environ["PATH"]},
+        )
+        wait_http(origin, "http://127.0.0.1:5000/v2/")
+        origin.run(
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--insecure-policy",
+            "--dest-tls-verify=false",
+            f"oci:{image.layout_dir}:{image.tag}",
+            "docker://127.0.0.1:5000/bench/image:v1",
+            timeout=300,
+        )
+
+        # Roots and agents.
+        root_list = ",".join(f"{r.address}:{P2P_PORT}" for r in roots)
+        for host in roots + agents:
+            env = {
+                "PATH": os.environ["PATH"],
+                "PYTHONUNBUFFERED": "1",
+                "POLLEN_LISTEN_ADDRESS": "0.0.0.0",
+                "POLLEN_NODE_IP": host.address,
+                "POLLEN_PROXY_PORT": str(PROXY_PORT),
+                "POLLEN_P2P_PORT": str(P2P_PORT),
+                "POLLEN_UPSTREAMS": f"http://{origin.address}:5000",
+                "POLLEN_ROOTS": root_list,
+                "POLLEN_CLUSTER_TOKEN": TOKEN,
+                "POLLEN_CACHE_PATH": str(work / f"cache-{host.index}"),
+                "POLLEN_LOG_DIR": str(work / f"log-{host.index}"),
+                "POLLEN_CACHE_CHUNK_SIZE": args.chunk,
+                "POLLEN_THROTTLE_LIMIT_MB": "100000",
+            }
+            role = "root" if host.role == "root" else "agent"
+            host.spawn(
+                [sys.executable, "-m", "agent", role],
+                work / f"{role}-{host.index}.log",
+                env={**env, "PYTHONPATH": str(ROOT)},
+            )
+        for host in roots + agents:
+            wait_http(host, f"http://127.0.0.1:{PROXY_PORT}/readyz")
+
+        N, u, d, u_o = (
+            args.nodes,
+            args.node_mbit * 1e6 / 8,
+            args.node_mbit * 1e6 / 8,
+            args.origin_mbit * 1e6 / 8,
+        )
+        sum_u = (N + args.roots) * u
+        t_min = max(F / u_o, F / d, N * F / (u_o + sum_u))
+
+        results: dict[str, tuple[list[float], int, float, float]] = {}
+        runs = [("swarm", f"127.0.0.1:{PROXY_PORT}/bench/image:v1")]
+        if not args.skip_direct:
+            runs.append(("direct", f"{origin.address}:5000/bench/image:v1"))
+        for label, source in runs:
+            mark = len(reg_log.read_text(errors="replace").splitlines())
+            total0, idle0 = cpu_times()
+            durations = pull_all(agents, source, work, label)
+            total1, idle1 = cpu_times()
+            busy = 1 - (idle1 - idle0) / max(1e-9, total1 - total0)
+            sent = origin_bytes(reg_log, mark)
+            results[label] = (durations, sent, busy, max(durations))
+            print(
+                f"{label}: done in {max(durations):.1f}s, origin sent {sent / F:.2f} x F, CPU busy {busy:.0%}"
+            )
+
+        print()
+        print(
+            f"cluster: {N} agents + {args.roots} roots, {args.node_mbit:g} Mbit/s per node, "
+            f"origin {args.origin_mbit:g} Mbit/s, image {F / MiB:.0f} MiB ({args.layers} x {args.layer_mib} MiB), "
+            f"chunk {args.chunk}"
+        )
+        print(
+            f"T_min = max(F/u_o {F / u_o:.1f}s, F/d {F / d:.1f}s, N·F/(u_o+Σu) {N * F / (u_o + sum_u):.1f}s) = {t_min:.1f}s"
+        )
+        p95_direct = None
+        if "direct" in results:
+            p95_direct = percentile(results["direct"][0], 95)
+        for label, (durations, sent, busy, _) in results.items():
+            p50, p95 = percentile(durations, 50), percentile(durations, 95)
+            line = (
+                f"{label:7s} P50 {p50:6.1f}s  P95 {p95:6.1f}s  max {max(durations):6.1f}s  "
+                f"P95/T_min {p95 / t_min:5.2f}  origin bytes {sent / F:5.2f} x F  CPU busy {busy:4.0%}"
+            )
+            if p95_direct and label != "direct":
+                line += f"  P95/direct {p95 / p95_direct:5.2f}"
+            print(line)
+            print("        per node: " + " ".join(f"{x:.1f}" for x in durations))
+    finally:
+        net.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
