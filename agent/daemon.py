@@ -35,6 +35,9 @@ from agent.upstream import RegistryClient
 
 log = logging.getLogger(__name__)
 
+# Upload connections one node serves at once on its P2P port (peers keep one or two each).
+P2P_MAX_CONNECTIONS = 256
+
 
 def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -146,6 +149,7 @@ class Agent:
                 read_timeout=config.read_timeout,
                 idle_timeout=config.idle_timeout,
                 throttle=self.throttle,
+                max_connections=P2P_MAX_CONNECTIONS,
             ),
             name="p2p",
         )

@@ -126,6 +126,8 @@ class ServerSettings:
     # Awaited with each body piece's size before it is sent: the node's upload cap
     # (throttleLimitMB), shared by every server of the node.
     throttle: Callable[[int], Awaitable[None]] | None = None
+    # Connections served at once; further ones wait in the listen backlog (P2P uploads).
+    max_connections: int = 0
 
 
 class HttpServer:
@@ -150,6 +152,7 @@ class HttpServer:
         self._accept_scope: trio.CancelScope | None = None
         self._quiet = trio.Event()
         self._quiet.set()
+        self._connection_slots = trio.Semaphore(max(1, settings.max_connections))
 
     @property
     def draining(self) -> bool:
@@ -181,14 +184,20 @@ class HttpServer:
     ) -> None:
         # Accepting runs under the accept scope (cancelled by drain); connections run in the
         # outer nursery so drain can let them finish.
+        limit = self._settings.max_connections
+        slots = self._connection_slots if limit else None
         while True:
+            if slots is not None:
+                await slots.acquire()
             try:
                 stream = await listener.accept()
             except (OSError, trio.BrokenResourceError) as exc:
+                if slots is not None:
+                    slots.release()
                 log.warning("%s: accept failed: %s", self._name, exc)
                 await trio.sleep(0.05)
                 continue
-            nursery.start_soon(self._serve_connection, stream)
+            nursery.start_soon(self._serve_connection, stream, slots)
 
     async def drain(self, grace: float) -> None:
         """Stop accepting, close idle connections, wait up to `grace` for requests in flight."""
@@ -207,7 +216,9 @@ class HttpServer:
                 grace,
             )
 
-    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
+    async def _serve_connection(
+        self, stream: trio.abc.Stream, slots: trio.Semaphore | None = None
+    ) -> None:
         conn_id = next(self._conn_ids)
         client = _peer_address(stream)
         tls = isinstance(stream, trio.SSLStream)
@@ -221,6 +232,8 @@ class HttpServer:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await conn.close()
+            if slots is not None:
+                slots.release()
 
     async def _run_cycles(self, conn: _Connection, client: tuple[str, int], tls: bool) -> None:
         while not self._draining:

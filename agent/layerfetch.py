@@ -471,6 +471,13 @@ class LayerDownload:
                 plan.assignments[:4],
             )
             if plan.error is not None:
+                if plan.error_status in (401, 403) and authorization and not swarm.client.tls:
+                    # The root fetched without the client's credentials (they never cross the
+                    # network in clear): this layer is the client's to fetch itself.
+                    raise SwarmUnavailable(
+                        f"root {root} may not read it without credentials, and the P2P port "
+                        "has no TLS to pass them"
+                    )
                 raise RegistryError(
                     plan.error_status or 502,
                     "UNAVAILABLE" if (plan.error_status or 502) >= 500 else "DENIED",

@@ -35,7 +35,7 @@ async def app(request: Request) -> Response:
     return Response(status=200, headers=[(b"content-length", str(len(body)).encode())], body=body)
 
 
-async def start(nursery: trio.Nursery, **settings: float) -> tuple[HttpServer, int]:
+async def start(nursery: trio.Nursery, **settings: float | int) -> tuple[HttpServer, int]:
     server = HttpServer(app, ServerSettings(**settings), name="test")
     listeners = await open_listeners("127.0.0.1", 0, None)
     await nursery.start(server.serve, listeners)
@@ -174,4 +174,32 @@ async def test_drain_finishes_request_in_flight_and_stops_accepting() -> None:
         except OSError:
             refused = True
         assert refused, "a drained server must not accept new connections"
+        nursery.cancel_scope.cancel()
+
+
+async def receive_until(stream: trio.abc.Stream, marker: bytes) -> bytes:
+    data = b""
+    with trio.fail_after(5):
+        while marker not in data:
+            piece = await stream.receive_some(65536)
+            if not piece:
+                break
+            data += piece
+    return data
+
+
+async def test_max_connections_holds_further_connections_in_the_backlog() -> None:
+    async with trio.open_nursery() as nursery:
+        _server, port = await start(nursery, max_connections=1)
+        first = await trio.open_tcp_stream("127.0.0.1", port)
+        await first.send_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"hello GET /a" in await receive_until(first, b"hello GET /a")
+        second = await trio.open_tcp_stream("127.0.0.1", port)  # the kernel accepts it...
+        await second.send_all(b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        with trio.move_on_after(0.3) as waited:
+            await second.receive_some(65536)
+        assert waited.cancelled_caught, "...but the server must not serve it yet"
+        await first.aclose()
+        assert b"hello GET /b" in await receive_until(second, b"hello GET /b")
+        await second.aclose()
         nursery.cancel_scope.cancel()

@@ -20,9 +20,11 @@ from harness import (
     Image,
     Registry,
     free_port,
+    make_ca_and_cert,
     push_image,
     skopeo_copy_to_dir,
     verify_dir_blobs,
+    write_authfile,
 )
 
 MiB = 1 << 20
@@ -61,10 +63,15 @@ class Cluster:
         ]
 
 
-def pull_all(agents: list[AgentProcess], ref: str, dest: Path) -> list[set[str]]:
+def pull_all(
+    agents: list[AgentProcess], ref: str, dest: Path, *, creds: tuple[str, str] | None = None
+) -> list[set[str]]:
     def one(agent: AgentProcess) -> set[str]:
         out = dest / agent.name
-        result = skopeo_copy_to_dir(f"{agent.host}/{ref}", out)
+        authfile = None
+        if creds:
+            authfile = write_authfile(dest / f"{agent.name}-auth.json", {agent.host: creds})
+        result = skopeo_copy_to_dir(f"{agent.host}/{ref}", out, authfile=authfile)
         assert result.returncode == 0, f"{agent.name}: {result.stderr}\n{agent.log_text()[-3000:]}"
         return verify_dir_blobs(out)
 
@@ -258,3 +265,42 @@ def test_a_peer_killed_mid_transfer_costs_no_pull(
     for got in results:
         assert layer in got
     assert registry.blob_get_count(layer) == 1
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["p2p-tls", "p2p-plain"])
+def test_private_layers_credentials_reach_roots_only_encrypted(
+    tmp_path: Path,
+    make_registry: Callable[..., Registry],
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+    tls: bool,
+) -> None:
+    """With TLS on the P2P port the owning root fetches a private layer with the client's
+    credentials, once for the cluster. Without TLS credentials never leave the node: the root
+    is refused by the origin and every agent fetches the layer itself (the pull still works)."""
+    registry = make_registry(auth="htpasswd", users={"alice": "alice-pw"})
+    image = make_image(layers=(2 * MiB,), seed=26)
+    push_image(image, registry, "private/app", "v1", creds=("alice", "alice-pw"))
+    env: dict[str, str] = {}
+    if tls:
+        addresses = [f"127.0.0.{i}" for i in range(2, 6)]
+        files = make_ca_and_cert(tmp_path / "p2p-tls", addresses, prefix="node")
+        env = {
+            "POLLEN_P2P_TLS_CA": str(files.ca),
+            "POLLEN_P2P_TLS_CERT": str(files.cert),
+            "POLLEN_P2P_TLS_KEY": str(files.key),
+        }
+    cluster = Cluster(make_agent, registry, roots=1, agents=3, env=env)
+    results = pull_all(
+        cluster.agents, "private/app:v1", tmp_path / "pulls", creds=("alice", "alice-pw")
+    )
+    layer = image.layer_digests[0]
+    for got in results:
+        assert layer in got
+    fallbacks = sum(status(a)["swarm"]["origin_fallbacks"] for a in cluster.agents)
+    if tls:
+        assert registry.blob_get_count(layer) == 1
+        assert fallbacks == 0
+    else:
+        assert fallbacks >= 1
+        assert "no TLS to pass them" in "".join(a.log_text() for a in cluster.agents)
