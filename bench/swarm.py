@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -225,9 +224,8 @@ def pull_all(hosts: list[Host], source: str, work: Path, label: str) -> list[flo
                 durations[i] = time.monotonic() - started
                 pending.discard(i)
                 if procs[i].returncode != 0:
-                    raise RuntimeError(
-                        f"{label} pull on {hosts[i].netns} failed: {procs[i].stderr.read().decode()[-500:]}"
-                    )
+                    why = procs[i].stderr.read().decode()[-500:]
+                    raise RuntimeError(f"{label} pull on {hosts[i].netns} failed: {why}")
         time.sleep(0.02)
     if pending:
         raise RuntimeError(f"{label}: {len(pending)} pulls did not finish")
@@ -353,17 +351,19 @@ def main() -> int:
             sent = origin_bytes(reg_log, mark)
             results[label] = (durations, sent, busy, max(durations))
             print(
-                f"{label}: done in {max(durations):.1f}s, origin sent {sent / F:.2f} x F, CPU busy {busy:.0%}"
+                f"{label}: done in {max(durations):.1f}s, origin sent {sent / F:.2f} x F, "
+                f"CPU busy {busy:.0%}"
             )
 
         print()
         print(
             f"cluster: {N} agents + {args.roots} roots, {args.node_mbit:g} Mbit/s per node, "
-            f"origin {args.origin_mbit:g} Mbit/s, image {F / MiB:.0f} MiB ({args.layers} x {args.layer_mib} MiB), "
-            f"chunk {args.chunk}"
+            f"origin {args.origin_mbit:g} Mbit/s, image {F / MiB:.0f} MiB "
+            f"({args.layers} x {args.layer_mib} MiB), chunk {args.chunk}"
         )
         print(
-            f"T_min = max(F/u_o {F / u_o:.1f}s, F/d {F / d:.1f}s, N·F/(u_o+Σu) {N * F / (u_o + sum_u):.1f}s) = {t_min:.1f}s"
+            f"T_min = max(F/u_o {F / u_o:.1f}s, F/d {F / d:.1f}s, "
+            f"N·F/(u_o+Σu) {N * F / (u_o + sum_u):.1f}s) = {t_min:.1f}s"
         )
         p95_direct = None
         if "direct" in results:
@@ -372,7 +372,8 @@ def main() -> int:
             p50, p95 = percentile(durations, 50), percentile(durations, 95)
             line = (
                 f"{label:7s} P50 {p50:6.1f}s  P95 {p95:6.1f}s  max {max(durations):6.1f}s  "
-                f"P95/T_min {p95 / t_min:5.2f}  origin bytes {sent / F:5.2f} x F  CPU busy {busy:4.0%}"
+                f"P95/T_min {p95 / t_min:5.2f}  origin bytes {sent / F:5.2f} x F  "
+                f"CPU busy {busy:4.0%}"
             )
             if p95_direct and label != "direct":
                 line += f"  P95/direct {p95 / p95_direct:5.2f}"
