@@ -28,7 +28,9 @@ from typing import Protocol
 
 import xxhash
 
+from agent.auditline import FILEREAD, FILEWRITE, failure_size
 from agent.chunks import ChunkLayout
+from agent.observe import NULL_OBSERVER, Observer
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +114,10 @@ class ChunkCache:
         files: FileOps,
         direct: bool = False,
         write_retry: float = 30.0,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self.root = root
+        self._observer = observer  # every chunk read and write (audit log, metrics)
         self.capacity = capacity
         self.chunk_size = chunk_size
         self._engine = engine
@@ -339,15 +343,24 @@ class ChunkCache:
                 f"chunk {index} of {entry.digest}: {len(data)} bytes, "
                 f"want {entry.layout.length(index)}"
             )
-        fd = self._files.open_file(
-            str(entry.data_path), write=True, create=False, direct=self._direct
-        )
+        offset = entry.layout.offset(index)
+        started = time.perf_counter()
         try:
-            await self._engine.write(fd, entry.layout.offset(index), data)
-        finally:
-            self._files.close_file(fd)
-        checksum = chunk_checksum(data)
-        self._append_index(entry, f"c {index} {len(data)} {checksum:016x} {sha256}\n")
+            fd = self._files.open_file(
+                str(entry.data_path), write=True, create=False, direct=self._direct
+            )
+            try:
+                await self._engine.write(fd, offset, data)
+            finally:
+                self._files.close_file(fd)
+            checksum = chunk_checksum(data)
+            self._append_index(entry, f"c {index} {len(data)} {checksum:016x} {sha256}\n")
+        except OSError as exc:
+            self._observer.disk(
+                FILEWRITE, str(entry.data_path), offset, failure_size(exc), _since(started)
+            )
+            raise
+        self._observer.disk(FILEWRITE, str(entry.data_path), offset, len(data), _since(started))
         entry.checksums[index] = checksum
         entry.sha256[index] = sha256
 
@@ -366,20 +379,24 @@ class ChunkCache:
         if expected is None:
             raise KeyError(f"chunk {index} of {entry.digest} is not in the cache")
         length = entry.layout.length(index)
+        offset = entry.layout.offset(index)
+        path = str(entry.data_path)
+        started = time.perf_counter()
         try:
-            fd = self._files.open_file(
-                str(entry.data_path), write=False, create=False, direct=self._direct
-            )
+            fd = self._files.open_file(path, write=False, create=False, direct=self._direct)
             try:
-                data = await self._engine.read(fd, entry.layout.offset(index), length)
+                data = await self._engine.read(fd, offset, length)
             finally:
                 self._files.close_file(fd)
         except OSError as exc:
+            self._observer.disk(FILEREAD, path, offset, failure_size(exc), _since(started))
             self._corrupt(entry, index, f"unreadable: {exc}")
             raise ChunkCorrupt(f"chunk {index} of {entry.digest} is unreadable: {exc}") from exc
         if len(data) != length or chunk_checksum(data) != expected:
+            self._observer.disk(FILEREAD, path, offset, -1, _since(started))
             self._corrupt(entry, index, "failed its checksum")
             raise ChunkCorrupt(f"chunk {index} of {entry.digest} is corrupt on disk")
+        self._observer.disk(FILEREAD, path, offset, length, _since(started))
         return data
 
     def _corrupt(self, entry: CacheEntry, index: int, why: str) -> None:
@@ -414,3 +431,7 @@ class ChunkCache:
             "corrupt_chunks": self.corrupt_chunks,
             "write_errors": self.write_errors,
         }
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started

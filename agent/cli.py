@@ -13,6 +13,7 @@ import logging
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import trio
 
@@ -21,6 +22,8 @@ from agent.config import Config, help_text, load_config
 from agent.errors import ConfigError
 
 log = logging.getLogger("agent.cli")
+DOCTOR_CONFIG = "/etc/containerd/config.toml"
+DOCTOR_SOCKET = "/run/containerd/containerd.sock"
 
 
 def configure_logging(verbose: bool) -> None:
@@ -61,9 +64,12 @@ def status_url(config: Config, address: str | None) -> str:
 
 
 def show_status(config: Config, address: str | None, as_json: bool) -> int:
+    from agent.statusview import render_status
+
     url = status_url(config, address)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     try:
-        with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - loopback admin URL
+        with opener.open(url, timeout=5) as reply:
             status = json.load(reply)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"pollen status: cannot read {url}: {exc}", file=sys.stderr)
@@ -71,24 +77,7 @@ def show_status(config: Config, address: str | None, as_json: bool) -> int:
     if as_json:
         print(json.dumps(status, indent=2))
         return 0
-    cache = status["cache"]
-    print(f"pollen {status['version']} {status['mode']} {status['node']} ready={status['ready']}")
-    print(
-        f"cache: {cache['used']} of {cache['capacity']} bytes, {cache['layers']} layers, "
-        f"{cache['evictions']} evictions; I/O engine {status['io_engine']['name']}"
-    )
-    layers = status["layers_in_flight"]
-    print(f"layers in flight: {len(layers)}")
-    for layer in layers:
-        size = layer["size"] or 0
-        done = layer["received"]
-        fraction = done / size if size else 0.0
-        bar = "#" * int(fraction * 30)
-        rate = done / layer["seconds"] if layer["seconds"] else 0.0
-        print(
-            f"  {layer['digest'][:19]}  [{bar:<30}] {fraction:6.1%}  {done}/{size} bytes  "
-            f"{rate / 1e6:.1f} MB/s  from {layer['upstream']} ({layer['mode']})"
-        )
+    print(render_status(status), end="")
     return 0
 
 
@@ -110,7 +99,89 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a running agent's cache and downloads")
     status.add_argument("--address", help="host:port of the agent's proxy port (default: local)")
     status.add_argument("--json", action="store_true", help="raw JSON for scripts")
+    add_webhook_and_doctor(sub)
     return parser
+
+
+def add_webhook_and_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    webhook = sub.add_parser("webhook", help="run the Kubernetes admission webhook (HTTPS)")
+    webhook.add_argument("--print-config", action="store_true", help="show the config and exit")
+    webhook.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    webhook.add_argument("--service-account-dir", type=Path, help=argparse.SUPPRESS)
+    certs = webhook.add_subparsers(dest="webhook_command").add_parser(
+        "certs", help="make the serving certificate, store it and fill the caBundle"
+    )
+    certs.add_argument("--namespace", help="the webhook's namespace (default: the pod's)")
+    certs.add_argument("--service", default="pollen-webhook", help="the webhook's Service")
+    certs.add_argument("--secret", default="pollen-webhook-tls", help="TLS Secret to keep")
+    certs.add_argument(
+        "--webhook-configuration", default="pollen-webhook", help="MutatingWebhookConfiguration"
+    )
+    certs.add_argument("--out-dir", type=Path, help="also write tls.crt, tls.key, ca.crt here")
+    certs.add_argument("--cluster-token-secret", help="create this P2P token Secret if missing")
+
+    doctor = sub.add_parser("doctor", help="check that containerd pulls through the agent")
+    doctor.add_argument("--address", help="host:port of the agent's proxy port (default: local)")
+    doctor.add_argument("--containerd-config", type=Path, default=Path(DOCTOR_CONFIG))
+    doctor.add_argument("--hosts-dir", type=Path, help="hosts.toml directory (default: config's)")
+    doctor.add_argument("--containerd-socket", type=Path, default=Path(DOCTOR_SOCKET))
+    doctor.add_argument(
+        "--via",
+        choices=("auto", "cri", "ctr"),
+        default="auto",
+        help="canary pull with CRI (grpcio, as the kubelet) or ctr",
+    )
+    doctor.add_argument("--no-canary", action="store_true", help="skip the canary pull")
+    hosts = doctor.add_subparsers(dest="doctor_command").add_parser(
+        "hosts", help="write containerd hosts.toml files routing registries to the agent"
+    )
+    hosts.add_argument("--dir", type=Path, default=Path("/etc/containerd/certs.d"))
+    hosts.add_argument("--mirror", action="store_true", help="also each upstream's own name")
+    hosts.add_argument("--default", action="store_true", help="also _default (containerd>=1.7)")
+    hosts.add_argument("--force", action="store_true", help="replace files pollen did not write")
+
+
+def run_webhook_or_doctor(args: argparse.Namespace, config: Config) -> int:
+    if args.command == "doctor":
+        from agent import doctor
+
+        if args.doctor_command == "hosts":
+            for line in doctor.write_hosts(
+                config, args.dir, mirror=args.mirror, default=args.default, force=args.force
+            ):
+                print(line)
+            return 0
+        options = doctor.DoctorOptions(
+            address=args.address,
+            containerd_config=args.containerd_config,
+            hosts_dir=args.hosts_dir,
+            socket=args.containerd_socket,
+            via=args.via,
+            canary=not args.no_canary,
+        )
+        findings = doctor.diagnose(config, options)
+        print(doctor.report(findings))
+        return 0 if all(f.ok for f in findings) else 1
+    if args.webhook_command == "certs":
+        from agent import webhookcerts
+
+        configure_logging(False)
+        return webhookcerts.main(
+            namespace=args.namespace,
+            service=args.service,
+            secret=args.secret,
+            configuration=args.webhook_configuration,
+            out_dir=args.out_dir,
+            cluster_token_secret=args.cluster_token_secret,
+            account_dir=args.service_account_dir,
+        )
+    if args.print_config:
+        print_config(config)
+        return 0
+    from agent import webhook
+
+    configure_logging(args.verbose)
+    return webhook.run(config, account_dir=args.service_account_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pollen: {exc}", file=sys.stderr)
         return 2
+    if args.command in ("webhook", "doctor"):
+        return run_webhook_or_doctor(args, config)
     if args.command == "status":
         return show_status(config, args.address, args.json)
     if args.print_config:

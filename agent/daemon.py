@@ -3,19 +3,22 @@
 Everything below this module is constructed here from `Config` and handed its collaborators;
 nothing reads the environment or starts tasks on its own. The agent runs until SIGTERM or
 SIGINT, then drains: `/readyz` turns 503, the listeners close, responses in flight get
-``shutdownGrace`` to finish.
+``shutdownGrace`` to finish. SIGHUP reopens the audit log file (logrotate).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from agent import __version__, native
+from agent.audit import AuditLog
 from agent.authcheck import AuthChecker
 from agent.cache import ChunkCache
 from agent.config import Config
@@ -23,6 +26,7 @@ from agent.errors import ConfigError
 from agent.httpclient import HttpClient, make_client_ssl_context
 from agent.httpserver import HttpServer, ServerSettings, listener_port, open_listeners
 from agent.layerfetch import LayerFetcher, SwarmContext
+from agent.metrics import Telemetry
 from agent.nodeaddr import detect_node_ip
 from agent.p2pclient import P2PClient
 from agent.p2pproto import parse_node
@@ -87,6 +91,11 @@ class Agent:
             raise ConfigError("clusterToken", "a root needs POLLEN_CLUSTER_TOKEN (clusterToken)")
         self.node_ip = config.node_ip or detect_node_ip()
         self.node = parse_node(_join_host_port(self.node_ip, config.p2p_port))
+        # Metrics, the audit log and the per-layer summary: one observer for the data path.
+        self.audit = AuditLog.from_config(config)
+        self.telemetry = Telemetry(
+            node=self.node, mode=self.mode, labels=config.labels, audit=self.audit
+        )
         # Logs which engine runs and why a preferred one was passed over (config.io_engines:
         # io_uring -> aio -> pread with aioEnable=1, or the one cache.ioEngine forces).
         self.engine = native.open_preferred_engine(
@@ -100,6 +109,7 @@ class Agent:
             files=native,
             direct=config.cache_aio_enable,
             write_retry=config.cache_write_retry,
+            observer=self.telemetry,
         )
         self.http = HttpClient(
             make_client_ssl_context(config.upstream_ca_file or None),
@@ -132,6 +142,7 @@ class Agent:
             concurrency_limit=config.proxy_concurrency_limit,
             retries=config.upstream_retries,
             swarm=self.swarm,
+            observer=self.telemetry,
         )
         self.tracker: Tracker | None = None
         if self.mode == "root":
@@ -142,6 +153,7 @@ class Agent:
             token=config.cluster_token.encode(),
             cache=self.cache,
             plan_handler=self.tracker.plan if self.tracker else None,
+            observer=self.telemetry,
         )
         self.p2p_server = HttpServer(
             self.p2p.handle,
@@ -150,6 +162,7 @@ class Agent:
                 idle_timeout=config.idle_timeout,
                 throttle=self.throttle,
                 max_connections=P2P_MAX_CONNECTIONS,
+                on_request=self._on_request("p2p"),
             ),
             name="p2p",
         )
@@ -159,6 +172,8 @@ class Agent:
             auth=self.auth,
             fetcher=self.fetcher,
             status=self.status,
+            metrics=self.telemetry.exposition if self._metrics_on_proxy_port else None,
+            observer=self.telemetry,
         )
         self.server = HttpServer(
             self.proxy.handle,
@@ -166,11 +181,39 @@ class Agent:
                 read_timeout=config.read_timeout,
                 idle_timeout=config.idle_timeout,
                 throttle=self.throttle,
+                on_request=self._on_request("proxy"),
             ),
             name="proxy",
             on_protocol_error=protocol_error_response,
         )
         self.proxy_port = 0
+        self.exporter: HttpServer | None = None
+        self.exporter_port = 0
+        if config.exporter_enable and config.exporter_standalone_port:
+            self.exporter = HttpServer(
+                self.telemetry.handle,
+                ServerSettings(read_timeout=config.read_timeout, idle_timeout=config.idle_timeout),
+                name="exporter",
+            )
+        self.telemetry.bind(
+            alive=lambda: self.proxy.ready,
+            cache=self.cache,
+            auth=self.auth,
+            fetcher=self.fetcher,
+            swarm=self.swarm,
+            p2p=self.p2p if self.p2p_enabled else None,
+            engine=self.engine.name,
+        )
+
+    @property
+    def _metrics_on_proxy_port(self) -> bool:
+        return self.config.exporter_enable and not self.config.exporter_standalone_port
+
+    def _on_request(self, port: str) -> Callable[[int, int, float], None]:
+        def observe(status: int, size: int, seconds: float) -> None:
+            self.telemetry.request(port, status, size, seconds)
+
+        return observe
 
     def status(self) -> dict[str, object]:
         """The JSON of ``/_pollen/status`` (and `pollen status`)."""
@@ -192,6 +235,7 @@ class Agent:
                     "mode": p.mode,
                     "readers": p.readers,
                     "seconds": round(trio.current_time() - p.started_at, 3),
+                    "sources": dict(p.sources),
                 }
                 for p in self.fetcher.in_flight()
             ],
@@ -199,7 +243,21 @@ class Agent:
             "server": self.server.statistics(),
             "upstreams": [str(u) for u in self.config.upstreams],
             "swarm": self._swarm_status(),
+            "telemetry": {
+                "exporter": self._exporter_status(),
+                **self.telemetry.statistics(),
+            },
         }
+
+    def _exporter_status(self) -> dict[str, object]:
+        config = self.config
+        if not config.exporter_enable:
+            where = "off"
+        elif self.exporter is not None:
+            where = f"port {self.exporter_port or config.exporter_port}"
+        else:
+            where = "/metrics on the proxy port"
+        return {"enabled": config.exporter_enable, "where": where}
 
     def _swarm_status(self) -> dict[str, object] | None:
         if not self.p2p_enabled:
@@ -224,8 +282,20 @@ class Agent:
         if self.p2p_enabled:
             p2p_tls = p2p_server_ssl_context(config) if config.p2p_tls_cert else None
             p2p_listeners = await open_listeners(config.listen_address, config.p2p_port, p2p_tls)
+        exporter_listeners = []
+        if self.exporter is not None:
+            exporter_listeners = await open_listeners(
+                config.listen_address, config.exporter_port, None
+            )
+            self.exporter_port = listener_port(exporter_listeners)
+        # Signals are caught from here on: a SIGHUP sent once the agent is ready must not kill it.
+        catching = contextlib.ExitStack()
+        received = catching.enter_context(
+            trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        )
         try:
             async with self.engine, trio.open_nursery() as nursery:
+                await nursery.start(self.audit.run)
                 await nursery.start(self.fetcher.run)
                 if self.roots is not None:
                     await nursery.start(self.roots.run)
@@ -240,6 +310,9 @@ class Agent:
                         self.mode,
                         ", ".join(config.roots) or "(none)",
                     )
+                if self.exporter is not None:
+                    await nursery.start(self.exporter.serve, exporter_listeners)
+                    log.info("metrics on port %d (/metrics)", self.exporter_port)
                 await nursery.start(self.server.serve, listeners)
                 self.proxy.ready = True
                 log.info(
@@ -252,18 +325,24 @@ class Agent:
                     ", ".join(str(u) for u in config.upstreams),
                 )
                 task_status.started(self.proxy_port)
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for signum in signals:
-                        log.info("received %s: draining", signal.Signals(signum).name)
-                        break
+                async for signum in received:
+                    if signum == signal.SIGHUP:
+                        log.info("received SIGHUP: reopening the audit log")
+                        await self.audit.reopen()
+                        continue
+                    log.info("received %s: draining", signal.Signals(signum).name)
+                    break
                 self.proxy.ready = False
                 with trio.move_on_after(config.shutdown_grace):
                     async with trio.open_nursery() as drains:
                         drains.start_soon(self.server.drain, config.shutdown_grace)
                         if p2p_listeners:
                             drains.start_soon(self.p2p_server.drain, config.shutdown_grace)
+                        if self.exporter is not None:
+                            drains.start_soon(self.exporter.drain, config.shutdown_grace)
                 nursery.cancel_scope.cancel()
         finally:
+            catching.close()
             with trio.CancelScope(shield=True):
                 await self.http.aclose()
                 await self.engine.aclose()

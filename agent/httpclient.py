@@ -252,16 +252,19 @@ class HttpClient:
 
     @asynccontextmanager
     async def request(
-        self, method: str, url: str, headers: Headers
+        self, method: str, url: str, headers: Headers, *, body: bytes = b""
     ) -> AsyncIterator[ClientResponse]:
-        """Send a body-less request and yield the response; the body is read by the caller."""
+        """Send a request (with a small in-memory `body`, for the Kubernetes API) and yield
+        the response; the response body is read by the caller."""
         origin = Origin.from_url(url)
         target = request_target(url)
         all_headers = [(b"host", origin.host_header), *headers]
+        if body and not any(k.lower() == b"content-length" for k, _ in headers):
+            all_headers.append((b"content-length", str(len(body)).encode()))
         conn = self._checkout(origin)
         if conn is not None:
             try:
-                event = await self._exchange(conn, method, target, all_headers, url)
+                event = await self._exchange(conn, method, target, all_headers, url, body)
             except HttpClientError as exc:
                 # A pooled connection the server closed while idle: one fresh attempt.
                 log.debug("stale pooled connection to %s: %s", url, exc)
@@ -270,7 +273,7 @@ class HttpClient:
         if conn is None:
             conn = await self._connect(origin)
             try:
-                event = await self._exchange(conn, method, target, all_headers, url)
+                event = await self._exchange(conn, method, target, all_headers, url, body)
             except BaseException:
                 await conn.aclose()
                 raise
@@ -294,10 +297,18 @@ class HttpClient:
             await conn.aclose()
 
     async def _exchange(
-        self, conn: _PooledConnection, method: str, target: bytes, headers: Headers, url: str
+        self,
+        conn: _PooledConnection,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        url: str,
+        body: bytes = b"",
     ) -> h11.Response:
         try:
             data = conn.h11.send(h11.Request(method=method, target=target, headers=headers))
+            if body:
+                data += conn.h11.send(h11.Data(data=body))
             data += conn.h11.send(h11.EndOfMessage())
             with trio.fail_after(self._timeout):
                 await conn.stream.send_all(data)

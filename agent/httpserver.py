@@ -10,11 +10,14 @@ accepting, closes idle connections, and gives requests in flight a bounded grace
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import logging
 import os
 import ssl
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from itertools import count
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 32 * 1024
 MAX_REQUEST_BODY = 64 * 1024  # pull-only API: bodies are never expected, only discarded
+RECENT_REQUESTS = 256  # request lines kept for statistics() (`pollen doctor`'s canary check)
 RECEIVE_SIZE = 64 * 1024
 TLS_HANDSHAKE_BYTE = 0x16
 
@@ -42,6 +46,8 @@ class Request:
     client: tuple[str, int]
     conn_id: int
     tls: bool
+    # The request body, read only when ServerSettings.max_request_body allows it (else b"").
+    body: bytes = b""
 
     def header(self, name: str) -> str | None:
         """The first value of a header (names compared case-insensitively)."""
@@ -128,6 +134,13 @@ class ServerSettings:
     throttle: Callable[[int], Awaitable[None]] | None = None
     # Connections served at once; further ones wait in the listen backlog (P2P uploads).
     max_connections: int = 0
+    # 0: request bodies are read and dropped (at most MAX_REQUEST_BODY bytes, else 413), as
+    # the pull-only ports want; > 0: bodies up to this many bytes reach the handler as
+    # Request.body (the admission webhook's POSTs), larger ones get 413.
+    max_request_body: int = 0
+    # Told of every request handled: (status, response body bytes sent, seconds from the
+    # request head to the end of the response) -- the metrics' ``http`` type.
+    on_request: Callable[[int, int, float], None] | None = None
 
 
 class HttpServer:
@@ -153,13 +166,22 @@ class HttpServer:
         self._quiet = trio.Event()
         self._quiet.set()
         self._connection_slots = trio.Semaphore(max(1, settings.max_connections))
+        self._requests_total = 0
+        self._recent: deque[str] = deque(maxlen=RECENT_REQUESTS)
 
     @property
     def draining(self) -> bool:
         return self._draining
 
-    def statistics(self) -> dict[str, int | bool]:
-        return {"active_requests": self._active_requests, "draining": self._draining}
+    def statistics(self) -> dict[str, object]:
+        """Counters, and the last request lines (method and target: no headers, so no
+        credentials), which `pollen doctor` reads to see its canary pull arrive."""
+        return {
+            "active_requests": self._active_requests,
+            "draining": self._draining,
+            "requests": self._requests_total,
+            "recent_requests": list(self._recent),
+        }
 
     async def serve(
         self,
@@ -273,7 +295,22 @@ class HttpServer:
                 return
 
     async def _one_cycle(self, conn: _Connection, request: Request) -> bool:
-        await conn.discard_body()
+        started = time.perf_counter()
+        self._recent.append(f"{request.method} {request.target}")
+        self._requests_total += 1
+        try:
+            body = await conn.read_body(self._settings.max_request_body)
+        except h11.RemoteProtocolError as exc:
+            # Answer (413) and close; raised out of here it would end the whole server.
+            log.info("conn %d: %s %s: %s", conn.conn_id, request.method, request.target, exc)
+            error = self._error_response(exc.error_status_hint, str(exc))
+            await conn.send_response(error, head_only=False)
+            await conn.linger()
+            return False
+        if body is None:  # the peer stopped or stalled mid-body: nothing to hand on
+            return False
+        if body:
+            request = dataclasses.replace(request, body=body)
         try:
             response = await self._handler(request)
         except Exception:
@@ -282,7 +319,13 @@ class HttpServer:
             )
             response = self._error_response(500, "internal error")
         head_only = request.method == "HEAD"
-        completed = await conn.send_response(response, head_only=head_only)
+        conn.body_bytes = 0
+        try:
+            completed = await conn.send_response(response, head_only=head_only)
+        finally:
+            if self._settings.on_request is not None:
+                elapsed = time.perf_counter() - started
+                self._settings.on_request(response.status, conn.body_bytes, elapsed)
         if not completed:
             return False
         if conn.h11.our_state is h11.MUST_CLOSE or conn.h11.their_state is h11.MUST_CLOSE:
@@ -316,6 +359,7 @@ class _Connection:
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_bytes)
         self._first_bytes = True
         self._send_lock = trio.Lock()
+        self.body_bytes = 0  # of the response being sent
 
     async def _receive_into_h11(self, timeout: float) -> bool:
         with trio.move_on_after(timeout):
@@ -353,21 +397,42 @@ class _Connection:
             # Data/EndOfMessage of a previous cycle cannot appear here; anything else is noise.
             return None
 
-    async def discard_body(self) -> None:
-        """Read and drop a request body (GET/HEAD bodies are meaningless), bounded in size."""
+    async def read_body(self, limit: int) -> bytes | None:
+        """Read the request body. With `limit` 0, drop it (GET/HEAD bodies are meaningless),
+        bounded by MAX_REQUEST_BODY, and return b""; otherwise return it, bounded by `limit`,
+        or None when the peer went away or stalled before its end. Too large: 413."""
+        keep = limit > 0
+        bound = limit if keep else MAX_REQUEST_BODY
+        parts: list[bytes] = []
         received = 0
         while True:
             event = self.h11.next_event()
             if event is h11.NEED_DATA:
                 if not await self._receive_into_h11(self.settings.read_timeout):
-                    return
+                    return None if keep else b""
                 continue
             if isinstance(event, h11.Data):
                 received += len(event.data)
-                if received > MAX_REQUEST_BODY:
+                if received > bound:
                     raise h11.RemoteProtocolError("request body too large", error_status_hint=413)
+                if keep:
+                    parts.append(bytes(event.data))
                 continue
-            return
+            if keep and not isinstance(event, h11.EndOfMessage):
+                return None
+            return b"".join(parts)
+
+    async def linger(self, budget: int = 8 << 20, seconds: float = 1.0) -> None:
+        """Read and drop what the client is still sending (a body we refused), bounded, so
+        that closing does not reset the connection before it has read our answer."""
+        with trio.move_on_after(seconds):
+            if isinstance(self.stream, trio.abc.HalfCloseableStream):
+                await self.stream.send_eof()  # the answer is complete: the client may close
+            while budget > 0:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    return
+                budget -= len(data)
 
     async def _send(self, event: h11.Event) -> None:
         # Passthrough keeps a multi-MiB Data payload as the caller's buffer instead of joining
@@ -385,6 +450,8 @@ class _Connection:
         except BaseException:
             self.h11.send_failed()
             raise
+        if isinstance(event, h11.Data):
+            self.body_bytes += len(event.data)
 
     async def send_response(self, response: Response, *, head_only: bool) -> bool:
         """Send a response; False when a streamed body was cut short (connection must close)."""

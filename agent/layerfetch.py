@@ -21,20 +21,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
+from agent.auditline import failure_size, url_pathname
 from agent.cache import CacheEntry, ChunkCache, ChunkCorrupt
 from agent.chunks import ChunkLayout
 from agent.config import Upstream
 from agent.errors import RegistryError
 from agent.httpclient import ClientResponse, HttpClientError
+from agent.observe import NULL_OBSERVER, LayerReport, LayerTimes, Observer
 from agent.p2pclient import P2PClient, PeerError
-from agent.p2pproto import MAX_REPORTS, PlanTarget
+from agent.p2pproto import MAX_REPORTS, PlanTarget, clip_ranges
 from agent.roots import RootSet
 from agent.routes import Digest
 from agent.upstream import RegistryClient, UpstreamUnavailable, backoff_delay
@@ -80,7 +83,9 @@ class SwarmContext:
     node: str  # this node's id, nodeIP:p2pPort
     roots: RootSet
     client: P2PClient
-    parallel: int = 4  # chunk transfers in flight per layer
+    # Plan demand: one transfer at a time (links do best with one transfer each, see
+    # agent/swarm.py) plus a spare the root uses for a second source when one runs late.
+    parallel: int = 2
     chunk_timeout: float = 15.0
     plan_timeout: float = 10.0
     fallbacks: int = 0  # layers fetched from the origin because no root answered
@@ -98,6 +103,7 @@ class DownloadProgress:
     mode: str = "starting"
     started_at: float = 0.0
     readers: int = 0
+    sources: dict[str, int] = field(default_factory=dict)  # bytes by origin, root, peer
 
 
 async def passthrough_error(response: ClientResponse, what: str) -> RegistryError:
@@ -134,10 +140,15 @@ class LayerDownload:
         retries: int,
         cacheable: bool = True,
         swarm: SwarmContext | None = None,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self.digest = digest
         self._cacheable = cacheable
         self._swarm = swarm
+        self._observer = observer
+        self.times = LayerTimes()  # where this download's time went (per-layer summary)
+        self.had_reader = False  # a client read it: the client's summary line covers it
+        self._transfer_from: float | None = None
         self._hashed_upto = 0  # chunks [0, n) are in the whole-layer hash
         self.upstream = upstream
         self.repo = repo
@@ -186,6 +197,15 @@ class LayerDownload:
             self._raise_if_failed()
             await self._changed.wait()
 
+    async def wait_written(self, index: int) -> None:
+        """Wait until chunk `index` is in the cache file (servable to peers)."""
+        while True:
+            assert self.entry is not None
+            if self.entry.has_chunk(index):
+                return
+            self._raise_if_failed()
+            await self._changed.wait()
+
     async def wait_verified(self) -> None:
         while not self.verified:
             self._raise_if_failed()
@@ -210,8 +230,11 @@ class LayerDownload:
     # -- the download ---------------------------------------------------------------------
 
     async def run(self, limiter: trio.CapacityLimiter) -> None:
+        queued = time.perf_counter()
         try:
             async with limiter:
+                self._transfer_from = time.perf_counter()
+                self.times.add_time("slot", self._transfer_from - queued)
                 # A nursery per layer: chunk writes run here beside the receive (and the
                 # swarm's parallel chunk fetches will too). It closes when every write ended.
                 try:
@@ -223,6 +246,7 @@ class LayerDownload:
                             await self._download()
                 except BaseExceptionGroup as group:
                     raise first_failure(group) from None
+                self._end_transfer()
                 await self._finish()
         except (RegistryError, LayerFailed, HttpClientError, OSError) as exc:
             self._fail(exc)
@@ -237,6 +261,35 @@ class LayerDownload:
             self.started.set()
             self.finished.set()
             self._notify()
+            self._end_transfer()
+            if not self.had_reader and self.layout is not None:  # e.g. a root's, for peers
+                self._observer.layer_done(
+                    LayerReport(
+                        digest=str(self.digest),
+                        upstream=self.upstream.key,
+                        repo=self.repo,
+                        size=self.progress.received,
+                        seconds=time.perf_counter() - queued,
+                        result="ok" if self.verified else "failed",
+                        times=self.times,
+                        what="fetch",
+                    )
+                )
+
+    def _end_transfer(self) -> None:
+        """Close the transfer stage: slot to last byte, less the hashing done meanwhile."""
+        if self._transfer_from is not None:
+            wall = time.perf_counter() - self._transfer_from
+            self.times.add_time("transfer", wall - self.times.seconds["verify"])
+            self._transfer_from = None
+
+    def _got(
+        self, source: str, node: str, pathname: str, offset: int, size: int, t0: float
+    ) -> None:
+        """A chunk arrived from `source` (or failed to: size < 0)."""
+        self._observer.fetched(source, node, pathname, offset, size, time.perf_counter() - t0)
+        if size > 0:
+            self.times.add_bytes(source, size)
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -280,7 +333,10 @@ class LayerDownload:
         chunk: Chunk = bytearray()
         filled = 0
         failures = 0
+        origin_bytes = 0
+        url = url_pathname(self.upstream.base_url + path)
         while True:
+            chunk_from = time.perf_counter()
             headers = list(self._headers)
             if offset:
                 headers.append((b"range", f"bytes={offset}-".encode()))
@@ -288,6 +344,7 @@ class LayerDownload:
                 async with self._registry.open(
                     "GET", self.upstream, path, headers, follow_redirects=True
                 ) as response:
+                    url = url_pathname(response.url)  # the registry's, or object storage's
                     skip = await self._check_response(response, offset, path)
                     if skip:
                         await _discard(response, skip)
@@ -302,10 +359,17 @@ class LayerDownload:
                         n = await response.receive_into(view)
                         if n == 0:
                             raise HttpClientError(f"body ended at {offset} of {layout.size}")
+                        hashing = time.perf_counter()
                         hasher.update(view[:n])
+                        self.times.add_time("verify", time.perf_counter() - hashing)
                         filled += n
                         offset += n
+                        origin_bytes += n
                         self.progress.received = offset
+                        self.progress.sources["origin"] = origin_bytes
+                        if filled == len(chunk):
+                            self._got("origin", "", url, offset - filled, filled, chunk_from)
+                            chunk_from = time.perf_counter()
                         if filled == len(chunk) and chunk_index < layout.count - 1:
                             if not self._holds(chunk_index):
                                 await self._emit(chunk_index, chunk)
@@ -315,6 +379,7 @@ class LayerDownload:
             except HttpClientError as exc:
                 if self.layout is None:
                     raise UpstreamUnavailable(f"layer {self.digest}: {exc}") from exc
+                self._got("origin", "", url, offset - filled, failure_size(exc), chunk_from)
                 failures += 1
                 if failures > self._retries:
                     raise LayerFailed(
@@ -324,6 +389,7 @@ class LayerDownload:
                 await trio.sleep(backoff_delay(failures - 1, None))
         assert self.layout is not None
         if hasher.hexdigest() != self.digest.hex:
+            self._observer.rejected("layer")
             raise LayerCorrupt(
                 f"layer {self.digest}: upstream bytes hash to "
                 f"{self.digest.algorithm}:{hasher.hexdigest()}"
@@ -355,21 +421,32 @@ class LayerDownload:
             await self._download()
 
     async def _download_swarm(self) -> None:
+        """Fetch the layer's chunks from peers, as the owning root assigns them.
+
+        Two kinds of plan requests run side by side: one standing request (``poll``) that the
+        root holds until it has work for us, and an immediate report each time a transfer
+        ends, so the sources' upload slots free at once and new work arrives without delay.
+        """
         swarm = self._swarm
         assert swarm is not None and self._nursery is not None
+        layer_nursery = self._nursery
         digest = str(self.digest)
         hashes: dict[int, str] = {}
         reports_done: list[tuple[int, str]] = []
         reports_failed: list[tuple[int, str, bool]] = []
         fetching: dict[int, dict[str, trio.CancelScope]] = {}
-        wake = trio.Event()
         authorization = next((v for k, v in self._headers if k == b"authorization"), None)
         hasher = hashlib.new(self.digest.algorithm)
         hash_lock = trio.Lock()
-        first_ask = True
+        complete = trio.Event()
+        slot_freed = trio.Event()
+        tell_root = {"have": True}  # the next request says what we hold (after a root change)
 
         def in_flight() -> int:
             return sum(len(s) for s in fetching.values())
+
+        def finished() -> bool:
+            return self.layout is not None and self._hashed_upto == self.layout.count
 
         async def advance_hash() -> None:
             # The whole-layer digest needs the bytes in order; chunks arrive out of order.
@@ -381,15 +458,20 @@ class LayerDownload:
                     data = self._hot.get(index)
                     if data is None:
                         data = await self._cache.read_chunk(entry, index)
+                    hashing = time.perf_counter()
                     hasher.update(data)
+                    self.times.add_time("verify", time.perf_counter() - hashing)
                     self._hashed_upto += 1
                 self._evict_hot()
+                if finished():
+                    complete.set()
 
         async def fetch(index: int, source: str, scope: trio.CancelScope) -> None:
-            nonlocal wake
             layout = self.layout
             assert layout is not None
             buffer = self._cache.new_buffer(layout.length(index))
+            t0 = time.perf_counter()
+            kind = "root" if source in swarm.roots.addresses else "peer"
             try:
                 with scope:
                     with trio.fail_after(swarm.chunk_timeout):
@@ -398,11 +480,15 @@ class LayerDownload:
                         )
                 if scope.cancelled_caught:
                     return  # the endgame's loser: the chunk came from elsewhere
+                hashing = time.perf_counter()
                 sha = hashlib.sha256(buffer).hexdigest()
+                self.times.add_time("verify", time.perf_counter() - hashing)
                 if sha != hashes.get(index):
                     log.warning(
                         "layer %s: %s sent a bad chunk %d; dropping it", digest, source, index
                     )
+                    self._observer.rejected("peer")
+                    self._got(kind, source, "", layout.offset(index), -1, t0)
                     reports_failed.append((index, source, True))
                     return
                 if not self._holds(index):
@@ -411,44 +497,58 @@ class LayerDownload:
                             other_scope.cancel()
                     await self._emit(index, buffer, sha)
                     self.progress.received += len(buffer)
+                    self.progress.sources[kind] = self.progress.sources.get(kind, 0) + len(buffer)
                     swarm.peer_bytes += len(buffer)
+                    self._got(kind, source, "", layout.offset(index), len(buffer), t0)
+                # Report it only once it is on disk: from then on the root sends peers here,
+                # and the P2P port serves chunks from the cache file.
+                await self.wait_written(index)
                 reports_done.append((index, source))
                 await advance_hash()
             except (PeerError, trio.TooSlowError) as exc:
                 log.info("layer %s: chunk %d from %s failed: %s", digest, index, source, exc)
+                self._got(kind, source, "", layout.offset(index), failure_size(exc), t0)
                 reports_failed.append((index, source, False))
             finally:
                 sources = fetching.get(index, {})
                 sources.pop(source, None)
                 if not sources:
                     fetching.pop(index, None)
-                wake.set()
+                slot_freed.set()
+                if not complete.is_set():
+                    try:
+                        planners.start_soon(ask, False)  # report it now
+                    except RuntimeError:
+                        pass  # the planners are gone: the layer is done or failed
 
-        while True:
-            layout = self.layout
-            if layout is not None and self._hashed_upto == layout.count:
-                break
+        def take_reports() -> tuple[list[tuple[int, str]], list[tuple[int, str, bool]]]:
+            done = reports_done[:MAX_REPORTS]
+            del reports_done[: len(done)]
+            failed = reports_failed[: MAX_REPORTS - len(done)]
+            del reports_failed[: len(failed)]
+            return done, failed
+
+        async def ask(poll: bool) -> int:
+            """One plan request; returns how many transfers it started."""
             owners = swarm.roots.owners(digest)
             if not owners:
                 raise SwarmUnavailable("no root answers")
             root = owners[0]
+            done, failed = take_reports()
+            if not poll and not done and not failed:
+                return 0
             held = None
-            if first_ask and layout is not None:
-                held = {i for i in range(layout.count) if self._holds(i)}
-            budget = MAX_REPORTS
-            done, reports_done[:] = reports_done[:budget], reports_done[budget:]
-            failed, reports_failed[:] = (
-                reports_failed[: budget - len(done)],
-                reports_failed[budget - len(done) :],
-            )
+            if tell_root["have"] and self.layout is not None:
+                held = clip_ranges(i for i in range(self.layout.count) if self._holds(i))
             request = PlanTarget(
                 digest=digest,
                 upstream=self.upstream.key,
                 repo=self.repo,
-                want=max(0, swarm.parallel - in_flight()),
+                want=0 if complete.is_set() else max(0, swarm.parallel - in_flight()),
                 have=held,
                 done=tuple(done),
                 failed=tuple(failed),
+                poll=poll,
             )
             try:
                 with trio.fail_after(swarm.plan_timeout):
@@ -457,35 +557,23 @@ class LayerDownload:
                 swarm.roots.bench(root, str(exc))
                 reports_done[:0] = done
                 reports_failed[:0] = failed
-                first_ask = True
-                continue
-            first_ask = False
-            log.debug(
-                "layer %s: plan from %s: want %d done %d failed %d -> %d assignments %s",
-                digest,
-                root,
-                request.want,
-                len(done),
-                len(failed),
-                len(plan.assignments),
-                plan.assignments[:4],
-            )
+                tell_root["have"] = True
+                return 0
+            if held is not None:
+                tell_root["have"] = False
             if plan.error is not None:
-                if plan.error_status in (401, 403) and authorization and not swarm.client.tls:
+                status = plan.error_status or 502
+                if status in (401, 403) and authorization and not swarm.client.tls:
                     # The root fetched without the client's credentials (they never cross the
                     # network in clear): this layer is the client's to fetch itself.
                     raise SwarmUnavailable(
                         f"root {root} may not read it without credentials, and the P2P port "
                         "has no TLS to pass them"
                     )
-                raise RegistryError(
-                    plan.error_status or 502,
-                    "UNAVAILABLE" if (plan.error_status or 502) >= 500 else "DENIED",
-                    f"root {root}: {plan.error}",
-                )
+                code = "UNAVAILABLE" if status >= 500 else "DENIED"
+                raise RegistryError(status, code, f"root {root}: {plan.error}")
             if plan.size is None:
-                await trio.sleep(plan.retry_after or 0.2)
-                continue
+                return 0
             if self.layout is None:
                 if plan.chunk_size != self._cache.chunk_size:
                     raise SwarmUnavailable(
@@ -496,7 +584,10 @@ class LayerDownload:
                 if self.stream_mode:
                     raise SwarmUnavailable("the layer does not fit this node's cache")
                 self.progress.mode = "swarm"
+                if self.layout is not None and self.layout.count == 0:
+                    complete.set()
             hashes.update(plan.chunk_sha256)
+            started = 0
             for index, source in plan.assignments:
                 if self._holds(index):
                     reports_done.append((index, source))  # nothing to fetch: free its slot
@@ -505,40 +596,54 @@ class LayerDownload:
                     continue
                 scope = trio.CancelScope()
                 fetching.setdefault(index, {})[source] = scope
-                self._nursery.start_soon(fetch, index, source, scope)
-            if not plan.assignments and not in_flight():
-                await trio.sleep(plan.retry_after or 0.1)
-                continue
-            # Ask again as soon as a transfer ends (to report it and take more work).
-            wake = trio.Event()
-            with trio.move_on_after(1.0):
-                await wake.wait()
+                layer_nursery.start_soon(fetch, index, source, scope)
+                started += 1
+            log.debug(
+                "layer %s: plan from %s (poll=%s want=%d done=%d failed=%d): %d assignments",
+                digest,
+                root,
+                poll,
+                request.want,
+                len(done),
+                len(failed),
+                started,
+            )
+            return started
+
+        async def standing_request() -> None:
+            nonlocal slot_freed
+            while not complete.is_set():
+                if in_flight() >= swarm.parallel:
+                    slot_freed = trio.Event()
+                    await slot_freed.wait()
+                    continue
+                started = await ask(True)
+                if not started and not complete.is_set():
+                    await trio.sleep(0.05)  # the root answered empty-handed (or is gone)
+
+        async def until_complete() -> None:
+            await complete.wait()
+            planners.cancel_scope.cancel()
+
+        try:
+            async with trio.open_nursery() as planners:
+                planners.start_soon(standing_request)
+                planners.start_soon(until_complete)
+        except BaseExceptionGroup as group:
+            raise first_failure(group) from None
         # The last reports free the sources' upload slots at the root: send them now rather
         # than let them time out there.
-        while reports_done or reports_failed:
-            owners = swarm.roots.owners(digest)
-            if not owners:
+        for _attempt in range(3):
+            if not (reports_done or reports_failed):
                 break
-            budget = MAX_REPORTS
-            done, reports_done[:] = reports_done[:budget], reports_done[budget:]
-            failed = reports_failed[: budget - len(done)]
-            del reports_failed[: len(failed)]
-            final = PlanTarget(
-                digest=digest,
-                upstream=self.upstream.key,
-                repo=self.repo,
-                want=0,
-                done=tuple(done),
-                failed=tuple(failed),
-            )
             try:
-                with trio.fail_after(swarm.plan_timeout):
-                    await swarm.client.plan(owners[0], final, authorization)
-            except (PeerError, trio.TooSlowError) as exc:
-                log.info("layer %s: last report to %s failed: %s", digest, owners[0], exc)
+                await ask(False)
+            except (SwarmUnavailable, RegistryError) as exc:
+                log.info("layer %s: last reports not delivered: %s", digest, exc)
                 break
         assert self.layout is not None
         if hasher.hexdigest() != self.digest.hex:
+            self._observer.rejected("layer")
             raise LayerCorrupt(
                 f"layer {self.digest}: chunks from the swarm hash to "
                 f"{self.digest.algorithm}:{hasher.hexdigest()}"
@@ -589,15 +694,19 @@ class LayerDownload:
 
     async def _write_chunk(self, index: int, data: Chunk, sha256: str | None) -> None:
         assert self.entry is not None
+        if sha256 is None:  # the chunk table entry peers will verify against
+            hashing = time.perf_counter()
+            sha256 = hashlib.sha256(data).hexdigest()
+            self.times.add_time("verify", time.perf_counter() - hashing)
+        writing = time.perf_counter()
         try:
-            await self._cache.write_chunk(
-                self.entry, index, data, sha256 or hashlib.sha256(data).hexdigest()
-            )
+            await self._cache.write_chunk(self.entry, index, data, sha256)
         except OSError as exc:
             self._cache.write_failed(exc)
             raise CacheWriteFailed(f"cache write of chunk {index} failed: {exc}") from exc
         finally:
             self._write_slots.release()
+            self.times.add_time("disk", time.perf_counter() - writing)
         self._unwritten.discard(index)
         self._evict_hot()
         self._notify()
@@ -665,6 +774,9 @@ class BlobSource:
     def close(self) -> None:
         raise NotImplementedError
 
+    def account(self, times: LayerTimes) -> None:
+        """Add where this reader's bytes came from and its time went (per-layer summary)."""
+
 
 class CachedBlob(BlobSource):
     """A verified layer in the cache; every chunk is checked on its way out."""
@@ -674,12 +786,20 @@ class CachedBlob(BlobSource):
         self.entry = entry
         self.size = entry.size
         self._closed = False
+        self._times = LayerTimes()
 
     async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
         layout = self.entry.layout
         for index in layout.covering(start, end):
+            reading = time.perf_counter()
             data = await self.cache.read_chunk(self.entry, index)
-            yield _slice(data, layout.offset(index), start, end)
+            self._times.add_time("disk", time.perf_counter() - reading)
+            piece = _slice(data, layout.offset(index), start, end)
+            self._times.add_bytes("cache", len(piece))
+            yield piece
+
+    def account(self, times: LayerTimes) -> None:
+        times.merge(self._times)
 
     def close(self) -> None:
         if not self._closed:
@@ -700,6 +820,7 @@ class ResumingBlob(BlobSource):
         self._reopen = reopen
         self.size = inner.size
         self.resumes = 0
+        self._replaced: list[BlobSource] = []
 
     async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
         position = start
@@ -723,10 +844,15 @@ class ResumingBlob(BlobSource):
                 )
                 replacement = await self._reopen(cacheable)
                 self._current.close()
+                self._replaced.append(self._current)
                 self._current = replacement
 
     def close(self) -> None:
         self._current.close()
+
+    def account(self, times: LayerTimes) -> None:
+        for source in (*self._replaced, self._current):
+            source.account(times)
 
 
 class DownloadReader(BlobSource):
@@ -745,7 +871,9 @@ class DownloadReader(BlobSource):
         if self._entry is not None:
             cache.pin(self._entry)
         download.progress.readers += 1
+        download.had_reader = True
         self._closed = False
+        self._disk_seconds = 0.0
 
     async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
         if self.download.stream_mode:
@@ -764,7 +892,9 @@ class DownloadReader(BlobSource):
                 await self.download.wait_verified()
             data = self.download.hot_chunk(index)
             if data is None:
+                reading = time.perf_counter()
                 data = await self.cache.read_chunk(entry, index)
+                self._disk_seconds += time.perf_counter() - reading
             yield _slice(data, layout.offset(index), start, end)
 
     async def _read_stream(self, start: int, end: int) -> AsyncIterator[memoryview]:
@@ -801,6 +931,10 @@ class DownloadReader(BlobSource):
         if self._entry is not None:
             self.cache.unpin(self._entry)
 
+    def account(self, times: LayerTimes) -> None:
+        times.merge(self.download.times)  # the download this reader shared: slot, transfer...
+        times.add_time("disk", self._disk_seconds)
+
 
 def _slice(data: bytes | Chunk, data_offset: int, start: int, end: int) -> memoryview:
     """The part of `data` (which starts at `data_offset` in the layer) inside [start, end)."""
@@ -830,8 +964,10 @@ class LayerFetcher:
         concurrency_limit: int,
         retries: int,
         swarm: SwarmContext | None = None,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self._swarm = swarm
+        self._observer = observer
         self._cache = cache
         self._registry = registry
         self._limiter = trio.CapacityLimiter(concurrency_limit)
@@ -905,6 +1041,7 @@ class LayerFetcher:
                 retries=self._retries,
                 cacheable=cacheable,
                 swarm=self._swarm,
+                observer=self._observer,
             )
             if cacheable:
                 self._inflight[key] = download
@@ -943,6 +1080,7 @@ class LayerFetcher:
                 cache=self._cache,
                 registry=self._registry,
                 retries=self._retries,
+                observer=self._observer,
             )
             self._inflight[key] = download
             assert self._nursery is not None, "LayerFetcher.run is not running"

@@ -436,7 +436,10 @@ class PlanTarget:
     - ``have``: the chunks the agent holds, or None when it does not report them this time;
     - ``done``: ``(chunk, source)`` transfers finished and verified since the last ask;
     - ``failed``: ``(chunk, source, bad)`` transfers that failed since the last ask; ``bad``
-      when the source served bytes whose sha256 was wrong (not merely unreachable or 404).
+      when the source served bytes whose sha256 was wrong (not merely unreachable or 404);
+    - ``poll``: the root may hold the request until it has work for the agent (the agent's
+      standing request for work); without it the root answers at once (a report sent the
+      moment a transfer ends, so the sources' slots free without delay).
     Node ids are stored canonical (:func:`parse_node`).
     """
 
@@ -447,8 +450,11 @@ class PlanTarget:
     have: frozenset[int] | None = None
     done: tuple[tuple[int, str], ...] = ()
     failed: tuple[tuple[int, str, bool], ...] = ()
+    poll: bool = False
 
     def __post_init__(self) -> None:
+        if type(self.poll) is not bool:
+            raise P2PProtocolError("poll must be true or false")
         _check_digest(self.digest)
         _check_upstream(self.upstream)
         _check_repo(self.repo)
@@ -503,11 +509,13 @@ class PlanTarget:
                 "failed="
                 + ",".join(f"{c}{'!' if bad else ''}@{_quote(n)}" for c, n, bad in self.failed)
             )
+        if self.poll:
+            params.append("poll=1")
         return f"{PLAN_PREFIX}{self.digest}?{'&'.join(params)}"
 
 
 P2PTarget = ChunkTarget | PlanTarget
-_PLAN_PARAMS = ("upstream", "repo", "want", "have", "done", "failed")
+_PLAN_PARAMS = ("upstream", "repo", "want", "have", "done", "failed", "poll")
 _PLAN_REQUIRED = ("upstream", "repo", "want")
 
 
@@ -572,6 +580,9 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
         have = decode_ranges(params["have"], MAX_CHUNKS)
     done = [(c, n) for c, n, _ in _parse_reports(params.get("done", ""), "done", marks=False)]
     failed = _parse_reports(params.get("failed", ""), "failed", marks=True)
+    poll_text = params.get("poll", "0")
+    if poll_text not in ("0", "1"):
+        raise P2PProtocolError(f"poll must be 0 or 1, got {poll_text[:20]!r}")
     return PlanTarget(
         digest=digest,
         upstream=params["upstream"],
@@ -580,6 +591,7 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
         have=have,
         done=tuple(done),
         failed=tuple(failed),
+        poll=poll_text == "1",
     )
 
 

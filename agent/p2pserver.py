@@ -15,8 +15,10 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from agent.auditline import NOT_HELD, RPC_PREAD, RPC_STAT
 from agent.cache import CacheEntry, ChunkCache
 from agent.httpserver import FileRegion, Request, Response
+from agent.observe import NULL_OBSERVER, Observer
 from agent.p2pproto import (
     ChunkTarget,
     P2PAuthError,
@@ -52,12 +54,12 @@ class P2PService:
         token: bytes,
         cache: ChunkCache,
         plan_handler: PlanHandler | None,
-        on_served: Callable[[int], None] | None = None,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self._token = token
         self._cache = cache
         self._plan = plan_handler
-        self._on_served = on_served
+        self._observer = observer  # rpc:stat / rpc:pread (audit log, metrics)
         self.refused = 0
         self.chunks_served = 0
 
@@ -94,8 +96,11 @@ class P2PService:
         )
 
     def _chunk(self, method: str, target: ChunkTarget) -> Response:
+        op = RPC_STAT if method == "HEAD" else RPC_PREAD
+        path = target.target().partition("?")[0]
         entry = self._cache.peek(target.digest)
         if entry is None or entry.dropped or not entry.has_chunk(target.index):
+            self._observer.served(op, path, 0, NOT_HELD, 0.0)
             return text_response(404, f"chunk {target.index} of {target.digest} is not here")
         length = entry.layout.length(target.index)
         headers = [
@@ -103,19 +108,27 @@ class P2PService:
             (b"content-length", str(length).encode()),
             (b"x-pollen-layer-size", str(entry.size).encode()),
         ]
-        if method == "HEAD":  # rpc:stat
+        if method == "HEAD":  # rpc:stat: the chunk's length
+            self._observer.served(op, path, entry.layout.offset(target.index), length, 0.0)
             return Response(status=200, headers=headers)
-        return Response(status=200, headers=headers, body=self._send_chunk(entry, target.index))
+        body = self._send_chunk(entry, target.index, path)
+        return Response(status=200, headers=headers, body=body)
 
-    async def _send_chunk(self, entry: CacheEntry, index: int) -> AsyncIterator[FileRegion]:
+    async def _send_chunk(
+        self, entry: CacheEntry, index: int, path: str
+    ) -> AsyncIterator[FileRegion]:
+        started = time.perf_counter()
+        offset = entry.layout.offset(index)
+        length = entry.layout.length(index)
+        sent = False
         self._cache.pin(entry)
         fd = os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            length = entry.layout.length(index)
-            yield FileRegion(fd=fd, offset=entry.layout.offset(index), length=length)
+            yield FileRegion(fd=fd, offset=offset, length=length)
             self.chunks_served += 1
-            if self._on_served is not None:
-                self._on_served(length)
+            sent = True
         finally:
             os.close(fd)
             self._cache.unpin(entry)
+            seconds = time.perf_counter() - started
+            self._observer.served(RPC_PREAD, path, offset, length if sent else -1, seconds)

@@ -11,15 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 
+from agent.auditline import HTTP_PREAD, blob_pathname, failure_size
 from agent.authcheck import AuthChecker
 from agent.config import Config, Upstream
 from agent.errors import RegistryError
 from agent.httpclient import HttpClientError
 from agent.httpserver import Request, Response
 from agent.layerfetch import BlobSource, LayerFetcher, passthrough_error
+from agent.observe import NULL_OBSERVER, LayerReport, LayerTimes, Observer
 from agent.ranges import decide_range
 from agent.routes import (
     Blob,
@@ -96,6 +99,7 @@ class RegistryProxy:
         fetcher: LayerFetcher,
         status: Callable[[], dict[str, object]],
         metrics: Callable[[], tuple[bytes, bytes]] | None = None,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self._config = config
         self._registry = registry
@@ -103,6 +107,7 @@ class RegistryProxy:
         self._fetcher = fetcher
         self._status = status
         self._metrics = metrics
+        self._observer = observer  # http:pread and the per-layer summary
         self.ready = False
 
     async def handle(self, request: Request) -> Response:
@@ -223,10 +228,12 @@ class RegistryProxy:
             )
 
     async def _blob(self, request: Request, upstream: Upstream, route: Blob) -> Response:
+        started = time.perf_counter()
         headers = forwarded_headers(request.headers)
         await self._auth.check(
             upstream=upstream, repo=route.name, digest=route.digest, headers=headers
         )
+        auth_seconds = time.perf_counter() - started
         if request.method == "HEAD":
             return await self._blob_head(upstream, route, headers)
         source = await self._fetcher.open(
@@ -244,7 +251,31 @@ class RegistryProxy:
             if decision.range is None:
                 source.close()
                 return Response(status=416, headers=response_headers, body=b"")
-            body = _stream(source, decision.range.start, decision.range.end)
+            start, end = decision.range.start, decision.range.end
+
+            def finished(sent: int, error: BaseException | None) -> None:
+                # One http:pread line and one per-layer summary per blob response.
+                seconds = time.perf_counter() - started
+                ok = error is None and sent == end - start
+                pathname = blob_pathname(upstream.scheme, upstream.key, route.name, digest)
+                size = sent if ok else failure_size(error)
+                self._observer.served(HTTP_PREAD, pathname, start, size, seconds)
+                times = LayerTimes()
+                times.add_time("auth", auth_seconds)
+                source.account(times)
+                report = LayerReport(
+                    digest=digest,
+                    upstream=upstream.key,
+                    repo=route.name,
+                    size=sent,
+                    seconds=seconds,
+                    result="ok" if ok else "failed",
+                    times=times,
+                )
+                self._observer.layer_done(report)
+
+            digest = str(route.digest)
+            body = _stream(source, start, end, finished)
         except BaseException:
             source.close()
             raise
@@ -271,10 +302,22 @@ class RegistryProxy:
         return Response(status=200, headers=out)
 
 
-async def _stream(source: BlobSource, start: int, end: int) -> AsyncIterator[memoryview]:
+async def _stream(
+    source: BlobSource,
+    start: int,
+    end: int,
+    finished: Callable[[int, BaseException | None], None],
+) -> AsyncIterator[memoryview]:
+    sent = 0
+    error: BaseException | None = None
     try:
         async with aclosing(source.read(start, end)) as pieces:
             async for piece in pieces:
                 yield piece
+                sent += len(piece)
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         source.close()
+        finished(sent, error)

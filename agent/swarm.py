@@ -14,8 +14,8 @@ An agent's `request` states its *demand*: how many new transfers it could start 
 that cannot be met at once stays open and a later event may meet it (a chunk landing at the
 root, a slot freeing, a node finishing a chunk): the adapter holds the agent's long poll and
 hands it what was assigned to it meanwhile. The next `request` replaces the demand, so an agent
-states its free download slots minus the assignments it has not seen yet. An agent should ask
-for 1, and for 2 once it lacks at most `endgame` chunks (the spare is for a second source).
+states its free download slots minus the assignments it has not seen yet. An agent should keep
+2 slots: one for its download, one spare for a second source when that download is late.
 
 The rules bring a swarm near the Kumar-Ross floor (shared/SWARM-NOTES.md). They rest on one
 observation, which the simulator (tests/swarmsim.py) confirms: transfers sharing a link each
@@ -212,6 +212,7 @@ class LayerSchedule:
         self._root_sending = bytearray(chunk_count)  # chunk in flight from the root
         self._root_uploaded = 0
         self._avoiders = 0  # peers with a non-empty avoid set
+        self._banned: set[int] = set()  # every node banned for this layer, gone or not
         self._typical = -1.0  # moving average of all transfer durations (-1: none yet)
 
     # ----------------------------------------------------------------------------------------
@@ -258,26 +259,25 @@ class LayerSchedule:
         key = (peer.ident, chunk, self._ids.get(source, -1))
         if key in self._flights:
             took = now - self._release(key, batch).issued
-            self._typical = took if self._typical < 0 else self._typical + WEIGHT * (
-                took - self._typical
+            self._typical = (
+                took if self._typical < 0 else self._typical + WEIGHT * (took - self._typical)
             )
             src = key[2]
             if src == ROOT:
                 self._root_uploaded += 1
             elif src in self._peers:
-                s = self._peers[src]
-                s.uploaded += 1
-                s.pace = took if s.pace < 0 else s.pace + WEIGHT * (took - s.pace)
+                self._peers[src].uploaded += 1
+                self._clock(src, took)
         if not peer.held[chunk]:
             peer.downloaded += 1
             self._add_holding(peer, chunk, batch)
             for other in list(peer.incoming.get(chunk, ())):
-                batch.cancelled.append(self._release((peer.ident, chunk, other), batch))
+                loser = self._release((peer.ident, chunk, other), batch)
+                batch.cancelled.append(loser)
+                self._clock(other, now - loser.issued)  # at least that long
         return self._settle(batch, now)
 
-    def failed(
-        self, node: str, chunk: int, source: str, *, bad_data: bool, now: float
-    ) -> Actions:
+    def failed(self, node: str, chunk: int, source: str, *, bad_data: bool, now: float) -> Actions:
         """The transfer of `chunk` from `source` to `node` ended without the chunk.
 
         `bad_data`: the bytes did not match the chunk's sha256, and `source` is banned for this
@@ -333,8 +333,12 @@ class LayerSchedule:
         return self._settle(batch, now)
 
     def expire(self, now: float) -> Actions:
-        """Cancel the transfers issued `transfer_timeout` ago or earlier. Each node avoids the
-        source that timed out, and the chunk becomes assignable from another holder."""
+        """The clock: call it about every half second.
+
+        Cancels the transfers issued `transfer_timeout` ago or earlier (returned as cancelled;
+        each node avoids the source that timed out, and the chunk becomes assignable from
+        another holder), and gives late transfers a second source where the node has demand to
+        spare."""
         self._tick(now)
         batch = _Batch()
         limit = now - self.transfer_timeout
@@ -344,6 +348,7 @@ class LayerSchedule:
                 break
             batch.cancelled.append(self._release(key, batch))
             node, _, src = key
+            self._clock(src, now - a.issued)  # at least that long
             if src != ROOT and src in self._peers and node in self._peers:
                 self._avoid(self._peers[node], src)
         if self._typical > 0:
@@ -387,6 +392,7 @@ class LayerSchedule:
                 "from_root": p.root_copies,
                 "demand": p.demand,
                 "banned": p.banned,
+                "pace": p.pace if p.pace >= 0 else None,
             }
             for p in self._peers.values()
         }
@@ -396,6 +402,7 @@ class LayerSchedule:
             "root": {"uploading": self._root_uploads, "uploaded": self._root_uploaded},
             "copies": [len(h) for h in self._holders],
             "in_flight": len(self._flights),
+            "typical_transfer": self._typical if self._typical >= 0 else None,
             "complete": sum(1 for p in self._peers.values() if p.have == self.chunk_count),
             "nodes": nodes,
         }
@@ -426,7 +433,10 @@ class LayerSchedule:
         peer = self._peers.get(ident)
         if peer is None:
             peer = self._peers[ident] = _Peer(ident, node, self.chunk_count)
-            self._free.add(ident)
+            if ident in self._banned:
+                peer.banned = True  # leaving and coming back does not lift a ban
+            else:
+                self._free.add(ident)
         return peer
 
     def _add_holding(self, peer: _Peer, chunk: int, batch: _Batch) -> None:
@@ -468,6 +478,12 @@ class LayerSchedule:
                 batch.freed.add(ROOT)
         batch.dirty.add(peer.ident)
 
+    def _clock(self, source: int, took: float) -> None:
+        """Count an upload's duration (or a lower bound, for one cut short) in its pace."""
+        peer = self._peers.get(source)
+        if peer is not None:
+            peer.pace = took if peer.pace < 0 else peer.pace + WEIGHT * (took - peer.pace)
+
     def _avoid(self, peer: _Peer, source: int) -> None:
         if not peer.avoid:
             self._avoiders += 1
@@ -477,6 +493,7 @@ class LayerSchedule:
         if peer.banned:
             return
         peer.banned = True
+        self._banned.add(peer.ident)
         for key in list(peer.outgoing):
             batch.cancelled.append(self._release(key, batch))
         self._drop_holdings(peer, batch)
@@ -537,8 +554,15 @@ class LayerSchedule:
     # Who may take what
 
     def _slow(self, peer: _Peer) -> bool:
-        """A peer whose uploads take LATE times the usual duration or longer."""
-        return self._typical > 0 and peer.pace > LATE * self._typical
+        """A peer whose uploads take LATE times the usual duration or longer (its pace says so,
+        or one of its uploads has been running that long)."""
+        if self._typical <= 0:
+            return False
+        limit = LATE * self._typical
+        if peer.pace > limit:
+            return True
+        flights, since = self._flights, self._now - limit
+        return any(flights[key].issued < since for key in peer.outgoing)
 
     def _fast_holder(self, chunk: int, besides: int) -> bool:
         """Whether a peer other than `besides`, and not slow, holds `chunk` (busy or not)."""
@@ -573,6 +597,8 @@ class LayerSchedule:
         (the window aside: the waiting lists reflect it)."""
         if peer.demand <= 0 or peer.held[chunk] or peer.from_root:
             return False
+        if chunk >= peer.first + self.window:
+            return False
         if peer.avoid and src.ident in peer.avoid:
             return False
         if self._slow(src) and self._fast_holder(chunk, src.ident):
@@ -596,7 +622,6 @@ class LayerSchedule:
             return None  # one chunk at a time
         avoid = peer.avoid
         typical = self._typical
-        slow = LATE * typical if typical > 0 else float("inf")
         best, best_key, seen = None, (self.upload_slots, 0.0), 0
         peers = self._peers
         for h in holders & self._free:  # the intersection runs in C over the smaller set
@@ -605,9 +630,9 @@ class LayerSchedule:
             p = peers[h]
             if sources and p.uploads:
                 continue  # a second source must be idle
-            pace = p.pace if p.pace >= 0 else typical
-            if pace > slow and self._fast_holder(chunk, h):
+            if self._slow(p) and self._fast_holder(chunk, h):
                 continue
+            pace = p.pace if p.pace >= 0 else typical
             key = (p.uploads, pace)
             if key < best_key:
                 best, best_key = h, key
@@ -669,24 +694,23 @@ class LayerSchedule:
 
         Afterwards, for every node with open demand and each of its candidate chunks, no source
         it may take that chunk from has a free slot (a transfer turning late is the exception:
-        `expire` finds those). The root's free slots are offered first (a freed root slot goes
-        to the waiter that deserves it, not to whoever is looked at first); then nodes whose
-        candidates changed; then peers that may serve someone."""
+        `expire` finds those). Freed sources are offered to the nodes already waiting before
+        the nodes whose state just changed are served: the root first (its slot goes to the
+        waiter that deserves it, not to whoever is looked at first), then peers (the longest
+        waiting get the slots, not the node that just finished a chunk)."""
         peers = self._peers
         while batch.dirty or batch.freed:
-            if ROOT in batch.freed:
-                batch.freed.discard(ROOT)
-                self._offer_root(now, batch)
-            while batch.dirty:
-                peer = peers.get(batch.dirty.pop())
-                if peer is not None:
-                    self._serve(peer, now, batch)
-            if batch.freed:
-                src = batch.freed.pop()
+            while batch.freed:
+                src = ROOT if ROOT in batch.freed else batch.freed.pop()
                 if src == ROOT:
+                    batch.freed.discard(ROOT)
                     self._offer_root(now, batch)
                 elif src in peers:
                     self._offer(peers[src], now, batch)
+            if batch.dirty:
+                peer = peers.get(batch.dirty.pop())
+                if peer is not None:
+                    self._serve(peer, now, batch)
         return batch.result()
 
     def _serve(self, peer: _Peer, now: float, batch: _Batch) -> None:

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 LONG_POLL = 2.0
 FORGET_AFTER = 600.0  # a layer nobody asked about this long is forgotten
-EXPIRE_EVERY = 1.0
+EXPIRE_EVERY = 0.5
+GONE_AFTER = 3 * LONG_POLL  # an agent pulling a layer asks at least every LONG_POLL seconds
 
 
 @dataclass(eq=False, kw_only=True)
@@ -43,6 +44,7 @@ class RootLayer:
     mailbox: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     origin_held: int = 0  # leading chunks the root holds on disk
     outstanding: dict[str, int] = field(default_factory=dict)  # handed out, not reported
+    seen: dict[str, float] = field(default_factory=dict)  # node -> its last plan request
     changed: trio.Event = field(default_factory=trio.Event)
     last_asked: float = 0.0
 
@@ -60,7 +62,7 @@ class Tracker:
         fetcher: LayerFetcher,
         cache: ChunkCache,
         window: int = 8,
-        upload_slots: int = 3,
+        upload_slots: int = 1,
         transfer_timeout: float = 10.0,
     ) -> None:
         self.node = node
@@ -91,11 +93,26 @@ class Tracker:
             "plans_answered": self.plans_answered,
         }
 
+    @staticmethod
+    def _deliverable(layer: RootLayer, node: str) -> list[tuple[int, str]]:
+        entry = layer.entry
+        if entry is None:
+            return []
+        return [(c, src) for c, src in layer.mailbox.get(node, []) if c in entry.sha256]
+
     def _expire_and_forget(self) -> None:
         now = trio.current_time()
         for digest, layer in list(self._layers.items()):
             if layer.schedule is not None:
                 self._deliver(layer, layer.schedule.expire(now))
+                # A node still downloading asks at least every LONG_POLL seconds; one that
+                # stopped asking is gone, and the sources it was receiving from are freed.
+                receivers = {a.node for a in layer.schedule.in_flight()}
+                for node in receivers:
+                    if now - layer.seen.get(node, now) > GONE_AFTER:
+                        log.warning("tracker %s: %s stopped asking; forgetting it", digest, node)
+                        layer.seen.pop(node, None)
+                        self._deliver(layer, layer.schedule.leave(node, now))
             if now - layer.last_asked > FORGET_AFTER:
                 del self._layers[digest]
 
@@ -132,6 +149,7 @@ class Tracker:
                     size=None, chunk_size=chunk_size, error=err.message, error_status=err.status
                 )
         layer.last_asked = trio.current_time()
+        layer.seen[asker] = layer.last_asked
         if layer.schedule is None:
             return Plan(size=None, chunk_size=chunk_size, retry_after=0.2)
         schedule = layer.schedule
@@ -150,15 +168,29 @@ class Tracker:
                     chunk,
                 )
             self._deliver(layer, schedule.failed(asker, chunk, source, bad_data=bad, now=now))
+            if not bad and source != self.node and now - layer.seen.get(source, 0.0) > GONE_AFTER:
+                # A source that fails transfers and has not asked us anything lately is gone
+                # (killed, partitioned): forget its chunks so nobody else waits on it. It
+                # comes back with its holdings if it asks again.
+                log.warning(
+                    "tracker %s: %s looks gone; forgetting its chunks", request.digest, source
+                )
+                layer.seen.pop(source, None)
+                self._deliver(layer, schedule.leave(source, now))
         self._deliver(layer, schedule.request(asker, have=request.have, want=request.want, now=now))
-        # Hold an agent that has nothing to do until work appears; one with transfers under
-        # way must come back at once to report them (its reports free other nodes' slots).
-        if request.want and not layer.mailbox.get(asker) and not layer.outstanding.get(asker):
+        # The agent's standing request waits here until work appears for it; its reports
+        # come in separate requests that are answered at once.
+        if request.poll and request.want and not self._deliverable(layer, asker):
             with trio.move_on_after(LONG_POLL):
-                while not layer.mailbox.get(asker):
+                while not self._deliverable(layer, asker):
                     await layer.changed.wait()
         self.plans_answered += 1
-        assignments = layer.mailbox.pop(asker, [])
+        # Only chunks this root holds itself come with a sha256 it can vouch for; a transfer
+        # between peers of a chunk the root has not fetched yet (after a root failover) waits
+        # in the mailbox until it has.
+        assignments = self._deliverable(layer, asker)
+        box = layer.mailbox.get(asker, [])
+        layer.mailbox[asker] = [a for a in box if a not in assignments]
         layer.outstanding[asker] = layer.outstanding.get(asker, 0) + len(assignments)
         entry = layer.entry
         hashes = {c: entry.sha256[c] for c, _ in assignments} if entry is not None else {}

@@ -1,6 +1,7 @@
 """Which upstream registry serves a request, in SPEC.md's order, without I/O.
 
-1. containerd's mirror parameter ``ns=<host[:port]>``;
+1. containerd's mirror parameter ``ns=<host[:port]>`` (a ``.distributed.`` name there counts
+   as the registry it stands for);
 2. a Host header carrying the label ``distributed`` (the webhook's rewritten image names);
 3. ``defaultUpstream``.
 The result must be one of ``upstreams``: anything else is refused with 403, so the agent is
@@ -63,7 +64,9 @@ def choose_upstream(
 ) -> Upstream:
     """Apply SPEC.md's order; raise 403 for a registry not in ``upstreams``."""
     if ns is not None:
-        named = ns
+        # containerd names the image's host in ns=; for a rewritten image (the webhook's
+        # `.distributed.` name, routed here by hosts.toml) that host carries the label too.
+        named = undistributed_host(ns) or ns
     elif host_header and (stripped := undistributed_host(host_header)) is not None:
         named = stripped
     else:

@@ -232,6 +232,18 @@ def pull_all(hosts: list[Host], source: str, work: Path, label: str) -> list[flo
     return durations
 
 
+def process_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by these processes."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
@@ -257,11 +269,15 @@ def main() -> int:
     parser.add_argument("--origin-mbit", type=float, default=200)
     parser.add_argument("--chunk", default="4MiB")
     parser.add_argument("--skip-direct", action="store_true")
+    parser.add_argument("--keep-logs", type=Path, help="copy every process's log here")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/swarm.py needs root (network namespaces, tc)", file=sys.stderr)
         return 2
 
+    # SIGTERM/SIGHUP clean up like Ctrl-C: the finally below removes every namespace.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.default_int_handler)
     tag = f"plb{os.getpid() % 100000}"
     work = Path(tempfile.mkdtemp(prefix="pollen-bench-swarm-"))
     net = Network(tag)
@@ -344,10 +360,23 @@ def main() -> int:
             runs.append(("direct", f"{origin.address}:5000/bench/image:v1"))
         for label, source in runs:
             mark = len(reg_log.read_text(errors="replace").splitlines())
+            pollen_pids = [p.pid for h in roots + agents for p in h.procs]
+            root_pids = [p.pid for h in roots for p in h.procs]
+            cpu0 = process_cpu(pollen_pids)
+            root0 = process_cpu(root_pids)
             total0, idle0 = cpu_times()
             durations = pull_all(agents, source, work, label)
             total1, idle1 = cpu_times()
             busy = 1 - (idle1 - idle0) / max(1e-9, total1 - total0)
+            pollen_cpu = process_cpu(pollen_pids) - cpu0
+            root_cpu = process_cpu(root_pids) - root0
+            wall = max(durations)
+            print(
+                f"{label}: pollen processes used {pollen_cpu:.1f} CPU-s "
+                f"({pollen_cpu / wall:.2f} cores of {os.cpu_count()}; roots {root_cpu:.1f}, "
+                f"agents {pollen_cpu - root_cpu:.1f}) over {wall:.1f}s; the machine was "
+                f"{busy:.0%} busy ({busy * (os.cpu_count() or 1) * wall:.1f} CPU-s in all)"
+            )
             sent = origin_bytes(reg_log, mark)
             results[label] = (durations, sent, busy, max(durations))
             print(
@@ -381,6 +410,10 @@ def main() -> int:
             print("        per node: " + " ".join(f"{x:.1f}" for x in durations))
     finally:
         net.close()
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in work.glob("*.log"):
+                shutil.copy(log, args.keep_logs / log.name)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

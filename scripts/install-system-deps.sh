@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages the integration tests drive, only those whose command is
 # missing: a registry (docker-registry), image and runtime clients (skopeo, containerd's
-# ctr), a disk benchmark (fio), certificates (openssl) and network namespaces (iproute2).
+# ctr), a disk benchmark (fio), certificates (openssl), network namespaces (iproute2) and
+# `kubectl kustomize` to render deploy/kubernetes (kubernetes-client), and a Prometheus
+# server that scrapes agents in the observability tests (prometheus).
 # Idempotent and silent when everything is present.
 set -euo pipefail
 
@@ -16,6 +18,8 @@ wanted=(
   "fio fio"
   "openssl openssl"
   "ip iproute2"
+  "kubectl kubernetes-client"
+  "prometheus prometheus"
 )
 
 missing=()

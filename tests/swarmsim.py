@@ -11,8 +11,8 @@ Model
 - N agents, node i named ``n<i>``, each with upload `upload` and download `download` bytes/s
   (per-node overrides allowed). An agent joins (`request` with an empty `have`) at
   ``i * start_spread / N``, and asks again whenever one of its transfers ends, for ``want -
-  in flight`` (plus `endgame_want` once it lacks at most `endgame` chunks); an agent with free
-  slots asks again every `poll` seconds anyway (the plan long-poll). A transfer starts about
+  in flight``; an agent with free slots asks again every `poll` seconds anyway (the plan
+  long-poll). A transfer starts about
   `latency` seconds after it is assigned (plan answer, connect, request; `jitter` spreads it
   uniformly over [latency/2, 3·latency/2] so simultaneous events do not always run in the same
   order). The tracker's `expire` runs every `tick` seconds.
@@ -60,8 +60,7 @@ class SwarmConfig:
     download: float  # bytes/s, each node
     origin: float  # bytes/s, origin -> root
     root_upload: float | None = None  # bytes/s; default: `upload`
-    want: int = 1  # transfers an agent keeps outstanding
-    endgame_want: int = 1  # more of them when it lacks at most `endgame` chunks
+    want: int = 2  # transfers an agent asks for: one, and a spare for a second source
     window: int = 8
     upload_slots: int = 1
     root_upload_slots: int = 1
@@ -107,9 +106,7 @@ class SwarmConfig:
         )
 
 
-def t_min(
-    *, file_size: int, origin: float, downloads: list[float], uploads: list[float]
-) -> float:
+def t_min(*, file_size: int, origin: float, downloads: list[float], uploads: list[float]) -> float:
     """The Kumar-Ross floor max(F/u_o, F/d, N·F/(u_o + Σu)) for nodes with these download
     rates, and these upload rates (the nodes' and the roots')."""
     f, n = file_size, len(downloads)
@@ -320,12 +317,9 @@ class Simulation:
             self.ask.discard(i)
             if not self.alive[i] or self.have[i] == c.chunk_count:
                 continue
-            want = c.want
-            if c.chunk_count - self.have[i] <= c.endgame:
-                want += c.endgame_want
-            free = want - self.inflight[i]
+            free = c.want - self.inflight[i]
             self.apply(self.schedule.request(self.names[i], want=free, now=now), now)
-            if self.inflight[i] < want and not self.poll_pending[i]:
+            if self.inflight[i] < c.want and not self.poll_pending[i]:
                 self.poll_pending[i] = True
                 self.push(now + c.poll, _POLL, i)
 

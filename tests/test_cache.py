@@ -167,3 +167,45 @@ async def test_changed_chunk_size_invalidates_cache(tmp_path: Path) -> None:
     other.load()
     assert other.get(digest) is None
     assert other.used == 0
+
+
+class DiskEvents:
+    """An observer that keeps the cache's disk events (agent.observe.Observer's `disk`)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, int, int]] = []
+
+    def disk(self, op: str, pathname: str, offset: int, size: int, seconds: float) -> None:
+        assert seconds >= 0
+        self.events.append((op, pathname, offset, size))
+
+
+async def test_chunk_reads_and_writes_are_observed_with_failures_negative(tmp_path: Path) -> None:
+    seen = DiskEvents()
+    cache = ChunkCache(
+        tmp_path,
+        capacity=10 * CHUNK,
+        chunk_size=CHUNK,
+        engine=native.PreadEngine(4),
+        files=native,
+        observer=seen,  # type: ignore[arg-type]
+    )
+    cache.load()
+    data = os.urandom(2 * CHUNK + 5)
+    digest = await put(cache, data)
+    entry = cache.get(digest)
+    assert entry is not None
+    path = str(entry.data_path)
+    assert seen.events == [
+        ("filewrite", path, 0, CHUNK),
+        ("filewrite", path, CHUNK, CHUNK),
+        ("filewrite", path, 2 * CHUNK, 5),
+    ]
+    seen.events.clear()
+    await cache.read_chunk(entry, 2)
+    with open(path, "r+b") as f:  # damage chunk 1
+        f.seek(CHUNK + 1)
+        f.write(b"\x00\xff")
+    with pytest.raises(ChunkCorrupt):
+        await cache.read_chunk(entry, 1)
+    assert seen.events == [("fileread", path, 2 * CHUNK, 5), ("fileread", path, CHUNK, -1)]

@@ -203,3 +203,83 @@ async def test_max_connections_holds_further_connections_in_the_backlog() -> Non
         assert b"hello GET /b" in await receive_until(second, b"hello GET /b")
         await second.aclose()
         nursery.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------------------------
+# Request bodies (the webhook's POSTs) and the request log
+
+
+async def echo_body(request: Request) -> Response:
+    body = f"{request.method} {len(request.body)} {request.body[:16]!r}".encode()
+    return Response(status=200, headers=[(b"content-length", str(len(body)).encode())], body=body)
+
+
+async def start_echo(nursery: trio.Nursery, **settings: int) -> tuple[HttpServer, int]:
+    server = HttpServer(echo_body, ServerSettings(**settings), name="test")
+    listeners = await open_listeners("127.0.0.1", 0, None)
+    await nursery.start(server.serve, listeners)
+    return server, listener_port(listeners)
+
+
+def post(body: bytes, *, close: bool = True) -> bytes:
+    connection = b"Connection: close\r\n" if close else b""
+    return (
+        b"POST /mutate HTTP/1.1\r\nHost: x\r\n"
+        + connection
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+
+async def test_bodies_reach_the_handler_when_allowed() -> None:
+    async with trio.open_nursery() as nursery:
+        _server, port = await start_echo(nursery, max_request_body=200_000)
+        out = await exchange(port, post(b"y" * 150_000))
+        assert out.startswith(b"HTTP/1.1 200") and b"POST 150000 b'yyyy" in out
+        nursery.cancel_scope.cancel()
+
+
+async def test_body_over_the_limit_gets_413_and_the_server_lives_on() -> None:
+    for settings in ({"max_request_body": 1000}, {}):  # the webhook's limit; the proxy's 64 KiB
+        async with trio.open_nursery() as nursery:
+            _server, port = await start_echo(nursery, **settings)
+            out = await exchange(port, post(b"z" * 100_000))
+            assert out.startswith(b"HTTP/1.1 413")
+            out = await exchange(
+                port, b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            assert out.startswith(b"HTTP/1.1 200")
+            nursery.cancel_scope.cancel()
+
+
+async def test_without_the_setting_bodies_are_dropped() -> None:
+    async with trio.open_nursery() as nursery:
+        server, port = await start_echo(nursery)
+        out = await exchange(port, post(b"q" * 1000))
+        assert out.startswith(b"HTTP/1.1 200") and b"POST 0 b''" in out
+        stats = server.statistics()
+        assert stats["requests"] == 1 and stats["recent_requests"] == ["POST /mutate"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_every_request_is_reported_with_its_body_bytes() -> None:
+    seen: list[tuple[int, int, float]] = []
+
+    def on_request(status: int, size: int, seconds: float) -> None:
+        seen.append((status, size, seconds))
+
+    async with trio.open_nursery() as nursery:
+        server = HttpServer(app, ServerSettings(on_request=on_request), name="test")
+        listeners = await open_listeners("127.0.0.1", 0, None)
+        await nursery.start(server.serve, listeners)
+        port = listener_port(listeners)
+        await exchange(port, b"GET /abc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await exchange(port, b"HEAD /abc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await exchange(port, b"GET /stream-then-fail HTTP/1.1\r\nHost: x\r\n\r\n")
+        nursery.cancel_scope.cancel()
+    assert [(status, size) for status, size, _ in seen] == [
+        (200, len(b"hello GET /abc")),
+        (200, 0),  # HEAD: no body
+        (200, 100),  # cut short after 100 bytes
+    ]
+    assert all(seconds >= 0 for _, _, seconds in seen)

@@ -29,6 +29,11 @@ LAYERS: dict[str, int] = {
     "chunks": 2,
     "p2pproto": 2,
     "throttle": 2,
+    "admission": 2,  # the webhook's decisions: AdmissionReview -> JSONPatch + secret plan
+    "mirrors": 2,  # containerd hosts.toml routes to the agent
+    "observe": 2,  # the data path's events, the 10 s windows, the per-layer summary
+    "auditline": 2,  # the audit log's exact line format
+    "statusview": 2,  # `pollen status` rendering
     "swarm": 2,
     # 3. native bindings and the cache
     "_pollen_io": 3,  # the compiled cffi module (build.py); only native may import it
@@ -46,6 +51,12 @@ LAYERS: dict[str, int] = {
     "p2pclient": 4,
     "p2pserver": 4,
     "tracker": 4,
+    "audit": 4,  # the audit log's writer task
+    "metrics": 4,  # prometheus-client: every metric, the exporter's application
+    "kubeapi": 4,  # Kubernetes REST calls over httpclient
+    "webhook": 4,  # the admission webhook's HTTPS server
+    "webhookcerts": 4,  # `pollen webhook certs`
+    "doctor": 4,  # `pollen doctor`: files, subprocesses, the agent's status
     # 5. wiring
     "daemon": 5,
     "cli": 5,

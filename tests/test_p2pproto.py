@@ -88,6 +88,7 @@ def plan_targets(draw: st.DrawFn) -> PlanTarget:
         have=draw(st.none() | st.frozensets(chunk_indexes, max_size=300)),
         done=tuple(draw(st.tuples(chunk_indexes, nodes)) for _ in range(n_done)),
         failed=tuple(draw(st.tuples(chunk_indexes, nodes, st.booleans())) for _ in range(n_failed)),
+        poll=draw(st.booleans()),
     )
 
 

@@ -158,6 +158,9 @@ DISTRIBUTED_ACR = "test-registry-vpc.distributed.cn-hangzhou.cr.aliyuncs.com:650
         # ns= beats the Host header, which beats the default
         ("127.0.0.1:5000", DISTRIBUTED_ACR, LOCAL),
         ("docker.io", DISTRIBUTED_ACR, HUB),
+        # a rewritten image routed by hosts.toml: containerd passes its name as ns=
+        (DISTRIBUTED_ACR, "127.0.0.1:65001", ACR),
+        ("reg.distributed.example:65001", None, ODD_PORT),
         (None, DISTRIBUTED_ACR, ACR),
         (None, "reg.distributed.example:65001", ODD_PORT),  # bare host match after stripping
         (None, "127.0.0.1:65001", PLAIN),  # a Host without the label: default
@@ -180,6 +183,7 @@ def test_choose_upstream(ns: str | None, host_header: str | None, upstream: Upst
         ("dup.example", None, "dup.example"),
         (None, "registry.distributed.evil.example:65001", "registry.evil.example"),
         (None, "a.distributed.b.c", "a.b.c"),
+        ("registry.distributed.evil.example:65001", None, "registry.evil.example"),
     ],
 )
 def test_unknown_registry_is_403(ns: str | None, host_header: str | None, named: str) -> None:

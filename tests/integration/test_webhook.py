@@ -1,0 +1,640 @@
+"""The admission webhook end to end over HTTPS, with a CA made in the test.
+
+The Kubernetes API server is the only stand-in here (harness/kubeapi.py: the same REST paths,
+JSON, Status errors and resourceVersion rules, over TLS with a bearer token), because there
+is no API server on these machines. Everything else is real: the webhook's TLS server (in
+this process, and as a `pollen webhook` process), our Kubernetes client, and an independent
+HTTPS client (http.client) playing kube-apiserver's part of calling the webhook.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import http.client
+import json
+import signal
+import ssl
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import pytest
+import trio
+from harness import ManagedProcess, TLSFiles, free_port, make_ca_and_cert, wait_until
+from harness.kubeapi import KubeStandIn
+
+from agent.admission import CONFIG_ANNOTATION
+from agent.config import load_config
+from agent.kubeapi import KubeAPI
+from agent.webhook import AdmissionWebhook, serve, settings_from
+from agent.webhookcerts import CertBundle, make_bundle, problem_with, service_names
+
+ACR = "test-registry-vpc.cn-hangzhou.cr.aliyuncs.com"
+ACR_P2P = "test-registry-vpc.distributed.cn-hangzhou.cr.aliyuncs.com:65001"
+NAMESPACE = "team"
+OWN_NAMESPACE = "pollen-system"
+TOKEN = "s3cr3t-service-account-token"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture
+def api_tls(tmp_path: Path) -> TLSFiles:
+    return make_ca_and_cert(tmp_path / "api-tls", prefix="apiserver")
+
+
+@pytest.fixture
+def kube(api_tls: TLSFiles) -> Iterator[KubeStandIn]:
+    with KubeStandIn(cert=api_tls.cert, key=api_tls.key, token=TOKEN) as standin:
+        yield standin
+
+
+@pytest.fixture
+def account_dir(tmp_path: Path, api_tls: TLSFiles) -> Path:
+    """What Kubernetes mounts at /var/run/secrets/kubernetes.io/serviceaccount."""
+    d = tmp_path / "serviceaccount"
+    d.mkdir()
+    (d / "token").write_text(TOKEN + "\n")
+    (d / "ca.crt").write_bytes(api_tls.ca.read_bytes())
+    (d / "namespace").write_text(OWN_NAMESPACE)
+    return d
+
+
+def kube_env(kube: KubeStandIn) -> dict[str, str]:
+    return {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(kube.port)}
+
+
+def pull_secret(name: str, auths: dict[str, Any]) -> dict[str, Any]:
+    payload = base64.b64encode(json.dumps({"auths": auths}).encode()).decode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": payload},
+    }
+
+
+def auths_of(secret: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))["auths"]
+
+
+def review(
+    *, secrets: tuple[str, ...] = ("test-registry",), dry_run: bool = False, uid: str = "u-1"
+) -> dict[str, Any]:
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "web-", "namespace": NAMESPACE, "labels": {"app": "web"}},
+        "spec": {
+            "containers": [{"name": "web", "image": f"{ACR}/docker-builder/nginx:latest"}],
+            "initContainers": [{"name": "init", "image": "busybox:1.36"}],
+        },
+    }
+    if secrets:
+        pod["spec"]["imagePullSecrets"] = [{"name": s} for s in secrets]
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": NAMESPACE,
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+            "oldObject": None,
+            "dryRun": dry_run,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
+
+
+def https_call(
+    port: int,
+    ca: Path,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    server_hostname: str | None = None,
+) -> tuple[int, bytes]:
+    """One HTTPS request, verifying the webhook's certificate against `ca` as the API server
+    does against caBundle (for `server_hostname`, default 127.0.0.1)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=20)
+    if server_hostname is not None:
+        # Connect to 127.0.0.1 but check the certificate for the Service's DNS name.
+        conn.host = server_hostname
+
+        def connect() -> None:
+            import socket
+
+            raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+            conn.sock = context.wrap_socket(raw, server_hostname=server_hostname)
+
+        conn.connect = connect  # type: ignore[method-assign]
+    try:
+        headers = {"content-type": "application/json"} if body else {}
+        conn.request(method, path, body=body or None, headers=headers)
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+    finally:
+        conn.close()
+
+
+def decode_answer(status: int, raw: bytes, rev: dict[str, Any]) -> tuple[dict, dict]:
+    """(response object, pod after applying the patch)."""
+    assert status == 200, raw
+    answer = json.loads(raw)
+    assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview"
+    response = answer["response"]
+    assert response["uid"] == rev["request"]["uid"] and response["allowed"] is True
+    pod = rev["request"]["object"]
+    if "patch" in response:
+        assert response["patchType"] == "JSONPatch"
+        pod = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+    return response, pod
+
+
+@contextlib.asynccontextmanager
+async def running_webhook(
+    kube: KubeStandIn, account_dir: Path, tls: TLSFiles, *, secret_timeout: float = 5.0
+) -> AsyncIterator[tuple[AdmissionWebhook, int]]:
+    config = load_config(
+        {
+            "POLLEN_TLS_CERT": str(tls.cert),
+            "POLLEN_TLS_KEY": str(tls.key),
+            "POLLEN_WEBHOOK_PORT": "0",
+            "POLLEN_LISTEN_ADDRESS": "127.0.0.1",
+        }
+    )
+    api = KubeAPI.in_cluster(environ=kube_env(kube), account_dir=account_dir)
+    webhook = AdmissionWebhook(
+        settings_from(config, KubeAPI.in_cluster_namespace(account_dir)),
+        api,
+        secret_timeout=secret_timeout,
+    )
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve, config, webhook)
+        try:
+            yield webhook, port
+        finally:
+            nursery.cancel_scope.cancel()
+            await api.aclose()
+
+
+async def admit(port: int, ca: Path, rev: dict[str, Any]) -> tuple[dict, dict]:
+    status, raw = await trio.to_thread.run_sync(
+        https_call, port, ca, "POST", "/mutate?timeout=10s", json.dumps(rev).encode()
+    )
+    return decode_answer(status, raw, rev)
+
+
+# --------------------------------------------------------------------------------------------
+# In-process server
+
+
+async def test_rewrites_and_creates_the_pull_secret_before_answering(
+    kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    creds = {"username": "u", "password": "p", "auth": base64.b64encode(b"u:p").decode()}
+    kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: creds}))
+    async with running_webhook(kube, account_dir, tls_files) as (webhook, port):
+        response, pod = await admit(port, tls_files.ca, review())
+        # By the time the answer arrived, the secret it names existed.
+        copy = kube.secret(NAMESPACE, "acr-credential-test-registry-p2p")
+    assert copy is not None
+    assert copy["type"] == "kubernetes.io/dockerconfigjson"
+    assert auths_of(copy) == {ACR_P2P: creds}
+    assert pod["spec"]["containers"][0]["image"] == f"{ACR_P2P}/docker-builder/nginx:latest"
+    assert pod["spec"]["initContainers"][0]["image"] == "busybox:1.36"  # not eligible
+    assert pod["spec"]["imagePullSecrets"] == [
+        {"name": "test-registry"},
+        {"name": "acr-credential-test-registry-p2p"},
+    ]
+    assert CONFIG_ANNOTATION in pod["metadata"]["annotations"]
+    assert webhook.statistics()["rewritten"] == 1
+    assert kube.calls("POST", f"/api/v1/namespaces/{NAMESPACE}/secrets")
+
+
+async def test_the_copy_follows_the_source_secret(
+    kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: {"auth": "b2xk"}}))
+    async with running_webhook(kube, account_dir, tls_files) as (webhook, port):
+        await admit(port, tls_files.ca, review(uid="1"))
+        first = kube.secret(NAMESPACE, "acr-credential-test-registry-p2p")
+        assert first is not None and auths_of(first) == {ACR_P2P: {"auth": "b2xk"}}
+        # The password changes in S: the next admission updates the copy.
+        kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: {"auth": "bmV3"}}))
+        await admit(port, tls_files.ca, review(uid="2"))
+        second = kube.secret(NAMESPACE, "acr-credential-test-registry-p2p")
+        assert second is not None and auths_of(second) == {ACR_P2P: {"auth": "bmV3"}}
+        assert second["metadata"]["uid"] == first["metadata"]["uid"]  # updated, not recreated
+        # Unchanged S: no write at all.
+        puts = len(kube.calls("PUT"))
+        await admit(port, tls_files.ca, review(uid="3"))
+        assert len(kube.calls("PUT")) == puts
+    stats = webhook.statistics()
+    assert stats["secrets_created"] == 1 and stats["secrets_updated"] == 1
+
+
+@pytest.mark.parametrize("fault", ["write-fails", "source-missing", "api-too-slow"])
+async def test_pod_is_admitted_unchanged_when_the_secret_cannot_be_written(
+    kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles, fault: str
+) -> None:
+    if fault != "source-missing":
+        kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: {"auth": "eA=="}}))
+    if fault == "write-fails":
+        kube.fail("POST", f"/api/v1/namespaces/{NAMESPACE}/secrets", 500)
+    if fault == "api-too-slow":
+        kube.delay = 1.0
+    async with running_webhook(kube, account_dir, tls_files, secret_timeout=0.5) as (wh, port):
+        rev = review()
+        response, pod = await admit(port, tls_files.ca, rev)
+        assert "patch" not in response
+        assert pod == rev["request"]["object"]  # the original images, which it can pull
+        assert "P2P not applied" in response["warnings"][0]
+        assert wh.statistics()["secret_failures"] == 1
+        kube.delay = 0
+        # The webhook is still healthy and serves the next review.
+        status, _ = await trio.to_thread.run_sync(https_call, port, tls_files.ca, "GET", "/healthz")
+        assert status == 200
+    assert kube.secret(NAMESPACE, "acr-credential-test-registry-p2p") is None
+
+
+async def test_dry_run_has_no_side_effects(
+    kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: {"auth": "eA=="}}))
+    before = list(kube.requests)
+    async with running_webhook(kube, account_dir, tls_files) as (webhook, port):
+        response, pod = await admit(port, tls_files.ca, review(dry_run=True))
+    assert pod["spec"]["containers"][0]["image"].startswith(ACR_P2P)
+    assert kube.requests == before  # not even a read
+    assert kube.secret(NAMESPACE, "acr-credential-test-registry-p2p") is None
+    assert webhook.statistics() == {"dry_run": 1}
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[]", "JSON object"),
+        (
+            json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).encode(),
+            "request",
+        ),
+        (
+            json.dumps({**review(), "request": {**review()["request"], "object": None}}).encode(),
+            "object",
+        ),
+    ],
+)
+async def test_malformed_review_gets_400_with_a_reason(
+    kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles, body: bytes, reason: str
+) -> None:
+    async with running_webhook(kube, account_dir, tls_files) as (webhook, port):
+        status, raw = await trio.to_thread.run_sync(
+            https_call, port, tls_files.ca, "POST", "/mutate", body
+        )
+        assert status == 400
+        assert reason in json.loads(raw)["error"]
+        # Never a crash: the same server answers the next request.
+        status, _ = await trio.to_thread.run_sync(https_call, port, tls_files.ca, "GET", "/readyz")
+        assert status == 200
+    assert webhook.statistics() == {"bad_requests": 1}
+
+
+async def test_routes_health_and_limits(
+    kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    async with running_webhook(kube, account_dir, tls_files) as (webhook, port):
+        call = lambda *a: trio.to_thread.run_sync(https_call, port, tls_files.ca, *a)  # noqa: E731
+        assert (await call("GET", "/healthz"))[0] == 200
+        assert (await call("GET", "/readyz"))[0] == 200
+        assert (await call("GET", "/mutate"))[0] == 405
+        assert (await call("GET", "/nope"))[0] == 404
+        status, raw = await call("GET", "/_pollen/status")
+        assert status == 200 and json.loads(raw) == {"role": "webhook", "ready": True, "counts": {}}
+        webhook.ready = False
+        assert (await call("GET", "/readyz"))[0] == 503
+        webhook.ready = True
+        too_big = b"{" + b" " * (5 * 1024 * 1024) + b"}"
+        assert (await call("POST", "/mutate", too_big))[0] == 413
+        assert (await call("GET", "/healthz"))[0] == 200
+
+
+async def test_two_replicas_racing_for_one_secret(
+    kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: {"auth": "eA=="}}))
+    results: list[dict] = []
+    async with (
+        running_webhook(kube, account_dir, tls_files) as (one, port_one),
+        running_webhook(kube, account_dir, tls_files) as (two, port_two),
+    ):
+
+        async def go(port: int, uid: str) -> None:
+            response, _ = await admit(port, tls_files.ca, review(uid=uid))
+            results.append(response)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(6):
+                nursery.start_soon(go, (port_one, port_two)[i % 2], f"uid-{i}")
+    assert len(results) == 6 and all("patch" in r for r in results)
+    assert kube.secret(NAMESPACE, "acr-credential-test-registry-p2p") is not None
+    stats = [one.statistics(), two.statistics()]
+    assert sum(s.get("secrets_created", 0) for s in stats) == 1
+    assert sum(s.get("secret_failures", 0) for s in stats) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# The real command
+
+
+def test_pollen_webhook_process(
+    tmp_path: Path, kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: {"auth": "eA=="}}))
+    port = free_port()
+    proc = ManagedProcess(
+        [sys.executable, "-m", "agent", "webhook", "--service-account-dir", str(account_dir)],
+        name="webhook",
+        log_dir=tmp_path / "webhook-log",
+        env={
+            **kube_env(kube),
+            "POLLEN_TLS_CERT": str(tls_files.cert),
+            "POLLEN_TLS_KEY": str(tls_files.key),
+            "POLLEN_WEBHOOK_PORT": str(port),
+            "POLLEN_LISTEN_ADDRESS": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        },
+        cwd=REPO_ROOT,
+        drop_env_prefixes=("POLLEN_", "KUBERNETES_"),
+    )
+    proc.start()
+    try:
+
+        def ready() -> bool:
+            proc.check_alive()
+            try:
+                return https_call(port, tls_files.ca, "GET", "/readyz")[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, timeout=20, what="the webhook's /readyz", on_timeout=proc.log_tail)
+        rev = review()
+        status, raw = https_call(port, tls_files.ca, "POST", "/mutate", json.dumps(rev).encode())
+        response, pod = decode_answer(status, raw, rev)
+        assert pod["spec"]["containers"][0]["image"].startswith(ACR_P2P)
+        assert kube.secret(NAMESPACE, "acr-credential-test-registry-p2p") is not None
+        assert "1 image(s) rewritten" in proc.log_text()
+        proc.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        assert proc.popen.wait(timeout=20) == 0  # type: ignore[union-attr]
+    finally:
+        proc.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# `pollen webhook certs`, then the webhook serving what it made, verified the way
+# kube-apiserver verifies it: against the caBundle written into the
+# MutatingWebhookConfiguration, for the Service's DNS name.
+
+MWC_NAME = "pollen-webhook"
+SERVICE_DNS = f"pollen-webhook.{OWN_NAMESPACE}.svc"
+
+
+def mwc() -> dict[str, Any]:
+    """As deploy/kubernetes applies it: two entries, no caBundle yet."""
+    entry = {
+        "clientConfig": {
+            "service": {"name": "pollen-webhook", "namespace": OWN_NAMESPACE, "path": "/mutate"}
+        },
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "NoneOnDryRun",
+        "failurePolicy": "Ignore",
+    }
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": MWC_NAME},
+        "webhooks": [
+            {"name": "namespaces.p2p.pollen.io", **entry},
+            {"name": "pods.p2p.pollen.io", **entry},
+        ],
+    }
+
+
+def run_certs(standin: KubeStandIn, sa_dir: Path, out: Path) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "agent", "webhook", "--service-account-dir", str(sa_dir)]
+    argv += ["certs", "--out-dir", str(out), "--cluster-token-secret", "pollen-cluster-token"]
+    env = {"PATH": "/usr/bin:/bin", **kube_env(standin)}
+    return subprocess.run(
+        argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_certs_then_the_webhook_serves_them(
+    tmp_path: Path,
+    kube: KubeStandIn,
+    account_dir: Path,
+) -> None:
+    kube.put_object("mutatingwebhookconfigurations", "", mwc())
+    out = tmp_path / "tls"
+    done = run_certs(kube, account_dir, out)
+    assert done.returncode == 0, done.stderr
+
+    stored = kube.secret(OWN_NAMESPACE, "pollen-webhook-tls")
+    assert stored is not None and stored["type"] == "kubernetes.io/tls"
+    configuration = kube.objects[("mutatingwebhookconfigurations", "", MWC_NAME)]
+    bundles = {w["clientConfig"]["caBundle"] for w in configuration["webhooks"]}
+    assert bundles == {stored["data"]["ca.crt"]}
+    assert (out / "tls.crt").read_text() == base64.b64decode(stored["data"]["tls.crt"]).decode()
+    assert (out / "tls.key").stat().st_mode & 0o777 == 0o600
+    token = kube.secret(OWN_NAMESPACE, "pollen-cluster-token")
+    assert token is not None and len(base64.b64decode(token["data"]["token"])) == 64
+
+    # Idempotent: a second run (another replica, a restart) writes nothing.
+    writes = len(kube.calls("PUT")) + len(kube.calls("POST"))
+    again = run_certs(kube, account_dir, tmp_path / "tls2")
+    assert again.returncode == 0, again.stderr
+    assert len(kube.calls("PUT")) + len(kube.calls("POST")) == writes
+    assert (tmp_path / "tls2" / "tls.crt").read_bytes() == (out / "tls.crt").read_bytes()
+
+    # The webhook serves that certificate; the API server's check (caBundle, Service name)
+    # passes.
+    ca_file = tmp_path / "cabundle.pem"
+    ca_file.write_bytes(base64.b64decode(bundles.pop()))
+    port = free_port()
+    proc = ManagedProcess(
+        [sys.executable, "-m", "agent", "webhook", "--service-account-dir", str(account_dir)],
+        name="webhook",
+        log_dir=tmp_path / "log",
+        env={
+            **kube_env(kube),
+            "POLLEN_TLS_CERT": str(out / "tls.crt"),
+            "POLLEN_TLS_KEY": str(out / "tls.key"),
+            "POLLEN_WEBHOOK_PORT": str(port),
+            "POLLEN_LISTEN_ADDRESS": "127.0.0.1",
+        },
+        cwd=REPO_ROOT,
+        drop_env_prefixes=("POLLEN_", "KUBERNETES_"),
+    )
+    proc.start()
+    try:
+
+        def ready() -> bool:
+            proc.check_alive()
+            try:
+                status, _ = https_call(port, ca_file, "GET", "/readyz", server_hostname=SERVICE_DNS)
+            except OSError:
+                return False
+            return status == 200
+
+        wait_until(ready, timeout=20, what="the webhook's /readyz", on_timeout=proc.log_tail)
+        rev = review(secrets=())
+        status, raw = https_call(
+            port, ca_file, "POST", "/mutate", json.dumps(rev).encode(), server_hostname=SERVICE_DNS
+        )
+        _, pod = decode_answer(status, raw, rev)
+        assert ".distributed." in pod["spec"]["containers"][0]["image"]
+        assert pod["metadata"]["namespace"] == NAMESPACE
+    finally:
+        proc.stop()
+
+
+def test_a_bad_stored_certificate_is_replaced(
+    tmp_path: Path,
+    kube: KubeStandIn,
+    account_dir: Path,
+) -> None:
+    kube.put_object("mutatingwebhookconfigurations", "", mwc())
+    wrong = make_bundle(["some-other-service.elsewhere.svc"])
+    kube.put_object(
+        "secrets",
+        OWN_NAMESPACE,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "pollen-webhook-tls"},
+            "type": "kubernetes.io/tls",
+            "data": {
+                "tls.crt": base64.b64encode(wrong.cert).decode(),
+                "tls.key": base64.b64encode(wrong.key).decode(),
+                "ca.crt": base64.b64encode(wrong.ca).decode(),
+            },
+        },
+    )
+    done = run_certs(kube, account_dir, tmp_path / "tls")
+    assert done.returncode == 0, done.stderr
+    assert "not valid for" in done.stderr
+    stored = kube.secret(OWN_NAMESPACE, "pollen-webhook-tls")
+    assert stored is not None
+    bundle = CertBundle(
+        ca=base64.b64decode(stored["data"]["ca.crt"]),
+        cert=base64.b64decode(stored["data"]["tls.crt"]),
+        key=base64.b64decode(stored["data"]["tls.key"]),
+    )
+    assert problem_with(bundle, service_names("pollen-webhook", OWN_NAMESPACE)) is None
+
+
+def test_missing_webhook_configuration_fails_so_the_init_container_retries(
+    tmp_path: Path,
+    kube: KubeStandIn,
+    account_dir: Path,
+) -> None:
+    done = run_certs(kube, account_dir, tmp_path / "tls")
+    assert done.returncode == 1
+    assert "mutatingwebhookconfigurations" in done.stderr and "not found" in done.stderr
+
+
+def test_problem_with_names_every_reason() -> None:
+    names = service_names("pollen-webhook", "pollen-system")
+    good = make_bundle(names)
+    assert problem_with(good, names) is None
+    other = make_bundle(names)
+    assert "does not match" in (
+        problem_with(CertBundle(good.ca, good.cert, other.key), names) or ""
+    )
+    assert "not issued" in (problem_with(CertBundle(other.ca, good.cert, good.key), names) or "")
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=5 * 365 - 10)
+    assert "expires" in (problem_with(good, names, now=later) or "")
+    assert "unreadable" in (problem_with(CertBundle(b"x", b"y", b"z"), names) or "")
+    assert "not valid for" in (problem_with(good, [*names, "extra.example"]) or "")
+
+
+@pytest.mark.parametrize("names", [["pollen-webhook.ns.svc", "127.0.0.1"]])
+def test_bundle_has_ip_and_dns_names(names: list[str]) -> None:
+    assert problem_with(make_bundle(names), names) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Refusals at start, and the client's errors
+
+
+def test_webhook_refuses_to_start_without_tls_or_a_cluster(
+    tmp_path: Path, tls_files: TLSFiles
+) -> None:
+    def pollen(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "agent", "webhook"]
+        argv += ["--service-account-dir", str(tmp_path / "none")]
+        return subprocess.run(
+            argv,
+            cwd=REPO_ROOT,
+            env={"PATH": "/usr/bin:/bin", **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    no_tls = pollen({})
+    assert no_tls.returncode == 2 and "needs TLS" in no_tls.stderr
+    tls = {"POLLEN_TLS_CERT": str(tls_files.cert), "POLLEN_TLS_KEY": str(tls_files.key)}
+    no_cluster = pollen(tls)
+    assert no_cluster.returncode == 2 and "KUBERNETES_SERVICE_HOST" in no_cluster.stderr
+
+
+async def test_kubeapi_errors_carry_status_and_reason(
+    kube: KubeStandIn, account_dir: Path, tmp_path: Path
+) -> None:
+    from agent.kubeapi import KubeError
+
+    api = KubeAPI.in_cluster(environ=kube_env(kube), account_dir=account_dir)
+    try:
+        assert await api.get_secret(NAMESPACE, "absent") is None
+        created = await api.create_secret(NAMESPACE, pull_secret("s", {}))
+        assert created["metadata"]["resourceVersion"]
+        with pytest.raises(KubeError) as exists:
+            await api.create_secret(NAMESPACE, pull_secret("s", {}))
+        assert (exists.value.status, exists.value.reason) == (409, "AlreadyExists")
+        stale = {**created, "metadata": {**created["metadata"], "resourceVersion": "1"}}
+        with pytest.raises(KubeError) as conflict:
+            await api.replace_secret(NAMESPACE, "s", stale)
+        assert (conflict.value.status, conflict.value.reason) == (409, "Conflict")
+        (account_dir / "token").write_text("rotated-but-wrong")  # re-read on every call
+        with pytest.raises(KubeError) as denied:
+            await api.get_secret(NAMESPACE, "s")
+        assert denied.value.status == 401
+    finally:
+        await api.aclose()
+    gone = KubeAPI.in_cluster(
+        environ={"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "1"},
+        account_dir=account_dir,
+    )
+    with pytest.raises(KubeError) as unreachable:
+        await gone.get_secret(NAMESPACE, "s")
+    assert unreachable.value.status == 0
+    with pytest.raises(KubeError, match="NotInCluster"):
+        KubeAPI.in_cluster(environ={}, account_dir=tmp_path)
