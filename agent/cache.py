@@ -115,6 +115,7 @@ class ChunkCache:
         direct: bool = False,
         write_retry: float = 30.0,
         observer: Observer = NULL_OBSERVER,
+        chunk_tables: bool = True,
     ) -> None:
         self.root = root
         self._observer = observer  # every chunk read and write (audit log, metrics)
@@ -126,6 +127,9 @@ class ChunkCache:
         # After a failed write (disk full, directory gone) new layers bypass the cache this
         # long, then caching is tried again: it resumes by itself once space returns.
         self._write_retry = write_retry
+        # Whether chunks are recorded with their sha256 (the swarm's chunk table). Only a root
+        # vouches for chunks, so other nodes skip the extra hash pass on every byte.
+        self.chunk_tables = chunk_tables
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()  # LRU order, oldest first
         self.used = 0
         self.evictions = 0
@@ -203,11 +207,12 @@ class ChunkCache:
             parts = line.split(" ")
             if parts == ["v"]:
                 entry.verified = True
-            elif len(parts) == 5 and parts[0] == "c" and len(parts[4]) == 64:
+            elif len(parts) == 5 and parts[0] == "c" and len(parts[4]) in (1, 64):
                 index, length = int(parts[1]), int(parts[2])
                 if 0 <= index < entry.layout.count and length == entry.layout.length(index):
                     entry.checksums[index] = int(parts[3], 16)
-                    entry.sha256[index] = parts[4]
+                    if parts[4] != "-":
+                        entry.sha256[index] = parts[4]
             else:
                 return None
         complete = len(entry.checksums) == entry.layout.count and data_size >= size
@@ -331,7 +336,11 @@ class ChunkCache:
     # -- chunk I/O ------------------------------------------------------------------------
 
     async def write_chunk(
-        self, entry: CacheEntry, index: int, data: bytes | bytearray | memoryview, sha256: str
+        self,
+        entry: CacheEntry,
+        index: int,
+        data: bytes | bytearray | memoryview,
+        sha256: str | None,
     ) -> None:
         """Write chunk `index` and record it in the index (data first, then the record).
 
@@ -354,7 +363,8 @@ class ChunkCache:
             finally:
                 self._files.close_file(fd)
             checksum = chunk_checksum(data)
-            self._append_index(entry, f"c {index} {len(data)} {checksum:016x} {sha256}\n")
+            table = sha256 or "-"
+            self._append_index(entry, f"c {index} {len(data)} {checksum:016x} {table}\n")
         except OSError as exc:
             self._observer.disk(
                 FILEWRITE, str(entry.data_path), offset, failure_size(exc), _since(started)
@@ -362,7 +372,8 @@ class ChunkCache:
             raise
         self._observer.disk(FILEWRITE, str(entry.data_path), offset, len(data), _since(started))
         entry.checksums[index] = checksum
-        entry.sha256[index] = sha256
+        if sha256 is not None:
+            entry.sha256[index] = sha256
 
     def new_buffer(self, n: int) -> bytearray | memoryview:
         """A buffer for one chunk, aligned for O_DIRECT when the cache uses it (so writing it

@@ -109,6 +109,7 @@ class Agent:
             files=native,
             direct=config.cache_aio_enable,
             write_retry=config.cache_write_retry,
+            chunk_tables=self.mode == "root",
             observer=self.telemetry,
         )
         self.http = HttpClient(

@@ -694,7 +694,7 @@ class LayerDownload:
 
     async def _write_chunk(self, index: int, data: Chunk, sha256: str | None) -> None:
         assert self.entry is not None
-        if sha256 is None:  # the chunk table entry peers will verify against
+        if sha256 is None and self._cache.chunk_tables:  # the table peers verify against
             hashing = time.perf_counter()
             sha256 = hashlib.sha256(data).hexdigest()
             self.times.add_time("verify", time.perf_counter() - hashing)

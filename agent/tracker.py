@@ -13,6 +13,7 @@ watches the root's own download and tells the schedule how far it got.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 
@@ -209,6 +210,7 @@ class Tracker:
             upstream=upstream, repo=request.repo, digest=digest, headers=headers
         )
         if isinstance(target, CacheEntry):
+            await self._fill_table(target)
             layer = RootLayer(digest=request.digest, download=None, entry=target)
         else:
             layer = RootLayer(digest=request.digest, download=target, entry=target.entry)
@@ -231,6 +233,18 @@ class Tracker:
             assert self._nursery is not None
             self._nursery.start_soon(self._watch_origin, layer)
         return layer
+
+    async def _fill_table(self, entry: CacheEntry) -> None:
+        """Hash the chunks of a layer cached without its chunk table (cached while this node
+        was an agent): a root vouches only for chunks it has hashed itself."""
+        self._cache.pin(entry)
+        try:
+            for index in range(entry.layout.count):
+                if index not in entry.sha256:
+                    data = await self._cache.read_chunk(entry, index)
+                    entry.sha256[index] = hashlib.sha256(data).hexdigest()
+        finally:
+            self._cache.unpin(entry)
 
     def _sync_origin(self, layer: RootLayer) -> None:
         """Tell the schedule how many leading chunks the root holds on disk (servable)."""

@@ -209,3 +209,21 @@ async def test_chunk_reads_and_writes_are_observed_with_failures_negative(tmp_pa
     with pytest.raises(ChunkCorrupt):
         await cache.read_chunk(entry, 1)
     assert seen.events == [("fileread", path, 2 * CHUNK, 5), ("fileread", path, CHUNK, -1)]
+
+
+async def test_layers_without_a_chunk_table_reload(tmp_path: Path) -> None:
+    """An agent (not a root) records no sha256 per chunk; its index still reloads."""
+    cache = make_cache(tmp_path)
+    data = os.urandom(2 * CHUNK + 5)
+    digest = digest_of(data)
+    entry = cache.admit(digest, len(data))
+    assert entry is not None
+    for i in range(entry.layout.count):
+        await cache.write_chunk(entry, i, data[i * CHUNK : (i + 1) * CHUNK], None)
+    cache.commit(entry)
+    cache.unpin(entry)
+    assert entry.sha256 == {}
+    reloaded = make_cache(tmp_path)
+    assert await read_all(reloaded, digest) == data
+    again = reloaded.get(digest)
+    assert again is not None and again.sha256 == {}
