@@ -1029,24 +1029,9 @@ class LayerFetcher:
         if entry is not None:
             self._cache.pin(entry)
             return CachedBlob(self._cache, entry)
-        download = self._inflight.get(key) if cacheable else None
-        if download is None or not download.joinable:
-            download = LayerDownload(
-                digest=digest,
-                upstream=upstream,
-                repo=repo,
-                headers=headers,
-                cache=self._cache,
-                registry=self._registry,
-                retries=self._retries,
-                cacheable=cacheable,
-                swarm=self._swarm,
-                observer=self._observer,
-            )
-            if cacheable:
-                self._inflight[key] = download
-            assert self._nursery is not None, "LayerFetcher.run is not running"
-            self._nursery.start_soon(self._run_download, download)
+        download = self._join_or_start(
+            upstream, repo, digest, headers, cacheable=cacheable, swarm=self._swarm
+        )
         channel = download.subscribe()
         try:
             await download.started.wait()
@@ -1061,6 +1046,40 @@ class LayerFetcher:
                 channel.close()
             raise
 
+    def _join_or_start(
+        self,
+        upstream: Upstream,
+        repo: str,
+        digest: Digest,
+        headers: Headers,
+        *,
+        cacheable: bool,
+        swarm: SwarmContext | None,
+    ) -> LayerDownload:
+        """The layer's download in flight (single flight), or a new one started in our nursery.
+        A download past the cache (`cacheable=False`) is never shared."""
+        key = str(digest)
+        download = self._inflight.get(key) if cacheable else None
+        if download is not None and download.joinable:
+            return download
+        download = LayerDownload(
+            digest=digest,
+            upstream=upstream,
+            repo=repo,
+            headers=headers,
+            cache=self._cache,
+            registry=self._registry,
+            retries=self._retries,
+            cacheable=cacheable,
+            swarm=swarm,
+            observer=self._observer,
+        )
+        if cacheable:
+            self._inflight[key] = download
+        assert self._nursery is not None, "LayerFetcher.run is not running"
+        self._nursery.start_soon(self._run_download, download)
+        return download
+
     async def ensure(
         self, *, upstream: Upstream, repo: str, digest: Digest, headers: Headers
     ) -> LayerDownload | CacheEntry:
@@ -1070,21 +1089,7 @@ class LayerFetcher:
         entry = self._cache.get(key)
         if entry is not None:
             return entry
-        download = self._inflight.get(key)
-        if download is None or not download.joinable:
-            download = LayerDownload(
-                digest=digest,
-                upstream=upstream,
-                repo=repo,
-                headers=headers,
-                cache=self._cache,
-                registry=self._registry,
-                retries=self._retries,
-                observer=self._observer,
-            )
-            self._inflight[key] = download
-            assert self._nursery is not None, "LayerFetcher.run is not running"
-            self._nursery.start_soon(self._run_download, download)
+        download = self._join_or_start(upstream, repo, digest, headers, cacheable=True, swarm=None)
         await download.started.wait()
         if download.layout is None or download.error is not None:
             err = download.error

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from agent.auditline import NOT_HELD, RPC_PREAD, RPC_STAT
 from agent.cache import CacheEntry, ChunkCache
-from agent.httpserver import FileRegion, Request, Response
+from agent.httpserver import FileRegion, Request, Response, plain_error
 from agent.observe import NULL_OBSERVER, Observer
 from agent.p2pproto import (
     ChunkTarget,
@@ -33,18 +33,6 @@ log = logging.getLogger(__name__)
 
 PlanHandler = Callable[[str, PlanTarget, bytes | None], Awaitable[Plan]]
 AUTHORIZATION_HEADER = b"x-pollen-authorization"
-
-
-def text_response(status: int, message: str) -> Response:
-    body = (message + "\n").encode()
-    return Response(
-        status=status,
-        headers=[
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        body=body,
-    )
 
 
 class P2PService:
@@ -69,21 +57,21 @@ class P2PService:
         except P2PAuthError as exc:
             self.refused += 1
             log.warning("p2p conn %d from %s: refused: %s", request.conn_id, request.client[0], exc)
-            return text_response(401, f"unauthorized: {exc}")
+            return plain_error(401, f"unauthorized: {exc}")
         try:
             target = parse_target(request.method, request.target)
         except P2PProtocolError as exc:
-            return text_response(exc.status_hint or 400, str(exc))
+            return plain_error(exc.status_hint or 400, str(exc))
         if isinstance(target, ChunkTarget):
             return self._chunk(request.method, target)
         if self._plan is None:
-            return text_response(404, "this node is not a root")
+            return plain_error(404, "this node is not a root")
         authorization = None
         for name, value in request.headers:
             if name == AUTHORIZATION_HEADER:
                 authorization = value
         if authorization is not None and not request.tls:
-            return text_response(400, "credentials must not cross the network in clear")
+            return plain_error(400, "credentials must not cross the network in clear")
         plan = await self._plan(node, target, authorization)
         body = plan.to_json()
         return Response(
@@ -101,7 +89,7 @@ class P2PService:
         entry = self._cache.peek(target.digest)
         if entry is None or entry.dropped or not entry.has_chunk(target.index):
             self._observer.served(op, path, 0, NOT_HELD, 0.0)
-            return text_response(404, f"chunk {target.index} of {target.digest} is not here")
+            return plain_error(404, f"chunk {target.index} of {target.digest} is not here")
         length = entry.layout.length(target.index)
         headers = [
             (b"content-type", b"application/octet-stream"),
