@@ -173,7 +173,7 @@ class Agent:
             auth=self.auth,
             fetcher=self.fetcher,
             status=self.status,
-            metrics=self.telemetry.exposition if self._metrics_on_proxy_port else None,
+            metrics=self.telemetry.metrics_response if self._metrics_on_proxy_port else None,
             observer=self.telemetry,
         )
         self.server = HttpServer(

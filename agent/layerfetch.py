@@ -235,8 +235,8 @@ class LayerDownload:
             async with limiter:
                 self._transfer_from = time.perf_counter()
                 self.times.add_time("slot", self._transfer_from - queued)
-                # A nursery per layer: chunk writes run here beside the receive (and the
-                # swarm's parallel chunk fetches will too). It closes when every write ended.
+                # A nursery per layer: chunk writes and the swarm's chunk fetches run here
+                # beside the receive. It closes when every one of them ended.
                 try:
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery

@@ -33,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from agent import __version__
 from agent.audit import AuditLog
 from agent.auditline import DOWNLOAD, FILEREAD, HTTP_PREAD, RPC_PREAD, microseconds
-from agent.httpserver import Request, Response
+from agent.httpserver import Request, Response, plain_error
 from agent.observe import SOURCES, LayerReport, Observer, SlidingWindow
 
 if TYPE_CHECKING:
@@ -243,24 +243,28 @@ class Telemetry(Observer):
         """(content type, body) of the Prometheus text exposition."""
         return CONTENT_TYPE, generate_latest(self.registry)
 
+    def metrics_response(self) -> Response:
+        """``/metrics``, on the exporter port or on the proxy port."""
+        content_type, body = self.exposition()
+        return Response(
+            status=200,
+            headers=[
+                (b"content-type", content_type),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            body=body,
+        )
+
     async def handle(self, request: Request) -> Response:
         """The exporter port's application: ``/metrics`` (and ``/``), nothing else."""
         path = request.target.partition("?")[0]
         if request.method not in ("GET", "HEAD"):
-            return _text(405, "GET /metrics\n")
+            return plain_error(405, "GET /metrics")
         if path in ("/metrics", "/"):
-            content_type, body = self.exposition()
-            return Response(
-                status=200,
-                headers=[
-                    (b"content-type", content_type),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-                body=body,
-            )
+            return self.metrics_response()
         if path == "/healthz":
-            return _text(200, "alive\n")
-        return _text(404, "metrics are at /metrics\n")
+            return plain_error(200, "alive")
+        return plain_error(404, "metrics are at /metrics")
 
     def statistics(self) -> dict[str, object]:
         """For ``/_pollen/status``: peers seen, integrity rejections, the audit log."""
@@ -282,18 +286,6 @@ class Telemetry(Observer):
             "fetch_failures": dict(self.fetch_failures),
             "audit": self.audit.statistics(),
         }
-
-
-def _text(status: int, text: str) -> Response:
-    body = text.encode()
-    return Response(
-        status=status,
-        headers=[
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        body=body,
-    )
 
 
 class _Collector:

@@ -98,7 +98,7 @@ class RegistryProxy:
         auth: AuthChecker,
         fetcher: LayerFetcher,
         status: Callable[[], dict[str, object]],
-        metrics: Callable[[], tuple[bytes, bytes]] | None = None,
+        metrics: Callable[[], Response] | None = None,
         observer: Observer = NULL_OBSERVER,
     ) -> None:
         self._config = config
@@ -129,15 +129,7 @@ class RegistryProxy:
             if isinstance(route, Metrics):
                 if self._metrics is None:
                     raise RegistryError(404, "NOT_FOUND", "metrics are not served on this port")
-                content_type, body = self._metrics()
-                return Response(
-                    status=200,
-                    headers=[
-                        (b"content-type", content_type),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                    body=body,
-                )
+                return self._metrics()
             upstream = choose_upstream(
                 ns=target.ns,
                 host_header=request.header("host"),

@@ -44,7 +44,6 @@ class RootLayer:
     schedule: LayerSchedule | None = None
     mailbox: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     origin_held: int = 0  # leading chunks the root holds on disk
-    outstanding: dict[str, int] = field(default_factory=dict)  # handed out, not reported
     seen: dict[str, float] = field(default_factory=dict)  # node -> its last plan request
     changed: trio.Event = field(default_factory=trio.Event)
     last_asked: float = 0.0
@@ -126,8 +125,6 @@ class Tracker:
             box = layer.mailbox.get(a.node)
             if box and (a.chunk, a.source) in box:
                 box.remove((a.chunk, a.source))
-            elif layer.outstanding.get(a.node):
-                layer.outstanding[a.node] -= 1
         layer.notify()
 
     async def plan(self, asker: str, request: PlanTarget, authorization: bytes | None) -> Plan:
@@ -155,8 +152,6 @@ class Tracker:
             return Plan(size=None, chunk_size=chunk_size, retry_after=0.2)
         schedule = layer.schedule
         now = trio.current_time()
-        reported = len(request.done) + len(request.failed)
-        layer.outstanding[asker] = max(0, layer.outstanding.get(asker, 0) - reported)
         for chunk, source in request.done:
             self._deliver(layer, schedule.completed(asker, chunk, source, now))
         for chunk, source, bad in request.failed:
@@ -192,7 +187,6 @@ class Tracker:
         assignments = self._deliverable(layer, asker)
         box = layer.mailbox.get(asker, [])
         layer.mailbox[asker] = [a for a in box if a not in assignments]
-        layer.outstanding[asker] = layer.outstanding.get(asker, 0) + len(assignments)
         entry = layer.entry
         hashes = {c: entry.sha256[c] for c, _ in assignments} if entry is not None else {}
         return Plan(
@@ -201,7 +195,7 @@ class Tracker:
             chunk_sha256=hashes,
             assignments=tuple(assignments),
             complete=bool(layer.download is None or layer.download.verified),
-            retry_after=0.0 if assignments or layer.outstanding[asker] else 0.5,
+            retry_after=0.0 if assignments else 0.5,
         )
 
     async def _start_layer(self, request: PlanTarget, upstream, headers) -> RootLayer:  # type: ignore[no-untyped-def]
