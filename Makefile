@@ -62,7 +62,7 @@ lint: build
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .hypothesis $(BUILD_STAMP)
-	rm -f agent/_pollen_io.c agent/_pollen_io*.so agent/*.o native/*.o
+	rm -f agent/cache/_pollen_io.c agent/cache/_pollen_io*.so agent/cache/*.o native/*.o
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 # clean, and the venv too (the next build re-creates it from scratch).

@@ -1,4 +1,4 @@
-"""cffi builder for ``agent._pollen_io``, the native chunk I/O module.
+"""cffi builder for ``agent.cache._pollen_io``, the native chunk I/O module.
 
 Out-of-line API mode: cffi generates a C wrapper that is compiled against the real header, so
 type mismatches are compile errors, and every call releases the GIL. The ``cdef`` is the
@@ -11,7 +11,7 @@ AIO are reached through raw system calls, so neither liburing nor libaio is need
 
 setuptools uses this through ``setup.py`` (``cffi_modules=["build.py:ffibuilder"]``), which is
 what ``make build`` / ``pip install -e .`` run. ``python build.py`` compiles the module in place
-(``agent/_pollen_io.*.so``) for quick development loops.
+(``agent/cache/_pollen_io.*.so``) for quick development loops.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ ffibuilder.cdef(header_cdef(HEADER.read_text(encoding="utf-8")))
 # Paths are relative to the project root: setuptools insists on relative source paths, and
 # both pip and ``python build.py`` (which changes directory first) build from there.
 ffibuilder.set_source(
-    "agent._pollen_io",
+    "agent.cache._pollen_io",
     '#include "pollen_io.h"',
     sources=["native/pollen_io.c"],
     include_dirs=["native"],

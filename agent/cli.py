@@ -18,8 +18,8 @@ from pathlib import Path
 import trio
 
 from agent import __version__
-from agent.config import Config, help_text, load_config
-from agent.errors import ConfigError
+from agent.core.config import Config, help_text, load_config
+from agent.core.errors import ConfigError
 
 log = logging.getLogger("agent.cli")
 DOCTOR_CONFIG = "/etc/containerd/config.toml"
@@ -64,7 +64,7 @@ def status_url(config: Config, address: str | None) -> str:
 
 
 def show_status(config: Config, address: str | None, as_json: bool) -> int:
-    from agent.statusview import render_status
+    from agent.observe.statusview import render_status
 
     url = status_url(config, address)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
@@ -143,8 +143,7 @@ def add_webhook_and_doctor(sub: argparse._SubParsersAction[argparse.ArgumentPars
 
 def run_webhook_or_doctor(args: argparse.Namespace, config: Config) -> int:
     if args.command == "doctor":
-        from agent import doctor
-
+        from agent.node import doctor
         if args.doctor_command == "hosts":
             for line in doctor.write_hosts(
                 config, args.dir, mirror=args.mirror, default=args.default, force=args.force
@@ -163,8 +162,7 @@ def run_webhook_or_doctor(args: argparse.Namespace, config: Config) -> int:
         print(doctor.report(findings))
         return 0 if all(f.ok for f in findings) else 1
     if args.webhook_command == "certs":
-        from agent import webhookcerts
-
+        from agent.kube import certs as webhookcerts
         configure_logging(False)
         return webhookcerts.main(
             namespace=args.namespace,
@@ -178,8 +176,7 @@ def run_webhook_or_doctor(args: argparse.Namespace, config: Config) -> int:
     if args.print_config:
         print_config(config)
         return 0
-    from agent import webhook
-
+    from agent.kube import webhook
     configure_logging(args.verbose)
     return webhook.run(config, account_dir=args.service_account_dir)
 

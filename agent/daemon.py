@@ -17,25 +17,26 @@ from pathlib import Path
 
 import trio
 
-from agent import __version__, native
-from agent.audit import AuditLog
-from agent.authcheck import AuthChecker
-from agent.cache import ChunkCache
-from agent.config import Config
-from agent.errors import ConfigError
-from agent.httpclient import HttpClient, make_client_ssl_context
-from agent.httpserver import HttpServer, ServerSettings, listener_port, open_listeners
-from agent.layerfetch import LayerFetcher, SwarmContext
-from agent.metrics import Telemetry
-from agent.nodeaddr import detect_node_ip
-from agent.p2pclient import P2PClient
-from agent.p2pproto import parse_node
-from agent.p2pserver import P2PService
-from agent.proxy import RegistryProxy, protocol_error_response
-from agent.roots import RootSet
-from agent.throttle import TokenBucket
-from agent.tracker import Tracker
-from agent.upstream import RegistryClient
+from agent import __version__
+from agent.cache import native
+from agent.cache.store import ChunkCache
+from agent.core.config import Config
+from agent.core.errors import ConfigError
+from agent.fetch.layerfetch import LayerFetcher, SwarmContext
+from agent.http.client import HttpClient, make_client_ssl_context
+from agent.http.server import HttpServer, ServerSettings, listener_port, open_listeners
+from agent.http.throttle import TokenBucket
+from agent.node.address import detect_node_ip
+from agent.observe.audit import AuditLog
+from agent.observe.metrics import Telemetry
+from agent.registry.authcheck import AuthChecker
+from agent.registry.client import RegistryClient
+from agent.registry.proxy import RegistryProxy, protocol_error_response
+from agent.swarm.client import P2PClient
+from agent.swarm.protocol import parse_node
+from agent.swarm.roots import RootSet
+from agent.swarm.server import P2PService
+from agent.swarm.tracker import Tracker
 
 log = logging.getLogger(__name__)
 

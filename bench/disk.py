@@ -36,8 +36,8 @@ from pathlib import Path
 
 import trio
 
-from agent import native
-from agent.config import parse_size
+from agent.cache import native
+from agent.core.config import parse_size
 
 MiB = 1 << 20
 FIO_ENGINE = {"io_uring": "io_uring", "aio": "libaio", "pread": "psync"}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.metrics import Telemetry
+from agent.observe.metrics import Telemetry
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "pollen-dashboard.json"
 

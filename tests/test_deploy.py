@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.admission import LABEL, MODE, SYSTEM_NAMESPACES
 from agent.cli import build_parser
-from agent.config import ENV_VARS, load_config
+from agent.core.config import ENV_VARS, load_config
+from agent.kube.admission import LABEL, MODE, SYSTEM_NAMESPACES
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
 WORKLOADS = ("DaemonSet", "StatefulSet", "Deployment")

@@ -16,70 +16,71 @@ import pytest
 AGENT = Path(__file__).resolve().parents[1] / "agent"
 PACKAGE = "agent"
 
-# Module (dotted, relative to agent/; the package itself is "__init__") -> layer.
+# Package or module (dotted, relative to agent/; the package itself is "__init__") -> layer.
+# A module takes the entry of its longest listed prefix: "registry" places every module of
+# agent/registry/ that has no entry of its own. Packages are the roles; a role's pure core sits
+# in layer 2 and its trio adapters higher up.
 LAYERS: dict[str, int] = {
-    # 1. config and errors
     "__init__": 1,  # only __version__
-    "errors": 1,
-    "config": 1,
+    # 1. core: errors, value parsers, host:port, the config table and loader
+    "core": 1,
     # 2. pure protocol cores: no I/O, no trio
-    "routes": 2,
-    "ranges": 2,
-    "upstream_choice": 2,
-    "chunks": 2,
-    "p2pproto": 2,
-    "throttle": 2,
-    "admission": 2,  # the webhook's decisions: AdmissionReview -> JSONPatch + secret plan
-    "mirrors": 2,  # containerd hosts.toml routes to the agent
-    "observe": 2,  # the data path's events, the 10 s windows, the per-layer summary
-    "auditline": 2,  # the audit log's exact line format
-    "statusview": 2,  # `pollen status` rendering
-    "swarm": 2,
-    # 3. native bindings and the cache
-    "_pollen_io": 3,  # the compiled cffi module (build.py); only native may import it
-    "native": 3,
+    "registry.routes": 2,  # the distribution API's paths
+    "registry.ranges": 2,  # Range headers and 206/416 decisions
+    "registry.upstreams": 2,  # which upstream serves a request
+    "cache.chunks": 2,  # chunk geometry
+    "swarm.protocol": 2,  # P2P targets, plans, signatures
+    "swarm.schedule": 2,  # the root's per-layer schedule
+    "swarm.planner": 2,  # the agent's per-layer planner
+    "http.throttle": 2,  # token bucket arithmetic
+    "observe.events": 2,  # the data path's events, the 10 s windows, the per-layer summary
+    "observe.auditline": 2,  # the audit log's exact line format
+    "observe.statusview": 2,  # `pollen status` rendering
+    "kube.admission": 2,  # AdmissionReview -> JSONPatch + secret plan
+    "node.mirrors": 2,  # containerd hosts.toml routes to the agent
+    # 3. the native bindings and the chunk store
     "cache": 3,
-    # 4. trio adapters: any order among themselves
-    "httpserver": 4,
-    "httpclient": 4,
-    "upstream": 4,
-    "layerfetch": 4,
-    "authcheck": 4,
-    "proxy": 4,
-    "nodeaddr": 4,  # opens a UDP socket to find the node's address
-    "roots": 4,
-    "p2pclient": 4,
-    "p2pserver": 4,
-    "tracker": 4,
-    "audit": 4,  # the audit log's writer task
-    "metrics": 4,  # prometheus-client: every metric, the exporter's application
-    "kubeapi": 4,  # Kubernetes REST calls over httpclient
-    "webhook": 4,  # the admission webhook's HTTPS server
-    "webhookcerts": 4,  # `pollen webhook certs`
-    "doctor": 4,  # `pollen doctor`: files, subprocesses, the agent's status
-    # 5. wiring
-    "daemon": 5,
-    "cli": 5,
-    "__main__": 5,
+    # 4. HTTP/1.1 over trio: server, client, TLS contexts, responses
+    "http": 4,
+    # 5. adapters of the roles that do not fetch layers themselves
+    "registry": 5,  # the upstream client, the credential check
+    "swarm": 5,  # P2P client and server, the roots
+    "swarm.tracker": 7,  # the root side: starts origin downloads
+    "observe": 5,  # the audit writer
+    "kube": 5,  # API client, webhook server, certificates
+    "node": 5,  # the node's address, `pollen doctor`
+    # 6. layer downloads: origin, swarm, readers, single flight
+    "fetch": 6,
+    # 7. what serves the layers: the registry front end, metrics and status
+    "registry.proxy": 7,
+    "observe.metrics": 7,
+    "observe.status": 7,
+    # 8. wiring
+    "daemon": 8,
+    "cli": 8,
+    "__main__": 8,
 }
 LAYER_NAMES = {
-    1: "config and errors",
+    1: "core",
     2: "pure protocol cores",
-    3: "native bindings and the cache",
-    4: "trio adapters",
-    5: "daemon and CLI",
+    3: "native bindings and the chunk store",
+    4: "HTTP over trio",
+    5: "role adapters",
+    6: "layer downloads",
+    7: "front ends",
+    8: "daemon and CLI",
 }
 PURE_LAYERS = (1, 2)
 # Libraries that mean I/O or an event loop; a pure module imports none of them.
 NOT_PURE = frozenset({"trio", "h11", "socket"})
-EXTENSION = "_pollen_io"
-EXTENSION_IMPORTER = "native"
+EXTENSION = "cache._pollen_io"
+EXTENSION_IMPORTER = "cache.native"
 
 
 @dataclass(frozen=True)
 class Import:
     line: int
-    module: str  # absolute dotted name, e.g. "agent.routes" or "urllib.request"
+    module: str  # absolute dotted name, e.g. "agent.registry.routes" or "urllib.request"
 
 
 def discover(root: Path = AGENT) -> list[str]:
@@ -171,6 +172,16 @@ def internal(name: str, known: set[str]) -> str | None:
 KNOWN = set(MODULES) | set(LAYERS)
 
 
+def layer_of(module: str) -> int | None:
+    """The layer of a module: its own entry, else its package's (longest listed prefix)."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        layer = LAYERS.get(".".join(parts[:n]))
+        if layer is not None:
+            return layer
+    return None
+
+
 def unplaced_message(modules: list[str]) -> str:
     return (
         f"agent module(s) {', '.join(modules)} not in LAYERS in tests/test_layering.py: place "
@@ -183,7 +194,7 @@ def unplaced_message(modules: list[str]) -> str:
 
 
 def test_every_module_is_placed() -> None:
-    unplaced = [m for m in MODULES if m not in LAYERS]
+    unplaced = [m for m in MODULES if layer_of(m) is None]
     assert not unplaced, unplaced_message(unplaced)
 
 
@@ -193,7 +204,7 @@ def test_table_names_only_known_layers() -> None:
 
 def test_the_table_is_not_vacuous() -> None:
     # The source files the architecture relies on are where the table says.
-    for module in ("errors", "config", "routes", "ranges", "chunks", "cache", "proxy", "cli"):
+    for module in ("core.errors", "core.config", "registry.routes", "cache.store", "cli"):
         assert module in SOURCES
 
 
@@ -203,26 +214,27 @@ def test_the_table_is_not_vacuous() -> None:
 
 @pytest.mark.parametrize("module", SOURCES)
 def test_imports_point_down(module: str) -> None:
-    if module not in LAYERS:
+    layer = layer_of(module)
+    if layer is None:
         pytest.fail(unplaced_message([module]))
-    layer = LAYERS[module]
     source = source_path(module).read_text(encoding="utf-8")
     problems = []
     for imp in imports_of(source, module, KNOWN):
         target = internal(imp.module, KNOWN)
         if target is None or target == module:
             continue
-        if target not in LAYERS:
+        target_layer = layer_of(target)
+        if target_layer is None:
             problems.append(f"line {imp.line}: imports {imp.module}, which is not in LAYERS")
-        elif LAYERS[target] > layer:
+        elif target_layer > layer:
             problems.append(
-                f"line {imp.line}: imports {imp.module} (layer {LAYERS[target]}, "
-                f"{LAYER_NAMES[LAYERS[target]]}) from layer {layer} ({LAYER_NAMES[layer]})"
+                f"line {imp.line}: imports {imp.module} (layer {target_layer}, "
+                f"{LAYER_NAMES[target_layer]}) from layer {layer} ({LAYER_NAMES[layer]})"
             )
     assert not problems, f"agent/{source_path(module).relative_to(AGENT)}: " + "; ".join(problems)
 
 
-@pytest.mark.parametrize("module", [m for m in SOURCES if LAYERS.get(m) in PURE_LAYERS])
+@pytest.mark.parametrize("module", [m for m in SOURCES if layer_of(m) in PURE_LAYERS])
 def test_pure_modules_do_no_io(module: str) -> None:
     source = source_path(module).read_text(encoding="utf-8")
     bad = [
@@ -243,7 +255,9 @@ def test_only_native_imports_the_extension(module: str) -> None:
         for imp in imports_of(source, module, KNOWN)
         if internal(imp.module, KNOWN) == EXTENSION
     ]
-    assert not bad, f"agent/{module}.py imports agent.{EXTENSION} (lines {bad}); use agent.native"
+    assert not bad, (
+        f"agent/{module}.py imports agent.{EXTENSION} (lines {bad}); use agent.cache.native"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,52 +268,68 @@ def test_checker_sees_every_import_form() -> None:
     source = """
 import trio
 import agent.daemon
-from agent import __version__, native
-from agent.routes import parse_target
-from . import cache
+from agent import __version__
+from agent.cache import native
+from agent.registry.routes import parse_target
+from . import ranges
 from .proxy import RegistryProxy
+from ..cache import store
 import importlib
 
 def late():
     from agent.cli import main
-    importlib.import_module("agent.httpserver")
+    importlib.import_module("agent.http.server")
 """
-    got = sorted((i.line, i.module) for i in imports_of(source, "routes", KNOWN))
+    got = sorted((i.line, i.module) for i in imports_of(source, "registry.routes", KNOWN))
     assert got == [
         (2, "trio"),
         (3, "agent.daemon"),
         (4, "agent"),
-        (4, "agent.native"),
-        (5, "agent.routes"),
-        (6, "agent.cache"),
-        (7, "agent.proxy"),
-        (8, "importlib"),
-        (11, "agent.cli"),
-        (12, "agent.httpserver"),
+        (5, "agent.cache.native"),
+        (6, "agent.registry.routes"),
+        (7, "agent.registry.ranges"),
+        (8, "agent.registry.proxy"),
+        (9, "agent.cache.store"),
+        (10, "importlib"),
+        (13, "agent.cli"),
+        (14, "agent.http.server"),
     ]
     targets = {internal(m, KNOWN) for _, m in got}
     assert targets == {
         None,
         "daemon",
         "__init__",
-        "native",
-        "routes",
-        "cache",
-        "proxy",
+        "cache.native",
+        "registry.routes",
+        "registry.ranges",
+        "registry.proxy",
+        "cache.store",
         "cli",
-        "httpserver",
+        "http.server",
     }
+
+
+def test_a_module_takes_its_package_layer_unless_listed() -> None:
+    assert layer_of("registry.routes") == 2
+    assert layer_of("registry.client") == LAYERS["registry"]
+    assert layer_of("registry.proxy") == 7
+    assert layer_of("nowhere.module") is None
 
 
 def test_relative_imports_beyond_the_package_are_refused() -> None:
     with pytest.raises(AssertionError, match="beyond agent"):
-        imports_of("from .. import x\n", "routes", KNOWN)
+        imports_of("from ... import x\n", "registry.routes", KNOWN)
 
 
 def test_checker_sees_real_imports() -> None:
-    proxy = imports_of(source_path("proxy").read_text(encoding="utf-8"), "proxy", KNOWN)
-    assert {internal(i.module, KNOWN) for i in proxy} >= {"routes", "ranges", "errors"}
-    native = imports_of(source_path("native").read_text(encoding="utf-8"), "native", KNOWN)
+    module = "registry.proxy"
+    proxy = imports_of(source_path(module).read_text(encoding="utf-8"), module, KNOWN)
+    assert {internal(i.module, KNOWN) for i in proxy} >= {
+        "registry.routes",
+        "registry.ranges",
+        "core.errors",
+    }
+    native = imports_of(source_path(EXTENSION_IMPORTER).read_text(encoding="utf-8"), "", KNOWN)
     assert EXTENSION in {internal(i.module, KNOWN) for i in native}
 
 

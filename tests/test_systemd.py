@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import CONFIG_ENV, ENV_VARS, KEYS
+from agent.core.config import CONFIG_ENV, ENV_VARS, KEYS
 
 SYSTEMD = Path(__file__).resolve().parents[1] / "systemd"
 INSTALLED_BINARY = "/opt/pollen/venv/bin/pollen"

@@ -36,7 +36,7 @@ from harness import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.p2pproto import request_headers
+from agent.swarm.protocol import request_headers
 
 MiB = 1 << 20
 TOKEN = "observability-token"

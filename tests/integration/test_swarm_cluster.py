@@ -161,7 +161,7 @@ def test_root_killed_mid_layer_pull_still_completes(
     )
     layer = image.layer_digests[0]
     # Kill whichever root owns the layer once the pulls are under way.
-    from agent.p2pproto import rendezvous_order
+    from agent.swarm.protocol import rendezvous_order
 
     owner = rendezvous_order(layer, [f"{a}:{cluster.p2p_port}" for a in cluster.root_addresses])[0]
     owner_proc = next(r for r in cluster.roots if owner.startswith(r.address + ":"))
@@ -184,7 +184,7 @@ def test_root_killed_mid_layer_pull_still_completes(
 
 
 def owner_of(cluster: Cluster, digest: str) -> tuple[str, AgentProcess]:
-    from agent.p2pproto import rendezvous_order
+    from agent.swarm.protocol import rendezvous_order
 
     owner = rendezvous_order(digest, [f"{a}:{cluster.p2p_port}" for a in cluster.root_addresses])[0]
     return owner, next(r for r in cluster.roots if owner.startswith(r.address + ":"))

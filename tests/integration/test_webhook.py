@@ -28,11 +28,11 @@ import trio
 from harness import ManagedProcess, TLSFiles, free_port, make_ca_and_cert, wait_until
 from harness.kubeapi import KubeStandIn
 
-from agent.admission import CONFIG_ANNOTATION
-from agent.config import load_config
-from agent.kubeapi import KubeAPI
-from agent.webhook import AdmissionWebhook, serve, settings_from
-from agent.webhookcerts import CertBundle, make_bundle, problem_with, service_names
+from agent.core.config import load_config
+from agent.kube.admission import CONFIG_ANNOTATION
+from agent.kube.api import KubeAPI
+from agent.kube.certs import CertBundle, make_bundle, problem_with, service_names
+from agent.kube.webhook import AdmissionWebhook, serve, settings_from
 
 ACR = "test-registry-vpc.cn-hangzhou.cr.aliyuncs.com"
 ACR_P2P = "test-registry-vpc.distributed.cn-hangzhou.cr.aliyuncs.com:65001"
@@ -609,7 +609,7 @@ def test_webhook_refuses_to_start_without_tls_or_a_cluster(
 async def test_kubeapi_errors_carry_status_and_reason(
     kube: KubeStandIn, account_dir: Path, tmp_path: Path
 ) -> None:
-    from agent.kubeapi import KubeError
+    from agent.kube.api import KubeError
 
     api = KubeAPI.in_cluster(environ=kube_env(kube), account_dir=account_dir)
     try:

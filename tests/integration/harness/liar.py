@@ -13,10 +13,10 @@ import time
 
 import trio
 
-from agent.httpclient import HttpClient, make_client_ssl_context
-from agent.httpserver import HttpServer, Request, Response, ServerSettings, open_listeners
-from agent.p2pclient import P2PClient
-from agent.p2pproto import ChunkTarget, PlanTarget, parse_target, verify
+from agent.http.client import HttpClient, make_client_ssl_context
+from agent.http.server import HttpServer, Request, Response, ServerSettings, open_listeners
+from agent.swarm.client import P2PClient
+from agent.swarm.protocol import ChunkTarget, PlanTarget, parse_target, verify
 
 
 async def main(

@@ -1,0 +1,448 @@
+"""The disk chunk cache: where layers live on a node, bounded by ``cache.capacity``.
+
+Layout: ``<cache.path>/blobs/<algorithm>/<hex>/`` holds ``data`` (the layer, chunk *i* at
+offset i·chunkSize) and ``index``, an append-only text log::
+
+    pollen-index 1 <digest> <size> <chunk_size>
+    c <index> <length> <xxh3-64 hex>      one line per chunk, written after its data
+    v                                     the whole layer matched its digest
+
+A chunk counts only once its line is in the index, and a layer is served only after ``v``; a
+process killed mid-write therefore leaves nothing that is served wrong. Every chunk read is
+checked against its xxh3 sum, so a chunk damaged on disk is detected, dropped and never served.
+
+Capacity is reserved in full when a layer is admitted, so the cache never exceeds its bound;
+least recently used layers that nobody reads or writes (pins == 0) are evicted to make room.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import xxhash
+
+from agent.cache.chunks import ChunkLayout
+from agent.observe.auditline import FILEREAD, FILEWRITE, failure_size
+from agent.observe.events import NULL_OBSERVER, Observer
+
+log = logging.getLogger(__name__)
+
+INDEX_MAGIC = "pollen-index 1"
+
+
+class ChunkCorrupt(Exception):
+    """A chunk read back from disk does not match its checksum; its layer was dropped."""
+
+
+class IOEngine(Protocol):
+    name: str
+
+    async def read(self, fd: int, offset: int, length: int) -> bytes | memoryview: ...
+
+    async def write(self, fd: int, offset: int, data: bytes | bytearray | memoryview) -> None: ...
+
+
+class FileOps(Protocol):
+    """The file calls the cache needs from `agent.cache.native` (kept injectable for tests)."""
+
+    def open_file(self, path: str, *, write: bool, create: bool, direct: bool = False) -> int: ...
+
+    def close_file(self, fd: int) -> None: ...
+
+    def allocate(self, fd: int, offset: int, length: int) -> None: ...
+
+    def alloc_buffer(self, n: int) -> memoryview: ...
+
+    def round_up(self, n: int) -> int: ...
+
+
+def chunk_checksum(data: bytes | bytearray | memoryview) -> int:
+    return xxhash.xxh3_64_intdigest(data)
+
+
+@dataclass(eq=False, kw_only=True)
+class CacheEntry:
+    """One layer in the cache, complete or being written."""
+
+    digest: str
+    layout: ChunkLayout
+    directory: Path
+    checksums: dict[int, int] = field(default_factory=dict)  # xxh3-64, checked on every read
+    sha256: dict[int, str] = field(default_factory=dict)  # the chunk table peers verify against
+    verified: bool = False
+    pins: int = 0
+    dropped: bool = False
+
+    @property
+    def size(self) -> int:
+        return self.layout.size
+
+    @property
+    def data_path(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def index_path(self) -> Path:
+        return self.directory / "index"
+
+    def has_chunk(self, index: int) -> bool:
+        return index in self.checksums
+
+
+def blob_directory(root: Path, digest: str) -> Path:
+    algorithm, _, hexpart = digest.partition(":")
+    return root / "blobs" / algorithm / hexpart
+
+
+class ChunkCache:
+    """Owns the cache directory; all state changes happen on the trio thread."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        capacity: int,
+        chunk_size: int,
+        engine: IOEngine,
+        files: FileOps,
+        direct: bool = False,
+        write_retry: float = 30.0,
+        observer: Observer = NULL_OBSERVER,
+        chunk_tables: bool = True,
+    ) -> None:
+        self.root = root
+        self._observer = observer  # every chunk read and write (audit log, metrics)
+        self.capacity = capacity
+        self.chunk_size = chunk_size
+        self._engine = engine
+        self._files = files
+        self._direct = direct
+        # After a failed write (disk full, directory gone) new layers bypass the cache this
+        # long, then caching is tried again: it resumes by itself once space returns.
+        self._write_retry = write_retry
+        # Whether chunks are recorded with their sha256 (the swarm's chunk table). Only a root
+        # vouches for chunks, so other nodes skip the extra hash pass on every byte.
+        self.chunk_tables = chunk_tables
+        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()  # LRU order, oldest first
+        self.used = 0
+        self.evictions = 0
+        self.corrupt_chunks = 0
+        self.write_errors = 0
+        self._trash_serial = 0
+        self._writes_paused_until = 0.0
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Rebuild the index from disk; anything incomplete or unreadable is deleted."""
+        blobs = self.root / "blobs"
+        shutil.rmtree(self.root / "trash", ignore_errors=True)  # dropped layers of a past run
+        try:
+            blobs.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # The agent still serves (every layer streams past the cache) and tries again.
+            self.write_failed(exc)
+            return
+        kept = removed = 0
+        found: list[tuple[float, CacheEntry]] = []
+        for algo_dir in sorted(blobs.iterdir()):
+            if not algo_dir.is_dir():
+                continue
+            for blob_dir in sorted(algo_dir.iterdir()):
+                entry = self._load_entry(blob_dir)
+                if entry is None:
+                    shutil.rmtree(blob_dir, ignore_errors=True)
+                    removed += 1
+                    continue
+                found.append((blob_dir.stat().st_mtime, entry))
+        for _mtime, entry in sorted(found, key=lambda item: item[0]):
+            if self.used + entry.size > self.capacity:
+                shutil.rmtree(entry.directory, ignore_errors=True)
+                removed += 1
+                continue
+            self._entries[entry.digest] = entry
+            self.used += entry.size
+            kept += 1
+        log.info(
+            "cache %s: %d layers kept (%d bytes of %d), %d incomplete removed",
+            self.root,
+            kept,
+            self.used,
+            self.capacity,
+            removed,
+        )
+
+    def _load_entry(self, blob_dir: Path) -> CacheEntry | None:
+        try:
+            return self._parse_entry(blob_dir)
+        except (ValueError, IndexError):
+            return None  # a torn or foreign index: the layer will be fetched again
+
+    def _parse_entry(self, blob_dir: Path) -> CacheEntry | None:
+        try:
+            lines = (blob_dir / "index").read_text("ascii").split("\n")
+            data_size = (blob_dir / "data").stat().st_size
+        except (OSError, UnicodeDecodeError):
+            return None
+        header = lines[0].split(" ")
+        if len(header) != 5 or " ".join(header[:2]) != INDEX_MAGIC:
+            return None
+        digest, size, chunk_size = header[2], int(header[3]), int(header[4])
+        if blob_directory(self.root, digest) != blob_dir or chunk_size != self.chunk_size:
+            return None  # a different chunk size means different chunk checksums: refetch
+        entry = CacheEntry(
+            digest=digest,
+            layout=ChunkLayout(size=size, chunk_size=chunk_size),
+            directory=blob_dir,
+        )
+        # The last element is "" after a final newline, or a torn line: both ignored.
+        for line in lines[1:-1]:
+            parts = line.split(" ")
+            if parts == ["v"]:
+                entry.verified = True
+            elif len(parts) == 5 and parts[0] == "c" and len(parts[4]) in (1, 64):
+                index, length = int(parts[1]), int(parts[2])
+                if 0 <= index < entry.layout.count and length == entry.layout.length(index):
+                    entry.checksums[index] = int(parts[3], 16)
+                    if parts[4] != "-":
+                        entry.sha256[index] = parts[4]
+            else:
+                return None
+        complete = len(entry.checksums) == entry.layout.count and data_size >= size
+        if not (entry.verified and complete):
+            return None
+        return entry
+
+    # -- lookups and admission ----------------------------------------------------------
+
+    def get(self, digest: str) -> CacheEntry | None:
+        """A complete, verified layer, marked as recently used."""
+        entry = self._entries.get(digest)
+        if entry is None or not entry.verified:
+            return None
+        self._entries.move_to_end(digest)
+        return entry
+
+    def peek(self, digest: str) -> CacheEntry | None:
+        """The layer's entry, complete or still being written, without touching LRU order
+        (peers asking for chunks must not keep a layer alive that no client uses)."""
+        return self._entries.get(digest)
+
+    def admit(self, digest: str, size: int) -> CacheEntry | None:
+        """Reserve room for a new layer and create its files; None when it cannot fit.
+
+        The returned entry is pinned once (by its writer).
+        """
+        if digest in self._entries:
+            raise ValueError(f"{digest} already in the cache")
+        if time.monotonic() < self._writes_paused_until:
+            return None
+        if size > self.capacity or not self._make_room(size):
+            return None
+        layout = ChunkLayout(size=size, chunk_size=self.chunk_size)
+        directory = blob_directory(self.root, digest)
+        try:
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+            with open(directory / "index", "x", encoding="ascii") as index:
+                index.write(f"{INDEX_MAGIC} {digest} {size} {self.chunk_size}\n")
+            fd = self._files.open_file(str(directory / "data"), write=True, create=True)
+            try:
+                if self._direct:
+                    # Reserve the blocks now: a full disk shows here, not mid-layer, and
+                    # O_DIRECT writes inside the file's size need no synchronous extension.
+                    self._files.allocate(fd, 0, self._files.round_up(size))
+            finally:
+                self._files.close_file(fd)
+        except OSError as exc:
+            log.error("cache: cannot create %s for %s: %s", directory, digest, exc)
+            shutil.rmtree(directory, ignore_errors=True)
+            self.write_failed(exc)
+            return None
+        entry = CacheEntry(digest=digest, layout=layout, directory=directory, pins=1)
+        self._entries[digest] = entry
+        self.used += size
+        return entry
+
+    def _make_room(self, size: int) -> bool:
+        if self.used + size <= self.capacity:
+            return True
+        unpinned = [e for e in self._entries.values() if e.pins == 0 and e.verified]
+        freeable = sum(e.size for e in unpinned)
+        if self.used - freeable + size > self.capacity:
+            return False
+        for entry in unpinned:  # oldest first
+            if self.used + size <= self.capacity:
+                break
+            log.info("cache: evicting %s (%d bytes)", entry.digest, entry.size)
+            self._remove(entry)
+            self.evictions += 1
+        return True
+
+    def write_failed(self, exc: OSError) -> None:
+        """Note a failed write: new layers stream past the cache for a while."""
+        self.write_errors += 1
+        self._writes_paused_until = time.monotonic() + self._write_retry
+        log.error(
+            "cache %s: write failed (%s); layers bypass the cache for %.0fs",
+            self.root,
+            exc,
+            self._write_retry,
+        )
+
+    def pin(self, entry: CacheEntry) -> None:
+        entry.pins += 1
+
+    def unpin(self, entry: CacheEntry) -> None:
+        entry.pins -= 1
+        if entry.pins == 0 and entry.dropped:
+            shutil.rmtree(entry.directory, ignore_errors=True)
+
+    def drop(self, entry: CacheEntry) -> None:
+        """Forget a layer now (corrupt, or its download failed); files go when unpinned."""
+        if entry.dropped:
+            return
+        if self._entries.get(entry.digest) is entry:
+            del self._entries[entry.digest]
+            self.used -= entry.size
+        entry.dropped = True
+        if entry.pins == 0:
+            shutil.rmtree(entry.directory, ignore_errors=True)
+            return
+        # Readers still hold it: move its files aside so a fresh copy of the same layer can be
+        # admitted at the layer's own path while they finish.
+        self._trash_serial += 1
+        trash = self.root / "trash" / f"{entry.directory.name}-{os.getpid()}-{self._trash_serial}"
+        try:
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            entry.directory.rename(trash)
+            entry.directory = trash
+        except OSError as exc:
+            log.warning("cache: cannot move dropped %s aside: %s", entry.digest, exc)
+
+    def _remove(self, entry: CacheEntry) -> None:
+        del self._entries[entry.digest]
+        self.used -= entry.size
+        entry.dropped = True
+        shutil.rmtree(entry.directory, ignore_errors=True)
+
+    # -- chunk I/O ------------------------------------------------------------------------
+
+    async def write_chunk(
+        self,
+        entry: CacheEntry,
+        index: int,
+        data: bytes | bytearray | memoryview,
+        sha256: str | None,
+    ) -> None:
+        """Write chunk `index` and record it in the index (data first, then the record).
+
+        `sha256` is the chunk's hex sha256, computed by the caller from the bytes it received
+        (the swarm's chunk table); it is stored so this node can vouch for the chunk later.
+        """
+        if len(data) != entry.layout.length(index):
+            raise ValueError(
+                f"chunk {index} of {entry.digest}: {len(data)} bytes, "
+                f"want {entry.layout.length(index)}"
+            )
+        offset = entry.layout.offset(index)
+        started = time.perf_counter()
+        try:
+            fd = self._files.open_file(
+                str(entry.data_path), write=True, create=False, direct=self._direct
+            )
+            try:
+                await self._engine.write(fd, offset, data)
+            finally:
+                self._files.close_file(fd)
+            checksum = chunk_checksum(data)
+            table = sha256 or "-"
+            self._append_index(entry, f"c {index} {len(data)} {checksum:016x} {table}\n")
+        except OSError as exc:
+            self._observer.disk(
+                FILEWRITE, str(entry.data_path), offset, failure_size(exc), _since(started)
+            )
+            raise
+        self._observer.disk(FILEWRITE, str(entry.data_path), offset, len(data), _since(started))
+        entry.checksums[index] = checksum
+        if sha256 is not None:
+            entry.sha256[index] = sha256
+
+    def new_buffer(self, n: int) -> bytearray | memoryview:
+        """A buffer for one chunk, aligned for O_DIRECT when the cache uses it (so writing it
+        needs no copy)."""
+        return self._files.alloc_buffer(n) if self._direct else bytearray(n)
+
+    async def read_chunk(self, entry: CacheEntry, index: int) -> bytes | memoryview:
+        """Read chunk `index`, checked against its checksum; a bad chunk drops the layer.
+
+        A file that vanished or cannot be read counts as corrupt too: the layer is dropped and
+        fetched again, never served from a half-present cache.
+        """
+        expected = entry.checksums.get(index)
+        if expected is None:
+            raise KeyError(f"chunk {index} of {entry.digest} is not in the cache")
+        length = entry.layout.length(index)
+        offset = entry.layout.offset(index)
+        path = str(entry.data_path)
+        started = time.perf_counter()
+        try:
+            fd = self._files.open_file(path, write=False, create=False, direct=self._direct)
+            try:
+                data = await self._engine.read(fd, offset, length)
+            finally:
+                self._files.close_file(fd)
+        except OSError as exc:
+            self._observer.disk(FILEREAD, path, offset, failure_size(exc), _since(started))
+            self._corrupt(entry, index, f"unreadable: {exc}")
+            raise ChunkCorrupt(f"chunk {index} of {entry.digest} is unreadable: {exc}") from exc
+        if len(data) != length or chunk_checksum(data) != expected:
+            self._observer.disk(FILEREAD, path, offset, -1, _since(started))
+            self._corrupt(entry, index, "failed its checksum")
+            raise ChunkCorrupt(f"chunk {index} of {entry.digest} is corrupt on disk")
+        self._observer.disk(FILEREAD, path, offset, length, _since(started))
+        return data
+
+    def _corrupt(self, entry: CacheEntry, index: int, why: str) -> None:
+        self.corrupt_chunks += 1
+        log.error("cache: chunk %d of %s %s; dropping the layer", index, entry.digest, why)
+        self.drop(entry)
+
+    def commit(self, entry: CacheEntry) -> None:
+        """Mark a fully written layer as verified against its digest: from now on it is served."""
+        if len(entry.checksums) != entry.layout.count:
+            raise ValueError(
+                f"{entry.digest}: commit with {len(entry.checksums)} of {entry.layout.count} chunks"
+            )
+        self._append_index(entry, "v\n")
+        entry.verified = True
+
+    def _append_index(self, entry: CacheEntry, line: str) -> None:
+        # One small O_APPEND write per record: a crash leaves at most one torn last line.
+        fd = os.open(entry.index_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            os.write(fd, line.encode("ascii"))
+        finally:
+            os.close(fd)
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "capacity": self.capacity,
+            "used": self.used,
+            "layers": len(self._entries),
+            "pinned": sum(1 for e in self._entries.values() if e.pins),
+            "evictions": self.evictions,
+            "corrupt_chunks": self.corrupt_chunks,
+            "write_errors": self.write_errors,
+        }
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started

@@ -1,0 +1,338 @@
+"""A small HTTP/1.1 client: h11 on trio, keep-alive pool, TLS, streamed bodies.
+
+Nothing registry-specific lives here (retries, redirects and auth are in `agent.registry.client`).
+A response is an async context manager: leaving it after the body was fully read returns the
+connection to the pool; leaving it early closes the connection, so a half-read body can never
+leak into the next request.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[bytes, bytes]]
+RECEIVE_SIZE = 256 * 1024
+MAX_IDLE_PER_ORIGIN = 16
+MAX_RESPONSE_HEADER_BYTES = 64 * 1024
+
+
+class HttpClientError(Exception):
+    """The connection failed (refused, reset, timed out, TLS, or a protocol violation)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_url(cls, url: str) -> Origin:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"unsupported URL {url!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return cls(scheme=parts.scheme, host=parts.hostname, port=port)
+
+    @property
+    def host_header(self) -> bytes:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return (host if self.port == default else f"{host}:{self.port}").encode()
+
+
+def request_target(url: str) -> bytes:
+    parts = urlsplit(url)
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    return target.encode()
+
+
+class _PooledConnection:
+    def __init__(self, origin: Origin, stream: trio.abc.Stream) -> None:
+        self.origin = origin
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEADER_BYTES)
+        self.reused = False
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await self.stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+
+class ClientResponse:
+    """Status and headers of an upstream response, with its body as a stream."""
+
+    def __init__(
+        self, conn: _PooledConnection, event: h11.Response, url: str, timeout: float
+    ) -> None:
+        self._conn = conn
+        self.status: int = event.status_code
+        self.headers: Headers = [(k.lower(), v) for k, v in event.headers]
+        self.url = url
+        self._timeout = timeout
+        self.complete = False
+        self._raw_remaining: int | None = None
+        self._raw_pending = memoryview(b"")
+
+    def header(self, name: str) -> str | None:
+        key = name.lower().encode()
+        for k, v in self.headers:
+            if k == key:
+                return v.decode("latin-1")
+        return None
+
+    def header_lines(self, name: str) -> list[bytes]:
+        key = name.lower().encode()
+        return [v for k, v in self.headers if k == key]
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.header("content-length")
+        if value is None or not value.strip().isdigit():
+            return None
+        return int(value)
+
+    async def iter_body(self) -> AsyncIterator[bytes]:
+        """Yield body pieces as they arrive; each wait is bounded by the read timeout."""
+        conn = self._conn
+        while not self.complete:
+            try:
+                event = conn.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise HttpClientError(f"bad response from {self.url}: {exc}") from exc
+            if event is h11.NEED_DATA:
+                try:
+                    with trio.fail_after(self._timeout):
+                        data = await conn.stream.receive_some(RECEIVE_SIZE)
+                except trio.TooSlowError as exc:
+                    raise HttpClientError(f"read from {self.url} timed out") from exc
+                except (trio.BrokenResourceError, OSError, ssl.SSLError) as exc:
+                    raise HttpClientError(f"read from {self.url} failed: {exc}") from exc
+                try:
+                    conn.h11.receive_data(data)
+                except h11.RemoteProtocolError as exc:
+                    raise HttpClientError(f"bad response from {self.url}: {exc}") from exc
+                continue
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self.complete = True
+            elif isinstance(event, h11.ConnectionClosed):
+                raise HttpClientError(f"{self.url} closed the connection mid-body")
+            else:
+                raise HttpClientError(f"unexpected event from {self.url}: {event!r}")
+
+    async def receive_into(self, view: memoryview) -> int:
+        """Copy the next body bytes straight into `view`; 0 once the body is complete.
+
+        Blob bodies are hundreds of MiB: reading them through h11 costs several copies per
+        byte, so bodies with a Content-Length are read from the socket directly (recv_into on
+        plain TCP). The connection is then closed rather than reused, since h11 no longer
+        knows where the message ended.
+        """
+        if self._raw_remaining is None:
+            length = self.content_length
+            if length is None:
+                raise HttpClientError(f"{self.url}: raw body read needs a Content-Length")
+            self._raw_remaining = length
+            self._raw_pending = memoryview(self._conn.h11.trailing_data[0])
+        if self._raw_remaining == 0:
+            return 0
+        want = min(len(view), self._raw_remaining)
+        if len(self._raw_pending):
+            n = min(want, len(self._raw_pending))
+            view[:n] = self._raw_pending[:n]
+            self._raw_pending = self._raw_pending[n:]
+        else:
+            n = await self._receive_raw(view[:want])
+        self._raw_remaining -= n
+        return n
+
+    async def _receive_raw(self, view: memoryview) -> int:
+        stream = self._conn.stream
+        try:
+            with trio.fail_after(self._timeout):
+                if isinstance(stream, trio.SocketStream):
+                    n = await stream.socket.recv_into(view, len(view))
+                else:
+                    data = await stream.receive_some(len(view))
+                    n = len(data)
+                    view[:n] = data
+        except trio.TooSlowError as exc:
+            raise HttpClientError(f"read from {self.url} timed out") from exc
+        except (trio.BrokenResourceError, OSError, ssl.SSLError) as exc:
+            raise HttpClientError(f"read from {self.url} failed: {exc}") from exc
+        if n == 0:
+            raise HttpClientError(f"{self.url} closed the connection mid-body")
+        return n
+
+    async def read_all(self, limit: int) -> bytes:
+        """The whole body, refusing more than `limit` bytes (manifests, error bodies)."""
+        parts: list[bytes] = []
+        total = 0
+        async for piece in self.iter_body():
+            total += len(piece)
+            if total > limit:
+                raise HttpClientError(f"body from {self.url} larger than {limit} bytes")
+            parts.append(piece)
+        return b"".join(parts)
+
+
+class HttpClient:
+    """Connection pool keyed by origin; one instance per process."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, timeout: float) -> None:
+        self._ssl_context = ssl_context
+        self._timeout = timeout
+        self._idle: dict[Origin, list[_PooledConnection]] = {}
+
+    def statistics(self) -> dict[str, int]:
+        return {"idle_connections": sum(len(v) for v in self._idle.values())}
+
+    async def _connect(self, origin: Origin) -> _PooledConnection:
+        try:
+            with trio.fail_after(self._timeout):
+                stream: trio.abc.Stream = await trio.open_tcp_stream(origin.host, origin.port)
+                if origin.scheme == "https":
+                    tls = trio.SSLStream(
+                        stream,
+                        self._ssl_context,
+                        server_hostname=origin.host,
+                        https_compatible=True,
+                    )
+                    await tls.do_handshake()
+                    stream = tls
+        except trio.TooSlowError as exc:
+            raise HttpClientError(f"connect to {origin.host}:{origin.port} timed out") from exc
+        except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
+            raise HttpClientError(f"connect to {origin.host}:{origin.port} failed: {exc}") from exc
+        return _PooledConnection(origin, stream)
+
+    def _checkout(self, origin: Origin) -> _PooledConnection | None:
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if conn.h11.our_state is h11.IDLE and conn.h11.their_state is h11.IDLE:
+                conn.reused = True
+                return conn
+        return None
+
+    async def _checkin(self, conn: _PooledConnection) -> None:
+        try:
+            conn.h11.start_next_cycle()
+        except h11.LocalProtocolError:
+            await conn.aclose()
+            return
+        idle = self._idle.setdefault(conn.origin, [])
+        if len(idle) >= MAX_IDLE_PER_ORIGIN:
+            await conn.aclose()
+            return
+        idle.append(conn)
+
+    async def aclose(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                await conn.aclose()
+        self._idle.clear()
+
+    @asynccontextmanager
+    async def request(
+        self, method: str, url: str, headers: Headers, *, body: bytes = b""
+    ) -> AsyncIterator[ClientResponse]:
+        """Send a request (with a small in-memory `body`, for the Kubernetes API) and yield
+        the response; the response body is read by the caller."""
+        origin = Origin.from_url(url)
+        target = request_target(url)
+        all_headers = [(b"host", origin.host_header), *headers]
+        if body and not any(k.lower() == b"content-length" for k, _ in headers):
+            all_headers.append((b"content-length", str(len(body)).encode()))
+        conn = self._checkout(origin)
+        if conn is not None:
+            try:
+                event = await self._exchange(conn, method, target, all_headers, url, body)
+            except HttpClientError as exc:
+                # A pooled connection the server closed while idle: one fresh attempt.
+                log.debug("stale pooled connection to %s: %s", url, exc)
+                await conn.aclose()
+                conn = None
+        if conn is None:
+            conn = await self._connect(origin)
+            try:
+                event = await self._exchange(conn, method, target, all_headers, url, body)
+            except BaseException:
+                await conn.aclose()
+                raise
+        response = ClientResponse(conn, event, url, self._timeout)
+        if method == "HEAD":
+            # h11 frames a HEAD response as empty; collect its EndOfMessage now.
+            try:
+                async for _ in response.iter_body():
+                    pass
+            except BaseException:
+                await conn.aclose()
+                raise
+        try:
+            yield response
+        except BaseException:
+            await conn.aclose()
+            raise
+        if response.complete:
+            await self._checkin(conn)
+        else:
+            await conn.aclose()
+
+    async def _exchange(
+        self,
+        conn: _PooledConnection,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        url: str,
+        body: bytes = b"",
+    ) -> h11.Response:
+        try:
+            data = conn.h11.send(h11.Request(method=method, target=target, headers=headers))
+            if body:
+                data += conn.h11.send(h11.Data(data=body))
+            data += conn.h11.send(h11.EndOfMessage())
+            with trio.fail_after(self._timeout):
+                await conn.stream.send_all(data)
+                while True:
+                    event = conn.h11.next_event()
+                    if event is h11.NEED_DATA:
+                        chunk = await conn.stream.receive_some(RECEIVE_SIZE)
+                        conn.h11.receive_data(chunk)
+                        continue
+                    if isinstance(event, h11.InformationalResponse):
+                        continue
+                    if isinstance(event, h11.Response):
+                        return event
+                    raise HttpClientError(f"{url}: connection closed before a response")
+        except trio.TooSlowError as exc:
+            raise HttpClientError(f"{url}: no response within {self._timeout}s") from exc
+        except (OSError, trio.BrokenResourceError, ssl.SSLError, h11.ProtocolError) as exc:
+            raise HttpClientError(f"{url}: {exc}") from exc
+
+
+def make_client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """System CAs plus the operator's extra bundle (``upstreamCAFile``)."""
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    context.set_alpn_protocols(["http/1.1"])
+    return context

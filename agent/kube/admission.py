@@ -1,0 +1,559 @@
+"""The admission webhook's decisions, without I/O: an AdmissionReview in, a JSONPatch and the
+pull secrets it needs out.
+
+Theory of operation
+-------------------
+The API server calls the webhook only for pods that asked for P2P (SPEC.md: a namespace or a
+pod labelled ``k8s.aliyun.com/image-accelerate-mode: p2p``, two webhook entries), so what to
+do with a pod is a pure function of the review and the settings -- `review_decision`. It
+
+- leaves alone the webhook's own namespace, kube-system, a pod whose own label says anything
+  but ``p2p`` (an opt-out), and a pod that already carries the ``p2p-config`` annotation (it
+  was rewritten before: re-invocation changes nothing);
+- rewrites the image of every container, init container and ephemeral container whose
+  registry host matches ``webhook.registries`` to ``<first label>.distributed.<rest of
+  host>:<endpointPort>/<path>``, keeping the tag and the digest;
+- adds the two annotations (``p2p-config`` records every original image) and appends
+  ``acr-credential-S-p2p`` to ``imagePullSecrets`` for each pull secret ``S``.
+
+The pull secrets themselves are written by the caller (agent/kube/webhook.py) *before* it answers,
+from `Decision.secrets`; `derive_secret` computes the wanted copy of ``S`` (its registry keys
+changed to the P2P hosts) and `secret_differs` says whether the stored one must be updated,
+so the copy follows ``S`` whenever a pod using it is admitted. A review that is not a
+well-formed admission.k8s.io/v1 AdmissionReview raises `ReviewError` (HTTP 400).
+
+Image references follow Docker's normalisation: a first path component containing ``.`` or
+``:`` (or ``localhost``) is the registry host; otherwise the host is ``docker.io`` and a
+one-component path gets ``library/``.  The original's port is not kept in the P2P name (the
+name carries the agent's port); the agent finds the registry by host name
+(agent/registry/upstreams.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CONFIG_ANNOTATION",
+    "CONTAINER_KINDS",
+    "DISTRIBUTED_LABEL",
+    "LABEL",
+    "MANAGED_BY",
+    "MODE",
+    "SOURCE_ANNOTATION",
+    "SYSTEM_NAMESPACES",
+    "AdmissionSettings",
+    "Decision",
+    "DeriveError",
+    "ImageRef",
+    "ReviewError",
+    "SecretPlan",
+    "allowed_response",
+    "derive_secret",
+    "host_matches",
+    "p2p_host",
+    "p2p_secret_name",
+    "parse_image",
+    "review_decision",
+    "rewrite_image",
+    "secret_differs",
+]
+
+LABEL = "k8s.aliyun.com/image-accelerate-mode"
+MODE = "p2p"
+CONFIG_ANNOTATION = "k8s.aliyun.com/p2p-config"
+DISTRIBUTED_LABEL = "distributed"
+SYSTEM_NAMESPACES = ("kube-system",)
+CONTAINER_KINDS = ("initContainers", "containers", "ephemeralContainers")
+EPHEMERAL_SUBRESOURCE = "ephemeralcontainers"
+REVIEW_API_VERSION = "admission.k8s.io/v1"
+MANAGED_BY = ("app.kubernetes.io/managed-by", "pollen")
+SOURCE_ANNOTATION = "pollen.io/source-secret"
+DOCKER_HUB = "docker.io"
+_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+_MAX_NAME = 253
+
+
+class ReviewError(ValueError):
+    """The request is not a well-formed AdmissionReview; the message is the 400's reason."""
+
+
+class DeriveError(ValueError):
+    """A pull secret cannot be copied for the P2P hosts (wrong type, unreadable data)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdmissionSettings:
+    """What the decision depends on besides the pod: `webhook.*` keys and our namespace."""
+
+    registries: tuple[str, ...]
+    endpoint_port: int
+    own_namespace: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Image references and host names
+
+_LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_PATH_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A parsed image reference; `host` is lower-case `host[:port]`, `docker.io` when implied."""
+
+    host: str
+    path: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def hostname(self) -> str:
+        return self.host.rsplit(":", 1)[0] if ":" in self.host else self.host
+
+    def with_host(self, host: str) -> str:
+        text = f"{host}/{self.path}"
+        if self.tag is not None:
+            text += f":{self.tag}"
+        if self.digest is not None:
+            text += f"@{self.digest}"
+        return text
+
+
+def _valid_hostport(host: str) -> bool:
+    name, sep, port = host.partition(":")
+    if sep and not (_PORT_RE.fullmatch(port) and 1 <= int(port) <= 65535):
+        return False
+    return all(_LABEL_RE.fullmatch(label) for label in name.split("."))
+
+
+def parse_image(reference: str) -> ImageRef:
+    """Split an image reference into host, path, tag and digest; ValueError if malformed.
+
+    Registry hosts that are IP literals in brackets are not handled (they are never eligible).
+    """
+    if not isinstance(reference, str) or not reference or reference != reference.strip():
+        raise ValueError(f"not an image reference: {reference!r}")
+    rest, at, digest = reference.partition("@")
+    if at and not _DIGEST_RE.fullmatch(digest):
+        raise ValueError(f"bad digest in {reference!r}")
+    first, slash, remainder = rest.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        host = first.lower()
+        if not _valid_hostport(host):
+            raise ValueError(f"bad registry host in {reference!r}")
+        name = remainder
+    else:
+        host, name = DOCKER_HUB, rest
+    tag: str | None = None
+    last_slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > last_slash:
+        name, tag = name[:colon], name[colon + 1 :]
+        if not _TAG_RE.fullmatch(tag):
+            raise ValueError(f"bad tag in {reference!r}")
+    components = name.split("/")
+    if not name or not all(_PATH_COMPONENT_RE.fullmatch(c) for c in components):
+        raise ValueError(f"bad repository name in {reference!r}")
+    if host == DOCKER_HUB and len(components) == 1:
+        name = f"library/{name}"
+    return ImageRef(host=host, path=name, tag=tag, digest=digest if at else None)
+
+
+def _is_p2p_hostname(hostname: str) -> bool:
+    """True for a name the webhook wrote: the label `distributed` anywhere but first."""
+    return DISTRIBUTED_LABEL in hostname.split(".")[1:]
+
+
+def host_matches(host: str, patterns: Sequence[str]) -> bool:
+    """Does `host[:port]` match any of `webhook.registries`?
+
+    `*.example.com` matches names with one or more labels before `example.com`; a pattern
+    without a port matches the host on any port, one with a port only that port.
+    """
+    host = host.lower()
+    hostname, _, port = host.partition(":")
+    for pattern in patterns:
+        p_host, p_sep, p_port = pattern.lower().partition(":")
+        if p_sep and p_port != port:
+            continue
+        if p_host.startswith("*."):
+            if hostname.endswith(p_host[1:]) and len(hostname) > len(p_host) - 1:
+                return True
+        elif hostname == p_host:
+            return True
+    return False
+
+
+def p2p_host(host: str, endpoint_port: int) -> str | None:
+    """`a.b.c[:port]` -> `a.distributed.b.c:<endpoint_port>`; None when the host cannot carry
+    the label (an IP literal, a single label, or a name that already carries it)."""
+    hostname = host.lower().partition(":")[0]
+    labels = hostname.split(".")
+    if len(labels) < 2 or re.fullmatch(r"[0-9.]+", hostname) or _is_p2p_hostname(hostname):
+        return None
+    if not all(_LABEL_RE.fullmatch(label) for label in labels):
+        return None
+    return ".".join([labels[0], DISTRIBUTED_LABEL, *labels[1:]]) + f":{endpoint_port}"
+
+
+def rewrite_image(image: object, settings: AdmissionSettings) -> str | None:
+    """The P2P form of an eligible image, or None to leave it as it is."""
+    if not isinstance(image, str):
+        return None
+    try:
+        ref = parse_image(image)
+    except ValueError:
+        return None
+    if not host_matches(ref.host, settings.registries):
+        return None
+    new_host = p2p_host(ref.host, settings.endpoint_port)
+    return None if new_host is None else ref.with_host(new_host)
+
+
+def p2p_secret_name(source: str) -> str:
+    return f"acr-credential-{source}-p2p"
+
+
+# --------------------------------------------------------------------------------------------
+# The decision
+
+
+@dataclass(frozen=True)
+class SecretPlan:
+    """A pull secret to write before answering: `target` in `namespace`, copied from `source`."""
+
+    namespace: str
+    source: str
+    target: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """What to answer. An empty `patch` means "allowed, unchanged" and `reason` says why."""
+
+    uid: str
+    patch: tuple[dict[str, Any], ...] = ()
+    secrets: tuple[SecretPlan, ...] = ()
+    reason: str = ""
+    dry_run: bool = False
+    namespace: str = ""
+    pod: str = ""
+    rewritten: tuple[tuple[str, str], ...] = field(default=())
+
+    def response(self) -> dict[str, Any]:
+        """The AdmissionReview to send back, with the patch (if any)."""
+        if not self.patch:
+            return allowed_response(self.uid)
+        body = allowed_response(self.uid)
+        patch = json.dumps(list(self.patch), separators=(",", ":")).encode()
+        body["response"]["patchType"] = "JSONPatch"
+        body["response"]["patch"] = base64.b64encode(patch).decode("ascii")
+        return body
+
+
+def allowed_response(uid: str, warning: str | None = None) -> dict[str, Any]:
+    """An AdmissionReview allowing the object unchanged (with a warning kubectl shows)."""
+    response: dict[str, Any] = {"uid": uid, "allowed": True}
+    if warning:
+        response["warnings"] = [warning]
+    return {"apiVersion": REVIEW_API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+def _pointer(*parts: str | int) -> str:
+    """A JSON pointer (RFC 6901) from path parts."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _mapping(value: object, what: str, *, optional: bool = True) -> dict[str, Any]:
+    if value is None and optional:
+        return {}
+    if not isinstance(value, dict):
+        raise ReviewError(f"{what} must be an object")
+    return value
+
+
+def _string_map(value: object, what: str) -> dict[str, str]:
+    found = _mapping(value, what)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in found.items()):
+        raise ReviewError(f"{what} must map strings to strings")
+    return found
+
+
+def _containers(spec: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    value = spec.get(kind)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
+        raise ReviewError(f"spec.{kind} must be a list of objects")
+    for c in value:
+        if not isinstance(c.get("name"), str):
+            raise ReviewError(f"spec.{kind}[].name must be a string")
+        if "image" in c and not isinstance(c["image"], str):
+            raise ReviewError(f"spec.{kind}[].image must be a string")
+    return value
+
+
+def _pull_secret_names(spec: dict[str, Any]) -> list[str]:
+    value = spec.get("imagePullSecrets")
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(s, dict) for s in value):
+        raise ReviewError("spec.imagePullSecrets must be a list of objects")
+    names = []
+    for s in value:
+        name = s.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ReviewError("spec.imagePullSecrets[].name must be a string")
+        if name:
+            names.append(name)
+    return names
+
+
+def _parse_review(review: object) -> tuple[dict[str, Any], str]:
+    """Check the envelope; return (request, uid)."""
+    if not isinstance(review, dict):
+        raise ReviewError("body must be a JSON object (an AdmissionReview)")
+    if review.get("apiVersion") != REVIEW_API_VERSION or review.get("kind") != "AdmissionReview":
+        raise ReviewError(f"expected kind AdmissionReview, apiVersion {REVIEW_API_VERSION}")
+    request = review.get("request")
+    if not isinstance(request, dict):
+        raise ReviewError("AdmissionReview.request must be an object")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise ReviewError("AdmissionReview.request.uid must be a non-empty string")
+    return request, uid
+
+
+def review_decision(review: object, settings: AdmissionSettings) -> Decision:
+    """Decide what to do with one AdmissionReview (see the module docstring)."""
+    request, uid = _parse_review(review)
+    kind = _mapping(request.get("kind"), "request.kind")
+    resource = _mapping(request.get("resource"), "request.resource")
+    sub = request.get("subResource") or ""
+    operation = request.get("operation")
+    dry_run = request.get("dryRun") is True
+    if (kind.get("group", ""), kind.get("kind")) != ("", "Pod") or resource.get(
+        "resource"
+    ) != "pods":
+        return Decision(uid=uid, reason="not a pod")
+    ephemeral = operation == "UPDATE" and sub == EPHEMERAL_SUBRESOURCE
+    if not (operation == "CREATE" and not sub) and not ephemeral:
+        return Decision(uid=uid, reason=f"operation {operation} {sub or ''} is not rewritten")
+
+    pod = request.get("object")
+    if not isinstance(pod, dict):
+        raise ReviewError("AdmissionReview.request.object must be a Pod object")
+    metadata = _mapping(pod.get("metadata"), "object.metadata")
+    spec = _mapping(pod.get("spec"), "object.spec", optional=False)
+    labels = _string_map(metadata.get("labels"), "object.metadata.labels")
+    annotations = _string_map(metadata.get("annotations"), "object.metadata.annotations")
+    containers = {k: _containers(spec, k) for k in CONTAINER_KINDS}
+    if not containers["containers"]:
+        raise ReviewError("object.spec.containers must list at least one container")
+    secrets = _pull_secret_names(spec)
+    namespace = request.get("namespace") or metadata.get("namespace") or ""
+    if not isinstance(namespace, str):
+        raise ReviewError("request.namespace must be a string")
+    name = metadata.get("name") or metadata.get("generateName") or ""
+    base = {"uid": uid, "dry_run": dry_run, "namespace": namespace, "pod": str(name)}
+
+    if namespace in SYSTEM_NAMESPACES or (
+        settings.own_namespace and namespace == settings.own_namespace
+    ):
+        return Decision(**base, reason=f"namespace {namespace} is never rewritten")
+    if labels.get(LABEL, MODE) != MODE:
+        return Decision(**base, reason=f"pod label {LABEL}={labels[LABEL]} opts out")
+    already = CONFIG_ANNOTATION in annotations
+    if ephemeral != already:
+        # CREATE: already rewritten, leave alone. Ephemeral UPDATE: only for rewritten pods,
+        # whose P2P pull secrets are already in place.
+        why = "already rewritten" if already else "pod was not rewritten at creation"
+        return Decision(**base, reason=why)
+
+    kinds = ("ephemeralContainers",) if ephemeral else CONTAINER_KINDS
+    ops: list[dict[str, Any]] = []
+    rewritten: list[tuple[str, str]] = []
+    record: list[dict[str, str]] = []
+    for k in kinds:
+        for i, c in enumerate(containers[k]):
+            new = rewrite_image(c.get("image"), settings)
+            if new is None:
+                continue
+            ops.append({"op": "replace", "path": _pointer("spec", k, i, "image"), "value": new})
+            rewritten.append((c["image"], new))
+            record.append({"kind": k, "name": c["name"], "original": c["image"], "p2p": new})
+    if not ops:
+        return Decision(**base, reason="no image from a P2P registry")
+
+    unique_sources = [s for i, s in enumerate(secrets) if s not in secrets[:i]]
+    sources = [
+        s for s in unique_sources if not (s.startswith("acr-credential-") and s.endswith("-p2p"))
+    ]
+    plans = []
+    for source in sources:
+        target = p2p_secret_name(source)
+        if len(target) > _MAX_NAME:
+            return Decision(**base, reason=f"pull secret name {source!r} is too long to copy")
+        plans.append(SecretPlan(namespace, source, target))
+    if not ephemeral:
+        new_secrets = [p.target for p in plans if p.target not in secrets]
+        if new_secrets and "imagePullSecrets" not in spec:
+            ops.append(
+                {
+                    "op": "add",
+                    "path": "/spec/imagePullSecrets",
+                    "value": [{"name": n} for n in new_secrets],
+                }
+            )
+        else:
+            ops += [
+                {"op": "add", "path": "/spec/imagePullSecrets/-", "value": {"name": n}}
+                for n in new_secrets
+            ]
+        config = {
+            "version": 1,
+            "endpointPort": settings.endpoint_port,
+            "images": record,
+            "pullSecrets": {p.source: p.target for p in plans},
+        }
+        added = {LABEL: MODE, CONFIG_ANNOTATION: json.dumps(config, separators=(",", ":"))}
+        if "annotations" not in metadata or metadata.get("annotations") is None:
+            op = "add" if "annotations" not in metadata else "replace"
+            ops.append({"op": op, "path": "/metadata/annotations", "value": added})
+        else:
+            ops += [
+                {"op": "add", "path": _pointer("metadata", "annotations", k), "value": v}
+                for k, v in added.items()
+            ]
+    return Decision(
+        **base,
+        patch=tuple(ops),
+        secrets=tuple(plans),
+        reason=f"{len(rewritten)} image(s) rewritten",
+        rewritten=tuple(rewritten),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Pull secrets
+
+_DOCKERCONFIGJSON = ("kubernetes.io/dockerconfigjson", ".dockerconfigjson")
+_DOCKERCFG = ("kubernetes.io/dockercfg", ".dockercfg")
+
+
+def _key_host(key: str) -> str:
+    """A docker config key (`host`, `https://host/v1/`, `host:port/path`) -> `host[:port]`."""
+    text = key.strip().lower()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    return text.split("/", 1)[0]
+
+
+def _p2p_keys(key: str, settings: AdmissionSettings) -> list[str]:
+    """The P2P hosts that should carry the credentials stored under `key`."""
+    host = _key_host(key)
+    candidates = ["docker.io", "index.docker.io"] if host in _HUB_ALIASES else [host]
+    found = []
+    for candidate in candidates:
+        if host_matches(candidate, settings.registries):
+            new = p2p_host(candidate, settings.endpoint_port)
+            if new is not None and new not in found:
+                found.append(new)
+    return found
+
+
+def _decode(data: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
+    raw = data.get(key)
+    if not isinstance(raw, str):
+        raise DeriveError(f"secret {source} has no {key} data")
+    try:
+        parsed = json.loads(base64.b64decode(raw, validate=True))
+    except (binascii.Error, ValueError) as exc:
+        raise DeriveError(f"secret {source}: {key} is not base64 JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise DeriveError(f"secret {source}: {key} is not a JSON object")
+    return parsed
+
+
+def _encode(value: object) -> str:
+    return base64.b64encode(json.dumps(value, sort_keys=True).encode()).decode("ascii")
+
+
+def derive_secret(
+    source: Mapping[str, Any], plan: SecretPlan, settings: AdmissionSettings
+) -> dict[str, Any]:
+    """The P2P copy of pull secret `source` (a Secret as the API returns it): the same type
+    and credentials, with every registry key that matches `webhook.registries` moved to its
+    P2P host. Keys for other registries are left out (the pod keeps `source` for them)."""
+    secret_type = source.get("type")
+    data = source.get("data") or {}
+    if not isinstance(data, Mapping):
+        raise DeriveError(f"secret {plan.source} has malformed data")
+    if secret_type == _DOCKERCONFIGJSON[0]:
+        config = _decode(data, _DOCKERCONFIGJSON[1], plan.source)
+        auths = config.get("auths", {})
+        if not isinstance(auths, dict):
+            raise DeriveError(f"secret {plan.source}: auths is not an object")
+        new_auths = {k2: v for k, v in auths.items() for k2 in _p2p_keys(k, settings)}
+        payload = {_DOCKERCONFIGJSON[1]: _encode({"auths": new_auths})}
+    elif secret_type == _DOCKERCFG[0]:
+        config = _decode(data, _DOCKERCFG[1], plan.source)
+        payload = {
+            _DOCKERCFG[1]: _encode(
+                {k2: v for k, v in config.items() for k2 in _p2p_keys(k, settings)}
+            )
+        }
+    else:
+        raise DeriveError(
+            f"secret {plan.source} has type {secret_type!r}, not a docker config pull secret"
+        )
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": plan.target,
+            "namespace": plan.namespace,
+            "labels": {MANAGED_BY[0]: MANAGED_BY[1]},
+            "annotations": {SOURCE_ANNOTATION: plan.source},
+        },
+        "type": secret_type,
+        "data": payload,
+    }
+
+
+def secret_differs(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether the stored copy must be updated: its data, or our label/annotation, differ."""
+    if existing.get("data") != desired["data"]:
+        return True
+    meta = existing.get("metadata") or {}
+    want = desired["metadata"]
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    return any(labels.get(k) != v for k, v in want["labels"].items()) or any(
+        annotations.get(k) != v for k, v in want["annotations"].items()
+    )
+
+
+def merged_secret(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """`existing` with `desired`'s data, label and annotation, for an update (PUT) that keeps
+    the resourceVersion (optimistic concurrency) and anything else others put there."""
+    meta = dict(existing.get("metadata") or {})
+    meta["labels"] = {**(meta.get("labels") or {}), **desired["metadata"]["labels"]}
+    meta["annotations"] = {
+        **(meta.get("annotations") or {}),
+        **desired["metadata"]["annotations"],
+    }
+    out = dict(existing)
+    out["metadata"] = meta
+    out["data"] = desired["data"]
+    return out

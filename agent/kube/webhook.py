@@ -1,0 +1,287 @@
+"""`pollen webhook`: the mutating admission webhook's HTTPS server.
+
+Routes (one function, `AdmissionWebhook.handle`): ``POST /mutate`` answers an
+admission.k8s.io/v1 AdmissionReview; ``GET /healthz`` (alive), ``GET /readyz`` (serving) and
+``GET /_pollen/status`` (the counters, to loopback clients).
+
+What a review becomes is decided without I/O by `agent.kube.admission.review_decision`. When it
+rewrites a pod, the P2P pull secrets it names (``acr-credential-S-p2p``) are created or
+brought up to date through the Kubernetes API *before* the answer goes out, so the kubelet
+never looks for a secret that is not there yet. Each admission re-derives the copy from the
+current ``S`` and updates it when it differs: that is how the copy follows ``S`` (a changed
+password reaches the copy with the next pod that uses it; running pods do not pull again).
+If a secret cannot be read or written in time, the pod is admitted unchanged -- with its
+original images, which it can pull as before -- and the failure is logged, counted in
+`statistics()` and returned to the client as an admission warning. A ``dryRun`` review gets
+the same patch with no API call at all (the webhook declares ``sideEffects: NoneOnDryRun``).
+A malformed review gets HTTP 400 with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import ssl
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agent.core.config import Config
+from agent.http.server import (
+    HttpServer,
+    Request,
+    Response,
+    ServerSettings,
+    listener_port,
+    open_listeners,
+)
+from agent.kube.admission import (
+    AdmissionSettings,
+    Decision,
+    DeriveError,
+    ReviewError,
+    SecretPlan,
+    allowed_response,
+    derive_secret,
+    merged_secret,
+    review_decision,
+    secret_differs,
+)
+from agent.kube.api import SERVICE_ACCOUNT_DIR, KubeAPI, KubeError
+
+log = logging.getLogger(__name__)
+
+MAX_REVIEW_BYTES = 4 * 1024 * 1024  # a Pod with many containers and a long annotation
+SECRET_TIMEOUT = 5.0  # well inside the webhook's timeoutSeconds (10 in the manifests)
+
+
+def json_response(status: int, payload: object) -> Response:
+    body = json.dumps(payload).encode()
+    return Response(
+        status=status,
+        headers=[
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        body=body,
+    )
+
+
+def _error(status: int, message: str) -> Response:
+    return json_response(status, {"error": message})
+
+
+class AdmissionWebhook:
+    """The application behind the webhook port."""
+
+    def __init__(
+        self, settings: AdmissionSettings, api: KubeAPI, *, secret_timeout: float = SECRET_TIMEOUT
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.secret_timeout = secret_timeout
+        self.ready = False
+        self.counts: Counter[str] = Counter()
+        self._locks: dict[tuple[str, str], trio.Lock] = {}
+
+    def statistics(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    def status(self) -> dict[str, object]:
+        """What `GET /_pollen/status` shows (loopback only, e.g. through kubectl port-forward):
+        the counters -- rewritten, unchanged, dry_run, bad_requests, secret_failures,
+        secrets_created, secrets_updated."""
+        return {"counts": self.statistics()}
+
+    async def handle(self, request: Request) -> Response:
+        path = request.target.split("?", 1)[0]
+        if path == "/healthz":
+            return json_response(200, {"status": "alive"})
+        if path == "/readyz":
+            if self.ready:
+                return json_response(200, {"status": "ready"})
+            return json_response(503, {"status": "not ready"})
+        if path == "/_pollen/status":
+            if not request.client_is_loopback:
+                return _error(403, "status is answered to loopback clients only")
+            return json_response(200, {"role": "webhook", "ready": self.ready, **self.status()})
+        if path != "/mutate":
+            return _error(404, f"no route {path}")
+        if request.method != "POST":
+            return _error(405, "POST an AdmissionReview to /mutate")
+        try:
+            review = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.counts["bad_requests"] += 1
+            log.info("conn %d: review is not JSON: %s", request.conn_id, exc)
+            return _error(400, f"body is not JSON: {exc}")
+        try:
+            answer = await self.admit(review)
+        except ReviewError as exc:
+            self.counts["bad_requests"] += 1
+            log.info("conn %d: malformed AdmissionReview: %s", request.conn_id, exc)
+            return _error(400, f"malformed AdmissionReview: {exc}")
+        return json_response(200, answer)
+
+    async def admit(self, review: object) -> dict[str, Any]:
+        """The AdmissionReview to answer with; ReviewError when `review` is malformed."""
+        decision = review_decision(review, self.settings)
+        where = f"{decision.namespace}/{decision.pod}"
+        if not decision.patch:
+            self.counts["unchanged"] += 1
+            log.info("review %s %s: unchanged: %s", decision.uid, where, decision.reason)
+            return decision.response()
+        if decision.dry_run:
+            self.counts["dry_run"] += 1
+            log.info("review %s %s: dry run: %s", decision.uid, where, decision.reason)
+            return decision.response()
+        failure = await self._write_secrets(decision)
+        if failure is not None:
+            self.counts["secret_failures"] += 1
+            log.warning(
+                "review %s %s: admitted unchanged, pull secret not written: %s",
+                decision.uid,
+                where,
+                failure,
+            )
+            return allowed_response(
+                decision.uid,
+                f"pollen: P2P not applied, the pod keeps its images: {failure}",
+            )
+        self.counts["rewritten"] += 1
+        log.info(
+            "review %s %s: %s: %s",
+            decision.uid,
+            where,
+            decision.reason,
+            ", ".join(f"{a} -> {b}" for a, b in decision.rewritten),
+        )
+        return decision.response()
+
+    async def _write_secrets(self, decision: Decision) -> str | None:
+        """Create or update every planned secret; a reason on failure, None on success."""
+        with trio.move_on_after(self.secret_timeout):
+            for plan in decision.secrets:
+                try:
+                    await self.sync_secret(plan)
+                except (KubeError, DeriveError) as exc:
+                    return f"{plan.namespace}/{plan.target}: {exc}"
+            return None
+        return f"the Kubernetes API did not answer within {self.secret_timeout:g}s"
+
+    async def sync_secret(self, plan: SecretPlan) -> str:
+        """Make `plan.target` the P2P copy of `plan.source`: 'created', 'updated' or
+        'unchanged'. Serialised per secret in this process; across replicas the API's
+        AlreadyExists / Conflict answers are retried once."""
+        lock = self._locks.setdefault((plan.namespace, plan.target), trio.Lock())
+        async with lock:
+            for attempt in (1, 2):
+                source = await self.api.get_secret(plan.namespace, plan.source)
+                if source is None:
+                    raise KubeError(404, "NotFound", f"pull secret {plan.source} does not exist")
+                desired = derive_secret(source, plan, self.settings)
+                existing = await self.api.get_secret(plan.namespace, plan.target)
+                try:
+                    if existing is None:
+                        await self.api.create_secret(plan.namespace, desired)
+                        outcome = "created"
+                    elif secret_differs(existing, desired):
+                        merged = merged_secret(existing, desired)
+                        await self.api.replace_secret(plan.namespace, plan.target, merged)
+                        outcome = "updated"
+                    else:
+                        return "unchanged"
+                except KubeError as exc:
+                    if exc.status == 409 and attempt == 1:  # another replica got there first
+                        continue
+                    raise
+                self.counts[f"secrets_{outcome}"] += 1
+                log.info(
+                    "secret %s/%s %s from %s", plan.namespace, plan.target, outcome, plan.source
+                )
+                return outcome
+        raise AssertionError("unreachable")
+
+
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def settings_from(config: Config, own_namespace: str) -> AdmissionSettings:
+    return AdmissionSettings(
+        registries=config.webhook_registries,
+        endpoint_port=config.webhook_endpoint_port,
+        own_namespace=own_namespace,
+    )
+
+
+async def serve(
+    config: Config,
+    webhook: AdmissionWebhook,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `webhook` over TLS on webhook.port until SIGTERM/SIGINT, then drain."""
+    context = server_ssl_context(config.tls_cert, config.tls_key)
+    listeners = await open_listeners(config.listen_address, config.webhook_port, context)
+    server = HttpServer(
+        webhook.handle,
+        ServerSettings(
+            read_timeout=config.read_timeout,
+            idle_timeout=config.idle_timeout,
+            max_request_body=MAX_REVIEW_BYTES,
+        ),
+        name="webhook",
+    )
+    port = listener_port(listeners)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, listeners)
+        webhook.ready = True
+        log.info(
+            "webhook serving on port %d (https), registries %s, endpoint port %d",
+            port,
+            ", ".join(config.webhook_registries),
+            config.webhook_endpoint_port,
+        )
+        task_status.started(port)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s: draining", signal.Signals(signum).name)
+                break
+        webhook.ready = False
+        await server.drain(config.shutdown_grace)
+        nursery.cancel_scope.cancel()
+
+
+def run(config: Config, *, account_dir: Path | None = None) -> int:
+    """`pollen webhook`: needs tls.cert/tls.key and a service account (in a pod);
+    `account_dir` replaces the service account mount (tests)."""
+    if not config.tls_cert:
+        log.error(
+            "the webhook needs TLS: set POLLEN_TLS_CERT and POLLEN_TLS_KEY "
+            "(`pollen webhook certs` makes them)"
+        )
+        return 2
+    account = account_dir or SERVICE_ACCOUNT_DIR
+    try:
+        api = KubeAPI.in_cluster(account_dir=account, timeout=SECRET_TIMEOUT)
+    except KubeError as exc:
+        log.error("cannot reach the Kubernetes API: %s", exc.message)
+        return 2
+    webhook = AdmissionWebhook(settings_from(config, KubeAPI.in_cluster_namespace(account)), api)
+
+    async def main() -> None:
+        try:
+            await serve(config, webhook)
+        finally:
+            with trio.CancelScope(shield=True):
+                await api.aclose()
+
+    trio.run(main)
+    return 0

@@ -1,0 +1,66 @@
+"""May this client read this layer? Asked of the upstream, remembered for ``authCacheTTL``.
+
+The cache holds layers of private repositories. Before a cached (or already downloading)
+layer is handed to a client, the upstream is asked with the client's own credentials: a HEAD
+on the blob in the repository the client named. Only "yes" is remembered, keyed by upstream,
+repository, digest and a hash of the credential, so a credential that may read one repository
+never reads another repository's layers through the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+
+import trio
+
+from agent.core.config import Upstream
+from agent.registry.client import RegistryClient, passthrough_error
+from agent.registry.routes import Digest
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[bytes, bytes]]
+MAX_REMEMBERED = 65536
+
+
+def credential_key(headers: Headers) -> str:
+    """A stable hash of the client's Authorization (never the secret itself)."""
+    value = b"\n".join(v for k, v in headers if k == b"authorization")
+    return hashlib.sha256(value).hexdigest()
+
+
+class AuthChecker:
+    def __init__(self, registry: RegistryClient, *, ttl: float) -> None:
+        self._registry = registry
+        self._ttl = ttl
+        self._allowed: OrderedDict[tuple[str, str, str, str], float] = OrderedDict()
+        self.results = {"allowed_cached": 0, "allowed": 0, "denied": 0}
+
+    async def check(
+        self, *, upstream: Upstream, repo: str, digest: Digest, headers: Headers
+    ) -> None:
+        """Return if the upstream lets this credential read the blob; else raise its answer."""
+        key = (upstream.key, repo, str(digest), credential_key(headers))
+        now = trio.current_time()
+        expires = self._allowed.get(key)
+        if expires is not None and expires > now:
+            self.results["allowed_cached"] += 1
+            return
+        auth_headers = [(k, v) for k, v in headers if k in (b"authorization", b"user-agent")]
+        path = f"/v2/{repo}/blobs/{digest}"
+        # A redirect to object storage already means "yes": do not follow it.
+        async with self._registry.open(
+            "HEAD", upstream, path, auth_headers, follow_redirects=False
+        ) as response:
+            status = response.status
+            if not (200 <= status < 400):
+                self.results["denied"] += 1
+                log.info("auth check %s %s: upstream said %d", repo, digest, status)
+                raise await passthrough_error(response, path)
+        self.results["allowed"] += 1
+        self._allowed[key] = now + self._ttl
+        self._allowed.move_to_end(key)
+        while len(self._allowed) > MAX_REMEMBERED:
+            self._allowed.popitem(last=False)

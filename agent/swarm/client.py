@@ -1,0 +1,89 @@
+"""Signed requests to other nodes' P2P ports: chunk reads from peers, plans from roots.
+
+Every request carries the x-pollen-* headers (`agent.swarm.protocol.request_headers`). Chunk bytes
+are read straight into a buffer of the chunk's length; the caller checks them against the
+root's sha256 before it trusts them. A client's Authorization is passed to a root only when
+the P2P port speaks TLS.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from agent.http.client import HttpClient, HttpClientError
+from agent.swarm.protocol import ChunkTarget, P2PError, Plan, PlanTarget, request_headers
+
+log = logging.getLogger(__name__)
+
+PLAN_LIMIT = 8 << 20
+AUTHORIZATION_HEADER = b"x-pollen-authorization"
+
+
+class PeerError(Exception):
+    """A peer or root did not deliver: unreachable, refused, timed out, or said no."""
+
+    def __init__(self, node: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(f"{node}: {message}")
+        self.node = node
+        self.status = status
+
+
+class P2PClient:
+    def __init__(self, http: HttpClient, *, token: bytes, node: str, tls: bool) -> None:
+        self._http = http
+        self._token = token
+        self.node = node
+        self.tls = tls
+        self._scheme = "https" if tls else "http"
+
+    def _headers(self, method: str, target: str) -> list[tuple[bytes, bytes]]:
+        return request_headers(self._token, self.node, method, target, time.time())
+
+    async def fetch_chunk(
+        self, source: str, digest: str, index: int, length: int, *, into: memoryview
+    ) -> None:
+        """Fill `into` (exactly `length` bytes) with chunk `index` of `digest` from `source`."""
+        target = ChunkTarget(digest=digest, index=index).target()
+        url = f"{self._scheme}://{source}{target}"
+        try:
+            async with self._http.request("GET", url, self._headers("GET", target)) as response:
+                if response.status != 200:
+                    raise PeerError(
+                        source, f"chunk {index}: status {response.status}", status=response.status
+                    )
+                if response.content_length != length:
+                    raise PeerError(
+                        source, f"chunk {index}: {response.content_length} bytes, want {length}"
+                    )
+                filled = 0
+                while filled < length:
+                    n = await response.receive_into(into[filled:length])
+                    if n == 0:
+                        raise PeerError(source, f"chunk {index}: body ended at {filled}")
+                    filled += n
+        except HttpClientError as exc:
+            raise PeerError(source, str(exc)) from exc
+
+    async def plan(self, root: str, request: PlanTarget, authorization: bytes | None) -> Plan:
+        """Ask `root` for work on a layer (it may hold the request up to a few seconds)."""
+        target = request.target()
+        headers = self._headers("GET", target)
+        if authorization and self.tls:
+            headers.append((AUTHORIZATION_HEADER, authorization))
+        url = f"{self._scheme}://{root}{target}"
+        try:
+            async with self._http.request("GET", url, headers) as response:
+                body = await response.read_all(PLAN_LIMIT)
+                if response.status != 200:
+                    raise PeerError(
+                        root,
+                        f"plan: status {response.status}: {body[:200]!r}",
+                        status=response.status,
+                    )
+        except HttpClientError as exc:
+            raise PeerError(root, str(exc)) from exc
+        try:
+            return Plan.from_json(body)
+        except P2PError as exc:
+            raise PeerError(root, f"bad plan: {exc}") from exc

@@ -1,0 +1,803 @@
+"""The swarm scheduler for one layer: who fetches which chunk from whom. Pure, no I/O.
+
+Theory of operation
+-------------------
+One `LayerSchedule` per layer lives on the root that owns the layer (the tracker). The root
+fetches the layer from the origin in order and reports how far it got (`origin_progress`).
+Agents ask for work (`request`, the plan long-poll) and report the end of each transfer
+(`completed`, `failed`); the adapter reports agents that are gone (`leave`) and calls `expire`
+about every half second. Every event carries `now` (seconds, never decreasing) and returns
+`Actions`: the assignments it made, for any node, and the assignments it cancelled. The
+schedule never reads a clock and never sends anything.
+
+An agent's `request` states its *demand*: how many new transfers it could start now. Demand
+that cannot be met at once stays open and a later event may meet it (a chunk landing at the
+root, a slot freeing, a node finishing a chunk): the adapter holds the agent's long poll and
+hands it what was assigned to it meanwhile. The next `request` replaces the demand, so an agent
+states its free download slots minus the assignments it has not seen yet. An agent should keep
+2 slots: one for its download, one spare for a second source when that download is late.
+
+The rules bring a swarm near the Kumar-Ross floor (shared/SWARM-NOTES.md). They rest on one
+observation, which the simulator (tests/swarm/swarmsim.py) confirms: transfers sharing a link each
+run slower, so every hop a chunk makes takes longer, and a chunk makes log2(N) hops to reach N
+nodes. So the schedule keeps *one transfer per link* (extra ones only where they do not slow
+anyone), and keeps the root's link, the narrowest point, busy with first copies only.
+
+- **Window.** A node is given chunks in [first missing, first missing + window) only, lowest
+  first, so its client reads the layer in order while the swarm fills.
+- **One download at a time.** A node downloads one chunk at a time; demand beyond that is
+  only used for a second source of a *late* transfer (see Late).
+- **Slots.** A peer uploads at most `upload_slots` transfers at once, the root at most
+  `root_upload_slots`. Set them to how many downloaders a node can feed at full speed (its
+  upload rate / a peer's download rate): 1 on a uniform cluster. A transfer comes from the
+  least-loaded holder with a free slot, the fastest among equals (each peer's *pace* is the
+  moving average of its uploads' durations). When every holder is busy the node waits.
+- **Striping.** The root sends only chunks no live peer holds ("root-only"; also a chunk held
+  by slow peers only), one copy at a time, and only to a node downloading nothing else (so the
+  root's link runs at full speed). When a root slot frees, the lowest root-only chunk goes to a
+  waiting node that is not slow and had the fewest chunks from the root; a node that asks while
+  the root is idle takes a root-only chunk before anything else. So first copies of successive
+  chunks land on different nodes, each of which then serves its chunk to the rest, and the
+  root's link carries each chunk once.
+- **Spreading.** When a peer's slot frees, or it just finished a chunk, it serves a waiting
+  node that lacks the rarest chunk it holds (fewest holders, then lowest index; waiters in the
+  order they began waiting): fresh chunks spread by doubling while old chunks, which many hold,
+  are served by whoever is idle.
+- **Slow sources.** A peer whose pace is LATE times the usual transfer duration or worse only
+  serves chunks that no faster peer holds, and gets no first copies from the root while a
+  faster node exists: a slow link loses its requests to faster holders.
+- **Late transfers, endgame.** A transfer from a peer that has run LATE times the usual
+  duration (once the node lacks at most `endgame` chunks: the usual duration) may get a second
+  source, an idle peer, if the node has demand to spare; the first to complete wins and the
+  other is cancelled. `expire` looks for late transfers.
+- **Faults.** `failed(bad_data=True)`: the source served bytes that did not match the chunk's
+  sha256; it is *banned* for this layer (never a source again; its uploads are cancelled; it
+  may still download). `failed(bad_data=False)` (timeout, connection error, not found) and
+  `expire` after `transfer_timeout`: the slot frees and that node *avoids* that source from
+  then on; if a node avoids every holder of a chunk, the root serves it the chunk. `leave`: the
+  node's holdings, transfers and slots vanish; chunks only it held become root-only again.
+
+Cost per event (N nodes, C chunks, W window, H holders of a chunk, F peers with a free slot,
+K chunks some node waits for -- about W plus the spread of the nodes' positions): `request`
+O(W·min(H, F)), plus O(C) when it carries `have`; `completed` and `failed` O(W·min(H, F) + K)
+plus the waiters looked at (usually the first is taken); a root slot freeing O(K log K + the
+waiters of one chunk); `expire` O(transfers older than the usual duration); `leave` and a ban
+O(C + the node's transfers). min(H, F) is a set intersection done in C. Nothing is O(N·C): a
+1000-node swarm of 32 chunks (32000 transfers) simulates in about 2 s of CPU, 2000 nodes in 6.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+ROOT = 0  # the root's internal id; peers are numbered from 1
+LATE = 2.0  # times the usual transfer duration: a transfer this old is late, a source this slow
+SCAN = 16  # idle holders looked at, at most, when choosing a source among many
+WEIGHT = 0.1  # weight of the newest transfer in the moving averages of durations
+FlightKey = tuple[int, int, int]  # (node, chunk, source)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Assignment:
+    """`node` should fetch chunk `chunk` from `source`; issued at time `issued`."""
+
+    node: str
+    chunk: int
+    source: str
+    issued: float
+
+    def __post_init__(self) -> None:
+        if self.chunk < 0:
+            raise ValueError(f"negative chunk index {self.chunk}")
+        if self.node == self.source:
+            raise ValueError(f"{self.node} cannot fetch from itself")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Actions:
+    """What an event decided: new assignments (for any node) and cancelled ones."""
+
+    assigned: tuple[Assignment, ...] = ()
+    cancelled: tuple[Assignment, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.assigned or self.cancelled)
+
+
+NOTHING = Actions()
+
+
+class _Peer:
+    """What the tracker knows about one agent."""
+
+    __slots__ = (
+        "ident",
+        "name",
+        "held",
+        "have",
+        "first",
+        "uploads",
+        "demand",
+        "incoming",
+        "outgoing",
+        "from_root",
+        "avoid",
+        "waiting_on",
+        "uploaded",
+        "downloaded",
+        "root_copies",
+        "banned",
+        "pace",
+    )
+
+    def __init__(self, ident: int, name: str, chunk_count: int) -> None:
+        self.ident = ident
+        self.name = name
+        self.held = bytearray(chunk_count)
+        self.have = 0  # chunks held
+        self.first = 0  # first missing chunk (chunk_count when complete)
+        self.uploads = 0  # transfers in flight from this node
+        self.demand = 0  # transfers it asked for and was not given yet
+        self.incoming: dict[int, list[int]] = {}  # chunk -> sources in flight
+        self.outgoing: set[FlightKey] = set()  # flights with this node as the source
+        self.from_root = 0  # transfers in flight from the root (0 or 1)
+        self.avoid: set[int] = set()  # sources that failed this node (not with bad data)
+        self.waiting_on: list[int] = []  # chunks it is listed under in _waiting
+        self.uploaded = 0  # transfers served, as reported complete
+        self.downloaded = 0
+        self.root_copies = 0  # transfers the root was assigned to send it
+        self.banned = False
+        self.pace = -1.0  # moving average of its uploads' durations (-1: none yet)
+
+
+@dataclass(kw_only=True)
+class _Batch:
+    """The work of one event: its outputs, and who must be looked at before it returns."""
+
+    assigned: list[Assignment] = field(default_factory=list)
+    cancelled: list[Assignment] = field(default_factory=list)
+    dirty: set[int] = field(default_factory=set)  # peers whose candidates changed
+    freed: set[int] = field(default_factory=set)  # sources that may serve someone now
+
+    def result(self) -> Actions:
+        if not self.assigned and not self.cancelled:
+            return NOTHING
+        return Actions(assigned=tuple(self.assigned), cancelled=tuple(self.cancelled))
+
+
+class LayerSchedule:
+    """Chunk scheduling for one layer, on the root that owns it. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        chunk_count: int,
+        root: str,
+        window: int = 8,
+        upload_slots: int = 1,
+        root_upload_slots: int = 1,
+        transfer_timeout: float = 10.0,
+        endgame: int = 2,
+    ) -> None:
+        if chunk_count < 0:
+            raise ValueError(f"chunk_count must be >= 0, not {chunk_count}")
+        if window < 1 or upload_slots < 1 or root_upload_slots < 1:
+            raise ValueError("window, upload_slots and root_upload_slots must be >= 1")
+        if transfer_timeout <= 0 or endgame < 0:
+            raise ValueError("transfer_timeout must be > 0 and endgame >= 0")
+        if not root:
+            raise ValueError("the root needs a name")
+        self.chunk_count = chunk_count
+        self.root = root
+        self.window = window
+        self.upload_slots = upload_slots
+        self.root_upload_slots = root_upload_slots
+        self.transfer_timeout = transfer_timeout
+        self.endgame = endgame
+
+        self._now = float("-inf")
+        self._origin = 0  # the root holds chunks [0, _origin)
+        self._ids: dict[str, int] = {root: ROOT}
+        self._names: dict[int, str] = {ROOT: root}
+        self._peers: dict[int, _Peer] = {}  # live peers (banned ones included)
+        # Live, not banned peers holding each chunk; the root is never listed.
+        self._holders: list[set[int]] = [set() for _ in range(chunk_count)]
+        self._free: set[int] = set()  # live, not banned peers with a free upload slot
+        # chunk -> peers with open demand for which it is a candidate, in waiting order.
+        self._waiting: dict[int, dict[int, None]] = {}
+        # Every transfer in flight, in the order issued (expire walks it from the front).
+        self._flights: dict[FlightKey, Assignment] = {}
+        self._root_uploads = 0
+        self._root_sending = bytearray(chunk_count)  # chunk in flight from the root
+        self._root_uploaded = 0
+        self._avoiders = 0  # peers with a non-empty avoid set
+        self._banned: set[int] = set()  # every node banned for this layer, gone or not
+        self._typical = -1.0  # moving average of all transfer durations (-1: none yet)
+
+    # ----------------------------------------------------------------------------------------
+    # Events
+
+    def origin_progress(self, chunks: int, now: float) -> Actions:
+        """The root now holds chunks [0, chunks), fetched from the origin in order."""
+        self._tick(now)
+        if not 0 <= chunks <= self.chunk_count:
+            raise ValueError(f"origin progress {chunks} outside [0, {self.chunk_count}]")
+        if chunks <= self._origin:
+            return NOTHING
+        self._origin = chunks
+        batch = _Batch()
+        batch.freed.add(ROOT)
+        return self._settle(batch, now)
+
+    def request(
+        self, node: str, *, have: Iterable[int] | None = None, want: int, now: float
+    ) -> Actions:
+        """`node` can start `want` new transfers (this replaces its open demand); `have`, if
+        given, is every chunk it holds (it replaces what the schedule knew)."""
+        self._tick(now)
+        if want < 0:
+            raise ValueError(f"want must be >= 0, not {want}")
+        peer = self._peer(node)
+        batch = _Batch()
+        if have is not None:
+            self._replace_holdings(peer, have, batch)
+        peer.demand = want
+        batch.dirty.add(peer.ident)
+        return self._settle(batch, now)
+
+    def completed(self, node: str, chunk: int, source: str, now: float) -> Actions:
+        """`node` holds `chunk` now, fetched from `source`, whose slot frees.
+
+        Another transfer of that chunk to that node (the endgame's loser) is cancelled; a later
+        report of it is ignored. A report of a transfer the schedule does not know (it expired,
+        or the node fetched on its own) still records the chunk."""
+        self._tick(now)
+        self._check_chunk(chunk)
+        peer = self._peer(node)
+        batch = _Batch()
+        key = (peer.ident, chunk, self._ids.get(source, -1))
+        if key in self._flights:
+            took = now - self._release(key, batch).issued
+            self._typical = (
+                took if self._typical < 0 else self._typical + WEIGHT * (took - self._typical)
+            )
+            src = key[2]
+            if src == ROOT:
+                self._root_uploaded += 1
+            elif src in self._peers:
+                self._peers[src].uploaded += 1
+                self._clock(src, took)
+        if not peer.held[chunk]:
+            peer.downloaded += 1
+            self._add_holding(peer, chunk, batch)
+            for other in list(peer.incoming.get(chunk, ())):
+                loser = self._release((peer.ident, chunk, other), batch)
+                batch.cancelled.append(loser)
+                self._clock(other, now - loser.issued)  # at least that long
+        return self._settle(batch, now)
+
+    def failed(self, node: str, chunk: int, source: str, *, bad_data: bool, now: float) -> Actions:
+        """The transfer of `chunk` from `source` to `node` ended without the chunk.
+
+        `bad_data`: the bytes did not match the chunk's sha256, and `source` is banned for this
+        layer, whether or not the transfer is still known (its uploads are cancelled; it is
+        never a source again). Otherwise (timeout, connection error, not found) the slot frees
+        and `node` avoids `source` from now on."""
+        self._tick(now)
+        self._check_chunk(chunk)
+        peer = self._peer(node)
+        src = self._ids.get(source)
+        if src is None:
+            return NOTHING
+        batch = _Batch()
+        key = (peer.ident, chunk, src)
+        if key in self._flights:
+            self._release(key, batch)
+            if not bad_data and src != ROOT and src in self._peers:
+                self._avoid(peer, src)
+        if bad_data and src != ROOT and src in self._peers:
+            self._ban(self._peers[src], batch)
+        return self._settle(batch, now)
+
+    def leave(self, node: str, now: float) -> Actions:
+        """`node` is gone: its holdings, its transfers (both ways) and its demand vanish.
+
+        Its transfers come back as cancelled; the nodes that were downloading from it ask
+        again when their agents notice."""
+        self._tick(now)
+        ident = self._ids.get(node)
+        peer = self._peers.get(ident) if ident is not None else None
+        if peer is None:
+            return NOTHING
+        batch = _Batch()
+        self._unwait(peer)
+        for chunk, sources in list(peer.incoming.items()):
+            for src in list(sources):
+                batch.cancelled.append(self._release((ident, chunk, src), batch))
+        for key in list(peer.outgoing):
+            batch.cancelled.append(self._release(key, batch))
+        self._drop_holdings(peer, batch)
+        self._free.discard(ident)
+        if peer.avoid:
+            self._avoiders -= 1
+        if self._avoiders:
+            for other in self._peers.values():
+                if ident in other.avoid:
+                    other.avoid.discard(ident)
+                    if not other.avoid:
+                        self._avoiders -= 1
+        del self._peers[ident]
+        batch.dirty.discard(ident)
+        batch.freed.discard(ident)
+        return self._settle(batch, now)
+
+    def expire(self, now: float) -> Actions:
+        """The clock: call it about every half second.
+
+        Cancels the transfers issued `transfer_timeout` ago or earlier (returned as cancelled;
+        each node avoids the source that timed out, and the chunk becomes assignable from
+        another holder), and gives late transfers a second source where the node has demand to
+        spare."""
+        self._tick(now)
+        batch = _Batch()
+        limit = now - self.transfer_timeout
+        while self._flights:
+            key, a = next(iter(self._flights.items()))
+            if a.issued > limit:
+                break
+            batch.cancelled.append(self._release(key, batch))
+            node, _, src = key
+            self._clock(src, now - a.issued)  # at least that long
+            if src != ROOT and src in self._peers and node in self._peers:
+                self._avoid(self._peers[node], src)
+        if self._typical > 0:
+            # Late transfers: their nodes, if they have demand to spare, may get a second source.
+            limit = now - self._typical
+            for (node, _, _), a in self._flights.items():
+                if a.issued > limit:
+                    break
+                peer = self._peers.get(node)
+                if peer is not None and peer.demand > 0:
+                    batch.dirty.add(node)
+        if not batch.cancelled and not batch.dirty:
+            return NOTHING
+        return self._settle(batch, now)
+
+    # ----------------------------------------------------------------------------------------
+    # Reading the state
+
+    def holds(self, node: str, chunk: int) -> bool:
+        """Whether the schedule believes `node` (or the root) holds `chunk`."""
+        self._check_chunk(chunk)
+        if node == self.root:
+            return chunk < self._origin
+        peer = self._peers.get(self._ids.get(node, -1))
+        return peer is not None and bool(peer.held[chunk])
+
+    def in_flight(self) -> list[Assignment]:
+        """Every transfer the schedule believes is running, oldest first."""
+        return list(self._flights.values())
+
+    def progress(self) -> dict:
+        """Counts for status pages and tests: per node, per chunk, and the root's."""
+        nodes = {
+            p.name: {
+                "have": p.have,
+                "first_missing": p.first,
+                "downloading": sum(len(s) for s in p.incoming.values()),
+                "uploading": p.uploads,
+                "downloaded": p.downloaded,
+                "uploaded": p.uploaded,
+                "from_root": p.root_copies,
+                "demand": p.demand,
+                "banned": p.banned,
+                "pace": p.pace if p.pace >= 0 else None,
+            }
+            for p in self._peers.values()
+        }
+        return {
+            "chunks": self.chunk_count,
+            "origin": self._origin,
+            "root": {"uploading": self._root_uploads, "uploaded": self._root_uploaded},
+            "copies": [len(h) for h in self._holders],
+            "in_flight": len(self._flights),
+            "typical_transfer": self._typical if self._typical >= 0 else None,
+            "complete": sum(1 for p in self._peers.values() if p.have == self.chunk_count),
+            "nodes": nodes,
+        }
+
+    # ----------------------------------------------------------------------------------------
+    # Bookkeeping
+
+    def _tick(self, now: float) -> None:
+        if now < self._now:
+            raise ValueError(f"time went backwards: {now} after {self._now}")
+        self._now = now
+
+    def _check_chunk(self, chunk: int) -> None:
+        if not 0 <= chunk < self.chunk_count:
+            raise ValueError(f"chunk {chunk} outside [0, {self.chunk_count})")
+
+    def _peer(self, node: str) -> _Peer:
+        """The peer named `node`; a node never seen (or gone) joins with nothing held."""
+        if node == self.root:
+            raise ValueError(f"{node} is the root of this layer, not a downloader")
+        if not node:
+            raise ValueError("a node needs a name")
+        ident = self._ids.get(node)
+        if ident is None:
+            ident = len(self._ids)
+            self._ids[node] = ident
+            self._names[ident] = node
+        peer = self._peers.get(ident)
+        if peer is None:
+            peer = self._peers[ident] = _Peer(ident, node, self.chunk_count)
+            if ident in self._banned:
+                peer.banned = True  # leaving and coming back does not lift a ban
+            else:
+                self._free.add(ident)
+        return peer
+
+    def _add_holding(self, peer: _Peer, chunk: int, batch: _Batch) -> None:
+        peer.held[chunk] = 1
+        peer.have += 1
+        if not peer.banned:
+            self._holders[chunk].add(peer.ident)
+            batch.freed.add(peer.ident)  # it may serve the waiters of this chunk
+        if chunk == peer.first:
+            first, held, n = chunk, peer.held, self.chunk_count
+            while first < n and held[first]:
+                first += 1
+            peer.first = first
+        batch.dirty.add(peer.ident)
+
+    def _drop_holdings(self, peer: _Peer, batch: _Batch) -> None:
+        held, holders, ident = peer.held, self._holders, peer.ident
+        for c in range(self.chunk_count):
+            if held[c]:
+                holders[c].discard(ident)
+        batch.freed.add(ROOT)  # chunks only this node held are root-only again
+
+    def _replace_holdings(self, peer: _Peer, have: Iterable[int], batch: _Batch) -> None:
+        new = bytearray(self.chunk_count)
+        for c in have:
+            self._check_chunk(c)
+            new[c] = 1
+        old = peer.held
+        if new == old:
+            return
+        for c in range(self.chunk_count):
+            if new[c] and not old[c]:
+                self._add_holding(peer, c, batch)
+            elif old[c] and not new[c]:  # evicted from its cache
+                old[c] = 0
+                peer.have -= 1
+                self._holders[c].discard(peer.ident)
+                peer.first = min(peer.first, c)
+                batch.freed.add(ROOT)
+        batch.dirty.add(peer.ident)
+
+    def _clock(self, source: int, took: float) -> None:
+        """Count an upload's duration (or a lower bound, for one cut short) in its pace."""
+        peer = self._peers.get(source)
+        if peer is not None:
+            peer.pace = took if peer.pace < 0 else peer.pace + WEIGHT * (took - peer.pace)
+
+    def _avoid(self, peer: _Peer, source: int) -> None:
+        if not peer.avoid:
+            self._avoiders += 1
+        peer.avoid.add(source)
+
+    def _ban(self, peer: _Peer, batch: _Batch) -> None:
+        if peer.banned:
+            return
+        peer.banned = True
+        self._banned.add(peer.ident)
+        for key in list(peer.outgoing):
+            batch.cancelled.append(self._release(key, batch))
+        self._drop_holdings(peer, batch)
+        self._free.discard(peer.ident)
+        batch.freed.discard(peer.ident)
+
+    def _assign(self, peer: _Peer, chunk: int, src: int, now: float, batch: _Batch) -> None:
+        a = Assignment(node=peer.name, chunk=chunk, source=self._names[src], issued=now)
+        key = (peer.ident, chunk, src)
+        self._flights[key] = a
+        sources = peer.incoming.get(chunk)
+        if sources is None:
+            peer.incoming[chunk] = [src]
+        else:
+            sources.append(src)
+        peer.demand -= 1
+        if src == ROOT:
+            self._root_uploads += 1
+            self._root_sending[chunk] = 1
+            peer.from_root += 1
+            peer.root_copies += 1
+        else:
+            s = self._peers[src]
+            s.uploads += 1
+            s.outgoing.add(key)
+            if s.uploads >= self.upload_slots:
+                self._free.discard(src)
+        batch.assigned.append(a)
+        batch.dirty.add(peer.ident)
+
+    def _release(self, key: FlightKey, batch: _Batch) -> Assignment:
+        """End a transfer (done, failed, cancelled): the source's slot frees."""
+        a = self._flights.pop(key)
+        node, chunk, src = key
+        peer = self._peers.get(node)
+        if peer is not None:
+            sources = peer.incoming[chunk]
+            sources.remove(src)
+            if not sources:
+                del peer.incoming[chunk]
+            if src == ROOT:
+                peer.from_root -= 1
+            batch.dirty.add(node)
+        if src == ROOT:
+            self._root_uploads -= 1
+            self._root_sending[chunk] = 0
+        else:
+            s = self._peers.get(src)
+            if s is not None:
+                s.uploads -= 1
+                s.outgoing.discard(key)
+                if not s.banned and s.uploads < self.upload_slots:
+                    self._free.add(src)
+        batch.freed.add(src)
+        return a
+
+    # ----------------------------------------------------------------------------------------
+    # Who may take what
+
+    def _slow(self, peer: _Peer) -> bool:
+        """A peer whose uploads take LATE times the usual duration or longer (its pace says so,
+        or one of its uploads has been running that long)."""
+        if self._typical <= 0:
+            return False
+        limit = LATE * self._typical
+        if peer.pace > limit:
+            return True
+        flights, since = self._flights, self._now - limit
+        return any(flights[key].issued < since for key in peer.outgoing)
+
+    def _fast_holder(self, chunk: int, besides: int) -> bool:
+        """Whether a peer other than `besides`, and not slow, holds `chunk` (busy or not)."""
+        peers = self._peers
+        return any(h != besides and not self._slow(peers[h]) for h in self._holders[chunk])
+
+    def _late(self, peer: _Peer, chunk: int, sources: list[int], now: float) -> bool:
+        """Whether `chunk`, in flight to `peer` from one peer, may get a second source: that
+        transfer has run LATE times the usual duration (in the endgame: the usual duration)."""
+        if len(sources) != 1 or sources[0] == ROOT or self._typical <= 0:
+            return False
+        issued = self._flights[(peer.ident, chunk, sources[0])].issued
+        endgame = self.chunk_count - peer.have <= self.endgame
+        return now - issued > (1.0 if endgame else LATE) * self._typical
+
+    def _candidates(self, peer: _Peer, now: float) -> list[int]:
+        """Chunks `peer` may be given now, lowest first: if it downloads nothing, those missing
+        inside its window; else those in flight to it that are late (for a second source)."""
+        if peer.from_root:
+            return []
+        if peer.incoming:
+            late = [c for c, src in peer.incoming.items() if self._late(peer, c, src, now)]
+            return sorted(late)
+        held, out = peer.held, []
+        for c in range(peer.first, min(peer.first + self.window, self.chunk_count)):
+            if not held[c]:
+                out.append(c)
+        return out
+
+    def _may_take(self, peer: _Peer, chunk: int, src: _Peer, now: float) -> bool:
+        """Whether `peer` may now fetch `chunk` from `src`, a peer holding it with a free slot
+        (the window aside: the waiting lists reflect it)."""
+        if peer.demand <= 0 or peer.held[chunk] or peer.from_root:
+            return False
+        if chunk >= peer.first + self.window:
+            return False
+        if peer.avoid and src.ident in peer.avoid:
+            return False
+        if self._slow(src) and self._fast_holder(chunk, src.ident):
+            return False
+        if peer.incoming:
+            sources = peer.incoming.get(chunk)
+            if sources is None or src.uploads or src.ident in sources:
+                return False  # busy: only an idle second source for a late chunk
+            return self._late(peer, chunk, sources, now)
+        return True
+
+    def _best_source(self, peer: _Peer, chunk: int) -> int | None:
+        """The least-loaded, then fastest, peer holding `chunk` that `peer` may take it from.
+
+        Stops at the first idle holder of usual speed, and after SCAN eligible ones."""
+        holders = self._holders[chunk]
+        if not holders or peer.from_root:
+            return None
+        sources = peer.incoming.get(chunk)
+        if peer.incoming and sources is None:
+            return None  # one chunk at a time
+        avoid = peer.avoid
+        typical = self._typical
+        best, best_key, seen = None, (self.upload_slots, 0.0), 0
+        peers = self._peers
+        for h in holders & self._free:  # the intersection runs in C over the smaller set
+            if (avoid and h in avoid) or (sources and h in sources):
+                continue
+            p = peers[h]
+            if sources and p.uploads:
+                continue  # a second source must be idle
+            if self._slow(p) and self._fast_holder(chunk, h):
+                continue
+            pace = p.pace if p.pace >= 0 else typical
+            key = (p.uploads, pace)
+            if key < best_key:
+                best, best_key = h, key
+                if p.uploads == 0 and pace <= typical:
+                    break
+            seen += 1
+            if seen >= SCAN:
+                break
+        return best
+
+    def _root_may_send(self, peer: _Peer, chunk: int) -> bool:
+        """Whether the root may send `chunk` to `peer` now: a root slot is free; the chunk is at
+        the root, not being sent, and root-only (no peer holds it but slow ones, or `peer`
+        avoids every holder); `peer` downloads nothing else, and is not slow unless all are."""
+        if (
+            chunk >= self._origin
+            or self._root_uploads >= self.root_upload_slots
+            or self._root_sending[chunk]
+            or peer.demand <= 0
+            or peer.held[chunk]
+            or peer.incoming
+        ):
+            return False
+        if self._slow(peer) and any(not self._slow(p) for p in self._peers.values()):
+            return False  # first copies go to nodes that pass them on at the usual speed
+        holders = self._holders[chunk]
+        if not holders or not self._fast_holder(chunk, ROOT):
+            return True
+        avoid = peer.avoid
+        return bool(avoid) and all(h in avoid for h in holders)
+
+    # ----------------------------------------------------------------------------------------
+    # Waiting lists: chunk -> nodes with open demand for which it is a candidate
+
+    def _unwait(self, peer: _Peer) -> None:
+        waiting, ident = self._waiting, peer.ident
+        for c in peer.waiting_on:
+            waiters = waiting[c]
+            del waiters[ident]
+            if not waiters:
+                del waiting[c]
+        peer.waiting_on = []
+
+    def _wait(self, peer: _Peer, chunks: list[int]) -> None:
+        waiting, ident = self._waiting, peer.ident
+        for c in chunks:
+            waiters = waiting.get(c)
+            if waiters is None:
+                waiting[c] = {ident: None}
+            else:
+                waiters[ident] = None
+        peer.waiting_on = chunks
+
+    # ----------------------------------------------------------------------------------------
+    # Matching
+
+    def _settle(self, batch: _Batch, now: float) -> Actions:
+        """Meet open demand until nothing more can be assigned, then return the batch.
+
+        Afterwards, for every node with open demand and each of its candidate chunks, no source
+        it may take that chunk from has a free slot (a transfer turning late is the exception:
+        `expire` finds those). Freed sources are offered to the nodes already waiting before
+        the nodes whose state just changed are served: the root first (its slot goes to the
+        waiter that deserves it, not to whoever is looked at first), then peers (the longest
+        waiting get the slots, not the node that just finished a chunk)."""
+        peers = self._peers
+        while batch.dirty or batch.freed:
+            while batch.freed:
+                src = ROOT if ROOT in batch.freed else batch.freed.pop()
+                if src == ROOT:
+                    batch.freed.discard(ROOT)
+                    self._offer_root(now, batch)
+                elif src in peers:
+                    self._offer(peers[src], now, batch)
+            if batch.dirty:
+                peer = peers.get(batch.dirty.pop())
+                if peer is not None:
+                    self._serve(peer, now, batch)
+        return batch.result()
+
+    def _serve(self, peer: _Peer, now: float, batch: _Batch) -> None:
+        """Demand-driven: a root-only chunk if the root is free, else the lowest candidate that
+        has a source; when nothing can be assigned, the node waits on its candidates."""
+        batch.dirty.discard(peer.ident)
+        if peer.waiting_on:
+            self._unwait(peer)
+        while peer.demand > 0:
+            candidates = self._candidates(peer, now)
+            chosen = None
+            if not peer.incoming and self._root_uploads < self.root_upload_slots:
+                for c in candidates:
+                    if self._root_may_send(peer, c):
+                        chosen = (c, ROOT)
+                        break
+            if chosen is None:
+                for c in candidates:
+                    src = self._best_source(peer, c)
+                    if src is not None:
+                        chosen = (c, src)
+                        break
+            if chosen is None:
+                if candidates:
+                    self._wait(peer, candidates)
+                break
+            self._assign(peer, chosen[0], chosen[1], now, batch)
+        batch.dirty.discard(peer.ident)  # _assign marked it; its waiting list is fresh
+
+    def _offer(self, src: _Peer, now: float, batch: _Batch) -> None:
+        """Source-driven: a peer with a free slot serves the first waiter of the rarest chunk
+        it holds (fewest holders, then lowest index)."""
+        if src.banned:
+            return
+        ident, held, holders, peers = src.ident, src.held, self._holders, self._peers
+        slow = self._slow(src)
+        while src.uploads < self.upload_slots:
+            best_key: tuple[int, int] | None = None
+            best: tuple[_Peer, int] | None = None
+            for c, waiters in self._waiting.items():
+                if not held[c]:
+                    continue
+                key = (len(holders[c]), c)
+                if best_key is not None and key >= best_key:
+                    continue
+                if slow and self._fast_holder(c, ident):
+                    continue
+                for w in waiters:
+                    p = peers[w]
+                    if self._may_take(p, c, src, now):
+                        best_key, best = key, (p, c)
+                        break
+            if best is None:
+                return
+            peer, chunk = best
+            source = ident
+            if src.uploads or (self._typical > 0 and src.pace > self._typical):
+                # Another holder may be idle, or faster.
+                source = self._best_source(peer, chunk) or ident
+            self._assign(peer, chunk, source, now, batch)
+            self._serve(peer, now, batch)
+
+    def _offer_root(self, now: float, batch: _Batch) -> None:
+        """The root's free slots: the lowest root-only chunk goes to the waiter for it that had
+        the fewest chunks from the root (the first of them in waiting order)."""
+        peers = self._peers
+        while self._root_uploads < self.root_upload_slots:
+            chosen: tuple[_Peer, int] | None = None
+            for c in sorted(self._waiting):
+                if c >= self._origin or self._root_sending[c]:
+                    continue
+                if not self._avoiders and self._fast_holder(c, ROOT):
+                    continue
+                best: _Peer | None = None
+                for w in self._waiting[c]:
+                    p = peers[w]
+                    if not self._root_may_send(p, c):
+                        continue
+                    if best is None or p.root_copies < best.root_copies:
+                        best = p
+                        if p.root_copies == 0:
+                            break
+                if best is not None:
+                    chosen = (best, c)
+                    break
+            if chosen is None:
+                return
+            peer, chunk = chosen
+            self._assign(peer, chunk, ROOT, now, batch)
+            self._serve(peer, now, batch)

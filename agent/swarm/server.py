@@ -1,0 +1,122 @@
+"""The P2P port's application: chunks for peers (`rpc:pread`, `rpc:stat`) and, on a root,
+plans for agents.
+
+Every request must carry a valid signature of the cluster token (`agent.swarm.protocol.verify`);
+anything else gets 401 and no data. A chunk is served straight from the cache file with
+sendfile (the receiver checks it against the root's sha256, so no byte needs to pass through
+Python here), and only if this node holds it: a chunk still being downloaded is 404, and the
+asker goes elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from agent.cache.store import CacheEntry, ChunkCache
+from agent.http.server import FileRegion, Request, Response, plain_error
+from agent.observe.auditline import NOT_HELD, RPC_PREAD, RPC_STAT
+from agent.observe.events import NULL_OBSERVER, Observer
+from agent.swarm.protocol import (
+    ChunkTarget,
+    P2PAuthError,
+    P2PProtocolError,
+    Plan,
+    PlanTarget,
+    parse_target,
+    verify,
+)
+
+log = logging.getLogger(__name__)
+
+PlanHandler = Callable[[str, PlanTarget, bytes | None], Awaitable[Plan]]
+AUTHORIZATION_HEADER = b"x-pollen-authorization"
+
+
+class P2PService:
+    def __init__(
+        self,
+        *,
+        token: bytes,
+        cache: ChunkCache,
+        plan_handler: PlanHandler | None,
+        observer: Observer = NULL_OBSERVER,
+    ) -> None:
+        self._token = token
+        self._cache = cache
+        self._plan = plan_handler
+        self._observer = observer  # rpc:stat / rpc:pread (audit log, metrics)
+        self.refused = 0
+        self.chunks_served = 0
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            node = verify(self._token, request.method, request.target, request.headers, time.time())
+        except P2PAuthError as exc:
+            self.refused += 1
+            log.warning("p2p conn %d from %s: refused: %s", request.conn_id, request.client[0], exc)
+            return plain_error(401, f"unauthorized: {exc}")
+        try:
+            target = parse_target(request.method, request.target)
+        except P2PProtocolError as exc:
+            return plain_error(exc.status_hint or 400, str(exc))
+        if isinstance(target, ChunkTarget):
+            return self._chunk(request.method, target)
+        if self._plan is None:
+            return plain_error(404, "this node is not a root")
+        authorization = None
+        for name, value in request.headers:
+            if name == AUTHORIZATION_HEADER:
+                authorization = value
+        if authorization is not None and not request.tls:
+            return plain_error(400, "credentials must not cross the network in clear")
+        plan = await self._plan(node, target, authorization)
+        body = plan.to_json()
+        return Response(
+            status=200,
+            headers=[
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            body=body,
+        )
+
+    def _chunk(self, method: str, target: ChunkTarget) -> Response:
+        op = RPC_STAT if method == "HEAD" else RPC_PREAD
+        path = target.target().partition("?")[0]
+        entry = self._cache.peek(target.digest)
+        if entry is None or entry.dropped or not entry.has_chunk(target.index):
+            self._observer.served(op, path, 0, NOT_HELD, 0.0)
+            return plain_error(404, f"chunk {target.index} of {target.digest} is not here")
+        length = entry.layout.length(target.index)
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"content-length", str(length).encode()),
+            (b"x-pollen-layer-size", str(entry.size).encode()),
+        ]
+        if method == "HEAD":  # rpc:stat: the chunk's length
+            self._observer.served(op, path, entry.layout.offset(target.index), length, 0.0)
+            return Response(status=200, headers=headers)
+        body = self._send_chunk(entry, target.index, path)
+        return Response(status=200, headers=headers, body=body)
+
+    async def _send_chunk(
+        self, entry: CacheEntry, index: int, path: str
+    ) -> AsyncIterator[FileRegion]:
+        started = time.perf_counter()
+        offset = entry.layout.offset(index)
+        length = entry.layout.length(index)
+        sent = False
+        self._cache.pin(entry)
+        fd = os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            yield FileRegion(fd=fd, offset=offset, length=length)
+            self.chunks_served += 1
+            sent = True
+        finally:
+            os.close(fd)
+            self._cache.unpin(entry)
+            seconds = time.perf_counter() - started
+            self._observer.served(RPC_PREAD, path, offset, length if sent else -1, seconds)

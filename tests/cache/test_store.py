@@ -1,0 +1,229 @@
+"""The chunk cache on a real directory with the real pread engine."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.cache import native
+from agent.cache.store import ChunkCache, ChunkCorrupt
+
+CHUNK = 4096
+
+
+def make_cache(root: Path, capacity: int = 10 * CHUNK) -> ChunkCache:
+    cache = ChunkCache(
+        root, capacity=capacity, chunk_size=CHUNK, engine=native.PreadEngine(4), files=native
+    )
+    cache.load()
+    return cache
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def put(cache: ChunkCache, data: bytes) -> str:
+    digest = digest_of(data)
+    entry = cache.admit(digest, len(data))
+    assert entry is not None
+    for i in range(entry.layout.count):
+        piece = data[i * CHUNK : (i + 1) * CHUNK]
+        await cache.write_chunk(entry, i, piece, hashlib.sha256(piece).hexdigest())
+    cache.commit(entry)
+    cache.unpin(entry)
+    return digest
+
+
+async def read_all(cache: ChunkCache, digest: str) -> bytes:
+    entry = cache.get(digest)
+    assert entry is not None
+    return b"".join([await cache.read_chunk(entry, i) for i in range(entry.layout.count)])
+
+
+async def test_round_trip_and_reload(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    data = os.urandom(3 * CHUNK + 17)
+    digest = await put(cache, data)
+    assert await read_all(cache, digest) == data
+    assert cache.used == len(data)
+    reloaded = make_cache(tmp_path)
+    assert reloaded.used == len(data)
+    assert await read_all(reloaded, digest) == data
+    entry = reloaded.get(digest)
+    assert entry is not None
+    assert entry.sha256[3] == sha(data[3 * CHUNK :]), "the chunk table survives a restart"
+
+
+async def test_unverified_layer_is_not_served_and_is_removed_on_restart(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    data = os.urandom(2 * CHUNK)
+    digest = digest_of(data)
+    entry = cache.admit(digest, len(data))
+    assert entry is not None
+    await cache.write_chunk(entry, 0, data[:CHUNK], sha(data[:CHUNK]))
+    assert cache.get(digest) is None  # being written: not a hit
+    reloaded = make_cache(tmp_path)  # as after kill -9 mid-layer
+    assert reloaded.get(digest) is None
+    assert reloaded.used == 0
+    assert not entry.directory.exists()
+
+
+async def test_torn_index_line_is_ignored(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    data = os.urandom(2 * CHUNK)
+    digest = digest_of(data)
+    entry = cache.admit(digest, len(data))
+    assert entry is not None
+    await cache.write_chunk(entry, 0, data[:CHUNK], sha(data[:CHUNK]))
+    await cache.write_chunk(entry, 1, data[CHUNK:], sha(data[CHUNK:]))
+    with open(entry.index_path, "a") as index:
+        index.write("v")  # the verified marker torn before its newline
+    assert make_cache(tmp_path).get(digest) is None
+
+
+async def test_corrupt_chunk_is_detected_and_layer_dropped(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    data = os.urandom(2 * CHUNK)
+    digest = await put(cache, data)
+    entry = cache.get(digest)
+    assert entry is not None
+    with open(entry.data_path, "r+b") as f:
+        f.seek(CHUNK + 5)
+        f.write(b"\x00" if data[CHUNK + 5] else b"\x01")
+    assert await cache.read_chunk(entry, 0) == data[:CHUNK]
+    with pytest.raises(ChunkCorrupt):
+        await cache.read_chunk(entry, 1)
+    assert cache.get(digest) is None
+    assert cache.used == 0
+    assert cache.corrupt_chunks == 1
+
+
+async def test_missing_data_file_counts_as_corrupt(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    digest = await put(cache, os.urandom(CHUNK))
+    entry = cache.get(digest)
+    assert entry is not None
+    entry.data_path.unlink()
+    with pytest.raises(ChunkCorrupt):
+        await cache.read_chunk(entry, 0)
+    assert cache.get(digest) is None
+
+
+async def test_lru_eviction_respects_capacity_and_pins(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, capacity=4 * CHUNK)
+    a = await put(cache, os.urandom(2 * CHUNK))
+    b = await put(cache, os.urandom(2 * CHUNK))
+    assert cache.get(a) is not None  # a is now the most recently used
+    c = await put(cache, os.urandom(2 * CHUNK))
+    assert cache.get(b) is None, "least recently used layer should have been evicted"
+    assert cache.get(a) is not None and cache.get(c) is not None
+    assert cache.used <= cache.capacity
+    # Pin both: nothing can be evicted, so a new layer is refused rather than overfilling.
+    entry_a, entry_c = cache.get(a), cache.get(c)
+    assert entry_a is not None and entry_c is not None
+    cache.pin(entry_a)
+    cache.pin(entry_c)
+    assert cache.admit(digest_of(b"new"), 2 * CHUNK) is None
+    assert cache.used <= cache.capacity
+    cache.unpin(entry_a)
+    assert cache.admit(digest_of(b"new"), 2 * CHUNK) is not None
+    assert cache.get(a) is None
+    assert cache.evictions == 2
+
+
+async def test_layer_bigger_than_capacity_is_refused(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, capacity=2 * CHUNK)
+    assert cache.admit(digest_of(b"x"), 3 * CHUNK) is None
+    assert cache.used == 0
+
+
+async def test_reload_drops_layers_beyond_a_smaller_capacity(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, capacity=10 * CHUNK)
+    await put(cache, os.urandom(3 * CHUNK))
+    await put(cache, os.urandom(3 * CHUNK))
+    smaller = make_cache(tmp_path, capacity=4 * CHUNK)
+    assert smaller.used == 3 * CHUNK
+    assert smaller.statistics()["layers"] == 1
+
+
+async def test_changed_chunk_size_invalidates_cache(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    digest = await put(cache, os.urandom(2 * CHUNK))
+    other = ChunkCache(
+        tmp_path,
+        capacity=10 * CHUNK,
+        chunk_size=2 * CHUNK,
+        engine=native.PreadEngine(2),
+        files=native,
+    )
+    other.load()
+    assert other.get(digest) is None
+    assert other.used == 0
+
+
+class DiskEvents:
+    """An observer that keeps the cache's disk events (agent.observe.events.Observer's `disk`)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, int, int]] = []
+
+    def disk(self, op: str, pathname: str, offset: int, size: int, seconds: float) -> None:
+        assert seconds >= 0
+        self.events.append((op, pathname, offset, size))
+
+
+async def test_chunk_reads_and_writes_are_observed_with_failures_negative(tmp_path: Path) -> None:
+    seen = DiskEvents()
+    cache = ChunkCache(
+        tmp_path,
+        capacity=10 * CHUNK,
+        chunk_size=CHUNK,
+        engine=native.PreadEngine(4),
+        files=native,
+        observer=seen,  # type: ignore[arg-type]
+    )
+    cache.load()
+    data = os.urandom(2 * CHUNK + 5)
+    digest = await put(cache, data)
+    entry = cache.get(digest)
+    assert entry is not None
+    path = str(entry.data_path)
+    assert seen.events == [
+        ("filewrite", path, 0, CHUNK),
+        ("filewrite", path, CHUNK, CHUNK),
+        ("filewrite", path, 2 * CHUNK, 5),
+    ]
+    seen.events.clear()
+    await cache.read_chunk(entry, 2)
+    with open(path, "r+b") as f:  # damage chunk 1
+        f.seek(CHUNK + 1)
+        f.write(b"\x00\xff")
+    with pytest.raises(ChunkCorrupt):
+        await cache.read_chunk(entry, 1)
+    assert seen.events == [("fileread", path, 2 * CHUNK, 5), ("fileread", path, CHUNK, -1)]
+
+
+async def test_layers_without_a_chunk_table_reload(tmp_path: Path) -> None:
+    """An agent (not a root) records no sha256 per chunk; its index still reloads."""
+    cache = make_cache(tmp_path)
+    data = os.urandom(2 * CHUNK + 5)
+    digest = digest_of(data)
+    entry = cache.admit(digest, len(data))
+    assert entry is not None
+    for i in range(entry.layout.count):
+        await cache.write_chunk(entry, i, data[i * CHUNK : (i + 1) * CHUNK], None)
+    cache.commit(entry)
+    cache.unpin(entry)
+    assert entry.sha256 == {}
+    reloaded = make_cache(tmp_path)
+    assert await read_all(reloaded, digest) == data
+    again = reloaded.get(digest)
+    assert again is not None and again.sha256 == {}

@@ -1,0 +1,1014 @@
+"""Tests for agent/swarm/protocol.py: P2P request signing, targets, plan replies and ownership.
+
+Pure: every function takes strings, bytes and numbers (time included) and returns values, so
+no sockets, no clock and no event loop.  Peers are untrusted, so the parsers are also fuzzed:
+whatever they are fed, they answer a value or a P2PProtocolError, never another exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import random
+import string
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.swarm.protocol import (
+    MAX_CHUNKS,
+    MAX_HAVE_CHARS,
+    MAX_REPORTS,
+    MAX_SKEW,
+    NODE_MAX,
+    PROTOCOL_VERSION,
+    ChunkTarget,
+    P2PAuthError,
+    P2PError,
+    P2PProtocolError,
+    Plan,
+    PlanTarget,
+    clip_ranges,
+    decode_ranges,
+    encode_ranges,
+    parse_node,
+    parse_target,
+    rendezvous_order,
+    rendezvous_score,
+    request_headers,
+    sign,
+    verify,
+)
+
+HEX64 = "0123456789abcdef" * 4
+HEX128 = HEX64 * 2
+DIGEST = f"sha256:{HEX64}"
+DIGEST512 = f"sha512:{HEX128}"
+TOKEN = b"cluster-secret"
+NODE = "10.0.0.5:65002"
+NOW = 1_700_000_000.0
+CHUNK = f"/p2p/v1/chunk/{DIGEST}/7"
+SHA_A = hashlib.sha256(b"a").hexdigest()
+SHA_B = hashlib.sha256(b"b").hexdigest()
+
+# --------------------------------------------------------------------------------------------
+# Strategies
+
+digests = st.one_of(
+    st.text("0123456789abcdef", min_size=64, max_size=64).map(lambda h: f"sha256:{h}"),
+    st.text("0123456789abcdef", min_size=128, max_size=128).map(lambda h: f"sha512:{h}"),
+)
+ports = st.integers(1, 65535)
+_label = st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True)
+hostnames = st.lists(_label, min_size=1, max_size=4).map(".".join)
+ipv4 = st.ip_addresses(v=4).map(str)
+ipv6 = st.ip_addresses(v=6).map(lambda a: f"[{a.compressed}]")
+nodes = st.tuples(st.one_of(ipv4, ipv6, hostnames), ports).map(lambda hp: f"{hp[0]}:{hp[1]}")
+nodes = nodes.filter(lambda n: len(n) <= NODE_MAX)
+upstreams = st.one_of(
+    hostnames,
+    st.tuples(st.one_of(ipv4, ipv6, hostnames), ports).map(lambda hp: f"{hp[0]}:{hp[1]}"),
+)
+_component = st.from_regex(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*", fullmatch=True)
+repos = st.lists(_component.filter(lambda c: len(c) < 40), min_size=1, max_size=4).map("/".join)
+chunk_indexes = st.integers(0, 5000)
+
+
+@st.composite
+def plan_targets(draw: st.DrawFn) -> PlanTarget:
+    n_done = draw(st.integers(0, MAX_REPORTS))
+    n_failed = draw(st.integers(0, MAX_REPORTS - n_done))
+    return PlanTarget(
+        digest=draw(digests),
+        upstream=draw(upstreams),
+        repo=draw(repos),
+        want=draw(st.integers(0, 256)),
+        have=draw(st.none() | st.frozensets(chunk_indexes, max_size=300)),
+        done=tuple(draw(st.tuples(chunk_indexes, nodes)) for _ in range(n_done)),
+        failed=tuple(draw(st.tuples(chunk_indexes, nodes, st.booleans())) for _ in range(n_failed)),
+        poll=draw(st.booleans()),
+    )
+
+
+@st.composite
+def plans(draw: st.DrawFn) -> Plan:
+    chunk_size = draw(st.integers(1, 8 << 20))
+    size = draw(st.none() | st.integers(0, 200 * chunk_size))
+    count = 0 if size is None else -(-size // chunk_size)
+    sha = st.text("0123456789abcdef", min_size=64, max_size=64)
+    hashes = draw(st.dictionaries(st.integers(0, count - 1), sha, max_size=50)) if count else {}
+    pairs = st.tuples(st.sampled_from(sorted(hashes)), nodes)
+    assignments = draw(st.lists(pairs, max_size=20, unique=True)) if hashes else []
+    error = draw(st.none() | st.text(string.printable.strip(), max_size=60))
+    return Plan(
+        size=size,
+        chunk_size=chunk_size,
+        chunk_sha256=hashes,
+        assignments=() if error is not None else tuple(assignments),
+        complete=False if error is not None or size is None else draw(st.booleans()),
+        error=error,
+        error_status=None if error is None else draw(st.integers(400, 599)),
+        retry_after=draw(st.floats(0, 60)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Signing
+
+
+def headers_for(
+    method: str = "GET", target: str = CHUNK, now: float = NOW, node: str = NODE
+) -> list[tuple[bytes, bytes]]:
+    return request_headers(TOKEN, node, method, target, now)
+
+
+def auth_error(
+    headers: list[tuple[bytes, bytes]],
+    *,
+    method: str = "GET",
+    target: str = CHUNK,
+    now: float = NOW,
+    token: bytes = TOKEN,
+) -> str:
+    with pytest.raises(P2PAuthError) as info:
+        verify(token, method, target, headers, now)
+    assert info.value.status_hint == 401
+    return info.value.reason
+
+
+def replace(
+    headers: list[tuple[bytes, bytes]], name: bytes, value: bytes | None
+) -> list[tuple[bytes, bytes]]:
+    out = [(n, v) for n, v in headers if n != name]
+    return out if value is None else [*out, (name, value)]
+
+
+def test_signature_is_hmac_sha256_of_the_documented_encoding() -> None:
+    # Written out by hand, so a change of the encoding (which would split a cluster running
+    # two versions) fails here.
+    target = CHUNK
+    message = (
+        b"pollen-p2p-auth\n1:1\n10:1700000000\n14:10.0.0.5:65002\n3:GET\n"
+        + f"{len(target)}:{target}\n".encode()
+    )
+    want = hmac.new(TOKEN, message, hashlib.sha256).hexdigest()
+    got = sign(TOKEN, version=1, time=1_700_000_000, node=NODE, method="GET", target=target)
+    assert got == want
+
+
+def test_request_headers() -> None:
+    hdrs = dict(headers_for(now=NOW + 0.9))  # whole seconds, rounded down
+    assert hdrs[b"x-pollen-version"] == b"1"
+    assert hdrs[b"x-pollen-time"] == b"1700000000"
+    assert hdrs[b"x-pollen-node"] == NODE.encode()
+    assert (
+        hdrs[b"x-pollen-auth"]
+        == sign(
+            TOKEN, version=1, time=1_700_000_000, node=NODE, method="GET", target=CHUNK
+        ).encode()
+    )
+    assert PROTOCOL_VERSION == 1 and MAX_SKEW == 300
+
+
+@given(
+    token=st.binary(min_size=1, max_size=64),
+    node=nodes,
+    method=st.sampled_from(["GET", "HEAD"]),
+    target=st.text(min_size=1, max_size=200),
+    now=st.floats(0, 4e9),
+    skew=st.integers(-MAX_SKEW + 1, MAX_SKEW - 1),
+)
+def test_sign_verify_round_trip(
+    token: bytes, node: str, method: str, target: str, now: float, skew: int
+) -> None:
+    headers = request_headers(token, node, method, target, now)
+    assert verify(token, method, target, headers, now + skew) == parse_node(node)
+
+
+_FIELDS = {"version": 1, "time": 1_700_000_000, "node": NODE, "method": "GET", "target": CHUNK}
+
+
+@given(
+    name=st.sampled_from(sorted(_FIELDS)),
+    text=st.text(max_size=30),
+    number=st.integers(0, 2**40),
+)
+def test_any_single_field_change_breaks_the_signature(name: str, text: str, number: int) -> None:
+    changed = dict(_FIELDS)
+    changed[name] = number if isinstance(_FIELDS[name], int) else text
+    if changed[name] == _FIELDS[name]:
+        return
+    assert sign(TOKEN, **changed) != sign(TOKEN, **_FIELDS)  # type: ignore[arg-type]
+
+
+@given(fields=st.lists(st.text(max_size=8), min_size=3, max_size=3), cut=st.integers(0, 24))
+def test_field_boundaries_are_unambiguous(fields: list[str], cut: int) -> None:
+    # Moving characters from one field to the next never gives the same MAC.
+    node, method, target = fields
+    joined = method + target
+    cut = min(cut, len(joined))
+    moved = (joined[:cut], joined[cut:])
+    same = sign(TOKEN, version=1, time=5, node=node, method=method, target=target)
+    other = sign(TOKEN, version=1, time=5, node=node, method=moved[0], target=moved[1])
+    assert (same == other) == (moved == (method, target))
+
+
+def test_verify_returns_the_canonical_node() -> None:
+    node = "[FD00:0:0::1]:65002"
+    target = CHUNK
+    auth = sign(TOKEN, version=1, time=int(NOW), node=node, method="GET", target=target)
+    headers = [
+        (b"X-Pollen-Version", b"1"),
+        (b"X-Pollen-Time", str(int(NOW)).encode()),
+        (b"X-Pollen-Node", node.encode()),
+        (b"X-Pollen-Auth", auth.encode()),
+        (b"host", b"10.0.0.1:65002"),
+    ]
+    assert verify(TOKEN, "GET", target, headers, NOW) == "[fd00::1]:65002"
+
+
+@pytest.mark.parametrize(
+    ("skew", "ok"),
+    [(0, True), (MAX_SKEW, True), (-MAX_SKEW, True), (MAX_SKEW + 1, False), (-MAX_SKEW - 1, False)],
+)
+def test_clock_skew(skew: int, ok: bool) -> None:
+    headers = headers_for(now=NOW)
+    if ok:
+        assert verify(TOKEN, "GET", CHUNK, headers, NOW + skew) == NODE
+    else:
+        reason = auth_error(headers, now=NOW + skew)
+        assert ("stale" if skew > 0 else "future") in reason
+
+
+def test_custom_max_skew() -> None:
+    headers = headers_for(now=NOW)
+    assert verify(TOKEN, "GET", CHUNK, headers, NOW + 10, max_skew=10) == NODE
+    with pytest.raises(P2PAuthError, match="stale"):
+        verify(TOKEN, "GET", CHUNK, headers, NOW + 11, max_skew=10)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({b"x-pollen-version": None}, "missing x-pollen-version"),
+        ({b"x-pollen-time": None}, "missing x-pollen-time"),
+        ({b"x-pollen-node": None}, "missing x-pollen-node"),
+        ({b"x-pollen-auth": None}, "missing x-pollen-auth"),
+        ({b"x-pollen-version": b"2"}, "unsupported protocol version 2"),
+        ({b"x-pollen-version": b"0"}, "unsupported protocol version 0"),
+        ({b"x-pollen-version": b"v1"}, "malformed x-pollen-version"),
+        ({b"x-pollen-version": b""}, "malformed x-pollen-version"),
+        ({b"x-pollen-time": b"-1"}, "malformed x-pollen-time"),
+        ({b"x-pollen-time": b"1e9"}, "malformed x-pollen-time"),
+        ({b"x-pollen-time": b"9" * 40}, "malformed x-pollen-time"),
+        ({b"x-pollen-time": b"1700000001"}, "bad signature"),
+        ({b"x-pollen-node": b"10.0.0.6:65002"}, "bad signature"),
+        ({b"x-pollen-node": b"10.0.0.5"}, "needs a port"),
+        ({b"x-pollen-node": b"not a node"}, "bad x-pollen-node"),
+        ({b"x-pollen-node": "n\u00f6de:1".encode()}, "non-ASCII"),
+        ({b"x-pollen-auth": b"00" * 32}, "bad signature"),
+        ({b"x-pollen-auth": b"zz" * 32}, "malformed x-pollen-auth"),
+        ({b"x-pollen-auth": b"00" * 31}, "malformed x-pollen-auth"),
+    ],
+)
+def test_refused_headers(change: dict[bytes, bytes | None], reason: str) -> None:
+    headers = headers_for()
+    for name, value in change.items():
+        headers = replace(headers, name, value)
+    assert reason in auth_error(headers)
+
+
+def test_signature_in_upper_case_is_refused() -> None:
+    headers = headers_for()
+    auth = dict(headers)[b"x-pollen-auth"]
+    assert "malformed" in auth_error(replace(headers, b"x-pollen-auth", auth.upper()))
+
+
+def test_repeated_header_is_refused() -> None:
+    headers = headers_for()
+    assert "repeated x-pollen-node" in auth_error([*headers, (b"X-Pollen-Node", NODE.encode())])
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "token"),
+    [
+        ("HEAD", CHUNK, TOKEN),  # the method is signed
+        ("GET", CHUNK.replace("/7", "/8"), TOKEN),  # the target is signed
+        ("GET", CHUNK + "?x", TOKEN),
+        ("GET", CHUNK, b"another-secret"),  # another cluster
+    ],
+)
+def test_altered_requests_are_refused(method: str, target: str, token: bytes) -> None:
+    reason = auth_error(headers_for("GET", CHUNK), method=method, target=target, token=token)
+    assert "bad signature" in reason
+
+
+def test_no_token_refuses_everything() -> None:
+    with pytest.raises(P2PAuthError, match="no cluster token"):
+        verify(b"", "GET", CHUNK, headers_for(), NOW)
+    with pytest.raises(ValueError, match="empty cluster token"):
+        sign(b"", version=1, time=1, node=NODE, method="GET", target=CHUNK)
+
+
+def test_request_headers_refuse_a_bad_node() -> None:
+    with pytest.raises(P2PProtocolError, match="needs a port"):
+        request_headers(TOKEN, "10.0.0.5", "GET", CHUNK, NOW)
+
+
+@given(
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    b"x-pollen-version",
+                    b"x-pollen-time",
+                    b"x-pollen-node",
+                    b"x-pollen-auth",
+                    b"X-Pollen-Auth",
+                    b"other",
+                ]
+            ),
+            st.binary(max_size=80),
+        ),
+        max_size=6,
+    )
+)
+def test_verify_raises_only_auth_errors(headers: list[tuple[bytes, bytes]]) -> None:
+    try:
+        verify(TOKEN, "GET", CHUNK, headers, NOW)
+    except P2PAuthError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# Node ids
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("10.0.0.5:65002", "10.0.0.5:65002"),
+        ("[::1]:1", "[::1]:1"),
+        ("[FD00:0:0::1]:65002", "[fd00::1]:65002"),
+        ("[fd00:0000:0000:0000:0000:0000:0000:0001]:80", "[fd00::1]:80"),
+        ("Root-0.Pollen.svc:65002", "root-0.pollen.svc:65002"),
+        ("localhost:1", "localhost:1"),
+        ("10.0.0.5:0080", "10.0.0.5:80"),
+    ],
+)
+def test_node_ids(text: str, canonical: str) -> None:
+    assert parse_node(text) == canonical
+    assert parse_node(canonical) == canonical
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "10.0.0.5",  # no port
+        "10.0.0.5:0",
+        "10.0.0.5:65536",
+        "10.0.0.5:",
+        "fd00::1:65002",  # IPv6 without brackets
+        "[fd00::1]",
+        "[fe80::1%eth0]:65002",  # zone ids mean nothing to another node
+        "[10.0.0.5]:1",
+        "010.0.0.5:1",
+        "1.2.3:5",
+        " 10.0.0.5:1",
+        "10.0.0.5:1 ",
+        "a b:1",
+        "-host:1",
+        "host_name:1",
+        "h\u00f6st:1",
+        "a" * NODE_MAX + ":1",
+        "10.0.0.5:1/x",
+    ],
+)
+def test_bad_node_ids(text: str) -> None:
+    with pytest.raises(P2PProtocolError):
+        parse_node(text)
+
+
+@pytest.mark.parametrize("value", [None, 5, b"10.0.0.5:1", ["10.0.0.5:1"]])
+def test_node_ids_must_be_strings(value: object) -> None:
+    with pytest.raises(P2PProtocolError, match="must be a string"):
+        parse_node(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Ranges
+
+
+@pytest.mark.parametrize(
+    ("indexes", "text"),
+    [
+        ([], ""),
+        ([0], "0"),
+        ([0, 1], "0-1"),
+        ([0, 1, 2, 3, 4, 5, 8, 10, 11, 12], "0-5,8,10-12"),
+        ([12, 8, 3, 3, 2], "2-3,8,12"),
+        (range(2000), "0-1999"),
+        ([1999], "1999"),
+    ],
+)
+def test_encode_ranges(indexes: list[int], text: str) -> None:
+    assert encode_ranges(indexes) == text
+    assert decode_ranges(text, 2000) == frozenset(indexes)
+
+
+@pytest.mark.parametrize(
+    ("text", "indexes"),
+    [
+        ("5,1-3", {1, 2, 3, 5}),  # any order
+        ("1-3,2-4", {1, 2, 3, 4}),  # overlaps
+        ("7-7", {7}),
+        ("3,3", {3}),
+    ],
+)
+def test_decode_accepts_any_order(text: str, indexes: set[int]) -> None:
+    assert decode_ranges(text, 100) == indexes
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a", "decimal"),
+        ("1,", "decimal"),
+        (",1", "decimal"),
+        ("1,,2", "decimal"),
+        ("01", "decimal"),
+        ("-1", "decimal"),
+        ("+1", "decimal"),
+        ("1-", "decimal"),
+        ("1-2-3", "decimal"),
+        (" 1", "decimal"),
+        ("1 ", "decimal"),
+        ("\u0661", "decimal"),  # Arabic-Indic one: int() would take it
+        ("5-3", "backwards"),
+        ("100", "out of range"),
+        ("0-100", "out of range"),
+        ("0-99,0-99", "more than 100"),  # overlaps count twice: the work stays bounded
+        ("9" * 40, "decimal"),
+    ],
+)
+def test_decode_rejects(text: str, message: str) -> None:
+    with pytest.raises(P2PProtocolError, match=message):
+        decode_ranges(text, 100)
+
+
+@pytest.mark.parametrize("indexes", [[-1], [1.5], [True], ["3"]])
+def test_encode_rejects_non_indexes(indexes: list[object]) -> None:
+    with pytest.raises((P2PProtocolError, TypeError)):
+        encode_ranges(indexes)  # type: ignore[arg-type]
+
+
+@given(st.frozensets(st.integers(0, 3000)))
+def test_ranges_round_trip(indexes: frozenset[int]) -> None:
+    text = encode_ranges(indexes)
+    assert decode_ranges(text, 3001) == indexes
+    assert len(text) <= len(",".join(map(str, sorted(indexes))))  # never longer than a list
+
+
+@given(st.text(alphabet="0123456789-,", max_size=40) | st.text(max_size=20))
+def test_decode_raises_only_protocol_errors(text: str) -> None:
+    try:
+        got = decode_ranges(text, 1000)
+    except P2PProtocolError:
+        return
+    assert all(0 <= i < 1000 for i in got)
+
+
+def longest_encoding(n: int) -> int:
+    """The longest encode_ranges() text of any subset of range(n), by dynamic programming.
+
+    best[i] is the longest text for holdings in [i, n) whose first run starts at i.  A run
+    longer than three never helps (its text is that of a run of three), and a gap longer than
+    two never helps (the skipped index could start a run of its own), so the search is small.
+    """
+    best = [0] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        options = []
+        for j in range(i, min(n, i + 3)):  # the run i..j
+            text = len(str(i)) if j == i else len(str(i)) + 1 + len(str(j))
+            rest = [1 + best[k] for k in range(j + 2, min(n, j + 4))]
+            options.append(text + max(rest, default=0))
+        best[i] = max(options)
+    return max(best[:3], default=0)
+
+
+def test_longest_encoding_matches_brute_force() -> None:
+    for n in range(1, 13):
+        brute = max(
+            len(encode_ranges(i for i in range(n) if mask >> i & 1)) for mask in range(1 << n)
+        )
+        assert longest_encoding(n) == brute
+
+
+def test_worst_2000_chunk_holding_fits() -> None:
+    # Runs of two with gaps of one spell longest.
+    worst = {i for i in range(2000) if i % 3 != 2}
+    assert len(encode_ranges(worst)) == longest_encoding(2000) == 5928 <= MAX_HAVE_CHARS
+    assert PlanTarget(digest=DIGEST, upstream="r.io", repo="x", want=1, have=worst).have == worst
+
+
+@given(st.frozensets(st.integers(0, 20000), max_size=3000), st.integers(0, 400))
+def test_clip_ranges(indexes: frozenset[int], max_chars: int) -> None:
+    kept = clip_ranges(indexes, max_chars)
+    assert len(encode_ranges(kept)) <= max_chars
+    assert kept <= indexes
+    if len(encode_ranges(indexes)) <= max_chars:
+        assert kept == indexes
+    else:
+        lost = indexes - kept
+        assert not kept or max(kept) < min(lost)  # the lowest are kept
+
+
+def test_clip_ranges_keeps_the_lowest_whole_runs() -> None:
+    assert clip_ranges([0, 1, 2, 10, 11, 12, 20], 9) == {0, 1, 2, 10, 11, 12}
+    assert clip_ranges([0, 1, 2, 10, 11, 12, 20], 8) == {0, 1, 2}
+    assert clip_ranges([100, 101], 3) == frozenset()
+    big = {i for i in range(20000) if i % 2}
+    assert len(encode_ranges(clip_ranges(big))) <= MAX_HAVE_CHARS
+
+
+# --------------------------------------------------------------------------------------------
+# Targets that parse
+
+
+def plan(**fields: object) -> PlanTarget:
+    base: dict[str, object] = {
+        "digest": DIGEST,
+        "upstream": "registry.example.com",
+        "repo": "library/nginx",
+        "want": 4,
+    }
+    return PlanTarget(**{**base, **fields})  # type: ignore[arg-type]
+
+
+PLAN = f"/p2p/v1/plan/{DIGEST}?upstream=registry.example.com&repo=library/nginx&want=4"
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "parsed"),
+    [
+        ("GET", CHUNK, ChunkTarget(digest=DIGEST, index=7)),
+        ("HEAD", CHUNK, ChunkTarget(digest=DIGEST, index=7)),
+        ("GET", f"/p2p/v1/chunk/{DIGEST}/0", ChunkTarget(digest=DIGEST, index=0)),
+        (
+            "GET",
+            f"/p2p/v1/chunk/{DIGEST512}/{MAX_CHUNKS - 1}",
+            ChunkTarget(digest=DIGEST512, index=MAX_CHUNKS - 1),
+        ),
+        ("GET", PLAN, plan()),
+        ("GET", PLAN + "&have=", plan(have=frozenset())),
+        ("GET", PLAN + "&have=0-5,8,10-12", plan(have={0, 1, 2, 3, 4, 5, 8, 10, 11, 12})),
+        (
+            "GET",
+            PLAN + "&done=3@10.0.0.1:65002,4@%5Bfd00::1%5D:65002",
+            plan(done=((3, "10.0.0.1:65002"), (4, "[fd00::1]:65002"))),
+        ),
+        (
+            "GET",
+            PLAN + "&failed=5@10.0.0.1:65002,6!@root-0.pollen:65002",
+            plan(failed=((5, "10.0.0.1:65002", False), (6, "root-0.pollen:65002", True))),
+        ),
+        (
+            "GET",
+            f"/p2p/v1/plan/{DIGEST}?want=0&repo=a/b&upstream=%5B::1%5D:5000&done=&failed=",
+            plan(want=0, repo="a/b", upstream="[::1]:5000"),
+        ),
+        (
+            "GET",
+            f"/p2p/v1/plan/{DIGEST}?upstream=127.0.0.1:5000&repo=x&want=256",
+            plan(upstream="127.0.0.1:5000", repo="x", want=256),
+        ),
+        # lower-case percent-encoding of brackets and unencoded brackets are understood too
+        (
+            "GET",
+            PLAN + "&done=1@%5bfd00::1%5d:1,2@[FD00::2]:1",
+            plan(done=((1, "[fd00::1]:1"), (2, "[fd00::2]:1"))),
+        ),
+    ],
+)
+def test_targets(method: str, target: str, parsed: object) -> None:
+    assert parse_target(method, target) == parsed
+
+
+def test_builders() -> None:
+    assert ChunkTarget(digest=DIGEST, index=7).target() == CHUNK
+    built = plan(
+        have={0, 1, 2, 9},
+        done=((3, "10.0.0.1:65002"),),
+        failed=((5, "[FD00::1]:65002", False), (6, "10.0.0.2:65002", True)),
+    ).target()
+    assert built == (
+        PLAN + "&have=0-2,9&done=3@10.0.0.1:65002&failed=5@%5Bfd00::1%5D:65002,6!@10.0.0.2:65002"
+    )
+
+
+@given(plan_targets())
+def test_plan_target_round_trip(original: PlanTarget) -> None:
+    target = original.target()
+    parsed = parse_target("GET", target)
+    assert parsed == original
+    assert parsed.target() == target
+
+
+@given(digests, st.integers(0, MAX_CHUNKS - 1), st.sampled_from(["GET", "HEAD"]))
+def test_chunk_round_trip(digest: str, index: int, method: str) -> None:
+    original = ChunkTarget(digest=digest, index=index)
+    assert parse_target(method, original.target()) == original
+
+
+def test_longest_plan_request_line_is_under_8_KiB() -> None:
+    upstream = ".".join(["a" * 63] * 3 + ["b" * 61]) + ":65535"  # 253-character name
+    repo = "/".join(["r" * 63] * 4)  # 255 characters
+    node = "n" * 63 + "." + "x" * 10 + ":65535"  # the longest node id
+    assert parse_node(node) == node and len(node) == NODE_MAX
+    worst_have = {i for i in range(2000) if i % 3 != 2}
+    big = MAX_CHUNKS - 1
+    target = PlanTarget(
+        digest=DIGEST512,
+        upstream=upstream,
+        repo=repo,
+        want=256,
+        have=worst_have,
+        done=tuple((big, node) for _ in range(MAX_REPORTS // 2)),
+        failed=tuple((big, node, True) for _ in range(MAX_REPORTS - MAX_REPORTS // 2)),
+    ).target()
+    request_line = f"GET {target} HTTP/1.1\r\n"
+    assert len(request_line) < 8192, len(request_line)
+    assert parse_target("GET", target).have == worst_have
+
+
+# --------------------------------------------------------------------------------------------
+# Targets that are refused
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "status", "message"),
+    [
+        ("GET", "/v2/", 404, "no P2P endpoint"),
+        ("GET", "/p2p/v2/chunk/x/1", 404, "no P2P endpoint"),
+        ("GET", "/p2p/v1/chunk/", 404, "expected"),
+        ("GET", f"/p2p/v1/chunk/{DIGEST}", 404, "expected"),
+        ("GET", f"/p2p/v1/chunk/{DIGEST}/1/2", 404, "expected"),
+        ("GET", f"/p2p/v1/plan/{DIGEST}/x?want=1", 404, "expected"),
+        ("PUT", CHUNK, 405, "not allowed"),
+        ("POST", PLAN, 405, "not allowed"),
+        ("HEAD", PLAN, 405, "not allowed"),
+        ("GET", CHUNK + "?x=1", 400, "no query"),
+        ("GET", CHUNK + "?", 400, "no query"),
+        ("GET", f"/p2p/v1/chunk/sha256:{HEX64[:-1]}/1", 400, "64 lower-case hex"),
+        ("GET", f"/p2p/v1/chunk/sha256:{HEX64.upper()}/1", 400, "64 lower-case hex"),
+        ("GET", f"/p2p/v1/chunk/md5:{HEX64[:32]}/1", 400, "unsupported digest"),
+        ("GET", f"/p2p/v1/chunk/{DIGEST}/-1", 400, "decimal"),
+        ("GET", f"/p2p/v1/chunk/{DIGEST}/01", 400, "decimal"),
+        ("GET", f"/p2p/v1/chunk/{DIGEST}/", 400, "decimal"),
+        ("GET", f"/p2p/v1/chunk/{DIGEST}/{MAX_CHUNKS}", 400, "out of range"),
+        ("GET", f"/p2p/v1/chunk/{DIGEST}/1%30", 400, "decimal"),
+        ("GET", CHUNK + "#x", 400, "visible ASCII"),
+        ("GET", CHUNK.replace("/7", "/\u0667"), 400, "visible ASCII"),
+        ("GET", CHUNK + " ", 400, "visible ASCII"),
+        ("GET", "/p2p/v1/chunk/" + "a" * 9000, 414, "longer than"),
+        ("GET", f"/p2p/v1/plan/{DIGEST}", 400, "lacks upstream, repo, want"),
+        ("GET", f"/p2p/v1/plan/{DIGEST}?", 400, "lacks upstream, repo, want"),
+        ("GET", f"/p2p/v1/plan/{DIGEST}?upstream=r.io&repo=x", 400, "lacks want"),
+        ("GET", PLAN + "&want=5", 400, "given twice"),
+        ("GET", PLAN + "&busy=1", 400, "unknown plan parameter"),
+        ("GET", PLAN + "&", 400, "unknown plan parameter"),
+        ("GET", PLAN + "&have", 400, "has no value"),
+        ("GET", PLAN.replace("want=4", "want=257"), 400, "out of range"),
+        ("GET", PLAN.replace("want=4", "want=x"), 400, "decimal"),
+        ("GET", PLAN.replace("library/nginx", "Library/nginx"), 400, "invalid repository"),
+        ("GET", PLAN.replace("library/nginx", "a//b"), 400, "invalid repository"),
+        ("GET", PLAN.replace("library/nginx", "a%2Fb"), 400, "percent-encoding"),
+        ("GET", PLAN.replace("registry.example.com", "Registry.io"), 400, "lower-case"),
+        ("GET", PLAN.replace("registry.example.com", "r.io:0"), 400, "bad upstream"),
+        ("GET", PLAN.replace("registry.example.com", "fd00::1"), 400, "bad upstream"),
+        ("GET", PLAN.replace("registry.example.com", ""), 400, "lower-case"),
+        ("GET", PLAN + "&have=1-", 400, "decimal"),
+        ("GET", PLAN + "&have=3-1", 400, "backwards"),
+        ("GET", PLAN + f"&have={MAX_CHUNKS}", 400, "out of range"),
+        ("GET", PLAN + "&have=" + "1," * 3001 + "1", 400, "have longer than"),
+        ("GET", PLAN + "&done=3", 400, "not <chunk>@<node>"),
+        ("GET", PLAN + "&done=3@10.0.0.1", 400, "needs a port"),
+        ("GET", PLAN + "&done=3!@10.0.0.1:1", 400, "decimal"),  # no "bad" mark on done
+        ("GET", PLAN + "&done=@10.0.0.1:1", 400, "decimal"),
+        ("GET", PLAN + "&failed=3!!@10.0.0.1:1", 400, "decimal"),
+        ("GET", PLAN + "&failed=3@fd00::1:1", 400, "bad node id"),
+        ("GET", PLAN + "&done=" + ",".join(["1@10.0.0.1:1"] * 17), 400, "more than 16"),
+        (
+            "GET",
+            PLAN + "&done=" + ",".join(["1@a:1"] * 9) + "&failed=" + ",".join(["1@a:1"] * 8),
+            400,
+            "more than 16",
+        ),
+    ],
+)
+def test_refused_targets(method: str, target: str, status: int, message: str) -> None:
+    with pytest.raises(P2PProtocolError) as info:
+        parse_target(method, target)
+    assert info.value.status_hint == status
+    assert message in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"digest": "sha256:x"}, "64 lower-case hex"),
+        ({"want": -1}, "out of range"),
+        ({"want": True}, "must be an integer"),
+        ({"have": {-1}}, "out of range"),
+        ({"have": {1.0}}, "must be an integer"),
+        ({"have": "0-3"}, "set of chunk indexes"),
+        ({"have": set(range(0, 6000, 2))}, "clip_ranges"),
+        ({"done": ((1, "10.0.0.1"),)}, "needs a port"),
+        ({"done": ((1,),)}, "(chunk, source)"),
+        ({"failed": ((1, "10.0.0.1:1"),)}, "(chunk, source, bad)"),
+        ({"failed": ((1, "10.0.0.1:1", 1),)}, "(chunk, source, bad)"),
+        ({"done": tuple((i, "a:1") for i in range(17))}, "more than 16"),
+    ],
+)
+def test_plan_target_validates_its_fields(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(P2PProtocolError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan(**fields)
+
+
+def test_chunk_target_validates_its_fields() -> None:
+    with pytest.raises(P2PProtocolError):
+        ChunkTarget(digest=DIGEST, index=-1)
+    with pytest.raises(P2PProtocolError):
+        ChunkTarget(digest=DIGEST, index=MAX_CHUNKS)
+    with pytest.raises(P2PProtocolError):
+        ChunkTarget(digest="sha1:" + "0" * 40, index=0)
+
+
+_TARGET_ALPHABET = string.ascii_letters + string.digits + "/:?&=,@!-%[]#.+ \u00e9"
+
+
+@given(
+    method=st.sampled_from(["GET", "HEAD", "PUT", ""]),
+    target=st.one_of(
+        st.text(max_size=200),
+        st.text(alphabet=_TARGET_ALPHABET, max_size=200).map(lambda t: "/p2p/v1/plan/" + t),
+        st.text(alphabet=_TARGET_ALPHABET, max_size=200).map(lambda t: PLAN + t),
+        st.text(alphabet=_TARGET_ALPHABET, max_size=80).map(lambda t: "/p2p/v1/chunk/" + t),
+    ),
+)
+def test_parser_raises_only_protocol_errors(method: str, target: str) -> None:
+    try:
+        parse_target(method, target)
+    except P2PProtocolError as e:
+        assert e.status_hint in (400, 404, 405, 414)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(plan_targets(), st.data())
+def test_mutated_plan_targets_parse_or_fail_cleanly(
+    original: PlanTarget, data: st.DataObject
+) -> None:
+    target = original.target()
+    at = data.draw(st.integers(0, len(target)))
+    cut = data.draw(st.integers(0, 5))
+    insert = data.draw(st.text(alphabet=_TARGET_ALPHABET, max_size=5))
+    mutated = target[:at] + insert + target[at + cut :]
+    try:
+        parsed = parse_target("GET", mutated)
+    except P2PProtocolError:
+        return
+    assert isinstance(parsed, (PlanTarget, ChunkTarget))
+
+
+# --------------------------------------------------------------------------------------------
+# Plan replies
+
+
+def reply(**fields: object) -> bytes:
+    doc: dict[str, object] = {
+        "size": 10,
+        "chunk_size": 4,
+        "chunk_sha256": {"0": SHA_A, "2": SHA_B},
+        "assignments": [[0, "10.0.0.1:65002"], [2, "[fd00::1]:65002"]],
+        "complete": False,
+        "error": None,
+        "error_status": None,
+        "retry_after": 0.5,
+    }
+    doc.update(fields)
+    return json.dumps(doc).encode()
+
+
+def test_plan_from_json() -> None:
+    got = Plan.from_json(reply())
+    assert got == Plan(
+        size=10,
+        chunk_size=4,
+        chunk_sha256={0: SHA_A, 2: SHA_B},
+        assignments=((0, "10.0.0.1:65002"), (2, "[fd00::1]:65002")),
+        retry_after=0.5,
+    )
+    assert got.count == 3
+    assert Plan.from_json(got.to_json()) == got
+
+
+def test_plan_error_reply() -> None:
+    got = Plan.from_json(
+        reply(chunk_sha256={}, assignments=[], size=None, error="unauthorized", error_status=401)
+    )
+    assert (got.error, got.error_status, got.size, got.count) == ("unauthorized", 401, None, None)
+
+
+@given(plans())
+def test_plan_round_trip(original: Plan) -> None:
+    data = original.to_json()
+    assert Plan.from_json(data) == original
+    assert Plan.from_json(data.decode()) == original
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "not JSON"),
+        (b"{", "not JSON"),
+        (b"\xff", "not JSON"),
+        (b"[]", "JSON object"),
+        (b"null", "JSON object"),
+        (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
+        (b" " * (9 << 20), "larger than"),
+        (reply(size=-1), "non-negative"),
+        (reply(size="10"), "non-negative"),
+        (reply(size=10.0), "non-negative"),
+        (reply(size=True), "non-negative"),
+        (reply(chunk_size=0), "chunk_size"),
+        (reply(chunk_size=None), "chunk_size"),
+        (reply(chunk_size=1 << 31), "chunk_size"),
+        (reply(size=MAX_CHUNKS + 1, chunk_size=1, chunk_sha256={}, assignments=[]), "more than"),
+        (reply(chunk_sha256=[]), "JSON object"),
+        (reply(chunk_sha256={"3": SHA_A}, assignments=[]), "out of range"),
+        (reply(chunk_sha256={"-1": SHA_A}, assignments=[]), "decimal"),
+        (reply(chunk_sha256={"00": SHA_A}, assignments=[]), "decimal"),
+        (reply(chunk_sha256={"x": SHA_A}, assignments=[]), "decimal"),
+        (reply(chunk_sha256={"0": SHA_A.upper()}, assignments=[]), "hex"),
+        (reply(chunk_sha256={"0": SHA_A[:-1]}, assignments=[]), "hex"),
+        (reply(chunk_sha256={"0": 5}, assignments=[]), "hex"),
+        (reply(assignments={}), "JSON array"),
+        (reply(assignments=[[0]]), "(chunk, source)"),
+        (reply(assignments=[0]), "(chunk, source)"),
+        (reply(assignments=[[0, "10.0.0.1:65002", 1]]), "(chunk, source)"),
+        (reply(assignments=[[1, "10.0.0.1:65002"]]), "without its sha256"),
+        (reply(assignments=[[3, "10.0.0.1:65002"]]), "out of range"),
+        (reply(assignments=[["0", "10.0.0.1:65002"]]), "must be an integer"),
+        (reply(assignments=[[0.0, "10.0.0.1:65002"]]), "must be an integer"),
+        (reply(assignments=[[0, "10.0.0.1"]]), "needs a port"),
+        (reply(assignments=[[0, 7]]), "must be a string"),
+        (reply(assignments=[[0, "a:1"], [0, "a:1"]]), "twice"),
+        (reply(assignments=[[0, "a:1"]] * 1025), "more than 1024"),
+        (reply(size=None, chunk_sha256={}, assignments=[[0, "a:1"]]), "no chunks yet"),
+        (reply(complete="yes"), "true or false"),
+        (reply(complete=1), "true or false"),
+        (reply(size=None, chunk_sha256={}, assignments=[], complete=True), "must have a size"),
+        (reply(error="x"), "go together"),
+        (reply(error_status=404), "go together"),
+        (reply(error="x", error_status=200, assignments=[]), "HTTP error status"),
+        (reply(error="x", error_status=True, assignments=[]), "HTTP error status"),
+        (reply(error="x", error_status=404.0, assignments=[]), "HTTP error status"),
+        (reply(error="x", error_status=404), "neither assigns"),
+        (reply(error="x", error_status=404, assignments=[], complete=True), "neither assigns"),
+        (reply(error="a\nb", error_status=404, assignments=[]), "printable"),
+        (reply(error=5, error_status=404, assignments=[]), "printable"),
+        (reply(error="x" * 1025, error_status=404, assignments=[]), "longer than"),
+        (reply(retry_after=-1), "retry_after"),
+        (reply(retry_after=61), "retry_after"),
+        (reply(retry_after="1"), "retry_after"),
+        (reply(retry_after=False), "retry_after"),
+        (reply().replace(b'"retry_after": 0.5', b'"retry_after": NaN'), "not JSON"),
+        (reply().replace(b'"retry_after": 0.5', b'"retry_after": Infinity'), "not JSON"),
+        (reply().replace(b'"retry_after": 0.5', b'"retry_after": 1e999'), "retry_after"),
+        (reply().replace(b'"size": 10', b'"size": ' + b"9" * 5000), "not JSON"),
+        (reply(extra=1), "unknown ['extra']"),
+        (reply().replace(b'"complete": false, ', b""), "missing ['complete']"),
+    ],
+)
+def test_malformed_replies(data: bytes, message: str) -> None:
+    with pytest.raises(P2PProtocolError) as info:
+        Plan.from_json(data)
+    assert message in info.value.message
+    assert info.value.status_hint == 400
+
+
+PLAN_FIELDS = (
+    "size",
+    "chunk_size",
+    "chunk_sha256",
+    "assignments",
+    "complete",
+    "error",
+    "error_status",
+    "retry_after",
+)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=20,
+)
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional=dict.fromkeys(PLAN_FIELDS, _json),
+    )
+    | _json
+)
+def test_from_json_raises_only_protocol_errors(doc: object) -> None:
+    try:
+        Plan.from_json(json.dumps(doc))
+    except P2PProtocolError:
+        pass
+
+
+@given(plans(), st.data())
+def test_mutated_replies_parse_or_fail_cleanly(original: Plan, data: st.DataObject) -> None:
+    text = original.to_json()
+    at = data.draw(st.integers(0, len(text)))
+    insert = data.draw(st.binary(max_size=4))
+    try:
+        Plan.from_json(text[:at] + insert + text[at + data.draw(st.integers(0, 4)) :])
+    except P2PProtocolError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# Ownership: rendezvous hashing
+
+ROOTS = ["10.0.0.11:65002", "10.0.0.12:65002", "10.0.0.13:65002"]
+
+
+def test_rendezvous_is_pinned() -> None:
+    # Every node, whatever its version, must agree on owners: these values never change.
+    assert rendezvous_score(DIGEST, ROOTS[0]) == 0xC26CCC08BFE3B71D
+    assert rendezvous_order(DIGEST, ROOTS) == [ROOTS[1], ROOTS[0], ROOTS[2]]
+
+
+@given(digests, st.lists(nodes, max_size=8), st.randoms())
+def test_rendezvous_is_stable(digest: str, roots: list[str], rnd: random.Random) -> None:
+    order = rendezvous_order(digest, roots)
+    assert sorted(order) == sorted(set(roots))
+    shuffled = roots + roots[:2]  # order and duplicates of the input do not matter
+    rnd.shuffle(shuffled)
+    assert rendezvous_order(digest, shuffled) == order
+    scores = [rendezvous_score(digest, r) for r in order]
+    assert scores == sorted(scores, reverse=True)
+
+
+def random_digests(n: int) -> list[str]:
+    rnd = random.Random(4)
+    return [f"sha256:{rnd.getrandbits(256):064x}" for _ in range(n)]
+
+
+@pytest.mark.parametrize("count", [2, 3, 5, 8])
+def test_each_root_owns_its_share(count: int) -> None:
+    roots = [f"10.0.0.{10 + i}:65002" for i in range(count)]
+    owners = [rendezvous_order(d, roots)[0] for d in random_digests(10_000)]
+    expected = 10_000 / count
+    for root in roots:
+        # Binomial standard deviation is at most 50 here; 15 % is more than 4 of them.
+        assert abs(owners.count(root) - expected) < 0.15 * expected, (root, owners.count(root))
+
+
+def test_removing_a_root_moves_only_its_layers() -> None:
+    roots = [f"10.0.0.{10 + i}:65002" for i in range(5)]
+    gone = roots[2]
+    rest = [r for r in roots if r != gone]
+    moved_to: dict[str, int] = {}
+    for digest in random_digests(10_000):
+        before = rendezvous_order(digest, roots)
+        after = rendezvous_order(digest, rest)
+        assert after == [r for r in before if r != gone]  # the order among survivors holds
+        if before[0] == gone:
+            moved_to[after[0]] = moved_to.get(after[0], 0) + 1
+        else:
+            assert after[0] == before[0]
+    # The dead root's layers spread over all survivors, not onto one neighbour.
+    assert set(moved_to) == set(rest)
+    assert min(moved_to.values()) > 0.15 * sum(moved_to.values())
+
+
+def test_empty_root_set() -> None:
+    assert rendezvous_order(DIGEST, []) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+def test_error_family() -> None:
+    assert issubclass(P2PProtocolError, P2PError) and issubclass(P2PAuthError, P2PError)
+    assert P2PProtocolError("x").status_hint == 400
+    assert P2PProtocolError("x", status_hint=414).status_hint == 414
+    err = P2PAuthError("bad signature")
+    assert (err.status_hint, err.reason, str(err)) == (401, "bad signature", "bad signature")

@@ -1,0 +1,634 @@
+"""Tests for agent/swarm/schedule.py: the per-layer chunk schedule, by hand, by hypothesis,
+by simulation.
+
+Pure: events in, `Actions` out, time passed as `now`. The simulations (tests/swarm/swarmsim.py)
+drive the same object with virtual links and check every assignment against the simulated truth.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from agent.swarm.schedule import Actions, Assignment, LayerSchedule
+from tests.swarm.swarmsim import Mbit, MiB, SwarmConfig, reference_case, simulate
+
+ROOT = "root"
+
+
+def triples(actions: Actions) -> list[tuple[str, int, str]]:
+    return [(a.node, a.chunk, a.source) for a in actions.assigned]
+
+
+def cancelled(actions: Actions) -> list[tuple[str, int, str]]:
+    return [(a.node, a.chunk, a.source) for a in actions.cancelled]
+
+
+def schedule(chunks: int, **kw: object) -> LayerSchedule:
+    return LayerSchedule(chunk_count=chunks, root=ROOT, **kw)  # type: ignore[arg-type]
+
+
+def uploading(s: LayerSchedule) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for a in s.in_flight():
+        counts[a.source] = counts.get(a.source, 0) + 1
+    return counts
+
+
+# --------------------------------------------------------------------------------------------
+# Striping: the root's link carries each chunk once, first copies land on different nodes
+
+
+def test_first_copies_go_to_different_nodes() -> None:
+    s = schedule(8, root_upload_slots=4)
+    s.origin_progress(4, now=0)
+    got = []
+    for node in ("a", "b", "c", "d"):
+        got += triples(s.request(node, want=2, now=0))
+    assert sorted(got) == [("a", 0, ROOT), ("b", 1, ROOT), ("c", 2, ROOT), ("d", 3, ROOT)]
+
+
+def test_first_copies_striped_when_chunks_land_later() -> None:
+    s = schedule(8, root_upload_slots=4)
+    for node in ("a", "b", "c", "d"):
+        assert not s.request(node, want=2, now=0)  # nothing at the root yet: they wait
+    got = triples(s.origin_progress(4, now=0.1))
+    assert sorted(got) == [("a", 0, ROOT), ("b", 1, ROOT), ("c", 2, ROOT), ("d", 3, ROOT)]
+
+
+def test_root_hands_a_root_only_chunk_to_one_node_at_a_time() -> None:
+    s = schedule(1, root_upload_slots=3)
+    s.origin_progress(1, now=0)
+    assert triples(s.request("a", want=1, now=0)) == [("a", 0, ROOT)]
+    assert not s.request("b", want=1, now=0)  # the root has slots, but a's copy is coming
+    # When a has it, b gets it from a, pushed with a's completion.
+    assert triples(s.completed("a", 0, ROOT, now=1)) == [("b", 0, "a")]
+
+
+def test_next_root_copy_goes_to_the_node_with_fewest() -> None:
+    s = schedule(4)
+    s.origin_progress(4, now=0)
+    assert triples(s.request("a", want=1, now=0)) == [("a", 0, ROOT)]
+    assert not s.request("b", want=1, now=0)
+    # a is done and asks first, but b waited and has had nothing from the root.
+    out = triples(s.completed("a", 0, ROOT, now=1)) + triples(s.request("a", want=1, now=1))
+    assert ("b", 1, ROOT) in out
+    assert ("a", 1, ROOT) not in out
+    assert s.progress()["root"] == {"uploading": 1, "uploaded": 1}
+
+
+def test_root_does_not_send_what_a_peer_holds() -> None:
+    s = schedule(2)
+    s.origin_progress(2, now=0)
+    s.request("a", have=[0], want=0, now=0)
+    # b lacks 0 and 1; the root is idle: it sends 1 (root-only), and 0 comes from a.
+    assert triples(s.request("b", want=1, now=0)) == [("b", 1, ROOT)]
+    assert triples(s.request("c", want=1, now=0)) == [("c", 0, "a")]
+
+
+# --------------------------------------------------------------------------------------------
+# Window and order
+
+
+def test_lowest_missing_chunk_first() -> None:
+    s = schedule(6)
+    s.request("p", have=range(6), want=0, now=0)
+    assert triples(s.request("n", have=[0, 2], want=1, now=0)) == [("n", 1, "p")]
+
+
+def test_window_bounds_what_a_node_is_given() -> None:
+    s = schedule(10, window=2)
+    s.request("p", have=range(2, 10), want=0, now=0)
+    assert not s.request("n", want=1, now=0)  # p holds 2..9, outside [0, 2)
+    assert triples(s.origin_progress(1, now=1)) == [("n", 0, ROOT)]
+    s.completed("n", 0, ROOT, now=2)
+    # The window is [1, 3) now: chunk 1 is nowhere yet, chunk 2 is at p.
+    assert triples(s.request("n", want=1, now=2)) == [("n", 2, "p")]
+
+
+def test_one_download_at_a_time() -> None:
+    s = schedule(4, upload_slots=2)
+    s.request("p", have=range(4), want=0, now=0)
+    s.request("q", have=range(4), want=0, now=0)
+    assert triples(s.request("n", want=3, now=0)) == [("n", 0, "p")]
+    assert s.progress()["nodes"]["n"]["demand"] == 2  # kept for a second source, if late
+
+
+# --------------------------------------------------------------------------------------------
+# Sources: slots, load, speed
+
+
+def test_upload_slots_are_never_exceeded() -> None:
+    s = schedule(1, upload_slots=2)
+    s.request("a", have=[0], want=0, now=0)
+    assert triples(s.request("b", want=1, now=0)) == [("b", 0, "a")]
+    assert triples(s.request("c", want=1, now=0)) == [("c", 0, "a")]
+    assert not s.request("d", want=1, now=0)  # a is full, the root does not step in
+    assert uploading(s) == {"a": 2}
+    # b finishes: d gets the chunk from b (idle) rather than from a (one upload left).
+    assert triples(s.completed("b", 0, "a", now=1)) == [("d", 0, "b")]
+    assert uploading(s) == {"a": 1, "b": 1}
+
+
+def test_least_loaded_holder_is_the_source() -> None:
+    s = schedule(1, upload_slots=3)
+    s.request("a", have=[0], want=0, now=0)
+    assert triples(s.request("x", want=1, now=0)) == [("x", 0, "a")]
+    assert triples(s.request("y", want=1, now=0)) == [("y", 0, "a")]
+    s.request("b", have=[0], want=0, now=0)  # a has two uploads, b none
+    assert triples(s.request("z", want=1, now=0)) == [("z", 0, "b")]
+    assert triples(s.request("w", want=1, now=0)) == [("w", 0, "b")]  # 1 upload beats 2
+    v = triples(s.request("v", want=1, now=0))
+    assert len(v) == 1 and v[0][2] in ("a", "b")
+    u = triples(s.request("u", want=1, now=0))
+    assert len(u) == 1 and u[0][2] in ("a", "b") and u[0][2] != v[0][2]
+    assert uploading(s) == {"a": 3, "b": 3}
+    assert not s.request("t", want=1, now=0)  # every slot taken
+
+
+def test_slow_source_loses_to_a_faster_one() -> None:
+    s = schedule(2)
+    s.origin_progress(2, now=0)
+    s.request("slow", have=[0, 1], want=0, now=0)  # first in line among idle holders
+    s.request("fast", have=[0], want=0, now=0)
+    s.request("other", have=[0], want=0, now=0)
+    assert triples(s.request("x", want=1, now=0)) == [("x", 0, "slow")]
+    assert triples(s.request("y", want=1, now=0)) == [("y", 0, "fast")]
+    assert triples(s.request("z", want=1, now=0)) == [("z", 0, "other")]
+    # The usual transfer takes about 1 s; slow took 10.
+    s.completed("y", 0, "fast", now=1)
+    s.completed("z", 0, "other", now=1)
+    s.completed("x", 0, "slow", now=10)
+    assert s.progress()["nodes"]["slow"]["uploaded"] == 1
+    # Chunk 1 only slow holds: it counts as root-only, and the root sends it.
+    assert triples(s.request("v", have=[0], want=1, now=10)) == [("v", 1, ROOT)]
+    # slow is idle and first in line for chunk 0, but a faster holder serves it.
+    assert triples(s.request("w", have=[1], want=1, now=10)) == [("w", 0, "fast")]
+
+
+def test_an_upload_running_long_marks_its_source_slow() -> None:
+    s = schedule(2)
+    s.origin_progress(2, now=0)
+    s.request("a", have=[0, 1], want=0, now=0)
+    s.request("b", have=[0], want=0, now=0)
+    assert triples(s.request("x", want=1, now=0)) == [("x", 0, "a")]
+    s.completed("x", 0, "a", now=1)  # usual: 1 s
+    assert triples(s.request("y", have=[0], want=1, now=1)) == [("y", 1, "a")]
+    # Five seconds later y's transfer is still running: a is slow, and chunk 1 (held by a
+    # alone) is sent by the root to the next node that needs it.
+    assert triples(s.request("z", have=[0], want=1, now=6)) == [("z", 1, ROOT)]
+
+
+# --------------------------------------------------------------------------------------------
+# Faults
+
+
+def test_bad_data_bans_the_source_for_the_layer() -> None:
+    s = schedule(2, upload_slots=2)
+    s.origin_progress(2, now=0)
+    s.request("liar", have=[0, 1], want=0, now=0)
+    assert triples(s.request("x", want=1, now=0)) == [("x", 0, "liar")]
+    assert triples(s.request("y", want=1, now=0)) == [("y", 0, "liar")]
+    out = s.failed("x", 0, "liar", bad_data=True, now=1)
+    # y's transfer from the liar is cancelled, and the liar's chunks are root-only again.
+    assert cancelled(out) == [("y", 0, "liar")]
+    assert s.progress()["nodes"]["liar"]["banned"]
+    assert s.progress()["copies"] == [0, 0]
+    assert triples(s.request("x", want=1, now=1)) == [("x", 0, ROOT)]
+    assert not s.request("y", want=1, now=1)  # the root is busy; the liar is not an option
+    now = 1.0
+    seen = []
+    for node in ("x", "y", "p", "q", "r"):
+        for _ in range(2):
+            got = triples(s.request(node, want=1, now=now))
+            for a in s.in_flight():
+                now += 1
+                seen += triples(s.completed(a.node, a.chunk, a.source, now=now))
+            seen += got
+    assert seen and all(src != "liar" for _, _, src in seen)
+    assert s.failed("x", 0, "liar", bad_data=True, now=now) == Actions()  # again: no effect
+
+
+def test_a_banned_node_may_still_download() -> None:
+    s = schedule(2)
+    s.request("p", have=[0, 1], want=0, now=0)
+    s.request("liar", have=[0], want=0, now=0)
+    s.request("x", have=[1], want=1, now=0)
+    s.failed("x", 0, "liar", bad_data=True, now=1)
+    got = triples(s.request("liar", want=1, now=1))
+    assert len(got) == 1 and got[0][:2] == ("liar", 1)
+
+
+def test_a_ban_outlives_leaving() -> None:
+    s = schedule(1)
+    s.request("liar", have=[0], want=0, now=0)
+    s.request("x", want=1, now=0)
+    s.failed("x", 0, "liar", bad_data=True, now=1)
+    s.leave("liar", now=2)
+    s.request("liar", have=[0], want=0, now=3)  # back, with the same name
+    assert s.progress()["nodes"]["liar"]["banned"]
+    s.origin_progress(1, now=3)
+    assert triples(s.request("x", want=1, now=3)) == [("x", 0, ROOT)]
+
+
+def test_timeout_frees_the_slot_and_another_holder_serves() -> None:
+    s = schedule(1, transfer_timeout=5)
+    s.request("a", have=[0], want=0, now=0)
+    s.request("b", have=[0], want=0, now=0)
+    first = triples(s.request("x", want=1, now=0))
+    assert len(first) == 1
+    stuck = first[0][2]
+    assert not s.expire(now=4.9)
+    assert cancelled(s.expire(now=5)) == first
+    assert uploading(s) == {}
+    other = "b" if stuck == "a" else "a"
+    assert triples(s.request("x", want=1, now=5)) == [("x", 0, other)]
+    # The other one times out too: x avoids every holder, so the root serves it.
+    s.origin_progress(1, now=6)
+    assert cancelled(s.expire(now=10)) == [("x", 0, other)]
+    assert triples(s.request("x", want=1, now=10)) == [("x", 0, ROOT)]
+
+
+def test_failed_transfer_frees_the_slot_and_is_retried_elsewhere() -> None:
+    s = schedule(1)
+    s.request("a", have=[0], want=0, now=0)
+    s.request("b", have=[0], want=0, now=0)
+    (x, chunk, src) = triples(s.request("x", want=1, now=0))[0]
+    assert not cancelled(s.failed(x, chunk, src, bad_data=False, now=1))
+    assert not s.progress()["nodes"][src]["banned"]
+    assert triples(s.request("x", want=1, now=1)) == [("x", 0, "b" if src == "a" else "a")]
+
+
+def test_leave_drops_holdings_and_transfers() -> None:
+    s = schedule(2, root_upload_slots=2)
+    s.origin_progress(2, now=0)
+    s.request("a", have=[0], want=0, now=0)
+    assert triples(s.request("a", want=1, now=0)) == [("a", 1, ROOT)]
+    assert triples(s.request("x", want=1, now=0)) == [("x", 0, "a")]
+    out = s.leave("a", now=1)
+    assert sorted(cancelled(out)) == [("a", 1, ROOT), ("x", 0, "a")]
+    assert "a" not in s.progress()["nodes"]
+    assert s.progress()["copies"] == [0, 0]
+    assert not s.holds("a", 0)
+    # Chunk 0 is root-only again.
+    assert triples(s.request("x", want=1, now=1)) == [("x", 0, ROOT)]
+    assert not s.leave("a", now=1)  # twice is harmless
+
+
+def test_a_waiting_node_is_served_when_the_chunk_lands() -> None:
+    s = schedule(3)
+    assert not s.request("x", want=1, now=0)
+    assert triples(s.origin_progress(1, now=0.5)) == [("x", 0, ROOT)]
+    assert s.in_flight() == [Assignment(node="x", chunk=0, source=ROOT, issued=0.5)]
+
+
+# --------------------------------------------------------------------------------------------
+# Second sources: endgame and late transfers
+
+
+def test_endgame_duplicate_first_to_finish_wins() -> None:
+    s = schedule(2, endgame=1)
+    s.request("a", have=[0, 1], want=0, now=0)
+    s.request("b", have=[0, 1], want=0, now=0)
+    assert triples(s.request("x", want=1, now=0)) == [("x", 0, "a")]
+    s.completed("x", 0, "a", now=1)  # the usual transfer takes 1 s
+    # x lacks only its last chunk; it keeps a spare slot.
+    assert triples(s.request("x", want=2, now=1)) == [("x", 1, "a")]
+    assert not s.expire(now=1.9)  # not late yet
+    assert triples(s.expire(now=2.1)) == [("x", 1, "b")]
+    # b wins; a's transfer is cancelled, and a's late report changes nothing.
+    out = s.completed("x", 1, "b", now=2.5)
+    assert cancelled(out) == [("x", 1, "a")]
+    assert uploading(s) == {}
+    assert not s.completed("x", 1, "a", now=2.6)
+    assert s.progress()["nodes"]["x"]["have"] == 2
+    assert s.progress()["nodes"]["x"]["downloaded"] == 2
+
+
+def test_no_duplicate_before_the_endgame_unless_late() -> None:
+    s = schedule(8, endgame=1)
+    s.request("a", have=range(8), want=0, now=0)
+    s.request("b", have=range(8), want=0, now=0)
+    assert triples(s.request("x", want=1, now=0)) == [("x", 0, "a")]
+    s.completed("x", 0, "a", now=1)
+    assert triples(s.request("x", want=2, now=1)) == [("x", 1, "a")]
+    assert not s.expire(now=2.5)  # 1.5 usual durations: fine before the endgame
+    assert triples(s.expire(now=3.5)) == [("x", 1, "b")]  # past 2: late
+
+
+def test_no_second_source_without_spare_demand() -> None:
+    s = schedule(2, endgame=2)
+    s.request("a", have=[0, 1], want=0, now=0)
+    s.request("b", have=[0, 1], want=0, now=0)
+    assert triples(s.request("x", want=1, now=0)) == [("x", 0, "a")]
+    s.completed("x", 0, "a", now=1)
+    assert triples(s.request("x", want=1, now=1)) == [("x", 1, "a")]
+    assert not s.expire(now=5)
+
+
+# --------------------------------------------------------------------------------------------
+# Bookkeeping and validation
+
+
+def test_have_replaces_what_the_schedule_knew() -> None:
+    s = schedule(3)
+    s.request("a", have=[0, 1], want=0, now=0)
+    assert s.holds("a", 0) and s.holds("a", 1) and not s.holds("a", 2)
+    s.request("a", have=[1, 2], want=0, now=1)  # chunk 0 was evicted
+    assert not s.holds("a", 0) and s.holds("a", 2)
+    assert s.progress()["copies"] == [0, 1, 1]
+    assert s.progress()["nodes"]["a"]["first_missing"] == 0
+
+
+def test_completion_of_an_unknown_transfer_still_counts() -> None:
+    s = schedule(2, transfer_timeout=1)
+    s.request("a", have=[0, 1], want=0, now=0)
+    s.request("x", want=1, now=0)
+    s.expire(now=2)
+    s.completed("x", 0, "a", now=3)
+    assert s.holds("x", 0)
+    assert uploading(s) == {}
+
+
+def test_progress_counts() -> None:
+    s = schedule(2)
+    s.origin_progress(2, now=0)
+    s.request("a", want=1, now=0)
+    s.completed("a", 0, ROOT, now=1)
+    p = s.progress()
+    assert p["chunks"] == 2 and p["origin"] == 2 and p["complete"] == 0
+    assert p["copies"] == [1, 0]
+    assert p["root"] == {"uploading": 0, "uploaded": 1}
+    assert p["nodes"]["a"]["have"] == 1 and p["nodes"]["a"]["from_root"] == 1
+
+
+def test_actions_are_falsy_when_empty() -> None:
+    assert not Actions()
+    assert Actions(assigned=(Assignment(node="a", chunk=0, source="b", issued=0),))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.request("x", want=-1, now=0),
+        lambda s: s.request(ROOT, want=1, now=0),
+        lambda s: s.request("", want=1, now=0),
+        lambda s: s.request("x", have=[4], want=1, now=0),
+        lambda s: s.completed("x", 4, "a", now=0),
+        lambda s: s.failed("x", -1, "a", bad_data=False, now=0),
+        lambda s: s.origin_progress(5, now=0),
+        lambda s: (s.expire(now=2), s.expire(now=1)),  # time went backwards
+    ],
+)
+def test_bad_calls_raise(call) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError):
+        call(schedule(4))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"chunk_count": -1},
+        {"window": 0},
+        {"upload_slots": 0},
+        {"root_upload_slots": 0},
+        {"transfer_timeout": 0},
+        {"endgame": -1},
+        {"root": ""},
+    ],
+)
+def test_bad_parameters_raise(kw: dict) -> None:
+    args = {"chunk_count": 4, "root": ROOT, **kw}
+    with pytest.raises(ValueError):
+        LayerSchedule(**args)
+
+
+def test_assignment_validates() -> None:
+    with pytest.raises(ValueError):
+        Assignment(node="a", chunk=-1, source="b", issued=0)
+    with pytest.raises(ValueError):
+        Assignment(node="a", chunk=0, source="a", issued=0)
+
+
+def test_empty_layer() -> None:
+    s = schedule(0)
+    assert not s.origin_progress(0, now=0)
+    assert not s.request("x", want=2, now=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Random event sequences: the promises hold whatever happens
+
+
+NODES = ("n0", "n1", "n2", "n3", "n4")
+
+
+class ScheduleMachine(RuleBasedStateMachine):
+    """Drives a LayerSchedule with arbitrary events and checks each decision against the
+    truth: which node really holds which chunk, and which sources lied."""
+
+    @initialize(
+        chunks=st.integers(1, 6),
+        window=st.integers(1, 4),
+        slots=st.integers(1, 3),
+        root_slots=st.integers(1, 3),
+        endgame=st.integers(0, 2),
+    )
+    def setup(self, chunks: int, window: int, slots: int, root_slots: int, endgame: int) -> None:
+        self.s = LayerSchedule(
+            chunk_count=chunks,
+            root=ROOT,
+            window=window,
+            upload_slots=slots,
+            root_upload_slots=root_slots,
+            transfer_timeout=5.0,
+            endgame=endgame,
+        )
+        self.chunks, self.slots, self.root_slots = chunks, slots, root_slots
+        self.now = 0.0
+        self.origin = 0
+        self.held: dict[str, set[int]] = {}  # live nodes -> chunks they really hold
+        self.banned: set[str] = set()
+
+    def check(self, actions: Actions) -> None:
+        for a in actions.assigned:
+            assert a.node in self.held, a  # a live node
+            assert a.chunk not in self.held[a.node], a  # that lacks the chunk
+            assert a.source not in self.banned, a  # from a source that never lied
+            if a.source == ROOT:
+                assert a.chunk < self.origin, a
+            else:
+                assert a.chunk in self.held.get(a.source, ()), a  # that holds it
+            assert a.issued == self.now
+
+    def act(self, actions: Actions) -> None:
+        self.check(actions)
+
+    @rule(k=st.integers(1, 3))
+    def origin_progress(self, k: int) -> None:
+        self.origin = min(self.chunks, self.origin + k)
+        self.act(self.s.origin_progress(self.origin, now=self.now))
+
+    @rule(node=st.sampled_from(NODES), want=st.integers(0, 3), tell=st.booleans())
+    def request(self, node: str, want: int, tell: bool) -> None:
+        if node not in self.held:
+            self.held[node] = set()
+            tell = True
+        have = sorted(self.held[node]) if tell else None
+        self.act(self.s.request(node, have=have, want=want, now=self.now))
+
+    @rule(pick=st.integers(0, 50))
+    def complete(self, pick: int) -> None:
+        flights = self.s.in_flight()
+        if flights:
+            a = flights[pick % len(flights)]
+            self.held[a.node].add(a.chunk)
+            self.act(self.s.completed(a.node, a.chunk, a.source, now=self.now))
+
+    @rule(pick=st.integers(0, 50), bad=st.booleans())
+    def fail(self, pick: int, bad: bool) -> None:
+        flights = self.s.in_flight()
+        if flights:
+            a = flights[pick % len(flights)]
+            if bad and a.source != ROOT:
+                self.banned.add(a.source)
+            self.act(self.s.failed(a.node, a.chunk, a.source, bad_data=bad, now=self.now))
+
+    @rule(node=st.sampled_from(NODES))
+    def leave(self, node: str) -> None:
+        self.held.pop(node, None)
+        self.act(self.s.leave(node, now=self.now))
+
+    @rule(dt=st.sampled_from([0.0, 0.5, 1.0, 3.0, 6.0]))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        self.act(self.s.expire(now=self.now))
+
+    @invariant()
+    def promises_hold(self) -> None:
+        if not hasattr(self, "s"):
+            return
+        flights = self.s.in_flight()
+        load: dict[str, int] = {}
+        chunks_of: dict[str, set[int]] = {}
+        sources_of: dict[tuple[str, int], list[str]] = {}
+        for a in flights:
+            load[a.source] = load.get(a.source, 0) + 1
+            chunks_of.setdefault(a.node, set()).add(a.chunk)
+            sources_of.setdefault((a.node, a.chunk), []).append(a.source)
+            assert a.source not in self.banned
+        for source, n in load.items():
+            assert n <= (self.root_slots if source == ROOT else self.slots), (source, n)
+        root_chunks = [a.chunk for a in flights if a.source == ROOT]
+        assert len(root_chunks) == len(set(root_chunks))  # one root copy of a chunk at a time
+        for node, chunks in chunks_of.items():
+            assert len(chunks) == 1, (node, chunks)  # one chunk at a time
+        for key, sources in sources_of.items():
+            assert len(sources) <= 2 and len(set(sources)) == len(sources), (key, sources)
+        for node, held in self.held.items():
+            for c in range(self.chunks):
+                assert self.s.holds(node, c) == (c in held), (node, c)
+
+
+TestScheduleMachine = ScheduleMachine.TestCase
+TestScheduleMachine.settings = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Simulation: the product's promise, near the Kumar-Ross floor
+
+
+def report(label: str, result) -> None:  # type: ignore[no-untyped-def]
+    print(f"{label}: {result.summary()}")
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize(
+    ("nodes", "link", "origin"),
+    [(16, 100, 200), (8, 200, 400)],
+    ids=["16x100Mbit", "8x200Mbit"],
+)
+def test_reference_swarm_reaches_the_floor(nodes: int, link: int, origin: int, seed: int) -> None:
+    """Issue 4's settings: P95 within 1.3 x T_min, and the root sends each byte about once."""
+    result = simulate(reference_case(nodes, link, origin, seed=seed))
+    report(f"{nodes} nodes, seed {seed}", result)
+    assert len(result.completion) == nodes
+    assert result.p95 <= 1.3 * result.t_min
+    assert result.root_upload_bytes <= 1.1 * result.config.file_size
+    # Nothing fetched twice, and every node uploads about as much as it downloads.
+    assert result.total_bytes <= 1.02 * nodes * result.config.file_size
+    peer_uploads = [b for name, b in result.uploaded.items() if name != "root"]
+    assert min(peer_uploads) >= 0.5 * result.config.file_size
+    assert max(peer_uploads) <= 1.5 * result.config.file_size
+
+
+def test_reference_swarm_with_fair_link_sharing() -> None:
+    """The policy does not rely on the simulator's link model: max-min fair sharing too."""
+    result = simulate(reference_case(16, 100, 200, fair_sharing=True))
+    report("fair sharing", result)
+    assert result.p95 <= 1.3 * result.t_min
+
+
+def test_thousand_nodes() -> None:
+    """1000 nodes, 32 MiB in 1 MiB chunks: log2(1000) hops of tail; seconds of CPU."""
+    config = SwarmConfig(
+        nodes=1000,
+        file_size=32 * MiB,
+        chunk_size=1 * MiB,
+        upload=100 * Mbit,
+        download=100 * Mbit,
+        origin=1000 * Mbit,
+    )
+    started = time.process_time()
+    result = simulate(config)
+    cpu = time.process_time() - started
+    report(f"1000 nodes, cpu {cpu:.1f}s", result)
+    assert len(result.completion) == 1000
+    assert result.p95 <= 1.8 * result.t_min
+    assert result.root_upload_bytes <= 1.1 * config.file_size
+    assert cpu < 10
+
+
+def test_liars_are_dropped_and_everyone_finishes() -> None:
+    """Three of 16 serve bad bytes: each is banned after its first lie (the simulator checks
+    that no banned node is ever chosen again); the root resends the chunks only they held."""
+    result = simulate(reference_case(16, liars=frozenset({2, 5, 11})))
+    report("liars", result)
+    assert len(result.completion) == 16
+    assert result.transfers - result.cancelled == 16 * 32 + 3  # one wasted transfer per liar
+    assert result.p95 <= 1.6 * result.t_min
+    assert result.root_upload_bytes <= 1.4 * result.config.file_size
+
+
+def test_nodes_leaving_mid_layer() -> None:
+    result = simulate(reference_case(16, leaves={3: 2.0, 7: 6.0, 12: 9.0}))
+    report("leaves", result)
+    assert set(result.completion) == {f"n{i}" for i in range(16)} - {"n3", "n7", "n12"}
+    assert result.p95 <= 1.3 * result.t_min
+    assert result.root_upload_bytes <= 1.2 * result.config.file_size
+
+
+@pytest.mark.parametrize("rate", [10, 1], ids=["10Mbit", "1Mbit"])
+def test_a_slow_uploader_loses_its_requests(rate: int) -> None:
+    """One node uploads at a tenth or a hundredth of the others' rate: nobody notices much."""
+    result = simulate(reference_case(16, node_upload={4: rate * Mbit}))
+    report(f"slow uploader {rate} Mbit/s", result)
+    assert len(result.completion) == 16
+    assert result.p95 <= 1.35 * result.t_min
+    assert result.root_upload_bytes <= 1.1 * result.config.file_size
+
+
+def test_nodes_joining_over_time() -> None:
+    result = simulate(reference_case(16, start_spread=2.0))
+    report("joining over 2 s", result)
+    assert len(result.completion) == 16
+    assert result.p95 <= 1.3 * result.t_min + 2.0
