@@ -23,7 +23,7 @@ POLLEN_LOG_DIR ?= $(CURDIR)/.cache/log
 POLLEN_LISTEN_ADDRESS ?= 127.0.0.1
 export POLLEN_CACHE_PATH POLLEN_LOG_DIR POLLEN_LISTEN_ADDRESS
 
-.PHONY: venv build system-deps run test lint clean distclean
+.PHONY: venv build system-deps run test lint docs clean distclean
 
 venv: $(PY)
 
@@ -59,6 +59,10 @@ test: build system-deps
 
 lint: build
 	$(RUFF) check .
+
+# docs/REFERENCE.md from config.KEYS, the metric definitions and the audit op codes.
+docs: build
+	$(PY) -m agent.reference > docs/REFERENCE.md
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .hypothesis $(BUILD_STAMP)

@@ -1,16 +1,21 @@
 """The ``pollen`` command: the top of the import graph.
 
-``pollen agent`` runs the node agent; ``pollen run`` takes the role from ``DeployConfig.mode``;
-``pollen status`` reads a running agent's ``/_pollen/status``. Logging is configured here and
-nowhere else.
+``pollen agent`` runs the node agent and ``pollen root`` a root; ``pollen run`` takes the role
+from ``DeployConfig.mode``. The role is set on the config itself (``dataclasses.replace``), so
+``Config`` stays the one truth about it -- ``Config.p2p_enabled`` and the rule that a root needs
+``clusterToken`` see the role the command chose, and a broken combination is reported as the
+same ``ConfigError`` that ``load_config`` gives. ``pollen status`` reads a running agent's
+``/_pollen/status``. Logging is configured here and nowhere else.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -42,11 +47,22 @@ def print_config(config: Config) -> None:
         print(f"{file_key:<{width}}  {env:<{env_width}}  {value}  ({source})")
 
 
-def run_role(config: Config, role: str) -> int:
+def with_role(config: Config, command: str) -> Config:
+    """The config as the command runs it: `pollen agent` and `pollen root` fix the mode (the
+    config's cross-checks run again, so a root without a cluster token is refused), `pollen
+    run` keeps the configured one."""
+    if command == "run":
+        return config
+    sources = types.MappingProxyType({**config.sources, "mode": "command line"})
+    return dataclasses.replace(config, mode=command, sources=sources)
+
+
+def run_role(config: Config) -> int:
+    """Run the daemon in the role `config.mode` names until it stops."""
     from agent.daemon import Agent
 
     try:
-        agent = Agent(config, mode=role)
+        agent = Agent(config)
     except ConfigError as exc:
         print(f"pollen: {exc}", file=sys.stderr)
         return 2
@@ -144,6 +160,7 @@ def add_webhook_and_doctor(sub: argparse._SubParsersAction[argparse.ArgumentPars
 def run_webhook_or_doctor(args: argparse.Namespace, config: Config) -> int:
     if args.command == "doctor":
         from agent.node import doctor
+
         if args.doctor_command == "hosts":
             for line in doctor.write_hosts(
                 config, args.dir, mirror=args.mirror, default=args.default, force=args.force
@@ -163,6 +180,7 @@ def run_webhook_or_doctor(args: argparse.Namespace, config: Config) -> int:
         return 0 if all(f.ok for f in findings) else 1
     if args.webhook_command == "certs":
         from agent.kube import certs as webhookcerts
+
         configure_logging(False)
         return webhookcerts.main(
             namespace=args.namespace,
@@ -177,6 +195,7 @@ def run_webhook_or_doctor(args: argparse.Namespace, config: Config) -> int:
         print_config(config)
         return 0
     from agent.kube import webhook
+
     configure_logging(args.verbose)
     return webhook.run(config, account_dir=args.service_account_dir)
 
@@ -199,13 +218,17 @@ def main(argv: list[str] | None = None) -> int:
         return run_webhook_or_doctor(args, config)
     if args.command == "status":
         return show_status(config, args.address, args.json)
+    try:
+        config = with_role(config, args.command)
+    except ConfigError as exc:
+        print(f"pollen: {exc}", file=sys.stderr)
+        return 2
     if args.print_config:
-        print_config(config)
+        print_config(config)  # as the role will run it: `pollen root` shows mode root
         return 0
     configure_logging(args.verbose)
-    role = config.mode if args.command == "run" else args.command
     try:
-        return run_role(config, role)
+        return run_role(config)
     except KeyboardInterrupt:
         return 130
     except OSError as exc:

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import trio
 
-from agent.cache import native
-from agent.core.config import parse_size
+from agent.cache import engines, native
+from agent.core.values import parse_size
 
 MiB = 1 << 20
 FIO_ENGINE = {"io_uring": "io_uring", "aio": "libaio", "pread": "psync"}
@@ -70,7 +70,7 @@ async def pollen_pass(kind: str, path: Path, op: str, size: int, chunk: int, dep
             buffer[:] = os.urandom(64) * (chunk // 64)
             buffer[:8] = i.to_bytes(8, "little")
             sources.append(buffer)
-        async with native.open_engine(kind, depth, direct=True) as engine:
+        async with engines.open_engine(kind, depth, direct=True) as engine:
 
             async def worker(slot: int) -> None:
                 nonlocal next_index

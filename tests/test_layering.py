@@ -29,23 +29,26 @@ LAYERS: dict[str, int] = {
     "registry.ranges": 2,  # Range headers and 206/416 decisions
     "registry.upstreams": 2,  # which upstream serves a request
     "cache.chunks": 2,  # chunk geometry
-    "swarm.protocol": 2,  # P2P targets, plans, signatures
+    "swarm.protocol": 2,  # P2P limits, errors, targets, ranges, ownership
+    "swarm.signing": 2,  # P2P request signatures
+    "swarm.plan": 2,  # P2P plan replies
     "swarm.schedule": 2,  # the root's per-layer schedule
+    "swarm.ledger": 2,  # the schedule's facts: holdings, transfers, slots
     "swarm.planner": 2,  # the agent's per-layer planner
     "http.throttle": 2,  # token bucket arithmetic
     "observe.events": 2,  # the data path's events, the 10 s windows, the per-layer summary
     "observe.auditline": 2,  # the audit log's exact line format
     "observe.statusview": 2,  # `pollen status` rendering
     "kube.admission": 2,  # AdmissionReview -> JSONPatch + secret plan
+    "kube.pullsecrets": 2,  # a pull secret -> its P2P copy
     "node.mirrors": 2,  # containerd hosts.toml routes to the agent
     # 3. the native bindings and the chunk store
     "cache": 3,
-    # 4. HTTP/1.1 over trio: server, client, TLS contexts, responses
+    # 4. HTTP/1.1 over trio: server, client, responses, TLS contexts, shutdown, the upload cap
     "http": 4,
     # 5. adapters of the roles that do not fetch layers themselves
     "registry": 5,  # the upstream client, the credential check
     "swarm": 5,  # P2P client and server, the roots
-    "swarm.tracker": 7,  # the root side: starts origin downloads
     "observe": 5,  # the audit writer
     "kube": 5,  # API client, webhook server, certificates
     "node": 5,  # the node's address, `pollen doctor`
@@ -58,6 +61,7 @@ LAYERS: dict[str, int] = {
     # 8. wiring
     "daemon": 8,
     "cli": 8,
+    "reference": 8,  # docs/REFERENCE.md from the code
     "__main__": 8,
 }
 LAYER_NAMES = {

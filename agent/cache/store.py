@@ -17,6 +17,7 @@ least recently used layers that nobody reads or writes (pins == 0) are evicted t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -42,6 +43,8 @@ class ChunkCorrupt(Exception):
 
 
 class IOEngine(Protocol):
+    """The chunk I/O the cache needs from an `agent.cache.engines` engine (tests may fake it)."""
+
     name: str
 
     async def read(self, fd: int, offset: int, length: int) -> bytes | memoryview: ...
@@ -409,6 +412,28 @@ class ChunkCache:
             raise ChunkCorrupt(f"chunk {index} of {entry.digest} is corrupt on disk")
         self._observer.disk(FILEREAD, path, offset, length, _since(started))
         return data
+
+    def chunk_sha256(self, entry: CacheEntry, index: int) -> str | None:
+        """The sha256 recorded for a chunk (the table peers verify against), if any."""
+        return entry.sha256.get(index)
+
+    async def fill_chunk_table(self, entry: CacheEntry) -> None:
+        """Hash the chunks that have no sha256 yet (a layer cached while this node was an
+        agent, which keeps no table): a root vouches only for chunks it hashed itself. The
+        hashes live in memory; the layer was verified whole when it was cached."""
+        self.pin(entry)
+        try:
+            for index in range(entry.layout.count):
+                if index not in entry.sha256:
+                    data = await self.read_chunk(entry, index)
+                    entry.sha256[index] = hashlib.sha256(data).hexdigest()
+        finally:
+            self.unpin(entry)
+
+    def open_for_reading(self, entry: CacheEntry) -> int:
+        """A read-only descriptor of the layer's data file, for sending it with sendfile; the
+        caller checks each chunk's checksum on what it sends, or trusts the verified layer."""
+        return os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
 
     def _corrupt(self, entry: CacheEntry, index: int, why: str) -> None:
         self.corrupt_chunks += 1

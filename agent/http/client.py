@@ -1,6 +1,7 @@
 """A small HTTP/1.1 client: h11 on trio, keep-alive pool, TLS, streamed bodies.
 
-Nothing registry-specific lives here (retries, redirects and auth are in `agent.registry.client`).
+Nothing registry-specific lives here (retries, redirects and auth are in `agent.registry.client`;
+TLS contexts are made by `agent.http.tls`).
 A response is an async context manager: leaving it after the body was fully read returns the
 connection to the pool; leaving it early closes the connection, so a half-read body can never
 leak into the next request.
@@ -18,9 +19,11 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from agent.core.hostport import join_hostport
+from agent.http.responses import Headers
+
 log = logging.getLogger(__name__)
 
-Headers = list[tuple[bytes, bytes]]
 RECEIVE_SIZE = 256 * 1024
 MAX_IDLE_PER_ORIGIN = 16
 MAX_RESPONSE_HEADER_BYTES = 64 * 1024
@@ -46,9 +49,8 @@ class Origin:
 
     @property
     def host_header(self) -> bytes:
-        host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
-        return (host if self.port == default else f"{host}:{self.port}").encode()
+        return join_hostport(self.host, None if self.port == default else self.port).encode()
 
 
 def request_target(url: str) -> bytes:
@@ -215,7 +217,11 @@ class HttpClient:
                         server_hostname=origin.host,
                         https_compatible=True,
                     )
-                    await tls.do_handshake()
+                    try:
+                        await tls.do_handshake()
+                    except BaseException:
+                        await trio.aclose_forcefully(stream)  # the TCP stream under it
+                        raise
                     stream = tls
         except trio.TooSlowError as exc:
             raise HttpClientError(f"connect to {origin.host}:{origin.port} timed out") from exc
@@ -270,6 +276,9 @@ class HttpClient:
                 log.debug("stale pooled connection to %s: %s", url, exc)
                 await conn.aclose()
                 conn = None
+            except BaseException:  # cancelled (a plan poll no longer needed) or worse
+                await conn.aclose()
+                raise
         if conn is None:
             conn = await self._connect(origin)
             try:
@@ -327,12 +336,3 @@ class HttpClient:
             raise HttpClientError(f"{url}: no response within {self._timeout}s") from exc
         except (OSError, trio.BrokenResourceError, ssl.SSLError, h11.ProtocolError) as exc:
             raise HttpClientError(f"{url}: {exc}") from exc
-
-
-def make_client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
-    """System CAs plus the operator's extra bundle (``upstreamCAFile``)."""
-    context = ssl.create_default_context()
-    if ca_file:
-        context.load_verify_locations(cafile=ca_file)
-    context.set_alpn_protocols(["http/1.1"])
-    return context

@@ -2,10 +2,12 @@
 
 Theory of operation: one task (and nursery) per connection runs request cycles. A cycle reads
 a request head under a deadline (idle timeout before the first byte, read timeout after it),
-hands a `Request` to the application, and writes the `Response` it returns. A streamed body
-that raises is cut off: the connection closes without completing the message, so the client
-sees a short body rather than a complete one with wrong bytes. Draining (SIGTERM) stops
-accepting, closes idle connections, and gives requests in flight a bounded grace period.
+hands a `Request` to the application, and writes the `Response` it returns (that type and
+its common shapes are in `agent.http.responses`). A streamed body that raises is cut off: the
+connection closes without completing the message, so the client sees a short body rather than
+a complete one with wrong bytes. Draining (SIGTERM) stops accepting, closes idle connections,
+and gives requests in flight a bounded grace period (`agent.http.shutdown` waits for the
+signal and drains every server of a process).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import os
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from itertools import count
 
 import h11
 import trio
+
+from agent.http.responses import FileRegion, Headers, Response, plain_error
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +36,6 @@ MAX_REQUEST_BODY = 64 * 1024  # pull-only API: bodies are never expected, only d
 RECENT_REQUESTS = 256  # request lines kept for statistics() (`pollen doctor`'s canary check)
 RECEIVE_SIZE = 64 * 1024
 TLS_HANDSHAKE_BYTE = 0x16
-
-Headers = list[tuple[bytes, bytes]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,54 +75,8 @@ class Request:
         return addr.is_loopback
 
 
-@dataclass(frozen=True, kw_only=True)
-class FileRegion:
-    """Bytes of an open file to send as (part of) a body: with sendfile on plain TCP, so a
-    cached chunk goes from the page cache to the socket without passing through Python.
-
-    h11 frames it like any other Data payload (it only needs ``len()``; that is what
-    ``send_with_data_passthrough`` is for); the caller owns the fd and keeps it open until
-    the body is done.
-    """
-
-    fd: int
-    offset: int
-    length: int
-
-    def __len__(self) -> int:
-        return self.length
-
-
-Body = bytes | AsyncIterator[bytes | memoryview | FileRegion]
-
-
-@dataclass(kw_only=True)
-class Response:
-    """What the application answers; a streamed body must match its Content-Length."""
-
-    status: int
-    headers: Headers = field(default_factory=list)
-    body: Body = b""
-
-
 Handler = Callable[[Request], Awaitable[Response]]
 ErrorResponder = Callable[[int, str], Response]
-
-
-class CutShort(Exception):
-    """A streamed body stopped early on purpose; the connection must close mid-message."""
-
-
-def plain_error(status: int, message: str) -> Response:
-    body = (message + "\n").encode()
-    return Response(
-        status=status,
-        headers=[
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        body=body,
-    )
 
 
 @dataclass(kw_only=True)
@@ -190,16 +146,23 @@ class HttpServer:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept connections until `drain` is called; returns when every connection ended."""
-        async with trio.open_nursery() as connections:
-            with trio.CancelScope() as accept_scope:
-                self._accept_scope = accept_scope
-                async with trio.open_nursery() as acceptors:
-                    for listener in listeners:
-                        acceptors.start_soon(self._accept_loop, listener, connections)
-                    task_status.started()
-            for listener in listeners:
-                with trio.CancelScope(shield=True):
-                    await listener.aclose()
+        try:
+            async with trio.open_nursery() as connections:
+                with trio.CancelScope() as accept_scope:
+                    self._accept_scope = accept_scope
+                    async with trio.open_nursery() as acceptors:
+                        for listener in listeners:
+                            acceptors.start_soon(self._accept_loop, listener, connections)
+                        task_status.started()
+                await self._close(listeners)  # drained: no new connections meanwhile
+        finally:
+            await self._close(listeners)  # also when cancelled from outside
+
+    @staticmethod
+    async def _close(listeners: list[trio.abc.Listener[trio.abc.Stream]]) -> None:
+        for listener in listeners:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
 
     async def _accept_loop(
         self, listener: trio.abc.Listener[trio.abc.Stream], nursery: trio.Nursery

@@ -2,9 +2,9 @@
 
 The bucket fills at ``rate`` bytes per second up to ``burst`` bytes.  :meth:`TokenBucket.reserve`
 takes ``n`` bytes *now* and says how long the caller must wait before sending them; the async
-layer sleeps that long, then sends.  Callers that reserve one after another are served in the
-order they reserved (each one's wait includes everyone's before it); waking them in that order
-is the async layer's job.
+layer (`agent.http.uploadcap`) sleeps that long, then sends.  Callers that reserve one after
+another are served in the order they reserved (each one's wait includes everyone's before it);
+waking them in that order is the async layer's job.
 
 Why debt-based
 --------------

@@ -17,10 +17,8 @@ do with a pod is a pure function of the review and the settings -- `review_decis
   ``acr-credential-S-p2p`` to ``imagePullSecrets`` for each pull secret ``S``.
 
 The pull secrets themselves are written by the caller (agent/kube/webhook.py) *before* it answers,
-from `Decision.secrets`; `derive_secret` computes the wanted copy of ``S`` (its registry keys
-changed to the P2P hosts) and `secret_differs` says whether the stored one must be updated,
-so the copy follows ``S`` whenever a pod using it is admitted. A review that is not a
-well-formed admission.k8s.io/v1 AdmissionReview raises `ReviewError` (HTTP 400).
+from `Decision.secrets`; what each copy holds is `agent.kube.pullsecrets`' business. A review
+that is not a well-formed admission.k8s.io/v1 AdmissionReview raises `ReviewError` (HTTP 400).
 
 Image references follow Docker's normalisation: a first path component containing ``.`` or
 ``:`` (or ``localhost``) is the registry host; otherwise the host is ``docker.io`` and a
@@ -32,10 +30,9 @@ name carries the agent's port); the agent finds the registry by host name
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,25 +41,20 @@ __all__ = [
     "CONTAINER_KINDS",
     "DISTRIBUTED_LABEL",
     "LABEL",
-    "MANAGED_BY",
     "MODE",
-    "SOURCE_ANNOTATION",
     "SYSTEM_NAMESPACES",
     "AdmissionSettings",
     "Decision",
-    "DeriveError",
     "ImageRef",
     "ReviewError",
     "SecretPlan",
     "allowed_response",
-    "derive_secret",
     "host_matches",
     "p2p_host",
     "p2p_secret_name",
     "parse_image",
     "review_decision",
     "rewrite_image",
-    "secret_differs",
 ]
 
 LABEL = "k8s.aliyun.com/image-accelerate-mode"
@@ -73,19 +65,12 @@ SYSTEM_NAMESPACES = ("kube-system",)
 CONTAINER_KINDS = ("initContainers", "containers", "ephemeralContainers")
 EPHEMERAL_SUBRESOURCE = "ephemeralcontainers"
 REVIEW_API_VERSION = "admission.k8s.io/v1"
-MANAGED_BY = ("app.kubernetes.io/managed-by", "pollen")
-SOURCE_ANNOTATION = "pollen.io/source-secret"
 DOCKER_HUB = "docker.io"
-_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _MAX_NAME = 253
 
 
 class ReviewError(ValueError):
     """The request is not a well-formed AdmissionReview; the message is the 400's reason."""
-
-
-class DeriveError(ValueError):
-    """A pull secret cannot be copied for the P2P hosts (wrong type, unreadable data)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -334,22 +319,42 @@ def _parse_review(review: object) -> tuple[dict[str, Any], str]:
     return request, uid
 
 
-def review_decision(review: object, settings: AdmissionSettings) -> Decision:
-    """Decide what to do with one AdmissionReview (see the module docstring)."""
-    request, uid = _parse_review(review)
+@dataclass(frozen=True)
+class _Pod:
+    """The parts of a reviewed Pod the decision reads, each checked for its type."""
+
+    metadata: dict[str, Any]
+    spec: dict[str, Any]
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    containers: dict[str, list[dict[str, Any]]]  # by kind, every one of CONTAINER_KINDS
+    pull_secrets: list[str]
+    namespace: str
+    name: str
+
+
+def _is_ephemeral_update(request: dict[str, Any]) -> bool:
+    """Ephemeral containers are added to a running pod by an UPDATE of that subresource."""
+    sub = request.get("subResource") or ""
+    return request.get("operation") == "UPDATE" and sub == EPHEMERAL_SUBRESOURCE
+
+
+def _not_rewritten_request(request: dict[str, Any]) -> str | None:
+    """Why this request is left alone whatever the pod (not a pod, not a pod creation or
+    ephemeral-container update); None when the pod must be looked at."""
     kind = _mapping(request.get("kind"), "request.kind")
     resource = _mapping(request.get("resource"), "request.resource")
     sub = request.get("subResource") or ""
     operation = request.get("operation")
-    dry_run = request.get("dryRun") is True
-    if (kind.get("group", ""), kind.get("kind")) != ("", "Pod") or resource.get(
-        "resource"
-    ) != "pods":
-        return Decision(uid=uid, reason="not a pod")
-    ephemeral = operation == "UPDATE" and sub == EPHEMERAL_SUBRESOURCE
-    if not (operation == "CREATE" and not sub) and not ephemeral:
-        return Decision(uid=uid, reason=f"operation {operation} {sub or ''} is not rewritten")
+    pod_kind = (kind.get("group", ""), kind.get("kind")) == ("", "Pod")
+    if not (pod_kind and resource.get("resource") == "pods"):
+        return "not a pod"
+    if not (operation == "CREATE" and not sub) and not _is_ephemeral_update(request):
+        return f"operation {operation} {sub or ''} is not rewritten"
+    return None
 
+
+def _parse_pod(request: dict[str, Any]) -> _Pod:
     pod = request.get("object")
     if not isinstance(pod, dict):
         raise ReviewError("AdmissionReview.request.object must be a Pod object")
@@ -360,41 +365,52 @@ def review_decision(review: object, settings: AdmissionSettings) -> Decision:
     containers = {k: _containers(spec, k) for k in CONTAINER_KINDS}
     if not containers["containers"]:
         raise ReviewError("object.spec.containers must list at least one container")
-    secrets = _pull_secret_names(spec)
+    pull_secrets = _pull_secret_names(spec)
     namespace = request.get("namespace") or metadata.get("namespace") or ""
     if not isinstance(namespace, str):
         raise ReviewError("request.namespace must be a string")
-    name = metadata.get("name") or metadata.get("generateName") or ""
-    base = {"uid": uid, "dry_run": dry_run, "namespace": namespace, "pod": str(name)}
+    name = str(metadata.get("name") or metadata.get("generateName") or "")
+    return _Pod(metadata, spec, labels, annotations, containers, pull_secrets, namespace, name)
 
-    if namespace in SYSTEM_NAMESPACES or (
-        settings.own_namespace and namespace == settings.own_namespace
+
+def _left_alone(pod: _Pod, settings: AdmissionSettings, ephemeral: bool) -> str | None:
+    """Why this pod is not rewritten (its namespace, an opt-out, already done); None if it is."""
+    if pod.namespace in SYSTEM_NAMESPACES or (
+        settings.own_namespace and pod.namespace == settings.own_namespace
     ):
-        return Decision(**base, reason=f"namespace {namespace} is never rewritten")
-    if labels.get(LABEL, MODE) != MODE:
-        return Decision(**base, reason=f"pod label {LABEL}={labels[LABEL]} opts out")
-    already = CONFIG_ANNOTATION in annotations
+        return f"namespace {pod.namespace} is never rewritten"
+    if pod.labels.get(LABEL, MODE) != MODE:
+        return f"pod label {LABEL}={pod.labels[LABEL]} opts out"
+    already = CONFIG_ANNOTATION in pod.annotations
     if ephemeral != already:
         # CREATE: already rewritten, leave alone. Ephemeral UPDATE: only for rewritten pods,
         # whose P2P pull secrets are already in place.
-        why = "already rewritten" if already else "pod was not rewritten at creation"
-        return Decision(**base, reason=why)
+        return "already rewritten" if already else "pod was not rewritten at creation"
+    return None
 
-    kinds = ("ephemeralContainers",) if ephemeral else CONTAINER_KINDS
+
+def _image_ops(
+    pod: _Pod, kinds: Sequence[str], settings: AdmissionSettings
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]], list[dict[str, str]]]:
+    """The image replacements: (patch ops, (original, p2p) pairs, the annotation's record)."""
     ops: list[dict[str, Any]] = []
     rewritten: list[tuple[str, str]] = []
     record: list[dict[str, str]] = []
     for k in kinds:
-        for i, c in enumerate(containers[k]):
+        for i, c in enumerate(pod.containers[k]):
             new = rewrite_image(c.get("image"), settings)
             if new is None:
                 continue
             ops.append({"op": "replace", "path": _pointer("spec", k, i, "image"), "value": new})
             rewritten.append((c["image"], new))
             record.append({"kind": k, "name": c["name"], "original": c["image"], "p2p": new})
-    if not ops:
-        return Decision(**base, reason="no image from a P2P registry")
+    return ops, rewritten, record
 
+
+def _secret_plans(pod: _Pod) -> list[SecretPlan] | str:
+    """A P2P copy of each pull secret the pod names (not of copies it already names), in
+    order, once each; a reason instead when a copy's name would be too long."""
+    secrets = pod.pull_secrets
     unique_sources = [s for i, s in enumerate(secrets) if s not in secrets[:i]]
     sources = [
         s for s in unique_sources if not (s.startswith("acr-credential-") and s.endswith("-p2p"))
@@ -403,38 +419,69 @@ def review_decision(review: object, settings: AdmissionSettings) -> Decision:
     for source in sources:
         target = p2p_secret_name(source)
         if len(target) > _MAX_NAME:
-            return Decision(**base, reason=f"pull secret name {source!r} is too long to copy")
-        plans.append(SecretPlan(namespace, source, target))
-    if not ephemeral:
-        new_secrets = [p.target for p in plans if p.target not in secrets]
-        if new_secrets and "imagePullSecrets" not in spec:
-            ops.append(
-                {
-                    "op": "add",
-                    "path": "/spec/imagePullSecrets",
-                    "value": [{"name": n} for n in new_secrets],
-                }
-            )
-        else:
-            ops += [
-                {"op": "add", "path": "/spec/imagePullSecrets/-", "value": {"name": n}}
-                for n in new_secrets
-            ]
-        config = {
-            "version": 1,
-            "endpointPort": settings.endpoint_port,
-            "images": record,
-            "pullSecrets": {p.source: p.target for p in plans},
-        }
-        added = {LABEL: MODE, CONFIG_ANNOTATION: json.dumps(config, separators=(",", ":"))}
-        if "annotations" not in metadata or metadata.get("annotations") is None:
-            op = "add" if "annotations" not in metadata else "replace"
-            ops.append({"op": op, "path": "/metadata/annotations", "value": added})
-        else:
-            ops += [
-                {"op": "add", "path": _pointer("metadata", "annotations", k), "value": v}
-                for k, v in added.items()
-            ]
+            return f"pull secret name {source!r} is too long to copy"
+        plans.append(SecretPlan(pod.namespace, source, target))
+    return plans
+
+
+def _creation_ops(
+    pod: _Pod, record: list[dict[str, str]], plans: Sequence[SecretPlan], endpoint_port: int
+) -> list[dict[str, Any]]:
+    """What a pod creation gets besides its images: the P2P copies appended to
+    ``imagePullSecrets``, the mode label's annotation and ``p2p-config`` (what was rewritten)."""
+    ops: list[dict[str, Any]] = []
+    new_secrets = [p.target for p in plans if p.target not in pod.pull_secrets]
+    if new_secrets and "imagePullSecrets" not in pod.spec:
+        value = [{"name": n} for n in new_secrets]
+        ops.append({"op": "add", "path": "/spec/imagePullSecrets", "value": value})
+    else:
+        path = "/spec/imagePullSecrets/-"
+        ops += [{"op": "add", "path": path, "value": {"name": n}} for n in new_secrets]
+    config = {
+        "version": 1,
+        "endpointPort": endpoint_port,
+        "images": record,
+        "pullSecrets": {p.source: p.target for p in plans},
+    }
+    added = {LABEL: MODE, CONFIG_ANNOTATION: json.dumps(config, separators=(",", ":"))}
+    metadata = pod.metadata
+    if "annotations" not in metadata or metadata.get("annotations") is None:
+        op = "add" if "annotations" not in metadata else "replace"
+        ops.append({"op": op, "path": "/metadata/annotations", "value": added})
+    else:
+        ops += [
+            {"op": "add", "path": _pointer("metadata", "annotations", k), "value": v}
+            for k, v in added.items()
+        ]
+    return ops
+
+
+def review_decision(review: object, settings: AdmissionSettings) -> Decision:
+    """Decide what to do with one AdmissionReview (see the module docstring)."""
+    request, uid = _parse_review(review)
+    skipped = _not_rewritten_request(request)
+    if skipped is not None:
+        return Decision(uid=uid, reason=skipped)
+    ephemeral = _is_ephemeral_update(request)
+    pod = _parse_pod(request)
+    base = {
+        "uid": uid,
+        "dry_run": request.get("dryRun") is True,
+        "namespace": pod.namespace,
+        "pod": pod.name,
+    }
+    why = _left_alone(pod, settings, ephemeral)
+    if why is not None:
+        return Decision(**base, reason=why)
+    kinds = ("ephemeralContainers",) if ephemeral else CONTAINER_KINDS
+    ops, rewritten, record = _image_ops(pod, kinds, settings)
+    if not ops:
+        return Decision(**base, reason="no image from a P2P registry")
+    plans = _secret_plans(pod)
+    if isinstance(plans, str):
+        return Decision(**base, reason=plans)
+    if not ephemeral:  # an ephemeral container uses the pod's secrets and annotations as they are
+        ops += _creation_ops(pod, record, plans, settings.endpoint_port)
     return Decision(
         **base,
         patch=tuple(ops),
@@ -442,118 +489,3 @@ def review_decision(review: object, settings: AdmissionSettings) -> Decision:
         reason=f"{len(rewritten)} image(s) rewritten",
         rewritten=tuple(rewritten),
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Pull secrets
-
-_DOCKERCONFIGJSON = ("kubernetes.io/dockerconfigjson", ".dockerconfigjson")
-_DOCKERCFG = ("kubernetes.io/dockercfg", ".dockercfg")
-
-
-def _key_host(key: str) -> str:
-    """A docker config key (`host`, `https://host/v1/`, `host:port/path`) -> `host[:port]`."""
-    text = key.strip().lower()
-    if "://" in text:
-        text = text.split("://", 1)[1]
-    return text.split("/", 1)[0]
-
-
-def _p2p_keys(key: str, settings: AdmissionSettings) -> list[str]:
-    """The P2P hosts that should carry the credentials stored under `key`."""
-    host = _key_host(key)
-    candidates = ["docker.io", "index.docker.io"] if host in _HUB_ALIASES else [host]
-    found = []
-    for candidate in candidates:
-        if host_matches(candidate, settings.registries):
-            new = p2p_host(candidate, settings.endpoint_port)
-            if new is not None and new not in found:
-                found.append(new)
-    return found
-
-
-def _decode(data: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
-    raw = data.get(key)
-    if not isinstance(raw, str):
-        raise DeriveError(f"secret {source} has no {key} data")
-    try:
-        parsed = json.loads(base64.b64decode(raw, validate=True))
-    except (binascii.Error, ValueError) as exc:
-        raise DeriveError(f"secret {source}: {key} is not base64 JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise DeriveError(f"secret {source}: {key} is not a JSON object")
-    return parsed
-
-
-def _encode(value: object) -> str:
-    return base64.b64encode(json.dumps(value, sort_keys=True).encode()).decode("ascii")
-
-
-def derive_secret(
-    source: Mapping[str, Any], plan: SecretPlan, settings: AdmissionSettings
-) -> dict[str, Any]:
-    """The P2P copy of pull secret `source` (a Secret as the API returns it): the same type
-    and credentials, with every registry key that matches `webhook.registries` moved to its
-    P2P host. Keys for other registries are left out (the pod keeps `source` for them)."""
-    secret_type = source.get("type")
-    data = source.get("data") or {}
-    if not isinstance(data, Mapping):
-        raise DeriveError(f"secret {plan.source} has malformed data")
-    if secret_type == _DOCKERCONFIGJSON[0]:
-        config = _decode(data, _DOCKERCONFIGJSON[1], plan.source)
-        auths = config.get("auths", {})
-        if not isinstance(auths, dict):
-            raise DeriveError(f"secret {plan.source}: auths is not an object")
-        new_auths = {k2: v for k, v in auths.items() for k2 in _p2p_keys(k, settings)}
-        payload = {_DOCKERCONFIGJSON[1]: _encode({"auths": new_auths})}
-    elif secret_type == _DOCKERCFG[0]:
-        config = _decode(data, _DOCKERCFG[1], plan.source)
-        payload = {
-            _DOCKERCFG[1]: _encode(
-                {k2: v for k, v in config.items() for k2 in _p2p_keys(k, settings)}
-            )
-        }
-    else:
-        raise DeriveError(
-            f"secret {plan.source} has type {secret_type!r}, not a docker config pull secret"
-        )
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": plan.target,
-            "namespace": plan.namespace,
-            "labels": {MANAGED_BY[0]: MANAGED_BY[1]},
-            "annotations": {SOURCE_ANNOTATION: plan.source},
-        },
-        "type": secret_type,
-        "data": payload,
-    }
-
-
-def secret_differs(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    """Whether the stored copy must be updated: its data, or our label/annotation, differ."""
-    if existing.get("data") != desired["data"]:
-        return True
-    meta = existing.get("metadata") or {}
-    want = desired["metadata"]
-    labels = meta.get("labels") or {}
-    annotations = meta.get("annotations") or {}
-    return any(labels.get(k) != v for k, v in want["labels"].items()) or any(
-        annotations.get(k) != v for k, v in want["annotations"].items()
-    )
-
-
-def merged_secret(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """`existing` with `desired`'s data, label and annotation, for an update (PUT) that keeps
-    the resourceVersion (optimistic concurrency) and anything else others put there."""
-    meta = dict(existing.get("metadata") or {})
-    meta["labels"] = {**(meta.get("labels") or {}), **desired["metadata"]["labels"]}
-    meta["annotations"] = {
-        **(meta.get("annotations") or {}),
-        **desired["metadata"]["annotations"],
-    }
-    out = dict(existing)
-    out["metadata"] = meta
-    out["data"] = desired["data"]
-    return out

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from agent.http.client import HttpClient, HttpClientError, make_client_ssl_context
+from agent.core.hostport import join_hostport
+from agent.http.client import HttpClient, HttpClientError
+from agent.http.tls import make_client_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +74,10 @@ class KubeAPI:
                 "KUBERNETES_SERVICE_HOST/PORT or the service account token are missing "
                 f"({token_file}); run inside a pod with a service account",
             )
-        shown = f"[{host}]" if ":" in host else host
+        base_url = f"https://{join_hostport(host, port)}"
         context = make_client_ssl_context(str(ca_file) if ca_file.is_file() else None)
         client = HttpClient(context, timeout=timeout)
-        return cls(client, f"https://{shown}:{port}", lambda: token_file.read_text().strip())
+        return cls(client, base_url, lambda: token_file.read_text().strip())
 
     @staticmethod
     def in_cluster_namespace(account_dir: Path = SERVICE_ACCOUNT_DIR) -> str:

@@ -5,11 +5,12 @@ admission.k8s.io/v1 AdmissionReview; ``GET /healthz`` (alive), ``GET /readyz`` (
 ``GET /_pollen/status`` (the counters, to loopback clients).
 
 What a review becomes is decided without I/O by `agent.kube.admission.review_decision`. When it
-rewrites a pod, the P2P pull secrets it names (``acr-credential-S-p2p``) are created or
-brought up to date through the Kubernetes API *before* the answer goes out, so the kubelet
-never looks for a secret that is not there yet. Each admission re-derives the copy from the
-current ``S`` and updates it when it differs: that is how the copy follows ``S`` (a changed
-password reaches the copy with the next pod that uses it; running pods do not pull again).
+rewrites a pod, the P2P pull secrets it names (``acr-credential-S-p2p``, their content from
+`agent.kube.pullsecrets`) are created or brought up to date through the Kubernetes API
+*before* the answer goes out, so the kubelet never looks for a secret that is not there yet.
+Each admission re-derives the copy from the current ``S`` and updates it when it differs:
+that is how the copy follows ``S`` (a changed password reaches the copy with the next pod
+that uses it; running pods do not pull again).
 If a secret cannot be read or written in time, the pod is admitted unchanged -- with its
 original images, which it can pull as before -- and the failure is logged, counted in
 `statistics()` and returned to the client as an admission warning. A ``dryRun`` review gets
@@ -21,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import ssl
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -30,44 +29,25 @@ from typing import Any
 import trio
 
 from agent.core.config import Config
-from agent.http.server import (
-    HttpServer,
-    Request,
-    Response,
-    ServerSettings,
-    listener_port,
-    open_listeners,
-)
+from agent.http.responses import Response, json_response
+from agent.http.server import HttpServer, Request, ServerSettings, listener_port, open_listeners
+from agent.http.shutdown import STOP_SIGNALS, drain, wait_for_stop
+from agent.http.tls import server_ssl_context
 from agent.kube.admission import (
     AdmissionSettings,
     Decision,
-    DeriveError,
     ReviewError,
     SecretPlan,
     allowed_response,
-    derive_secret,
-    merged_secret,
     review_decision,
-    secret_differs,
 )
 from agent.kube.api import SERVICE_ACCOUNT_DIR, KubeAPI, KubeError
+from agent.kube.pullsecrets import DeriveError, derive_secret, merged_secret, secret_differs
 
 log = logging.getLogger(__name__)
 
 MAX_REVIEW_BYTES = 4 * 1024 * 1024  # a Pod with many containers and a long annotation
 SECRET_TIMEOUT = 5.0  # well inside the webhook's timeoutSeconds (10 in the manifests)
-
-
-def json_response(status: int, payload: object) -> Response:
-    body = json.dumps(payload).encode()
-    return Response(
-        status=status,
-        headers=[
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        body=body,
-    )
 
 
 def _error(status: int, message: str) -> Response:
@@ -206,13 +186,6 @@ class AdmissionWebhook:
         raise AssertionError("unreachable")
 
 
-def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    context.set_alpn_protocols(["http/1.1"])
-    return context
-
-
 def settings_from(config: Config, own_namespace: str) -> AdmissionSettings:
     return AdmissionSettings(
         registries=config.webhook_registries,
@@ -250,12 +223,10 @@ async def serve(
             config.webhook_endpoint_port,
         )
         task_status.started(port)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("received %s: draining", signal.Signals(signum).name)
-                break
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            await wait_for_stop(signals)
         webhook.ready = False
-        await server.drain(config.shutdown_grace)
+        await drain([server], config.shutdown_grace)
         nursery.cancel_scope.cancel()
 
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.core.config import Upstream
+from agent.core.hostport import join_hostport
+from agent.core.upstream import Upstream
 from agent.kube.admission import host_matches, p2p_host
 
 MARKER = "# Written by `pollen doctor hosts`"
@@ -102,8 +103,7 @@ def hosts_toml(route: Route, agent_url: str) -> str:
 
 
 def agent_url(proxy_port: int, *, tls: bool = False, host: str = "127.0.0.1") -> str:
-    shown = f"[{host}]" if ":" in host else host
-    return f"{'https' if tls else 'http'}://{shown}:{proxy_port}"
+    return f"{'https' if tls else 'http'}://{join_hostport(host, proxy_port)}"
 
 
 def _same_endpoint(a: str, b: str) -> bool:

@@ -32,15 +32,17 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agent import __version__
-from agent.http.server import Request, Response, plain_error
+from agent.http.responses import Response, bytes_response, plain_error
+from agent.http.server import Request
 from agent.observe.audit import AuditLog
 from agent.observe.auditline import DOWNLOAD, FILEREAD, HTTP_PREAD, RPC_PREAD, microseconds
 from agent.observe.events import SOURCES, LayerReport, Observer, SlidingWindow
 
 if TYPE_CHECKING:
     from agent.cache.store import ChunkCache
-    from agent.fetch.layerfetch import LayerFetcher, SwarmContext
+    from agent.fetch.fetcher import LayerFetcher
     from agent.registry.authcheck import AuthChecker
+    from agent.swarm.download import SwarmContext
     from agent.swarm.server import P2PService
 
 log = logging.getLogger(__name__)
@@ -247,14 +249,7 @@ class Telemetry(Observer):
     def metrics_response(self) -> Response:
         """``/metrics``, on the exporter port or on the proxy port."""
         content_type, body = self.exposition()
-        return Response(
-            status=200,
-            headers=[
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-            ],
-            body=body,
-        )
+        return bytes_response(200, body, content_type)
 
     async def handle(self, request: Request) -> Response:
         """The exporter port's application: ``/metrics`` (and ``/``), nothing else."""

@@ -15,13 +15,13 @@ from collections import OrderedDict
 
 import trio
 
-from agent.core.config import Upstream
+from agent.core.upstream import Upstream
+from agent.http.responses import Headers
 from agent.registry.client import RegistryClient, passthrough_error
 from agent.registry.routes import Digest
 
 log = logging.getLogger(__name__)
 
-Headers = list[tuple[bytes, bytes]]
 MAX_REMEMBERED = 65536
 
 

@@ -17,13 +17,12 @@ from urllib.parse import urljoin
 
 import trio
 
-from agent.core.config import Upstream
 from agent.core.errors import RegistryError
+from agent.core.upstream import Upstream
 from agent.http.client import ClientResponse, HttpClient, HttpClientError, Origin
+from agent.http.responses import Headers
 
 log = logging.getLogger(__name__)
-
-Headers = list[tuple[bytes, bytes]]
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5

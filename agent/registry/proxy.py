@@ -10,17 +10,19 @@ through.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 
-from agent.core.config import Config, Upstream
+from agent.core.config import Config
 from agent.core.errors import RegistryError
-from agent.fetch.layerfetch import BlobSource, LayerFetcher
+from agent.core.upstream import Upstream
+from agent.fetch.fetcher import LayerFetcher
+from agent.fetch.readers import BlobSource
 from agent.http.client import HttpClientError
-from agent.http.server import Request, Response
+from agent.http.responses import Headers, Response, bytes_response, json_response
+from agent.http.server import Request
 from agent.observe.auditline import HTTP_PREAD, blob_pathname, failure_size
 from agent.observe.events import NULL_OBSERVER, LayerReport, LayerTimes, Observer
 from agent.registry.authcheck import AuthChecker
@@ -45,7 +47,6 @@ from agent.registry.upstreams import choose_upstream
 
 log = logging.getLogger(__name__)
 
-Headers = list[tuple[bytes, bytes]]
 API_VERSION = (b"docker-distribution-api-version", b"registry/2.0")
 MANIFEST_LIMIT = 16 * 1024 * 1024
 V2_BODY_LIMIT = 64 * 1024
@@ -59,24 +60,9 @@ MANIFEST_RESPONSE_HEADERS = (
 )
 
 
-def json_response(status: int, payload: object, extra: Headers | None = None) -> Response:
-    body = json.dumps(payload, indent=1).encode() + b"\n"
-    return Response(
-        status=status,
-        headers=[
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            *(extra or []),
-        ],
-        body=body,
-    )
-
-
 def error_response(err: RegistryError) -> Response:
-    body = err.body()
-    headers = [
-        (b"content-type", b"application/json; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
+    """The registry's error shape, with the headers the error carries (WWW-Authenticate)."""
+    extra = [
         API_VERSION,
         *[
             (k, v)
@@ -84,7 +70,7 @@ def error_response(err: RegistryError) -> Response:
             if k not in (b"content-length", b"content-type", API_VERSION[0])
         ],
     ]
-    return Response(status=err.status, headers=headers, body=body)
+    return bytes_response(err.status, err.body(), b"application/json; charset=utf-8", extra)
 
 
 def protocol_error_response(status: int, message: str) -> Response:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent.core.config import Upstream, normalize_registry_host, split_hostport
 from agent.core.errors import RegistryError
+from agent.core.hostport import normalize_registry_host, split_hostport
+from agent.core.upstream import Upstream
 
 DISTRIBUTED_LABEL = "distributed"
 

@@ -1,6 +1,6 @@
 """Signed requests to other nodes' P2P ports: chunk reads from peers, plans from roots.
 
-Every request carries the x-pollen-* headers (`agent.swarm.protocol.request_headers`). Chunk bytes
+Every request carries the x-pollen-* headers (`agent.swarm.signing.request_headers`). Chunk bytes
 are read straight into a buffer of the chunk's length; the caller checks them against the
 root's sha256 before it trusts them. A client's Authorization is passed to a root only when
 the P2P port speaks TLS.
@@ -12,12 +12,18 @@ import logging
 import time
 
 from agent.http.client import HttpClient, HttpClientError
-from agent.swarm.protocol import ChunkTarget, P2PError, Plan, PlanTarget, request_headers
+from agent.swarm.plan import Plan
+from agent.swarm.protocol import (
+    AUTHORIZATION_HEADER,
+    MAX_PLAN_BYTES,
+    ChunkTarget,
+    P2PError,
+    PlanTarget,
+)
+from agent.swarm.signing import request_headers
 
 log = logging.getLogger(__name__)
 
-PLAN_LIMIT = 8 << 20
-AUTHORIZATION_HEADER = b"x-pollen-authorization"
 
 
 class PeerError(Exception):
@@ -74,7 +80,7 @@ class P2PClient:
         url = f"{self._scheme}://{root}{target}"
         try:
             async with self._http.request("GET", url, headers) as response:
-                body = await response.read_all(PLAN_LIMIT)
+                body = await response.read_all(MAX_PLAN_BYTES)
                 if response.status != 200:
                     raise PeerError(
                         root,

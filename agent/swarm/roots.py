@@ -13,7 +13,7 @@ import socket
 
 import trio
 
-from agent.core.config import split_hostport
+from agent.core.hostport import join_hostport, split_hostport
 from agent.swarm.protocol import parse_node, rendezvous_order
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class RootSet:
                 "roots: cannot resolve %s: %s (keeping %s)", self._dns_name, exc, self.addresses
             )
             return
-        found = sorted({parse_node(_join(info[4][0], self._p2p_port)) for info in infos})
+        found = sorted({parse_node(join_hostport(info[4][0], self._p2p_port)) for info in infos})
         if found != self.addresses:
             log.info("roots: %s now resolves to %s", self._dns_name, ", ".join(found))
         self.addresses = found
@@ -97,7 +97,3 @@ def _is_ip(host: str) -> bool:
     except OSError:
         return False
     return True
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

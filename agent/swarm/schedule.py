@@ -10,6 +10,11 @@ about every half second. Every event carries `now` (seconds, never decreasing) a
 `Actions`: the assignments it made, for any node, and the assignments it cancelled. The
 schedule never reads a clock and never sends anything.
 
+This module holds the rules: who may take what, and the matching that applies them after each
+event. The facts they read -- who holds which chunk, the transfers in flight, the free upload
+slots, bans -- are recorded by the schedule's `Ledger` (agent/swarm/ledger.py), which keeps its
+indexes consistent with one another and makes no decision.
+
 An agent's `request` states its *demand*: how many new transfers it could start now. Demand
 that cannot be met at once stays open and a later event may meet it (a chunk landing at the
 root, a slot freeing, a node finishing a chunk): the adapter holds the agent's long poll and
@@ -69,101 +74,25 @@ O(C + the node's transfers). min(H, F) is a set intersection done in C. Nothing 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
-ROOT = 0  # the root's internal id; peers are numbered from 1
+from agent.swarm.ledger import (
+    NOTHING,
+    ROOT,
+    Actions,
+    Assignment,
+    Batch,
+    FlightKey,
+    Ledger,
+    Peer,
+)
+
+# The vocabulary of events and decisions lives with the ledger that records it; the schedule is
+# where callers import it from.
+__all__ = ["NOTHING", "Actions", "Assignment", "LayerSchedule"]
+
 LATE = 2.0  # times the usual transfer duration: a transfer this old is late, a source this slow
 SCAN = 16  # idle holders looked at, at most, when choosing a source among many
 WEIGHT = 0.1  # weight of the newest transfer in the moving averages of durations
-FlightKey = tuple[int, int, int]  # (node, chunk, source)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Assignment:
-    """`node` should fetch chunk `chunk` from `source`; issued at time `issued`."""
-
-    node: str
-    chunk: int
-    source: str
-    issued: float
-
-    def __post_init__(self) -> None:
-        if self.chunk < 0:
-            raise ValueError(f"negative chunk index {self.chunk}")
-        if self.node == self.source:
-            raise ValueError(f"{self.node} cannot fetch from itself")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Actions:
-    """What an event decided: new assignments (for any node) and cancelled ones."""
-
-    assigned: tuple[Assignment, ...] = ()
-    cancelled: tuple[Assignment, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.assigned or self.cancelled)
-
-
-NOTHING = Actions()
-
-
-class _Peer:
-    """What the tracker knows about one agent."""
-
-    __slots__ = (
-        "ident",
-        "name",
-        "held",
-        "have",
-        "first",
-        "uploads",
-        "demand",
-        "incoming",
-        "outgoing",
-        "from_root",
-        "avoid",
-        "waiting_on",
-        "uploaded",
-        "downloaded",
-        "root_copies",
-        "banned",
-        "pace",
-    )
-
-    def __init__(self, ident: int, name: str, chunk_count: int) -> None:
-        self.ident = ident
-        self.name = name
-        self.held = bytearray(chunk_count)
-        self.have = 0  # chunks held
-        self.first = 0  # first missing chunk (chunk_count when complete)
-        self.uploads = 0  # transfers in flight from this node
-        self.demand = 0  # transfers it asked for and was not given yet
-        self.incoming: dict[int, list[int]] = {}  # chunk -> sources in flight
-        self.outgoing: set[FlightKey] = set()  # flights with this node as the source
-        self.from_root = 0  # transfers in flight from the root (0 or 1)
-        self.avoid: set[int] = set()  # sources that failed this node (not with bad data)
-        self.waiting_on: list[int] = []  # chunks it is listed under in _waiting
-        self.uploaded = 0  # transfers served, as reported complete
-        self.downloaded = 0
-        self.root_copies = 0  # transfers the root was assigned to send it
-        self.banned = False
-        self.pace = -1.0  # moving average of its uploads' durations (-1: none yet)
-
-
-@dataclass(kw_only=True)
-class _Batch:
-    """The work of one event: its outputs, and who must be looked at before it returns."""
-
-    assigned: list[Assignment] = field(default_factory=list)
-    cancelled: list[Assignment] = field(default_factory=list)
-    dirty: set[int] = field(default_factory=set)  # peers whose candidates changed
-    freed: set[int] = field(default_factory=set)  # sources that may serve someone now
-
-    def result(self) -> Actions:
-        if not self.assigned and not self.cancelled:
-            return NOTHING
-        return Actions(assigned=tuple(self.assigned), cancelled=tuple(self.cancelled))
 
 
 class LayerSchedule:
@@ -198,21 +127,18 @@ class LayerSchedule:
 
         self._now = float("-inf")
         self._origin = 0  # the root holds chunks [0, _origin)
-        self._ids: dict[str, int] = {root: ROOT}
-        self._names: dict[int, str] = {ROOT: root}
-        self._peers: dict[int, _Peer] = {}  # live peers (banned ones included)
-        # Live, not banned peers holding each chunk; the root is never listed.
-        self._holders: list[set[int]] = [set() for _ in range(chunk_count)]
-        self._free: set[int] = set()  # live, not banned peers with a free upload slot
+        self._ledger = ledger = Ledger(
+            chunk_count=chunk_count, root=root, upload_slots=upload_slots
+        )
+        # The ledger's indexes the rules read in their inner loops, bound once: the ledger
+        # changes them in place and never rebinds them.
+        self._peers: dict[int, Peer] = ledger.peers
+        self._holders: list[set[int]] = ledger.holders
+        self._free: set[int] = ledger.free
+        self._flights: dict[FlightKey, Assignment] = ledger.flights
+        self._root_sending: bytearray = ledger.root_sending
         # chunk -> peers with open demand for which it is a candidate, in waiting order.
         self._waiting: dict[int, dict[int, None]] = {}
-        # Every transfer in flight, in the order issued (expire walks it from the front).
-        self._flights: dict[FlightKey, Assignment] = {}
-        self._root_uploads = 0
-        self._root_sending = bytearray(chunk_count)  # chunk in flight from the root
-        self._root_uploaded = 0
-        self._avoiders = 0  # peers with a non-empty avoid set
-        self._banned: set[int] = set()  # every node banned for this layer, gone or not
         self._typical = -1.0  # moving average of all transfer durations (-1: none yet)
 
     # ----------------------------------------------------------------------------------------
@@ -226,7 +152,7 @@ class LayerSchedule:
         if chunks <= self._origin:
             return NOTHING
         self._origin = chunks
-        batch = _Batch()
+        batch = Batch()
         batch.freed.add(ROOT)
         return self._settle(batch, now)
 
@@ -238,10 +164,10 @@ class LayerSchedule:
         self._tick(now)
         if want < 0:
             raise ValueError(f"want must be >= 0, not {want}")
-        peer = self._peer(node)
-        batch = _Batch()
+        peer = self._ledger.peer(node)
+        batch = Batch()
         if have is not None:
-            self._replace_holdings(peer, have, batch)
+            self._ledger.replace_holdings(peer, have, batch)
         peer.demand = want
         batch.dirty.add(peer.ident)
         return self._settle(batch, now)
@@ -253,26 +179,27 @@ class LayerSchedule:
         report of it is ignored. A report of a transfer the schedule does not know (it expired,
         or the node fetched on its own) still records the chunk."""
         self._tick(now)
-        self._check_chunk(chunk)
-        peer = self._peer(node)
-        batch = _Batch()
-        key = (peer.ident, chunk, self._ids.get(source, -1))
+        ledger = self._ledger
+        ledger.check_chunk(chunk)
+        peer = ledger.peer(node)
+        batch = Batch()
+        key = (peer.ident, chunk, ledger.ids.get(source, -1))
         if key in self._flights:
-            took = now - self._release(key, batch).issued
+            took = now - ledger.release(key, batch).issued
             self._typical = (
                 took if self._typical < 0 else self._typical + WEIGHT * (took - self._typical)
             )
             src = key[2]
             if src == ROOT:
-                self._root_uploaded += 1
+                ledger.root_uploaded += 1
             elif src in self._peers:
                 self._peers[src].uploaded += 1
                 self._clock(src, took)
         if not peer.held[chunk]:
             peer.downloaded += 1
-            self._add_holding(peer, chunk, batch)
+            ledger.add_holding(peer, chunk, batch)
             for other in list(peer.incoming.get(chunk, ())):
-                loser = self._release((peer.ident, chunk, other), batch)
+                loser = ledger.release((peer.ident, chunk, other), batch)
                 batch.cancelled.append(loser)
                 self._clock(other, now - loser.issued)  # at least that long
         return self._settle(batch, now)
@@ -285,19 +212,20 @@ class LayerSchedule:
         never a source again). Otherwise (timeout, connection error, not found) the slot frees
         and `node` avoids `source` from now on."""
         self._tick(now)
-        self._check_chunk(chunk)
-        peer = self._peer(node)
-        src = self._ids.get(source)
+        ledger = self._ledger
+        ledger.check_chunk(chunk)
+        peer = ledger.peer(node)
+        src = ledger.ids.get(source)
         if src is None:
             return NOTHING
-        batch = _Batch()
+        batch = Batch()
         key = (peer.ident, chunk, src)
         if key in self._flights:
-            self._release(key, batch)
+            ledger.release(key, batch)
             if not bad_data and src != ROOT and src in self._peers:
-                self._avoid(peer, src)
+                ledger.avoid(peer, src)
         if bad_data and src != ROOT and src in self._peers:
-            self._ban(self._peers[src], batch)
+            ledger.ban(self._peers[src], batch)
         return self._settle(batch, now)
 
     def leave(self, node: str, now: float) -> Actions:
@@ -306,30 +234,13 @@ class LayerSchedule:
         Its transfers come back as cancelled; the nodes that were downloading from it ask
         again when their agents notice."""
         self._tick(now)
-        ident = self._ids.get(node)
+        ident = self._ledger.ids.get(node)
         peer = self._peers.get(ident) if ident is not None else None
         if peer is None:
             return NOTHING
-        batch = _Batch()
+        batch = Batch()
         self._unwait(peer)
-        for chunk, sources in list(peer.incoming.items()):
-            for src in list(sources):
-                batch.cancelled.append(self._release((ident, chunk, src), batch))
-        for key in list(peer.outgoing):
-            batch.cancelled.append(self._release(key, batch))
-        self._drop_holdings(peer, batch)
-        self._free.discard(ident)
-        if peer.avoid:
-            self._avoiders -= 1
-        if self._avoiders:
-            for other in self._peers.values():
-                if ident in other.avoid:
-                    other.avoid.discard(ident)
-                    if not other.avoid:
-                        self._avoiders -= 1
-        del self._peers[ident]
-        batch.dirty.discard(ident)
-        batch.freed.discard(ident)
+        self._ledger.remove(peer, batch)
         return self._settle(batch, now)
 
     def expire(self, now: float) -> Actions:
@@ -340,17 +251,18 @@ class LayerSchedule:
         another holder), and gives late transfers a second source where the node has demand to
         spare."""
         self._tick(now)
-        batch = _Batch()
+        ledger = self._ledger
+        batch = Batch()
         limit = now - self.transfer_timeout
         while self._flights:
             key, a = next(iter(self._flights.items()))
             if a.issued > limit:
                 break
-            batch.cancelled.append(self._release(key, batch))
+            batch.cancelled.append(ledger.release(key, batch))
             node, _, src = key
             self._clock(src, now - a.issued)  # at least that long
             if src != ROOT and src in self._peers and node in self._peers:
-                self._avoid(self._peers[node], src)
+                ledger.avoid(self._peers[node], src)
         if self._typical > 0:
             # Late transfers: their nodes, if they have demand to spare, may get a second source.
             limit = now - self._typical
@@ -369,10 +281,10 @@ class LayerSchedule:
 
     def holds(self, node: str, chunk: int) -> bool:
         """Whether the schedule believes `node` (or the root) holds `chunk`."""
-        self._check_chunk(chunk)
+        self._ledger.check_chunk(chunk)
         if node == self.root:
             return chunk < self._origin
-        peer = self._peers.get(self._ids.get(node, -1))
+        peer = self._peers.get(self._ledger.ids.get(node, -1))
         return peer is not None and bool(peer.held[chunk])
 
     def in_flight(self) -> list[Assignment]:
@@ -399,7 +311,10 @@ class LayerSchedule:
         return {
             "chunks": self.chunk_count,
             "origin": self._origin,
-            "root": {"uploading": self._root_uploads, "uploaded": self._root_uploaded},
+            "root": {
+                "uploading": self._ledger.root_uploads,
+                "uploaded": self._ledger.root_uploaded,
+            },
             "copies": [len(h) for h in self._holders],
             "in_flight": len(self._flights),
             "typical_transfer": self._typical if self._typical >= 0 else None,
@@ -408,75 +323,12 @@ class LayerSchedule:
         }
 
     # ----------------------------------------------------------------------------------------
-    # Bookkeeping
+    # Time and pace (the other facts are the ledger's: agent/swarm/ledger.py)
 
     def _tick(self, now: float) -> None:
         if now < self._now:
             raise ValueError(f"time went backwards: {now} after {self._now}")
         self._now = now
-
-    def _check_chunk(self, chunk: int) -> None:
-        if not 0 <= chunk < self.chunk_count:
-            raise ValueError(f"chunk {chunk} outside [0, {self.chunk_count})")
-
-    def _peer(self, node: str) -> _Peer:
-        """The peer named `node`; a node never seen (or gone) joins with nothing held."""
-        if node == self.root:
-            raise ValueError(f"{node} is the root of this layer, not a downloader")
-        if not node:
-            raise ValueError("a node needs a name")
-        ident = self._ids.get(node)
-        if ident is None:
-            ident = len(self._ids)
-            self._ids[node] = ident
-            self._names[ident] = node
-        peer = self._peers.get(ident)
-        if peer is None:
-            peer = self._peers[ident] = _Peer(ident, node, self.chunk_count)
-            if ident in self._banned:
-                peer.banned = True  # leaving and coming back does not lift a ban
-            else:
-                self._free.add(ident)
-        return peer
-
-    def _add_holding(self, peer: _Peer, chunk: int, batch: _Batch) -> None:
-        peer.held[chunk] = 1
-        peer.have += 1
-        if not peer.banned:
-            self._holders[chunk].add(peer.ident)
-            batch.freed.add(peer.ident)  # it may serve the waiters of this chunk
-        if chunk == peer.first:
-            first, held, n = chunk, peer.held, self.chunk_count
-            while first < n and held[first]:
-                first += 1
-            peer.first = first
-        batch.dirty.add(peer.ident)
-
-    def _drop_holdings(self, peer: _Peer, batch: _Batch) -> None:
-        held, holders, ident = peer.held, self._holders, peer.ident
-        for c in range(self.chunk_count):
-            if held[c]:
-                holders[c].discard(ident)
-        batch.freed.add(ROOT)  # chunks only this node held are root-only again
-
-    def _replace_holdings(self, peer: _Peer, have: Iterable[int], batch: _Batch) -> None:
-        new = bytearray(self.chunk_count)
-        for c in have:
-            self._check_chunk(c)
-            new[c] = 1
-        old = peer.held
-        if new == old:
-            return
-        for c in range(self.chunk_count):
-            if new[c] and not old[c]:
-                self._add_holding(peer, c, batch)
-            elif old[c] and not new[c]:  # evicted from its cache
-                old[c] = 0
-                peer.have -= 1
-                self._holders[c].discard(peer.ident)
-                peer.first = min(peer.first, c)
-                batch.freed.add(ROOT)
-        batch.dirty.add(peer.ident)
 
     def _clock(self, source: int, took: float) -> None:
         """Count an upload's duration (or a lower bound, for one cut short) in its pace."""
@@ -484,76 +336,10 @@ class LayerSchedule:
         if peer is not None:
             peer.pace = took if peer.pace < 0 else peer.pace + WEIGHT * (took - peer.pace)
 
-    def _avoid(self, peer: _Peer, source: int) -> None:
-        if not peer.avoid:
-            self._avoiders += 1
-        peer.avoid.add(source)
-
-    def _ban(self, peer: _Peer, batch: _Batch) -> None:
-        if peer.banned:
-            return
-        peer.banned = True
-        self._banned.add(peer.ident)
-        for key in list(peer.outgoing):
-            batch.cancelled.append(self._release(key, batch))
-        self._drop_holdings(peer, batch)
-        self._free.discard(peer.ident)
-        batch.freed.discard(peer.ident)
-
-    def _assign(self, peer: _Peer, chunk: int, src: int, now: float, batch: _Batch) -> None:
-        a = Assignment(node=peer.name, chunk=chunk, source=self._names[src], issued=now)
-        key = (peer.ident, chunk, src)
-        self._flights[key] = a
-        sources = peer.incoming.get(chunk)
-        if sources is None:
-            peer.incoming[chunk] = [src]
-        else:
-            sources.append(src)
-        peer.demand -= 1
-        if src == ROOT:
-            self._root_uploads += 1
-            self._root_sending[chunk] = 1
-            peer.from_root += 1
-            peer.root_copies += 1
-        else:
-            s = self._peers[src]
-            s.uploads += 1
-            s.outgoing.add(key)
-            if s.uploads >= self.upload_slots:
-                self._free.discard(src)
-        batch.assigned.append(a)
-        batch.dirty.add(peer.ident)
-
-    def _release(self, key: FlightKey, batch: _Batch) -> Assignment:
-        """End a transfer (done, failed, cancelled): the source's slot frees."""
-        a = self._flights.pop(key)
-        node, chunk, src = key
-        peer = self._peers.get(node)
-        if peer is not None:
-            sources = peer.incoming[chunk]
-            sources.remove(src)
-            if not sources:
-                del peer.incoming[chunk]
-            if src == ROOT:
-                peer.from_root -= 1
-            batch.dirty.add(node)
-        if src == ROOT:
-            self._root_uploads -= 1
-            self._root_sending[chunk] = 0
-        else:
-            s = self._peers.get(src)
-            if s is not None:
-                s.uploads -= 1
-                s.outgoing.discard(key)
-                if not s.banned and s.uploads < self.upload_slots:
-                    self._free.add(src)
-        batch.freed.add(src)
-        return a
-
     # ----------------------------------------------------------------------------------------
     # Who may take what
 
-    def _slow(self, peer: _Peer) -> bool:
+    def _slow(self, peer: Peer) -> bool:
         """A peer whose uploads take LATE times the usual duration or longer (its pace says so,
         or one of its uploads has been running that long)."""
         if self._typical <= 0:
@@ -569,7 +355,7 @@ class LayerSchedule:
         peers = self._peers
         return any(h != besides and not self._slow(peers[h]) for h in self._holders[chunk])
 
-    def _late(self, peer: _Peer, chunk: int, sources: list[int], now: float) -> bool:
+    def _late(self, peer: Peer, chunk: int, sources: list[int], now: float) -> bool:
         """Whether `chunk`, in flight to `peer` from one peer, may get a second source: that
         transfer has run LATE times the usual duration (in the endgame: the usual duration)."""
         if len(sources) != 1 or sources[0] == ROOT or self._typical <= 0:
@@ -578,7 +364,7 @@ class LayerSchedule:
         endgame = self.chunk_count - peer.have <= self.endgame
         return now - issued > (1.0 if endgame else LATE) * self._typical
 
-    def _candidates(self, peer: _Peer, now: float) -> list[int]:
+    def _candidates(self, peer: Peer, now: float) -> list[int]:
         """Chunks `peer` may be given now, lowest first: if it downloads nothing, those missing
         inside its window; else those in flight to it that are late (for a second source)."""
         if peer.from_root:
@@ -592,7 +378,7 @@ class LayerSchedule:
                 out.append(c)
         return out
 
-    def _may_take(self, peer: _Peer, chunk: int, src: _Peer, now: float) -> bool:
+    def _may_take(self, peer: Peer, chunk: int, src: Peer, now: float) -> bool:
         """Whether `peer` may now fetch `chunk` from `src`, a peer holding it with a free slot
         (the window aside: the waiting lists reflect it)."""
         if peer.demand <= 0 or peer.held[chunk] or peer.from_root:
@@ -610,7 +396,7 @@ class LayerSchedule:
             return self._late(peer, chunk, sources, now)
         return True
 
-    def _best_source(self, peer: _Peer, chunk: int) -> int | None:
+    def _best_source(self, peer: Peer, chunk: int) -> int | None:
         """The least-loaded, then fastest, peer holding `chunk` that `peer` may take it from.
 
         Stops at the first idle holder of usual speed, and after SCAN eligible ones."""
@@ -643,13 +429,13 @@ class LayerSchedule:
                 break
         return best
 
-    def _root_may_send(self, peer: _Peer, chunk: int) -> bool:
+    def _root_may_send(self, peer: Peer, chunk: int) -> bool:
         """Whether the root may send `chunk` to `peer` now: a root slot is free; the chunk is at
         the root, not being sent, and root-only (no peer holds it but slow ones, or `peer`
         avoids every holder); `peer` downloads nothing else, and is not slow unless all are."""
         if (
             chunk >= self._origin
-            or self._root_uploads >= self.root_upload_slots
+            or self._ledger.root_uploads >= self.root_upload_slots
             or self._root_sending[chunk]
             or peer.demand <= 0
             or peer.held[chunk]
@@ -667,7 +453,7 @@ class LayerSchedule:
     # ----------------------------------------------------------------------------------------
     # Waiting lists: chunk -> nodes with open demand for which it is a candidate
 
-    def _unwait(self, peer: _Peer) -> None:
+    def _unwait(self, peer: Peer) -> None:
         waiting, ident = self._waiting, peer.ident
         for c in peer.waiting_on:
             waiters = waiting[c]
@@ -676,7 +462,7 @@ class LayerSchedule:
                 del waiting[c]
         peer.waiting_on = []
 
-    def _wait(self, peer: _Peer, chunks: list[int]) -> None:
+    def _wait(self, peer: Peer, chunks: list[int]) -> None:
         waiting, ident = self._waiting, peer.ident
         for c in chunks:
             waiters = waiting.get(c)
@@ -689,7 +475,7 @@ class LayerSchedule:
     # ----------------------------------------------------------------------------------------
     # Matching
 
-    def _settle(self, batch: _Batch, now: float) -> Actions:
+    def _settle(self, batch: Batch, now: float) -> Actions:
         """Meet open demand until nothing more can be assigned, then return the batch.
 
         Afterwards, for every node with open demand and each of its candidate chunks, no source
@@ -713,7 +499,7 @@ class LayerSchedule:
                     self._serve(peer, now, batch)
         return batch.result()
 
-    def _serve(self, peer: _Peer, now: float, batch: _Batch) -> None:
+    def _serve(self, peer: Peer, now: float, batch: Batch) -> None:
         """Demand-driven: a root-only chunk if the root is free, else the lowest candidate that
         has a source; when nothing can be assigned, the node waits on its candidates."""
         batch.dirty.discard(peer.ident)
@@ -722,7 +508,7 @@ class LayerSchedule:
         while peer.demand > 0:
             candidates = self._candidates(peer, now)
             chosen = None
-            if not peer.incoming and self._root_uploads < self.root_upload_slots:
+            if not peer.incoming and self._ledger.root_uploads < self.root_upload_slots:
                 for c in candidates:
                     if self._root_may_send(peer, c):
                         chosen = (c, ROOT)
@@ -737,10 +523,10 @@ class LayerSchedule:
                 if candidates:
                     self._wait(peer, candidates)
                 break
-            self._assign(peer, chosen[0], chosen[1], now, batch)
+            self._ledger.assign(peer, chosen[0], chosen[1], now, batch)
         batch.dirty.discard(peer.ident)  # _assign marked it; its waiting list is fresh
 
-    def _offer(self, src: _Peer, now: float, batch: _Batch) -> None:
+    def _offer(self, src: Peer, now: float, batch: Batch) -> None:
         """Source-driven: a peer with a free slot serves the first waiter of the rarest chunk
         it holds (fewest holders, then lowest index)."""
         if src.banned:
@@ -749,7 +535,7 @@ class LayerSchedule:
         slow = self._slow(src)
         while src.uploads < self.upload_slots:
             best_key: tuple[int, int] | None = None
-            best: tuple[_Peer, int] | None = None
+            best: tuple[Peer, int] | None = None
             for c, waiters in self._waiting.items():
                 if not held[c]:
                     continue
@@ -770,21 +556,21 @@ class LayerSchedule:
             if src.uploads or (self._typical > 0 and src.pace > self._typical):
                 # Another holder may be idle, or faster.
                 source = self._best_source(peer, chunk) or ident
-            self._assign(peer, chunk, source, now, batch)
+            self._ledger.assign(peer, chunk, source, now, batch)
             self._serve(peer, now, batch)
 
-    def _offer_root(self, now: float, batch: _Batch) -> None:
+    def _offer_root(self, now: float, batch: Batch) -> None:
         """The root's free slots: the lowest root-only chunk goes to the waiter for it that had
         the fewest chunks from the root (the first of them in waiting order)."""
         peers = self._peers
-        while self._root_uploads < self.root_upload_slots:
-            chosen: tuple[_Peer, int] | None = None
+        while self._ledger.root_uploads < self.root_upload_slots:
+            chosen: tuple[Peer, int] | None = None
             for c in sorted(self._waiting):
                 if c >= self._origin or self._root_sending[c]:
                     continue
-                if not self._avoiders and self._fast_holder(c, ROOT):
+                if not self._ledger.avoiders and self._fast_holder(c, ROOT):
                     continue
-                best: _Peer | None = None
+                best: Peer | None = None
                 for w in self._waiting[c]:
                     p = peers[w]
                     if not self._root_may_send(p, c):
@@ -799,5 +585,5 @@ class LayerSchedule:
             if chosen is None:
                 return
             peer, chunk = chosen
-            self._assign(peer, chunk, ROOT, now, batch)
+            self._ledger.assign(peer, chunk, ROOT, now, batch)
             self._serve(peer, now, batch)

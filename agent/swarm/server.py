@@ -1,7 +1,7 @@
 """The P2P port's application: chunks for peers (`rpc:pread`, `rpc:stat`) and, on a root,
 plans for agents.
 
-Every request must carry a valid signature of the cluster token (`agent.swarm.protocol.verify`);
+Every request must carry a valid signature of the cluster token (`agent.swarm.signing.verify`);
 anything else gets 401 and no data. A chunk is served straight from the cache file with
 sendfile (the receiver checks it against the root's sha256, so no byte needs to pass through
 Python here), and only if this node holds it: a chunk still being downloaded is 404, and the
@@ -16,23 +16,23 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from agent.cache.store import CacheEntry, ChunkCache
-from agent.http.server import FileRegion, Request, Response, plain_error
+from agent.http.responses import JSON, FileRegion, Response, bytes_response, plain_error
+from agent.http.server import Request
 from agent.observe.auditline import NOT_HELD, RPC_PREAD, RPC_STAT
 from agent.observe.events import NULL_OBSERVER, Observer
+from agent.swarm.plan import Plan
 from agent.swarm.protocol import (
+    AUTHORIZATION_HEADER,
     ChunkTarget,
-    P2PAuthError,
     P2PProtocolError,
-    Plan,
     PlanTarget,
     parse_target,
-    verify,
 )
+from agent.swarm.signing import P2PAuthError, verify
 
 log = logging.getLogger(__name__)
 
 PlanHandler = Callable[[str, PlanTarget, bytes | None], Awaitable[Plan]]
-AUTHORIZATION_HEADER = b"x-pollen-authorization"
 
 
 class P2PService:
@@ -73,15 +73,7 @@ class P2PService:
         if authorization is not None and not request.tls:
             return plain_error(400, "credentials must not cross the network in clear")
         plan = await self._plan(node, target, authorization)
-        body = plan.to_json()
-        return Response(
-            status=200,
-            headers=[
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-            body=body,
-        )
+        return bytes_response(200, plan.to_json(), JSON)  # the plan's canonical encoding
 
     def _chunk(self, method: str, target: ChunkTarget) -> Response:
         op = RPC_STAT if method == "HEAD" else RPC_PREAD
@@ -110,7 +102,7 @@ class P2PService:
         length = entry.layout.length(index)
         sent = False
         self._cache.pin(entry)
-        fd = os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = self._cache.open_for_reading(entry)
         try:
             yield FileRegion(fd=fd, offset=offset, length=length)
             self.chunks_served += 1

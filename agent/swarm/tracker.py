@@ -13,19 +13,20 @@ watches the root's own download and tells the schedule how far it got.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
 from agent.cache.store import CacheEntry, ChunkCache
 from agent.core.config import Config
 from agent.core.errors import RegistryError
-from agent.fetch.layerfetch import LayerDownload, LayerFetcher
-from agent.registry.routes import parse_digest
+from agent.core.upstream import Upstream
+from agent.registry.routes import Digest, parse_digest
 from agent.registry.upstreams import match_upstream
-from agent.swarm.protocol import Plan, PlanTarget
+from agent.swarm.plan import Plan
+from agent.swarm.protocol import PlanTarget
 from agent.swarm.schedule import Actions, LayerSchedule
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,33 @@ EXPIRE_EVERY = 0.5
 GONE_AFTER = 3 * LONG_POLL  # an agent pulling a layer asks at least every LONG_POLL seconds
 
 
+class OriginDownload(Protocol):
+    """The root's own download of a layer from the origin, as the tracker watches it
+    (`agent.fetch.download.LayerDownload`)."""
+
+    entry: CacheEntry | None
+    error: BaseException | None
+    verified: bool
+    finished: trio.Event
+
+    async def wait_change(self) -> None:
+        """Return at the next chunk stored, verification, or failure."""
+
+
+class OriginFetcher(Protocol):
+    """Where the tracker gets its layers (`agent.fetch.fetcher.LayerFetcher`); passed in by
+    the daemon, so the swarm package does not depend on the fetch package that uses it."""
+
+    async def ensure(
+        self, *, upstream: Upstream, repo: str, digest: Digest, headers: list[tuple[bytes, bytes]]
+    ) -> OriginDownload | CacheEntry:
+        """The layer in the cache, or its download from the origin once its size is known."""
+
+
 @dataclass(eq=False, kw_only=True)
 class RootLayer:
     digest: str
-    download: LayerDownload | None
+    download: OriginDownload | None
     entry: CacheEntry | None
     schedule: LayerSchedule | None = None
     mailbox: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
@@ -59,7 +83,7 @@ class Tracker:
         *,
         node: str,
         config: Config,
-        fetcher: LayerFetcher,
+        fetcher: OriginFetcher,
         cache: ChunkCache,
         window: int = 8,
         upload_slots: int = 1,
@@ -93,12 +117,16 @@ class Tracker:
             "plans_answered": self.plans_answered,
         }
 
-    @staticmethod
-    def _deliverable(layer: RootLayer, node: str) -> list[tuple[int, str]]:
+    def _deliverable(self, layer: RootLayer, node: str) -> list[tuple[int, str]]:
         entry = layer.entry
         if entry is None:
             return []
-        return [(c, src) for c, src in layer.mailbox.get(node, []) if c in entry.sha256]
+        cache = self._cache
+        return [
+            (c, src)
+            for c, src in layer.mailbox.get(node, [])
+            if cache.chunk_sha256(entry, c) is not None
+        ]
 
     def _expire_and_forget(self) -> None:
         now = trio.current_time()
@@ -188,7 +216,12 @@ class Tracker:
         box = layer.mailbox.get(asker, [])
         layer.mailbox[asker] = [a for a in box if a not in assignments]
         entry = layer.entry
-        hashes = {c: entry.sha256[c] for c, _ in assignments} if entry is not None else {}
+        hashes: dict[int, str] = {}
+        if entry is not None:
+            for c, _ in assignments:
+                sha = self._cache.chunk_sha256(entry, c)
+                assert sha is not None  # only such chunks are deliverable
+                hashes[c] = sha
         return Plan(
             size=schedule_size(layer),
             chunk_size=chunk_size,
@@ -198,13 +231,15 @@ class Tracker:
             retry_after=0.0 if assignments else 0.5,
         )
 
-    async def _start_layer(self, request: PlanTarget, upstream, headers) -> RootLayer:  # type: ignore[no-untyped-def]
+    async def _start_layer(
+        self, request: PlanTarget, upstream: Upstream, headers: list[tuple[bytes, bytes]]
+    ) -> RootLayer:
         digest = parse_digest(request.digest)
         target = await self._fetcher.ensure(
             upstream=upstream, repo=request.repo, digest=digest, headers=headers
         )
         if isinstance(target, CacheEntry):
-            await self._fill_table(target)
+            await self._cache.fill_chunk_table(target)
             layer = RootLayer(digest=request.digest, download=None, entry=target)
         else:
             layer = RootLayer(digest=request.digest, download=target, entry=target.entry)
@@ -227,18 +262,6 @@ class Tracker:
             assert self._nursery is not None
             self._nursery.start_soon(self._watch_origin, layer)
         return layer
-
-    async def _fill_table(self, entry: CacheEntry) -> None:
-        """Hash the chunks of a layer cached without its chunk table (cached while this node
-        was an agent): a root vouches only for chunks it has hashed itself."""
-        self._cache.pin(entry)
-        try:
-            for index in range(entry.layout.count):
-                if index not in entry.sha256:
-                    data = await self._cache.read_chunk(entry, index)
-                    entry.sha256[index] = hashlib.sha256(data).hexdigest()
-        finally:
-            self._cache.unpin(entry)
 
     def _sync_origin(self, layer: RootLayer) -> None:
         """Tell the schedule how many leading chunks the root holds on disk (servable)."""

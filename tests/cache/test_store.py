@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cache import native
+from agent.cache import engines, native
 from agent.cache.store import ChunkCache, ChunkCorrupt
 
 CHUNK = 4096
@@ -16,7 +16,7 @@ CHUNK = 4096
 
 def make_cache(root: Path, capacity: int = 10 * CHUNK) -> ChunkCache:
     cache = ChunkCache(
-        root, capacity=capacity, chunk_size=CHUNK, engine=native.PreadEngine(4), files=native
+        root, capacity=capacity, chunk_size=CHUNK, engine=engines.PreadEngine(4), files=native
     )
     cache.load()
     return cache
@@ -161,7 +161,7 @@ async def test_changed_chunk_size_invalidates_cache(tmp_path: Path) -> None:
         tmp_path,
         capacity=10 * CHUNK,
         chunk_size=2 * CHUNK,
-        engine=native.PreadEngine(2),
+        engine=engines.PreadEngine(2),
         files=native,
     )
     other.load()
@@ -186,7 +186,7 @@ async def test_chunk_reads_and_writes_are_observed_with_failures_negative(tmp_pa
         tmp_path,
         capacity=10 * CHUNK,
         chunk_size=CHUNK,
-        engine=native.PreadEngine(4),
+        engine=engines.PreadEngine(4),
         files=native,
         observer=seen,  # type: ignore[arg-type]
     )

@@ -1,7 +1,9 @@
-"""Tests for agent/core/config.py: the table, precedence, parsers and cross-key checks.
+"""Tests for agent/core/config.py: the table, precedence, key errors and the checks across keys.
 
 Pure: environments are plain dicts and config files are written under tmp_path; nothing reads
-os.environ and nothing opens a network socket.
+os.environ and nothing opens a network socket.  The value grammars themselves are tested in
+test_values.py, test_hostport.py and test_upstream.py; here they are reached through
+`load_config`, to check that each key uses the right one and that errors name the key.
 """
 
 from __future__ import annotations
@@ -12,28 +14,11 @@ import typing
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from agent.core import config
-from agent.core.config import (
-    ENV_VARS,
-    KEY_BY_ATTR,
-    KEYS,
-    Config,
-    Upstream,
-    format_duration,
-    format_size,
-    help_text,
-    load_config,
-    normalize_registry_host,
-    parse_bool,
-    parse_duration,
-    parse_size,
-    parse_upstream,
-    split_hostport,
-)
+from agent.core.config import ENV_VARS, KEY_BY_ATTR, KEYS, Config, help_text, load_config
 from agent.core.errors import ConfigError
+from agent.core.upstream import Upstream
 
 SPEC_SAMPLE = """\
 DeployConfig: {mode: agent, logDir: /var/log/pollen, logAudit: true, logAuditMode: file}
@@ -387,119 +372,6 @@ def test_kubernetes_service_link_gets_a_hint() -> None:
     assert "enableServiceLinks" in str(err)
 
 
-# --- parsers --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "n"),
-    [
-        ("0", 0),
-        ("4294967296", 4294967296),
-        (" 17 ", 17),
-        ("512B", 512),
-        ("4KiB", 4096),
-        ("4MiB", 4 << 20),
-        ("4GiB", 4 << 30),
-        ("1TiB", 1 << 40),
-        ("4 GiB", 4 << 30),
-        ("1.5KiB", 1536),
-        ("4KB", 4000),
-        ("4MB", 4_000_000),
-        ("4GB", 4_000_000_000),
-        ("2TB", 2 * 10**12),
-        (4294967296, 4294967296),
-        (8.0, 8),
-    ],
-)
-def test_parse_size_good(text: object, n: int) -> None:
-    assert parse_size(text) == n
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "", "lots", "-1", -1, "4G", "4g", "4gib", "4GIB", "4Gi", "4kb", "4 K", "0.5B", "1.1KiB",
-        "4GiB4", "4 2", "+4", "1e9", True, 1.5, [], None, "٣",
-    ],
-)  # fmt: skip
-def test_parse_size_bad(text: object) -> None:
-    with pytest.raises(ValueError, match="expected a size"):
-        parse_size(text)
-
-
-UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4,
-         "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4}  # fmt: skip
-
-
-@given(st.integers(min_value=0, max_value=10**6), st.sampled_from(sorted(UNITS)))
-def test_parse_size_round_trips_n_times_unit(n: int, unit: str) -> None:
-    assert parse_size(f"{n}{unit}") == n * UNITS[unit]
-    assert parse_size(f"{n} {unit}") == n * UNITS[unit]
-
-
-@given(st.integers(min_value=0, max_value=2**64))
-def test_format_size_round_trips(n: int) -> None:
-    assert parse_size(format_size(n)) == n
-
-
-def test_format_size_prefers_largest_exact_binary_unit() -> None:
-    assert format_size(4294967296) == "4GiB"
-    assert format_size(4_000_000_000) == "4GB"
-    assert format_size(1536) == "1536"
-    assert format_size(1024) == "1KiB"
-    assert format_size(1000) == "1KB"
-    assert format_size(512) == "512"
-    assert format_size(0) == "0"
-
-
-@pytest.mark.parametrize(
-    ("value", "want"),
-    [
-        ("1", True), ("0", False), ("true", True), ("FALSE", False), ("Yes", True),
-        ("no", False), ("on", True), (" off ", False), (True, True), (False, False),
-        (1, True), (0, False),
-    ],
-)  # fmt: skip
-def test_parse_bool_good(value: object, want: bool) -> None:
-    assert parse_bool(value) is want
-
-
-@pytest.mark.parametrize("value", ["", "2", "y", "enabled", 2, -1, None, 1.0, "truee"])
-def test_parse_bool_bad(value: object) -> None:
-    with pytest.raises(ValueError, match="expected a boolean"):
-        parse_bool(value)
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [
-        ("30", 30.0), ("30s", 30.0), ("1.5s", 1.5), ("500ms", 0.5), ("5m", 300.0),
-        ("1h", 3600.0), (" 2 m ", 120.0), ("0", 0.0), (45, 45.0), (0.25, 0.25),
-    ],
-)  # fmt: skip
-def test_parse_duration_good(value: object, seconds: float) -> None:
-    assert parse_duration(value) == seconds
-
-
-@pytest.mark.parametrize(
-    "value", ["", "soon", "-1", "1m30s", "5 min", "1d", "30S", True, -2, float("inf"), None]
-)
-def test_parse_duration_bad(value: object) -> None:
-    with pytest.raises(ValueError, match="expected a duration"):
-        parse_duration(value)
-
-
-@given(
-    st.one_of(
-        st.integers(min_value=0, max_value=10**7).map(float),
-        st.integers(min_value=0, max_value=10**7).map(lambda ms: ms / 1000),
-        st.floats(min_value=0, max_value=1e7, allow_nan=False, allow_infinity=False),
-    )
-)
-def test_format_duration_round_trips(seconds: float) -> None:
-    assert parse_duration(format_duration(seconds)) == seconds
-
-
 @pytest.mark.parametrize(
     ("attr", "text", "want"),
     [
@@ -526,7 +398,8 @@ def test_format_duration_round_trips(seconds: float) -> None:
     ],
 )  # fmt: skip
 def test_key_parsers_good(attr: str, text: str, want: object) -> None:
-    assert getattr(load_config({KEY_BY_ATTR[attr].env: text}), attr) == want
+    token = {"POLLEN_CLUSTER_TOKEN": "t"}  # so that mode=root passes the check across keys
+    assert getattr(load_config({**token, KEY_BY_ATTR[attr].env: text}), attr) == want
 
 
 @pytest.mark.parametrize(
@@ -574,53 +447,7 @@ def test_yaml_values_bad(tmp_path: Path, text: str, yaml_value: str) -> None:
     assert err.key == text
 
 
-# --- upstreams ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "want", "key", "base_url"),
-    [
-        ("registry.example.com", ("https", "registry.example.com", 443),
-         "registry.example.com", "https://registry.example.com:443"),
-        ("Registry.Example.COM:5000", ("https", "registry.example.com", 5000),
-         "registry.example.com:5000", "https://registry.example.com:5000"),
-        ("http://127.0.0.1:5000", ("http", "127.0.0.1", 5000),
-         "127.0.0.1:5000", "http://127.0.0.1:5000"),
-        ("http://reg.example", ("http", "reg.example", 80), "reg.example", "http://reg.example:80"),
-        ("HTTPS://reg.example/", ("https", "reg.example", 443), "reg.example",
-         "https://reg.example:443"),
-        ("https://reg.example:80", ("https", "reg.example", 80), "reg.example:80",
-         "https://reg.example:80"),
-        ("http://[::1]:5000", ("http", "::1", 5000), "[::1]:5000", "http://[::1]:5000"),
-        ("[fd00::7]", ("https", "fd00::7", 443), "[fd00::7]", "https://[fd00::7]:443"),
-        ("docker.io", ("https", "registry-1.docker.io", 443), "registry-1.docker.io",
-         "https://registry-1.docker.io:443"),
-        ("https://index.docker.io", ("https", "registry-1.docker.io", 443),
-         "registry-1.docker.io", "https://registry-1.docker.io:443"),
-        ("localhost:5000", ("https", "localhost", 5000), "localhost:5000",
-         "https://localhost:5000"),
-    ],
-)  # fmt: skip
-def test_parse_upstream(text: str, want: tuple[str, str, int], key: str, base_url: str) -> None:
-    upstream = parse_upstream(text)
-    assert (upstream.scheme, upstream.host, upstream.port) == want
-    assert upstream.key == key
-    assert upstream.base_url == base_url
-    assert parse_upstream(str(upstream)) == upstream
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "", "ftp://reg.example", "https://", "reg.example/v2", "user@reg.example", "::1",
-        "fd00::1:5000", "[::1", "[nothost]:5000", "reg.example:0", "reg.example:65536",
-        "reg.example:http", "-bad.example", "reg_x.example", "300.1.1.1", "reg.example?x=1",
-        "https://reg.example:5000/path",
-    ],
-)  # fmt: skip
-def test_parse_upstream_bad(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_upstream(text)
+# --- upstreams in the config ------------------------------------------------------------------
 
 
 def test_bad_upstream_entry_is_named_with_the_key() -> None:
@@ -638,45 +465,6 @@ def test_ipv6_upstreams_from_env() -> None:
 def test_duplicate_upstreams_rejected() -> None:
     err = error_for({"POLLEN_UPSTREAMS": "docker.io,registry-1.docker.io"})
     assert err.key == "upstreams"
-
-
-@pytest.mark.parametrize(
-    ("text", "want"),
-    [
-        ("docker.io", "registry-1.docker.io"),
-        ("INDEX.DOCKER.IO", "registry-1.docker.io"),
-        ("docker.io:443", "registry-1.docker.io:443"),
-        ("Reg.Example:5000", "reg.example:5000"),
-        ("[::1]:5000", "[::1]:5000"),
-        ("registry-1.docker.io", "registry-1.docker.io"),
-        (" not a host ", "not a host"),  # unparseable: lower-cased, matches no key
-    ],
-)
-def test_normalize_registry_host(text: str, want: str) -> None:
-    assert normalize_registry_host(text) == want
-
-
-@pytest.mark.parametrize(
-    ("text", "want"),
-    [
-        ("reg.example", ("reg.example", None)),
-        ("reg.example:5000", ("reg.example", 5000)),
-        ("[::1]", ("::1", None)),
-        ("[::1]:65002", ("::1", 65002)),
-        ("10.0.0.1:65002", ("10.0.0.1", 65002)),
-    ],
-)
-def test_split_hostport(text: str, want: tuple[str, int | None]) -> None:
-    assert split_hostport(text) == want
-
-
-def test_upstream_validates_on_construction() -> None:
-    with pytest.raises(ValueError):
-        Upstream("ftp", "reg.example", 21)
-    with pytest.raises(ValueError):
-        Upstream("https", "Reg.Example", 443)
-    with pytest.raises(ValueError):
-        Upstream("https", "reg.example", 0)
 
 
 # --- checks across keys ---------------------------------------------------------------------
@@ -709,6 +497,22 @@ def test_roots_need_cluster_token() -> None:
     assert "POLLEN_CLUSTER_TOKEN" in str(err) and "roots" in str(err)
 
 
+def test_a_root_needs_cluster_token() -> None:
+    err = error_for({"POLLEN_MODE": "root"})
+    assert err.key == "clusterToken"
+    assert "POLLEN_CLUSTER_TOKEN" in str(err) and "root" in str(err)
+    cfg = load_config({"POLLEN_MODE": "root", "POLLEN_CLUSTER_TOKEN": "t"})
+    assert cfg.mode == "root" and cfg.p2p_enabled
+
+
+def test_p2p_is_enabled_on_a_root_or_with_roots() -> None:
+    token = {"POLLEN_CLUSTER_TOKEN": "t"}
+    assert not load_config({}).p2p_enabled
+    assert not load_config(token).p2p_enabled  # a token alone opens nothing
+    assert load_config({**token, "POLLEN_ROOTS": "r.svc"}).p2p_enabled
+    assert load_config({**token, "POLLEN_MODE": "root"}).p2p_enabled
+
+
 def test_roots_forms() -> None:
     token = {"POLLEN_CLUSTER_TOKEN": "t"}
     cfg = load_config({**token, "POLLEN_ROOTS": "10.0.0.11:65002, [fd00::12]:65002"})
@@ -716,8 +520,8 @@ def test_roots_forms() -> None:
     cfg = load_config({**token, "POLLEN_ROOTS": "Pollen-Root.pollen.svc", "POLLEN_P2P_PORT": "7"})
     assert cfg.roots == ("pollen-root.pollen.svc:7",)
     assert load_config({**token, "POLLEN_ROOTS": ""}).roots == ()
-    assert not load_config({}).p2p_enabled
-    assert load_config({"POLLEN_MODE": "root"}).p2p_enabled
+    cfg = load_config({**token, "POLLEN_ROOTS": "[fd00::12]", "POLLEN_P2P_PORT": "7"})
+    assert cfg.roots == ("[fd00::12]:7",)
 
 
 @pytest.mark.parametrize(
@@ -783,6 +587,46 @@ def test_io_engines(aio: str, engine: str, want: tuple[str, ...]) -> None:
 def test_throttle_bytes_per_second() -> None:
     assert load_config({}).throttle_bytes_per_second == 512 * 1024 * 1024
     assert load_config({"POLLEN_THROTTLE_LIMIT_MB": "0.5"}).throttle_bytes_per_second == 524288
+
+
+# --- the role the CLI sets: dataclasses.replace ----------------------------------------------
+
+
+def test_replace_mode_root_without_token_names_cluster_token() -> None:
+    """`pollen root` over a config with no token fails as load_config would, naming the key."""
+    with pytest.raises(ConfigError) as info:
+        dataclasses.replace(load_config({}), mode="root")
+    assert info.value.key == "clusterToken"
+    assert str(info.value).startswith("config clusterToken (POLLEN_CLUSTER_TOKEN): ")
+
+
+def test_replace_mode_sets_the_role_config_reports() -> None:
+    agent = load_config({"POLLEN_CLUSTER_TOKEN": "t"})
+    assert (agent.mode, agent.p2p_enabled) == ("agent", False)
+    root = dataclasses.replace(agent, mode="root")
+    assert (root.mode, root.p2p_enabled) == ("root", True)
+    back = dataclasses.replace(root, mode="agent")
+    assert back == agent and not back.p2p_enabled
+    # What replace keeps: where each value came from, the file that was read, the token.
+    assert root.sources == agent.sources and root.config_file == agent.config_file
+    assert root.cluster_token == "t"
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"p2p_port": 65001}, "p2pPort"),
+        ({"tls_cert": "/etc/pollen/tls.crt"}, "tls.key"),
+        ({"cache_aio_enable": True, "cache_chunk_size": 1000}, "cache.chunkSize"),
+        ({"roots": ("10.0.0.11:65002",)}, "clusterToken"),
+        ({"default_upstream": Upstream("https", "c.example", 443)}, "defaultUpstream"),
+        ({"upstreams": (Upstream("https", "a.example", 443),)}, "defaultUpstream"),
+    ],
+)
+def test_replace_runs_the_checks_across_keys(change: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        dataclasses.replace(load_config({}), **change)
+    assert info.value.key == key
 
 
 # --- views ----------------------------------------------------------------------------------

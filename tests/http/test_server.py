@@ -6,14 +6,8 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from agent.http.server import (
-    HttpServer,
-    Request,
-    Response,
-    ServerSettings,
-    listener_port,
-    open_listeners,
-)
+from agent.http.responses import Response
+from agent.http.server import HttpServer, Request, ServerSettings, listener_port, open_listeners
 
 
 async def app(request: Request) -> Response:

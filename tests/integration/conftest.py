@@ -33,6 +33,7 @@ from harness import (  # noqa: E402
     Containerd,
     Image,
     Registry,
+    RegistryFront,
     TLSFiles,
     TokenIssuer,
     build_image,
@@ -168,6 +169,19 @@ def make_registry(
 def registry(make_registry: Callable[..., Registry]) -> Registry:
     """A plain-HTTP registry, no auth."""
     return make_registry()
+
+
+@pytest.fixture
+def make_front() -> Iterator[Callable[..., RegistryFront]]:
+    """`make_front(registry.url, **kwargs)` → a started RegistryFront, stopped at teardown."""
+    with contextlib.ExitStack() as stack:
+
+        def make(target_url: str, **kwargs: object) -> RegistryFront:
+            front = RegistryFront(target_url, **kwargs)  # type: ignore[arg-type]
+            stack.enter_context(front)
+            return front
+
+        yield make
 
 
 @pytest.fixture

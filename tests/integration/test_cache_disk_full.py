@@ -17,9 +17,8 @@ from harness import (
     AgentProcess,
     Image,
     Registry,
+    pull_from,
     push_image,
-    skopeo_copy_to_dir,
-    verify_dir_blobs,
     wait_until,
 )
 
@@ -38,12 +37,6 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def pull(agent: AgentProcess, dest: Path) -> set[str]:
-    result = skopeo_copy_to_dir(f"{agent.host}/team/app:v1", dest)
-    assert result.returncode == 0, result.stderr
-    return verify_dir_blobs(dest)
 
 
 def test_disk_full_streams_the_layer_and_caching_resumes(
@@ -69,7 +62,7 @@ def test_disk_full_streams_the_layer_and_caching_resumes(
             "POLLEN_CACHE_WRITE_RETRY": "1s",
         },
     )
-    assert layer in pull(agent, tmp_path / "pull1")
+    assert layer in pull_from(agent, "team/app:v1", tmp_path / "pull1")
     assert "write failed" in agent.log_text()
     assert registry.blob_get_count(layer) >= 1
     # Space returns: once the retry pause is over a pull caches the layer, and from then on
@@ -81,7 +74,7 @@ def test_disk_full_streams_the_layer_and_caching_resumes(
         nonlocal attempt
         attempt += 1
         before = registry.blob_get_count(layer)
-        assert layer in pull(agent, tmp_path / f"pull-{attempt}")
+        assert layer in pull_from(agent, "team/app:v1", tmp_path / f"pull-{attempt}")
         return registry.blob_get_count(layer) == before
 
     wait_until(pull_was_a_hit, timeout=30, interval=0.5, what="caching to resume")
@@ -102,6 +95,6 @@ def test_unwritable_cache_directory_still_serves(
         upstreams=f"http://{registry.host}",
         env={"POLLEN_CACHE_PATH": str(blocker / "cache")},
     )
-    assert image.layer_digests[0] in pull(agent, tmp_path / "pull1")
-    assert image.layer_digests[0] in pull(agent, tmp_path / "pull2")
+    assert image.layer_digests[0] in pull_from(agent, "team/app:v1", tmp_path / "pull1")
+    assert image.layer_digests[0] in pull_from(agent, "team/app:v1", tmp_path / "pull2")
     assert "write failed" in agent.log_text()

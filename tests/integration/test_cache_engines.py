@@ -3,8 +3,6 @@ it, and the engine the status page reports (with the reason a preferred one was 
 
 from __future__ import annotations
 
-import http.client
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,21 +11,12 @@ from harness import (
     AgentProcess,
     Image,
     Registry,
+    agent_status,
+    pull_from,
     push_image,
-    skopeo_copy_to_dir,
-    verify_dir_blobs,
 )
 
 MiB = 1 << 20
-
-
-def status(agent: AgentProcess) -> dict:
-    conn = http.client.HTTPConnection(agent.address, agent.port, timeout=10)
-    try:
-        conn.request("GET", "/_pollen/status")
-        return json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize(
@@ -59,16 +48,14 @@ def test_pull_through_each_engine(
             "POLLEN_CACHE_CHUNK_SIZE": "1MiB",
         },
     )
-    io = status(agent)["io_engine"]
+    io = agent_status(agent)["io_engine"]
     assert io["name"] == expected
     assert io["direct"] == (aio == "1")
     for attempt in ("cold", "warm"):
-        result = skopeo_copy_to_dir(f"{agent.host}/team/app:v1", tmp_path / attempt)
-        assert result.returncode == 0, result.stderr
-        assert set(image.layer_digests) <= verify_dir_blobs(tmp_path / attempt)
+        assert set(image.layer_digests) <= pull_from(agent, "team/app:v1", tmp_path / attempt)
     for digest in image.layer_digests:
         assert registry.blob_get_count(digest) == 1, "the warm pull must come from the cache"
-    io = status(agent)["io_engine"]
+    io = agent_status(agent)["io_engine"]
     assert io["writes"] > 0 and io["reads"] > 0
     if aio == "1":
         assert io["copies"] == 0, "chunk buffers are aligned: O_DIRECT writes need no copy"

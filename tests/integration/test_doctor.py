@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import AgentProcess, Containerd, Image, Registry, etc_hosts_entry, push_image
+from harness import (
+    AgentProcess,
+    Containerd,
+    Image,
+    Registry,
+    blob_gets,
+    etc_hosts_entry,
+    push_image,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGISTRY_NAME = "reg.pollen-test.internal"
@@ -78,10 +86,6 @@ def node(
             **settings,
         }
         yield Node(registry, agent, containerd, env)
-
-
-def blob_gets(registry: Registry, image: Image) -> dict[str, int]:
-    return {d: registry.blob_get_count(d) for d in image.layer_digests}
 
 
 def test_doctor_with_the_mirror_configured(node: Node, small_image: Image) -> None:

@@ -29,14 +29,14 @@ from harness import (
     RegistryFront,
     blob_path_pattern,
     free_port,
+    http_get,
+    pull_from,
     push_image,
-    skopeo_copy_to_dir,
-    verify_dir_blobs,
     wait_until,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.swarm.protocol import request_headers
+from agent.swarm.signing import request_headers
 
 MiB = 1 << 20
 TOKEN = "observability-token"
@@ -57,18 +57,6 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def http_get(
-    host: str, port: int, path: str, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(host, port, timeout=30)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
 
 
 def scrape(host: str, port: int, path: str = "/metrics") -> tuple[str, Samples]:
@@ -102,12 +90,6 @@ def exporter_env(port: int, **extra: str) -> dict[str, str]:
 
 def audit_lines(text: str) -> list[re.Match[str]]:
     return [m for m in map(AUDIT_RE.match, text.splitlines()) if m]
-
-
-def pull(agent: AgentProcess, ref: str, dest: Path) -> set[str]:
-    result = skopeo_copy_to_dir(f"{agent.host}/{ref}", dest)
-    assert result.returncode == 0, result.stderr
-    return verify_dir_blobs(dest)
 
 
 def sha256(data: bytes) -> str:
@@ -147,7 +129,7 @@ def test_exporter_serves_every_documented_series_and_counters_follow_pulls(
     dadi = {k for k in before if k[0].startswith("DADIP2P_")}
     assert len(dadi) == 1 + 4 * 5 + 2 + 1, sorted(dadi)
 
-    pull(agent, "team/app:v1", tmp_path / "pull1")
+    pull_from(agent, "team/app:v1", tmp_path / "pull1")
     blob_bytes = sum(layer.size for layer in image.layers) + image.config_size
     _, after = scrape("127.0.0.1", port)
     count = {kind: value(after, "DADIP2P_Count", **node, type=kind) for kind in TYPES}
@@ -170,7 +152,7 @@ def test_exporter_serves_every_documented_series_and_counters_follow_pulls(
     assert value(after, "pollen_integrity_rejected_total", what="cache_chunk") == 0
 
     # A second pull comes from the cache: no download, bytes counted as source=cache.
-    pull(agent, "team/app:v1", tmp_path / "pull2")
+    pull_from(agent, "team/app:v1", tmp_path / "pull2")
     _, again = scrape("127.0.0.1", port)
     assert value(again, "DADIP2P_Count", **node, type="download") == blob_bytes
     assert value(again, "DADIP2P_Count", **node, type="pread") == 2 * blob_bytes
@@ -248,7 +230,7 @@ def test_prometheus_server_scrapes_an_agent_and_a_root(
     agent = make_agent(
         upstreams=upstream, env={**common, **exporter_env(agent_metrics)}, address="127.0.0.3"
     )
-    pull(agent, "team/prom:v1", tmp_path / "pull")
+    pull_from(agent, "team/prom:v1", tmp_path / "pull")
 
     web_port = free_port()
     config = tmp_path / "prometheus.yml"

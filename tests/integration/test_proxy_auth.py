@@ -10,15 +10,13 @@ test's own `RegistryFront`.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from harness import (
     AgentProcess,
     Containerd,
@@ -27,10 +25,11 @@ from harness import (
     Registry,
     RegistryFront,
     TokenIssuer,
+    blob_url,
     dir_manifest_digest,
     free_port,
     push_image,
-    raw_request,
+    raw_get,
     skopeo_copy_to_dir,
     verify_dir_blobs,
     write_authfile,
@@ -46,14 +45,6 @@ def basic(user: str, password: str) -> tuple[str, str]:
 
 def bearer(token: str) -> tuple[str, str]:
     return ("Authorization", f"Bearer {token}")
-
-
-def get(port: int, target: str, *headers: tuple[str, str], method: str = "GET") -> RawResponse:
-    return raw_request("127.0.0.1", port, method, target, headers)
-
-
-def blob_url(repo: str, digest: str) -> str:
-    return f"/v2/{repo}/blobs/{digest}"
 
 
 def pull(
@@ -79,18 +70,6 @@ def assert_no_blob_bytes(r: RawResponse, image: Image) -> None:
         assert data[:64] not in r.body and data[-64:] not in r.body
 
 
-@pytest.fixture
-def make_front() -> Iterator[Callable[..., RegistryFront]]:
-    with contextlib.ExitStack() as stack:
-
-        def make(target_url: str, **kwargs: object) -> RegistryFront:
-            front = RegistryFront(target_url, **kwargs)  # type: ignore[arg-type]
-            stack.enter_context(front)
-            return front
-
-        yield make
-
-
 # -- Basic auth (htpasswd) ---------------------------------------------------------------------
 
 
@@ -105,15 +84,15 @@ def test_htpasswd_registry_through_the_agent(
     agent = make_agent(upstreams=f"http://{reg.host}")
 
     # The challenge is the registry's own, passed through unchanged.
-    direct = get(reg.port, "/v2/")
+    direct = raw_get(reg.port, "/v2/")
     assert direct.status == 401
     challenge = direct.header_lines("www-authenticate")
     assert challenge == ['Basic realm="pollen-test"']
     for creds in ((), (basic("alice", "wrong"),)):
-        r = get(agent.port, "/v2/", *creds)
+        r = raw_get(agent.port, "/v2/", *creds)
         assert r.status == 401, r.body
         assert r.header_lines("www-authenticate") == challenge
-    assert get(agent.port, "/v2/", basic("alice", "alice-pw")).status == 200
+    assert raw_get(agent.port, "/v2/", basic("alice", "alice-pw")).status == 200
 
     ok = pull(agent.host, "private/app:v1", tmp_path / "alice", ("alice", "alice-pw"))
     assert ok.returncode == 0, ok.stderr
@@ -135,7 +114,7 @@ def test_htpasswd_registry_through_the_agent(
     for layer in small_image.layers:
         mark = reg.log_mark()
         for creds in ((), (basic("alice", "wrong"),), (basic("mallory", "alice-pw"),)):
-            r = get(agent.port, blob_url("private/app", layer.digest), *creds)
+            r = raw_get(agent.port, blob_url("private/app", layer.digest), *creds)
             assert r.status == 401, (creds, r.status)
             assert r.header_lines("www-authenticate") == challenge
             assert r.error_codes() == ["UNAUTHORIZED"], r.body
@@ -143,7 +122,7 @@ def test_htpasswd_registry_through_the_agent(
         methods = blob_methods(reg, layer.digest, mark)
         assert methods == [("HEAD", 401)] * 3, methods  # asked, and no blob GET at all
     # While alice still reads from the cache (no new blob GET at the registry).
-    r = get(
+    r = raw_get(
         agent.port,
         blob_url("private/app", small_image.layer_digests[0]),
         basic("alice", "alice-pw"),
@@ -158,7 +137,7 @@ def test_htpasswd_registry_through_the_agent(
 def issue_token(issuer: TokenIssuer, user: str, password: str, scope: str) -> str:
     """A token from the issuer's own GET /token, the way skopeo asks for one."""
     query = urllib.parse.urlencode({"account": user, "scope": scope, "service": issuer.service})
-    r = get(issuer.port, f"/token?{query}", basic(user, password))
+    r = raw_get(issuer.port, f"/token?{query}", basic(user, password))
     assert r.status == 200, r.body
     return json.loads(r.body)["token"]
 
@@ -184,8 +163,8 @@ def test_token_registry_through_the_agent(
         "/v2/private/app/manifests/v1",
         blob_url("private/app", private_layer),
     ):
-        direct = get(reg.port, target)
-        via_agent = get(agent.port, target)
+        direct = raw_get(reg.port, target)
+        via_agent = raw_get(agent.port, target)
         assert direct.status == via_agent.status == 401, target
         assert via_agent.header_lines("www-authenticate") == direct.header_lines("www-authenticate")
         assert via_agent.header("www-authenticate").startswith(  # type: ignore[union-attr]
@@ -213,14 +192,14 @@ def test_token_registry_through_the_agent(
     assert bob.returncode != 0
     bob_token = issue_token(token_issuer, "bob", "bob-pw", "repository:private/app:pull")
     for layer in private.layers:
-        r = get(agent.port, blob_url("private/app", layer.digest), bearer(bob_token))
+        r = raw_get(agent.port, blob_url("private/app", layer.digest), bearer(bob_token))
         assert r.status in (401, 403), (r.status, r.body)
         assert_no_blob_bytes(r, private)
     # A token made for another repository does not open this one either.
     forged = token_issuer.make_token(
         "bob", [{"type": "repository", "name": "public/app", "actions": ["pull"]}]
     )
-    r = get(agent.port, blob_url("private/app", private_layer), bearer(forged))
+    r = raw_get(agent.port, blob_url("private/app", private_layer), bearer(forged))
     assert r.status in (401, 403) and len(r.body) < 4096
     reg.sync_log()
     assert not any(
@@ -293,25 +272,25 @@ def test_auth_check_is_remembered_per_credential_for_the_ttl(
     long_ttl = make_agent(upstreams=f"http://{reg.host}", env={"POLLEN_AUTH_CACHE_TTL": "60s"})
     mark = reg.log_mark()
     for _ in range(3):  # the first caches the layer, the other two read the cache
-        r = get(long_ttl.port, path, alice)
+        r = raw_get(long_ttl.port, path, alice)
         assert r.status == 200 and r.sha256 == digest
     assert heads(mark) == 1, "one credential, one check within the TTL"
     assert reg.blob_get_count(digest, since=mark) == 1
-    r = get(long_ttl.port, path, bob)
+    r = raw_get(long_ttl.port, path, bob)
     assert r.status == 200 and r.sha256 == digest
     assert heads(mark) == 2, "another credential is checked on its own"
-    r = get(long_ttl.port, path, basic("alice", "wrong"))
+    r = raw_get(long_ttl.port, path, basic("alice", "wrong"))
     assert r.status == 401 and heads(mark) == 3
     assert reg.blob_get_count(digest, since=mark) == 1
 
     ttl = 0.5
     short_ttl = make_agent(upstreams=f"http://{reg.host}", env={"POLLEN_AUTH_CACHE_TTL": f"{ttl}s"})
     mark = reg.log_mark()
-    r = get(short_ttl.port, path, alice)
+    r = raw_get(short_ttl.port, path, alice)
     assert r.status == 200 and r.sha256 == digest
     assert heads(mark) == 1
     time.sleep(ttl * 2)  # let the remembered "yes" expire: the expiry is what is tested
-    r = get(short_ttl.port, path, alice)
+    r = raw_get(short_ttl.port, path, alice)
     assert r.status == 200 and r.sha256 == digest
     assert heads(mark) == 2, "an expired check is asked again"
     assert reg.blob_get_count(digest, since=mark) == 1  # the bytes still came from the cache
@@ -348,7 +327,7 @@ def test_accept_lines_reach_the_registry_separately(
     # Exactly the lines a client sends, in order, one per line.
     n = front.count("GET", manifests)
     sent = [("Accept", MT_DOCKER_MANIFEST), ("Accept", MT_OCI_MANIFEST)]
-    r = get(agent.port, "/v2/team/oci/manifests/v1", *sent)
+    r = raw_get(agent.port, "/v2/team/oci/manifests/v1", *sent)
     assert r.status == 200, r.body
     assert r.header("content-type") == MT_OCI_MANIFEST
     assert r.sha256 == small_image.manifest_digest

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import http.client
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,11 +17,12 @@ from harness import (
     Image,
     Registry,
     TLSFiles,
+    blob_gets,
     etc_hosts_entry,
+    http_get,
     make_cert_dir,
+    pull_dir,
     push_image,
-    skopeo_copy_to_dir,
-    verify_dir_blobs,
     write_registries_conf,
 )
 
@@ -31,30 +31,6 @@ MiB = 1 << 20
 
 def upstream_of(registry: Registry) -> str:
     return f"http://{registry.host}"
-
-
-def pull_dir(ref: str, dest: Path, **kwargs: object) -> set[str]:
-    """skopeo copy into dest; returns the verified blob digests (fails on any mismatch)."""
-    result = skopeo_copy_to_dir(ref, dest, **kwargs)  # type: ignore[arg-type]
-    assert result.returncode == 0, result.stderr
-    return verify_dir_blobs(dest)
-
-
-def blob_gets(registry: Registry, image: Image) -> dict[str, int]:
-    return {d: registry.blob_get_count(d) for d in image.layer_digests}
-
-
-def http_get(
-    agent: AgentProcess, path: str, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", agent.port, timeout=30)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        body = resp.read()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
-    finally:
-        conn.close()
 
 
 def test_skopeo_direct_pull_is_cached(
@@ -201,9 +177,8 @@ def test_concurrent_requests_share_one_upstream_fetch(
     agent = make_agent(upstreams=upstream_of(registry), env={"POLLEN_CACHE_CHUNK_SIZE": "1MiB"})
     digest = image.layer_digests[0]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(
-            pool.map(lambda _: http_get(agent, f"/v2/team/one/blobs/{digest}"), range(8))
-        )
+        path = f"/v2/team/one/blobs/{digest}"
+        results = list(pool.map(lambda _: http_get("127.0.0.1", agent.port, path), range(8)))
     for status, _headers, body in results:
         assert status == 200
         assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
@@ -222,15 +197,15 @@ def test_range_requests_on_cached_and_uncached_blobs(
     whole = image.blob_path(digest).read_bytes()
     path = f"/v2/team/range/blobs/{digest}"
     # Uncached: a resume-style range straight away (the download starts behind it).
-    status, headers, body = http_get(agent, path, {"Range": "bytes=1000000-"})
+    status, headers, body = http_get("127.0.0.1", agent.port, path, {"Range": "bytes=1000000-"})
     assert status == 206
     assert headers["content-range"] == f"bytes 1000000-{len(whole) - 1}/{len(whole)}"
     assert body == whole[1000000:]
     # Cached: a middle range crossing a chunk boundary, a suffix, and an unsatisfiable one.
-    status, _, body = http_get(agent, path, {"Range": "bytes=1048000-1049999"})
+    status, _, body = http_get("127.0.0.1", agent.port, path, {"Range": "bytes=1048000-1049999"})
     assert (status, body) == (206, whole[1048000:1050000])
-    status, _, body = http_get(agent, path, {"Range": "bytes=-10"})
+    status, _, body = http_get("127.0.0.1", agent.port, path, {"Range": "bytes=-10"})
     assert (status, body) == (206, whole[-10:])
-    status, headers, _ = http_get(agent, path, {"Range": f"bytes={len(whole)}-"})
+    status, headers, _ = http_get("127.0.0.1", agent.port, path, {"Range": f"bytes={len(whole)}-"})
     assert status == 416 and headers["content-range"] == f"bytes */{len(whole)}"
     assert registry.blob_get_count(digest) == 1

@@ -7,7 +7,6 @@ Upstream request counts come from the registry's own access log or from the test
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import os
@@ -16,7 +15,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -25,14 +24,15 @@ from harness import (
     AgentProcess,
     Image,
     ObjectServer,
-    RawResponse,
     Registry,
     RegistryFront,
+    agent_status,
     blob_path_pattern,
+    blob_url,
     free_port,
     http_status,
     push_image,
-    raw_request,
+    raw_get,
     skopeo_copy_to_dir,
     verify_dir_blobs,
     wait_until,
@@ -40,31 +40,6 @@ from harness import (
 
 KiB = 1 << 10
 MiB = 1 << 20
-
-
-@pytest.fixture
-def make_front() -> Iterator[Callable[..., RegistryFront]]:
-    """`make_front(registry.url)` → a started RegistryFront, stopped at teardown."""
-    with contextlib.ExitStack() as stack:
-
-        def make(target_url: str, **kwargs: object) -> RegistryFront:
-            front = RegistryFront(target_url, **kwargs)  # type: ignore[arg-type]
-            stack.enter_context(front)
-            return front
-
-        yield make
-
-
-def get(agent: AgentProcess, target: str, *headers: tuple[str, str], **kw: object) -> RawResponse:
-    return raw_request("127.0.0.1", agent.port, "GET", target, headers, **kw)  # type: ignore[arg-type]
-
-
-def request(agent: AgentProcess, method: str, target: str) -> RawResponse:
-    return raw_request("127.0.0.1", agent.port, method, target)
-
-
-def blob_url(repo: str, digest: str) -> str:
-    return f"/v2/{repo}/blobs/{digest}"
 
 
 def flip_byte(path: Path, offset: int) -> None:
@@ -96,12 +71,6 @@ def cache_blob_dir(cache_path: Path, digest: str) -> Path:
     return cache_path / "blobs" / "sha256" / digest.split(":", 1)[1]
 
 
-def agent_status(agent: AgentProcess) -> dict:
-    r = get(agent, "/_pollen/status")
-    assert r.status == 200, r.body
-    return r.json()
-
-
 # -- requests the agent refuses itself -------------------------------------------------------
 
 
@@ -123,34 +92,34 @@ def test_bad_requests_are_refused_without_contacting_anyone(
         ("sha256:" + "A" * 64, "lower-case"),
         ("md5:" + "0" * 32, "md5"),
     ):
-        r = get(agent, blob_url("team/app", bad))
+        r = raw_get(agent.port, blob_url("team/app", bad))
         assert r.status == 400, (bad, r.status, r.body)
         assert r.error_codes() == ["DIGEST_INVALID"], r.body
         assert why in r.error_text(), r.body
 
-    r = get(agent, blob_url("Team/App", digest))
+    r = raw_get(agent.port, blob_url("Team/App", digest))
     assert r.status == 400 and r.error_codes() == ["NAME_INVALID"], r.body
     assert "Team/App" in r.error_text()
-    r = get(agent, "/v2/team//app/manifests/v1")
+    r = raw_get(agent.port, "/v2/team//app/manifests/v1")
     assert r.status == 400 and r.error_codes() == ["NAME_INVALID"], r.body
 
     ns = "?ns=" + quote(other.host, safe="")
     for target in ("/v2/", "/v2/team/app/manifests/v1", blob_url("team/app", digest)):
-        r = get(agent, target + ns)
+        r = raw_get(agent.port, target + ns)
         assert r.status == 403, (target, r.body)
         assert r.error_codes() == ["DENIED"] and other.host in r.error_text(), r.body
-    assert request(agent, "HEAD", "/v2/team/app/manifests/v1" + ns).status == 403
+    assert raw_get(agent.port, "/v2/team/app/manifests/v1" + ns, method="HEAD").status == 403
 
     for method in ("POST", "PUT", "DELETE", "PATCH"):
-        r = request(agent, method, "/v2/team/app/blobs/uploads/")
+        r = raw_get(agent.port, "/v2/team/app/blobs/uploads/", method=method)
         assert r.status == 405, (method, r.status)
         assert r.error_codes() == ["UNSUPPORTED"] and method in r.error_text()
 
-    big = get(agent, "/v2/", ("X-Pad", "a" * (33 * KiB)))
+    big = raw_get(agent.port, "/v2/", ("X-Pad", "a" * (33 * KiB)))
     assert big.status == 431, (big.status, big.body)
-    many = get(agent, "/v2/", *((f"X-Pad-{i}", "b" * 1024) for i in range(40)))
+    many = raw_get(agent.port, "/v2/", *((f"X-Pad-{i}", "b" * 1024) for i in range(40)))
     assert many.status == 431, (many.status, many.body)
-    assert get(agent, "/v2/", ("X-Pad", "a" * (16 * KiB))).status == 200  # under the limit
+    assert raw_get(agent.port, "/v2/", ("X-Pad", "a" * (16 * KiB))).status == 200  # under the limit
 
     # Nothing above was forwarded anywhere; the registry not in upstreams saw nothing at all.
     other.sync_log()
@@ -158,7 +127,7 @@ def test_bad_requests_are_refused_without_contacting_anyone(
     registry.sync_log()
     assert [e["path"] for e in registry.requests_log(since=mark)] == ["/v2/"]  # the 16 KiB one
     # And the agent still serves the real thing.
-    ok = get(agent, blob_url("team/app", digest))
+    ok = raw_get(agent.port, blob_url("team/app", digest))
     assert ok.status == 200 and ok.sha256 == digest
 
 
@@ -188,7 +157,7 @@ def test_tls_client_hello_on_the_plain_port_is_closed_cleanly(
 
     # skopeo's real dance (HTTPS first, then plain HTTP) then works on the same port.
     assert http_status(f"{agent.url}/healthz") == 200
-    r = get(agent, blob_url("team/app", small_image.layer_digests[0]))
+    r = raw_get(agent.port, blob_url("team/app", small_image.layer_digests[0]))
     assert r.status == 200 and r.sha256 == small_image.layer_digests[0]
     assert agent.proc is not None and agent.proc.alive()
     assert "Traceback" not in agent.log_text()
@@ -203,7 +172,7 @@ def test_upstream_gone_answers_502_quickly(make_agent: Callable[..., AgentProces
     digest = "sha256:" + "1" * 64
     for target in ("/v2/", "/v2/team/app/manifests/v1", blob_url("team/app", digest)):
         t0 = time.monotonic()
-        r = get(agent, target)
+        r = raw_get(agent.port, target)
         elapsed = time.monotonic() - t0
         assert r.status == 502, (target, r.status, r.body)
         assert (r.header("content-type") or "").startswith("application/json")
@@ -225,7 +194,7 @@ def test_upstream_503_is_retried_until_it_succeeds(
     blob = blob_path_pattern(digest)
     front.fail(blob, 503, times=2)
     agent = make_agent(upstreams=front.url, env={"POLLEN_UPSTREAM_RETRIES": "3"})
-    r = get(agent, blob_url("team/retry", digest))
+    r = raw_get(agent.port, blob_url("team/retry", digest))
     assert r.status == 200 and r.complete and r.sha256 == digest
     assert [e.status for e in front.seen("GET", blob)] == [503, 503, 200]
     assert registry.blob_get_count(digest) == 1
@@ -244,7 +213,7 @@ def test_upstream_retries_counts_retries_not_attempts(
     blob = blob_path_pattern(digest)
     front.fail(blob, 503, times=1)
     agent = make_agent(upstreams=front.url, env={"POLLEN_UPSTREAM_RETRIES": "1"})
-    r = get(agent, blob_url("team/retry", digest))
+    r = raw_get(agent.port, blob_url("team/retry", digest))
     assert [e.status for e in front.seen("GET", blob)] == [503, 200]
     assert r.status == 200 and r.sha256 == digest
 
@@ -278,14 +247,14 @@ def test_upstream_always_500_gives_502(
     retries = 3
     agent = make_agent(upstreams=front.url, env={"POLLEN_UPSTREAM_RETRIES": str(retries)})
     t0 = time.monotonic()
-    r = get(agent, target, OCI_ACCEPT)
+    r = raw_get(agent.port, target, OCI_ACCEPT)
     assert time.monotonic() - t0 < 15
     assert r.status == 502, (r.status, r.body)
     assert r.error_codes() == ["UNAVAILABLE"] and front.host in r.error_text(), r.body
     assert "500" in r.error_text()
     attempts = front.count("GET", pattern)
     assert 2 <= attempts <= retries + 1, attempts  # retried, and bounded
-    assert get(agent, "/healthz").status == 200  # the agent lives on
+    assert raw_get(agent.port, "/healthz").status == 200  # the agent lives on
     # skopeo gives up on a 5xx from the mirror (a blob 500 is fatal for it).
     pull = skopeo_copy_to_dir(f"{agent.host}/team/broken:v1", tmp_path / "pull")
     assert pull.returncode != 0
@@ -308,7 +277,7 @@ def test_upstream_429_passes_through(
     front.fail(pattern, 429, headers={"Retry-After": "1"})
     agent = make_agent(upstreams=front.url, env={"POLLEN_UPSTREAM_RETRIES": "2"})
     t0 = time.monotonic()
-    r = get(agent, target, OCI_ACCEPT)
+    r = raw_get(agent.port, target, OCI_ACCEPT)
     assert time.monotonic() - t0 < 15
     assert r.status == 429, (r.status, r.body)
     assert r.header("retry-after") == "1"
@@ -316,7 +285,7 @@ def test_upstream_429_passes_through(
     assert 2 <= front.count("GET", pattern) <= 3  # retried after Retry-After, then given up
     # Once the registry recovers, the same agent serves it (nothing bad was kept).
     front.clear_faults()
-    ok = get(agent, target, OCI_ACCEPT)
+    ok = raw_get(agent.port, target, OCI_ACCEPT)
     assert ok.status == 200, (ok.status, ok.body)
     if kind == "blob":
         assert ok.sha256 == image.layer_digests[0]
@@ -342,7 +311,7 @@ def test_redirect_to_another_host_drops_authorization(
         agent = make_agent(upstreams=front.url)
         first = image.layer_digests[0]
         secret = ("Authorization", "Bearer pollen-test-secret")
-        r = get(agent, blob_url("team/redir", first), secret)
+        r = raw_get(agent.port, blob_url("team/redir", first), secret)
         assert r.status == 200 and r.complete and r.sha256 == first
         # The credential went to the registry (the auth check and the GET) ...
         assert all(e.has_header("authorization") for e in front.seen(path=blob_path_pattern(first)))
@@ -382,12 +351,12 @@ def test_corrupt_upstream_layer_is_cut_short_and_never_cached(
     )
 
     for attempt in (1, 2):
-        r = get(agent, blob_url("team/bad", digest))
+        r = raw_get(agent.port, blob_url("team/bad", digest))
         assert r.status == 200 and r.content_length == size
         assert not r.complete, "a layer with wrong bytes must be cut short"
         assert len(r.body) < size
         assert registry.blob_get_count(digest) == attempt, "nothing wrong may be cached"
-        assert get(agent, "/healthz").status == 200
+        assert raw_get(agent.port, "/healthz").status == 200
 
     status = agent_status(agent)
     assert status["cache"]["layers"] == 0 and status["cache"]["used"] == 0, status
@@ -498,12 +467,12 @@ def test_kill_9_mid_layer_then_restart_and_disk_corruption(
     # Damage the cached layer on disk: detected, and the client still gets the right bytes.
     data = cache_blob_dir(first.cache_path, big) / "data"
     flip_byte(data, 100 * KiB)  # in chunk 1
-    r = get(second, blob_url("team/crash", big))
+    r = raw_get(second.port, blob_url("team/crash", big))
     assert r.status == 200 and r.complete and r.sha256 == big
     assert f"chunk 1 of {big} failed its checksum" in second.log_text()
     # Re-fetched from the registry once, and cached again (test below).
     assert registry.blob_get_count(big, since=mark) >= 2
-    assert get(second, "/healthz").status == 200
+    assert raw_get(second.port, "/healthz").status == 200
 
 
 def test_layer_refetched_after_disk_corruption_is_cached_again(
@@ -518,14 +487,14 @@ def test_layer_refetched_after_disk_corruption_is_cached_again(
         upstreams=f"http://{registry.host}", env={"POLLEN_CACHE_CHUNK_SIZE": "64KiB"}
     )
     path = blob_url("team/heal", digest)
-    assert get(agent, path).sha256 == digest
+    assert raw_get(agent.port, path).sha256 == digest
     flip_byte(cache_blob_dir(agent.cache_path, digest) / "data", 200 * KiB)
-    r = get(agent, path)
+    r = raw_get(agent.port, path)
     assert r.status == 200 and r.complete and r.sha256 == digest  # detected, refetched
     assert f"of {digest} failed its checksum" in agent.log_text()
     assert registry.blob_get_count(digest) == 2, "re-fetched exactly once"
     for _ in range(2):
-        r = get(agent, path)
+        r = raw_get(agent.port, path)
         assert r.status == 200 and r.complete and r.sha256 == digest
     assert registry.blob_get_count(digest) == 2, "the fresh copy must be served from the cache"
     assert "No such file" not in agent.log_text()

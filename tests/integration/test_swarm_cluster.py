@@ -19,6 +19,7 @@ from harness import (
     AgentProcess,
     Image,
     Registry,
+    agent_status,
     free_port,
     make_ca_and_cert,
     push_image,
@@ -79,17 +80,6 @@ def pull_all(
         return list(pool.map(one, agents))
 
 
-def status(agent: AgentProcess) -> dict:
-    import json
-
-    conn = http.client.HTTPConnection(agent.address, agent.port, timeout=10)
-    try:
-        conn.request("GET", "/_pollen/status")
-        return json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
-
-
 def test_swarm_pull_sends_each_layer_once_from_the_origin(
     tmp_path: Path,
     registry: Registry,
@@ -104,9 +94,9 @@ def test_swarm_pull_sends_each_layer_once_from_the_origin(
         assert set(image.layer_digests) <= got
     for digest in image.layer_digests:
         assert registry.blob_get_count(digest) == 1, f"origin sent {digest} more than once"
-    peer_bytes = sum(status(a)["swarm"]["peer_bytes"] for a in cluster.agents)
+    peer_bytes = sum(agent_status(a)["swarm"]["peer_bytes"] for a in cluster.agents)
     assert peer_bytes >= sum(layer.size for layer in image.layers) * len(cluster.agents) * 0.9
-    assert all(status(a)["swarm"]["origin_fallbacks"] == 0 for a in cluster.agents)
+    assert all(agent_status(a)["swarm"]["origin_fallbacks"] == 0 for a in cluster.agents)
 
 
 def test_p2p_port_refuses_unsigned_requests(
@@ -144,7 +134,7 @@ def test_no_root_answers_agent_goes_to_the_origin(
     )
     [got] = pull_all([agent], "team/app:v1", tmp_path / "pulls")
     assert set(image.layer_digests) <= got
-    assert status(agent)["swarm"]["origin_fallbacks"] >= 1
+    assert agent_status(agent)["swarm"]["origin_fallbacks"] >= 1
     assert "fetching from the origin" in agent.log_text()
 
 
@@ -255,9 +245,10 @@ def test_a_peer_killed_mid_transfer_costs_no_pull(
         doomed = pool.submit(pull_all, [victim], "team/app:v1", tmp_path / "victim")
         pulls = pool.submit(pull_all, survivors, "team/app:v1", tmp_path / "pulls")
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and status(victim)["swarm"]["chunks_served"] == 0:
+        while time.monotonic() < deadline and agent_status(victim)["swarm"]["chunks_served"] == 0:
             time.sleep(0.05)
-        assert status(victim)["swarm"]["chunks_served"] > 0, "the victim must be serving peers"
+        served = agent_status(victim)["swarm"]["chunks_served"]
+        assert served > 0, "the victim must be serving peers"
         victim.kill()
         results = pulls.result(timeout=120)
         with pytest.raises(AssertionError):
@@ -297,7 +288,7 @@ def test_private_layers_credentials_reach_roots_only_encrypted(
     layer = image.layer_digests[0]
     for got in results:
         assert layer in got
-    fallbacks = sum(status(a)["swarm"]["origin_fallbacks"] for a in cluster.agents)
+    fallbacks = sum(agent_status(a)["swarm"]["origin_fallbacks"] for a in cluster.agents)
     if tls:
         assert registry.blob_get_count(layer) == 1
         assert fallbacks == 0

@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from agent.core.config import parse_upstream
+from agent.core.upstream import parse_upstream
 from agent.node.mirrors import (
     MARKER,
     Route,

@@ -1,14 +1,14 @@
 """Tests for agent/registry/upstreams.py: which upstream serves a request, in SPEC.md's order.
 
-Pure: Upstreams come from agent.core.config.parse_upstream, requests are plain strings.
+Pure: Upstreams come from agent.core.upstream.parse_upstream, requests are plain strings.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from agent.core.config import Upstream, parse_upstream
 from agent.core.errors import RegistryError
+from agent.core.upstream import Upstream, parse_upstream
 from agent.registry.upstreams import choose_upstream, match_upstream, undistributed_host
 
 HUB = parse_upstream("docker.io")

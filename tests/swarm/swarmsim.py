@@ -1,21 +1,24 @@
-"""A discrete-event simulator of one layer's swarm, driving `agent.swarm.schedule.LayerSchedule`.
+"""A discrete-event simulator of one layer's swarm: the real root schedule
+(`agent.swarm.schedule.LayerSchedule`) and a real agent planner
+(`agent.swarm.planner.LayerPlanner`) per node, over modelled links.
 
-It is the schedule's proving ground (tests/test_swarm.py) and meant to be imported by bigger
-benchmarks (`bench/`, 1000+ nodes): nothing here depends on pytest. Run it as a script to print
-the two reference settings of issue 4.
+It is the proving ground of both (tests/swarm/test_schedule.py) and meant to be imported by
+bigger benchmarks (`bench/`, 1000+ nodes): nothing here depends on pytest. Run it as a script to
+print the two reference settings of the swarm benchmark.
 
 Model
 -----
 - An origin sends the layer to the root in order at `origin` bytes/s; the root reports each
   chunk as it lands (`origin_progress`). The root uploads at `root_upload` bytes/s.
 - N agents, node i named ``n<i>``, each with upload `upload` and download `download` bytes/s
-  (per-node overrides allowed). An agent joins (`request` with an empty `have`) at
-  ``i * start_spread / N``, and asks again whenever one of its transfers ends, for ``want -
-  in flight``; an agent with free slots asks again every `poll` seconds anyway (the plan
-  long-poll). A transfer starts about
-  `latency` seconds after it is assigned (plan answer, connect, request; `jitter` spreads it
-  uniformly over [latency/2, 3·latency/2] so simultaneous events do not always run in the same
-  order). The tracker's `expire` runs every `tick` seconds.
+  (per-node overrides allowed), each a `LayerPlanner` with `want` transfer slots. Node i starts
+  at ``i * start_spread / N``. Its plan requests reach the root ``latency / 2`` later, where a
+  model of the tracker applies the reports, states the demand to the schedule, and answers with
+  the node's mailbox of assignments (a standing request with nothing to deliver is held up to
+  `long_poll` seconds); the answer takes ``latency / 2`` back. A transfer's first byte comes
+  `latency` after the planner starts it (request to the source, first byte back). `jitter`
+  spreads every delay uniformly over [d/2, 3d/2] so simultaneous events do not always run in the
+  same order. The tracker's `expire` runs every `tick` seconds. Stores take no time.
 - Links (default): a node's concurrent uploads share its upload rate equally, its concurrent
   downloads share its download rate equally, and a transfer runs at the smaller of its two
   shares. Max-min fair sharing, which TCP over shaped links approaches, gives every transfer
@@ -40,15 +43,19 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from agent.swarm.plan import Plan
+from agent.swarm.planner import Decisions, LayerPlanner
+from agent.swarm.protocol import PlanTarget
 from agent.swarm.schedule import Actions, Assignment, LayerSchedule
 
 MiB = 1 << 20
 Mbit = 1_000_000 / 8  # bytes per second in one Mbit/s
 
 ROOT_NAME = "root"
+SIM_DIGEST = "sha256:" + "5" * 64
 
 # Event kinds, in the order they are handled at equal times.
-_ORIGIN, _DONE, _START, _JOIN, _LEAVE, _POLL, _EXPIRE = range(7)
+(_ORIGIN, _DONE, _START, _ARRIVE, _REPLY, _HOLD_END, _WAKE, _JOIN, _LEAVE, _EXPIRE) = range(10)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,14 +67,14 @@ class SwarmConfig:
     download: float  # bytes/s, each node
     origin: float  # bytes/s, origin -> root
     root_upload: float | None = None  # bytes/s; default: `upload`
-    want: int = 2  # transfers an agent asks for: one, and a spare for a second source
+    want: int = 2  # the planner's transfer slots: one, and a spare for a second source
     window: int = 8
     upload_slots: int = 1
     root_upload_slots: int = 1
     endgame: int = 2
     transfer_timeout: float = 10.0
-    latency: float = 0.001  # s from assignment to first byte
-    poll: float = 2.0  # s between asks of an idle agent
+    latency: float = 0.001  # s: a round trip (a plan request and its answer; a chunk request)
+    long_poll: float = 2.0  # s the root holds a standing request with nothing for it
     tick: float = 0.5  # s between the tracker's `expire` calls
     start_spread: float = 0.0  # node i joins at i * start_spread / nodes
     node_upload: Mapping[int, float] = field(default_factory=dict)  # per-node overrides
@@ -191,53 +198,77 @@ class _Flow:
 
 
 class Simulation:
-    """One run. `run()` returns the result; the object can be inspected afterwards."""
+    """One run. `run()` returns the result; the object can be inspected afterwards.
+
+    Every agent is a real `LayerPlanner`, the root a real `LayerSchedule` behind a model of
+    the tracker (`agent.swarm.tracker`): reports are applied, the request's demand is stated,
+    assignments wait in the node's mailbox and go out with its next answer, and a standing
+    request with nothing to deliver is held up to `long_poll` seconds. Messages take
+    ``latency / 2`` each way; a transfer's first byte comes `latency` after it starts.
+    """
 
     def __init__(self, config: SwarmConfig) -> None:
         self.config = c = config
         n = c.nodes
         self.root = n  # index of the root in the per-node arrays
         self.names = [f"n{i}" for i in range(n)] + [ROOT_NAME]
-        self.index = {name: i for i, name in enumerate(self.names)}
+        self.ids = [f"{name}:1" for name in self.names]  # node ids, as on the P2P port
+        self.index = {ident: i for i, ident in enumerate(self.ids)}
         self.up_cap = [c.upload_of(i) for i in range(n)] + [c.root_rate]
         self.down_cap = [c.download_of(i) for i in range(n)] + [math.inf]
         self.ups: list[set[_Flow]] = [set() for _ in range(n + 1)]
         self.downs: list[set[_Flow]] = [set() for _ in range(n + 1)]
         self.flows: dict[tuple[int, int, int], _Flow] = {}  # (dst, chunk, src)
-        self.inflight = [0] * n
         self.held = [bytearray(c.chunk_count) for _ in range(n)]
         self.have = [0] * n
         self.alive = [False] * n
         self.gone = [False] * n
-        self.poll_pending = [False] * n
         self.completion: dict[str, float] = {}
         self.uploaded = [0] * (n + 1)
         self.downloaded = [0] * n
         self.transfers = 0
         self.cancelled = 0
         self.events = 0
+        self.requests = 0
         self.heap: list[tuple[float, int, int, object, int]] = []
         self.seq = 0
-        self.ask: set[int] = set()  # agents that will ask for work before time moves on
         self.running: set[_Flow] = set()
         self.origin_chunks = 0  # chunks the root holds
-        self.sending = [0] * (n + 1)  # transfers assigned to each source and not ended
-        self.banned: set[int] = set()  # sources reported for bad data
+        self.banned: set[int] = set()  # sources the root banned for bad data
         self.rng = random.Random(c.seed)
         self.unfinished = n
+        self.hashes = {k: f"{k:064x}" for k in range(c.chunk_count)}
+        self.bad_hash = "f" * 64
         self.schedule = LayerSchedule(
             chunk_count=c.chunk_count,
-            root=ROOT_NAME,
+            root=self.ids[self.root],
             window=c.window,
             upload_slots=c.upload_slots,
             root_upload_slots=c.root_upload_slots,
             transfer_timeout=c.transfer_timeout,
             endgame=c.endgame,
         )
+        self.planners = [
+            LayerPlanner(
+                digest=SIM_DIGEST,
+                upstream="registry.sim",
+                repo="sim/layer",
+                chunk_size=c.chunk_size,
+                parallel=c.want,
+            )
+            for _ in range(n)
+        ]
+        self.wake_version = [0] * n
+        self.mailbox: list[list[tuple[int, str]]] = [[] for _ in range(n)]
+        self.held_poll: list[tuple[PlanTarget, int] | None] = [None] * n
+        self.hold_version = [0] * n
 
     def push(self, t: float, kind: int, obj: object = None, version: int = 0) -> None:
         self.seq += 1
         heapq.heappush(self.heap, (t, kind, self.seq, obj, version))
+
+    def delay(self, base: float) -> float:
+        return base * (0.5 + self.rng.random()) if self.config.jitter else base
 
     def run(self) -> SwarmResult:
         c = self.config
@@ -256,34 +287,7 @@ class Simulation:
             if now > limit:
                 raise RuntimeError(f"simulation passed {limit:.1f}s: {self.stuck()}")
             self.events += 1
-            if kind == _DONE:
-                flow = obj
-                assert isinstance(flow, _Flow)
-                if flow.running and flow.version == version:
-                    self.finish(flow, now)
-            elif kind == _START:
-                self.start(obj, now)
-            elif kind == _ORIGIN:
-                self.origin_chunks = obj
-                self.apply(self.schedule.origin_progress(obj, now), now)
-            elif kind == _JOIN:
-                self.alive[obj] = True
-                ask = self.schedule.request(self.names[obj], have=(), want=c.want, now=now)
-                self.apply(ask, now)
-            elif kind == _LEAVE:
-                self.alive[obj] = False
-                self.gone[obj] = True
-                if self.have[obj] < c.chunk_count:
-                    self.unfinished -= 1
-                self.apply(self.schedule.leave(self.names[obj], now), now)
-            elif kind == _POLL:
-                self.poll_pending[obj] = False
-                self.ask.add(obj)
-            elif kind == _EXPIRE:
-                if self.flows:
-                    self.apply(self.schedule.expire(now), now)
-                self.push(now + c.tick, _EXPIRE)
-            self.drain(now)
+            self.handle(now, kind, obj, version)
             if self.unfinished == 0:
                 break
         return SwarmResult(
@@ -299,6 +303,46 @@ class Simulation:
             events=self.events,
         )
 
+    def handle(self, now: float, kind: int, obj: object, version: int) -> None:
+        if kind == _DONE:
+            assert isinstance(obj, _Flow)
+            if obj.running and obj.version == version:
+                self.finish(obj, now)
+        elif kind == _START:
+            assert isinstance(obj, _Flow)
+            self.start(obj, now)
+        elif kind == _ORIGIN:
+            assert isinstance(obj, int)
+            self.origin_chunks = obj
+            self.deliver(self.schedule.origin_progress(obj, now), now)
+        elif kind == _ARRIVE:
+            node, request = obj  # type: ignore[misc]
+            self.root_receives(node, request, now)
+        elif kind == _REPLY:
+            node, request, plan = obj  # type: ignore[misc]
+            if self.alive[node] and not self.planners[node].over:
+                decisions = self.planners[node].answered(request, plan, self.ids[self.root], now)
+                self.agent_does(node, decisions, now)
+        elif kind == _HOLD_END:
+            assert isinstance(obj, int)
+            if self.hold_version[obj] == version and self.held_poll[obj] is not None:
+                self.answer_held(obj, now)
+        elif kind == _WAKE:
+            assert isinstance(obj, int)
+            if self.wake_version[obj] == version and self.alive[obj]:
+                self.agent_does(obj, self.planners[obj].tick(now), now)
+        elif kind == _JOIN:
+            assert isinstance(obj, int)
+            self.alive[obj] = True
+            self.agent_does(obj, self.planners[obj].start(now), now)
+        elif kind == _LEAVE:
+            assert isinstance(obj, int)
+            self.leave(obj, now)
+        elif kind == _EXPIRE:
+            if self.flows:
+                self.deliver(self.schedule.expire(now), now)
+            self.push(now + self.config.tick, _EXPIRE)
+
     def stuck(self) -> str:
         missing = {
             self.names[i]: self.config.chunk_count - self.have[i]
@@ -307,63 +351,122 @@ class Simulation:
         }
         return f"nodes still missing chunks: {missing}"
 
-    # Agents ------------------------------------------------------------------------------
+    # The root: the tracker's handling of plan requests -----------------------------------
 
-    def drain(self, now: float) -> None:
-        """Agents whose transfers ended ask for more (lowest index first: deterministic)."""
-        c = self.config
-        while self.ask:
-            i = min(self.ask)
-            self.ask.discard(i)
-            if not self.alive[i] or self.have[i] == c.chunk_count:
-                continue
-            free = c.want - self.inflight[i]
-            self.apply(self.schedule.request(self.names[i], want=free, now=now), now)
-            if self.inflight[i] < c.want and not self.poll_pending[i]:
-                self.poll_pending[i] = True
-                self.push(now + c.poll, _POLL, i)
+    def root_receives(self, node: int, request: PlanTarget, now: float) -> None:
+        if not self.alive[node]:
+            return
+        self.requests += 1
+        ident, schedule = self.ids[node], self.schedule
+        for chunk, source in request.done:
+            self.deliver(schedule.completed(ident, chunk, source, now), now)
+        for chunk, source, bad in request.failed:
+            if bad:
+                self.banned.add(self.index[source])
+            self.deliver(schedule.failed(ident, chunk, source, bad_data=bad, now=now), now)
+        self.deliver(schedule.request(ident, have=request.have, want=request.want, now=now), now)
+        if request.poll and request.want and not self.mailbox[node]:
+            self.hold_version[node] += 1
+            self.held_poll[node] = (request, self.hold_version[node])
+            self.push(now + self.config.long_poll, _HOLD_END, node, self.hold_version[node])
+            return
+        self.reply(node, request, now)
 
-    def apply(self, actions: Actions, now: float) -> None:
-        """Carry out the schedule's decisions, checking each against the simulated truth."""
+    def deliver(self, actions: Actions, now: float) -> None:
+        """The schedule's decisions into the mailboxes; a held request with work answers."""
         index = self.index
         for a in actions.cancelled:
-            flow = self.flows.pop((index[a.node], a.chunk, index[a.source]), None)
-            if flow is not None:
-                self.cancelled += 1
-                self.stop(flow, now)
-                self.ended(flow)
+            box = self.mailbox[index[a.node]]
+            if (a.chunk, a.source) in box:
+                box.remove((a.chunk, a.source))
+        woken = set()
         for a in actions.assigned:
             dst, src = index[a.node], index[a.source]
             self.check(a, dst, src)
-            self.sending[src] += 1
-            flow = _Flow(src, dst, a.chunk, self.config.chunk_bytes(a.chunk))
-            self.flows[(dst, a.chunk, src)] = flow
-            self.inflight[dst] += 1
-            self.transfers += 1
-            delay = self.config.latency
-            if self.config.jitter:
-                delay *= 0.5 + self.rng.random()
-            self.push(now + delay, _START, flow)
+            self.mailbox[dst].append((a.chunk, a.source))
+            woken.add(dst)
+        for node in sorted(woken):
+            if self.held_poll[node] is not None:
+                self.answer_held(node, now)
+
+    def answer_held(self, node: int, now: float) -> None:
+        held = self.held_poll[node]
+        assert held is not None
+        self.held_poll[node] = None
+        self.reply(node, held[0], now)
+
+    def reply(self, node: int, request: PlanTarget, now: float) -> None:
+        assignments = tuple(self.mailbox[node])
+        self.mailbox[node] = []
+        plan = Plan(
+            size=self.config.file_size,
+            chunk_size=self.config.chunk_size,
+            chunk_sha256={chunk: self.hashes[chunk] for chunk, _ in assignments},
+            assignments=assignments,
+        )
+        self.push(now + self.delay(self.config.latency / 2), _REPLY, (node, request, plan))
 
     def check(self, a: Assignment, dst: int, src: int) -> None:
         """The schedule's promises, against what the simulation knows (AssertionError)."""
-        c = self.config
         chunk = a.chunk
         assert self.alive[dst] and not self.gone[dst], f"{a}: to a node that is not there"
-        assert not self.held[dst][chunk], f"{a}: the node holds that chunk"
         if src == self.root:
             assert chunk < self.origin_chunks, f"{a}: the root does not have it yet"
-            assert self.sending[src] < c.root_upload_slots, f"{a}: root slots exceeded"
         else:
             assert self.alive[src] and not self.gone[src], f"{a}: from a node that is not there"
             assert self.held[src][chunk], f"{a}: the source does not hold it"
             assert src not in self.banned, f"{a}: from a banned source"
-            assert self.sending[src] < c.upload_slots, f"{a}: upload slots exceeded"
 
-    def ended(self, flow: _Flow) -> None:
-        self.inflight[flow.dst] -= 1
-        self.sending[flow.src] -= 1
-        self.ask.add(flow.dst)
+    # Agents: each a real LayerPlanner ---------------------------------------------------
+
+    def agent_does(self, node: int, d: Decisions, now: float) -> None:
+        """Carry out a planner's decisions, as `agent.swarm.download` does."""
+        assert d.error is None and d.fallback is None, f"{self.names[node]}: {d}"
+        if d.drop_poll and self.held_poll[node] is not None:
+            self.held_poll[node] = None
+        for t in d.cancel:
+            flow = self.flows.pop((node, t.chunk, self.index[t.source]), None)
+            if flow is not None:
+                self.cancelled += 1
+                self.stop(flow, now)
+        for t in d.start:
+            src = self.index[t.source]
+            flow = _Flow(src, node, t.chunk, self.config.chunk_bytes(t.chunk))
+            self.flows[(node, t.chunk, src)] = flow
+            self.transfers += 1
+            self.push(now + self.delay(self.config.latency), _START, flow)
+        for request in d.requests:
+            self.push(now + self.delay(self.config.latency / 2), _ARRIVE, (node, request))
+        if d.store is not None:
+            self.store(node, d.store.chunk, d.store.source, now)
+        if d.wake_at is not None:
+            self.wake_version[node] += 1
+            self.push(d.wake_at, _WAKE, node, self.wake_version[node])
+
+    def store(self, node: int, chunk: int, source: str, now: float) -> None:
+        if not self.held[node][chunk]:
+            self.held[node][chunk] = 1
+            self.have[node] += 1
+            if self.have[node] == self.config.chunk_count:
+                self.completion[self.names[node]] = now
+                self.unfinished -= 1
+        self.agent_does(node, self.planners[node].stored(chunk, source, now), now)
+
+    def leave(self, node: int, now: float) -> None:
+        self.alive[node] = False
+        self.gone[node] = True
+        self.held_poll[node] = None
+        if self.have[node] < self.config.chunk_count:
+            self.unfinished -= 1
+        for key, flow in list(self.flows.items()):
+            if node in (flow.src, flow.dst):
+                del self.flows[key]
+                self.stop(flow, now)
+                if flow.dst != node and self.alive[flow.dst]:  # its source vanished
+                    planner = self.planners[flow.dst]
+                    source = self.ids[node]
+                    self.agent_does(flow.dst, planner.failed(flow.chunk, source, now), now)
+        self.deliver(self.schedule.leave(self.ids[node], now), now)
 
     # Links -------------------------------------------------------------------------------
 
@@ -445,20 +548,10 @@ class Simulation:
         del self.flows[(flow.dst, flow.chunk, flow.src)]
         flow.remaining = 0.0
         self.stop(flow, now)
-        self.ended(flow)
-        dst, chunk = flow.dst, flow.chunk
-        name, source = self.names[dst], self.names[flow.src]
-        if flow.src in self.config.liars:
-            self.banned.add(flow.src)
-            self.apply(self.schedule.failed(name, chunk, source, bad_data=True, now=now), now)
-            return
-        if not self.held[dst][chunk]:
-            self.held[dst][chunk] = 1
-            self.have[dst] += 1
-            if self.have[dst] == self.config.chunk_count:
-                self.completion[name] = now
-                self.unfinished -= 1
-        self.apply(self.schedule.completed(name, chunk, source, now), now)
+        sha = self.bad_hash if flow.src in self.config.liars else self.hashes[flow.chunk]
+        planner = self.planners[flow.dst]
+        decisions = planner.received(flow.chunk, self.ids[flow.src], sha, now)
+        self.agent_does(flow.dst, decisions, now)
 
 
 def simulate(config: SwarmConfig) -> SwarmResult:

@@ -1,4 +1,4 @@
-"""Tests for agent/swarm/protocol.py: P2P request signing, targets, plan replies and ownership.
+"""Tests for agent/swarm/protocol.py: node ids, chunk ranges, targets, ownership and errors.
 
 Pure: every function takes strings, bytes and numbers (time included) and returns values, so
 no sockets, no clock and no event loop.  Peers are untrusted, so the parsers are also fuzzed:
@@ -7,9 +7,6 @@ whatever they are fed, they answer a value or a P2PProtocolError, never another 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import random
 import string
 
@@ -21,14 +18,10 @@ from agent.swarm.protocol import (
     MAX_CHUNKS,
     MAX_HAVE_CHARS,
     MAX_REPORTS,
-    MAX_SKEW,
     NODE_MAX,
-    PROTOCOL_VERSION,
     ChunkTarget,
-    P2PAuthError,
     P2PError,
     P2PProtocolError,
-    Plan,
     PlanTarget,
     clip_ranges,
     decode_ranges,
@@ -37,21 +30,14 @@ from agent.swarm.protocol import (
     parse_target,
     rendezvous_order,
     rendezvous_score,
-    request_headers,
-    sign,
-    verify,
 )
+from agent.swarm.signing import P2PAuthError
 
 HEX64 = "0123456789abcdef" * 4
 HEX128 = HEX64 * 2
 DIGEST = f"sha256:{HEX64}"
 DIGEST512 = f"sha512:{HEX128}"
-TOKEN = b"cluster-secret"
-NODE = "10.0.0.5:65002"
-NOW = 1_700_000_000.0
 CHUNK = f"/p2p/v1/chunk/{DIGEST}/7"
-SHA_A = hashlib.sha256(b"a").hexdigest()
-SHA_B = hashlib.sha256(b"b").hexdigest()
 
 # --------------------------------------------------------------------------------------------
 # Strategies
@@ -90,256 +76,6 @@ def plan_targets(draw: st.DrawFn) -> PlanTarget:
         failed=tuple(draw(st.tuples(chunk_indexes, nodes, st.booleans())) for _ in range(n_failed)),
         poll=draw(st.booleans()),
     )
-
-
-@st.composite
-def plans(draw: st.DrawFn) -> Plan:
-    chunk_size = draw(st.integers(1, 8 << 20))
-    size = draw(st.none() | st.integers(0, 200 * chunk_size))
-    count = 0 if size is None else -(-size // chunk_size)
-    sha = st.text("0123456789abcdef", min_size=64, max_size=64)
-    hashes = draw(st.dictionaries(st.integers(0, count - 1), sha, max_size=50)) if count else {}
-    pairs = st.tuples(st.sampled_from(sorted(hashes)), nodes)
-    assignments = draw(st.lists(pairs, max_size=20, unique=True)) if hashes else []
-    error = draw(st.none() | st.text(string.printable.strip(), max_size=60))
-    return Plan(
-        size=size,
-        chunk_size=chunk_size,
-        chunk_sha256=hashes,
-        assignments=() if error is not None else tuple(assignments),
-        complete=False if error is not None or size is None else draw(st.booleans()),
-        error=error,
-        error_status=None if error is None else draw(st.integers(400, 599)),
-        retry_after=draw(st.floats(0, 60)),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Signing
-
-
-def headers_for(
-    method: str = "GET", target: str = CHUNK, now: float = NOW, node: str = NODE
-) -> list[tuple[bytes, bytes]]:
-    return request_headers(TOKEN, node, method, target, now)
-
-
-def auth_error(
-    headers: list[tuple[bytes, bytes]],
-    *,
-    method: str = "GET",
-    target: str = CHUNK,
-    now: float = NOW,
-    token: bytes = TOKEN,
-) -> str:
-    with pytest.raises(P2PAuthError) as info:
-        verify(token, method, target, headers, now)
-    assert info.value.status_hint == 401
-    return info.value.reason
-
-
-def replace(
-    headers: list[tuple[bytes, bytes]], name: bytes, value: bytes | None
-) -> list[tuple[bytes, bytes]]:
-    out = [(n, v) for n, v in headers if n != name]
-    return out if value is None else [*out, (name, value)]
-
-
-def test_signature_is_hmac_sha256_of_the_documented_encoding() -> None:
-    # Written out by hand, so a change of the encoding (which would split a cluster running
-    # two versions) fails here.
-    target = CHUNK
-    message = (
-        b"pollen-p2p-auth\n1:1\n10:1700000000\n14:10.0.0.5:65002\n3:GET\n"
-        + f"{len(target)}:{target}\n".encode()
-    )
-    want = hmac.new(TOKEN, message, hashlib.sha256).hexdigest()
-    got = sign(TOKEN, version=1, time=1_700_000_000, node=NODE, method="GET", target=target)
-    assert got == want
-
-
-def test_request_headers() -> None:
-    hdrs = dict(headers_for(now=NOW + 0.9))  # whole seconds, rounded down
-    assert hdrs[b"x-pollen-version"] == b"1"
-    assert hdrs[b"x-pollen-time"] == b"1700000000"
-    assert hdrs[b"x-pollen-node"] == NODE.encode()
-    assert (
-        hdrs[b"x-pollen-auth"]
-        == sign(
-            TOKEN, version=1, time=1_700_000_000, node=NODE, method="GET", target=CHUNK
-        ).encode()
-    )
-    assert PROTOCOL_VERSION == 1 and MAX_SKEW == 300
-
-
-@given(
-    token=st.binary(min_size=1, max_size=64),
-    node=nodes,
-    method=st.sampled_from(["GET", "HEAD"]),
-    target=st.text(min_size=1, max_size=200),
-    now=st.floats(0, 4e9),
-    skew=st.integers(-MAX_SKEW + 1, MAX_SKEW - 1),
-)
-def test_sign_verify_round_trip(
-    token: bytes, node: str, method: str, target: str, now: float, skew: int
-) -> None:
-    headers = request_headers(token, node, method, target, now)
-    assert verify(token, method, target, headers, now + skew) == parse_node(node)
-
-
-_FIELDS = {"version": 1, "time": 1_700_000_000, "node": NODE, "method": "GET", "target": CHUNK}
-
-
-@given(
-    name=st.sampled_from(sorted(_FIELDS)),
-    text=st.text(max_size=30),
-    number=st.integers(0, 2**40),
-)
-def test_any_single_field_change_breaks_the_signature(name: str, text: str, number: int) -> None:
-    changed = dict(_FIELDS)
-    changed[name] = number if isinstance(_FIELDS[name], int) else text
-    if changed[name] == _FIELDS[name]:
-        return
-    assert sign(TOKEN, **changed) != sign(TOKEN, **_FIELDS)  # type: ignore[arg-type]
-
-
-@given(fields=st.lists(st.text(max_size=8), min_size=3, max_size=3), cut=st.integers(0, 24))
-def test_field_boundaries_are_unambiguous(fields: list[str], cut: int) -> None:
-    # Moving characters from one field to the next never gives the same MAC.
-    node, method, target = fields
-    joined = method + target
-    cut = min(cut, len(joined))
-    moved = (joined[:cut], joined[cut:])
-    same = sign(TOKEN, version=1, time=5, node=node, method=method, target=target)
-    other = sign(TOKEN, version=1, time=5, node=node, method=moved[0], target=moved[1])
-    assert (same == other) == (moved == (method, target))
-
-
-def test_verify_returns_the_canonical_node() -> None:
-    node = "[FD00:0:0::1]:65002"
-    target = CHUNK
-    auth = sign(TOKEN, version=1, time=int(NOW), node=node, method="GET", target=target)
-    headers = [
-        (b"X-Pollen-Version", b"1"),
-        (b"X-Pollen-Time", str(int(NOW)).encode()),
-        (b"X-Pollen-Node", node.encode()),
-        (b"X-Pollen-Auth", auth.encode()),
-        (b"host", b"10.0.0.1:65002"),
-    ]
-    assert verify(TOKEN, "GET", target, headers, NOW) == "[fd00::1]:65002"
-
-
-@pytest.mark.parametrize(
-    ("skew", "ok"),
-    [(0, True), (MAX_SKEW, True), (-MAX_SKEW, True), (MAX_SKEW + 1, False), (-MAX_SKEW - 1, False)],
-)
-def test_clock_skew(skew: int, ok: bool) -> None:
-    headers = headers_for(now=NOW)
-    if ok:
-        assert verify(TOKEN, "GET", CHUNK, headers, NOW + skew) == NODE
-    else:
-        reason = auth_error(headers, now=NOW + skew)
-        assert ("stale" if skew > 0 else "future") in reason
-
-
-def test_custom_max_skew() -> None:
-    headers = headers_for(now=NOW)
-    assert verify(TOKEN, "GET", CHUNK, headers, NOW + 10, max_skew=10) == NODE
-    with pytest.raises(P2PAuthError, match="stale"):
-        verify(TOKEN, "GET", CHUNK, headers, NOW + 11, max_skew=10)
-
-
-@pytest.mark.parametrize(
-    ("change", "reason"),
-    [
-        ({b"x-pollen-version": None}, "missing x-pollen-version"),
-        ({b"x-pollen-time": None}, "missing x-pollen-time"),
-        ({b"x-pollen-node": None}, "missing x-pollen-node"),
-        ({b"x-pollen-auth": None}, "missing x-pollen-auth"),
-        ({b"x-pollen-version": b"2"}, "unsupported protocol version 2"),
-        ({b"x-pollen-version": b"0"}, "unsupported protocol version 0"),
-        ({b"x-pollen-version": b"v1"}, "malformed x-pollen-version"),
-        ({b"x-pollen-version": b""}, "malformed x-pollen-version"),
-        ({b"x-pollen-time": b"-1"}, "malformed x-pollen-time"),
-        ({b"x-pollen-time": b"1e9"}, "malformed x-pollen-time"),
-        ({b"x-pollen-time": b"9" * 40}, "malformed x-pollen-time"),
-        ({b"x-pollen-time": b"1700000001"}, "bad signature"),
-        ({b"x-pollen-node": b"10.0.0.6:65002"}, "bad signature"),
-        ({b"x-pollen-node": b"10.0.0.5"}, "needs a port"),
-        ({b"x-pollen-node": b"not a node"}, "bad x-pollen-node"),
-        ({b"x-pollen-node": "n\u00f6de:1".encode()}, "non-ASCII"),
-        ({b"x-pollen-auth": b"00" * 32}, "bad signature"),
-        ({b"x-pollen-auth": b"zz" * 32}, "malformed x-pollen-auth"),
-        ({b"x-pollen-auth": b"00" * 31}, "malformed x-pollen-auth"),
-    ],
-)
-def test_refused_headers(change: dict[bytes, bytes | None], reason: str) -> None:
-    headers = headers_for()
-    for name, value in change.items():
-        headers = replace(headers, name, value)
-    assert reason in auth_error(headers)
-
-
-def test_signature_in_upper_case_is_refused() -> None:
-    headers = headers_for()
-    auth = dict(headers)[b"x-pollen-auth"]
-    assert "malformed" in auth_error(replace(headers, b"x-pollen-auth", auth.upper()))
-
-
-def test_repeated_header_is_refused() -> None:
-    headers = headers_for()
-    assert "repeated x-pollen-node" in auth_error([*headers, (b"X-Pollen-Node", NODE.encode())])
-
-
-@pytest.mark.parametrize(
-    ("method", "target", "token"),
-    [
-        ("HEAD", CHUNK, TOKEN),  # the method is signed
-        ("GET", CHUNK.replace("/7", "/8"), TOKEN),  # the target is signed
-        ("GET", CHUNK + "?x", TOKEN),
-        ("GET", CHUNK, b"another-secret"),  # another cluster
-    ],
-)
-def test_altered_requests_are_refused(method: str, target: str, token: bytes) -> None:
-    reason = auth_error(headers_for("GET", CHUNK), method=method, target=target, token=token)
-    assert "bad signature" in reason
-
-
-def test_no_token_refuses_everything() -> None:
-    with pytest.raises(P2PAuthError, match="no cluster token"):
-        verify(b"", "GET", CHUNK, headers_for(), NOW)
-    with pytest.raises(ValueError, match="empty cluster token"):
-        sign(b"", version=1, time=1, node=NODE, method="GET", target=CHUNK)
-
-
-def test_request_headers_refuse_a_bad_node() -> None:
-    with pytest.raises(P2PProtocolError, match="needs a port"):
-        request_headers(TOKEN, "10.0.0.5", "GET", CHUNK, NOW)
-
-
-@given(
-    headers=st.lists(
-        st.tuples(
-            st.sampled_from(
-                [
-                    b"x-pollen-version",
-                    b"x-pollen-time",
-                    b"x-pollen-node",
-                    b"x-pollen-auth",
-                    b"X-Pollen-Auth",
-                    b"other",
-                ]
-            ),
-            st.binary(max_size=80),
-        ),
-        max_size=6,
-    )
-)
-def test_verify_raises_only_auth_errors(headers: list[tuple[bytes, bytes]]) -> None:
-    try:
-        verify(TOKEN, "GET", CHUNK, headers, NOW)
-    except P2PAuthError:
-        pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -781,165 +517,6 @@ def test_mutated_plan_targets_parse_or_fail_cleanly(
     except P2PProtocolError:
         return
     assert isinstance(parsed, (PlanTarget, ChunkTarget))
-
-
-# --------------------------------------------------------------------------------------------
-# Plan replies
-
-
-def reply(**fields: object) -> bytes:
-    doc: dict[str, object] = {
-        "size": 10,
-        "chunk_size": 4,
-        "chunk_sha256": {"0": SHA_A, "2": SHA_B},
-        "assignments": [[0, "10.0.0.1:65002"], [2, "[fd00::1]:65002"]],
-        "complete": False,
-        "error": None,
-        "error_status": None,
-        "retry_after": 0.5,
-    }
-    doc.update(fields)
-    return json.dumps(doc).encode()
-
-
-def test_plan_from_json() -> None:
-    got = Plan.from_json(reply())
-    assert got == Plan(
-        size=10,
-        chunk_size=4,
-        chunk_sha256={0: SHA_A, 2: SHA_B},
-        assignments=((0, "10.0.0.1:65002"), (2, "[fd00::1]:65002")),
-        retry_after=0.5,
-    )
-    assert got.count == 3
-    assert Plan.from_json(got.to_json()) == got
-
-
-def test_plan_error_reply() -> None:
-    got = Plan.from_json(
-        reply(chunk_sha256={}, assignments=[], size=None, error="unauthorized", error_status=401)
-    )
-    assert (got.error, got.error_status, got.size, got.count) == ("unauthorized", 401, None, None)
-
-
-@given(plans())
-def test_plan_round_trip(original: Plan) -> None:
-    data = original.to_json()
-    assert Plan.from_json(data) == original
-    assert Plan.from_json(data.decode()) == original
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (b"", "not JSON"),
-        (b"{", "not JSON"),
-        (b"\xff", "not JSON"),
-        (b"[]", "JSON object"),
-        (b"null", "JSON object"),
-        (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
-        (b" " * (9 << 20), "larger than"),
-        (reply(size=-1), "non-negative"),
-        (reply(size="10"), "non-negative"),
-        (reply(size=10.0), "non-negative"),
-        (reply(size=True), "non-negative"),
-        (reply(chunk_size=0), "chunk_size"),
-        (reply(chunk_size=None), "chunk_size"),
-        (reply(chunk_size=1 << 31), "chunk_size"),
-        (reply(size=MAX_CHUNKS + 1, chunk_size=1, chunk_sha256={}, assignments=[]), "more than"),
-        (reply(chunk_sha256=[]), "JSON object"),
-        (reply(chunk_sha256={"3": SHA_A}, assignments=[]), "out of range"),
-        (reply(chunk_sha256={"-1": SHA_A}, assignments=[]), "decimal"),
-        (reply(chunk_sha256={"00": SHA_A}, assignments=[]), "decimal"),
-        (reply(chunk_sha256={"x": SHA_A}, assignments=[]), "decimal"),
-        (reply(chunk_sha256={"0": SHA_A.upper()}, assignments=[]), "hex"),
-        (reply(chunk_sha256={"0": SHA_A[:-1]}, assignments=[]), "hex"),
-        (reply(chunk_sha256={"0": 5}, assignments=[]), "hex"),
-        (reply(assignments={}), "JSON array"),
-        (reply(assignments=[[0]]), "(chunk, source)"),
-        (reply(assignments=[0]), "(chunk, source)"),
-        (reply(assignments=[[0, "10.0.0.1:65002", 1]]), "(chunk, source)"),
-        (reply(assignments=[[1, "10.0.0.1:65002"]]), "without its sha256"),
-        (reply(assignments=[[3, "10.0.0.1:65002"]]), "out of range"),
-        (reply(assignments=[["0", "10.0.0.1:65002"]]), "must be an integer"),
-        (reply(assignments=[[0.0, "10.0.0.1:65002"]]), "must be an integer"),
-        (reply(assignments=[[0, "10.0.0.1"]]), "needs a port"),
-        (reply(assignments=[[0, 7]]), "must be a string"),
-        (reply(assignments=[[0, "a:1"], [0, "a:1"]]), "twice"),
-        (reply(assignments=[[0, "a:1"]] * 1025), "more than 1024"),
-        (reply(size=None, chunk_sha256={}, assignments=[[0, "a:1"]]), "no chunks yet"),
-        (reply(complete="yes"), "true or false"),
-        (reply(complete=1), "true or false"),
-        (reply(size=None, chunk_sha256={}, assignments=[], complete=True), "must have a size"),
-        (reply(error="x"), "go together"),
-        (reply(error_status=404), "go together"),
-        (reply(error="x", error_status=200, assignments=[]), "HTTP error status"),
-        (reply(error="x", error_status=True, assignments=[]), "HTTP error status"),
-        (reply(error="x", error_status=404.0, assignments=[]), "HTTP error status"),
-        (reply(error="x", error_status=404), "neither assigns"),
-        (reply(error="x", error_status=404, assignments=[], complete=True), "neither assigns"),
-        (reply(error="a\nb", error_status=404, assignments=[]), "printable"),
-        (reply(error=5, error_status=404, assignments=[]), "printable"),
-        (reply(error="x" * 1025, error_status=404, assignments=[]), "longer than"),
-        (reply(retry_after=-1), "retry_after"),
-        (reply(retry_after=61), "retry_after"),
-        (reply(retry_after="1"), "retry_after"),
-        (reply(retry_after=False), "retry_after"),
-        (reply().replace(b'"retry_after": 0.5', b'"retry_after": NaN'), "not JSON"),
-        (reply().replace(b'"retry_after": 0.5', b'"retry_after": Infinity'), "not JSON"),
-        (reply().replace(b'"retry_after": 0.5', b'"retry_after": 1e999'), "retry_after"),
-        (reply().replace(b'"size": 10', b'"size": ' + b"9" * 5000), "not JSON"),
-        (reply(extra=1), "unknown ['extra']"),
-        (reply().replace(b'"complete": false, ', b""), "missing ['complete']"),
-    ],
-)
-def test_malformed_replies(data: bytes, message: str) -> None:
-    with pytest.raises(P2PProtocolError) as info:
-        Plan.from_json(data)
-    assert message in info.value.message
-    assert info.value.status_hint == 400
-
-
-PLAN_FIELDS = (
-    "size",
-    "chunk_size",
-    "chunk_sha256",
-    "assignments",
-    "complete",
-    "error",
-    "error_status",
-    "retry_after",
-)
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
-    max_leaves=20,
-)
-
-
-@given(
-    st.fixed_dictionaries(
-        {},
-        optional=dict.fromkeys(PLAN_FIELDS, _json),
-    )
-    | _json
-)
-def test_from_json_raises_only_protocol_errors(doc: object) -> None:
-    try:
-        Plan.from_json(json.dumps(doc))
-    except P2PProtocolError:
-        pass
-
-
-@given(plans(), st.data())
-def test_mutated_replies_parse_or_fail_cleanly(original: Plan, data: st.DataObject) -> None:
-    text = original.to_json()
-    at = data.draw(st.integers(0, len(text)))
-    insert = data.draw(st.binary(max_size=4))
-    try:
-        Plan.from_json(text[:at] + insert + text[at + data.draw(st.integers(0, 4)) :])
-    except P2PProtocolError:
-        pass
 
 
 # --------------------------------------------------------------------------------------------

@@ -579,7 +579,9 @@ def test_reference_swarm_with_fair_link_sharing() -> None:
 
 
 def test_thousand_nodes() -> None:
-    """1000 nodes, 32 MiB in 1 MiB chunks: log2(1000) hops of tail; seconds of CPU."""
+    """1000 nodes, 32 MiB in 1 MiB chunks: log2(1000) hops of tail. Each node is a real
+    planner exchanging real (validated) plan messages with the schedule; a few seconds of CPU.
+    The bound only catches a schedule gone quadratic, not a slower machine."""
     config = SwarmConfig(
         nodes=1000,
         file_size=32 * MiB,
@@ -595,7 +597,7 @@ def test_thousand_nodes() -> None:
     assert len(result.completion) == 1000
     assert result.p95 <= 1.8 * result.t_min
     assert result.root_upload_bytes <= 1.1 * config.file_size
-    assert cpu < 10
+    assert cpu < 60
 
 
 def test_liars_are_dropped_and_everyone_finishes() -> None:

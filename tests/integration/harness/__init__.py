@@ -13,9 +13,11 @@ One module, one job:
 - agent:      a real `pollen agent` process
 - fronts:     a counting/faulting HTTP front for a registry, and a tiny object server
 - rawhttp:    one raw request, every header line and a cut-short body kept
+- calls:      the small GETs, status reads and pulls tests make of agents and registries
 """
 
 from .agent import AgentProcess
+from .calls import agent_status, blob_gets, blob_url, http_get, pull_dir, pull_from, raw_get
 from .containerd import Containerd, hosts_toml, write_hosts_toml
 from .etchosts import etc_hosts_entry
 from .fronts import Fault, ObjectServer, RegistryFront, SeenRequest, blob_path_pattern
@@ -63,19 +65,26 @@ __all__ = [
     "SeenRequest",
     "TLSFiles",
     "TokenIssuer",
+    "agent_status",
+    "blob_gets",
     "blob_path_pattern",
+    "blob_url",
     "build_image",
     "client_context",
     "dir_manifest_digest",
     "etc_hosts_entry",
     "free_port",
     "hosts_toml",
+    "http_get",
     "http_status",
     "libtrust_key_id",
     "make_ca_and_cert",
     "make_cert_dir",
     "parse_access_line",
+    "pull_dir",
+    "pull_from",
     "push_image",
+    "raw_get",
     "raw_request",
     "run",
     "skopeo_copy_to_dir",

@@ -13,10 +13,13 @@ import time
 
 import trio
 
-from agent.http.client import HttpClient, make_client_ssl_context
-from agent.http.server import HttpServer, Request, Response, ServerSettings, open_listeners
+from agent.http.client import HttpClient
+from agent.http.responses import Response
+from agent.http.server import HttpServer, Request, ServerSettings, open_listeners
+from agent.http.tls import make_client_ssl_context
 from agent.swarm.client import P2PClient
-from agent.swarm.protocol import ChunkTarget, PlanTarget, parse_target, verify
+from agent.swarm.protocol import ChunkTarget, PlanTarget, parse_target
+from agent.swarm.signing import verify
 
 
 async def main(

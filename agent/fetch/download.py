@@ -1,0 +1,536 @@
+"""One layer download: from the origin or through the swarm, shared by every reader.
+
+Theory of operation. A `LayerDownload` runs in the fetcher's nursery under a CapacityLimiter
+(``proxyConcurrencyLimit``) and a nursery of its own. It asks the upstream for the layer, learns
+its size, and then either
+
+- **cache mode**: writes each chunk into the cache as it completes; readers wait for chunk
+  *i*, read it from memory (the newest chunks stay hot) or back from the cache and send it, so
+  any number of readers share one fetch and memory stays at a few chunks per layer; or
+- **stream mode** (the layer cannot be admitted: bigger than the cache, or the cache is full of
+  layers being read): passes chunks to the readers that joined before the body started, through
+  bounded memory channels; a later reader starts a download of its own.
+
+On a node with roots the chunks come through the swarm instead (`agent.swarm.download`, which
+fills this download through its `LayerSink` methods); the node that owns the layer, or any node
+whose swarm cannot deliver, fetches from the origin. Every byte is hashed on the way in. The
+last bytes of any response wait until the whole layer matched its digest; a mismatch drops the
+layer and cuts every response short, so no client ever completes a download of wrong bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import trio
+
+from agent.cache.chunks import ChunkLayout
+from agent.cache.store import CacheEntry, ChunkCache
+from agent.core.errors import RegistryError
+from agent.core.upstream import Upstream
+from agent.http.client import ClientResponse, HttpClientError
+from agent.http.groups import first_failure
+from agent.http.responses import Headers
+from agent.observe.auditline import failure_size, url_pathname
+from agent.observe.events import NULL_OBSERVER, LayerReport, LayerTimes, Observer
+from agent.registry.client import (
+    RegistryClient,
+    UpstreamUnavailable,
+    backoff_delay,
+    passthrough_error,
+)
+from agent.registry.routes import Digest
+from agent.swarm.download import SwarmContext, SwarmDownload, SwarmUnavailable
+
+log = logging.getLogger(__name__)
+
+Chunk = bytearray | memoryview  # one chunk's bytes; aligned memory when the cache is O_DIRECT
+STREAM_CHANNEL_CHUNKS = 1
+HOT_CHUNKS = 2  # chunks already on disk kept in memory for readers close behind
+WRITES_IN_FLIGHT = 2  # chunk writes overlapping the network receive, per layer
+
+
+class LayerFailed(Exception):
+    """The download failed after responses started; readers must cut their responses short."""
+
+
+class LayerCorrupt(LayerFailed):
+    """The upstream's bytes did not match the layer's digest."""
+
+
+class CacheWriteFailed(LayerFailed):
+    """The cache could not store a chunk (disk full, directory gone): readers carry on from a
+    download that does not cache."""
+
+
+@dataclass(kw_only=True)
+class DownloadProgress:
+    """What `pollen status` and the per-layer summary show about a download."""
+
+    digest: str
+    upstream: str
+    size: int | None = None
+    received: int = 0
+    mode: str = "starting"
+    started_at: float = 0.0
+    readers: int = 0
+    sources: dict[str, int] = field(default_factory=dict)  # bytes by origin, root, peer
+
+
+class LayerDownload:
+    """One layer being fetched from its upstream; readers attach to it."""
+
+    def __init__(
+        self,
+        *,
+        digest: Digest,
+        upstream: Upstream,
+        repo: str,
+        headers: Headers,
+        cache: ChunkCache,
+        registry: RegistryClient,
+        retries: int,
+        cacheable: bool = True,
+        swarm: SwarmContext | None = None,
+        observer: Observer = NULL_OBSERVER,
+    ) -> None:
+        self.digest = digest
+        self._cacheable = cacheable
+        self._swarm = swarm
+        self._observer = observer
+        self.times = LayerTimes()  # where this download's time went (per-layer summary)
+        self.had_reader = False  # a client read it: the client's summary line covers it
+        self._transfer_from: float | None = None
+        self._hashed_upto = 0  # chunks [0, n) are in the whole-layer hash
+        self.upstream = upstream
+        self.repo = repo
+        self._headers = headers
+        self._cache = cache
+        self._registry = registry
+        self._retries = retries
+        self.started = trio.Event()  # size known (or failed before any byte)
+        self.finished = trio.Event()
+        self.error: BaseException | None = None
+        self.layout: ChunkLayout | None = None
+        self.entry: CacheEntry | None = None
+        self.stream_mode = False
+        self.verified = False
+        self._changed = trio.Event()
+        self._subscribers: list[trio.MemorySendChannel[Chunk | None]] = []
+        self._hot: OrderedDict[int, Chunk] = OrderedDict()
+        self._unwritten: set[int] = set()  # in memory, write to disk in progress
+        self._write_slots = trio.Semaphore(WRITES_IN_FLIGHT)
+        self._nursery: trio.Nursery | None = None
+        self.progress = DownloadProgress(
+            digest=str(digest), upstream=upstream.key, started_at=trio.current_time()
+        )
+
+    @property
+    def joinable(self) -> bool:
+        """A new reader may attach (stream mode only before the body starts)."""
+        return self.error is None and not (self.started.is_set() and self.stream_mode)
+
+    # -- readers ----------------------------------------------------------------------------
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[Chunk | None] | None:
+        """Register a reader before the body starts, in case this becomes a stream download."""
+        if self.started.is_set():
+            return None
+        send, receive = trio.open_memory_channel[Chunk | None](STREAM_CHANNEL_CHUNKS)
+        self._subscribers.append(send)
+        return receive
+
+    async def wait_chunk(self, index: int) -> None:
+        """Wait until chunk `index` can be read: in memory or on disk."""
+        while True:
+            assert self.entry is not None
+            if index in self._hot or self.entry.has_chunk(index):
+                return
+            self._raise_if_failed()
+            await self._changed.wait()
+
+    async def wait_written(self, index: int) -> None:
+        """Wait until chunk `index` is in the cache file (servable to peers)."""
+        while True:
+            assert self.entry is not None
+            if self.entry.has_chunk(index):
+                return
+            self._raise_if_failed()
+            await self._changed.wait()
+
+    async def wait_verified(self) -> None:
+        while not self.verified:
+            self._raise_if_failed()
+            await self._changed.wait()
+
+    def _raise_if_failed(self) -> None:
+        """Each reader gets its own exception, of the failure's kind (so it can resume)."""
+        err = self.error
+        if err is None:
+            return
+        kind = type(err) if isinstance(err, LayerFailed) else LayerFailed
+        raise kind(f"layer {self.digest}: {err}") from err
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_change(self) -> None:
+        """Wait for the next chunk stored, verification, or failure (the root's tracker)."""
+        await self._changed.wait()
+
+    # -- the download ---------------------------------------------------------------------
+
+    async def run(self, limiter: trio.CapacityLimiter) -> None:
+        queued = time.perf_counter()
+        try:
+            async with limiter:
+                self._transfer_from = time.perf_counter()
+                self.times.add_time("slot", self._transfer_from - queued)
+                # A nursery per layer: chunk writes and the swarm's chunk fetches run here
+                # beside the receive. It closes when every one of them ended.
+                try:
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        if self._swarm is not None and self._cacheable:
+                            await self._download_swarm_or_origin()
+                        else:
+                            await self._download()
+                except BaseExceptionGroup as group:
+                    raise first_failure(group) from None
+                self._end_transfer()
+                await self._finish()
+        except (RegistryError, LayerFailed, HttpClientError, OSError) as exc:
+            self._fail(exc)
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        finally:
+            for send in self._subscribers:
+                send.close()
+            if self.entry is not None:
+                self._cache.unpin(self.entry)
+            self.started.set()
+            self.finished.set()
+            self._notify()
+            self._end_transfer()
+            if not self.had_reader and self.layout is not None:  # e.g. a root's, for peers
+                self._observer.layer_done(
+                    LayerReport(
+                        digest=str(self.digest),
+                        upstream=self.upstream.key,
+                        repo=self.repo,
+                        size=self.progress.received,
+                        seconds=time.perf_counter() - queued,
+                        result="ok" if self.verified else "failed",
+                        times=self.times,
+                        what="fetch",
+                    )
+                )
+
+    def _end_transfer(self) -> None:
+        """Close the transfer stage: slot to last byte, less the hashing done meanwhile."""
+        if self._transfer_from is not None:
+            wall = time.perf_counter() - self._transfer_from
+            self.times.add_time("transfer", wall - self.times.seconds["verify"])
+            self._transfer_from = None
+
+    def _got(
+        self, source: str, node: str, pathname: str, offset: int, size: int, t0: float
+    ) -> None:
+        """A chunk arrived from `source` (or failed to: size < 0)."""
+        self._observer.fetched(source, node, pathname, offset, size, time.perf_counter() - t0)
+        if size > 0:
+            self.times.add_bytes(source, size)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        log.warning("layer %s from %s failed: %s", self.digest, self.upstream.key, exc)
+        if self.entry is not None:
+            self._cache.drop(self.entry)
+
+    def _begin(self, size: int) -> None:
+        if self.layout is not None:
+            if size != self.layout.size:
+                raise LayerCorrupt(
+                    f"layer {self.digest}: origin says {size} bytes, the swarm said "
+                    f"{self.layout.size}"
+                )
+            return
+        self.layout = ChunkLayout(size=size, chunk_size=self._cache.chunk_size)
+        self.progress.size = size
+        self.entry = self._cache.admit(str(self.digest), size) if self._cacheable else None
+        if self.entry is None:
+            self.stream_mode = True
+            self.progress.mode = "stream"
+            log.info(
+                "layer %s (%d bytes) does not fit the cache; streaming to %d reader(s)",
+                self.digest,
+                size,
+                len(self._subscribers),
+            )
+        else:
+            self.progress.mode = "cache"
+            for send in self._subscribers:
+                send.close()
+            self._subscribers.clear()
+        self.started.set()
+
+    async def _download(self) -> None:
+        path = f"/v2/{self.repo}/blobs/{self.digest}"
+        hasher = hashlib.new(self.digest.algorithm)
+        offset = 0
+        chunk_index = 0
+        chunk: Chunk = bytearray()
+        filled = 0
+        failures = 0
+        origin_bytes = 0
+        url = url_pathname(self.upstream.base_url + path)
+        while True:
+            chunk_from = time.perf_counter()
+            headers = list(self._headers)
+            if offset:
+                headers.append((b"range", f"bytes={offset}-".encode()))
+            try:
+                async with self._registry.open(
+                    "GET", self.upstream, path, headers, follow_redirects=True
+                ) as response:
+                    url = url_pathname(response.url)  # the registry's, or object storage's
+                    skip = await self._check_response(response, offset, path)
+                    if skip:
+                        await _discard(response, skip)
+                    layout = self.layout
+                    assert layout is not None
+                    while offset < layout.size:
+                        if filled == len(chunk):
+                            # A fresh buffer per chunk: emitted chunks are shared, never reused.
+                            chunk = self._cache.new_buffer(layout.length(chunk_index))
+                            filled = 0
+                        view = memoryview(chunk)[filled:]
+                        n = await response.receive_into(view)
+                        if n == 0:
+                            raise HttpClientError(f"body ended at {offset} of {layout.size}")
+                        hashing = time.perf_counter()
+                        hasher.update(view[:n])
+                        self.times.add_time("verify", time.perf_counter() - hashing)
+                        filled += n
+                        offset += n
+                        origin_bytes += n
+                        self.progress.received = offset
+                        self.progress.sources["origin"] = origin_bytes
+                        if filled == len(chunk):
+                            self._got("origin", "", url, offset - filled, filled, chunk_from)
+                            chunk_from = time.perf_counter()
+                        if filled == len(chunk) and chunk_index < layout.count - 1:
+                            if not self._holds(chunk_index):
+                                await self._emit(chunk_index, chunk)
+                            chunk_index += 1
+                            self._hashed_upto = chunk_index
+                break
+            except HttpClientError as exc:
+                if self.layout is None:
+                    raise UpstreamUnavailable(f"layer {self.digest}: {exc}") from exc
+                self._got("origin", "", url, offset - filled, failure_size(exc), chunk_from)
+                failures += 1
+                if failures > self._retries:
+                    raise LayerFailed(
+                        f"layer {self.digest}: body failed {failures} times: {exc}"
+                    ) from exc
+                log.info("layer %s: body broke at %d (%s); resuming", self.digest, offset, exc)
+                await trio.sleep(backoff_delay(failures - 1, None))
+        assert self.layout is not None
+        self._check_digest(hasher.hexdigest(), "upstream bytes")
+        # The last chunk was held back until the digest matched.
+        if self.layout.count and not self._holds(self.layout.count - 1):
+            await self._emit(self.layout.count - 1, chunk)
+        self._hashed_upto = self.layout.count
+
+    # -- the swarm ---------------------------------------------------------------------------
+
+    async def _download_swarm_or_origin(self) -> None:
+        """Fetch through the swarm; go to the origin when no root answers (a pull never fails
+        because of P2P) or when this node is the layer's owner."""
+        swarm = self._swarm
+        assert swarm is not None
+        owners = swarm.roots.owners(str(self.digest))
+        if owners and owners[0] == swarm.node:
+            await self._download()  # we own it: the cluster's one trip to the origin
+            return
+        try:
+            await self._download_swarm()
+        except SwarmUnavailable as exc:
+            swarm.fallbacks += 1
+            log.warning(
+                "layer %s: %s; fetching from the origin %s", self.digest, exc, self.upstream.key
+            )
+            self.progress.mode = "origin-fallback"
+            await self._download()
+
+    async def _download_swarm(self) -> None:
+        """Fetch the layer's chunks from peers, as the owning root assigns them."""
+        swarm = self._swarm
+        assert swarm is not None
+        authorization = next((v for k, v in self._headers if k == b"authorization"), None)
+        download = SwarmDownload(
+            swarm=swarm,
+            sink=self,
+            digest=str(self.digest),
+            algorithm=self.digest.algorithm,
+            upstream=self.upstream.key,
+            repo=self.repo,
+            chunk_size=self._cache.chunk_size,
+            authorization=authorization,
+        )
+        self.progress.mode = "swarm"
+        self._check_digest(await download.run(), "chunks from the swarm")
+
+    # -- what the swarm download fills (agent.swarm.download.LayerSink) -----------------------
+
+    def begin(self, size: int) -> None:
+        self._begin(size)
+
+    def new_buffer(self, length: int) -> Chunk:
+        return self._cache.new_buffer(length)
+
+    async def emit(self, index: int, data: Chunk, sha256: str) -> None:
+        self.progress.received += len(data)
+        await self._emit(index, data, sha256)
+
+    async def chunk_bytes(self, index: int) -> Chunk:
+        data = self._hot.get(index)
+        if data is None:
+            assert self.entry is not None
+            data = await self._cache.read_chunk(self.entry, index)
+        return data
+
+    def hashed(self, count: int) -> None:
+        self._hashed_upto = count
+        self._evict_hot()
+
+    def arrived(self, kind: str, source: str, index: int, size: int, t0: float) -> None:
+        assert self.layout is not None
+        if size > 0:
+            self.progress.sources[kind] = self.progress.sources.get(kind, 0) + size
+        self._got(kind, source, "", self.layout.offset(index), size, t0)
+
+    def verify_time(self, seconds: float) -> None:
+        self.times.add_time("verify", seconds)
+
+    def _check_digest(self, hexdigest: str, what: str) -> None:
+        """The layer's bytes, in order, must hash to its digest."""
+        if hexdigest != self.digest.hex:
+            self._observer.rejected("layer")
+            raise LayerCorrupt(
+                f"layer {self.digest}: {what} hash to {self.digest.algorithm}:{hexdigest}"
+            )
+
+    async def _check_response(self, response: ClientResponse, offset: int, path: str) -> int:
+        """Validate a (possibly resumed) response; returns how many leading bytes to skip."""
+        if offset == 0:
+            if response.status != 200:
+                raise await passthrough_error(response, path)
+            size = response.content_length
+            if size is None:
+                raise UpstreamUnavailable(f"upstream sent {path} without a Content-Length")
+            self._begin(size)
+            return 0
+        if response.status == 206:
+            content_range = response.header("content-range") or ""
+            if not content_range.startswith(f"bytes {offset}-"):
+                raise LayerFailed(f"resume of {self.digest} got Content-Range {content_range!r}")
+            return 0
+        if response.status == 200:
+            return offset
+        raise LayerFailed(f"resume of {self.digest} answered {response.status}")
+
+    def _holds(self, index: int) -> bool:
+        return self.entry is not None and (index in self._hot or self.entry.has_chunk(index))
+
+    async def _emit(self, index: int, data: Chunk, sha256: str | None = None) -> None:
+        if self.stream_mode:
+            alive = []
+            for send in self._subscribers:
+                try:
+                    await send.send(data)
+                    alive.append(send)
+                except trio.BrokenResourceError:
+                    pass
+            self._subscribers = alive
+            if not alive:
+                raise LayerFailed("every reader of a streamed layer went away")
+            return
+        assert self.entry is not None and self._nursery is not None
+        # The chunk is readable from memory at once; its write overlaps the next receive.
+        await self._write_slots.acquire()
+        self._hot[index] = data
+        self._unwritten.add(index)
+        self._nursery.start_soon(self._write_chunk, index, data, sha256)
+        self._notify()
+
+    async def _write_chunk(self, index: int, data: Chunk, sha256: str | None) -> None:
+        assert self.entry is not None
+        if sha256 is None and self._cache.chunk_tables:  # the table peers verify against
+            hashing = time.perf_counter()
+            sha256 = hashlib.sha256(data).hexdigest()
+            self.times.add_time("verify", time.perf_counter() - hashing)
+        writing = time.perf_counter()
+        try:
+            await self._cache.write_chunk(self.entry, index, data, sha256)
+        except OSError as exc:
+            self._cache.write_failed(exc)
+            raise CacheWriteFailed(f"cache write of chunk {index} failed: {exc}") from exc
+        finally:
+            self._write_slots.release()
+            self.times.add_time("disk", time.perf_counter() - writing)
+        self._unwritten.discard(index)
+        self._evict_hot()
+        self._notify()
+
+    def _evict_hot(self) -> None:
+        """Keep only the newest chunks in memory, never one not on disk or not hashed yet."""
+        done = [i for i in self._hot if i not in self._unwritten and i < self._hashed_upto]
+        for old in sorted(done)[: max(0, len(done) - HOT_CHUNKS)]:
+            del self._hot[old]
+
+    def hot_chunk(self, index: int) -> Chunk | None:
+        return self._hot.get(index)
+
+    async def _finish(self) -> None:
+        if self.stream_mode:
+            for send in self._subscribers:
+                try:
+                    await send.send(None)  # end marker: the layer matched its digest
+                except trio.BrokenResourceError:
+                    pass
+        else:
+            assert self.entry is not None
+            self._cache.commit(self.entry)
+        self.verified = True
+        via = "the swarm" if self.progress.mode == "swarm" else self.upstream.key
+        elapsed = trio.current_time() - self.progress.started_at
+        log.info(
+            "layer %s: %d bytes from %s in %.2fs (%s)",
+            self.digest,
+            self.progress.received,
+            via,
+            elapsed,
+            "streamed" if self.stream_mode else "cached",
+        )
+        self.progress.mode = "done"
+        self._notify()
+
+
+
+async def _discard(response: ClientResponse, count: int) -> None:
+    """Skip `count` body bytes (a resume answered 200 instead of 206)."""
+    scratch = memoryview(bytearray(min(count, 1 << 20)))
+    while count:
+        n = await response.receive_into(scratch[: min(count, len(scratch))])
+        if n == 0:
+            raise HttpClientError("body ended while skipping")
+        count -= n

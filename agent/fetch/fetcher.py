@@ -1,0 +1,179 @@
+"""Single-flight layer downloads under a concurrency limit: the data path's entry point.
+
+`LayerFetcher.open` gives a reader for a layer: from the cache when it is there, else joining
+the layer's download in flight, else starting one in the fetcher's nursery. `ensure` is the
+root's way in: the layer's own download from the origin (the tracker watches it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import trio
+
+from agent.cache.store import CacheEntry, ChunkCache
+from agent.core.errors import RegistryError
+from agent.core.upstream import Upstream
+from agent.fetch.download import DownloadProgress, LayerDownload
+from agent.fetch.readers import BlobSource, CachedBlob, DownloadReader, ResumingBlob
+from agent.http.responses import Headers
+from agent.observe.events import NULL_OBSERVER, Observer
+from agent.registry.client import RegistryClient, UpstreamUnavailable
+from agent.registry.routes import Digest
+from agent.swarm.download import SwarmContext
+
+
+class LayerFetcher:
+    """Single-flight layer downloads under a concurrency limit."""
+
+    def __init__(
+        self,
+        cache: ChunkCache,
+        registry: RegistryClient,
+        *,
+        concurrency_limit: int,
+        retries: int,
+        swarm: SwarmContext | None = None,
+        observer: Observer = NULL_OBSERVER,
+    ) -> None:
+        self._swarm = swarm
+        self._observer = observer
+        self._cache = cache
+        self._registry = registry
+        self._limiter = trio.CapacityLimiter(concurrency_limit)
+        self._retries = retries
+        self._inflight: dict[str, LayerDownload] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def statistics(self) -> dict[str, object]:
+        limiter = self._limiter.statistics()
+        return {
+            "downloads_in_flight": len(self._inflight),
+            "download_slots_used": limiter.borrowed_tokens,
+            "download_slots_total": int(limiter.total_tokens)
+            if not math.isinf(limiter.total_tokens)
+            else -1,
+            "downloads_waiting": limiter.tasks_waiting,
+        }
+
+    def cached_size(self, digest: str) -> int | None:
+        """The size of a layer this node holds or is downloading, without starting anything."""
+        entry = self._cache.get(digest)
+        if entry is not None:
+            return entry.size
+        download = self._inflight.get(digest)
+        if download is not None and download.layout is not None:
+            return download.layout.size
+        return None
+
+    def in_flight(self) -> list[DownloadProgress]:
+        return [d.progress for d in self._inflight.values()]
+
+    async def open(
+        self, *, upstream: Upstream, repo: str, digest: Digest, headers: Headers
+    ) -> BlobSource:
+        """A reader for the layer: from the cache, joining a download, or starting one."""
+
+        async def reopen(cacheable: bool) -> BlobSource:
+            return await self._open(upstream, repo, digest, headers, cacheable=cacheable)
+
+        return ResumingBlob(await self._open(upstream, repo, digest, headers), reopen)
+
+    async def _open(
+        self,
+        upstream: Upstream,
+        repo: str,
+        digest: Digest,
+        headers: Headers,
+        *,
+        cacheable: bool = True,
+    ) -> BlobSource:
+        key = str(digest)
+        entry = self._cache.get(key) if cacheable else None
+        if entry is not None:
+            self._cache.pin(entry)
+            return CachedBlob(self._cache, entry)
+        download = self._join_or_start(
+            upstream, repo, digest, headers, cacheable=cacheable, swarm=self._swarm
+        )
+        channel = download.subscribe()
+        try:
+            await download.started.wait()
+            if download.layout is None:
+                assert download.error is not None
+                if isinstance(download.error, RegistryError):
+                    raise download.error
+                raise UpstreamUnavailable(f"layer {digest}: {download.error}")
+            return DownloadReader(download, self._cache, channel)
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            raise
+
+    def _join_or_start(
+        self,
+        upstream: Upstream,
+        repo: str,
+        digest: Digest,
+        headers: Headers,
+        *,
+        cacheable: bool,
+        swarm: SwarmContext | None,
+    ) -> LayerDownload:
+        """The layer's download in flight (single flight), or a new one started in our nursery.
+        A download past the cache (`cacheable=False`) is never shared."""
+        key = str(digest)
+        download = self._inflight.get(key) if cacheable else None
+        if download is not None and download.joinable:
+            return download
+        download = LayerDownload(
+            digest=digest,
+            upstream=upstream,
+            repo=repo,
+            headers=headers,
+            cache=self._cache,
+            registry=self._registry,
+            retries=self._retries,
+            cacheable=cacheable,
+            swarm=swarm,
+            observer=self._observer,
+        )
+        if cacheable:
+            self._inflight[key] = download
+        assert self._nursery is not None, "LayerFetcher.run is not running"
+        self._nursery.start_soon(self._run_download, download)
+        return download
+
+    async def ensure(
+        self, *, upstream: Upstream, repo: str, digest: Digest, headers: Headers
+    ) -> LayerDownload | CacheEntry:
+        """The layer in this node's cache, or its download from the origin once its size is
+        known (the root's tracker: the owner never asks the swarm for its own layers)."""
+        key = str(digest)
+        entry = self._cache.get(key)
+        if entry is not None:
+            return entry
+        download = self._join_or_start(upstream, repo, digest, headers, cacheable=True, swarm=None)
+        await download.started.wait()
+        if download.layout is None or download.error is not None:
+            err = download.error
+            if isinstance(err, RegistryError):
+                raise err
+            raise UpstreamUnavailable(f"layer {digest}: {err}")
+        if download.stream_mode:
+            raise RegistryError(502, "UNAVAILABLE", f"layer {digest} does not fit the cache")
+        return download
+
+    async def _run_download(self, download: LayerDownload) -> None:
+        key = str(download.digest)
+        try:
+            await download.run(self._limiter)
+        finally:
+            if self._inflight.get(key) is download:
+                del self._inflight[key]

@@ -1,0 +1,206 @@
+"""What a client reads a layer through: the cache, a download in flight, or both in turn.
+
+A `BlobSource` yields the bytes of a range in order. `CachedBlob` reads a verified layer from
+the cache, checking every chunk; `DownloadReader` follows a `LayerDownload` (waiting for each
+chunk, and for the whole layer's digest before the last bytes); `ResumingBlob` wraps either and
+carries on from the byte reached when a failure is ours (a corrupt cache chunk, a cache that
+cannot store), not the upstream's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+
+import trio
+
+from agent.cache.store import CacheEntry, ChunkCache, ChunkCorrupt
+from agent.fetch.download import CacheWriteFailed, Chunk, LayerDownload, LayerFailed
+from agent.observe.events import LayerTimes
+
+log = logging.getLogger(__name__)
+
+MAX_RESUMES = 2
+
+
+class BlobSource:
+    """What a reader holds: a layer's size and its bytes, from the cache or a download."""
+
+    size: int
+
+    async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        raise NotImplementedError
+        yield b""  # pragma: no cover
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def account(self, times: LayerTimes) -> None:
+        """Add where this reader's bytes came from and its time went (per-layer summary)."""
+
+
+class CachedBlob(BlobSource):
+    """A verified layer in the cache; every chunk is checked on its way out."""
+
+    def __init__(self, cache: ChunkCache, entry: CacheEntry) -> None:
+        self.cache = cache
+        self.entry = entry
+        self.size = entry.size
+        self._closed = False
+        self._times = LayerTimes()
+
+    async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        layout = self.entry.layout
+        for index in layout.covering(start, end):
+            reading = time.perf_counter()
+            data = await self.cache.read_chunk(self.entry, index)
+            self._times.add_time("disk", time.perf_counter() - reading)
+            piece = _slice(data, layout.offset(index), start, end)
+            self._times.add_bytes("cache", len(piece))
+            yield piece
+
+    def account(self, times: LayerTimes) -> None:
+        times.merge(self._times)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.cache.unpin(self.entry)
+
+
+class ResumingBlob(BlobSource):
+    """A reader that survives the failures that are ours, not the upstream's.
+
+    A chunk that fails its check in the cache, or a cache that cannot store a chunk, must not
+    cost the client its download: the reader opens the layer again (from a fresh download,
+    cached or not) and carries on from the byte it had reached.
+    """
+
+    def __init__(self, inner: BlobSource, reopen: Callable[[bool], Awaitable[BlobSource]]) -> None:
+        self._current = inner
+        self._reopen = reopen
+        self.size = inner.size
+        self.resumes = 0
+        self._replaced: list[BlobSource] = []
+
+    async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        position = start
+        while True:
+            try:
+                async with aclosing(self._current.read(position, end)) as pieces:
+                    async for piece in pieces:
+                        position += len(piece)
+                        yield piece
+                return
+            except (ChunkCorrupt, CacheWriteFailed) as exc:
+                if self.resumes >= MAX_RESUMES:
+                    raise
+                self.resumes += 1
+                cacheable = isinstance(exc, ChunkCorrupt)
+                log.warning(
+                    "%s; reading on from byte %d (%s)",
+                    exc,
+                    position,
+                    "fetching again" if cacheable else "without the cache",
+                )
+                replacement = await self._reopen(cacheable)
+                self._current.close()
+                self._replaced.append(self._current)
+                self._current = replacement
+
+    def close(self) -> None:
+        self._current.close()
+
+    def account(self, times: LayerTimes) -> None:
+        for source in (*self._replaced, self._current):
+            source.account(times)
+
+
+class DownloadReader(BlobSource):
+    def __init__(
+        self,
+        download: LayerDownload,
+        cache: ChunkCache,
+        channel: trio.MemoryReceiveChannel[Chunk | None] | None,
+    ) -> None:
+        assert download.layout is not None
+        self.download = download
+        self.cache = cache
+        self.size = download.layout.size
+        self._channel = channel
+        self._entry = download.entry
+        if self._entry is not None:
+            cache.pin(self._entry)
+        download.progress.readers += 1
+        download.had_reader = True
+        self._closed = False
+        self._disk_seconds = 0.0
+
+    async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        if self.download.stream_mode:
+            async for piece in self._read_stream(start, end):
+                yield piece
+            return
+        layout = self.download.layout
+        entry = self._entry
+        assert layout is not None and entry is not None
+        indexes = layout.covering(start, end)
+        if not indexes:
+            await self.download.wait_verified()
+        for index in indexes:
+            await self.download.wait_chunk(index)
+            if index == indexes[-1]:
+                await self.download.wait_verified()
+            data = self.download.hot_chunk(index)
+            if data is None:
+                reading = time.perf_counter()
+                data = await self.cache.read_chunk(entry, index)
+                self._disk_seconds += time.perf_counter() - reading
+            yield _slice(data, layout.offset(index), start, end)
+
+    async def _read_stream(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        # Consume every chunk (the download must not stall on us) and hold the last piece
+        # of our range until the end marker says the layer matched its digest.
+        assert self._channel is not None
+        offset = 0
+        held: memoryview | None = None
+        async with self._channel:
+            async for data in self._channel:
+                if data is None:
+                    if held:
+                        yield held
+                    return
+                piece = (
+                    _slice(data, offset, start, end)
+                    if offset < end and offset + len(data) > start
+                    else b""
+                )
+                offset += len(data)
+                if piece:
+                    if held:
+                        yield held
+                    held = piece
+        raise LayerFailed(f"layer {self.download.digest} failed: {self.download.error}")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.download.progress.readers -= 1
+        if self._channel is not None:
+            self._channel.close()
+        if self._entry is not None:
+            self.cache.unpin(self._entry)
+
+    def account(self, times: LayerTimes) -> None:
+        times.merge(self.download.times)  # the download this reader shared: slot, transfer...
+        times.add_time("disk", self._disk_seconds)
+
+
+def _slice(data: bytes | Chunk, data_offset: int, start: int, end: int) -> memoryview:
+    """The part of `data` (which starts at `data_offset` in the layer) inside [start, end)."""
+    lo = max(start - data_offset, 0)
+    hi = min(end - data_offset, len(data))
+    return memoryview(data)[lo:hi]

@@ -1,0 +1,310 @@
+"""The trio driver of `agent.swarm.planner.LayerPlanner`: one layer fetched through the swarm.
+
+Theory of operation. The planner decides; this module does the I/O it asks for and reports
+back. One loop task owns the planner (single owner, as the root's tracker owns its schedule):
+it takes events from a bounded channel and carries out each `Decisions`. Plan requests and
+chunk transfers run as tasks in the layer's nursery, each under its own cancel scope, and send
+their outcome to the loop; a received chunk is hashed, stored through the `LayerSink` (the
+layer download this swarm download fills), and reported once it is on disk. The whole-layer
+digest is computed here as chunks complete in order and handed back to the download, which
+checks it as it checks an origin download's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from agent.core.errors import RegistryError
+from agent.http.client import HttpClientError
+from agent.http.groups import first_failure
+from agent.observe.auditline import failure_size
+from agent.swarm.client import P2PClient, PeerError
+from agent.swarm.plan import Plan
+from agent.swarm.planner import Decisions, LayerPlanner, Transfer
+from agent.swarm.protocol import PlanTarget
+from agent.swarm.roots import RootSet
+
+log = logging.getLogger(__name__)
+
+Chunk = bytearray | memoryview
+EVENTS_BUFFERED = 16  # outcomes waiting for the loop; tasks wait beyond that (backpressure)
+
+
+class SwarmUnavailable(Exception):
+    """The swarm cannot deliver this layer (no root answers, it does not fit); the download
+    goes to the origin instead."""
+
+
+@dataclass(eq=False, kw_only=True)
+class SwarmContext:
+    """What a node needs to fetch layers through the swarm."""
+
+    node: str  # this node's id, nodeIP:p2pPort
+    roots: RootSet
+    client: P2PClient
+    # Plan demand: one transfer at a time (links do best with one transfer each, see
+    # agent/swarm/schedule.py) plus a spare the root uses for a second source when one runs late.
+    parallel: int = 2
+    chunk_timeout: float = 15.0
+    plan_timeout: float = 10.0
+    fallbacks: int = 0  # layers fetched from the origin because no root answered
+    peer_bytes: int = 0
+
+
+class LayerSink(Protocol):
+    """The layer download a swarm download fills (`agent.fetch.download.LayerDownload`)."""
+
+    stream_mode: bool
+
+    def begin(self, size: int) -> None:
+        """The layer's size is known: lay it out and admit it to the cache."""
+
+    def new_buffer(self, length: int) -> Chunk: ...
+
+    async def emit(self, index: int, data: Chunk, sha256: str) -> None:
+        """Chunk `index` is verified: readable at once, written to the cache meanwhile."""
+
+    async def wait_written(self, index: int) -> None: ...
+
+    async def chunk_bytes(self, index: int) -> Chunk:
+        """A stored chunk's bytes (memory or disk), for the whole-layer hash."""
+
+    def hashed(self, count: int) -> None:
+        """Chunks [0, count) are in the whole-layer hash (their memory may go)."""
+
+    def arrived(self, kind: str, source: str, index: int, size: int, t0: float) -> None:
+        """Account a chunk from a root or peer (size < 0: the transfer failed)."""
+
+    def verify_time(self, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Answered:
+    request: PlanTarget
+    root: str
+    plan: Plan
+
+
+@dataclass(frozen=True, slots=True)
+class _Unanswered:
+    request: PlanTarget
+    root: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    transfer: Transfer
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    transfer: Transfer
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    transfer: Transfer
+
+
+Event = _Answered | _Unanswered | _Received | _Failed | _Stored
+
+
+class SwarmDownload:
+    """Fetch one layer's chunks from peers, as its owning root assigns them."""
+
+    def __init__(
+        self,
+        *,
+        swarm: SwarmContext,
+        sink: LayerSink,
+        digest: str,
+        algorithm: str,
+        upstream: str,
+        repo: str,
+        chunk_size: int,
+        authorization: bytes | None,
+    ) -> None:
+        self._swarm = swarm
+        self._sink = sink
+        self._digest = digest
+        self._authorization = authorization
+        self.planner = LayerPlanner(
+            digest=digest,
+            upstream=upstream,
+            repo=repo,
+            chunk_size=chunk_size,
+            parallel=swarm.parallel,
+            denied_means_fallback=bool(authorization) and not swarm.client.tls,
+        )
+        self._hasher = hashlib.new(algorithm)
+        self._hashed_upto = 0
+        self._hash_lock = trio.Lock()
+        self._emitted: set[int] = set()  # readable through the sink
+        self._buffers: dict[Transfer, Chunk] = {}  # received and verified, not stored yet
+        self._started: dict[Transfer, float] = {}
+        self._scopes: dict[Transfer, trio.CancelScope] = {}
+        self._poll_scope: trio.CancelScope | None = None
+        self._send, self._receive = trio.open_memory_channel[Event](EVENTS_BUFFERED)
+
+    async def run(self) -> str:
+        """Fetch every chunk; returns the hex digest of the layer's bytes in order.
+
+        Raises SwarmUnavailable (fetch from the origin instead) or RegistryError (the root's
+        answer for the client)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                decisions = self.planner.start(trio.current_time())
+                while not self._carry_out(decisions, nursery):
+                    with trio.move_on_at(decisions.wake_at or math.inf):
+                        event = await self._receive.receive()
+                        decisions = self._feed(event)
+                        continue
+                    decisions = self.planner.tick(trio.current_time())
+                nursery.cancel_scope.cancel()  # a standing request still held at the root
+        except BaseExceptionGroup as group:
+            raise first_failure(group) from None
+        return self._hasher.hexdigest()
+
+    def _feed(self, event: Event) -> Decisions:
+        now = trio.current_time()
+        planner = self.planner
+        if isinstance(event, _Answered):
+            return planner.answered(event.request, event.plan, event.root, now)
+        if isinstance(event, _Unanswered):
+            return planner.unanswered(event.request, event.root, event.reason, now)
+        if isinstance(event, _Received):
+            transfer = event.transfer
+            decisions = planner.received(transfer.chunk, transfer.source, event.sha256, now)
+            if decisions.store != transfer:  # bad, or a copy of a chunk we have: let it go
+                self._buffers.pop(transfer, None)
+                self._started.pop(transfer, None)
+            return decisions
+        if isinstance(event, _Failed):
+            return planner.failed(event.transfer.chunk, event.transfer.source, now)
+        return planner.stored(event.transfer.chunk, event.transfer.source, now)
+
+    def _carry_out(self, decisions: Decisions, nursery: trio.Nursery) -> bool:
+        """Do what the planner decided; True when the layer's swarm part is over."""
+        if decisions.bench is not None:
+            self._swarm.roots.bench(decisions.bench, "no plan answer")
+        if decisions.error is not None:
+            status, message = decisions.error
+            raise RegistryError(status, "UNAVAILABLE" if status >= 500 else "DENIED", message)
+        if decisions.fallback is not None:
+            raise SwarmUnavailable(decisions.fallback)
+        if decisions.size is not None:
+            self._sink.begin(decisions.size)
+            if self._sink.stream_mode:
+                raise SwarmUnavailable("the layer does not fit this node's cache")
+        for transfer in decisions.cancel:
+            scope = self._scopes.pop(transfer, None)
+            if scope is not None:
+                scope.cancel()
+        if decisions.drop_poll and self._poll_scope is not None:
+            self._poll_scope.cancel()
+        if decisions.store is not None:
+            nursery.start_soon(self._store, decisions.store)
+        for transfer in decisions.start:
+            scope = self._scopes[transfer] = trio.CancelScope()
+            nursery.start_soon(self._transfer, transfer, scope)
+        for request in decisions.requests:
+            owners = self._swarm.roots.owners(self._digest)
+            if not owners:
+                return self._carry_out(self.planner.no_root(trio.current_time()), nursery)
+            scope = trio.CancelScope()
+            if request.poll:
+                self._poll_scope = scope
+            nursery.start_soon(self._ask, owners[0], request, scope)
+        return decisions.finished
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    async def _ask(self, root: str, request: PlanTarget, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                with trio.fail_after(self._swarm.plan_timeout):
+                    plan = await self._swarm.client.plan(root, request, self._authorization)
+            except (PeerError, trio.TooSlowError) as exc:
+                await self._send.send(_Unanswered(request, root, str(exc) or "timed out"))
+                return
+            await self._send.send(_Answered(request, root, plan))
+        log.debug(
+            "layer %s: plan from %s (poll=%s want=%d done=%d failed=%d)",
+            self._digest,
+            root,
+            request.poll,
+            request.want,
+            len(request.done),
+            len(request.failed),
+        )
+
+    async def _transfer(self, transfer: Transfer, scope: trio.CancelScope) -> None:
+        swarm, sink = self._swarm, self._sink
+        index, source = transfer.chunk, transfer.source
+        planner = self.planner
+        assert planner.size is not None
+        length = min(planner.chunk_size, planner.size - index * planner.chunk_size)
+        buffer = sink.new_buffer(length)
+        kind = "root" if source in swarm.roots.addresses else "peer"
+        t0 = time.perf_counter()
+        with scope:
+            try:
+                with trio.fail_after(swarm.chunk_timeout):
+                    await swarm.client.fetch_chunk(
+                        source, self._digest, index, length, into=memoryview(buffer)
+                    )
+            except (PeerError, HttpClientError, trio.TooSlowError) as exc:
+                log.info("layer %s: chunk %d from %s failed: %s", self._digest, index, source, exc)
+                sink.arrived(kind, source, index, failure_size(exc), t0)
+                self._scopes.pop(transfer, None)
+                await self._send.send(_Failed(transfer))
+                return
+        if scope.cancelled_caught:
+            return  # the endgame's loser: the chunk came from elsewhere
+        self._scopes.pop(transfer, None)
+        hashing = time.perf_counter()
+        sha = hashlib.sha256(buffer).hexdigest()
+        sink.verify_time(time.perf_counter() - hashing)
+        if sha != planner.hashes.get(index):
+            log.warning("layer %s: %s sent a bad chunk %d", self._digest, source, index)
+            sink.arrived(kind, source, index, -1, t0)
+        else:
+            self._buffers[transfer] = buffer
+            self._started[transfer] = t0
+        await self._send.send(_Received(transfer, sha))
+
+    async def _store(self, transfer: Transfer) -> None:
+        buffer = self._buffers.pop(transfer)
+        t0 = self._started.pop(transfer)
+        index, source = transfer.chunk, transfer.source
+        kind = "root" if source in self._swarm.roots.addresses else "peer"
+        self._sink.arrived(kind, source, index, len(buffer), t0)
+        await self._sink.emit(index, buffer, self.planner.hashes[index])
+        self._emitted.add(index)
+        # Reported only once on disk: from then on the root sends peers here, and the P2P
+        # port serves chunks from the cache file.
+        await self._sink.wait_written(index)
+        await self._advance_hash()
+        self._swarm.peer_bytes += len(buffer)
+        await self._send.send(_Stored(transfer))
+
+    async def _advance_hash(self) -> None:
+        """The whole-layer digest needs the bytes in order; chunks arrive out of order."""
+        async with self._hash_lock:
+            count = self.planner.count or 0
+            while self._hashed_upto < count and self._hashed_upto in self._emitted:
+                data = await self._sink.chunk_bytes(self._hashed_upto)
+                hashing = time.perf_counter()
+                self._hasher.update(data)
+                self._sink.verify_time(time.perf_counter() - hashing)
+                self._hashed_upto += 1
+            self._sink.hashed(self._hashed_upto)

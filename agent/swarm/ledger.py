@@ -1,0 +1,304 @@
+"""The facts of one layer's swarm, on the root: who holds which chunk, which transfers are in
+flight, whose upload slots are free, who is banned. Pure, no I/O.
+
+Theory of operation
+-------------------
+`agent.swarm.schedule.LayerSchedule` decides; the `Ledger` it owns records. The schedule's rules
+read the same fact several ways -- a chunk's holders, a peer's free slot, a node's transfers
+in flight, a source's uploads, the root's -- so each is kept in its own index, and every change
+of fact goes through one method here that updates every index it touches: a transfer
+(`assign`, `release`), a chunk held or lost (`add_holding`, `replace_holdings`), a ban, a
+source a node avoids, a node gone (`remove`). The ledger chooses nothing and never refuses a
+change: that the change is allowed (the source holds the chunk and has a free slot, the root
+is not already sending that chunk) is the schedule's to check.
+
+Each change also says who must be looked at again before the event returns, in the event's
+`Batch`: `dirty` nodes, whose candidate chunks changed, and `freed` sources, which may serve
+someone now. The schedule's matching loop (`LayerSchedule._settle`) drains both.
+
+The ledger mutates its indexes in place and never rebinds them, so the schedule may bind them
+once (`peers`, `holders`, `free`, `flights`, `root_sending`) and read them in its inner loops
+without going through the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+ROOT = 0  # the root's internal id; peers are numbered from 1
+FlightKey = tuple[int, int, int]  # (node, chunk, source)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Assignment:
+    """`node` should fetch chunk `chunk` from `source`; issued at time `issued`."""
+
+    node: str
+    chunk: int
+    source: str
+    issued: float
+
+    def __post_init__(self) -> None:
+        if self.chunk < 0:
+            raise ValueError(f"negative chunk index {self.chunk}")
+        if self.node == self.source:
+            raise ValueError(f"{self.node} cannot fetch from itself")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Actions:
+    """What an event decided: new assignments (for any node) and cancelled ones."""
+
+    assigned: tuple[Assignment, ...] = ()
+    cancelled: tuple[Assignment, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.assigned or self.cancelled)
+
+
+NOTHING = Actions()
+
+
+class Peer:
+    """What the tracker knows about one agent."""
+
+    __slots__ = (
+        "ident",
+        "name",
+        "held",
+        "have",
+        "first",
+        "uploads",
+        "demand",
+        "incoming",
+        "outgoing",
+        "from_root",
+        "avoid",
+        "waiting_on",
+        "uploaded",
+        "downloaded",
+        "root_copies",
+        "banned",
+        "pace",
+    )
+
+    def __init__(self, ident: int, name: str, chunk_count: int) -> None:
+        self.ident = ident
+        self.name = name
+        self.held = bytearray(chunk_count)
+        self.have = 0  # chunks held
+        self.first = 0  # first missing chunk (chunk_count when complete)
+        self.uploads = 0  # transfers in flight from this node
+        self.demand = 0  # transfers it asked for and was not given yet
+        self.incoming: dict[int, list[int]] = {}  # chunk -> sources in flight
+        self.outgoing: set[FlightKey] = set()  # flights with this node as the source
+        self.from_root = 0  # transfers in flight from the root (0 or 1)
+        self.avoid: set[int] = set()  # sources that failed this node (not with bad data)
+        self.waiting_on: list[int] = []  # chunks it is listed under in the schedule's waiting
+        self.uploaded = 0  # transfers served, as reported complete
+        self.downloaded = 0
+        self.root_copies = 0  # transfers the root was assigned to send it
+        self.banned = False
+        self.pace = -1.0  # moving average of its uploads' durations (-1: none yet)
+
+
+@dataclass(kw_only=True)
+class Batch:
+    """The work of one event: its outputs, and who must be looked at before it returns."""
+
+    assigned: list[Assignment] = field(default_factory=list)
+    cancelled: list[Assignment] = field(default_factory=list)
+    dirty: set[int] = field(default_factory=set)  # peers whose candidates changed
+    freed: set[int] = field(default_factory=set)  # sources that may serve someone now
+
+    def result(self) -> Actions:
+        if not self.assigned and not self.cancelled:
+            return NOTHING
+        return Actions(assigned=tuple(self.assigned), cancelled=tuple(self.cancelled))
+
+
+class Ledger:
+    """Peers, holdings, transfers in flight and upload slots of one layer. See the module
+    docstring; `LayerSchedule` validates the parameters."""
+
+    def __init__(self, *, chunk_count: int, root: str, upload_slots: int) -> None:
+        self.chunk_count = chunk_count
+        self.root = root
+        self.upload_slots = upload_slots
+        self.ids: dict[str, int] = {root: ROOT}
+        self.names: dict[int, str] = {ROOT: root}
+        self.peers: dict[int, Peer] = {}  # live peers (banned ones included)
+        # Live, not banned peers holding each chunk; the root is never listed.
+        self.holders: list[set[int]] = [set() for _ in range(chunk_count)]
+        self.free: set[int] = set()  # live, not banned peers with a free upload slot
+        # Every transfer in flight, in the order issued (expire walks it from the front).
+        self.flights: dict[FlightKey, Assignment] = {}
+        self.root_uploads = 0
+        self.root_sending = bytearray(chunk_count)  # chunk in flight from the root
+        self.root_uploaded = 0
+        self.avoiders = 0  # peers with a non-empty avoid set
+        self.banned: set[int] = set()  # every node banned for this layer, gone or not
+
+    def check_chunk(self, chunk: int) -> None:
+        if not 0 <= chunk < self.chunk_count:
+            raise ValueError(f"chunk {chunk} outside [0, {self.chunk_count})")
+
+    def peer(self, node: str) -> Peer:
+        """The peer named `node`; a node never seen (or gone) joins with nothing held."""
+        if node == self.root:
+            raise ValueError(f"{node} is the root of this layer, not a downloader")
+        if not node:
+            raise ValueError("a node needs a name")
+        ident = self.ids.get(node)
+        if ident is None:
+            ident = len(self.ids)
+            self.ids[node] = ident
+            self.names[ident] = node
+        peer = self.peers.get(ident)
+        if peer is None:
+            peer = self.peers[ident] = Peer(ident, node, self.chunk_count)
+            if ident in self.banned:
+                peer.banned = True  # leaving and coming back does not lift a ban
+            else:
+                self.free.add(ident)
+        return peer
+
+    # ----------------------------------------------------------------------------------------
+    # Holdings
+
+    def add_holding(self, peer: Peer, chunk: int, batch: Batch) -> None:
+        peer.held[chunk] = 1
+        peer.have += 1
+        if not peer.banned:
+            self.holders[chunk].add(peer.ident)
+            batch.freed.add(peer.ident)  # it may serve the waiters of this chunk
+        if chunk == peer.first:
+            first, held, n = chunk, peer.held, self.chunk_count
+            while first < n and held[first]:
+                first += 1
+            peer.first = first
+        batch.dirty.add(peer.ident)
+
+    def drop_holdings(self, peer: Peer, batch: Batch) -> None:
+        held, holders, ident = peer.held, self.holders, peer.ident
+        for c in range(self.chunk_count):
+            if held[c]:
+                holders[c].discard(ident)
+        batch.freed.add(ROOT)  # chunks only this node held are root-only again
+
+    def replace_holdings(self, peer: Peer, have: Iterable[int], batch: Batch) -> None:
+        new = bytearray(self.chunk_count)
+        for c in have:
+            self.check_chunk(c)
+            new[c] = 1
+        old = peer.held
+        if new == old:
+            return
+        for c in range(self.chunk_count):
+            if new[c] and not old[c]:
+                self.add_holding(peer, c, batch)
+            elif old[c] and not new[c]:  # evicted from its cache
+                old[c] = 0
+                peer.have -= 1
+                self.holders[c].discard(peer.ident)
+                peer.first = min(peer.first, c)
+                batch.freed.add(ROOT)
+        batch.dirty.add(peer.ident)
+
+    # ----------------------------------------------------------------------------------------
+    # Transfers
+
+    def assign(self, peer: Peer, chunk: int, src: int, now: float, batch: Batch) -> None:
+        a = Assignment(node=peer.name, chunk=chunk, source=self.names[src], issued=now)
+        key = (peer.ident, chunk, src)
+        self.flights[key] = a
+        sources = peer.incoming.get(chunk)
+        if sources is None:
+            peer.incoming[chunk] = [src]
+        else:
+            sources.append(src)
+        peer.demand -= 1
+        if src == ROOT:
+            self.root_uploads += 1
+            self.root_sending[chunk] = 1
+            peer.from_root += 1
+            peer.root_copies += 1
+        else:
+            s = self.peers[src]
+            s.uploads += 1
+            s.outgoing.add(key)
+            if s.uploads >= self.upload_slots:
+                self.free.discard(src)
+        batch.assigned.append(a)
+        batch.dirty.add(peer.ident)
+
+    def release(self, key: FlightKey, batch: Batch) -> Assignment:
+        """End a transfer (done, failed, cancelled): the source's slot frees."""
+        a = self.flights.pop(key)
+        node, chunk, src = key
+        peer = self.peers.get(node)
+        if peer is not None:
+            sources = peer.incoming[chunk]
+            sources.remove(src)
+            if not sources:
+                del peer.incoming[chunk]
+            if src == ROOT:
+                peer.from_root -= 1
+            batch.dirty.add(node)
+        if src == ROOT:
+            self.root_uploads -= 1
+            self.root_sending[chunk] = 0
+        else:
+            s = self.peers.get(src)
+            if s is not None:
+                s.uploads -= 1
+                s.outgoing.discard(key)
+                if not s.banned and s.uploads < self.upload_slots:
+                    self.free.add(src)
+        batch.freed.add(src)
+        return a
+
+    # ----------------------------------------------------------------------------------------
+    # Faults and departures
+
+    def avoid(self, peer: Peer, source: int) -> None:
+        """`peer` takes nothing from `source` from now on."""
+        if not peer.avoid:
+            self.avoiders += 1
+        peer.avoid.add(source)
+
+    def ban(self, peer: Peer, batch: Batch) -> None:
+        """`peer` served bad data: it is never a source again (it may still download)."""
+        if peer.banned:
+            return
+        peer.banned = True
+        self.banned.add(peer.ident)
+        for key in list(peer.outgoing):
+            batch.cancelled.append(self.release(key, batch))
+        self.drop_holdings(peer, batch)
+        self.free.discard(peer.ident)
+        batch.freed.discard(peer.ident)
+
+    def remove(self, peer: Peer, batch: Batch) -> None:
+        """`peer` is gone: its transfers both ways end as cancelled, its holdings vanish, and
+        nobody avoids it any more (a ban stays, in `banned`)."""
+        ident = peer.ident
+        for chunk, sources in list(peer.incoming.items()):
+            for src in list(sources):
+                batch.cancelled.append(self.release((ident, chunk, src), batch))
+        for key in list(peer.outgoing):
+            batch.cancelled.append(self.release(key, batch))
+        self.drop_holdings(peer, batch)
+        self.free.discard(ident)
+        if peer.avoid:
+            self.avoiders -= 1
+        if self.avoiders:
+            for other in self.peers.values():
+                if ident in other.avoid:
+                    other.avoid.discard(ident)
+                    if not other.avoid:
+                        self.avoiders -= 1
+        del self.peers[ident]
+        batch.dirty.discard(ident)
+        batch.freed.discard(ident)

@@ -1,0 +1,364 @@
+"""The agent's side of the swarm for one layer: what to ask the root, which transfers to start,
+what to report. Pure, no I/O.
+
+Theory of operation
+-------------------
+An agent that fetches a layer through the swarm holds one `LayerPlanner`, the mirror image of
+the root's `agent.swarm.schedule.LayerSchedule`. Its trio driver (`agent.swarm.download`) feeds
+it events and carries out the `Decisions` each event returns; the simulator
+(tests/swarm/swarmsim.py) feeds the same events from virtual links, so a simulated agent runs
+the logic a real one runs. Every event carries `now` (seconds, never decreasing); the planner
+never reads a clock and never sends anything.
+
+    events in                               decisions out
+    start                                   plan requests to send (`PlanTarget`)
+    answered(request, plan) / unanswered    transfers to start, transfers to cancel
+    no_root                                 the layer's size, once known (`size`)
+    received(chunk, source, sha256)         a received chunk to store (`store`)
+    stored(chunk, source)                   a root to bench, a fallback to the origin,
+    failed(chunk, source)                   an error for the client, `finished`
+    tick                                    when to call `tick` next (`wake_at`)
+
+Plan requests are of two kinds. The *standing* request (``poll``), at most one in flight,
+asks for work; the root holds it until it has some, so new work reaches the agent at once.
+*Reports* (not ``poll``) go the moment a transfer ends, so the source's upload slot at the
+root frees without waiting for the standing request; a report may bring work too. Demand
+(``want``) is the free transfer slots: `parallel` (one transfer, plus a spare the root uses for
+a second source when a transfer runs late) less the transfers in flight.
+
+- A transfer's slot frees when its bytes arrived; a chunk is reported done only once it is
+  stored (from then on the root sends peers to this node, which serves from its cache).
+- A chunk whose sha256 does not match the root's table is reported as bad data (the root bans
+  that source for the layer); a transfer that failed otherwise is reported as failed.
+- The first copy of a chunk to arrive wins; its other transfers (endgame) are cancelled.
+- A root that does not answer is benched (the driver's root set moves the layer to the next
+  root in rendezvous order); reports it did not take go again, and the next request says what
+  this node holds, since the new root knows nothing of it.
+- A root that refuses with 401/403 while the client's credentials could not be passed to it
+  (no P2P TLS) means this node must fetch the layer itself: fallback. No root at all, or a
+  root whose chunk size differs from ours: fallback. Any other error reply is the client's.
+- When every chunk is stored the standing request is dropped and the last reports are sent
+  (a few attempts), then the planner is finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from agent.swarm.plan import Plan
+from agent.swarm.protocol import MAX_REPORTS, PlanTarget, clip_ranges
+
+Done = tuple[tuple[int, str], ...]  # (chunk, source) reports
+Failed = tuple[tuple[int, str, bool], ...]  # (chunk, source, bad data) reports
+POLL_RETRY = 0.05  # s before asking again after an answer that started nothing
+FLUSH_ATTEMPTS = 3  # tries to deliver the last reports once the layer is complete
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Transfer:
+    """Fetch chunk `chunk` from node `source`."""
+
+    chunk: int
+    source: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Decisions:
+    """What an event decided; the driver carries it out in this order: errors and fallback
+    end the layer; `size` before `start`; `store` before anything that waits on it."""
+
+    requests: tuple[PlanTarget, ...] = ()
+    start: tuple[Transfer, ...] = ()
+    cancel: tuple[Transfer, ...] = ()
+    store: Transfer | None = None  # the received bytes of this transfer are the chunk's
+    size: int | None = None  # the layer's size became known: admit it
+    drop_poll: bool = False  # cancel the standing request in flight (the layer is complete)
+    bench: str | None = None  # root that did not answer
+    fallback: str | None = None  # why this node fetches the rest from the origin itself
+    error: tuple[int, str] | None = None  # (status, message) for the client
+    finished: bool = False
+    wake_at: float | None = None  # call `tick` then, unless another event comes first
+
+
+@dataclass(kw_only=True)
+class _Pending:
+    """Decisions being collected during one event."""
+
+    requests: list[PlanTarget] = field(default_factory=list)
+    start: list[Transfer] = field(default_factory=list)
+    cancel: list[Transfer] = field(default_factory=list)
+    store: Transfer | None = None
+    size: int | None = None
+    drop_poll: bool = False
+    bench: str | None = None
+    fallback: str | None = None
+    error: tuple[int, str] | None = None
+
+
+class LayerPlanner:
+    """One layer's swarm download as seen by the agent that fetches it."""
+
+    def __init__(
+        self,
+        *,
+        digest: str,
+        upstream: str,
+        repo: str,
+        chunk_size: int,
+        parallel: int = 2,
+        denied_means_fallback: bool = False,
+    ) -> None:
+        """`denied_means_fallback`: the client sent credentials that cannot reach the root (no
+        P2P TLS), so a 401/403 from the root is the root's, not the client's answer."""
+        self.digest = digest
+        self.upstream = upstream
+        self.repo = repo
+        self.chunk_size = chunk_size
+        self.parallel = parallel
+        self.denied_means_fallback = denied_means_fallback
+        self.size: int | None = None
+        self.count: int | None = None
+        self.held: set[int] = set()
+        self.hashes: dict[int, str] = {}
+        self.fetching: dict[int, set[str]] = {}  # chunk -> sources transferring it now
+        self.storing: set[int] = set()  # accepted, not stored yet
+        self.done_reports: list[tuple[int, str]] = []
+        self.failed_reports: list[tuple[int, str, bool]] = []
+        self.tell_have = False  # the next request says what this node holds
+        self.polling = False  # the standing request is in flight
+        self.reporting = 0  # report requests in flight
+        self.poll_at: float | None = None  # when to send the standing request again
+        self.flushes_left = FLUSH_ATTEMPTS
+        self.outcome: str | None = None  # "finished", "fallback" or "error" once over
+
+    # -- queries ----------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(sources) for sources in self.fetching.values())
+
+    @property
+    def complete(self) -> bool:
+        return self.count is not None and len(self.held) == self.count
+
+    @property
+    def over(self) -> bool:
+        return self.outcome is not None
+
+    # -- events -----------------------------------------------------------------------------
+
+    def start(self, now: float) -> Decisions:
+        """Begin: the standing request goes out."""
+        pending = _Pending()
+        self._poll(pending, now)
+        return self._settle(pending, now)
+
+    def no_root(self, now: float) -> Decisions:
+        """The driver found no root to send a request to."""
+        pending = _Pending(fallback="no root answers")
+        return self._settle(pending, now)
+
+    def answered(self, request: PlanTarget, plan: Plan, root: str, now: float) -> Decisions:
+        """`root` answered `request` with `plan`."""
+        pending = _Pending()
+        self._request_ended(request)
+        if request.have is not None:
+            self.tell_have = False
+        if plan.error is not None:
+            status = plan.error_status or 502
+            if status in (401, 403) and self.denied_means_fallback:
+                pending.fallback = (
+                    f"root {root} may not read it without credentials, and the P2P port has "
+                    "no TLS to pass them"
+                )
+            else:
+                pending.error = (status, f"root {root}: {plan.error}")
+            return self._settle(pending, now)
+        started = 0
+        if plan.size is not None:
+            if self.size is None:
+                if plan.chunk_size != self.chunk_size:
+                    pending.fallback = (
+                        f"root {root} uses {plan.chunk_size}-byte chunks, we use "
+                        f"{self.chunk_size}"
+                    )
+                    return self._settle(pending, now)
+                self.size = plan.size
+                self.count = -(-plan.size // self.chunk_size)
+                pending.size = plan.size
+            self.hashes.update(plan.chunk_sha256)
+            started = self._take(plan.assignments, pending)
+        if request.poll:
+            self.poll_at = now if started else now + POLL_RETRY
+        self._poll(pending, now)
+        self._report(pending)
+        return self._settle(pending, now)
+
+    def unanswered(self, request: PlanTarget, root: str, reason: str, now: float) -> Decisions:
+        """`root` did not answer `request` (unreachable, timed out, refused, a bad reply)."""
+        pending = _Pending(bench=root)
+        self._request_ended(request)
+        # Its reports go again (first), to whichever root owns the layer now, with our holdings.
+        self.done_reports[:0] = list(request.done)
+        self.failed_reports[:0] = list(request.failed)
+        self.tell_have = self.size is not None
+        if request.poll:
+            self.poll_at = now + POLL_RETRY
+        elif self.complete:
+            self.flushes_left -= 1
+        self._poll(pending, now)
+        self._report(pending)
+        return self._settle(pending, now)
+
+    def received(self, chunk: int, source: str, sha256: str, now: float) -> Decisions:
+        """The bytes of chunk `chunk` arrived from `source`, hashing to `sha256`."""
+        pending = _Pending()
+        if not self._end_transfer(chunk, source):
+            return self._settle(pending, now)  # cancelled meanwhile: nothing was asked of it
+        if sha256 != self.hashes.get(chunk):
+            self.failed_reports.append((chunk, source, True))
+        elif chunk in self.held or chunk in self.storing:
+            self.done_reports.append((chunk, source))  # frees the source's slot at the root
+        else:
+            self.storing.add(chunk)
+            pending.store = Transfer(chunk=chunk, source=source)
+            for other in sorted(self.fetching.pop(chunk, set())):
+                pending.cancel.append(Transfer(chunk=chunk, source=other))
+        self._poll(pending, now)
+        self._report(pending)
+        return self._settle(pending, now)
+
+    def stored(self, chunk: int, source: str, now: float) -> Decisions:
+        """The chunk accepted from `source` is in this node's cache (servable to peers)."""
+        pending = _Pending()
+        self.storing.discard(chunk)
+        self.held.add(chunk)
+        self.done_reports.append((chunk, source))
+        if self.complete and self.polling:
+            self.polling = False
+            pending.drop_poll = True
+        self._poll(pending, now)
+        self._report(pending)
+        return self._settle(pending, now)
+
+    def failed(self, chunk: int, source: str, now: float) -> Decisions:
+        """The transfer of `chunk` from `source` failed (timeout, refused, not found)."""
+        pending = _Pending()
+        if self._end_transfer(chunk, source):
+            self.failed_reports.append((chunk, source, False))
+        self._poll(pending, now)
+        self._report(pending)
+        return self._settle(pending, now)
+
+    def tick(self, now: float) -> Decisions:
+        """Time passed (the standing request's retry came due)."""
+        pending = _Pending()
+        self._poll(pending, now)
+        return self._settle(pending, now)
+
+    # -- rules ------------------------------------------------------------------------------
+
+    def _end_transfer(self, chunk: int, source: str) -> bool:
+        sources = self.fetching.get(chunk)
+        if sources is None or source not in sources:
+            return False
+        sources.discard(source)
+        if not sources:
+            del self.fetching[chunk]
+        return True
+
+    def _request_ended(self, request: PlanTarget) -> None:
+        if request.poll:
+            self.polling = False
+        else:
+            self.reporting -= 1
+
+    def _take(self, assignments: Iterable[tuple[int, str]], pending: _Pending) -> int:
+        """Start the assigned transfers we can use; returns how many started."""
+        started = 0
+        for chunk, source in assignments:
+            if chunk in self.held or chunk in self.storing:
+                self.done_reports.append((chunk, source))  # nothing to fetch: free its slot
+                continue
+            sources = self.fetching.setdefault(chunk, set())
+            if source in sources:
+                continue
+            sources.add(source)
+            pending.start.append(Transfer(chunk=chunk, source=source))
+            started += 1
+        return started
+
+    def _want(self) -> int:
+        return 0 if self.complete else max(0, self.parallel - self.in_flight)
+
+    def _have(self) -> frozenset[int] | None:
+        return clip_ranges(self.held) if self.tell_have and self.size is not None else None
+
+    def _take_reports(self) -> tuple[Done, Failed]:
+        done = self.done_reports[:MAX_REPORTS]
+        del self.done_reports[: len(done)]
+        failed = self.failed_reports[: MAX_REPORTS - len(done)]
+        del self.failed_reports[: len(failed)]
+        return tuple(done), tuple(failed)
+
+    def _request(self, *, poll: bool) -> PlanTarget:
+        done, failed = self._take_reports()
+        return PlanTarget(
+            digest=self.digest,
+            upstream=self.upstream,
+            repo=self.repo,
+            want=self._want(),
+            have=self._have(),
+            done=done,
+            failed=failed,
+            poll=poll,
+        )
+
+    def _poll(self, pending: _Pending, now: float) -> None:
+        """Send the standing request when none is in flight, a slot is free and it is due."""
+        if self.polling or self.complete or self._want() == 0:
+            return
+        if self.poll_at is not None and now < self.poll_at:
+            return
+        self.polling = True
+        self.poll_at = None
+        pending.requests.append(self._request(poll=True))
+
+    def _report(self, pending: _Pending) -> None:
+        """Send what ended at once (the standing request, if it just went, carries it too)."""
+        if not (self.done_reports or self.failed_reports):
+            return
+        if self.complete and (self.reporting or self.flushes_left <= 0):
+            return  # the last reports go one request at a time, a few attempts
+        self.reporting += 1
+        pending.requests.append(self._request(poll=False))
+
+    def _settle(self, pending: _Pending, now: float) -> Decisions:
+        if pending.error is not None:
+            self.outcome = "error"
+        elif pending.fallback is not None:
+            self.outcome = "fallback"
+        elif self.complete and not self.polling and not self.reporting and not self.storing:
+            if self.done_reports or self.failed_reports:
+                self._report(pending)
+            if not pending.requests:
+                self.outcome = "finished"
+        # A retry due later needs a wake-up; one already due waits for a free slot, which
+        # only an event brings (a wake-up in the past would spin the driver).
+        wake_at = None
+        if self.outcome is None and not self.polling and (self.poll_at or 0.0) > now:
+            wake_at = self.poll_at
+        return Decisions(
+            requests=tuple(pending.requests) if self.outcome in (None, "finished") else (),
+            start=tuple(pending.start) if self.outcome is None else (),
+            cancel=tuple(pending.cancel),
+            store=pending.store,
+            size=pending.size,
+            drop_poll=pending.drop_poll,
+            bench=pending.bench,
+            fallback=pending.fallback,
+            error=pending.error,
+            finished=self.outcome == "finished",
+            wake_at=wake_at,
+        )

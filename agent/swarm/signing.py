@@ -1,0 +1,159 @@
+"""P2P request signing, without I/O: every request proves it comes from a cluster member.
+
+Theory of operation
+-------------------
+The P2P port (SPEC.md "Interfaces", ARCHITECTURE.md "The swarm") speaks HTTP/1.1; the messages
+themselves live in :mod:`agent.swarm.protocol`.  This module decides, without a socket or a
+clock (the time is an argument), whether a request may be answered at all:
+
+* Every request carries ``x-pollen-version``, ``x-pollen-time`` (unix seconds),
+  ``x-pollen-node`` (the sender's ``host:port``) and ``x-pollen-auth``, the hex HMAC-SHA256
+  under the cluster token of a length-prefixed encoding of version, time, node, method and
+  target (:func:`sign`; :func:`request_headers` builds all four).
+* :func:`verify` answers with the authenticated node id or raises :class:`P2PAuthError`; the
+  adapter then sends 401 and no data.  A signed request can be replayed within the allowed
+  clock skew; that is accepted, because every P2P request is an idempotent GET/HEAD and chunk
+  bytes are public within the cluster (each is checked against its sha256 anyway).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+from collections.abc import Iterable
+
+from agent.swarm.protocol import HEX64_RE, P2PError, P2PProtocolError, is_int, parse_node
+
+PROTOCOL_VERSION = 1
+MAX_SKEW = 300  # seconds a request's x-pollen-time may differ from ours
+
+HEADER_VERSION = b"x-pollen-version"
+HEADER_TIME = b"x-pollen-time"
+HEADER_NODE = b"x-pollen-node"
+HEADER_AUTH = b"x-pollen-auth"
+AUTH_HEADERS = (HEADER_VERSION, HEADER_TIME, HEADER_NODE, HEADER_AUTH)
+
+_DOMAIN = b"pollen-p2p-auth\n"  # so these MACs can never be confused with another use of the key
+
+
+class P2PAuthError(P2PError):
+    """The request is not from a cluster member: 401 and no data.  ``reason`` says why, for
+    the log only (the peer gets no detail beyond the status)."""
+
+    default_status = 401
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _canonical(version: int, time: int, node: str, method: str, target: str) -> bytes:
+    """Each field as ``<byte length>:<bytes>\\n``: no field can bleed into the next, whatever
+    it contains, so two different requests never share a MAC input."""
+    out = bytearray(_DOMAIN)
+    for text in (str(version), str(time), node, method, target):
+        data = text.encode("utf-8", "surrogatepass")
+        out += b"%d:%s\n" % (len(data), data)
+    return bytes(out)
+
+
+def sign(token: bytes, *, version: int, time: int, node: str, method: str, target: str) -> str:
+    """Hex HMAC-SHA256 of a request under the cluster token."""
+    if not token:
+        raise ValueError("empty cluster token: refusing to sign P2P requests")
+    if not is_int(version) or not is_int(time):
+        raise TypeError("version and time must be integers")
+    message = _canonical(version, time, node, method, target)
+    return hmac.new(token, message, hashlib.sha256).hexdigest()
+
+
+def request_headers(
+    token: bytes, node: str, method: str, target: str, now: float
+) -> list[tuple[bytes, bytes]]:
+    """The four x-pollen-* headers for a request from ``node`` at unix time ``now``."""
+    node = parse_node(node)
+    seconds = math.floor(now)
+    if seconds < 0:
+        raise ValueError(f"time before the epoch: {now!r}")
+    auth = sign(
+        token, version=PROTOCOL_VERSION, time=seconds, node=node, method=method, target=target
+    )
+    return [
+        (HEADER_VERSION, str(PROTOCOL_VERSION).encode()),
+        (HEADER_TIME, str(seconds).encode()),
+        (HEADER_NODE, node.encode()),
+        (HEADER_AUTH, auth.encode()),
+    ]
+
+
+def verify(
+    token: bytes,
+    method: str,
+    target: str,
+    headers: Iterable[tuple[bytes, bytes]],
+    now: float,
+    *,
+    max_skew: float = MAX_SKEW,
+) -> str:
+    """Check a request's x-pollen-* headers; return the sender's (canonical) node id.
+
+    Raises P2PAuthError for a missing or repeated header, an unsupported version, a time more
+    than ``max_skew`` seconds off ``now``, a malformed node id or a wrong signature.  A node
+    without a token refuses everything.
+    """
+    if not token:
+        raise P2PAuthError("no cluster token configured on this node")
+    found: dict[bytes, str] = {}
+    for name, value in headers:
+        key = bytes(name).lower()
+        if key not in AUTH_HEADERS:
+            continue
+        if key in found:
+            raise P2PAuthError(f"repeated {key.decode()} header")
+        try:
+            found[key] = bytes(value).decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise P2PAuthError(f"non-ASCII {key.decode()} header") from None
+    missing = [h.decode() for h in AUTH_HEADERS if h not in found]
+    if missing:
+        raise P2PAuthError("missing " + ", ".join(missing))
+
+    version_text = found[HEADER_VERSION]
+    if not re.fullmatch(r"[0-9]{1,6}", version_text):
+        raise P2PAuthError(f"malformed x-pollen-version {version_text[:20]!r}")
+    if int(version_text) != PROTOCOL_VERSION:
+        raise P2PAuthError(
+            f"unsupported protocol version {int(version_text)} (this node speaks "
+            f"{PROTOCOL_VERSION})"
+        )
+    time_text = found[HEADER_TIME]
+    if not re.fullmatch(r"[0-9]{1,12}", time_text):
+        raise P2PAuthError(f"malformed x-pollen-time {time_text[:20]!r}")
+    sent = int(time_text)
+    if sent < now - max_skew:
+        raise P2PAuthError(f"stale request: sent {now - sent:.0f} s ago (limit {max_skew:g} s)")
+    if sent > now + max_skew:
+        raise P2PAuthError(
+            f"request from the future: {sent - now:.0f} s ahead (limit {max_skew:g} s)"
+        )
+    node_text = found[HEADER_NODE]
+    try:
+        node = parse_node(node_text)
+    except P2PProtocolError as e:
+        raise P2PAuthError(f"bad x-pollen-node: {e.message}") from None
+    auth_text = found[HEADER_AUTH]
+    if not HEX64_RE.fullmatch(auth_text):
+        raise P2PAuthError("malformed x-pollen-auth (64 lower-case hex digits expected)")
+    want = sign(
+        token,
+        version=PROTOCOL_VERSION,
+        time=sent,
+        node=node_text,
+        method=method,
+        target=target,
+    )
+    if not hmac.compare_digest(want.encode(), auth_text.encode()):
+        raise P2PAuthError("bad signature (wrong cluster token, or the request was altered)")
+    return node

@@ -1,0 +1,301 @@
+"""`LayerFetcher` against an in-process registry over loopback, with a real cache on disk.
+
+These are the data path's promises that the proxy and the swarm build on: one upstream GET
+however many readers, a layer bigger than the cache still delivered in bounded memory, a
+broken body resumed from the byte reached, wrong bytes never completing a response nor staying
+cached, and a damaged cache file costing the reader nothing but a fresh download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from agent.fetch.download import LayerCorrupt
+from agent.fetch.readers import BlobSource, ResumingBlob
+from agent.registry.routes import parse_digest
+from tests.fakes import DataPath, FakeBlob, FakeRegistry, node_config
+
+REPO = "library/app"
+CHUNK = 16 * 1024
+TIMEOUT = 20  # seconds; each test takes well under one
+
+MakeNode = Callable[..., Awaitable[DataPath]]
+
+
+@pytest.fixture
+async def registry(nursery: trio.Nursery) -> FakeRegistry:
+    fake = FakeRegistry()
+    await nursery.start(fake.run)
+    return fake
+
+
+@pytest.fixture
+async def make_node(
+    nursery: trio.Nursery, registry: FakeRegistry, tmp_path: Path
+) -> AsyncIterator[MakeNode]:
+    """A node's data path with its fetcher running; `env` overrides settings (CACHE_CAPACITY)."""
+    nodes: list[DataPath] = []
+
+    async def make(cache_dir: str = "cache", **env: str | int) -> DataPath:
+        config = node_config(tmp_path / cache_dir, registry, CACHE_CHUNK_SIZE=CHUNK, **env)
+        node = DataPath.build(config)
+        nodes.append(node)
+        await nursery.start(node.fetcher.run)
+        return node
+
+    yield make
+    for node in nodes:
+        await node.aclose()
+
+
+async def open_layer(node: DataPath, registry: FakeRegistry, blob: FakeBlob) -> BlobSource:
+    return await node.fetcher.open(
+        upstream=registry.upstream, repo=REPO, digest=parse_digest(blob.digest), headers=[]
+    )
+
+
+async def read_source(source: BlobSource, start: int = 0, end: int | None = None) -> bytes:
+    """Everything a client would receive, in order; the source is closed afterwards."""
+    parts: list[bytes] = []
+    try:
+        async with aclosing(source.read(start, source.size if end is None else end)) as pieces:
+            async for piece in pieces:
+                parts.append(bytes(piece))
+    finally:
+        source.close()
+    return b"".join(parts)
+
+
+async def read_layer(node: DataPath, registry: FakeRegistry, blob: FakeBlob) -> bytes:
+    return await read_source(await open_layer(node, registry, blob))
+
+
+def layer(size: int) -> bytes:
+    return os.urandom(size)
+
+
+def cached_files(root: Path) -> list[Path]:
+    """Layer data files anywhere under a cache directory, trash included."""
+    return sorted(root.rglob("data"))
+
+
+async def test_concurrent_readers_share_one_upstream_get(
+    registry: FakeRegistry, make_node: MakeNode
+) -> None:
+    """Eight readers of one layer while its download is in flight: one GET, eight full copies."""
+    with trio.fail_after(TIMEOUT):
+        node = await make_node()
+        blob = registry.add(layer(5 * CHUNK + 123), hold=trio.Event())
+        results: list[bytes] = []
+
+        async def reader() -> None:
+            results.append(await read_layer(node, registry, blob))
+
+        async with trio.open_nursery() as readers:
+            for _ in range(8):
+                readers.start_soon(reader)
+            await blob.requested.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(node.fetcher.in_flight()) == 1, "every reader joined the one download"
+            assert blob.hold is not None
+            blob.hold.set()
+        assert results == [blob.data] * 8
+        assert blob.gets == [None]
+        assert node.cache.get(blob.digest) is not None, "the shared download was cached"
+        assert node.fetcher.in_flight() == []
+
+
+async def test_layer_bigger_than_the_cache_streams_to_every_reader_in_bounded_memory(
+    registry: FakeRegistry, make_node: MakeNode
+) -> None:
+    """A 4 MiB layer through a 64 KiB cache: each joined reader gets every byte and nothing
+    is written to the cache. The stream goes at the pace of its slowest reader: while one
+    reader stalls, the download stops reading the origin a few chunks later, and the process
+    never holds more than a few chunks (not the layer)."""
+    with trio.fail_after(TIMEOUT):
+        node = await make_node(CACHE_CAPACITY=4 * CHUNK)
+        size = 256 * CHUNK
+        blob = registry.add(layer(size), hold=trio.Event())
+        digests: list[str] = []
+        stalled = trio.Event()
+        go_on = trio.Event()
+
+        async def reader(slow: bool) -> None:
+            # Hash as the bytes come, as a client writing to disk would: hold none of them.
+            source = await open_layer(node, registry, blob)
+            hasher = hashlib.sha256()
+            try:
+                async with aclosing(source.read(0, source.size)) as pieces:
+                    async for piece in pieces:
+                        hasher.update(piece)
+                        if slow and not stalled.is_set():
+                            stalled.set()
+                            await go_on.wait()
+            finally:
+                source.close()
+            digests.append("sha256:" + hasher.hexdigest())
+
+        tracemalloc.start()
+        try:
+            async with trio.open_nursery() as readers:
+                for slow in (False, True, False, False):
+                    readers.start_soon(reader, slow)
+                await blob.requested.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                baseline = tracemalloc.get_traced_memory()[0]
+                tracemalloc.reset_peak()
+                assert blob.hold is not None
+                blob.hold.set()
+                await stalled.wait()
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                downloads = node.fetcher.in_flight()
+                assert len(downloads) == 1, "the stream ended while a reader was stalled"
+                assert downloads[0].mode == "stream"
+                received_while_stalled = downloads[0].received
+                go_on.set()
+            peak = tracemalloc.get_traced_memory()[1] - baseline
+        finally:
+            tracemalloc.stop()
+        assert digests == [blob.digest] * 4
+        assert blob.gets == [None], "the readers that joined before the body shared one GET"
+        assert received_while_stalled <= 8 * CHUNK, "the stream ran ahead of a stalled reader"
+        assert peak < size // 4, f"streaming held {peak} bytes of a {size}-byte layer"
+        assert node.cache.used == 0 and node.cache.get(blob.digest) is None
+        assert cached_files(Path(node.config.cache_path)) == []
+
+
+async def test_a_reader_arriving_after_a_stream_started_gets_a_download_of_its_own(
+    registry: FakeRegistry, make_node: MakeNode
+) -> None:
+    """A streamed layer's bytes are not kept, so a reader that comes once the body is under way
+    cannot join it: it is served by a second GET, and both readers get the whole layer."""
+    with trio.fail_after(TIMEOUT):
+        node = await make_node(CACHE_CAPACITY=2 * CHUNK)
+        blob = registry.add(layer(16 * CHUNK))
+        first_piece = trio.Event()
+        go_on = trio.Event()
+        early: list[bytes] = []
+
+        async def early_reader() -> None:
+            source = await open_layer(node, registry, blob)
+            parts: list[bytes] = []
+            try:
+                async with aclosing(source.read(0, source.size)) as pieces:
+                    async for piece in pieces:
+                        parts.append(bytes(piece))
+                        if not first_piece.is_set():
+                            first_piece.set()
+                            await go_on.wait()  # the stream waits on us meanwhile
+            finally:
+                source.close()
+            early.append(b"".join(parts))
+
+        async with trio.open_nursery() as readers:
+            readers.start_soon(early_reader)
+            await first_piece.wait()
+            late = await read_layer(node, registry, blob)
+            go_on.set()
+        assert late == blob.data
+        assert early == [blob.data]
+        assert blob.gets == [None, None]
+
+
+@pytest.mark.parametrize("honour_range", [True, False], ids=["206", "200-skip"])
+async def test_body_broken_midway_resumes_from_the_byte_reached(
+    registry: FakeRegistry, make_node: MakeNode, honour_range: bool
+) -> None:
+    """The origin closes the connection 40000 bytes in (mid-chunk): the download asks for
+    ``bytes=40000-`` and the reader gets the right bytes, whether the origin answers the
+    range with 206 or with the whole body again (200, the first bytes skipped)."""
+    with trio.fail_after(TIMEOUT):
+        node = await make_node()
+        blob = registry.add(layer(6 * CHUNK + 5), break_at=40_000, honour_range=honour_range)
+        assert await read_layer(node, registry, blob) == blob.data
+        assert blob.gets == [None, "bytes=40000-"]
+        entry = node.cache.get(blob.digest)
+        assert entry is not None and entry.verified, "the resumed layer was cached"
+        assert await read_layer(node, registry, blob) == blob.data
+        assert len(blob.gets) == 2
+
+
+@pytest.mark.parametrize("where", ["first-chunk", "last-chunk"])
+async def test_wrong_bytes_fail_the_reader_before_the_last_byte_and_are_not_cached(
+    registry: FakeRegistry, make_node: MakeNode, where: str
+) -> None:
+    """The origin's bytes do not hash to the digest: the reader's iteration raises before the
+    last byte is delivered (a client never completes a wrong layer), and no file stays in
+    the cache, so the next reader asks the origin again."""
+    with trio.fail_after(TIMEOUT):
+        node = await make_node()
+        size = 4 * CHUNK + 77
+        blob = registry.add(layer(size), corrupt_at=5 if where == "first-chunk" else size - 1)
+        for attempt in (1, 2):
+            source = await open_layer(node, registry, blob)
+            received = bytearray()
+            with pytest.raises(LayerCorrupt):
+                try:
+                    async with aclosing(source.read(0, source.size)) as pieces:
+                        async for piece in pieces:
+                            received += piece
+                finally:
+                    source.close()
+            assert len(received) < size, "the layer's last bytes were never sent"
+            assert blob.gets == [None] * attempt, "nothing cached: every reader refetches"
+            assert node.cache.get(blob.digest) is None and node.cache.used == 0
+            assert cached_files(Path(node.config.cache_path)) == []
+
+
+async def test_warm_read_makes_no_get_even_after_a_restart(
+    registry: FakeRegistry, make_node: MakeNode
+) -> None:
+    """A cached layer is served from disk: no GET from this fetcher, nor from a new one built
+    over the same directory (a restarted agent)."""
+    with trio.fail_after(TIMEOUT):
+        node = await make_node()
+        blob = registry.add(layer(3 * CHUNK + 1))
+        assert await read_layer(node, registry, blob) == blob.data
+        assert await read_layer(node, registry, blob) == blob.data
+        restarted = await make_node()
+        assert await read_layer(restarted, registry, blob) == blob.data
+        start, end = CHUNK - 10, 2 * CHUNK + 10
+        ranged = await read_source(await open_layer(restarted, registry, blob), start, end)
+        assert ranged == blob.data[start:end]
+        assert blob.gets == [None]
+
+
+async def test_corrupt_chunk_on_disk_resumes_from_a_fresh_download(
+    registry: FakeRegistry, make_node: MakeNode
+) -> None:
+    """A byte flipped in the cached file's second chunk: the reader gets chunk 0 from the
+    cache, then carries on from a fresh download at the byte it reached; the layer is
+    cached again, whole and verified."""
+    with trio.fail_after(TIMEOUT):
+        node = await make_node()
+        blob = registry.add(layer(4 * CHUNK + 9))
+        assert await read_layer(node, registry, blob) == blob.data
+        entry = node.cache.get(blob.digest)
+        assert entry is not None
+        with open(entry.data_path, "r+b") as f:
+            f.seek(CHUNK + 100)
+            byte = f.read(1)
+            f.seek(CHUNK + 100)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        source = await open_layer(node, registry, blob)
+        assert isinstance(source, ResumingBlob)
+        assert await read_source(source) == blob.data
+        assert source.resumes == 1
+        assert node.cache.corrupt_chunks == 1
+        assert blob.gets == [None, None]
+        again = node.cache.get(blob.digest)
+        assert again is not None and again is not entry and again.verified
+        assert await read_layer(node, registry, blob) == blob.data
+        assert len(blob.gets) == 2

@@ -1,0 +1,245 @@
+"""Tests for agent/swarm/ledger.py: the schedule's facts and the indexes kept over them.
+
+The decisions are tested through `LayerSchedule` (test_schedule.py); here each change of fact
+is checked by hand, and a hypothesis state machine makes arbitrary allowed changes and checks
+that every index still says what the facts say.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from agent.swarm.ledger import ROOT, Batch, Ledger, Peer
+
+ROOT_NAME = "root"
+
+
+def ledger(chunks: int = 4, slots: int = 1) -> Ledger:
+    return Ledger(chunk_count=chunks, root=ROOT_NAME, upload_slots=slots)
+
+
+def consistent(led: Ledger) -> None:
+    """Every index agrees with the facts it is built from: holdings and transfers in flight."""
+    assert all(led.ids[name] == ident for ident, name in led.names.items())
+    live = led.peers
+    for c in range(led.chunk_count):
+        expected = {i for i, p in live.items() if p.held[c] and not p.banned}
+        assert led.holders[c] == expected, c
+    for ident, p in live.items():
+        assert p.banned == (ident in led.banned)
+        assert p.have == sum(p.held)
+        assert p.first == next((c for c in range(led.chunk_count) if not p.held[c]), len(p.held))
+        out = {key for key in led.flights if key[2] == ident}
+        assert p.outgoing == out and p.uploads == len(out)
+        incoming: dict[int, list[int]] = {}
+        for node, chunk, src in led.flights:
+            if node == ident:
+                incoming.setdefault(chunk, []).append(src)
+        assert p.incoming == incoming
+        assert p.from_root == sum(
+            1 for node, _, src in led.flights if node == ident and src == ROOT
+        )
+    assert led.free == {i for i, p in live.items() if not p.banned and p.uploads < led.upload_slots}
+    root_chunks = [chunk for _, chunk, src in led.flights if src == ROOT]
+    assert led.root_uploads == len(root_chunks)
+    assert [c for c in range(led.chunk_count) if led.root_sending[c]] == sorted(root_chunks)
+    assert led.avoiders == sum(1 for p in live.values() if p.avoid)
+    for (node, chunk, src), a in led.flights.items():
+        assert node in live and (src == ROOT or src in live)
+        assert (a.node, a.chunk, a.source) == (led.names[node], chunk, led.names[src])
+
+
+# --------------------------------------------------------------------------------------------
+# Each change, by hand
+
+
+def test_a_node_joins_with_nothing_and_a_free_slot() -> None:
+    led = ledger()
+    a = led.peer("a")
+    assert led.peer("a") is a and a.ident != ROOT
+    assert a.have == 0 and a.first == 0 and led.free == {a.ident}
+    consistent(led)
+
+
+@pytest.mark.parametrize("name", [ROOT_NAME, ""])
+def test_the_root_and_nameless_nodes_are_not_peers(name: str) -> None:
+    with pytest.raises(ValueError):
+        ledger().peer(name)
+
+
+def test_a_holding_lists_the_holder_and_moves_its_first_missing() -> None:
+    led, batch = ledger(), Batch()
+    a = led.peer("a")
+    led.add_holding(a, 1, batch)
+    assert a.first == 0 and led.holders[1] == {a.ident}
+    led.add_holding(a, 0, batch)
+    assert a.first == 2
+    assert batch.freed == {a.ident} and batch.dirty == {a.ident}
+    consistent(led)
+
+
+def test_an_assignment_takes_the_last_slot_and_its_release_frees_it() -> None:
+    led, batch = ledger(slots=1), Batch()
+    a, b = led.peer("a"), led.peer("b")
+    led.add_holding(a, 0, batch)
+    led.assign(b, 0, a.ident, 1.5, batch)
+    (got,) = batch.assigned
+    assert (got.node, got.chunk, got.source, got.issued) == ("b", 0, "a", 1.5)
+    assert a.ident not in led.free and b.demand == -1  # the schedule checks demand first
+    consistent(led)
+    batch = Batch()
+    assert led.release((b.ident, 0, a.ident), batch) == got
+    assert led.free == {a.ident, b.ident} and batch.freed == {a.ident}
+    consistent(led)
+
+
+def test_the_root_sends_one_copy_of_a_chunk() -> None:
+    led, batch = ledger(), Batch()
+    a = led.peer("a")
+    led.assign(a, 2, ROOT, 0.0, batch)
+    assert led.root_uploads == 1 and led.root_sending[2] and a.from_root == 1
+    consistent(led)
+    led.release((a.ident, 2, ROOT), batch)
+    assert led.root_uploads == 0 and not led.root_sending[2] and a.root_copies == 1
+    consistent(led)
+
+
+def test_told_holdings_replace_known_ones() -> None:
+    led, batch = ledger(), Batch()
+    a = led.peer("a")
+    for c in (0, 1, 2):
+        led.add_holding(a, c, batch)
+    batch = Batch()
+    led.replace_holdings(a, [0, 3], batch)  # 1 and 2 were evicted from its cache
+    assert a.first == 1 and a.have == 2 and led.holders[1] == set() and ROOT in batch.freed
+    consistent(led)
+    with pytest.raises(ValueError):
+        led.replace_holdings(a, [4], Batch())
+
+
+def test_a_ban_cancels_uploads_and_outlives_leaving() -> None:
+    led, batch = ledger(slots=2), Batch()
+    liar, b, c = led.peer("liar"), led.peer("b"), led.peer("c")
+    led.add_holding(liar, 0, batch)
+    led.assign(b, 0, liar.ident, 0.0, batch)
+    led.assign(c, 0, liar.ident, 0.0, batch)
+    batch = Batch()
+    led.ban(liar, batch)
+    assert sorted(a.node for a in batch.cancelled) == ["b", "c"]
+    assert led.holders[0] == set() and liar.ident not in led.free | batch.freed
+    consistent(led)
+    led.remove(liar, Batch())
+    again = led.peer("liar")
+    assert again.banned and again.ident not in led.free
+    consistent(led)
+
+
+def test_leaving_cancels_both_ways_and_nobody_avoids_the_gone() -> None:
+    led, batch = ledger(), Batch()
+    a, b, c = led.peer("a"), led.peer("b"), led.peer("c")
+    led.add_holding(a, 0, batch)
+    led.add_holding(b, 1, batch)
+    led.assign(b, 0, a.ident, 0.0, batch)  # a uploads to b
+    led.assign(a, 1, b.ident, 0.0, batch)  # b uploads to a
+    led.avoid(c, a.ident)
+    led.avoid(a, c.ident)
+    assert led.avoiders == 2
+    batch = Batch()
+    led.remove(a, batch)
+    assert len(batch.cancelled) == 2 and a.ident not in led.peers
+    assert not c.avoid and led.avoiders == 0 and a.ident not in batch.dirty | batch.freed
+    consistent(led)
+
+
+# --------------------------------------------------------------------------------------------
+# Arbitrary allowed changes: the indexes always agree with the facts
+
+
+NODES = ("n0", "n1", "n2", "n3")
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """Makes the changes the schedule may make (a source holds the chunk and has a free slot,
+    the root sends one copy of a chunk at a time) and checks every index after each."""
+
+    @initialize(chunks=st.integers(1, 5), slots=st.integers(1, 3))
+    def setup(self, chunks: int, slots: int) -> None:
+        self.led = ledger(chunks, slots)
+        self.now = 0.0
+
+    def live(self, node: str) -> Peer | None:
+        ident = self.led.ids.get(node)
+        return self.led.peers.get(ident) if ident is not None else None
+
+    @rule(node=st.sampled_from(NODES), chunk=st.integers(0, 4))
+    def hold(self, node: str, chunk: int) -> None:
+        p = self.led.peer(node)
+        if chunk < self.led.chunk_count and not p.held[chunk]:
+            self.led.add_holding(p, chunk, Batch())
+
+    @rule(node=st.sampled_from(NODES), have=st.sets(st.integers(0, 4)))
+    def tell(self, node: str, have: set[int]) -> None:
+        chunks = sorted(c for c in have if c < self.led.chunk_count)
+        self.led.replace_holdings(self.led.peer(node), chunks, Batch())
+
+    @rule(
+        node=st.sampled_from(NODES),
+        source=st.sampled_from((ROOT_NAME, *NODES)),
+        pick=st.integers(0, 4),
+    )
+    def assign(self, node: str, source: str, pick: int) -> None:
+        led, p = self.led, self.led.peer(node)
+        chunk = pick % led.chunk_count
+        if source == ROOT_NAME:
+            if led.root_sending[chunk]:
+                return
+            src = ROOT
+        else:
+            s = self.live(source)
+            if s is None or s is p or s.ident not in led.free or not s.held[chunk]:
+                return
+            src = s.ident
+        if (p.ident, chunk, src) not in led.flights:
+            self.now += 0.25
+            led.assign(p, chunk, src, self.now, Batch())
+
+    @rule(pick=st.integers(0, 50))
+    def release(self, pick: int) -> None:
+        keys = list(self.led.flights)
+        if keys:
+            self.led.release(keys[pick % len(keys)], Batch())
+
+    @rule(node=st.sampled_from(NODES), source=st.sampled_from(NODES))
+    def avoid(self, node: str, source: str) -> None:
+        p, s = self.live(node), self.live(source)
+        if p is not None and s is not None and p is not s:
+            self.led.avoid(p, s.ident)
+
+    @rule(node=st.sampled_from(NODES))
+    def ban(self, node: str) -> None:
+        p = self.live(node)
+        if p is not None:
+            self.led.ban(p, Batch())
+
+    @rule(node=st.sampled_from(NODES))
+    def remove(self, node: str) -> None:
+        p = self.live(node)
+        if p is not None:
+            self.led.remove(p, Batch())
+
+    @invariant()
+    def indexes_agree(self) -> None:
+        if hasattr(self, "led"):
+            consistent(self.led)
+
+
+TestLedgerMachine = LedgerMachine.TestCase
+TestLedgerMachine.settings = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)

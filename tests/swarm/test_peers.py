@@ -1,0 +1,330 @@
+"""Nodes of a swarm in one process, on loopback: a root and agents, wired as the daemon does.
+
+The root runs a `Tracker` and a `P2PService` on an `HttpServer`, with its own fetcher and
+cache pointed at an in-process registry; an agent runs a `P2PClient` and a fetcher with a
+`SwarmContext`. These tests hold the P2P port to its promises: a layer reaches agents through
+the root with one trip to the origin, an unsigned or wrongly signed request gets 401 and no
+data, a chunk the node does not hold is 404, and a plan request reaches the tracker and comes
+back with the chunk table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+from agent.core.config import Config
+from agent.http.client import HttpClient
+from agent.http.server import HttpServer, ServerSettings, listener_port, open_listeners
+from agent.registry.routes import parse_digest
+from agent.swarm.client import P2PClient, PeerError
+from agent.swarm.download import SwarmContext
+from agent.swarm.protocol import ChunkTarget, PlanTarget
+from agent.swarm.roots import RootSet
+from agent.swarm.server import P2PService
+from agent.swarm.signing import request_headers
+from agent.swarm.tracker import Tracker
+from tests.fakes import (
+    DataPath,
+    FakeBlob,
+    FakeRegistry,
+    node_config,
+    plain_http_client,
+    serve,
+)
+
+REPO = "library/app"
+CHUNK = 16 * 1024
+TOKEN = "cluster-secret"
+TIMEOUT = 20  # seconds; each test takes a fraction of that
+
+
+@dataclass(eq=False, kw_only=True)
+class Peer:
+    """One node: its data path, its P2P port's application, and (on a root) its tracker."""
+
+    node: str  # nodeIP:p2pPort, as peers and roots name it
+    data: DataPath
+    service: P2PService
+    tracker: Tracker | None = None
+    swarm: SwarmContext | None = None
+
+
+class Swarm:
+    """Starts roots and agents in the test's nursery, each on its own loopback P2P port."""
+
+    def __init__(self, nursery: trio.Nursery, registry: FakeRegistry, tmp_path: Path) -> None:
+        self._nursery = nursery
+        self._registry = registry
+        self._tmp_path = tmp_path
+        self._serial = 0
+        self._clients: list[HttpClient] = []  # closed at teardown: pooled connections
+
+    async def _listen(self) -> tuple[list[trio.abc.Listener[trio.abc.Stream]], str]:
+        listeners = await open_listeners("127.0.0.1", 0, None)
+        return listeners, f"127.0.0.1:{listener_port(listeners)}"
+
+    def _config(self, node: str, **env: str | int) -> Config:
+        self._serial += 1
+        return node_config(
+            self._tmp_path / f"node{self._serial}",
+            self._registry,
+            CACHE_CHUNK_SIZE=CHUNK,
+            CLUSTER_TOKEN=TOKEN,
+            P2P_PORT=node.rpartition(":")[2],
+            **env,
+        )
+
+    async def _serve(self, peer: Peer, listeners: list[trio.abc.Listener[trio.abc.Stream]]) -> None:
+        server = HttpServer(peer.service.handle, ServerSettings(), name=f"p2p {peer.node}")
+        self._clients.append(peer.data.http)
+        await self._nursery.start(serve, server, listeners)
+
+    async def aclose(self) -> None:
+        """Close the nodes' pooled connections (the nursery's cancellation stops the rest)."""
+        for http in self._clients:
+            await http.aclose()
+
+    async def root(self) -> Peer:
+        listeners, node = await self._listen()
+        config = self._config(node, MODE="root")
+        data = DataPath.build(config, root=True)
+        tracker = Tracker(node=node, config=config, fetcher=data.fetcher, cache=data.cache)
+        service = P2PService(token=TOKEN.encode(), cache=data.cache, plan_handler=tracker.plan)
+        peer = Peer(node=node, data=data, service=service, tracker=tracker)
+        await self._nursery.start(data.fetcher.run)
+        await self._nursery.start(tracker.run)
+        await self._serve(peer, listeners)
+        return peer
+
+    async def agent(self, *roots: Peer) -> Peer:
+        listeners, node = await self._listen()
+        config = self._config(node, ROOTS=",".join(r.node for r in roots))
+        root_set = RootSet(config.roots, p2p_port=config.p2p_port)
+        p2p_http = plain_http_client(config.upstream_timeout)
+        self._clients.append(p2p_http)
+        client = P2PClient(p2p_http, token=TOKEN.encode(), node=node, tls=False)
+        swarm = SwarmContext(node=node, roots=root_set, client=client)
+        data = DataPath.build(config, swarm=swarm)
+        service = P2PService(token=TOKEN.encode(), cache=data.cache, plan_handler=None)
+        peer = Peer(node=node, data=data, service=service, swarm=swarm)
+        await self._nursery.start(root_set.run)
+        await self._nursery.start(data.fetcher.run)
+        await self._serve(peer, listeners)
+        return peer
+
+
+@pytest.fixture
+async def registry(nursery: trio.Nursery) -> FakeRegistry:
+    fake = FakeRegistry()
+    await nursery.start(fake.run)
+    return fake
+
+
+@pytest.fixture
+async def swarm(
+    nursery: trio.Nursery, registry: FakeRegistry, tmp_path: Path
+) -> AsyncIterator[Swarm]:
+    nodes = Swarm(nursery, registry, tmp_path)
+    yield nodes
+    await nodes.aclose()
+
+
+@pytest.fixture
+async def p2p_http() -> AsyncIterator[HttpClient]:
+    """A bare HTTP client, for requests the P2P client would never send."""
+    http = plain_http_client(5.0)
+    yield http
+    await http.aclose()
+
+
+async def pull(peer: Peer, registry: FakeRegistry, blob: FakeBlob) -> bytes:
+    """What a client of `peer`'s proxy port would receive for the layer."""
+    source = await peer.data.fetcher.open(
+        upstream=registry.upstream, repo=REPO, digest=parse_digest(blob.digest), headers=[]
+    )
+    parts: list[bytes] = []
+    try:
+        async with aclosing(source.read(0, source.size)) as pieces:
+            async for piece in pieces:
+                parts.append(bytes(piece))
+    finally:
+        source.close()
+    return b"".join(parts)
+
+
+def plan_request(registry: FakeRegistry, blob: FakeBlob, **fields: object) -> PlanTarget:
+    return PlanTarget(
+        digest=blob.digest,
+        upstream=registry.upstream.key,
+        repo=REPO,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def chunk_of(blob: FakeBlob, index: int) -> bytes:
+    return blob.data[index * CHUNK : (index + 1) * CHUNK]
+
+
+async def test_agent_gets_the_layer_through_the_root_with_one_origin_get(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """The agent's pull goes to the layer's owning root; the root alone asks the origin, and
+    every byte the agent caches came over the P2P port, checked against the root's table."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        agent = await swarm.agent(root)
+        blob = registry.add(os.urandom(10 * CHUNK + 321))
+        assert await pull(agent, registry, blob) == blob.data
+        assert blob.gets == [None], "the root's GET is the cluster's only one"
+        assert agent.swarm is not None
+        assert agent.swarm.fallbacks == 0
+        assert agent.swarm.peer_bytes == blob.size
+        assert root.service.chunks_served == 11
+        entry = agent.data.cache.get(blob.digest)
+        assert entry is not None and entry.verified
+        root_entry = root.data.cache.get(blob.digest)
+        assert (
+            root_entry is not None
+            and root_entry.sha256[3] == hashlib.sha256(chunk_of(blob, 3)).hexdigest()
+        )
+        # Warm on the agent now: served from its own cache, nobody asked.
+        assert await pull(agent, registry, blob) == blob.data
+        assert root.service.chunks_served == 11 and blob.gets == [None]
+
+
+async def test_two_agents_share_a_layer_with_one_origin_get(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """Two agents pulling one layer at once through one root: both get it whole, the origin
+    sees one GET, and each agent stored every byte once, from the root or the other agent."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        agents = [await swarm.agent(root), await swarm.agent(root)]
+        blob = registry.add(os.urandom(24 * CHUNK + 5))
+        results: dict[str, bytes] = {}
+
+        async def pull_into(agent: Peer) -> None:
+            results[agent.node] = await pull(agent, registry, blob)
+
+        async with trio.open_nursery() as pulls:
+            for agent in agents:
+                pulls.start_soon(pull_into, agent)
+        assert results == {a.node: blob.data for a in agents}
+        assert blob.gets == [None]
+        served = root.service.chunks_served + sum(a.service.chunks_served for a in agents)
+        assert served >= 2 * 25, "each agent received all 25 chunks from the root or a peer"
+        for agent in agents:
+            assert agent.swarm is not None
+            assert (agent.swarm.fallbacks, agent.swarm.peer_bytes) == (0, blob.size)
+
+
+@pytest.mark.parametrize("token", [b"not-the-cluster-token", None], ids=["wrong", "unsigned"])
+async def test_request_without_the_cluster_token_gets_401_and_no_data(
+    swarm: Swarm, registry: FakeRegistry, p2p_http: HttpClient, token: bytes | None
+) -> None:
+    """A chunk the root holds, asked for with a bad signature (or none): 401, a body without
+    the chunk's bytes; a plan asked for that way never reaches the tracker (no GET)."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        agent = await swarm.agent(root)
+        held = registry.add(os.urandom(3 * CHUNK))
+        assert await pull(agent, registry, held) == held.data
+        served = root.service.chunks_served
+        fresh = registry.add(os.urandom(2 * CHUNK))
+        assert root.tracker is not None
+        plans = root.tracker.plans_answered
+        for target in (
+            ChunkTarget(digest=held.digest, index=1).target(),
+            plan_request(registry, fresh, want=2).target(),
+        ):
+            headers = (
+                request_headers(token, agent.node, "GET", target, time.time()) if token else []
+            )
+            url = f"http://{root.node}{target}"
+            async with p2p_http.request("GET", url, headers) as response:
+                body = await response.read_all(1 << 20)
+            assert response.status == 401, target
+            assert chunk_of(held, 1)[:64] not in body and len(body) < 200
+        assert root.service.refused == 2
+        assert root.service.chunks_served == served
+        assert root.tracker.plans_answered == plans
+        assert fresh.gets == []
+        # The real client, with the wrong token, sees the refusal as a 401 and fills nothing.
+        wrong = P2PClient(p2p_http, token=b"wrong", node=agent.node, tls=False)
+        buffer = bytearray(CHUNK)
+        with pytest.raises(PeerError) as refused:
+            await wrong.fetch_chunk(root.node, held.digest, 1, CHUNK, into=memoryview(buffer))
+        assert refused.value.status == 401
+        assert buffer == bytearray(CHUNK)
+
+
+async def test_chunk_the_node_does_not_hold_gets_404(swarm: Swarm, registry: FakeRegistry) -> None:
+    """Midway through the root's own download: a chunk it has stored is served, one still to
+    come is 404 (the asker goes elsewhere), as are a layer it never saw, a chunk past the
+    layer's end, and any plan asked of a node that is not a root."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        agent = await swarm.agent(root)
+        assert agent.swarm is not None
+        client = agent.swarm.client
+        blob = registry.add(os.urandom(8 * CHUNK), pause_at=2 * CHUNK + 100)
+        stranger = registry.add(os.urandom(CHUNK))
+        # A plan that does not wait starts the root's download of the layer.
+        await client.plan(root.node, plan_request(registry, blob, want=0), None)
+        while (entry := root.data.cache.peek(blob.digest)) is None or not entry.has_chunk(1):
+            await trio.sleep(0.01)  # the body is paused inside chunk 2: 0 and 1 get written
+        assert not entry.has_chunk(2)
+
+        buffer = bytearray(CHUNK)
+        await client.fetch_chunk(root.node, blob.digest, 1, CHUNK, into=memoryview(buffer))
+        assert buffer == chunk_of(blob, 1)
+        for digest, index in ((blob.digest, 5), (stranger.digest, 0), (blob.digest, 8)):
+            with pytest.raises(PeerError) as missing:
+                await client.fetch_chunk(root.node, digest, index, CHUNK, into=memoryview(buffer))
+            assert missing.value.status == 404, (digest, index)
+        assert buffer == chunk_of(blob, 1), "a 404 fills nothing"
+        with pytest.raises(PeerError) as not_root:
+            await client.plan(agent.node, plan_request(registry, blob, want=1), None)
+        assert not_root.value.status == 404
+        blob.resume.set()
+
+
+async def test_plan_reaches_the_tracker_and_returns_the_chunk_table(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """An agent's first plan request makes the root fetch the layer (one GET) and answers with
+    the layer's size, the chunk size, assignments from the root, and the sha256 of every
+    assigned chunk; a registry outside the root's upstreams is refused in the plan."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        agent = await swarm.agent(root)
+        assert agent.swarm is not None and root.tracker is not None
+        client = agent.swarm.client
+        blob = registry.add(os.urandom(6 * CHUNK + 10))
+        request = plan_request(registry, blob, want=2, have=frozenset(), poll=True)
+        plan = await client.plan(root.node, request, None)
+        assert plan.error is None
+        assert (plan.size, plan.chunk_size) == (blob.size, CHUNK)
+        assert plan.assignments, "the root assigns chunks it holds"
+        for chunk, source in plan.assignments:
+            assert source == root.node
+            assert plan.chunk_sha256[chunk] == hashlib.sha256(chunk_of(blob, chunk)).hexdigest()
+        assert root.tracker.plans_answered == 1
+        assert blob.gets == [None]
+        assert blob.digest in root.tracker.statistics()["layers"]  # type: ignore[operator]
+
+        elsewhere = PlanTarget(
+            digest=blob.digest, upstream="elsewhere.example:5000", repo=REPO, want=1
+        )
+        refused = await client.plan(root.node, elsewhere, None)
+        assert refused.error_status == 403 and not refused.assignments
+        assert blob.gets == [None]

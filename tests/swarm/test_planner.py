@@ -1,0 +1,429 @@
+"""Tests for agent/swarm/planner.py: the agent's side of a layer's swarm, by rule and by
+hypothesis. Pure: events in, `Decisions` out, time passed as `now`; no sockets, no trio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from agent.swarm.plan import Plan
+from agent.swarm.planner import (
+    FLUSH_ATTEMPTS,
+    POLL_RETRY,
+    Decisions,
+    LayerPlanner,
+    Transfer,
+)
+from agent.swarm.protocol import MAX_REPORTS, PlanTarget
+
+DIGEST = "sha256:" + "ab" * 32
+CHUNK = 4
+ROOT = "10.0.0.1:65002"
+PEERS = ("10.0.0.2:65002", "10.0.0.3:65002", "10.0.0.4:65002")
+
+
+def sha(chunk: int) -> str:
+    return hashlib.sha256(f"chunk {chunk}".encode()).hexdigest()
+
+
+def planner(**overrides: object) -> LayerPlanner:
+    args: dict[str, object] = {
+        "digest": DIGEST,
+        "upstream": "registry.example.com",
+        "repo": "team/app",
+        "chunk_size": CHUNK,
+    }
+    args.update(overrides)
+    return LayerPlanner(**args)  # type: ignore[arg-type]
+
+
+def plan(
+    size: int | None = 4 * CHUNK,
+    assignments: tuple[tuple[int, str], ...] = (),
+    **overrides: object,
+) -> Plan:
+    count = 0 if size is None else -(-size // CHUNK)
+    args: dict[str, object] = {
+        "size": size,
+        "chunk_size": CHUNK,
+        "chunk_sha256": {i: sha(i) for i in range(count)},
+        "assignments": assignments,
+    }
+    args.update(overrides)
+    return Plan(**args)  # type: ignore[arg-type]
+
+
+def only(decisions: Decisions) -> PlanTarget:
+    assert len(decisions.requests) == 1, decisions
+    return decisions.requests[0]
+
+
+def polls(decisions: Decisions) -> list[PlanTarget]:
+    return [r for r in decisions.requests if r.poll]
+
+
+def reports(decisions: Decisions) -> list[PlanTarget]:
+    return [r for r in decisions.requests if not r.poll]
+
+
+# --------------------------------------------------------------------------------------------
+# Rules
+
+
+def test_start_sends_the_standing_request_with_all_slots() -> None:
+    p = planner(parallel=2)
+    request = only(p.start(0.0))
+    assert request.poll and request.want == 2 and request.have is None
+    assert request.digest == DIGEST and request.repo == "team/app"
+    assert p.polling
+
+
+def test_an_answer_without_a_size_retries_after_a_pause() -> None:
+    p = planner()
+    request = only(p.start(0.0))
+    d = p.answered(request, plan(size=None), ROOT, 1.0)
+    assert d.requests == () and d.wake_at == pytest.approx(1.0 + POLL_RETRY)
+    assert p.tick(1.0 + POLL_RETRY / 2).requests == ()
+    assert only(p.tick(1.0 + POLL_RETRY)).poll
+
+
+def test_assignments_start_transfers_and_the_next_poll_asks_for_the_free_slot() -> None:
+    p = planner(parallel=2)
+    request = only(p.start(0.0))
+    d = p.answered(request, plan(assignments=((0, ROOT),)), ROOT, 0.1)
+    assert d.size == 4 * CHUNK
+    assert d.start == (Transfer(chunk=0, source=ROOT),)
+    assert [r.want for r in polls(d)] == [1]
+    assert p.in_flight == 1
+
+
+def test_a_full_slot_set_sends_no_poll_until_a_transfer_ends() -> None:
+    p = planner(parallel=2)
+    request = only(p.start(0.0))
+    d = p.answered(request, plan(assignments=((0, ROOT), (1, PEERS[0]))), ROOT, 0.1)
+    assert len(d.start) == 2 and d.requests == () and d.wake_at is None
+    d = p.failed(1, PEERS[0], 0.2)
+    # The standing request goes for the freed slot and carries the report with it.
+    assert [(r.want, r.failed) for r in d.requests] == [(1, ((1, PEERS[0], False),))]
+
+
+def test_a_good_chunk_is_stored_then_reported_and_the_other_source_cancelled() -> None:
+    p = planner(parallel=2)
+    request = only(p.start(0.0))
+    p.answered(request, plan(assignments=((0, ROOT), (0, PEERS[0]))), ROOT, 0.1)
+    d = p.received(0, PEERS[0], sha(0), 0.2)
+    assert d.store == Transfer(chunk=0, source=PEERS[0])
+    assert d.cancel == (Transfer(chunk=0, source=ROOT),)
+    assert reports(d) == []  # done only once stored
+    assert p.in_flight == 0
+    d = p.stored(0, PEERS[0], 0.3)
+    assert [r.done for r in reports(d)] == [((0, PEERS[0]),)]
+    assert 0 in p.held
+
+
+def test_a_late_copy_of_a_cancelled_transfer_is_ignored() -> None:
+    p = planner()
+    request = only(p.start(0.0))
+    p.answered(request, plan(assignments=((0, ROOT), (0, PEERS[0]))), ROOT, 0.1)
+    p.received(0, PEERS[0], sha(0), 0.2)
+    d = p.received(0, ROOT, sha(0), 0.25)  # it finished before the cancel took effect
+    assert d.store is None and d.requests == ()
+
+
+def test_a_bad_chunk_is_reported_as_bad_data_and_not_stored() -> None:
+    p = planner()
+    request = only(p.start(0.0))
+    p.answered(request, plan(assignments=((2, PEERS[1]),)), ROOT, 0.1)
+    d = p.received(2, PEERS[1], "0" * 64, 0.2)
+    assert d.store is None
+    assert [r.failed for r in reports(d)] == [((2, PEERS[1], True),)]
+    assert 2 not in p.held
+
+
+def test_an_assignment_of_a_chunk_we_hold_is_reported_done_at_once() -> None:
+    p = planner()
+    request = only(p.start(0.0))
+    p.answered(request, plan(assignments=((0, ROOT),)), ROOT, 0.1)
+    p.received(0, ROOT, sha(0), 0.2)
+    p.stored(0, ROOT, 0.3)
+    poll = next(r for r in p.tick(0.3).requests) if p.polling is False else None
+    assert poll is None or poll.poll
+    request = PlanTarget(digest=DIGEST, upstream="registry.example.com", repo="team/app",
+                         want=1, poll=False)
+    p.reporting += 1  # as if this report request were in flight
+    d = p.answered(request, plan(assignments=((0, PEERS[2]),)), ROOT, 0.4)
+    assert d.start == ()
+    assert any((0, PEERS[2]) in r.done for r in reports(d))
+
+
+def test_the_same_transfer_is_never_started_twice() -> None:
+    p = planner(parallel=4)
+    request = only(p.start(0.0))
+    d = p.answered(request, plan(assignments=((1, PEERS[0]),)), ROOT, 0.1)
+    second = polls(d)[0]
+    d = p.answered(second, plan(assignments=((1, PEERS[0]), (1, PEERS[1]))), ROOT, 0.2)
+    assert d.start == (Transfer(chunk=1, source=PEERS[1]),)
+
+
+def test_a_root_that_does_not_answer_is_benched_and_told_our_holdings_next() -> None:
+    p = planner(parallel=2)
+    request = only(p.start(0.0))
+    p.answered(request, plan(assignments=((0, ROOT),)), ROOT, 0.1)
+    p.received(0, ROOT, sha(0), 0.2)
+    d = p.stored(0, ROOT, 0.3)
+    report = reports(d)[0]
+    d = p.unanswered(report, ROOT, "connection refused", 0.4)
+    assert d.bench == ROOT
+    again = reports(d)
+    assert [r.done for r in again] == [((0, ROOT),)]  # the report goes again
+    assert again[0].have == frozenset({0})  # and the next root learns what we hold
+
+
+def test_denied_without_tls_means_fallback_else_the_clients_error() -> None:
+    for fallback in (True, False):
+        p = planner(denied_means_fallback=fallback)
+        request = only(p.start(0.0))
+        d = p.answered(
+            request, plan(size=None, error="unauthorized", error_status=401), ROOT, 0.1
+        )
+        if fallback:
+            assert d.fallback and "credentials" in d.fallback and d.error is None
+            assert p.outcome == "fallback"
+        else:
+            assert d.error == (401, f"root {ROOT}: unauthorized") and d.fallback is None
+        assert d.requests == () and d.start == ()
+
+
+def test_a_root_with_another_chunk_size_means_fallback() -> None:
+    p = planner()
+    request = only(p.start(0.0))
+    d = p.answered(request, plan(size=64, chunk_size=8, chunk_sha256={}), ROOT, 0.1)
+    assert d.fallback and "8-byte chunks" in d.fallback and d.size is None
+
+
+def test_no_root_means_fallback() -> None:
+    p = planner()
+    p.start(0.0)
+    d = p.no_root(0.1)
+    assert d.fallback == "no root answers" and p.over
+
+
+def test_an_empty_layer_finishes_on_the_first_answer() -> None:
+    p = planner()
+    request = only(p.start(0.0))
+    d = p.answered(request, plan(size=0, chunk_sha256={}), ROOT, 0.1)
+    assert d.size == 0 and d.finished
+
+
+def test_reports_are_capped_per_request_and_the_rest_follow() -> None:
+    count = MAX_REPORTS + 5
+    p = planner(parallel=count)
+    request = only(p.start(0.0))
+    assignments = tuple((i, PEERS[i % 3]) for i in range(count))
+    p.answered(request, plan(size=count * CHUNK, assignments=assignments), ROOT, 0.1)
+    for i, source in assignments:
+        p.failed(i, source, 0.2)  # each failure sends one report at once
+    assert p.failed_reports == []
+
+
+def test_completion_drops_the_poll_flushes_the_reports_and_finishes() -> None:
+    p = planner(parallel=2)
+    request = only(p.start(0.0))
+    d = p.answered(request, plan(size=CHUNK, assignments=((0, ROOT),)), ROOT, 0.1)
+    standing = polls(d)
+    assert standing and p.polling
+    p.received(0, ROOT, sha(0), 0.2)
+    d = p.stored(0, ROOT, 0.3)
+    assert d.drop_poll and not d.finished
+    last = only(d)
+    assert not last.poll and last.done == ((0, ROOT),) and last.want == 0
+    d = p.answered(last, plan(size=CHUNK), ROOT, 0.4)
+    assert d.finished and p.outcome == "finished"
+
+
+def test_the_last_reports_are_given_up_after_a_few_attempts() -> None:
+    p = planner(parallel=1)
+    request = only(p.start(0.0))
+    p.answered(request, plan(size=CHUNK, assignments=((0, ROOT),)), ROOT, 0.1)
+    p.received(0, ROOT, sha(0), 0.2)
+    d = p.stored(0, ROOT, 0.3)
+    for attempt in range(FLUSH_ATTEMPTS):
+        assert not d.finished
+        d = p.unanswered(only(d), ROOT, "gone", 0.4 + attempt)
+    assert d.finished and d.requests == ()
+
+
+# --------------------------------------------------------------------------------------------
+# Driven to the end by a cooperative root
+
+
+def drive(count: int, parallel: int) -> tuple[LayerPlanner, int]:
+    """A root that assigns the lowest missing chunk not in flight to each request; returns
+    the planner and how many events it took."""
+    p = planner(parallel=parallel)
+    now = 0.0
+    queue = list(p.start(now).requests)
+    transfers: list[Transfer] = []
+    events = 0
+    while not p.over:
+        events += 1
+        assert events < 100 * count, "no progress"
+        now += 0.01
+        if queue:
+            request = queue.pop(0)
+            busy = {c for c, s in p.fetching.items() if s} | p.held | p.storing
+            free = [c for c in range(count) if c not in busy][: request.want]
+            d = p.answered(
+                request,
+                plan(size=count * CHUNK, assignments=tuple((c, PEERS[c % 3]) for c in free)),
+                ROOT,
+                now,
+            )
+        elif transfers:
+            t = transfers.pop(0)
+            d = p.received(t.chunk, t.source, sha(t.chunk), now)
+            if d.store is not None:
+                queue.extend(d.requests)
+                transfers.extend(d.start)
+                d = p.stored(d.store.chunk, d.store.source, now)
+        else:
+            d = p.tick(now + POLL_RETRY)
+        queue.extend(d.requests)
+        transfers.extend(d.start)
+    return p, events
+
+
+@pytest.mark.parametrize(("count", "parallel"), [(1, 1), (5, 2), (33, 2), (20, 5)])
+def test_a_cooperative_root_brings_the_layer_to_the_end(count: int, parallel: int) -> None:
+    p, _ = drive(count, parallel)
+    assert p.outcome == "finished" and p.held == set(range(count))
+
+
+# --------------------------------------------------------------------------------------------
+# Any order of events keeps the planner's promises
+
+
+class PlannerMachine(RuleBasedStateMachine):
+    """A root that answers, drops and assigns at random, transfers that succeed, fail or
+    carry bad bytes, in any order. The invariants are the planner's promises."""
+
+    @initialize(parallel=st.integers(1, 4), count=st.integers(1, 6))
+    def begin(self, parallel: int, count: int) -> None:
+        self.count = count
+        self.p = planner(parallel=parallel)
+        self.now = 0.0
+        self.requests: list[PlanTarget] = []
+        self.transfers: list[Transfer] = []
+        self.accepted: list[Transfer] = []
+        self.stored_chunks: list[int] = []
+        self.apply(self.p.start(self.now))
+
+    def apply(self, d: Decisions) -> None:
+        assert d.wake_at is None or d.wake_at > self.now, "a wake-up in the past spins"
+        for request in d.requests:
+            assert len(request.done) + len(request.failed) <= MAX_REPORTS
+            assert request.poll or request.done or request.failed
+        assert len(polls(d)) <= 1
+        for t in d.start:
+            assert t.chunk not in self.p.held, f"{t}: a chunk we hold"
+            assert t not in self.transfers, f"{t}: started twice"
+        for t in d.cancel:
+            if t in self.transfers:
+                self.transfers.remove(t)
+        if d.store is not None:
+            assert d.store.chunk not in self.stored_chunks, "stored twice"
+            assert d.store.chunk not in [a.chunk for a in self.accepted], "accepted twice"
+            self.accepted.append(d.store)
+        if d.finished:
+            assert self.p.held == set(range(self.count))
+        if d.drop_poll:  # the driver cancels the standing request: it never answers
+            assert any(r.poll for r in self.requests)
+            self.requests = [r for r in self.requests if not r.poll]
+        self.requests.extend(d.requests)
+        self.transfers.extend(d.start)
+
+    def tick_clock(self) -> None:
+        self.now += 0.01
+
+    @precondition(lambda self: self.requests and not self.p.over)
+    @rule(data=st.data())
+    def answer(self, data: st.DataObject) -> None:
+        self.tick_clock()
+        request = self.requests.pop(data.draw(st.integers(0, len(self.requests) - 1)))
+        picks = data.draw(
+            st.lists(
+                st.tuples(st.integers(0, self.count - 1), st.sampled_from(PEERS)),
+                max_size=3,
+                unique=True,
+            )
+        )
+        size = data.draw(st.sampled_from([None, self.count * CHUNK]))
+        if size is None and self.p.size is None:
+            picks = []
+        answer = plan(size=size if self.p.size is None else self.count * CHUNK)
+        answer = Plan(
+            size=answer.size,
+            chunk_size=CHUNK,
+            chunk_sha256=answer.chunk_sha256,
+            assignments=tuple(picks) if answer.size is not None else (),
+        )
+        self.apply(self.p.answered(request, answer, ROOT, self.now))
+
+    @precondition(lambda self: self.requests and not self.p.over)
+    @rule(data=st.data())
+    def drop(self, data: st.DataObject) -> None:
+        self.tick_clock()
+        request = self.requests.pop(data.draw(st.integers(0, len(self.requests) - 1)))
+        self.apply(self.p.unanswered(request, ROOT, "gone", self.now))
+
+    @precondition(lambda self: self.transfers and not self.p.over)
+    @rule(data=st.data(), outcome=st.sampled_from(["good", "bad", "failed"]))
+    def transfer_ends(self, data: st.DataObject, outcome: str) -> None:
+        self.tick_clock()
+        t = self.transfers.pop(data.draw(st.integers(0, len(self.transfers) - 1)))
+        if outcome == "failed":
+            self.apply(self.p.failed(t.chunk, t.source, self.now))
+        else:
+            digest = sha(t.chunk) if outcome == "good" else "0" * 64
+            self.apply(self.p.received(t.chunk, t.source, digest, self.now))
+
+    @precondition(lambda self: self.accepted and not self.p.over)
+    @rule(data=st.data())
+    def store(self, data: st.DataObject) -> None:
+        self.tick_clock()
+        t = self.accepted.pop(data.draw(st.integers(0, len(self.accepted) - 1)))
+        self.stored_chunks.append(t.chunk)
+        self.apply(self.p.stored(t.chunk, t.source, self.now))
+
+    @rule(seconds=st.floats(0.0, 1.0))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+        if not self.p.over:
+            self.apply(self.p.tick(self.now))
+
+    @invariant()
+    def at_most_one_standing_request(self) -> None:
+        if hasattr(self, "p"):
+            assert sum(1 for r in self.requests if r.poll) <= 1
+            assert self.p.polling == any(r.poll for r in self.requests)
+
+    @invariant()
+    def transfers_match_the_planners_view(self) -> None:
+        if hasattr(self, "p") and not self.p.over:
+            mine = {Transfer(chunk=c, source=s) for c, ss in self.p.fetching.items() for s in ss}
+            assert mine == set(self.transfers)
+
+    @invariant()
+    def the_planner_is_never_idle_while_work_remains(self) -> None:
+        """Something is always under way: a request, a transfer, a store, or a wake-up."""
+        if hasattr(self, "p") and not self.p.over:
+            assert self.requests or self.transfers or self.accepted or self.p.poll_at is not None
+
+
+PlannerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+test_planner_machine = PlannerMachine.TestCase
