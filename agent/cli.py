@@ -182,15 +182,15 @@ def run_webhook_or_doctor(args: argparse.Namespace, config: Config) -> int:
         from agent.kube import certs as webhookcerts
 
         configure_logging(False)
-        return webhookcerts.main(
+        job = webhookcerts.CertsJob(
             namespace=args.namespace,
             service=args.service,
             secret=args.secret,
             configuration=args.webhook_configuration,
             out_dir=args.out_dir,
             cluster_token_secret=args.cluster_token_secret,
-            account_dir=args.service_account_dir,
         )
+        return webhookcerts.main(job, args.service_account_dir)
     if args.print_config:
         print_config(config)
         return 0

@@ -27,6 +27,7 @@ from agent.cache.store import ChunkCache
 from agent.core.config import Config
 from agent.core.errors import ConfigError
 from agent.core.hostport import join_hostport
+from agent.fetch.download import FetchContext
 from agent.fetch.fetcher import LayerFetcher
 from agent.http.client import HttpClient
 from agent.http.server import HttpServer, ServerSettings, listener_port, open_listeners
@@ -93,12 +94,14 @@ class Agent:
         self.p2p_enabled = config.p2p_enabled
         self.roots, self.swarm = self._join_swarm()
         self.fetcher = LayerFetcher(
-            self.cache,
-            self.registry,
+            FetchContext(
+                cache=self.cache,
+                registry=self.registry,
+                retries=config.upstream_retries,
+                observer=self.telemetry,
+            ),
             concurrency_limit=config.proxy_concurrency_limit,
-            retries=config.upstream_retries,
             swarm=self.swarm,
-            observer=self.telemetry,
         )
         self.tracker: Tracker | None = None
         if self.mode == "root":

@@ -26,6 +26,7 @@ from agent.cache import engines, native
 from agent.cache.store import ChunkCache
 from agent.core.config import Config, load_config
 from agent.core.upstream import Upstream
+from agent.fetch.download import FetchContext
 from agent.fetch.fetcher import LayerFetcher
 from agent.http.client import HttpClient
 from agent.http.responses import Response
@@ -241,10 +242,8 @@ class DataPath:
         http = plain_http_client(config.upstream_timeout)
         registry = RegistryClient(http, retries=config.upstream_retries)
         fetcher = LayerFetcher(
-            cache,
-            registry,
+            FetchContext(cache=cache, registry=registry, retries=config.upstream_retries),
             concurrency_limit=config.proxy_concurrency_limit,
-            retries=config.upstream_retries,
             swarm=swarm,
         )
         return cls(config, cache, http, registry, fetcher)

@@ -40,12 +40,12 @@ tries kinds in order (``Config.io_engines``) and reports why the preferred ones 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import trio
@@ -77,6 +77,18 @@ def _check_extent(op: str, offset: int, length: int) -> None:
         raise ValueError(f"{op}: negative offset {offset} or length {length}")
 
 
+@dataclasses.dataclass
+class EngineTotals:
+    """What an engine did since it was opened (its `statistics`)."""
+
+    reads: int = 0
+    writes: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    errors: int = 0
+    copies: int = 0  # O_DIRECT writes whose data had to be copied into an aligned buffer
+
+
 class Engine:
     """What the three engines share: alignment, short transfers, counters, the interface.
 
@@ -96,12 +108,7 @@ class Engine:
         #: Why a preferred engine is not this one (set by ``select_engine``), and caveats.
         self.notes: list[str] = []
         self._closed = False
-        self._reads = 0
-        self._writes = 0
-        self._bytes_read = 0
-        self._bytes_written = 0
-        self._errors = 0
-        self._copies = 0
+        self._totals = EngineTotals()
 
     async def _transfer(
         self, op: int, fd: int, ptr: Any, length: int, offset: int, keep: Any
@@ -146,11 +153,11 @@ class Engine:
                 if n < asked and (self._short_read_is_eof or (self.direct and got % ALIGNMENT)):
                     break  # an O_DIRECT read ends off a block boundary only at end of file
         except OSError:
-            self._errors += 1
+            self._totals.errors += 1
             raise
         end = max(skip, min(got, wanted))
-        self._reads += 1
-        self._bytes_read += end - skip
+        self._totals.reads += 1
+        self._totals.bytes_read += end - skip
         return buffer[skip:end]
 
     async def write(self, fd: int, offset: int, data: Buffer) -> None:
@@ -182,7 +189,7 @@ class Engine:
                 dst, _, owner = export_buffer(copy)
                 ffi.memmove(dst, src, length)
                 src = dst
-                self._copies += 1
+                self._totals.copies += 1
         else:
             span = length
         done = 0
@@ -193,10 +200,10 @@ class Engine:
                     raise OSError(errno.EIO, f"{self._op_name(_WRITE)}: wrote nothing", fd)
                 done += n
         except OSError:
-            self._errors += 1
+            self._totals.errors += 1
             raise
-        self._writes += 1
-        self._bytes_written += length
+        self._totals.writes += 1
+        self._totals.bytes_written += length
 
     def _in_flight(self) -> int:
         raise NotImplementedError
@@ -216,12 +223,7 @@ class Engine:
             "direct": self.direct,
             "in_flight": self._in_flight(),
             "waiting": self._waiting(),
-            "reads": self._reads,
-            "writes": self._writes,
-            "bytes_read": self._bytes_read,
-            "bytes_written": self._bytes_written,
-            "errors": self._errors,
-            "copies": self._copies,
+            **dataclasses.asdict(self._totals),
             "notes": list(self.notes),
         }
 
@@ -231,14 +233,8 @@ class Engine:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-        return None
 
 
 def _blocking_transfer(op: int, fd: int, ptr: Any, length: int, offset: int) -> int:
@@ -349,12 +345,7 @@ class _KernelEngine(Engine):
             self._stack = stack.pop_all()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
+    async def __aexit__(self, *exc_info: object) -> None:
         stack, self._stack = self._stack, None
         try:
             await self.aclose()
@@ -364,7 +355,6 @@ class _KernelEngine(Engine):
             # the reaper (which cancelled the body) is raised from here instead.
             if stack is not None:
                 await stack.aclose()
-        return None
 
     async def _reaper(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -67,6 +67,26 @@ class CacheWriteFailed(LayerFailed):
     download that does not cache."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class LayerRef:
+    """Which layer, from where, asked with which credentials (the client's headers)."""
+
+    digest: Digest
+    upstream: Upstream
+    repo: str
+    headers: Headers
+
+
+@dataclass(frozen=True, kw_only=True)
+class FetchContext:
+    """What every layer download of a node shares."""
+
+    cache: ChunkCache
+    registry: RegistryClient
+    retries: int  # upstreamRetries: tries after the first, per request and per broken body
+    observer: Observer = NULL_OBSERVER
+
+
 @dataclass(kw_only=True)
 class DownloadProgress:
     """What `pollen status` and the per-layer summary show about a download."""
@@ -86,32 +106,26 @@ class LayerDownload:
 
     def __init__(
         self,
+        ref: LayerRef,
+        context: FetchContext,
         *,
-        digest: Digest,
-        upstream: Upstream,
-        repo: str,
-        headers: Headers,
-        cache: ChunkCache,
-        registry: RegistryClient,
-        retries: int,
         cacheable: bool = True,
         swarm: SwarmContext | None = None,
-        observer: Observer = NULL_OBSERVER,
     ) -> None:
-        self.digest = digest
+        self.digest = ref.digest
+        self.upstream = ref.upstream
+        self.repo = ref.repo
+        self._headers = ref.headers
+        self._cache = context.cache
+        self._registry = context.registry
+        self._retries = context.retries
+        self._observer = context.observer
         self._cacheable = cacheable
         self._swarm = swarm
-        self._observer = observer
         self.times = LayerTimes()  # where this download's time went (per-layer summary)
         self.had_reader = False  # a client read it: the client's summary line covers it
         self._transfer_from: float | None = None
         self._hashed_upto = 0  # chunks [0, n) are in the whole-layer hash
-        self.upstream = upstream
-        self.repo = repo
-        self._headers = headers
-        self._cache = cache
-        self._registry = registry
-        self._retries = retries
         self.started = trio.Event()  # size known (or failed before any byte)
         self.finished = trio.Event()
         self.error: BaseException | None = None
@@ -126,7 +140,7 @@ class LayerDownload:
         self._write_slots = trio.Semaphore(WRITES_IN_FLIGHT)
         self._nursery: trio.Nursery | None = None
         self.progress = DownloadProgress(
-            digest=str(digest), upstream=upstream.key, started_at=trio.current_time()
+            digest=str(ref.digest), upstream=ref.upstream.key, started_at=trio.current_time()
         )
 
     @property

@@ -11,14 +11,13 @@ import math
 
 import trio
 
-from agent.cache.store import CacheEntry, ChunkCache
+from agent.cache.store import CacheEntry
 from agent.core.errors import RegistryError
 from agent.core.upstream import Upstream
-from agent.fetch.download import DownloadProgress, LayerDownload
+from agent.fetch.download import DownloadProgress, FetchContext, LayerDownload, LayerRef
 from agent.fetch.readers import BlobSource, CachedBlob, DownloadReader, ResumingBlob
 from agent.http.responses import Headers
-from agent.observe.events import NULL_OBSERVER, Observer
-from agent.registry.client import RegistryClient, UpstreamUnavailable
+from agent.registry.client import UpstreamUnavailable
 from agent.registry.routes import Digest
 from agent.swarm.download import SwarmContext
 
@@ -28,20 +27,15 @@ class LayerFetcher:
 
     def __init__(
         self,
-        cache: ChunkCache,
-        registry: RegistryClient,
+        context: FetchContext,
         *,
         concurrency_limit: int,
-        retries: int,
         swarm: SwarmContext | None = None,
-        observer: Observer = NULL_OBSERVER,
     ) -> None:
+        self._context = context
+        self._cache = context.cache
         self._swarm = swarm
-        self._observer = observer
-        self._cache = cache
-        self._registry = registry
         self._limiter = trio.CapacityLimiter(concurrency_limit)
-        self._retries = retries
         self._inflight: dict[str, LayerDownload] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -79,37 +73,24 @@ class LayerFetcher:
         self, *, upstream: Upstream, repo: str, digest: Digest, headers: Headers
     ) -> BlobSource:
         """A reader for the layer: from the cache, joining a download, or starting one."""
+        ref = LayerRef(digest=digest, upstream=upstream, repo=repo, headers=headers)
 
         async def reopen(cacheable: bool) -> BlobSource:
-            return await self._open(upstream, repo, digest, headers, cacheable=cacheable)
+            return await self._open(ref, cacheable=cacheable)
 
-        return ResumingBlob(await self._open(upstream, repo, digest, headers), reopen)
+        return ResumingBlob(await self._open(ref), reopen)
 
-    async def _open(
-        self,
-        upstream: Upstream,
-        repo: str,
-        digest: Digest,
-        headers: Headers,
-        *,
-        cacheable: bool = True,
-    ) -> BlobSource:
-        key = str(digest)
-        entry = self._cache.get(key) if cacheable else None
+    async def _open(self, ref: LayerRef, *, cacheable: bool = True) -> BlobSource:
+        entry = self._cache.get(str(ref.digest)) if cacheable else None
         if entry is not None:
             self._cache.pin(entry)
             return CachedBlob(self._cache, entry)
-        download = self._join_or_start(
-            upstream, repo, digest, headers, cacheable=cacheable, swarm=self._swarm
-        )
+        download = self._join_or_start(ref, cacheable=cacheable, swarm=self._swarm)
         channel = download.subscribe()
         try:
             await download.started.wait()
             if download.layout is None:
-                assert download.error is not None
-                if isinstance(download.error, RegistryError):
-                    raise download.error
-                raise UpstreamUnavailable(f"layer {digest}: {download.error}")
+                raise _failure(download)
             return DownloadReader(download, self._cache, channel)
         except BaseException:
             if channel is not None:
@@ -117,33 +98,15 @@ class LayerFetcher:
             raise
 
     def _join_or_start(
-        self,
-        upstream: Upstream,
-        repo: str,
-        digest: Digest,
-        headers: Headers,
-        *,
-        cacheable: bool,
-        swarm: SwarmContext | None,
+        self, ref: LayerRef, *, cacheable: bool, swarm: SwarmContext | None
     ) -> LayerDownload:
         """The layer's download in flight (single flight), or a new one started in our nursery.
         A download past the cache (`cacheable=False`) is never shared."""
-        key = str(digest)
+        key = str(ref.digest)
         download = self._inflight.get(key) if cacheable else None
         if download is not None and download.joinable:
             return download
-        download = LayerDownload(
-            digest=digest,
-            upstream=upstream,
-            repo=repo,
-            headers=headers,
-            cache=self._cache,
-            registry=self._registry,
-            retries=self._retries,
-            cacheable=cacheable,
-            swarm=swarm,
-            observer=self._observer,
-        )
+        download = LayerDownload(ref, self._context, cacheable=cacheable, swarm=swarm)
         if cacheable:
             self._inflight[key] = download
         assert self._nursery is not None, "LayerFetcher.run is not running"
@@ -155,17 +118,14 @@ class LayerFetcher:
     ) -> LayerDownload | CacheEntry:
         """The layer in this node's cache, or its download from the origin once its size is
         known (the root's tracker: the owner never asks the swarm for its own layers)."""
-        key = str(digest)
-        entry = self._cache.get(key)
+        entry = self._cache.get(str(digest))
         if entry is not None:
             return entry
-        download = self._join_or_start(upstream, repo, digest, headers, cacheable=True, swarm=None)
+        ref = LayerRef(digest=digest, upstream=upstream, repo=repo, headers=headers)
+        download = self._join_or_start(ref, cacheable=True, swarm=None)
         await download.started.wait()
         if download.layout is None or download.error is not None:
-            err = download.error
-            if isinstance(err, RegistryError):
-                raise err
-            raise UpstreamUnavailable(f"layer {digest}: {err}")
+            raise _failure(download)
         if download.stream_mode:
             raise RegistryError(502, "UNAVAILABLE", f"layer {digest} does not fit the cache")
         return download
@@ -177,3 +137,12 @@ class LayerFetcher:
         finally:
             if self._inflight.get(key) is download:
                 del self._inflight[key]
+
+
+def _failure(download: LayerDownload) -> RegistryError:
+    """What a client is told when a download failed before its first byte: the upstream's own
+    answer when there was one, else 502."""
+    err = download.error
+    if isinstance(err, RegistryError):
+        return err
+    return UpstreamUnavailable(f"layer {download.digest}: {err}")

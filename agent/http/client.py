@@ -20,7 +20,7 @@ import h11
 import trio
 
 from agent.core.hostport import join_hostport
-from agent.http.responses import Headers
+from agent.http.responses import Headers, header_lines, header_value
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +92,10 @@ class ClientResponse:
         self._raw_pending = memoryview(b"")
 
     def header(self, name: str) -> str | None:
-        key = name.lower().encode()
-        for k, v in self.headers:
-            if k == key:
-                return v.decode("latin-1")
-        return None
+        return header_value(self.headers, name)
 
     def header_lines(self, name: str) -> list[bytes]:
-        key = name.lower().encode()
-        return [v for k, v in self.headers if k == key]
+        return header_lines(self.headers, name)
 
     @property
     def content_length(self) -> int | None:

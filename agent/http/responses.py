@@ -16,6 +16,21 @@ from dataclasses import dataclass, field
 
 Headers = list[tuple[bytes, bytes]]
 
+
+def header_value(headers: Sequence[tuple[bytes, bytes]], name: str) -> str | None:
+    """The first value of a header (names compared case-insensitively; h11 lower-cases)."""
+    key = name.lower().encode()
+    for k, v in headers:
+        if k == key:
+            return v.decode("latin-1")
+    return None
+
+
+def header_lines(headers: Sequence[tuple[bytes, bytes]], name: str) -> list[bytes]:
+    """Every value of a header, one per line, in order."""
+    key = name.lower().encode()
+    return [v for k, v in headers if k == key]
+
 JSON = b"application/json"
 PLAIN_TEXT = b"text/plain; charset=utf-8"
 

@@ -27,7 +27,14 @@ from itertools import count
 import h11
 import trio
 
-from agent.http.responses import FileRegion, Headers, Response, plain_error
+from agent.http.responses import (
+    FileRegion,
+    Headers,
+    Response,
+    header_lines,
+    header_value,
+    plain_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +59,10 @@ class Request:
     body: bytes = b""
 
     def header(self, name: str) -> str | None:
-        """The first value of a header (names compared case-insensitively)."""
-        key = name.lower().encode()
-        for k, v in self.headers:
-            if k == key:
-                return v.decode("latin-1")
-        return None
+        return header_value(self.headers, name)
 
     def header_lines(self, name: str) -> list[bytes]:
-        """Every value of a header, one per line, in order."""
-        key = name.lower().encode()
-        return [v for k, v in self.headers if k == key]
+        return header_lines(self.headers, name)
 
     @property
     def client_is_loopback(self) -> bool:

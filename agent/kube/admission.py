@@ -3,9 +3,9 @@ pull secrets it needs out.
 
 Theory of operation
 -------------------
-The API server calls the webhook only for pods that asked for P2P (SPEC.md: a namespace or a
-pod labelled ``k8s.aliyun.com/image-accelerate-mode: p2p``, two webhook entries), so what to
-do with a pod is a pure function of the review and the settings -- `review_decision`. It
+The API server calls the webhook only for pods that asked for P2P (docs/ARCHITECTURE.md: a
+namespace or a pod labelled ``k8s.aliyun.com/image-accelerate-mode: p2p``, two webhook entries), so
+what to do with a pod is a pure function of the review and the settings -- `review_decision`. It
 
 - leaves alone the webhook's own namespace, kube-system, a pod whose own label says anything
   but ``p2p`` (an opt-out), and a pod that already carries the ``p2p-config`` annotation (it

@@ -289,43 +289,37 @@ def write_files(out_dir: Path, bundle: CertBundle) -> None:
         f.write(bundle.key)
 
 
-async def run_certs(
-    api: KubeAPI,
-    *,
-    namespace: str,
-    service: str,
-    secret: str,
-    configuration: str,
-    out_dir: Path | None,
-    cluster_token_secret: str | None,
-) -> None:
-    names = service_names(service, namespace)
-    bundle = await ensure_tls_secret(api, namespace=namespace, secret=secret, names=names)
-    await ensure_ca_bundle(api, configuration=configuration, ca=bundle.ca)
-    if cluster_token_secret:
-        await ensure_cluster_token(api, namespace=namespace, secret=cluster_token_secret)
-    if out_dir is not None:
-        write_files(out_dir, bundle)
-        log.info("wrote tls.crt, tls.key and ca.crt to %s", out_dir)
+@dataclass(frozen=True, kw_only=True)
+class CertsJob:
+    """What `pollen webhook certs` keeps in place (its command-line options)."""
+
+    namespace: str | None  # None: the pod's own
+    service: str
+    secret: str  # the TLS Secret
+    configuration: str  # the MutatingWebhookConfiguration whose caBundle is filled
+    out_dir: Path | None = None  # also write tls.crt, tls.key and ca.crt here
+    cluster_token_secret: str | None = None  # also keep a cluster token in this Secret
 
 
-def main(
-    *,
-    namespace: str | None,
-    service: str,
-    secret: str,
-    configuration: str,
-    out_dir: Path | None,
-    cluster_token_secret: str | None,
-    account_dir: Path | None = None,
-) -> int:
+async def run_certs(api: KubeAPI, job: CertsJob, namespace: str) -> None:
+    names = service_names(job.service, namespace)
+    bundle = await ensure_tls_secret(api, namespace=namespace, secret=job.secret, names=names)
+    await ensure_ca_bundle(api, configuration=job.configuration, ca=bundle.ca)
+    if job.cluster_token_secret:
+        await ensure_cluster_token(api, namespace=namespace, secret=job.cluster_token_secret)
+    if job.out_dir is not None:
+        write_files(job.out_dir, bundle)
+        log.info("wrote tls.crt, tls.key and ca.crt to %s", job.out_dir)
+
+
+def main(job: CertsJob, account_dir: Path | None = None) -> int:
     """`pollen webhook certs` in a pod: exit 0 when everything is in place."""
     import trio
 
     from agent.kube.api import SERVICE_ACCOUNT_DIR
 
     account = account_dir or SERVICE_ACCOUNT_DIR
-    namespace = namespace or KubeAPI.in_cluster_namespace(account)
+    namespace = job.namespace or KubeAPI.in_cluster_namespace(account)
     if not namespace:
         log.error("no namespace: pass --namespace (not running in a pod)")
         return 2
@@ -337,15 +331,7 @@ def main(
 
     async def go() -> None:
         try:
-            await run_certs(
-                api,
-                namespace=namespace,
-                service=service,
-                secret=secret,
-                configuration=configuration,
-                out_dir=out_dir,
-                cluster_token_secret=cluster_token_secret,
-            )
+            await run_certs(api, job, namespace)
         finally:
             await api.aclose()
 

@@ -1,4 +1,4 @@
-"""The audit log's line, exactly as the original writes it (SPEC.md, "Audit log"); pure.
+"""The audit log's line, exactly as the original writes it (docs/REFERENCE.md, "Audit log"); pure.
 
     2022/08/30 15:44:52|AUDIT|th=00007FBA247C5280|download[pathname=/https://reg.example.com/v2/app/blobs/sha256:...][offset=125829120][size=2097152][latency=267172]
 

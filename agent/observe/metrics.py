@@ -6,7 +6,7 @@ Theory of operation. `Telemetry` receives the data path's events
 original's 10-second windows (`agent.observe.events.SlidingWindow`, one per ``type``), an update of
 an idiomatic ``pollen_*`` counter or histogram, and an audit record
 (`agent.observe.audit.AuditLog`, queued, never waited for).
-The original's gauges (SPEC.md, "Metrics"; names and labels exact, for existing dashboards)
+The original's gauges (docs/REFERENCE.md, "Metrics"; names and labels exact, for dashboards)
 and the counters that components already keep (cache evictions, auth results, fallbacks) are
 computed when Prometheus scrapes, by a collector reading the windows and the components, so
 nothing is counted twice. The exposition is served on the exporter port by an `HttpServer`
@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from agent.swarm.server import P2PService
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", Counter, Histogram)
 
 # The exposition format every Prometheus understands (prometheus-client writes it).
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -100,57 +102,67 @@ class Telemetry(Observer):
 
         self.registry = CollectorRegistry()
         r = self.registry
-        layer_bytes = Counter(
-            "pollen_layer_bytes",
-            "Layer bytes this node obtained, by source: cache (pulls served from layers already "
-            "cached), peer, root, origin",
-            ["source"],
-            registry=r,
+        self._layer_bytes = _children(
+            Counter(
+                "pollen_layer_bytes",
+                "Layer bytes this node obtained, by source: cache (pulls served from layers "
+                "already cached), peer, root, origin",
+                ["source"],
+                registry=r,
+            ),
+            SOURCES,
         )
-        chunk_seconds = Histogram(
-            "pollen_chunk_seconds",
-            "Time to obtain one chunk, by source (cache: a chunk read from the disk cache)",
-            ["source"],
-            buckets=CHUNK_BUCKETS,
-            registry=r,
+        self._chunk_seconds = _children(
+            Histogram(
+                "pollen_chunk_seconds",
+                "Time to obtain one chunk, by source (cache: a chunk read from the disk cache)",
+                ["source"],
+                buckets=CHUNK_BUCKETS,
+                registry=r,
+            ),
+            SOURCES,
         )
-        self._layer_bytes = {s: layer_bytes.labels(s) for s in SOURCES}
-        self._chunk_seconds = {s: chunk_seconds.labels(s) for s in SOURCES}
         served = Counter(
             "pollen_served_bytes",
             "Layer bytes served, to clients on the proxy port or to peers on the P2P port",
             ["to"],
             registry=r,
         )
-        self._served = {"client": served.labels("client"), "peer": served.labels("peer")}
+        self._served = _children(served, ("client", "peer"))
         disk_bytes = Counter(
             "pollen_disk_bytes", "Cache chunk bytes read and written", ["op"], registry=r
         )
-        disk_seconds = Histogram(
-            "pollen_disk_seconds",
-            "Time of one cache chunk read or write",
-            ["op"],
-            buckets=CHUNK_BUCKETS,
-            registry=r,
+        self._disk_bytes = _children(disk_bytes, ("read", "write"))
+        self._disk_seconds = _children(
+            Histogram(
+                "pollen_disk_seconds",
+                "Time of one cache chunk read or write",
+                ["op"],
+                buckets=CHUNK_BUCKETS,
+                registry=r,
+            ),
+            ("read", "write"),
         )
-        self._disk_bytes = {op: disk_bytes.labels(op) for op in ("read", "write")}
-        self._disk_seconds = {op: disk_seconds.labels(op) for op in ("read", "write")}
-        request_seconds = Histogram(
-            "pollen_http_request_seconds",
-            "Time from request head to the end of the response, by port",
-            ["port"],
-            buckets=LAYER_BUCKETS,
-            registry=r,
+        self._request_seconds = _children(
+            Histogram(
+                "pollen_http_request_seconds",
+                "Time from request head to the end of the response, by port",
+                ["port"],
+                buckets=LAYER_BUCKETS,
+                registry=r,
+            ),
+            ("proxy", "p2p"),
         )
-        self._request_seconds = {p: request_seconds.labels(p) for p in ("proxy", "p2p")}
-        pull_seconds = Histogram(
-            "pollen_layer_pull_seconds",
-            "Time of a whole layer pull through this node, by result",
-            ["result"],
-            buckets=LAYER_BUCKETS,
-            registry=r,
+        self._pull_seconds = _children(
+            Histogram(
+                "pollen_layer_pull_seconds",
+                "Time of a whole layer pull through this node, by result",
+                ["result"],
+                buckets=LAYER_BUCKETS,
+                registry=r,
+            ),
+            ("ok", "failed"),
         )
-        self._pull_seconds = {r: pull_seconds.labels(r) for r in ("ok", "failed")}
         r.register(_Collector(self))
 
     def bind(
@@ -414,6 +426,12 @@ class _Collector:
         ):
             lines.add_metric([outcome], float(n))
         yield lines
+
+
+def _children(metric: M, values: Iterable[str]) -> dict[str, M]:
+    """A metric's child for each value of its one label, made up front: every series is
+    exported from the start (at 0), and the data path updates a child without a lookup."""
+    return {value: metric.labels(value) for value in values}
 
 
 def _gauge(name: str, doc: str, labels: list[str], value: float) -> GaugeMetricFamily:

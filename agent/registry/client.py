@@ -80,7 +80,7 @@ async def passthrough_error(response: ClientResponse, what: str) -> RegistryErro
 
 
 class RegistryClient:
-    """Requests to allowed upstreams, with SPEC.md's retry and redirect rules."""
+    """Requests to allowed upstreams, with the retry and redirect rules above."""
 
     def __init__(self, http: HttpClient, *, retries: int) -> None:
         self._http = http

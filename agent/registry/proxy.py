@@ -2,9 +2,9 @@
 
 Routing and validation are pure (`agent.registry.routes`, `agent.registry.ranges`,
 `agent.registry.upstreams`); this module applies them and talks to the upstream, the auth checker
-and the layer fetcher. Every failure becomes a registry-shaped error with SPEC.md's status: 400 bad
-input, 403 a registry not allowed, 502 upstream unreachable or 5xx, upstream statuses passed
-through.
+and the layer fetcher. Every failure becomes a registry-shaped error with the status of
+docs/ARCHITECTURE.md ("The proxy port"): 400 bad input, 403 a registry not allowed, 502 upstream
+unreachable or 5xx, upstream statuses passed through.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import dataclass, field
 
 from agent.core.config import Config
 from agent.core.errors import RegistryError
@@ -79,28 +80,18 @@ def protocol_error_response(status: int, message: str) -> Response:
     return error_response(RegistryError(status, code, message))
 
 
+@dataclass(eq=False, kw_only=True)
 class RegistryProxy:
     """The proxy port's application object."""
 
-    def __init__(
-        self,
-        *,
-        config: Config,
-        registry: RegistryClient,
-        auth: AuthChecker,
-        fetcher: LayerFetcher,
-        status: Callable[[], dict[str, object]],
-        metrics: Callable[[], Response] | None = None,
-        observer: Observer = NULL_OBSERVER,
-    ) -> None:
-        self._config = config
-        self._registry = registry
-        self._auth = auth
-        self._fetcher = fetcher
-        self._status = status
-        self._metrics = metrics
-        self._observer = observer  # http:pread and the per-layer summary
-        self.ready = False
+    config: Config
+    registry: RegistryClient
+    auth: AuthChecker
+    fetcher: LayerFetcher
+    status: Callable[[], dict[str, object]]
+    metrics: Callable[[], Response] | None = None  # /metrics here when not on its own port
+    observer: Observer = NULL_OBSERVER  # http:pread and the per-layer summary
+    ready: bool = field(default=False, init=False)
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -117,16 +108,16 @@ class RegistryProxy:
                     raise RegistryError(
                         403, "DENIED", "status is answered to loopback clients only"
                     )
-                return json_response(200, self._status())
+                return json_response(200, self.status())
             if isinstance(route, Metrics):
-                if self._metrics is None:
+                if self.metrics is None:
                     raise RegistryError(404, "NOT_FOUND", "metrics are not served on this port")
-                return self._metrics()
+                return self.metrics()
             upstream = choose_upstream(
                 ns=target.ns,
                 host_header=request.header("host"),
-                upstreams=self._config.upstreams,
-                default=self._config.default_upstream,
+                upstreams=self.config.upstreams,
+                default=self.config.default_upstream,
             )
             if isinstance(route, V2Base):
                 return await self._v2_base(request, upstream)
@@ -135,29 +126,20 @@ class RegistryProxy:
             assert isinstance(route, Blob)
             return await self._blob(request, upstream, route)
         except RegistryError as err:
-            if err.status >= 500:
-                log.warning(
-                    "conn %d: %s %s -> %d %s",
-                    request.conn_id,
-                    request.method,
-                    request.target,
-                    err.status,
-                    err.message,
-                )
-            else:
-                log.info(
-                    "conn %d: %s %s -> %d %s",
-                    request.conn_id,
-                    request.method,
-                    request.target,
-                    err.status,
-                    err.message,
-                )
+            log.log(
+                logging.WARNING if err.status >= 500 else logging.INFO,
+                "conn %d: %s %s -> %d %s",
+                request.conn_id,
+                request.method,
+                request.target,
+                err.status,
+                err.message,
+            )
             return error_response(err)
 
     async def _v2_base(self, request: Request, upstream: Upstream) -> Response:
         headers = forwarded_headers(request.headers)
-        async with self._registry.open(
+        async with self.registry.open(
             "GET", upstream, "/v2/", headers, follow_redirects=False
         ) as resp:
             try:
@@ -176,7 +158,7 @@ class RegistryProxy:
     async def _manifest(self, request: Request, upstream: Upstream, route: Manifest) -> Response:
         headers = forwarded_headers(request.headers)
         path = f"/v2/{route.name}/manifests/{route.reference}"
-        async with self._registry.open(
+        async with self.registry.open(
             request.method, upstream, path, headers, follow_redirects=True
         ) as resp:
             if resp.status >= 400:
@@ -214,13 +196,13 @@ class RegistryProxy:
     async def _blob(self, request: Request, upstream: Upstream, route: Blob) -> Response:
         started = time.perf_counter()
         headers = forwarded_headers(request.headers)
-        await self._auth.check(
+        await self.auth.check(
             upstream=upstream, repo=route.name, digest=route.digest, headers=headers
         )
         auth_seconds = time.perf_counter() - started
         if request.method == "HEAD":
             return await self._blob_head(upstream, route, headers)
-        source = await self._fetcher.open(
+        source = await self.fetcher.open(
             upstream=upstream, repo=route.name, digest=route.digest, headers=headers
         )
         try:
@@ -243,7 +225,7 @@ class RegistryProxy:
                 ok = error is None and sent == end - start
                 pathname = blob_pathname(upstream.scheme, upstream.key, route.name, digest)
                 size = sent if ok else failure_size(error)
-                self._observer.served(HTTP_PREAD, pathname, start, size, seconds)
+                self.observer.served(HTTP_PREAD, pathname, start, size, seconds)
                 times = LayerTimes()
                 times.add_time("auth", auth_seconds)
                 source.account(times)
@@ -256,7 +238,7 @@ class RegistryProxy:
                     result="ok" if ok else "failed",
                     times=times,
                 )
-                self._observer.layer_done(report)
+                self.observer.layer_done(report)
 
             digest = str(route.digest)
             body = _stream(source, start, end, finished)
@@ -266,10 +248,10 @@ class RegistryProxy:
         return Response(status=decision.status, headers=response_headers, body=body)
 
     async def _blob_head(self, upstream: Upstream, route: Blob, headers: Headers) -> Response:
-        entry_size = self._fetcher.cached_size(str(route.digest))
+        entry_size = self.fetcher.cached_size(str(route.digest))
         if entry_size is None:
             path = f"/v2/{route.name}/blobs/{route.digest}"
-            async with self._registry.open(
+            async with self.registry.open(
                 "HEAD", upstream, path, headers, follow_redirects=True
             ) as resp:
                 if resp.status >= 400:

@@ -1,4 +1,5 @@
-"""Which upstream registry serves a request, in SPEC.md's order, without I/O.
+"""Which upstream registry serves a request, in the order of docs/ARCHITECTURE.md ("The proxy
+port"), no I/O.
 
 1. containerd's mirror parameter ``ns=<host[:port]>`` (a ``.distributed.`` name there counts
    as the registry it stands for);
@@ -63,7 +64,7 @@ def choose_upstream(
     upstreams: Sequence[Upstream],
     default: Upstream,
 ) -> Upstream:
-    """Apply SPEC.md's order; raise 403 for a registry not in ``upstreams``."""
+    """Apply that order; raise 403 for a registry not in ``upstreams``."""
     if ns is not None:
         # containerd names the image's host in ns=; for a rewritten image (the webhook's
         # `.distributed.` name, routed here by hosts.toml) that host carries the label too.

@@ -16,7 +16,9 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import trio
@@ -26,7 +28,6 @@ from agent.http.client import HttpClientError
 from agent.http.groups import first_failure
 from agent.observe.auditline import failure_size
 from agent.swarm.client import P2PClient, PeerError
-from agent.swarm.plan import Plan
 from agent.swarm.planner import Decisions, LayerPlanner, Transfer
 from agent.swarm.protocol import PlanTarget
 from agent.swarm.roots import RootSet
@@ -85,37 +86,8 @@ class LayerSink(Protocol):
     def verify_time(self, seconds: float) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Answered:
-    request: PlanTarget
-    root: str
-    plan: Plan
-
-
-@dataclass(frozen=True, slots=True)
-class _Unanswered:
-    request: PlanTarget
-    root: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Received:
-    transfer: Transfer
-    sha256: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Failed:
-    transfer: Transfer
-
-
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    transfer: Transfer
-
-
-Event = _Answered | _Unanswered | _Received | _Failed | _Stored
+# An event for the loop: a planner method with its arguments bound, waiting only for `now`.
+Event = Callable[[float], Decisions]
 
 
 class SwarmDownload:
@@ -166,7 +138,7 @@ class SwarmDownload:
                 while not self._carry_out(decisions, nursery):
                     with trio.move_on_at(decisions.wake_at or math.inf):
                         event = await self._receive.receive()
-                        decisions = self._feed(event)
+                        decisions = event(trio.current_time())
                         continue
                     decisions = self.planner.tick(trio.current_time())
                 nursery.cancel_scope.cancel()  # a standing request still held at the root
@@ -174,23 +146,12 @@ class SwarmDownload:
             raise first_failure(group) from None
         return self._hasher.hexdigest()
 
-    def _feed(self, event: Event) -> Decisions:
-        now = trio.current_time()
-        planner = self.planner
-        if isinstance(event, _Answered):
-            return planner.answered(event.request, event.plan, event.root, now)
-        if isinstance(event, _Unanswered):
-            return planner.unanswered(event.request, event.root, event.reason, now)
-        if isinstance(event, _Received):
-            transfer = event.transfer
-            decisions = planner.received(transfer.chunk, transfer.source, event.sha256, now)
-            if decisions.store != transfer:  # bad, or a copy of a chunk we have: let it go
-                self._buffers.pop(transfer, None)
-                self._started.pop(transfer, None)
-            return decisions
-        if isinstance(event, _Failed):
-            return planner.failed(event.transfer.chunk, event.transfer.source, now)
-        return planner.stored(event.transfer.chunk, event.transfer.source, now)
+    def _received(self, transfer: Transfer, sha256: str, now: float) -> Decisions:
+        decisions = self.planner.received(transfer.chunk, transfer.source, sha256, now)
+        if decisions.store != transfer:  # bad, or a copy of a chunk we have: let it go
+            self._buffers.pop(transfer, None)
+            self._started.pop(transfer, None)
+        return decisions
 
     def _carry_out(self, decisions: Decisions, nursery: trio.Nursery) -> bool:
         """Do what the planner decided; True when the layer's swarm part is over."""
@@ -234,9 +195,11 @@ class SwarmDownload:
                 with trio.fail_after(self._swarm.plan_timeout):
                     plan = await self._swarm.client.plan(root, request, self._authorization)
             except (PeerError, trio.TooSlowError) as exc:
-                await self._send.send(_Unanswered(request, root, str(exc) or "timed out"))
+                await self._send.send(
+                    partial(self.planner.unanswered, request, root, str(exc) or "timed out")
+                )
                 return
-            await self._send.send(_Answered(request, root, plan))
+            await self._send.send(partial(self.planner.answered, request, plan, root))
         log.debug(
             "layer %s: plan from %s (poll=%s want=%d done=%d failed=%d)",
             self._digest,
@@ -266,7 +229,7 @@ class SwarmDownload:
                 log.info("layer %s: chunk %d from %s failed: %s", self._digest, index, source, exc)
                 sink.arrived(kind, source, index, failure_size(exc), t0)
                 self._scopes.pop(transfer, None)
-                await self._send.send(_Failed(transfer))
+                await self._send.send(partial(self.planner.failed, index, source))
                 return
         if scope.cancelled_caught:
             return  # the endgame's loser: the chunk came from elsewhere
@@ -280,7 +243,7 @@ class SwarmDownload:
         else:
             self._buffers[transfer] = buffer
             self._started[transfer] = t0
-        await self._send.send(_Received(transfer, sha))
+        await self._send.send(partial(self._received, transfer, sha))
 
     async def _store(self, transfer: Transfer) -> None:
         buffer = self._buffers.pop(transfer)
@@ -295,7 +258,7 @@ class SwarmDownload:
         await self._sink.wait_written(index)
         await self._advance_hash()
         self._swarm.peer_bytes += len(buffer)
-        await self._send.send(_Stored(transfer))
+        await self._send.send(partial(self.planner.stored, index, source))
 
     async def _advance_hash(self) -> None:
         """The whole-layer digest needs the bytes in order; chunks arrive out of order."""

@@ -43,6 +43,7 @@ a second source when a transfer runs late) less the transfers in flight.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -96,41 +97,35 @@ class _Pending:
     error: tuple[int, str] | None = None
 
 
+@dataclass(eq=False, kw_only=True)
 class LayerPlanner:
-    """One layer's swarm download as seen by the agent that fetches it."""
+    """One layer's swarm download as seen by the agent that fetches it.
 
-    def __init__(
-        self,
-        *,
-        digest: str,
-        upstream: str,
-        repo: str,
-        chunk_size: int,
-        parallel: int = 2,
-        denied_means_fallback: bool = False,
-    ) -> None:
-        """`denied_means_fallback`: the client sent credentials that cannot reach the root (no
-        P2P TLS), so a 401/403 from the root is the root's, not the client's answer."""
-        self.digest = digest
-        self.upstream = upstream
-        self.repo = repo
-        self.chunk_size = chunk_size
-        self.parallel = parallel
-        self.denied_means_fallback = denied_means_fallback
-        self.size: int | None = None
-        self.count: int | None = None
-        self.held: set[int] = set()
-        self.hashes: dict[int, str] = {}
-        self.fetching: dict[int, set[str]] = {}  # chunk -> sources transferring it now
-        self.storing: set[int] = set()  # accepted, not stored yet
-        self.done_reports: list[tuple[int, str]] = []
-        self.failed_reports: list[tuple[int, str, bool]] = []
-        self.tell_have = False  # the next request says what this node holds
-        self.polling = False  # the standing request is in flight
-        self.reporting = 0  # report requests in flight
-        self.poll_at: float | None = None  # when to send the standing request again
-        self.flushes_left = FLUSH_ATTEMPTS
-        self.outcome: str | None = None  # "finished", "fallback" or "error" once over
+    `denied_means_fallback`: the client sent credentials that cannot reach the root (no P2P
+    TLS), so a 401/403 from the root is the root's answer, not the client's.
+    """
+
+    digest: str
+    upstream: str  # the registry, as Upstream.key
+    repo: str
+    chunk_size: int  # ours; a root with another one cannot serve us
+    parallel: int = 2  # transfer slots: one, and a spare for a second source
+    denied_means_fallback: bool = False
+    # State, from the events.
+    size: int | None = field(default=None, init=False)
+    count: int | None = field(default=None, init=False)
+    held: set[int] = field(default_factory=set, init=False)
+    hashes: dict[int, str] = field(default_factory=dict, init=False)
+    fetching: dict[int, set[str]] = field(default_factory=dict, init=False)  # chunk -> sources
+    storing: set[int] = field(default_factory=set, init=False)  # accepted, not stored yet
+    done_reports: list[tuple[int, str]] = field(default_factory=list, init=False)
+    failed_reports: list[tuple[int, str, bool]] = field(default_factory=list, init=False)
+    tell_have: bool = field(default=False, init=False)  # the next request says what we hold
+    polling: bool = field(default=False, init=False)  # the standing request is in flight
+    reporting: int = field(default=0, init=False)  # report requests in flight
+    poll_at: float | None = field(default=None, init=False)  # when to poll again
+    flushes_left: int = field(default=FLUSH_ATTEMPTS, init=False)
+    outcome: str | None = field(default=None, init=False)  # finished, fallback or error
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -349,16 +344,11 @@ class LayerPlanner:
         wake_at = None
         if self.outcome is None and not self.polling and (self.poll_at or 0.0) > now:
             wake_at = self.poll_at
-        return Decisions(
-            requests=tuple(pending.requests) if self.outcome in (None, "finished") else (),
-            start=tuple(pending.start) if self.outcome is None else (),
+        decided = {f.name: getattr(pending, f.name) for f in dataclasses.fields(pending)}
+        running = self.outcome is None
+        decided.update(
+            requests=tuple(pending.requests) if running or self.outcome == "finished" else (),
+            start=tuple(pending.start) if running else (),
             cancel=tuple(pending.cancel),
-            store=pending.store,
-            size=pending.size,
-            drop_poll=pending.drop_poll,
-            bench=pending.bench,
-            fallback=pending.fallback,
-            error=pending.error,
-            finished=self.outcome == "finished",
-            wake_at=wake_at,
         )
+        return Decisions(**decided, finished=self.outcome == "finished", wake_at=wake_at)

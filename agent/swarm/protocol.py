@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The P2P port (SPEC.md "Interfaces", ARCHITECTURE.md "The swarm") speaks HTTP/1.1, one
+The P2P port (docs/ARCHITECTURE.md, "The swarm") speaks HTTP/1.1, one
 request per chunk or per plan.  Everything about those messages that can be decided without a
 socket or a clock lives here and in two siblings, so the trio adapters only move bytes:
 :mod:`agent.swarm.signing` authenticates every request (the x-pollen-* headers) and

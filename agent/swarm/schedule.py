@@ -22,9 +22,9 @@ hands it what was assigned to it meanwhile. The next `request` replaces the dema
 states its free download slots minus the assignments it has not seen yet. An agent should keep
 2 slots: one for its download, one spare for a second source when that download is late.
 
-The rules bring a swarm near the Kumar-Ross floor (shared/SWARM-NOTES.md). They rest on one
-observation, which the simulator (tests/swarm/swarmsim.py) confirms: transfers sharing a link each
-run slower, so every hop a chunk makes takes longer, and a chunk makes log2(N) hops to reach N
+The rules bring a swarm near the Kumar-Ross floor (docs/ARCHITECTURE.md, "The floor"). They rest on
+one observation, which the simulator (tests/swarm/swarmsim.py) confirms: transfers sharing a link
+each run slower, so every hop a chunk makes takes longer, and a chunk makes log2(N) hops to reach N
 nodes. So the schedule keeps *one transfer per link* (extra ones only where they do not slow
 anyone), and keeps the root's link, the narrowest point, busy with first copies only.
 

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The P2P port (SPEC.md "Interfaces", ARCHITECTURE.md "The swarm") speaks HTTP/1.1; the messages
+The P2P port (docs/ARCHITECTURE.md, "The swarm") speaks HTTP/1.1; the messages
 themselves live in :mod:`agent.swarm.protocol`.  This module decides, without a socket or a
 clock (the time is an argument), whether a request may be answered at all:
 

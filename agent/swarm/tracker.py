@@ -77,28 +77,20 @@ class RootLayer:
         self.changed = trio.Event()
 
 
+@dataclass(eq=False, kw_only=True)
 class Tracker:
-    def __init__(
-        self,
-        *,
-        node: str,
-        config: Config,
-        fetcher: OriginFetcher,
-        cache: ChunkCache,
-        window: int = 8,
-        upload_slots: int = 1,
-        transfer_timeout: float = 10.0,
-    ) -> None:
-        self.node = node
-        self._config = config
-        self._fetcher = fetcher
-        self._cache = cache
-        self._window = window
-        self._upload_slots = upload_slots
-        self._transfer_timeout = transfer_timeout
-        self._layers: dict[str, RootLayer] = {}
-        self._nursery: trio.Nursery | None = None
-        self.plans_answered = 0
+    """The layers this root owns: one schedule, mailboxes and origin watch per layer."""
+
+    node: str
+    config: Config
+    fetcher: OriginFetcher
+    cache: ChunkCache
+    window: int = 8  # the schedule's look-ahead, in chunks
+    upload_slots: int = 1  # transfers a peer (and the root) uploads at once
+    transfer_timeout: float = 10.0
+    plans_answered: int = field(default=0, init=False)
+    _layers: dict[str, RootLayer] = field(default_factory=dict, init=False)
+    _nursery: trio.Nursery | None = field(default=None, init=False)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -121,7 +113,7 @@ class Tracker:
         entry = layer.entry
         if entry is None:
             return []
-        cache = self._cache
+        cache = self.cache
         return [
             (c, src)
             for c, src in layer.mailbox.get(node, [])
@@ -156,8 +148,8 @@ class Tracker:
         layer.notify()
 
     async def plan(self, asker: str, request: PlanTarget, authorization: bytes | None) -> Plan:
-        chunk_size = self._cache.chunk_size
-        upstream = match_upstream(request.upstream, self._config.upstreams)
+        chunk_size = self.cache.chunk_size
+        upstream = match_upstream(request.upstream, self.config.upstreams)
         if upstream is None:
             return Plan(
                 size=None,
@@ -219,7 +211,7 @@ class Tracker:
         hashes: dict[int, str] = {}
         if entry is not None:
             for c, _ in assignments:
-                sha = self._cache.chunk_sha256(entry, c)
+                sha = self.cache.chunk_sha256(entry, c)
                 assert sha is not None  # only such chunks are deliverable
                 hashes[c] = sha
         return Plan(
@@ -235,11 +227,11 @@ class Tracker:
         self, request: PlanTarget, upstream: Upstream, headers: list[tuple[bytes, bytes]]
     ) -> RootLayer:
         digest = parse_digest(request.digest)
-        target = await self._fetcher.ensure(
+        target = await self.fetcher.ensure(
             upstream=upstream, repo=request.repo, digest=digest, headers=headers
         )
         if isinstance(target, CacheEntry):
-            await self._cache.fill_chunk_table(target)
+            await self.cache.fill_chunk_table(target)
             layer = RootLayer(digest=request.digest, download=None, entry=target)
         else:
             layer = RootLayer(digest=request.digest, download=target, entry=target.entry)
@@ -252,10 +244,10 @@ class Tracker:
         layer.schedule = LayerSchedule(
             chunk_count=count,
             root=self.node,
-            window=self._window,
-            upload_slots=self._upload_slots,
-            root_upload_slots=self._upload_slots,
-            transfer_timeout=self._transfer_timeout,
+            window=self.window,
+            upload_slots=self.upload_slots,
+            root_upload_slots=self.upload_slots,
+            transfer_timeout=self.transfer_timeout,
         )
         self._sync_origin(layer)
         if layer.download is not None:

@@ -2,7 +2,7 @@
 
 Metrics are read the way Prometheus reads them (scraped over HTTP, parsed with
 prometheus-client's parser) and, in one test, by Debian's own `prometheus` server. Audit lines
-are matched against SPEC.md's exact format. Everything listens on loopback only.
+are matched against the exact format (docs/REFERENCE.md). Everything listens on loopback only.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ TYPES = ("pread", "download", "peer", "disk", "http")
 WINDOWED = ("DADIP2P_Read_Throughtput", "DADIP2P_QPS", "DADIP2P_MaxLatency", "DADIP2P_Count")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# SPEC.md, "Audit log": local time|AUDIT|th=<16 hex>|op[pathname=..][offset=..][size=..][latency=..]
+# docs/REFERENCE.md, "Audit log":
+# local time|AUDIT|th=<16 hex>|op[pathname=..][offset=..][size=..][latency=..]
 AUDIT_RE = re.compile(
     r"^(?P<time>\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2})\|AUDIT\|th=(?P<th>[0-9A-F]{16})\|"
     r"(?P<op>http:pread|rpc:stat|rpc:pread|download|filewrite|fileread)"
@@ -116,7 +117,7 @@ def test_exporter_serves_every_documented_series_and_counters_follow_pulls(
     node = {"node": "127.0.0.1:65002", "mode": "agent"}
     _, before = scrape("127.0.0.1", port)
 
-    # Every series of SPEC.md, with exactly its labels.
+    # Every series of the original, with exactly its labels.
     assert value(before, "DADIP2P_Alive", **node) == 1
     for name in WINDOWED:
         for kind in TYPES:

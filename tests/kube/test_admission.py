@@ -1,6 +1,6 @@
 """The webhook's decisions (agent/kube/admission.py) on real-shaped AdmissionReview JSON.
 
-Each rule of issue 6 is checked by applying the returned JSONPatch to the pod with the
+Each rule of the webhook is checked by applying the returned JSONPatch to the pod with the
 `jsonpatch` library, as the API server would, and looking at the result.
 """
 

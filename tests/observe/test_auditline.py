@@ -1,4 +1,4 @@
-"""The audit line, byte for byte as SPEC.md shows it."""
+"""The audit line, byte for byte as docs/REFERENCE.md shows it."""
 
 from __future__ import annotations
 

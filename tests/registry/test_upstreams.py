@@ -1,4 +1,4 @@
-"""Tests for agent/registry/upstreams.py: which upstream serves a request, in SPEC.md's order.
+"""Tests for agent/registry/upstreams.py: which upstream serves a request, in the documented order.
 
 Pure: Upstreams come from agent.core.upstream.parse_upstream, requests are plain strings.
 """

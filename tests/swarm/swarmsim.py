@@ -31,8 +31,8 @@ Model
 
 `simulate(SwarmConfig(...))` returns a `SwarmResult`: each node's completion time, the bytes
 the root and every node uploaded, all bytes moved, and T_min = max(F/u_origin, F/d,
-N·F/(u_origin + Σu)), counting the root's upload in Σu (issue 4's floor; with per-node rates, d
-is the slowest download and Σu the sum of the actual uploads).
+N·F/(u_origin + Σu)), counting the root's upload in Σu (the floor of docs/ARCHITECTURE.md; with
+per-node rates, d is the slowest download and Σu the sum of the actual uploads).
 """
 
 from __future__ import annotations
