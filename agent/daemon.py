@@ -25,7 +25,6 @@ from agent.cache import native
 from agent.cache.engines import Engine, open_preferred_engine
 from agent.cache.store import ChunkCache
 from agent.core.config import Config
-from agent.core.errors import ConfigError
 from agent.core.hostport import join_hostport
 from agent.fetch.download import FetchContext
 from agent.fetch.fetcher import LayerFetcher
@@ -70,11 +69,9 @@ class _Ports:
 class Agent:
     """A running agent's components, built from the configuration."""
 
-    def __init__(self, config: Config, *, mode: str | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.mode = mode or config.mode
-        if self.mode == "root" and not config.cluster_token:
-            raise ConfigError("clusterToken", "a root needs POLLEN_CLUSTER_TOKEN (clusterToken)")
+        self.mode = config.mode  # the CLI set it (dataclasses.replace); Config checked it
         self.node_ip = config.node_ip or detect_node_ip()
         self.node = parse_node(join_hostport(self.node_ip, config.p2p_port))
         # Metrics, the audit log and the per-layer summary: one observer for the data path.

@@ -75,6 +75,7 @@ class LayerRef:
     upstream: Upstream
     repo: str
     headers: Headers
+    size: int | None = None  # as the registry told this node (its HEAD), when it did
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +117,7 @@ class LayerDownload:
         self.upstream = ref.upstream
         self.repo = ref.repo
         self._headers = ref.headers
+        self._expected_size = ref.size
         self._cache = context.cache
         self._registry = context.registry
         self._retries = context.retries
@@ -378,7 +380,7 @@ class LayerDownload:
         try:
             await self._download_swarm()
         except SwarmUnavailable as exc:
-            swarm.fallbacks += 1
+            swarm.fell_back(exc.kind)
             log.warning(
                 "layer %s: %s; fetching from the origin %s", self.digest, exc, self.upstream.key
             )
@@ -399,9 +401,18 @@ class LayerDownload:
             repo=self.repo,
             chunk_size=self._cache.chunk_size,
             authorization=authorization,
+            expected_size=self._expected_size,
         )
         self.progress.mode = "swarm"
-        self._check_digest(await download.run(), "chunks from the swarm")
+        try:
+            self._check_digest(await download.run(), "chunks from the swarm")
+        except LayerCorrupt as exc:
+            # Every chunk matched the root's table, so the table was wrong: the responses in
+            # flight are cut (integrity first), and the next pull of this layer does not ask
+            # that root about it (it goes to the next root, or to the registry).
+            for root in swarm.roots.owners(str(self.digest))[:1]:
+                swarm.roots.distrust(root, str(self.digest), str(exc))
+            raise
 
     # -- what the swarm download fills (agent.swarm.download.LayerSink) -----------------------
 

@@ -70,10 +70,17 @@ class LayerFetcher:
         return [d.progress for d in self._inflight.values()]
 
     async def open(
-        self, *, upstream: Upstream, repo: str, digest: Digest, headers: Headers
+        self,
+        *,
+        upstream: Upstream,
+        repo: str,
+        digest: Digest,
+        headers: Headers,
+        size: int | None = None,
     ) -> BlobSource:
-        """A reader for the layer: from the cache, joining a download, or starting one."""
-        ref = LayerRef(digest=digest, upstream=upstream, repo=repo, headers=headers)
+        """A reader for the layer: from the cache, joining a download, or starting one.
+        `size`: the layer's size as the registry told this node, when it did."""
+        ref = LayerRef(digest=digest, upstream=upstream, repo=repo, headers=headers, size=size)
 
         async def reopen(cacheable: bool) -> BlobSource:
             return await self._open(ref, cacheable=cacheable)

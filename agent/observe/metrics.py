@@ -55,6 +55,17 @@ WINDOW_TYPES = ("pread", "download", "peer", "disk", "http")
 CHUNK_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAYER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 REJECTED = ("cache_chunk", "peer_chunk", "layer")
+# Why a node left the swarm for a layer (agent.swarm.planner.Fallback.kind; cache: it does
+# not fit this node's cache).
+FALLBACK_REASONS = (
+    "no_root",
+    "root_error",
+    "credentials",
+    "chunk_size",
+    "size",
+    "no_size",
+    "cache",
+)
 PEER_HISTORY = 256  # peers remembered for `pollen status`
 
 
@@ -383,11 +394,15 @@ class _Collector:
         for source, n in t.fetch_failures.items():
             failures.add_metric([source], float(n))
         yield failures
-        yield _counter(
+        fallbacks = CounterMetricFamily(
             "pollen_origin_fallbacks",
-            "layers fetched from the origin because the swarm could not deliver them",
-            t._swarm.fallbacks if t._swarm is not None else 0,
+            "layers fetched from the origin because the swarm could not deliver them, by cause",
+            labels=["reason"],
         )
+        causes = t._swarm.fallbacks if t._swarm is not None else {}
+        for reason in sorted(set(FALLBACK_REASONS) | set(causes)):
+            fallbacks.add_metric([reason], float(causes.get(reason, 0)))
+        yield fallbacks
         auth = CounterMetricFamily(
             "pollen_auth_checks",
             "upstream checks that a client may read a layer, by result",

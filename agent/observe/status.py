@@ -65,7 +65,8 @@ class SwarmStatus:
         return {
             "node": self.node,
             "roots": self.roots.state() if self.roots else [],
-            "origin_fallbacks": self.swarm.fallbacks if self.swarm else 0,
+            "origin_fallbacks": sum(self.swarm.fallbacks.values()) if self.swarm else 0,
+            "origin_fallback_causes": dict(self.swarm.fallbacks) if self.swarm else {},
             "peer_bytes": self.swarm.peer_bytes if self.swarm else 0,
             "chunks_served": self.p2p.chunks_served,
             "refused": self.p2p.refused,

@@ -114,7 +114,7 @@ def render_status(status: Mapping[str, Any]) -> str:
         lines += _peers(telemetry.get("peers") or [])
         lines.append(
             f"swarm: {human_bytes(swarm.get('peer_bytes', 0))} from peers, "
-            f"{swarm.get('origin_fallbacks', 0)} origin fallbacks, "
+            f"{swarm.get('origin_fallbacks', 0)} origin fallbacks{_causes(swarm)}, "
             f"{swarm.get('chunks_served', 0)} chunks served, "
             f"{swarm.get('refused', 0)} requests refused"
         )
@@ -129,3 +129,10 @@ def render_status(status: Mapping[str, Any]) -> str:
             )
         lines.append(f"metrics: {exporter.get('where', '?')}; audit log: {audit_text}")
     return "\n".join(lines) + "\n"
+
+
+def _causes(swarm: dict) -> str:  # type: ignore[type-arg]
+    """` (root_error 2, size 1)`: why the node left the swarm, when it did."""
+    causes = swarm.get("origin_fallback_causes") or {}
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(causes.items()) if v)
+    return f" ({shown})" if shown else ""

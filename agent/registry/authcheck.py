@@ -35,19 +35,25 @@ class AuthChecker:
     def __init__(self, registry: RegistryClient, *, ttl: float) -> None:
         self._registry = registry
         self._ttl = ttl
-        self._allowed: OrderedDict[tuple[str, str, str, str], float] = OrderedDict()
+        # (upstream, repo, digest, credential) -> (expires, the blob's size as answered)
+        self._allowed: OrderedDict[tuple[str, str, str, str], tuple[float, int | None]] = (
+            OrderedDict()
+        )
         self.results = {"allowed_cached": 0, "allowed": 0, "denied": 0}
 
     async def check(
         self, *, upstream: Upstream, repo: str, digest: Digest, headers: Headers
-    ) -> None:
-        """Return if the upstream lets this credential read the blob; else raise its answer."""
+    ) -> int | None:
+        """Return if the upstream lets this credential read the blob; else raise its answer.
+
+        Returns the blob's size when the registry said it (a redirect to object storage does
+        not): the size a root must agree with before this node trusts its chunk table."""
         key = (upstream.key, repo, str(digest), credential_key(headers))
         now = trio.current_time()
-        expires = self._allowed.get(key)
-        if expires is not None and expires > now:
+        expires, size = self._allowed.get(key, (0.0, None))
+        if expires > now:
             self.results["allowed_cached"] += 1
-            return
+            return size
         auth_headers = [(k, v) for k, v in headers if k in (b"authorization", b"user-agent")]
         path = f"/v2/{repo}/blobs/{digest}"
         # A redirect to object storage already means "yes": do not follow it.
@@ -55,12 +61,14 @@ class AuthChecker:
             "HEAD", upstream, path, auth_headers, follow_redirects=False
         ) as response:
             status = response.status
+            size = response.content_length if status == 200 else None
             if not (200 <= status < 400):
                 self.results["denied"] += 1
                 log.info("auth check %s %s: upstream said %d", repo, digest, status)
                 raise await passthrough_error(response, path)
         self.results["allowed"] += 1
-        self._allowed[key] = now + self._ttl
+        self._allowed[key] = (now + self._ttl, size)
         self._allowed.move_to_end(key)
         while len(self._allowed) > MAX_REMEMBERED:
             self._allowed.popitem(last=False)
+        return size

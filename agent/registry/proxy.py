@@ -196,14 +196,14 @@ class RegistryProxy:
     async def _blob(self, request: Request, upstream: Upstream, route: Blob) -> Response:
         started = time.perf_counter()
         headers = forwarded_headers(request.headers)
-        await self.auth.check(
+        size = await self.auth.check(
             upstream=upstream, repo=route.name, digest=route.digest, headers=headers
         )
         auth_seconds = time.perf_counter() - started
         if request.method == "HEAD":
             return await self._blob_head(upstream, route, headers)
         source = await self.fetcher.open(
-            upstream=upstream, repo=route.name, digest=route.digest, headers=headers
+            upstream=upstream, repo=route.name, digest=route.digest, headers=headers, size=size
         )
         try:
             decision = decide_range(request.header("range"), source.size)

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
@@ -40,7 +40,11 @@ EVENTS_BUFFERED = 16  # outcomes waiting for the loop; tasks wait beyond that (b
 
 class SwarmUnavailable(Exception):
     """The swarm cannot deliver this layer (no root answers, it does not fit); the download
-    goes to the origin instead."""
+    goes to the origin instead. `kind` names the cause for metrics."""
+
+    def __init__(self, reason: str, kind: str = "cache") -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 @dataclass(eq=False, kw_only=True)
@@ -55,8 +59,12 @@ class SwarmContext:
     parallel: int = 2
     chunk_timeout: float = 15.0
     plan_timeout: float = 10.0
-    fallbacks: int = 0  # layers fetched from the origin because no root answered
+    # Layers fetched from the registry because the swarm could not deliver, by cause.
+    fallbacks: dict[str, int] = field(default_factory=dict)
     peer_bytes: int = 0
+
+    def fell_back(self, kind: str) -> None:
+        self.fallbacks[kind] = self.fallbacks.get(kind, 0) + 1
 
 
 class LayerSink(Protocol):
@@ -104,6 +112,7 @@ class SwarmDownload:
         repo: str,
         chunk_size: int,
         authorization: bytes | None,
+        expected_size: int | None = None,
     ) -> None:
         self._swarm = swarm
         self._sink = sink
@@ -116,6 +125,7 @@ class SwarmDownload:
             chunk_size=chunk_size,
             parallel=swarm.parallel,
             denied_means_fallback=bool(authorization) and not swarm.client.tls,
+            expected_size=expected_size,
         )
         self._hasher = hashlib.new(algorithm)
         self._hashed_upto = 0
@@ -160,8 +170,11 @@ class SwarmDownload:
         if decisions.error is not None:
             status, message = decisions.error
             raise RegistryError(status, "UNAVAILABLE" if status >= 500 else "DENIED", message)
-        if decisions.fallback is not None:
-            raise SwarmUnavailable(decisions.fallback)
+        fallback = decisions.fallback
+        if fallback is not None:
+            if fallback.root is not None:
+                self._swarm.roots.distrust(fallback.root, self._digest, fallback.reason)
+            raise SwarmUnavailable(fallback.reason, fallback.kind)
         if decisions.size is not None:
             self._sink.begin(decisions.size)
             if self._sink.stream_mode:

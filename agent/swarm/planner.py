@@ -34,9 +34,14 @@ a second source when a transfer runs late) less the transfers in flight.
 - A root that does not answer is benched (the driver's root set moves the layer to the next
   root in rendezvous order); reports it did not take go again, and the next request says what
   this node holds, since the new root knows nothing of it.
-- A root that refuses with 401/403 while the client's credentials could not be passed to it
-  (no P2P TLS) means this node must fetch the layer itself: fallback. No root at all, or a
-  root whose chunk size differs from ours: fallback. Any other error reply is the client's.
+- The swarm is an accelerator, never a reason to fail a pull the registry would serve. This
+  node fetches the layer from the registry itself (`Fallback`) when: no root answers; a root
+  fails (a 5xx answer: it cannot hold the layer, the origin broke for it); a root refuses with
+  401/403 while the client's credentials could not be passed to it (no P2P TLS); a root's
+  chunk size differs from ours; a root's layer size differs from the one the registry gave
+  this node; no root knows the size within `size_deadline`. A root that answered unusably is
+  named, so the driver does not ask it about this layer again for a while. The registry's own
+  answers that a root passes on (404, 401 with credentials, 429) are the client's to see.
 - When every chunk is stored the standing request is dropped and the last reports are sent
   (a few attempts), then the planner is finished.
 """
@@ -54,6 +59,7 @@ Done = tuple[tuple[int, str], ...]  # (chunk, source) reports
 Failed = tuple[tuple[int, str, bool], ...]  # (chunk, source, bad data) reports
 POLL_RETRY = 0.05  # s before asking again after an answer that started nothing
 FLUSH_ATTEMPTS = 3  # tries to deliver the last reports once the layer is complete
+SIZE_DEADLINE = 30.0  # s: a root that cannot tell the layer's size by then is not helping
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -62,6 +68,18 @@ class Transfer:
 
     chunk: int
     source: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Fallback:
+    """Why this node fetches the layer from the registry itself (the swarm cannot deliver).
+
+    `kind` is a short word for metrics; `root`, when set, is the root not to ask about this
+    layer again for a while (it answered, but not usefully)."""
+
+    kind: str  # no_root, root_error, credentials, chunk_size, size, no_size
+    reason: str
+    root: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -76,7 +94,7 @@ class Decisions:
     size: int | None = None  # the layer's size became known: admit it
     drop_poll: bool = False  # cancel the standing request in flight (the layer is complete)
     bench: str | None = None  # root that did not answer
-    fallback: str | None = None  # why this node fetches the rest from the origin itself
+    fallback: Fallback | None = None  # this node fetches the rest from the origin itself
     error: tuple[int, str] | None = None  # (status, message) for the client
     finished: bool = False
     wake_at: float | None = None  # call `tick` then, unless another event comes first
@@ -93,7 +111,7 @@ class _Pending:
     size: int | None = None
     drop_poll: bool = False
     bench: str | None = None
-    fallback: str | None = None
+    fallback: Fallback | None = None
     error: tuple[int, str] | None = None
 
 
@@ -111,6 +129,8 @@ class LayerPlanner:
     chunk_size: int  # ours; a root with another one cannot serve us
     parallel: int = 2  # transfer slots: one, and a spare for a second source
     denied_means_fallback: bool = False
+    expected_size: int | None = None  # the layer's size as the registry told this node
+    size_deadline: float = SIZE_DEADLINE  # s for a root to learn the size, else fallback
     # State, from the events.
     size: int | None = field(default=None, init=False)
     count: int | None = field(default=None, init=False)
@@ -126,6 +146,7 @@ class LayerPlanner:
     poll_at: float | None = field(default=None, init=False)  # when to poll again
     flushes_left: int = field(default=FLUSH_ATTEMPTS, init=False)
     outcome: str | None = field(default=None, init=False)  # finished, fallback or error
+    started_at: float | None = field(default=None, init=False)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -146,12 +167,13 @@ class LayerPlanner:
     def start(self, now: float) -> Decisions:
         """Begin: the standing request goes out."""
         pending = _Pending()
+        self.started_at = now
         self._poll(pending, now)
         return self._settle(pending, now)
 
     def no_root(self, now: float) -> Decisions:
         """The driver found no root to send a request to."""
-        pending = _Pending(fallback="no root answers")
+        pending = _Pending(fallback=Fallback(kind="no_root", reason="no root answers"))
         return self._settle(pending, now)
 
     def answered(self, request: PlanTarget, plan: Plan, root: str, now: float) -> Decisions:
@@ -161,23 +183,13 @@ class LayerPlanner:
         if request.have is not None:
             self.tell_have = False
         if plan.error is not None:
-            status = plan.error_status or 502
-            if status in (401, 403) and self.denied_means_fallback:
-                pending.fallback = (
-                    f"root {root} may not read it without credentials, and the P2P port has "
-                    "no TLS to pass them"
-                )
-            else:
-                pending.error = (status, f"root {root}: {plan.error}")
+            pending.fallback, pending.error = _refusal(plan, root, self.denied_means_fallback)
             return self._settle(pending, now)
         started = 0
         if plan.size is not None:
             if self.size is None:
-                if plan.chunk_size != self.chunk_size:
-                    pending.fallback = (
-                        f"root {root} uses {plan.chunk_size}-byte chunks, we use "
-                        f"{self.chunk_size}"
-                    )
+                pending.fallback = self._unusable(plan, root)
+                if pending.fallback is not None:
                     return self._settle(pending, now)
                 self.size = plan.size
                 self.count = -(-plan.size // self.chunk_size)
@@ -247,10 +259,23 @@ class LayerPlanner:
         return self._settle(pending, now)
 
     def tick(self, now: float) -> Decisions:
-        """Time passed (the standing request's retry came due)."""
+        """Time passed (the standing request's retry came due, or the size deadline)."""
         pending = _Pending()
         self._poll(pending, now)
         return self._settle(pending, now)
+
+    # -- what a root's answer cannot be used for ------------------------------------------
+
+    def _unusable(self, plan: Plan, root: str) -> Fallback | None:
+        """The first size a root gives must fit this node: our chunk size, and the size the
+        registry gave us (a root that disagrees is wrong, or lying)."""
+        if plan.chunk_size != self.chunk_size:
+            reason = f"root {root} uses {plan.chunk_size}-byte chunks, we use {self.chunk_size}"
+            return Fallback(kind="chunk_size", reason=reason, root=root)
+        if self.expected_size is not None and plan.size != self.expected_size:
+            reason = f"root {root} says {plan.size} bytes, the registry {self.expected_size}"
+            return Fallback(kind="size", reason=reason, root=root)
+        return None
 
     # -- rules ------------------------------------------------------------------------------
 
@@ -330,6 +355,11 @@ class LayerPlanner:
         pending.requests.append(self._request(poll=False))
 
     def _settle(self, pending: _Pending, now: float) -> Decisions:
+        deadline = None if self.started_at is None else self.started_at + self.size_deadline
+        if self.size is None and pending.fallback is None and deadline is not None:
+            if now >= deadline:
+                reason = f"no root knew the layer's size within {self.size_deadline:g}s"
+                pending.fallback = Fallback(kind="no_size", reason=reason)
         if pending.error is not None:
             self.outcome = "error"
         elif pending.fallback is not None:
@@ -341,9 +371,10 @@ class LayerPlanner:
                 self.outcome = "finished"
         # A retry due later needs a wake-up; one already due waits for a free slot, which
         # only an event brings (a wake-up in the past would spin the driver).
-        wake_at = None
-        if self.outcome is None and not self.polling and (self.poll_at or 0.0) > now:
-            wake_at = self.poll_at
+        wakes = [self.poll_at] if not self.polling and (self.poll_at or 0.0) > now else []
+        if self.size is None and deadline is not None:
+            wakes.append(deadline)
+        wake_at = min(wakes) if wakes and self.outcome is None else None
         decided = {f.name: getattr(pending, f.name) for f in dataclasses.fields(pending)}
         running = self.outcome is None
         decided.update(
@@ -352,3 +383,23 @@ class LayerPlanner:
             cancel=tuple(pending.cancel),
         )
         return Decisions(**decided, finished=self.outcome == "finished", wake_at=wake_at)
+
+
+def _refusal(
+    plan: Plan, root: str, denied_means_fallback: bool
+) -> tuple[Fallback | None, tuple[int, str] | None]:
+    """What a root's error answer means for this node: the registry's own answer for the
+    client (4xx: not found, denied, too many requests) is the client's to see; a root that
+    failed (5xx: it cannot hold the layer, the origin broke for it) or that could not use the
+    client's credentials (no P2P TLS to pass them) is not, and the node asks the registry."""
+    status = plan.error_status or 502
+    message = f"root {root}: {plan.error}"
+    if status >= 500:
+        return Fallback(kind="root_error", reason=message, root=root), None
+    if status in (401, 403) and denied_means_fallback:
+        reason = (
+            f"root {root} may not read it without credentials, and the P2P port has no TLS "
+            "to pass them"
+        )
+        return Fallback(kind="credentials", reason=reason, root=root), None
+    return None, (status, message)

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 RESOLVE_EVERY = 30.0
 BENCH_FOR = 10.0
+DISTRUST_FOR = 300.0  # s a root that answered unusably about a layer is not asked about it
+MAX_DISTRUSTED = 4096  # (root, layer) pairs remembered
 
 
 class RootSet:
@@ -34,6 +36,7 @@ class RootSet:
                 self._p2p_port = port or p2p_port
         self.addresses: list[str] = [] if self._dns_name else [parse_node(e) for e in entries]
         self._benched_until: dict[str, float] = {}
+        self._distrusted_until: dict[tuple[str, str], float] = {}
 
     @property
     def dynamic(self) -> bool:
@@ -74,13 +77,30 @@ class RootSet:
             )
         self._benched_until[root] = trio.current_time() + BENCH_FOR
 
+    def distrust(self, root: str, digest: str, why: str) -> None:
+        """`root` answered about `digest`, but not usefully (it cannot hold the layer, its size
+        or its chunks were wrong): ask the next root, or the registry, about this layer."""
+        now = trio.current_time()
+        log.warning(
+            "roots: not asking %s about %s for %.0fs: %s", root, digest, DISTRUST_FOR, why
+        )
+        if len(self._distrusted_until) >= MAX_DISTRUSTED:
+            self._distrusted_until = {
+                k: until for k, until in self._distrusted_until.items() if until > now
+            }
+            while len(self._distrusted_until) >= MAX_DISTRUSTED:  # all current: oldest go
+                del self._distrusted_until[next(iter(self._distrusted_until))]
+        self._distrusted_until[(root, digest)] = now + DISTRUST_FOR
+
     def owners(self, digest: str) -> list[str]:
-        """Live roots in rendezvous order for `digest`: the first is the owner."""
+        """Live roots in rendezvous order for `digest`: the first is the owner. A root benched
+        (not answering) or distrusted for this layer is skipped."""
         now = trio.current_time()
         return [
             root
             for root in rendezvous_order(digest, self.addresses)
             if self._benched_until.get(root, 0.0) <= now
+            and self._distrusted_until.get((root, digest), 0.0) <= now
         ]
 
     def state(self) -> list[dict[str, object]]:

@@ -41,6 +41,7 @@ class Cluster:
         roots: int,
         agents: int,
         env: dict[str, str] | None = None,
+        root_env: dict[str, str] | None = None,
     ) -> None:
         self.p2p_port = free_port("127.0.0.2")
         addresses = [f"127.0.0.{i}" for i in range(2, 2 + roots + agents)]
@@ -55,7 +56,13 @@ class Cluster:
         }
         upstream = f"http://{registry.host}"
         self.roots = [
-            make_agent(upstreams=upstream, env=common, address=a, role="root", name=f"root-{a}")
+            make_agent(
+                upstreams=upstream,
+                env={**common, **(root_env or {})},
+                address=a,
+                role="root",
+                name=f"root-{a}",
+            )
             for a in self.root_addresses
         ]
         self.agents = [
@@ -97,6 +104,32 @@ def test_swarm_pull_sends_each_layer_once_from_the_origin(
     peer_bytes = sum(agent_status(a)["swarm"]["peer_bytes"] for a in cluster.agents)
     assert peer_bytes >= sum(layer.size for layer in image.layers) * len(cluster.agents) * 0.9
     assert all(agent_status(a)["swarm"]["origin_fallbacks"] == 0 for a in cluster.agents)
+
+
+def test_roots_whose_caches_cannot_hold_a_layer_cost_no_pull(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """Roots with a 1 MiB cache and a 3 MiB layer: each root answers that the layer does not
+    fit, and the agents fetch it from the registry themselves (counted, with the cause). The
+    small layer still goes through the swarm. Before, every pull failed with 502."""
+    image = make_image(layers=(3 * MiB, 256 * 1024), seed=23)
+    push_image(image, registry, "team/big", "v1")
+    cluster = Cluster(
+        make_agent, registry, roots=2, agents=3, root_env={"POLLEN_CACHE_CAPACITY": "1MiB"}
+    )
+    results = pull_all(cluster.agents, "team/big:v1", tmp_path / "pulls")
+    for got in results:
+        assert set(image.layer_digests) <= got
+    big, small = image.layer_digests
+    causes = [agent_status(a)["swarm"]["origin_fallback_causes"] for a in cluster.agents]
+    assert all(c.get("root_error", 0) >= 1 for c in causes), causes
+    assert registry.blob_get_count(small) == 1, "the small layer went through the swarm"
+    # Each agent once, and for each agent its owning root once (a root learns that the layer
+    # does not fit from the GET's Content-Length, and each agent asks it once).
+    assert registry.blob_get_count(big) <= 2 * len(cluster.agents)
 
 
 def test_p2p_port_refuses_unsigned_requests(

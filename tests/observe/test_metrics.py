@@ -47,7 +47,7 @@ class FakeAuth:
 
 
 class FakeSwarm:
-    fallbacks = 8
+    fallbacks = {"root_error": 5, "no_root": 3}
 
 
 def parse(telemetry: Telemetry) -> Samples:
@@ -154,7 +154,9 @@ def test_component_counters_at_scrape_time(telemetry: Telemetry) -> None:
     assert get(s, "pollen_integrity_rejected_total", what="peer_chunk") == 1
     assert get(s, "pollen_integrity_rejected_total", what="layer") == 1
     assert get(s, "pollen_fetch_failures_total", source="peer") == 1
-    assert get(s, "pollen_origin_fallbacks_total") == 8
+    assert get(s, "pollen_origin_fallbacks_total", reason="root_error") == 5
+    assert get(s, "pollen_origin_fallbacks_total", reason="no_root") == 3
+    assert get(s, "pollen_origin_fallbacks_total", reason="size") == 0
     assert get(s, "pollen_auth_checks_total", result="denied") == 7
     assert get(s, "pollen_auth_checks_total", result="allowed_cached") == 5
     assert get(s, "pollen_cache_evictions_total") == 2

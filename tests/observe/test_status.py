@@ -54,7 +54,7 @@ class FakeAuth:
 
 
 class FakeSwarm:
-    fallbacks = 4
+    fallbacks = {"size": 1, "no_root": 3}
     peer_bytes = 5 << 20
 
 
@@ -190,6 +190,7 @@ async def test_the_swarm_part_on_a_node_with_roots() -> None:
             {"root": "10.0.0.3:65002", "state": "benched"},
         ],
         "origin_fallbacks": 4,
+        "origin_fallback_causes": {"size": 1, "no_root": 3},
         "peer_bytes": 5 << 20,
         "chunks_served": 7,
         "refused": 1,

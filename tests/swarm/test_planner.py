@@ -192,7 +192,8 @@ def test_denied_without_tls_means_fallback_else_the_clients_error() -> None:
             request, plan(size=None, error="unauthorized", error_status=401), ROOT, 0.1
         )
         if fallback:
-            assert d.fallback and "credentials" in d.fallback and d.error is None
+            assert d.fallback is not None and d.error is None
+            assert d.fallback.kind == "credentials" and d.fallback.root == ROOT
             assert p.outcome == "fallback"
         else:
             assert d.error == (401, f"root {ROOT}: unauthorized") and d.fallback is None
@@ -203,14 +204,66 @@ def test_a_root_with_another_chunk_size_means_fallback() -> None:
     p = planner()
     request = only(p.start(0.0))
     d = p.answered(request, plan(size=64, chunk_size=8, chunk_sha256={}), ROOT, 0.1)
-    assert d.fallback and "8-byte chunks" in d.fallback and d.size is None
+    assert d.fallback is not None and d.fallback.kind == "chunk_size" and d.size is None
+    assert "8-byte chunks" in d.fallback.reason and d.fallback.root == ROOT
 
 
 def test_no_root_means_fallback() -> None:
     p = planner()
     p.start(0.0)
     d = p.no_root(0.1)
-    assert d.fallback == "no root answers" and p.over
+    assert d.fallback is not None and d.fallback.kind == "no_root" and p.over
+    assert d.fallback.root is None  # nobody to distrust
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_a_root_that_fails_sends_this_node_to_the_registry(status: int) -> None:
+    """A root that cannot hold the layer (or whose origin broke) is no reason for a 5xx."""
+    p = planner()
+    request = only(p.start(0.0))
+    answer = plan(size=None, error="layer does not fit this root's cache", error_status=status)
+    d = p.answered(request, answer, ROOT, 0.1)
+    assert d.error is None and d.fallback is not None
+    assert d.fallback.kind == "root_error" and d.fallback.root == ROOT
+    assert "does not fit" in d.fallback.reason
+    assert d.requests == () and d.start == ()
+
+
+@pytest.mark.parametrize("status", [404, 429, 401])
+def test_the_registrys_own_answer_passed_on_by_a_root_is_the_clients(status: int) -> None:
+    p = planner(denied_means_fallback=False)
+    request = only(p.start(0.0))
+    d = p.answered(request, plan(size=None, error="no", error_status=status), ROOT, 0.1)
+    assert d.fallback is None and d.error == (status, f"root {ROOT}: no")
+
+
+def test_a_root_whose_size_differs_from_the_registrys_is_not_used() -> None:
+    p = planner(expected_size=4 * CHUNK)
+    request = only(p.start(0.0))
+    d = p.answered(request, plan(size=5 * CHUNK, assignments=((0, ROOT),)), ROOT, 0.1)
+    assert d.fallback is not None and d.fallback.kind == "size" and d.fallback.root == ROOT
+    assert d.size is None and d.start == ()  # no reader ever saw the wrong size
+    ok = planner(expected_size=4 * CHUNK)
+    request = only(ok.start(0.0))
+    d = ok.answered(request, plan(size=4 * CHUNK, assignments=((0, ROOT),)), ROOT, 0.1)
+    assert d.fallback is None and d.size == 4 * CHUNK and len(d.start) == 1
+
+
+def test_a_root_that_never_learns_the_size_is_given_up_at_the_deadline() -> None:
+    p = planner(size_deadline=5.0)
+    request = only(p.start(10.0))
+    d = p.answered(request, plan(size=None), ROOT, 11.0)
+    assert d.wake_at == pytest.approx(11.0 + POLL_RETRY)
+    d = p.tick(11.0 + POLL_RETRY)
+    request = only(d)
+    d = p.answered(request, plan(size=None), ROOT, 13.0)  # the root held it, still no size
+    d = p.tick(13.0 + POLL_RETRY)
+    assert d.fallback is None and d.wake_at == 15.0  # polling, but the deadline still counts
+    d = p.unanswered(only(d), ROOT, "timed out", 14.9)
+    assert d.fallback is None and d.wake_at is not None and d.wake_at <= 15.0
+    d = p.tick(15.0)
+    assert d.fallback is not None and d.fallback.kind == "no_size" and p.over
+    assert d.requests == ()
 
 
 def test_an_empty_layer_finishes_on_the_first_answer() -> None:
