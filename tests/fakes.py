@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from agent.core.config import Config, load_config
 from agent.core.upstream import Upstream
 from agent.fetch.download import FetchContext
 from agent.fetch.fetcher import LayerFetcher
+from agent.fetch.readers import BlobSource
 from agent.http.client import HttpClient
 from agent.http.responses import Response
 from agent.http.server import (
@@ -250,3 +252,14 @@ class DataPath:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+async def read_into(source: BlobSource, received: bytearray) -> None:
+    """Read a whole layer into `received` and close the source, whatever happens: a test
+    that expects the read to fail still sees how many bytes a client would have got."""
+    try:
+        async with aclosing(source.read(0, source.size)) as pieces:
+            async for piece in pieces:
+                received += piece
+    finally:
+        source.close()

@@ -22,7 +22,7 @@ import trio.testing
 from agent.fetch.download import LayerCorrupt
 from agent.fetch.readers import BlobSource, ResumingBlob
 from agent.registry.routes import parse_digest
-from tests.fakes import DataPath, FakeBlob, FakeRegistry, node_config
+from tests.fakes import DataPath, FakeBlob, FakeRegistry, node_config, read_into
 
 REPO = "library/app"
 CHUNK = 16 * 1024
@@ -242,12 +242,7 @@ async def test_wrong_bytes_fail_the_reader_before_the_last_byte_and_are_not_cach
             source = await open_layer(node, registry, blob)
             received = bytearray()
             with pytest.raises(LayerCorrupt):
-                try:
-                    async with aclosing(source.read(0, source.size)) as pieces:
-                        async for piece in pieces:
-                            received += piece
-                finally:
-                    source.close()
+                await read_into(source, received)
             assert len(received) < size, "the layer's last bytes were never sent"
             assert blob.gets == [None] * attempt, "nothing cached: every reader refetches"
             assert node.cache.get(blob.digest) is None and node.cache.used == 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from contextlib import aclosing
 
 import pytest
 import trio
@@ -23,7 +22,7 @@ from agent.http.server import HttpServer, Request, ServerSettings, listener_port
 from agent.registry.routes import parse_digest
 from agent.swarm.plan import Plan
 from agent.swarm.protocol import ChunkTarget, PlanTarget, parse_target
-from tests.fakes import FakeBlob, FakeRegistry, serve
+from tests.fakes import FakeBlob, FakeRegistry, read_into, serve
 from tests.swarm.test_peers import CHUNK, REPO, TIMEOUT, Swarm, pull, registry, swarm
 
 __all__ = ["registry", "swarm"]  # the fixtures, shared with test_peers
@@ -124,12 +123,7 @@ async def test_a_root_with_a_self_consistent_wrong_table_cannot_complete_a_wrong
             size=blob.size,
         )
         with pytest.raises(LayerFailed, match="hash to"):
-            try:
-                async with aclosing(source.read(0, source.size)) as pieces:
-                    async for piece in pieces:
-                        received += piece
-            finally:
-                source.close()
+            await read_into(source, received)
         assert len(received) < blob.size, "the last bytes wait for the whole-layer digest"
         assert agent.data.cache.get(blob.digest) is None
         assert blob.gets == []
