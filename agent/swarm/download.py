@@ -242,7 +242,9 @@ class SwarmDownload:
                 log.info("layer %s: chunk %d from %s failed: %s", self._digest, index, source, exc)
                 sink.arrived(kind, source, index, failure_size(exc), t0)
                 self._scopes.pop(transfer, None)
-                await self._send.send(partial(self.planner.failed, index, source))
+                gone = isinstance(exc, PeerError) and exc.status == 404  # evicted there
+                event = self.planner.missing if gone else self.planner.failed
+                await self._send.send(partial(event, index, source))
                 return
         if scope.cancelled_caught:
             return  # the endgame's loser: the chunk came from elsewhere

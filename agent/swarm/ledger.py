@@ -199,11 +199,18 @@ class Ledger:
             if new[c] and not old[c]:
                 self.add_holding(peer, c, batch)
             elif old[c] and not new[c]:  # evicted from its cache
-                old[c] = 0
-                peer.have -= 1
-                self.holders[c].discard(peer.ident)
-                peer.first = min(peer.first, c)
-                batch.freed.add(ROOT)
+                self.lose_holding(peer, c, batch)
+        batch.dirty.add(peer.ident)
+
+    def lose_holding(self, peer: Peer, chunk: int, batch: Batch) -> None:
+        """`peer` no longer holds `chunk` (evicted from its cache); it may need it again."""
+        if not peer.held[chunk]:
+            return
+        peer.held[chunk] = 0
+        peer.have -= 1
+        self.holders[chunk].discard(peer.ident)
+        peer.first = min(peer.first, chunk)
+        batch.freed.add(ROOT)  # it may be root-only again
         batch.dirty.add(peer.ident)
 
     # ----------------------------------------------------------------------------------------
@@ -232,6 +239,22 @@ class Ledger:
                 self.free.discard(src)
         batch.assigned.append(a)
         batch.dirty.add(peer.ident)
+
+    def end(
+        self, node: str, chunk: int, source: str, batch: Batch
+    ) -> tuple[Peer, int, bool] | None:
+        """A transfer of `chunk` from `source` to `node` ended: (the receiver, the source's id,
+        whether it was still in flight), its slot released; None for a source never seen."""
+        self.check_chunk(chunk)
+        peer = self.peer(node)
+        src = self.ids.get(source)
+        if src is None:
+            return None
+        key = (peer.ident, chunk, src)
+        in_flight = key in self.flights
+        if in_flight:
+            self.release(key, batch)
+        return peer, src, in_flight
 
     def release(self, key: FlightKey, batch: Batch) -> Assignment:
         """End a transfer (done, failed, cancelled): the source's slot frees."""

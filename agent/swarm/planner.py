@@ -140,6 +140,7 @@ class LayerPlanner:
     storing: set[int] = field(default_factory=set, init=False)  # accepted, not stored yet
     done_reports: list[tuple[int, str]] = field(default_factory=list, init=False)
     failed_reports: list[tuple[int, str, bool]] = field(default_factory=list, init=False)
+    missing_reports: list[tuple[int, str]] = field(default_factory=list, init=False)
     tell_have: bool = field(default=False, init=False)  # the next request says what we hold
     polling: bool = field(default=False, init=False)  # the standing request is in flight
     reporting: int = field(default=0, init=False)  # report requests in flight
@@ -209,6 +210,7 @@ class LayerPlanner:
         # Its reports go again (first), to whichever root owns the layer now, with our holdings.
         self.done_reports[:0] = list(request.done)
         self.failed_reports[:0] = list(request.failed)
+        self.missing_reports[:0] = list(request.missing)
         self.tell_have = self.size is not None
         if request.poll:
             self.poll_at = now + POLL_RETRY
@@ -254,6 +256,16 @@ class LayerPlanner:
         pending = _Pending()
         if self._end_transfer(chunk, source):
             self.failed_reports.append((chunk, source, False))
+        self._poll(pending, now)
+        self._report(pending)
+        return self._settle(pending, now)
+
+    def missing(self, chunk: int, source: str, now: float) -> Decisions:
+        """`source` answered 404 for `chunk`: it does not hold it (any more). The root stops
+        counting it as a holder and assigns the chunk elsewhere; no fault of the source."""
+        pending = _Pending()
+        if self._end_transfer(chunk, source):
+            self.missing_reports.append((chunk, source))
         self._poll(pending, now)
         self._report(pending)
         return self._settle(pending, now)
@@ -315,15 +327,21 @@ class LayerPlanner:
     def _have(self) -> frozenset[int] | None:
         return clip_ranges(self.held) if self.tell_have and self.size is not None else None
 
-    def _take_reports(self) -> tuple[Done, Failed]:
+    def _take_reports(self) -> tuple[Done, Failed, Done]:
         done = self.done_reports[:MAX_REPORTS]
         del self.done_reports[: len(done)]
         failed = self.failed_reports[: MAX_REPORTS - len(done)]
         del self.failed_reports[: len(failed)]
-        return tuple(done), tuple(failed)
+        lost = self.missing_reports[: MAX_REPORTS - len(done) - len(failed)]
+        del self.missing_reports[: len(lost)]
+        return tuple(done), tuple(failed), tuple(lost)
+
+    @property
+    def _reports_waiting(self) -> bool:
+        return bool(self.done_reports or self.failed_reports or self.missing_reports)
 
     def _request(self, *, poll: bool) -> PlanTarget:
-        done, failed = self._take_reports()
+        done, failed, lost = self._take_reports()
         return PlanTarget(
             digest=self.digest,
             upstream=self.upstream,
@@ -332,6 +350,7 @@ class LayerPlanner:
             have=self._have(),
             done=done,
             failed=failed,
+            missing=lost,
             poll=poll,
         )
 
@@ -347,7 +366,7 @@ class LayerPlanner:
 
     def _report(self, pending: _Pending) -> None:
         """Send what ended at once (the standing request, if it just went, carries it too)."""
-        if not (self.done_reports or self.failed_reports):
+        if not self._reports_waiting:
             return
         if self.complete and (self.reporting or self.flushes_left <= 0):
             return  # the last reports go one request at a time, a few attempts
@@ -365,7 +384,7 @@ class LayerPlanner:
         elif pending.fallback is not None:
             self.outcome = "fallback"
         elif self.complete and not self.polling and not self.reporting and not self.storing:
-            if self.done_reports or self.failed_reports:
+            if self._reports_waiting:
                 self._report(pending)
             if not pending.requests:
                 self.outcome = "finished"

@@ -14,13 +14,14 @@ build on: the limits, the errors, the field checks, and
 
   - ``GET|HEAD /p2p/v1/chunk/<digest>/<index>`` → :class:`ChunkTarget` (``rpc:pread`` /
     ``rpc:stat``);
-  - ``GET /p2p/v1/plan/<digest>?upstream=&repo=&want=&have=&done=&failed=`` →
+  - ``GET /p2p/v1/plan/<digest>?upstream=&repo=&want=&have=&done=&failed=&missing=`` →
     :class:`PlanTarget`, an agent asking the owning root for work.
 
   Query values are ``have=0-5,8,10-12`` (compact ranges, :func:`encode_ranges`),
   ``done=<chunk>@<node>,...`` (transfers finished and verified) and
   ``failed=<chunk>@<node>,<chunk>!@<node>,...`` (transfers that failed; ``!`` marks a source
-  that served bytes whose sha256 was wrong).  Brackets of IPv6 node ids are percent-encoded
+  that served bytes whose sha256 was wrong) and ``missing=<chunk>@<node>,...`` (the source
+  answered 404: it no longer holds the chunk).  Brackets of IPv6 node ids are percent-encoded
   (``%5B``/``%5D``, RFC 3986 keeps ``[`` and ``]`` out of queries); nothing else is encoded
   and no other ``%`` is accepted.  Numbers are plain decimals without leading zeros, so a
   target has one spelling.
@@ -295,7 +296,9 @@ class PlanTarget:
     - ``have``: the chunks the agent holds, or None when it does not report them this time;
     - ``done``: ``(chunk, source)`` transfers finished and verified since the last ask;
     - ``failed``: ``(chunk, source, bad)`` transfers that failed since the last ask; ``bad``
-      when the source served bytes whose sha256 was wrong (not merely unreachable or 404);
+      when the source served bytes whose sha256 was wrong (not merely unreachable);
+    - ``missing``: ``(chunk, source)`` transfers the source answered 404: it does not hold
+      that chunk (any more), which is no fault of the source;
     - ``poll``: the root may hold the request until it has work for the agent (the agent's
       standing request for work); without it the root answers at once (a report sent the
       moment a transfer ends, so the sources' slots free without delay).
@@ -309,6 +312,7 @@ class PlanTarget:
     have: frozenset[int] | None = None
     done: tuple[tuple[int, str], ...] = ()
     failed: tuple[tuple[int, str, bool], ...] = ()
+    missing: tuple[tuple[int, str], ...] = ()
     poll: bool = False
 
     def __post_init__(self) -> None:
@@ -329,19 +333,12 @@ class PlanTarget:
                     f"have needs more than {MAX_HAVE_CHARS} characters; trim it with clip_ranges"
                 )
             object.__setattr__(self, "have", have)
-        done = tuple(self.done)
         failed = tuple(self.failed)
-        if len(done) + len(failed) > MAX_REPORTS:
+        if len(tuple(self.done)) + len(failed) + len(tuple(self.missing)) > MAX_REPORTS:
             raise P2PProtocolError(
-                f"more than {MAX_REPORTS} done/failed reports in one request; "
+                f"more than {MAX_REPORTS} done/failed/missing reports in one request; "
                 "send the rest with the next"
             )
-        checked_done = []
-        for entry in done:
-            if not isinstance(entry, tuple) or len(entry) != 2:
-                raise P2PProtocolError(f"done entries are (chunk, source), got {entry!r:.80}")
-            chunk, source = entry
-            checked_done.append((check_index(chunk, "done chunk"), parse_node(source)))
         checked_failed = []
         for entry in failed:
             if not isinstance(entry, tuple) or len(entry) != 3 or type(entry[2]) is not bool:
@@ -350,8 +347,9 @@ class PlanTarget:
                 )
             chunk, source, bad = entry
             checked_failed.append((check_index(chunk, "failed chunk"), parse_node(source), bad))
-        object.__setattr__(self, "done", tuple(checked_done))
+        object.__setattr__(self, "done", _check_pairs(self.done, "done"))
         object.__setattr__(self, "failed", tuple(checked_failed))
+        object.__setattr__(self, "missing", _check_pairs(self.missing, "missing"))
 
     def target(self) -> str:
         params = [
@@ -368,13 +366,15 @@ class PlanTarget:
                 "failed="
                 + ",".join(f"{c}{'!' if bad else ''}@{_quote(n)}" for c, n, bad in self.failed)
             )
+        if self.missing:
+            params.append("missing=" + ",".join(f"{c}@{_quote(n)}" for c, n in self.missing))
         if self.poll:
             params.append("poll=1")
         return f"{PLAN_PREFIX}{self.digest}?{'&'.join(params)}"
 
 
 P2PTarget = ChunkTarget | PlanTarget
-_PLAN_PARAMS = ("upstream", "repo", "want", "have", "done", "failed", "poll")
+_PLAN_PARAMS = ("upstream", "repo", "want", "have", "done", "failed", "missing", "poll")
 _PLAN_REQUIRED = ("upstream", "repo", "want")
 
 
@@ -439,6 +439,7 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
         have = decode_ranges(params["have"], MAX_CHUNKS)
     done = [(c, n) for c, n, _ in _parse_reports(params.get("done", ""), "done", marks=False)]
     failed = _parse_reports(params.get("failed", ""), "failed", marks=True)
+    lost = _parse_reports(params.get("missing", ""), "missing", marks=False)
     poll_text = params.get("poll", "0")
     if poll_text not in ("0", "1"):
         raise P2PProtocolError(f"poll must be 0 or 1, got {poll_text[:20]!r}")
@@ -450,8 +451,20 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
         have=have,
         done=tuple(done),
         failed=tuple(failed),
+        missing=tuple((c, n) for c, n, _ in lost),
         poll=poll_text == "1",
     )
+
+
+def _check_pairs(entries: Iterable[object], what: str) -> tuple[tuple[int, str], ...]:
+    """``(chunk, source)`` report entries, checked; node ids canonical."""
+    checked = []
+    for entry in tuple(entries):
+        if not isinstance(entry, tuple) or len(entry) != 2:
+            raise P2PProtocolError(f"{what} entries are (chunk, source), got {entry!r:.80}")
+        chunk, source = entry
+        checked.append((check_index(chunk, f"{what} chunk"), parse_node(source)))
+    return tuple(checked)
 
 
 def _parse_reports(text: str, what: str, *, marks: bool) -> list[tuple[int, str, bool]]:

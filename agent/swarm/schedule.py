@@ -57,10 +57,12 @@ anyone), and keeps the root's link, the narrowest point, busy with first copies 
   other is cancelled. `expire` looks for late transfers.
 - **Faults.** `failed(bad_data=True)`: the source served bytes that did not match the chunk's
   sha256; it is *banned* for this layer (never a source again; its uploads are cancelled; it
-  may still download). `failed(bad_data=False)` (timeout, connection error, not found) and
-  `expire` after `transfer_timeout`: the slot frees and that node *avoids* that source from
-  then on; if a node avoids every holder of a chunk, the root serves it the chunk. `leave`: the
-  node's holdings, transfers and slots vanish; chunks only it held become root-only again.
+  may still download). `failed(bad_data=False)` (timeout, connection error) and `expire` after
+  `transfer_timeout`: the slot frees and that node *avoids* that source from then on; if a node
+  avoids every holder of a chunk, the root serves it the chunk. `missing`: the source said
+  it no longer holds the chunk (evicted): it stops counting as a holder, nobody avoids it.
+  `leave`: the node's holdings, transfers and slots vanish; chunks only it held become
+  root-only again.
 
 Cost per event (N nodes, C chunks, W window, H holders of a chunk, F peers with a free slot,
 K chunks some node waits for -- about W plus the spread of the nodes' positions): `request`
@@ -86,8 +88,7 @@ from agent.swarm.ledger import (
     Peer,
 )
 
-# The vocabulary of events and decisions lives with the ledger that records it; the schedule is
-# where callers import it from.
+# Events' and decisions' types live with the ledger; callers import them from here.
 __all__ = ["NOTHING", "Actions", "Assignment", "LayerSchedule"]
 
 LATE = 2.0  # times the usual transfer duration: a transfer this old is late, a source this slow
@@ -209,23 +210,33 @@ class LayerSchedule:
 
         `bad_data`: the bytes did not match the chunk's sha256, and `source` is banned for this
         layer, whether or not the transfer is still known (its uploads are cancelled; it is
-        never a source again). Otherwise (timeout, connection error, not found) the slot frees
-        and `node` avoids `source` from now on."""
+        never a source again). Otherwise (timeout, connection error) the slot frees and `node`
+        avoids `source` from now on."""
         self._tick(now)
-        ledger = self._ledger
-        ledger.check_chunk(chunk)
-        peer = ledger.peer(node)
-        src = ledger.ids.get(source)
-        if src is None:
-            return NOTHING
         batch = Batch()
-        key = (peer.ident, chunk, src)
-        if key in self._flights:
-            ledger.release(key, batch)
-            if not bad_data and src != ROOT and src in self._peers:
-                ledger.avoid(peer, src)
-        if bad_data and src != ROOT and src in self._peers:
-            ledger.ban(self._peers[src], batch)
+        ended = self._ledger.end(node, chunk, source, batch)
+        if ended is None:
+            return NOTHING
+        peer, src, in_flight = ended
+        if src != ROOT and src in self._peers:
+            if bad_data:
+                self._ledger.ban(self._peers[src], batch)
+            elif in_flight:
+                self._ledger.avoid(peer, src)
+        return self._settle(batch, now)
+
+    def missing(self, node: str, chunk: int, source: str, now: float) -> Actions:
+        """`source` answered that it does not hold `chunk` (its cache evicted it): the slot
+        frees, the source no longer counts as a holder of that chunk, and the chunk goes to
+        another holder. No fault of the source: `node` does not avoid it."""
+        self._tick(now)
+        batch = Batch()
+        ended = self._ledger.end(node, chunk, source, batch)
+        if ended is None:
+            return NOTHING
+        src = ended[1]
+        if src != ROOT and src in self._peers:
+            self._ledger.lose_holding(self._peers[src], chunk, batch)
         return self._settle(batch, now)
 
     def leave(self, node: str, now: float) -> Actions:

@@ -193,6 +193,8 @@ class Tracker:
                 )
                 layer.seen.pop(source, None)
                 self._deliver(layer, schedule.leave(source, now))
+        for chunk, source in request.missing:  # evicted there: no fault, just not a holder
+            self._deliver(layer, schedule.missing(asker, chunk, source, now))
         self._deliver(layer, schedule.request(asker, have=request.have, want=request.want, now=now))
         # The agent's standing request waits here until work appears for it; its reports
         # come in separate requests that are answered at once.

@@ -112,6 +112,16 @@ def test_a_full_slot_set_sends_no_poll_until_a_transfer_ends() -> None:
     assert [(r.want, r.failed) for r in d.requests] == [(1, ((1, PEERS[0], False),))]
 
 
+def test_a_404_is_reported_as_missing_not_as_a_failure() -> None:
+    p = planner(parallel=1)
+    request = only(p.start(0.0))
+    p.answered(request, plan(assignments=((2, PEERS[0]),)), ROOT, 0.1)
+    d = p.missing(2, PEERS[0], 0.2)
+    [sent] = d.requests  # the standing request goes for the free slot, with the report
+    assert sent.missing == ((2, PEERS[0]),) and sent.failed == () and sent.want == 1
+    assert p.in_flight == 0 and 2 not in p.held
+
+
 def test_a_good_chunk_is_stored_then_reported_and_the_other_source_cancelled() -> None:
     p = planner(parallel=2)
     request = only(p.start(0.0))
@@ -379,8 +389,9 @@ class PlannerMachine(RuleBasedStateMachine):
     def apply(self, d: Decisions) -> None:
         assert d.wake_at is None or d.wake_at > self.now, "a wake-up in the past spins"
         for request in d.requests:
-            assert len(request.done) + len(request.failed) <= MAX_REPORTS
-            assert request.poll or request.done or request.failed
+            reports = len(request.done) + len(request.failed) + len(request.missing)
+            assert reports <= MAX_REPORTS
+            assert request.poll or reports
         assert len(polls(d)) <= 1
         for t in d.start:
             assert t.chunk not in self.p.held, f"{t}: a chunk we hold"
@@ -435,12 +446,14 @@ class PlannerMachine(RuleBasedStateMachine):
         self.apply(self.p.unanswered(request, ROOT, "gone", self.now))
 
     @precondition(lambda self: self.transfers and not self.p.over)
-    @rule(data=st.data(), outcome=st.sampled_from(["good", "bad", "failed"]))
+    @rule(data=st.data(), outcome=st.sampled_from(["good", "bad", "failed", "missing"]))
     def transfer_ends(self, data: st.DataObject, outcome: str) -> None:
         self.tick_clock()
         t = self.transfers.pop(data.draw(st.integers(0, len(self.transfers) - 1)))
         if outcome == "failed":
             self.apply(self.p.failed(t.chunk, t.source, self.now))
+        elif outcome == "missing":
+            self.apply(self.p.missing(t.chunk, t.source, self.now))
         else:
             digest = sha(t.chunk) if outcome == "good" else "0" * 64
             self.apply(self.p.received(t.chunk, t.source, digest, self.now))

@@ -66,6 +66,7 @@ chunk_indexes = st.integers(0, 5000)
 def plan_targets(draw: st.DrawFn) -> PlanTarget:
     n_done = draw(st.integers(0, MAX_REPORTS))
     n_failed = draw(st.integers(0, MAX_REPORTS - n_done))
+    n_missing = draw(st.integers(0, MAX_REPORTS - n_done - n_failed))
     return PlanTarget(
         digest=draw(digests),
         upstream=draw(upstreams),
@@ -74,6 +75,7 @@ def plan_targets(draw: st.DrawFn) -> PlanTarget:
         have=draw(st.none() | st.frozensets(chunk_indexes, max_size=300)),
         done=tuple(draw(st.tuples(chunk_indexes, nodes)) for _ in range(n_done)),
         failed=tuple(draw(st.tuples(chunk_indexes, nodes, st.booleans())) for _ in range(n_failed)),
+        missing=tuple(draw(st.tuples(chunk_indexes, nodes)) for _ in range(n_missing)),
         poll=draw(st.booleans()),
     )
 
@@ -345,6 +347,25 @@ def test_builders() -> None:
     )
 
 
+def test_missing_reports_are_encoded_like_done_and_counted_with_the_rest() -> None:
+    target = PlanTarget(
+        digest=DIGEST, upstream="r.io", repo="x", want=0, missing=((4, "[FD00::2]:65002"),)
+    )
+    assert target.target().endswith("&missing=4@%5Bfd00::2%5D:65002")
+    assert parse_target("GET", target.target()) == target
+    with pytest.raises(P2PProtocolError, match="done/failed/missing"):
+        PlanTarget(
+            digest=DIGEST,
+            upstream="r.io",
+            repo="x",
+            want=0,
+            done=tuple((i, "10.0.0.1:1") for i in range(MAX_REPORTS)),
+            missing=((0, "10.0.0.2:1"),),
+        )
+    with pytest.raises(P2PProtocolError, match="missing entries"):
+        PlanTarget(digest=DIGEST, upstream="r.io", repo="x", want=0, missing=((1, "a:1", True),))
+
+
 @given(plan_targets())
 def test_plan_target_round_trip(original: PlanTarget) -> None:
     target = original.target()
@@ -372,8 +393,9 @@ def test_longest_plan_request_line_is_under_8_KiB() -> None:
         repo=repo,
         want=256,
         have=worst_have,
-        done=tuple((big, node) for _ in range(MAX_REPORTS // 2)),
+        done=tuple((big, node) for _ in range(MAX_REPORTS // 2 - 1)),
         failed=tuple((big, node, True) for _ in range(MAX_REPORTS - MAX_REPORTS // 2)),
+        missing=((big, node),),
     ).target()
     request_line = f"GET {target} HTTP/1.1\r\n"
     assert len(request_line) < 8192, len(request_line)

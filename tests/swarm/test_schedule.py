@@ -263,6 +263,33 @@ def test_failed_transfer_frees_the_slot_and_is_retried_elsewhere() -> None:
     assert triples(s.request("x", want=1, now=1)) == [("x", 0, "b" if src == "a" else "a")]
 
 
+def test_a_source_that_evicted_the_chunk_stops_being_its_holder_but_is_not_avoided() -> None:
+    """A 404 from a peer (its cache evicted the chunk) moves the chunk to another holder; the
+    peer stays a good source of what it still holds, and the chunk is not assigned from it
+    again until it holds it again."""
+    s = schedule(2)
+    s.request("a", have=[0, 1], want=0, now=0)
+    assert triples(s.request("x", want=1, now=0)) == [("x", 0, "a")]
+    s.request("b", have=[0], want=0, now=0)
+    out = s.missing("x", 0, "a", now=1)
+    assert triples(out) + triples(s.request("x", want=1, now=1)) == [("x", 0, "b")]
+    assert not s.holds("a", 0) and s.holds("a", 1)
+    assert not s.progress()["nodes"]["a"]["banned"]
+    # x still takes chunk 1 from a: it was no fault of a's.
+    out = s.completed("x", 0, "b", now=2)
+    assert triples(out) + triples(s.request("x", want=1, now=2)) == [("x", 1, "a")]
+
+
+def test_a_chunk_nobody_holds_any_more_is_the_roots_again() -> None:
+    s = schedule(1)
+    s.origin_progress(1, now=0)
+    s.request("a", have=[0], want=0, now=0)
+    assert triples(s.request("x", want=1, now=0)) == [("x", 0, "a")]
+    out = s.missing("x", 0, "a", now=1)
+    assert triples(out) + triples(s.request("x", want=1, now=1)) == [("x", 0, ROOT)]
+    assert s.progress()["copies"] == [0]
+
+
 def test_leave_drops_holdings_and_transfers() -> None:
     s = schedule(2, root_upload_slots=2)
     s.origin_progress(2, now=0)
@@ -497,6 +524,15 @@ class ScheduleMachine(RuleBasedStateMachine):
             if bad and a.source != ROOT:
                 self.banned.add(a.source)
             self.act(self.s.failed(a.node, a.chunk, a.source, bad_data=bad, now=self.now))
+
+    @rule(pick=st.integers(0, 50))
+    def evicted_at_the_source(self, pick: int) -> None:
+        """The source's cache dropped the chunk; the receiver got 404 and says so."""
+        flights = [a for a in self.s.in_flight() if a.source != ROOT]
+        if flights:
+            a = flights[pick % len(flights)]
+            self.held[a.source].discard(a.chunk)
+            self.act(self.s.missing(a.node, a.chunk, a.source, now=self.now))
 
     @rule(node=st.sampled_from(NODES))
     def leave(self, node: str) -> None:
