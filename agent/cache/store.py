@@ -13,6 +13,10 @@ checked against its xxh3 sum, so a chunk damaged on disk is detected, dropped an
 
 Capacity is reserved in full when a layer is admitted, so the cache never exceeds its bound;
 least recently used layers that nobody reads or writes (pins == 0) are evicted to make room.
+
+After a crash, a layer cut short keeps the chunks whose bytes match their xxh3 (checked once
+at start-up): peers may fetch them, and the next download of the layer resumes with them
+(`admit` returns the partial entry); clients read it only once it is verified whole.
 """
 
 from __future__ import annotations
@@ -153,7 +157,7 @@ class ChunkCache:
             # The agent still serves (every layer streams past the cache) and tries again.
             self.write_failed(exc)
             return
-        kept = removed = 0
+        kept = partial = removed = 0
         found: list[tuple[float, CacheEntry]] = []
         for algo_dir in sorted(blobs.iterdir()):
             if not algo_dir.is_dir():
@@ -172,13 +176,18 @@ class ChunkCache:
                 continue
             self._entries[entry.digest] = entry
             self.used += entry.size
-            kept += 1
+            if entry.verified:
+                kept += 1
+            else:
+                partial += 1
         log.info(
-            "cache %s: %d layers kept (%d bytes of %d), %d incomplete removed",
+            "cache %s: %d layers kept (%d bytes of %d), %d partial kept for peers and resumes, "
+            "%d incomplete removed",
             self.root,
             kept,
             self.used,
             self.capacity,
+            partial,
             removed,
         )
 
@@ -219,9 +228,48 @@ class ChunkCache:
             else:
                 return None
         complete = len(entry.checksums) == entry.layout.count and data_size >= size
-        if not (entry.verified and complete):
+        if entry.verified and complete:
+            return entry  # trusted as a whole; every read still checks its chunk
+        # A layer cut short (kill -9, power loss): keep the chunks whose bytes are on disk and
+        # match their xxh3. Peers may fetch them (they verify against the chunk table) and a
+        # download of the layer resumes with them; no client reads it before it is verified.
+        entry.verified = False
+        self._keep_good_chunks(entry, data_size)
+        if not entry.checksums:
             return None
+        self._rewrite_index(entry)
         return entry
+
+    def _keep_good_chunks(self, entry: CacheEntry, data_size: int) -> None:
+        layout = entry.layout
+        try:
+            data = os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            entry.checksums.clear()
+            return
+        try:
+            for index in sorted(entry.checksums):
+                offset, length = layout.offset(index), layout.length(index)
+                good = offset + length <= data_size and (
+                    chunk_checksum(os.pread(data, length, offset)) == entry.checksums[index]
+                )
+                if not good:
+                    log.warning("cache: chunk %d of %s did not survive", index, entry.digest)
+                    del entry.checksums[index]
+                    entry.sha256.pop(index, None)
+        finally:
+            os.close(data)
+
+    def _rewrite_index(self, entry: CacheEntry) -> None:
+        """The index of a partial layer as it is now (its good chunks only), replaced at once."""
+        lines = [f"{INDEX_MAGIC} {entry.digest} {entry.size} {self.chunk_size}\n"]
+        for index in sorted(entry.checksums):
+            table = entry.sha256.get(index, "-")
+            length = entry.layout.length(index)
+            lines.append(f"c {index} {length} {entry.checksums[index]:016x} {table}\n")
+        scratch = entry.index_path.with_suffix(".new")
+        scratch.write_text("".join(lines), encoding="ascii")
+        os.replace(scratch, entry.index_path)
 
     # -- lookups and admission ----------------------------------------------------------
 
@@ -243,8 +291,21 @@ class ChunkCache:
 
         The returned entry is pinned once (by its writer).
         """
-        if digest in self._entries:
-            raise ValueError(f"{digest} already in the cache")
+        existing = self._entries.get(digest)
+        if existing is not None:
+            if existing.verified or existing.pins:
+                raise ValueError(f"{digest} already in the cache")
+            if existing.size == size:
+                log.info(
+                    "cache: resuming %s with %d of %d chunks kept",
+                    digest,
+                    len(existing.checksums),
+                    existing.layout.count,
+                )
+                existing.pins = 1
+                self._entries.move_to_end(digest)
+                return existing
+            self.drop(existing)  # its size disagrees with the upstream's: start over
         if time.monotonic() < self._writes_paused_until:
             return None
         if size > self.capacity or not self._make_room(size):
@@ -277,7 +338,7 @@ class ChunkCache:
     def _make_room(self, size: int) -> bool:
         if self.used + size <= self.capacity:
             return True
-        unpinned = [e for e in self._entries.values() if e.pins == 0 and e.verified]
+        unpinned = [e for e in self._entries.values() if e.pins == 0]  # partial ones too
         freeable = sum(e.size for e in unpinned)
         if self.used - freeable + size > self.capacity:
             return False
@@ -412,6 +473,10 @@ class ChunkCache:
             raise ChunkCorrupt(f"chunk {index} of {entry.digest} is corrupt on disk")
         self._observer.disk(FILEREAD, path, offset, length, _since(started))
         return data
+
+    def held_chunks(self, entry: CacheEntry) -> frozenset[int]:
+        """The chunks of `entry` on disk (a resumed layer starts with some)."""
+        return frozenset(entry.checksums)
 
     def chunk_sha256(self, entry: CacheEntry, index: int) -> str | None:
         """The sha256 recorded for a chunk (the table peers verify against), if any."""

@@ -433,6 +433,9 @@ class LayerDownload:
             data = await self._cache.read_chunk(self.entry, index)
         return data
 
+    def held_chunks(self) -> frozenset[int]:
+        return self._cache.held_chunks(self.entry) if self.entry is not None else frozenset()
+
     def hashed(self, count: int) -> None:
         self._hashed_upto = count
         self._evict_hot()

@@ -85,6 +85,9 @@ class LayerSink(Protocol):
     async def chunk_bytes(self, index: int) -> Chunk:
         """A stored chunk's bytes (memory or disk), for the whole-layer hash."""
 
+    def held_chunks(self) -> frozenset[int]:
+        """The chunks already stored when the layer was admitted (a resumed download)."""
+
     def hashed(self, count: int) -> None:
         """Chunks [0, count) are in the whole-layer hash (their memory may go)."""
 
@@ -154,6 +157,7 @@ class SwarmDownload:
                 nursery.cancel_scope.cancel()  # a standing request still held at the root
         except BaseExceptionGroup as group:
             raise first_failure(group) from None
+        await self._advance_hash()  # chunks held from the start may not have been hashed yet
         return self._hasher.hexdigest()
 
     def _received(self, transfer: Transfer, sha256: str, now: float) -> Decisions:
@@ -176,9 +180,14 @@ class SwarmDownload:
                 self._swarm.roots.distrust(fallback.root, self._digest, fallback.reason)
             raise SwarmUnavailable(fallback.reason, fallback.kind)
         if decisions.size is not None:
+            # The size comes alone: admit the layer, then the planner goes on with what we hold.
+            assert not (decisions.start or decisions.requests or decisions.store), decisions
             self._sink.begin(decisions.size)
             if self._sink.stream_mode:
                 raise SwarmUnavailable("the layer does not fit this node's cache")
+            held = self._sink.held_chunks()
+            self._emitted |= held
+            return self._carry_out(self.planner.admitted(held, trio.current_time()), nursery)
         for transfer in decisions.cancel:
             scope = self._scopes.pop(transfer, None)
             if scope is not None:

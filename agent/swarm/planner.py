@@ -17,7 +17,7 @@ never reads a clock and never sends anything.
     received(chunk, source, sha256)         a received chunk to store (`store`)
     stored(chunk, source)                   a root to bench, a fallback to the origin,
     failed(chunk, source)                   an error for the client, `finished`
-    tick                                    when to call `tick` next (`wake_at`)
+    admitted(held), missing, tick           when to call `tick` next (`wake_at`)
 
 Plan requests are of two kinds. The *standing* request (``poll``), at most one in flight,
 asks for work; the root holds it until it has some, so new work reaches the agent at once.
@@ -42,6 +42,9 @@ a second source when a transfer runs late) less the transfers in flight.
   this node; no root knows the size within `size_deadline`. A root that answered unusably is
   named, so the driver does not ask it about this layer again for a while. The registry's own
   answers that a root passes on (404, 401 with credentials, 429) are the client's to see.
+- The first answer with the layer's size returns `size` alone: the driver admits the layer to
+  its cache and calls `admitted` with the chunks it already holds (a download resumed after a
+  crash), and the work parked meanwhile starts then; the root learns those chunks with `have`.
 - When every chunk is stored the standing request is dropped and the last reports are sent
   (a few attempts), then the planner is finished.
 """
@@ -147,6 +150,8 @@ class LayerPlanner:
     poll_at: float | None = field(default=None, init=False)  # when to poll again
     flushes_left: int = field(default=FLUSH_ATTEMPTS, init=False)
     outcome: str | None = field(default=None, init=False)  # finished, fallback or error
+    ready: bool = field(default=False, init=False)  # the driver admitted the layer (`admitted`)
+    parked: list[tuple[int, str]] = field(default_factory=list, init=False)  # until admitted
     started_at: float | None = field(default=None, init=False)
 
     # -- queries ----------------------------------------------------------------------------
@@ -196,6 +201,9 @@ class LayerPlanner:
                 self.count = -(-plan.size // self.chunk_size)
                 pending.size = plan.size
             self.hashes.update(plan.chunk_sha256)
+            if not self.ready:  # the driver admits the layer first, and says what it holds
+                self.parked.extend(plan.assignments)
+                return self._settle(pending, now)
             started = self._take(plan.assignments, pending)
         if request.poll:
             self.poll_at = now if started else now + POLL_RETRY
@@ -256,6 +264,22 @@ class LayerPlanner:
         pending = _Pending()
         if self._end_transfer(chunk, source):
             self.failed_reports.append((chunk, source, False))
+        self._poll(pending, now)
+        self._report(pending)
+        return self._settle(pending, now)
+
+    def admitted(self, held: Iterable[int], now: float) -> Decisions:
+        """The driver admitted the layer (its size came in the last `Decisions`); `held` are
+        the chunks this node already has (a download resumed after a crash). Work parked
+        meanwhile starts now; the root learns what we hold with the next request."""
+        pending = _Pending()
+        assert self.count is not None and not self.ready, "admitted once, after the size"
+        self.ready = True
+        kept = {c for c in held if 0 <= c < self.count}
+        self.held |= kept
+        self.tell_have = bool(kept)
+        self._take(self.parked, pending)
+        self.parked.clear()
         self._poll(pending, now)
         self._report(pending)
         return self._settle(pending, now)
@@ -358,6 +382,8 @@ class LayerPlanner:
         """Send the standing request when none is in flight, a slot is free and it is due."""
         if self.polling or self.complete or self._want() == 0:
             return
+        if self.size is not None and not self.ready:
+            return  # the layer is being admitted
         if self.poll_at is not None and now < self.poll_at:
             return
         self.polling = True

@@ -62,18 +62,80 @@ async def test_round_trip_and_reload(tmp_path: Path) -> None:
     assert entry.sha256[3] == sha(data[3 * CHUNK :]), "the chunk table survives a restart"
 
 
-async def test_unverified_layer_is_not_served_and_is_removed_on_restart(tmp_path: Path) -> None:
+async def test_a_layer_cut_short_keeps_its_good_chunks_for_peers_not_clients(
+    tmp_path: Path,
+) -> None:
+    """As after kill -9 mid-layer: the chunks on disk whose xxh3 matches stay (peers may fetch
+    them, a download resumes with them); a chunk damaged meanwhile goes; clients see nothing."""
+    cache = make_cache(tmp_path)
+    data = os.urandom(3 * CHUNK)
+    digest = digest_of(data)
+    entry = cache.admit(digest, len(data))
+    assert entry is not None
+    for i in (0, 2):
+        await cache.write_chunk(entry, i, data[i * CHUNK : (i + 1) * CHUNK], None)
+    assert cache.get(digest) is None  # being written: not a hit
+    with open(entry.data_path, "r+b") as f:  # chunk 2 damaged on disk before the restart
+        f.seek(2 * CHUNK + 5)
+        f.write(b"\xff" if data[2 * CHUNK + 5] != 0xFF else b"\x00")
+    reloaded = make_cache(tmp_path)
+    assert reloaded.get(digest) is None, "never served to clients before it is verified"
+    partial = reloaded.peek(digest)
+    assert partial is not None and not partial.verified
+    assert reloaded.held_chunks(partial) == {0}
+    assert await reloaded.read_chunk(partial, 0) == data[:CHUNK]
+    assert reloaded.used == len(data)  # its full size stays reserved
+    # The index now says only what is true: a second restart keeps the same chunk.
+    again = make_cache(tmp_path)
+    kept = again.peek(digest)
+    assert kept is not None and again.held_chunks(kept) == {0}
+
+
+async def test_a_download_resumes_a_partial_layer_and_completes_it(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path)
+    data = os.urandom(2 * CHUNK + 10)
+    digest = digest_of(data)
+    entry = cache.admit(digest, len(data))
+    assert entry is not None
+    await cache.write_chunk(entry, 1, data[CHUNK : 2 * CHUNK], None)
+    reloaded = make_cache(tmp_path)
+    resumed = reloaded.admit(digest, len(data))
+    assert resumed is not None and resumed.pins == 1 and reloaded.held_chunks(resumed) == {1}
+    with pytest.raises(ValueError, match="already in the cache"):
+        reloaded.admit(digest, len(data))  # in use now: one writer at a time
+    for i in (0, 2):
+        await reloaded.write_chunk(resumed, i, data[i * CHUNK : (i + 1) * CHUNK], None)
+    reloaded.commit(resumed)
+    reloaded.unpin(resumed)
+    assert await read_all(reloaded, digest) == data
+    assert await read_all(make_cache(tmp_path), digest) == data
+
+
+async def test_a_partial_layer_whose_size_disagrees_starts_over(tmp_path: Path) -> None:
     cache = make_cache(tmp_path)
     data = os.urandom(2 * CHUNK)
     digest = digest_of(data)
     entry = cache.admit(digest, len(data))
     assert entry is not None
-    await cache.write_chunk(entry, 0, data[:CHUNK], sha(data[:CHUNK]))
-    assert cache.get(digest) is None  # being written: not a hit
-    reloaded = make_cache(tmp_path)  # as after kill -9 mid-layer
-    assert reloaded.get(digest) is None
-    assert reloaded.used == 0
-    assert not entry.directory.exists()
+    await cache.write_chunk(entry, 0, data[:CHUNK], None)
+    reloaded = make_cache(tmp_path)
+    fresh = reloaded.admit(digest, len(data) + 1)
+    assert fresh is not None and reloaded.held_chunks(fresh) == frozenset()
+    assert reloaded.used == len(data) + 1
+
+
+async def test_partial_layers_are_evicted_like_any_other(tmp_path: Path) -> None:
+    cache = make_cache(tmp_path, capacity=4 * CHUNK)
+    data = os.urandom(3 * CHUNK)
+    entry = cache.admit(digest_of(data), len(data))
+    assert entry is not None
+    await cache.write_chunk(entry, 0, data[:CHUNK], None)
+    reloaded = make_cache(tmp_path, capacity=4 * CHUNK)
+    assert reloaded.used == 3 * CHUNK
+    other = os.urandom(2 * CHUNK)
+    await put(reloaded, other)  # needs the room the crash's leftover held
+    assert reloaded.peek(digest_of(data)) is None
+    assert await read_all(reloaded, digest_of(other)) == other
 
 
 async def test_torn_index_line_is_ignored(tmp_path: Path) -> None:

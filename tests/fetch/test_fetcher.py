@@ -294,3 +294,28 @@ async def test_corrupt_chunk_on_disk_resumes_from_a_fresh_download(
         assert again is not None and again is not entry and again.verified
         assert await read_layer(node, registry, blob) == blob.data
         assert len(blob.gets) == 2
+
+
+async def test_a_layer_cut_short_by_a_crash_resumes_with_its_chunks(
+    registry: FakeRegistry, make_node: MakeNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node killed mid-layer left chunks on disk: after the restart they are kept (not
+    served to clients until the layer verifies), the next download reuses them instead of
+    writing them again, and the client gets the right bytes."""
+    with trio.fail_after(TIMEOUT):
+        blob = registry.add(layer(4 * CHUNK + 9))
+        first = await make_node()
+        left = first.cache.admit(blob.digest, blob.size)
+        assert left is not None
+        for index in (0, 1):
+            await first.cache.write_chunk(left, index, blob.data[index * CHUNK :][:CHUNK], None)
+        # kill -9 here: the entry stays pinned, unverified, its files on disk.
+        restarted = await make_node()
+        partial = restarted.cache.peek(blob.digest)
+        assert partial is not None and restarted.cache.held_chunks(partial) == {0, 1}
+        assert restarted.cache.get(blob.digest) is None, "no client reads an unverified layer"
+        with caplog.at_level("INFO", logger="agent.cache.store"):
+            assert await read_layer(restarted, registry, blob) == blob.data
+        assert "resuming" in caplog.text and "2 of 5 chunks kept" in caplog.text
+        entry = restarted.cache.get(blob.digest)
+        assert entry is not None and entry.verified and blob.gets == [None]

@@ -422,6 +422,9 @@ class Simulation:
     def agent_does(self, node: int, d: Decisions, now: float) -> None:
         """Carry out a planner's decisions, as `agent.swarm.download` does."""
         assert d.error is None and d.fallback is None, f"{self.names[node]}: {d}"
+        if d.size is not None:  # nothing cached before: the layer is admitted empty
+            self.agent_does(node, self.planners[node].admitted((), now), now)
+            return
         if d.drop_poll and self.held_poll[node] is not None:
             self.held_poll[node] = None
         for t in d.cancel:

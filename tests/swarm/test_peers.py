@@ -336,3 +336,26 @@ async def test_plan_reaches_the_tracker_and_returns_the_chunk_table(
         refused = await client.plan(root.node, elsewhere, None)
         assert refused.error_status == 403 and not refused.assignments
         assert blob.gets == [None]
+
+
+async def test_an_agent_resumes_a_layer_it_held_in_part_and_fetches_only_the_rest(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """Chunks left by a crash (unverified, on disk, xxh3 good) count: the agent fetches only
+    the other chunks through the swarm, the root learns what it holds, and the layer verifies
+    whole before any client gets its last byte."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        agent = await swarm.agent(root)
+        blob = registry.add(os.urandom(10 * CHUNK + 321))
+        cache = agent.data.cache
+        left = cache.admit(blob.digest, blob.size)  # as a killed download left it
+        assert left is not None
+        for index in range(5):
+            await cache.write_chunk(left, index, chunk_of(blob, index), None)
+        cache.unpin(left)
+        assert await pull(agent, registry, blob) == blob.data
+        assert root.service.chunks_served == 11 - 5
+        assert agent.swarm is not None and agent.swarm.peer_bytes == blob.size - 5 * CHUNK
+        entry = cache.get(blob.digest)
+        assert entry is not None and entry.verified

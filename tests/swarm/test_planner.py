@@ -4,6 +4,7 @@ hypothesis. Pure: events in, `Decisions` out, time passed as `now`; no sockets, 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -58,6 +59,23 @@ def plan(
     return Plan(**args)  # type: ignore[arg-type]
 
 
+def reply_to(
+    p: LayerPlanner,
+    request: PlanTarget,
+    reply: Plan,
+    root: str,
+    now: float,
+    held: tuple[int, ...] = (),
+) -> Decisions:
+    """`answered`, and when it brings the size, `admitted` as the driver calls it at once
+    (holding `held`): one set of decisions, with the size."""
+    first = p.answered(request, reply, root, now)
+    if first.size is None or p.over:
+        return first
+    assert not (first.start or first.requests or first.store), "the size comes alone"
+    return dataclasses.replace(p.admitted(held, now), size=first.size)
+
+
 def only(decisions: Decisions) -> PlanTarget:
     assert len(decisions.requests) == 1, decisions
     return decisions.requests[0]
@@ -86,7 +104,7 @@ def test_start_sends_the_standing_request_with_all_slots() -> None:
 def test_an_answer_without_a_size_retries_after_a_pause() -> None:
     p = planner()
     request = only(p.start(0.0))
-    d = p.answered(request, plan(size=None), ROOT, 1.0)
+    d = reply_to(p, request, plan(size=None), ROOT, 1.0)
     assert d.requests == () and d.wake_at == pytest.approx(1.0 + POLL_RETRY)
     assert p.tick(1.0 + POLL_RETRY / 2).requests == ()
     assert only(p.tick(1.0 + POLL_RETRY)).poll
@@ -95,7 +113,7 @@ def test_an_answer_without_a_size_retries_after_a_pause() -> None:
 def test_assignments_start_transfers_and_the_next_poll_asks_for_the_free_slot() -> None:
     p = planner(parallel=2)
     request = only(p.start(0.0))
-    d = p.answered(request, plan(assignments=((0, ROOT),)), ROOT, 0.1)
+    d = reply_to(p, request, plan(assignments=((0, ROOT),)), ROOT, 0.1)
     assert d.size == 4 * CHUNK
     assert d.start == (Transfer(chunk=0, source=ROOT),)
     assert [r.want for r in polls(d)] == [1]
@@ -105,7 +123,7 @@ def test_assignments_start_transfers_and_the_next_poll_asks_for_the_free_slot() 
 def test_a_full_slot_set_sends_no_poll_until_a_transfer_ends() -> None:
     p = planner(parallel=2)
     request = only(p.start(0.0))
-    d = p.answered(request, plan(assignments=((0, ROOT), (1, PEERS[0]))), ROOT, 0.1)
+    d = reply_to(p, request, plan(assignments=((0, ROOT), (1, PEERS[0]))), ROOT, 0.1)
     assert len(d.start) == 2 and d.requests == () and d.wake_at is None
     d = p.failed(1, PEERS[0], 0.2)
     # The standing request goes for the freed slot and carries the report with it.
@@ -115,7 +133,7 @@ def test_a_full_slot_set_sends_no_poll_until_a_transfer_ends() -> None:
 def test_a_404_is_reported_as_missing_not_as_a_failure() -> None:
     p = planner(parallel=1)
     request = only(p.start(0.0))
-    p.answered(request, plan(assignments=((2, PEERS[0]),)), ROOT, 0.1)
+    reply_to(p, request, plan(assignments=((2, PEERS[0]),)), ROOT, 0.1)
     d = p.missing(2, PEERS[0], 0.2)
     [sent] = d.requests  # the standing request goes for the free slot, with the report
     assert sent.missing == ((2, PEERS[0]),) and sent.failed == () and sent.want == 1
@@ -125,7 +143,7 @@ def test_a_404_is_reported_as_missing_not_as_a_failure() -> None:
 def test_a_good_chunk_is_stored_then_reported_and_the_other_source_cancelled() -> None:
     p = planner(parallel=2)
     request = only(p.start(0.0))
-    p.answered(request, plan(assignments=((0, ROOT), (0, PEERS[0]))), ROOT, 0.1)
+    reply_to(p, request, plan(assignments=((0, ROOT), (0, PEERS[0]))), ROOT, 0.1)
     d = p.received(0, PEERS[0], sha(0), 0.2)
     assert d.store == Transfer(chunk=0, source=PEERS[0])
     assert d.cancel == (Transfer(chunk=0, source=ROOT),)
@@ -139,7 +157,7 @@ def test_a_good_chunk_is_stored_then_reported_and_the_other_source_cancelled() -
 def test_a_late_copy_of_a_cancelled_transfer_is_ignored() -> None:
     p = planner()
     request = only(p.start(0.0))
-    p.answered(request, plan(assignments=((0, ROOT), (0, PEERS[0]))), ROOT, 0.1)
+    reply_to(p, request, plan(assignments=((0, ROOT), (0, PEERS[0]))), ROOT, 0.1)
     p.received(0, PEERS[0], sha(0), 0.2)
     d = p.received(0, ROOT, sha(0), 0.25)  # it finished before the cancel took effect
     assert d.store is None and d.requests == ()
@@ -148,7 +166,7 @@ def test_a_late_copy_of_a_cancelled_transfer_is_ignored() -> None:
 def test_a_bad_chunk_is_reported_as_bad_data_and_not_stored() -> None:
     p = planner()
     request = only(p.start(0.0))
-    p.answered(request, plan(assignments=((2, PEERS[1]),)), ROOT, 0.1)
+    reply_to(p, request, plan(assignments=((2, PEERS[1]),)), ROOT, 0.1)
     d = p.received(2, PEERS[1], "0" * 64, 0.2)
     assert d.store is None
     assert [r.failed for r in reports(d)] == [((2, PEERS[1], True),)]
@@ -158,15 +176,16 @@ def test_a_bad_chunk_is_reported_as_bad_data_and_not_stored() -> None:
 def test_an_assignment_of_a_chunk_we_hold_is_reported_done_at_once() -> None:
     p = planner()
     request = only(p.start(0.0))
-    p.answered(request, plan(assignments=((0, ROOT),)), ROOT, 0.1)
+    reply_to(p, request, plan(assignments=((0, ROOT),)), ROOT, 0.1)
     p.received(0, ROOT, sha(0), 0.2)
     p.stored(0, ROOT, 0.3)
     poll = next(r for r in p.tick(0.3).requests) if p.polling is False else None
     assert poll is None or poll.poll
-    request = PlanTarget(digest=DIGEST, upstream="registry.example.com", repo="team/app",
-                         want=1, poll=False)
+    request = PlanTarget(
+        digest=DIGEST, upstream="registry.example.com", repo="team/app", want=1, poll=False
+    )
     p.reporting += 1  # as if this report request were in flight
-    d = p.answered(request, plan(assignments=((0, PEERS[2]),)), ROOT, 0.4)
+    d = reply_to(p, request, plan(assignments=((0, PEERS[2]),)), ROOT, 0.4)
     assert d.start == ()
     assert any((0, PEERS[2]) in r.done for r in reports(d))
 
@@ -174,16 +193,16 @@ def test_an_assignment_of_a_chunk_we_hold_is_reported_done_at_once() -> None:
 def test_the_same_transfer_is_never_started_twice() -> None:
     p = planner(parallel=4)
     request = only(p.start(0.0))
-    d = p.answered(request, plan(assignments=((1, PEERS[0]),)), ROOT, 0.1)
+    d = reply_to(p, request, plan(assignments=((1, PEERS[0]),)), ROOT, 0.1)
     second = polls(d)[0]
-    d = p.answered(second, plan(assignments=((1, PEERS[0]), (1, PEERS[1]))), ROOT, 0.2)
+    d = reply_to(p, second, plan(assignments=((1, PEERS[0]), (1, PEERS[1]))), ROOT, 0.2)
     assert d.start == (Transfer(chunk=1, source=PEERS[1]),)
 
 
 def test_a_root_that_does_not_answer_is_benched_and_told_our_holdings_next() -> None:
     p = planner(parallel=2)
     request = only(p.start(0.0))
-    p.answered(request, plan(assignments=((0, ROOT),)), ROOT, 0.1)
+    reply_to(p, request, plan(assignments=((0, ROOT),)), ROOT, 0.1)
     p.received(0, ROOT, sha(0), 0.2)
     d = p.stored(0, ROOT, 0.3)
     report = reports(d)[0]
@@ -198,9 +217,7 @@ def test_denied_without_tls_means_fallback_else_the_clients_error() -> None:
     for fallback in (True, False):
         p = planner(denied_means_fallback=fallback)
         request = only(p.start(0.0))
-        d = p.answered(
-            request, plan(size=None, error="unauthorized", error_status=401), ROOT, 0.1
-        )
+        d = reply_to(p, request, plan(size=None, error="unauthorized", error_status=401), ROOT, 0.1)
         if fallback:
             assert d.fallback is not None and d.error is None
             assert d.fallback.kind == "credentials" and d.fallback.root == ROOT
@@ -213,7 +230,7 @@ def test_denied_without_tls_means_fallback_else_the_clients_error() -> None:
 def test_a_root_with_another_chunk_size_means_fallback() -> None:
     p = planner()
     request = only(p.start(0.0))
-    d = p.answered(request, plan(size=64, chunk_size=8, chunk_sha256={}), ROOT, 0.1)
+    d = reply_to(p, request, plan(size=64, chunk_size=8, chunk_sha256={}), ROOT, 0.1)
     assert d.fallback is not None and d.fallback.kind == "chunk_size" and d.size is None
     assert "8-byte chunks" in d.fallback.reason and d.fallback.root == ROOT
 
@@ -232,7 +249,7 @@ def test_a_root_that_fails_sends_this_node_to_the_registry(status: int) -> None:
     p = planner()
     request = only(p.start(0.0))
     answer = plan(size=None, error="layer does not fit this root's cache", error_status=status)
-    d = p.answered(request, answer, ROOT, 0.1)
+    d = reply_to(p, request, answer, ROOT, 0.1)
     assert d.error is None and d.fallback is not None
     assert d.fallback.kind == "root_error" and d.fallback.root == ROOT
     assert "does not fit" in d.fallback.reason
@@ -243,30 +260,30 @@ def test_a_root_that_fails_sends_this_node_to_the_registry(status: int) -> None:
 def test_the_registrys_own_answer_passed_on_by_a_root_is_the_clients(status: int) -> None:
     p = planner(denied_means_fallback=False)
     request = only(p.start(0.0))
-    d = p.answered(request, plan(size=None, error="no", error_status=status), ROOT, 0.1)
+    d = reply_to(p, request, plan(size=None, error="no", error_status=status), ROOT, 0.1)
     assert d.fallback is None and d.error == (status, f"root {ROOT}: no")
 
 
 def test_a_root_whose_size_differs_from_the_registrys_is_not_used() -> None:
     p = planner(expected_size=4 * CHUNK)
     request = only(p.start(0.0))
-    d = p.answered(request, plan(size=5 * CHUNK, assignments=((0, ROOT),)), ROOT, 0.1)
+    d = reply_to(p, request, plan(size=5 * CHUNK, assignments=((0, ROOT),)), ROOT, 0.1)
     assert d.fallback is not None and d.fallback.kind == "size" and d.fallback.root == ROOT
     assert d.size is None and d.start == ()  # no reader ever saw the wrong size
     ok = planner(expected_size=4 * CHUNK)
     request = only(ok.start(0.0))
-    d = ok.answered(request, plan(size=4 * CHUNK, assignments=((0, ROOT),)), ROOT, 0.1)
+    d = reply_to(ok, request, plan(size=4 * CHUNK, assignments=((0, ROOT),)), ROOT, 0.1)
     assert d.fallback is None and d.size == 4 * CHUNK and len(d.start) == 1
 
 
 def test_a_root_that_never_learns_the_size_is_given_up_at_the_deadline() -> None:
     p = planner(size_deadline=5.0)
     request = only(p.start(10.0))
-    d = p.answered(request, plan(size=None), ROOT, 11.0)
+    d = reply_to(p, request, plan(size=None), ROOT, 11.0)
     assert d.wake_at == pytest.approx(11.0 + POLL_RETRY)
     d = p.tick(11.0 + POLL_RETRY)
     request = only(d)
-    d = p.answered(request, plan(size=None), ROOT, 13.0)  # the root held it, still no size
+    d = reply_to(p, request, plan(size=None), ROOT, 13.0)  # the root held it, still no size
     d = p.tick(13.0 + POLL_RETRY)
     assert d.fallback is None and d.wake_at == 15.0  # polling, but the deadline still counts
     d = p.unanswered(only(d), ROOT, "timed out", 14.9)
@@ -276,10 +293,34 @@ def test_a_root_that_never_learns_the_size_is_given_up_at_the_deadline() -> None
     assert d.requests == ()
 
 
+def test_chunks_held_from_before_a_crash_are_not_fetched_and_the_root_hears_of_them() -> None:
+    p = planner(parallel=2)
+    request = only(p.start(0.0))
+    d = p.answered(request, plan(assignments=((0, ROOT), (1, PEERS[0]))), ROOT, 0.1)
+    assert d.size == 4 * CHUNK and d.start == () and d.requests == ()  # admit first
+    assert p.tick(0.2).requests == ()  # nothing is asked while the layer is being admitted
+    d = p.admitted({0, 2}, 0.3)
+    assert d.start == (Transfer(chunk=1, source=PEERS[0]),)  # chunk 0 we have
+    sent = d.requests
+    assert any((0, ROOT) in r.done for r in sent), "the root's slot for chunk 0 frees at once"
+    assert any(r.have == frozenset({0, 2}) for r in sent), "the root learns what we hold"
+
+
+def test_a_layer_held_whole_from_before_a_crash_finishes_without_a_transfer() -> None:
+    p = planner()
+    request = only(p.start(0.0))
+    p.answered(request, plan(size=2 * CHUNK), ROOT, 0.1)
+    d = p.admitted({0, 1}, 0.2)
+    assert d.start == () and not p.polling
+    if not d.finished:  # the root still hears what we hold, once
+        d = p.answered(only(d), plan(size=2 * CHUNK), ROOT, 0.3)
+    assert d.finished and p.held == {0, 1}
+
+
 def test_an_empty_layer_finishes_on_the_first_answer() -> None:
     p = planner()
     request = only(p.start(0.0))
-    d = p.answered(request, plan(size=0, chunk_sha256={}), ROOT, 0.1)
+    d = reply_to(p, request, plan(size=0, chunk_sha256={}), ROOT, 0.1)
     assert d.size == 0 and d.finished
 
 
@@ -288,7 +329,7 @@ def test_reports_are_capped_per_request_and_the_rest_follow() -> None:
     p = planner(parallel=count)
     request = only(p.start(0.0))
     assignments = tuple((i, PEERS[i % 3]) for i in range(count))
-    p.answered(request, plan(size=count * CHUNK, assignments=assignments), ROOT, 0.1)
+    reply_to(p, request, plan(size=count * CHUNK, assignments=assignments), ROOT, 0.1)
     for i, source in assignments:
         p.failed(i, source, 0.2)  # each failure sends one report at once
     assert p.failed_reports == []
@@ -297,7 +338,7 @@ def test_reports_are_capped_per_request_and_the_rest_follow() -> None:
 def test_completion_drops_the_poll_flushes_the_reports_and_finishes() -> None:
     p = planner(parallel=2)
     request = only(p.start(0.0))
-    d = p.answered(request, plan(size=CHUNK, assignments=((0, ROOT),)), ROOT, 0.1)
+    d = reply_to(p, request, plan(size=CHUNK, assignments=((0, ROOT),)), ROOT, 0.1)
     standing = polls(d)
     assert standing and p.polling
     p.received(0, ROOT, sha(0), 0.2)
@@ -305,14 +346,14 @@ def test_completion_drops_the_poll_flushes_the_reports_and_finishes() -> None:
     assert d.drop_poll and not d.finished
     last = only(d)
     assert not last.poll and last.done == ((0, ROOT),) and last.want == 0
-    d = p.answered(last, plan(size=CHUNK), ROOT, 0.4)
+    d = reply_to(p, last, plan(size=CHUNK), ROOT, 0.4)
     assert d.finished and p.outcome == "finished"
 
 
 def test_the_last_reports_are_given_up_after_a_few_attempts() -> None:
     p = planner(parallel=1)
     request = only(p.start(0.0))
-    p.answered(request, plan(size=CHUNK, assignments=((0, ROOT),)), ROOT, 0.1)
+    reply_to(p, request, plan(size=CHUNK, assignments=((0, ROOT),)), ROOT, 0.1)
     p.received(0, ROOT, sha(0), 0.2)
     d = p.stored(0, ROOT, 0.3)
     for attempt in range(FLUSH_ATTEMPTS):
@@ -341,7 +382,8 @@ def drive(count: int, parallel: int) -> tuple[LayerPlanner, int]:
             request = queue.pop(0)
             busy = {c for c, s in p.fetching.items() if s} | p.held | p.storing
             free = [c for c in range(count) if c not in busy][: request.want]
-            d = p.answered(
+            d = reply_to(
+                p,
                 request,
                 plan(size=count * CHUNK, assignments=tuple((c, PEERS[c % 3]) for c in free)),
                 ROOT,
@@ -416,7 +458,7 @@ class PlannerMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.requests and not self.p.over)
     @rule(data=st.data())
-    def answer(self, data: st.DataObject) -> None:
+    def reply_to(self, data: st.DataObject) -> None:
         self.tick_clock()
         request = self.requests.pop(data.draw(st.integers(0, len(self.requests) - 1)))
         picks = data.draw(
@@ -436,7 +478,7 @@ class PlannerMachine(RuleBasedStateMachine):
             chunk_sha256=answer.chunk_sha256,
             assignments=tuple(picks) if answer.size is not None else (),
         )
-        self.apply(self.p.answered(request, answer, ROOT, self.now))
+        self.apply(reply_to(self.p, request, answer, ROOT, self.now))
 
     @precondition(lambda self: self.requests and not self.p.over)
     @rule(data=st.data())
