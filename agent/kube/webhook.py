@@ -213,21 +213,23 @@ async def serve(
         name="webhook",
     )
     port = listener_port(listeners)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve, listeners)
-        webhook.ready = True
-        log.info(
-            "webhook serving on port %d (https), registries %s, endpoint port %d",
-            port,
-            ", ".join(config.webhook_registries),
-            config.webhook_endpoint_port,
-        )
-        task_status.started(port)
-        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+    # The receiver opens before the webhook says it is ready: from then on a SIGTERM drains
+    # instead of killing the process mid-admission.
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, listeners)
+            webhook.ready = True
+            log.info(
+                "webhook serving on port %d (https), registries %s, endpoint port %d",
+                port,
+                ", ".join(config.webhook_registries),
+                config.webhook_endpoint_port,
+            )
+            task_status.started(port)
             await wait_for_stop(signals)
-        webhook.ready = False
-        await drain([server], config.shutdown_grace)
-        nursery.cancel_scope.cancel()
+            webhook.ready = False
+            await drain([server], config.shutdown_grace)
+            nursery.cancel_scope.cancel()
 
 
 def run(config: Config, *, account_dir: Path | None = None) -> int:

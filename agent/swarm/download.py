@@ -138,6 +138,7 @@ class SwarmDownload:
         self._started: dict[Transfer, float] = {}
         self._scopes: dict[Transfer, trio.CancelScope] = {}
         self._poll_scope: trio.CancelScope | None = None
+        self._wake_at: float | None = None  # of the last decisions carried out
         self._send, self._receive = trio.open_memory_channel[Event](EVENTS_BUFFERED)
 
     async def run(self) -> str:
@@ -149,7 +150,7 @@ class SwarmDownload:
             async with trio.open_nursery() as nursery:
                 decisions = self.planner.start(trio.current_time())
                 while not self._carry_out(decisions, nursery):
-                    with trio.move_on_at(decisions.wake_at or math.inf):
+                    with trio.move_on_at(self._wake_at or math.inf):
                         event = await self._receive.receive()
                         decisions = event(trio.current_time())
                         continue
@@ -169,6 +170,7 @@ class SwarmDownload:
 
     def _carry_out(self, decisions: Decisions, nursery: trio.Nursery) -> bool:
         """Do what the planner decided; True when the layer's swarm part is over."""
+        self._wake_at = decisions.wake_at
         if decisions.bench is not None:
             self._swarm.roots.bench(decisions.bench, "no plan answer")
         if decisions.error is not None:
