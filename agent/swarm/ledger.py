@@ -81,6 +81,7 @@ class Peer:
         "root_copies",
         "banned",
         "pace",
+        "past",
     )
 
     def __init__(self, ident: int, name: str, chunk_count: int) -> None:
@@ -101,6 +102,23 @@ class Peer:
         self.root_copies = 0  # transfers the root was assigned to send it
         self.banned = False
         self.pace = -1.0  # moving average of its uploads' durations (-1: none yet)
+        self.past = 0  # chunks below this it no longer wants (its readers are past them)
+
+    def progress(self) -> dict[str, object]:
+        """This node's counts, for status pages and tests."""
+        return {
+            "have": self.have,
+            "first_missing": self.first,
+            "past": self.past,
+            "downloading": sum(len(s) for s in self.incoming.values()),
+            "uploading": self.uploads,
+            "downloaded": self.downloaded,
+            "uploaded": self.uploaded,
+            "from_root": self.root_copies,
+            "demand": self.demand,
+            "banned": self.banned,
+            "pace": self.pace if self.pace >= 0 else None,
+        }
 
 
 @dataclass(kw_only=True)
@@ -209,8 +227,23 @@ class Ledger:
         peer.held[chunk] = 0
         peer.have -= 1
         self.holders[chunk].discard(peer.ident)
-        peer.first = min(peer.first, chunk)
+        if chunk >= peer.past:
+            peer.first = min(peer.first, chunk)
         batch.freed.add(ROOT)  # it may be root-only again
+        batch.dirty.add(peer.ident)
+
+    def set_past(self, peer: Peer, past: int, batch: Batch) -> None:
+        """`peer` no longer wants chunks below `past` (a node whose cache holds a window of
+        the layer, its readers beyond them): its window starts at the first chunk it lacks
+        from there."""
+        past = min(past, self.chunk_count)
+        if past <= peer.past:
+            return
+        peer.past = past
+        first, held, n = max(peer.first, past), peer.held, self.chunk_count
+        while first < n and held[first]:
+            first += 1
+        peer.first = first
         batch.dirty.add(peer.ident)
 
     # ----------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ never reads a clock and never sends anything.
     received(chunk, source, sha256)         a received chunk to store (`store`)
     stored(chunk, source)                   a root to bench, a fallback to the origin,
     failed(chunk, source)                   an error for the client, `finished`
-    admitted(held), missing, tick           when to call `tick` next (`wake_at`)
+    admitted(held, window), released,       when to call `tick` next (`wake_at`)
+    missing, tick
 
 Plan requests are of two kinds. The *standing* request (``poll``), at most one in flight,
 asks for work; the root holds it until it has some, so new work reaches the agent at once.
@@ -45,6 +46,13 @@ a second source when a transfer runs late) less the transfers in flight.
 - The first answer with the layer's size returns `size` alone: the driver admits the layer to
   its cache and calls `admitted` with the chunks it already holds (a download resumed after a
   crash), and the work parked meanwhile starts then; the root learns those chunks with `have`.
+- A layer bigger than this node's cache passes through a *window*: `admitted(window=W)` caps
+  the chunks held plus those on their way at W, and the driver lets chunks go once its readers
+  are past them (`released`, with `past`, the first chunk still wanted). The root hears both
+  with the next request (`have` without them, `past`), so it neither assigns them to this node
+  again nor names it as their source; completion counts chunks stored at some point (`got`),
+  not chunks held. W must exceed the root's window plus `parallel`, so that chunks arriving
+  out of order never fill the cache while an earlier one is still missing.
 - When every chunk is stored the standing request is dropped and the last reports are sent
   (a few attempts), then the planner is finished.
 """
@@ -137,7 +145,10 @@ class LayerPlanner:
     # State, from the events.
     size: int | None = field(default=None, init=False)
     count: int | None = field(default=None, init=False)
-    held: set[int] = field(default_factory=set, init=False)
+    held: set[int] = field(default_factory=set, init=False)  # in this node's cache now
+    got: set[int] = field(default_factory=set, init=False)  # stored at some point
+    window: int | None = field(default=None, init=False)  # chunks the cache holds at once
+    past: int = field(default=0, init=False)  # chunks below this are no longer wanted
     hashes: dict[int, str] = field(default_factory=dict, init=False)
     fetching: dict[int, set[str]] = field(default_factory=dict, init=False)  # chunk -> sources
     storing: set[int] = field(default_factory=set, init=False)  # accepted, not stored yet
@@ -162,7 +173,7 @@ class LayerPlanner:
 
     @property
     def complete(self) -> bool:
-        return self.count is not None and len(self.held) == self.count
+        return self.count is not None and len(self.got) == self.count
 
     @property
     def over(self) -> bool:
@@ -235,7 +246,7 @@ class LayerPlanner:
             return self._settle(pending, now)  # cancelled meanwhile: nothing was asked of it
         if sha256 != self.hashes.get(chunk):
             self.failed_reports.append((chunk, source, True))
-        elif chunk in self.held or chunk in self.storing:
+        elif chunk in self.got or chunk in self.storing:
             self.done_reports.append((chunk, source))  # frees the source's slot at the root
         else:
             self.storing.add(chunk)
@@ -251,6 +262,7 @@ class LayerPlanner:
         pending = _Pending()
         self.storing.discard(chunk)
         self.held.add(chunk)
+        self.got.add(chunk)
         self.done_reports.append((chunk, source))
         if self.complete and self.polling:
             self.polling = False
@@ -268,20 +280,39 @@ class LayerPlanner:
         self._report(pending)
         return self._settle(pending, now)
 
-    def admitted(self, held: Iterable[int], now: float) -> Decisions:
+    def admitted(
+        self, held: Iterable[int], now: float, *, window: int | None = None
+    ) -> Decisions:
         """The driver admitted the layer (its size came in the last `Decisions`); `held` are
         the chunks this node already has (a download resumed after a crash). Work parked
-        meanwhile starts now; the root learns what we hold with the next request."""
+        meanwhile starts now; the root learns what we hold with the next request. `window`:
+        the layer is bigger than the cache, which holds this many of its chunks at once; the
+        driver then releases chunks behind the readers (`released`)."""
         pending = _Pending()
         assert self.count is not None and not self.ready, "admitted once, after the size"
         self.ready = True
+        self.window = window
         kept = {c for c in held if 0 <= c < self.count}
         self.held |= kept
+        self.got |= kept
         self.tell_have = bool(kept)
         self._take(self.parked, pending)
         self.parked.clear()
         self._poll(pending, now)
         self._report(pending)
+        return self._settle(pending, now)
+
+    def released(self, chunks: Iterable[int], past: int, now: float) -> Decisions:
+        """The cache let `chunks` go (the readers are past them) and nothing below `past` is
+        wanted any more: room for more, and the root hears both with the next request."""
+        pending = _Pending()
+        gone = set(chunks) & self.held
+        self.held -= gone
+        self.past = max(self.past, past)
+        self.tell_have = self.tell_have or bool(gone)
+        self._poll(pending, now)
+        if gone and not self.polling and not pending.requests:
+            self._report_holdings(pending)
         return self._settle(pending, now)
 
     def missing(self, chunk: int, source: str, now: float) -> Decisions:
@@ -334,7 +365,7 @@ class LayerPlanner:
         """Start the assigned transfers we can use; returns how many started."""
         started = 0
         for chunk, source in assignments:
-            if chunk in self.held or chunk in self.storing:
+            if chunk in self.got or chunk in self.storing:
                 self.done_reports.append((chunk, source))  # nothing to fetch: free its slot
                 continue
             sources = self.fetching.setdefault(chunk, set())
@@ -346,7 +377,12 @@ class LayerPlanner:
         return started
 
     def _want(self) -> int:
-        return 0 if self.complete else max(0, self.parallel - self.in_flight)
+        if self.complete:
+            return 0
+        slots = self.parallel - self.in_flight
+        if self.window is not None:  # room in the cache's window, counting what is on its way
+            slots = min(slots, self.window - len(self.held) - self.in_flight - len(self.storing))
+        return max(0, slots)
 
     def _have(self) -> frozenset[int] | None:
         return clip_ranges(self.held) if self.tell_have and self.size is not None else None
@@ -375,6 +411,7 @@ class LayerPlanner:
             done=done,
             failed=failed,
             missing=lost,
+            past=self.past,
             poll=poll,
         )
 
@@ -389,6 +426,14 @@ class LayerPlanner:
         self.polling = True
         self.poll_at = None
         pending.requests.append(self._request(poll=True))
+
+    def _report_holdings(self, pending: _Pending) -> None:
+        """A report with nothing but our holdings: the root must stop naming us as a source
+        of chunks we let go, even when there is no other reason to ask it anything."""
+        if self.complete:
+            return
+        self.reporting += 1
+        pending.requests.append(self._request(poll=False))
 
     def _report(self, pending: _Pending) -> None:
         """Send what ended at once (the standing request, if it just went, carries it too)."""

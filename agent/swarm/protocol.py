@@ -14,7 +14,7 @@ build on: the limits, the errors, the field checks, and
 
   - ``GET|HEAD /p2p/v1/chunk/<digest>/<index>`` → :class:`ChunkTarget` (``rpc:pread`` /
     ``rpc:stat``);
-  - ``GET /p2p/v1/plan/<digest>?upstream=&repo=&want=&have=&done=&failed=&missing=`` →
+  - ``GET /p2p/v1/plan/<digest>?upstream=&repo=&want=&have=&done=&failed=&missing=&past=`` →
     :class:`PlanTarget`, an agent asking the owning root for work.
 
   Query values are ``have=0-5,8,10-12`` (compact ranges, :func:`encode_ranges`),
@@ -299,6 +299,8 @@ class PlanTarget:
       when the source served bytes whose sha256 was wrong (not merely unreachable);
     - ``missing``: ``(chunk, source)`` transfers the source answered 404: it does not hold
       that chunk (any more), which is no fault of the source;
+    - ``past``: chunks below this index the agent no longer wants (its cache keeps a window of
+      the layer and its readers are beyond them);
     - ``poll``: the root may hold the request until it has work for the agent (the agent's
       standing request for work); without it the root answers at once (a report sent the
       moment a transfer ends, so the sources' slots free without delay).
@@ -313,6 +315,7 @@ class PlanTarget:
     done: tuple[tuple[int, str], ...] = ()
     failed: tuple[tuple[int, str, bool], ...] = ()
     missing: tuple[tuple[int, str], ...] = ()
+    past: int = 0
     poll: bool = False
 
     def __post_init__(self) -> None:
@@ -322,6 +325,7 @@ class PlanTarget:
         _check_upstream(self.upstream)
         _check_repo(self.repo)
         check_index(self.want, "want", MAX_WANT + 1)
+        check_index(self.past, "past", MAX_CHUNKS + 1)
         if self.have is not None:
             if isinstance(self.have, (str, bytes)) or not isinstance(self.have, Iterable):
                 raise P2PProtocolError("have must be a set of chunk indexes")
@@ -368,13 +372,15 @@ class PlanTarget:
             )
         if self.missing:
             params.append("missing=" + ",".join(f"{c}@{_quote(n)}" for c, n in self.missing))
+        if self.past:
+            params.append(f"past={self.past}")
         if self.poll:
             params.append("poll=1")
         return f"{PLAN_PREFIX}{self.digest}?{'&'.join(params)}"
 
 
 P2PTarget = ChunkTarget | PlanTarget
-_PLAN_PARAMS = ("upstream", "repo", "want", "have", "done", "failed", "missing", "poll")
+_PLAN_PARAMS = ("upstream", "repo", "want", "have", "done", "failed", "missing", "past", "poll")
 _PLAN_REQUIRED = ("upstream", "repo", "want")
 
 
@@ -452,6 +458,7 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
         done=tuple(done),
         failed=tuple(failed),
         missing=tuple((c, n) for c, n, _ in lost),
+        past=parse_decimal(params.get("past", "0"), "past", MAX_CHUNKS + 1),
         poll=poll_text == "1",
     )
 

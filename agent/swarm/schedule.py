@@ -158,10 +158,17 @@ class LayerSchedule:
         return self._settle(batch, now)
 
     def request(
-        self, node: str, *, have: Iterable[int] | None = None, want: int, now: float
+        self,
+        node: str,
+        *,
+        have: Iterable[int] | None = None,
+        want: int,
+        now: float,
+        past: int = 0,
     ) -> Actions:
         """`node` can start `want` new transfers (this replaces its open demand); `have`, if
-        given, is every chunk it holds (it replaces what the schedule knew)."""
+        given, is every chunk it holds (it replaces what the schedule knew); chunks below
+        `past` it no longer wants (a cache window behind its readers)."""
         self._tick(now)
         if want < 0:
             raise ValueError(f"want must be >= 0, not {want}")
@@ -169,6 +176,8 @@ class LayerSchedule:
         batch = Batch()
         if have is not None:
             self._ledger.replace_holdings(peer, have, batch)
+        if past:
+            self._ledger.set_past(peer, past, batch)
         peer.demand = want
         batch.dirty.add(peer.ident)
         return self._settle(batch, now)
@@ -304,21 +313,7 @@ class LayerSchedule:
 
     def progress(self) -> dict:
         """Counts for status pages and tests: per node, per chunk, and the root's."""
-        nodes = {
-            p.name: {
-                "have": p.have,
-                "first_missing": p.first,
-                "downloading": sum(len(s) for s in p.incoming.values()),
-                "uploading": p.uploads,
-                "downloaded": p.downloaded,
-                "uploaded": p.uploaded,
-                "from_root": p.root_copies,
-                "demand": p.demand,
-                "banned": p.banned,
-                "pace": p.pace if p.pace >= 0 else None,
-            }
-            for p in self._peers.values()
-        }
+        nodes = {p.name: p.progress() for p in self._peers.values()}
         return {
             "chunks": self.chunk_count,
             "origin": self._origin,
@@ -329,7 +324,7 @@ class LayerSchedule:
             "copies": [len(h) for h in self._holders],
             "in_flight": len(self._flights),
             "typical_transfer": self._typical if self._typical >= 0 else None,
-            "complete": sum(1 for p in self._peers.values() if p.have == self.chunk_count),
+            "complete": sum(1 for p in self._peers.values() if p.first >= self.chunk_count),
             "nodes": nodes,
         }
 
@@ -372,7 +367,7 @@ class LayerSchedule:
         if len(sources) != 1 or sources[0] == ROOT or self._typical <= 0:
             return False
         issued = self._flights[(peer.ident, chunk, sources[0])].issued
-        endgame = self.chunk_count - peer.have <= self.endgame
+        endgame = self.chunk_count - max(peer.have, peer.first) <= self.endgame
         return now - issued > (1.0 if endgame else LATE) * self._typical
 
     def _candidates(self, peer: Peer, now: float) -> list[int]:
@@ -392,7 +387,7 @@ class LayerSchedule:
     def _may_take(self, peer: Peer, chunk: int, src: Peer, now: float) -> bool:
         """Whether `peer` may now fetch `chunk` from `src`, a peer holding it with a free slot
         (the window aside: the waiting lists reflect it)."""
-        if peer.demand <= 0 or peer.held[chunk] or peer.from_root:
+        if peer.demand <= 0 or peer.held[chunk] or peer.from_root or chunk < peer.past:
             return False
         if chunk >= peer.first + self.window:
             return False

@@ -195,7 +195,10 @@ class Tracker:
                 self._deliver(layer, schedule.leave(source, now))
         for chunk, source in request.missing:  # evicted there: no fault, just not a holder
             self._deliver(layer, schedule.missing(asker, chunk, source, now))
-        self._deliver(layer, schedule.request(asker, have=request.have, want=request.want, now=now))
+        asked = schedule.request(
+            asker, have=request.have, want=request.want, now=now, past=request.past
+        )
+        self._deliver(layer, asked)
         # The agent's standing request waits here until work appears for it; its reports
         # come in separate requests that are answered at once.
         if request.poll and request.want and not self._deliverable(layer, asker):

@@ -19,6 +19,10 @@ Model
   `latency` after the planner starts it (request to the source, first byte back). `jitter`
   spreads every delay uniformly over [d/2, 3d/2] so simultaneous events do not always run in the
   same order. The tracker's `expire` runs every `tick` seconds. Stores take no time.
+- Caches: with `node_cache_chunks`, a node's cache holds that many chunks at once; its readers
+  consume chunks in order the moment they are contiguous, and the oldest consumed chunks are
+  let go to make room (the planner's `released`); a transfer from a node that let the chunk go
+  is a 404 (`missing`).
 - Links (default): a node's concurrent uploads share its upload rate equally, its concurrent
   downloads share its download rate equally, and a transfer runs at the smaller of its two
   shares. Max-min fair sharing, which TCP over shaped links approaches, gives every transfer
@@ -85,6 +89,9 @@ class SwarmConfig:
     jitter: bool = True  # each latency is uniform in [latency/2, 3*latency/2] (breaks ties)
     seed: int = 0
     fair_sharing: bool = False  # max-min fair rates over all links (O(flows^2) per event)
+    # Chunks each node's cache holds at once (None: the whole layer). Readers consume chunks
+    # in order as they arrive; the oldest consumed chunks are let go to make room.
+    node_cache_chunks: int | None = None
 
     @property
     def chunk_count(self) -> int:
@@ -219,8 +226,11 @@ class Simulation:
         self.ups: list[set[_Flow]] = [set() for _ in range(n + 1)]
         self.downs: list[set[_Flow]] = [set() for _ in range(n + 1)]
         self.flows: dict[tuple[int, int, int], _Flow] = {}  # (dst, chunk, src)
-        self.held = [bytearray(c.chunk_count) for _ in range(n)]
-        self.have = [0] * n
+        self.held = [bytearray(c.chunk_count) for _ in range(n)]  # in the node's cache now
+        self.got = [bytearray(c.chunk_count) for _ in range(n)]  # stored at some point
+        self.held_n = [0] * n
+        self.consumed = [0] * n  # the node's readers have read chunks below this
+        self.have = [0] * n  # chunks got (completion)
         self.alive = [False] * n
         self.gone = [False] * n
         self.completion: dict[str, float] = {}
@@ -414,7 +424,8 @@ class Simulation:
             assert chunk < self.origin_chunks, f"{a}: the root does not have it yet"
         else:
             assert self.alive[src] and not self.gone[src], f"{a}: from a node that is not there"
-            assert self.held[src][chunk], f"{a}: the source does not hold it"
+            # It held the chunk (it may have let it go since; the root hears of that late).
+            assert self.got[src][chunk], f"{a}: the source never held it"
             assert src not in self.banned, f"{a}: from a banned source"
 
     # Agents: each a real LayerPlanner ---------------------------------------------------
@@ -423,7 +434,8 @@ class Simulation:
         """Carry out a planner's decisions, as `agent.swarm.download` does."""
         assert d.error is None and d.fallback is None, f"{self.names[node]}: {d}"
         if d.size is not None:  # nothing cached before: the layer is admitted empty
-            self.agent_does(node, self.planners[node].admitted((), now), now)
+            window = self.config.node_cache_chunks
+            self.agent_does(node, self.planners[node].admitted((), now, window=window), now)
             return
         if d.drop_poll and self.held_poll[node] is not None:
             self.held_poll[node] = None
@@ -447,13 +459,37 @@ class Simulation:
             self.push(d.wake_at, _WAKE, node, self.wake_version[node])
 
     def store(self, node: int, chunk: int, source: str, now: float) -> None:
-        if not self.held[node][chunk]:
-            self.held[node][chunk] = 1
+        if not self.got[node][chunk]:
+            self.got[node][chunk] = 1
             self.have[node] += 1
             if self.have[node] == self.config.chunk_count:
                 self.completion[self.names[node]] = now
                 self.unfinished -= 1
+        if not self.held[node][chunk]:
+            self.held[node][chunk] = 1
+            self.held_n[node] += 1
         self.agent_does(node, self.planners[node].stored(chunk, source, now), now)
+        if self.config.node_cache_chunks is not None:
+            self.make_room(node, now)
+
+    def make_room(self, node: int, now: float) -> None:
+        """The node's readers consume in order; its cache lets the oldest consumed chunks go
+        so that the next transfers fit (as the driver will, through `released`)."""
+        c, got, held = self.config, self.got[node], self.held[node]
+        while self.consumed[node] < c.chunk_count and got[self.consumed[node]]:
+            self.consumed[node] += 1
+        assert c.node_cache_chunks is not None
+        excess = self.held_n[node] + c.want - c.node_cache_chunks
+        gone = []
+        for chunk in range(self.consumed[node]):
+            if len(gone) >= excess:
+                break
+            if held[chunk]:
+                held[chunk] = 0
+                gone.append(chunk)
+        self.held_n[node] -= len(gone)
+        decisions = self.planners[node].released(gone, self.consumed[node], now)
+        self.agent_does(node, decisions, now)
 
     def leave(self, node: int, now: float) -> None:
         self.alive[node] = False
@@ -476,6 +512,12 @@ class Simulation:
     def start(self, flow: _Flow, now: float) -> None:
         if self.flows.get((flow.dst, flow.chunk, flow.src)) is not flow:
             return  # cancelled before its first byte
+        if flow.src != self.root and not self.held[flow.src][flow.chunk]:
+            del self.flows[(flow.dst, flow.chunk, flow.src)]  # let go there: 404
+            planner = self.planners[flow.dst]
+            missing = planner.missing(flow.chunk, self.ids[flow.src], now)
+            self.agent_does(flow.dst, missing, now)
+            return
         flow.running = True
         flow.t = flow.began = now
         self.ups[flow.src].add(flow)

@@ -317,6 +317,47 @@ def test_a_layer_held_whole_from_before_a_crash_finishes_without_a_transfer() ->
     assert d.finished and p.held == {0, 1}
 
 
+def test_a_cache_window_limits_demand_and_released_chunks_make_room() -> None:
+    """Three chunks fit this node's cache at once: chunks held and on their way fill it;
+    letting one go (its readers are past it) makes room, and the root hears of it."""
+    p = planner(parallel=2)
+    p.answered(only(p.start(0.0)), plan(size=6 * CHUNK), ROOT, 0.1)
+    d = p.admitted((), 0.1, window=3)
+    d = p.answered(only(d), plan(size=6 * CHUNK, assignments=((0, ROOT), (1, PEERS[0]))), ROOT, 0.2)
+    assert len(d.start) == 2 and d.requests == ()
+    d = p.received(0, ROOT, sha(0), 0.3)
+    assert [r.want for r in polls(d)] == [1]  # 1 being stored + 1 on its way: one slot left
+    standing = polls(d)[0]
+    p.stored(0, ROOT, 0.3)
+    d = p.answered(standing, plan(size=6 * CHUNK, assignments=((2, PEERS[1]),)), ROOT, 0.4)
+    p.received(1, PEERS[0], sha(1), 0.5)
+    d = p.stored(1, PEERS[0], 0.5)
+    assert polls(d) == [] and [r.done for r in d.requests] == [((1, PEERS[0]),)]
+    assert p.in_flight == 1 and p.held == {0, 1}, "full: 2 held + 1 on its way"
+    d = p.released({0}, 1, 0.6)
+    assert p.held == {1} and p.got == {0, 1} and p.past == 1
+    [poll] = polls(d)
+    assert poll.want == 1 and poll.past == 1 and poll.have == frozenset({1})
+
+
+def test_completion_counts_chunks_stored_even_after_they_went() -> None:
+    p = planner(parallel=1)
+    p.answered(only(p.start(0.0)), plan(size=2 * CHUNK), ROOT, 0.1)
+    d = p.admitted((), 0.1, window=1)
+    d = p.answered(only(d), plan(size=2 * CHUNK, assignments=((0, ROOT),)), ROOT, 0.2)
+    p.received(0, ROOT, sha(0), 0.3)
+    d = p.stored(0, ROOT, 0.3)
+    assert polls(d) == []  # the cache is full until chunk 0 goes
+    p.answered(only(d), plan(size=2 * CHUNK), ROOT, 0.35)
+    d = p.released({0}, 1, 0.4)
+    d = p.answered(only(d), plan(size=2 * CHUNK, assignments=((1, PEERS[0]),)), ROOT, 0.5)
+    p.received(1, PEERS[0], sha(1), 0.6)
+    d = p.stored(1, PEERS[0], 0.6)
+    assert p.complete and p.held == {1} and p.got == {0, 1}
+    d = p.answered(only(d), plan(size=2 * CHUNK), ROOT, 0.7)
+    assert d.finished
+
+
 def test_an_empty_layer_finishes_on_the_first_answer() -> None:
     p = planner()
     request = only(p.start(0.0))
@@ -433,7 +474,7 @@ class PlannerMachine(RuleBasedStateMachine):
         for request in d.requests:
             reports = len(request.done) + len(request.failed) + len(request.missing)
             assert reports <= MAX_REPORTS
-            assert request.poll or reports
+            assert request.poll or reports or request.have is not None
         assert len(polls(d)) <= 1
         for t in d.start:
             assert t.chunk not in self.p.held, f"{t}: a chunk we hold"
@@ -446,7 +487,7 @@ class PlannerMachine(RuleBasedStateMachine):
             assert d.store.chunk not in [a.chunk for a in self.accepted], "accepted twice"
             self.accepted.append(d.store)
         if d.finished:
-            assert self.p.held == set(range(self.count))
+            assert self.p.got == set(range(self.count))  # every chunk stored at some point
         if d.drop_poll:  # the driver cancels the standing request: it never answers
             assert any(r.poll for r in self.requests)
             self.requests = [r for r in self.requests if not r.poll]
@@ -507,6 +548,16 @@ class PlannerMachine(RuleBasedStateMachine):
         t = self.accepted.pop(data.draw(st.integers(0, len(self.accepted) - 1)))
         self.stored_chunks.append(t.chunk)
         self.apply(self.p.stored(t.chunk, t.source, self.now))
+
+    @precondition(lambda self: self.p.held and not self.p.over)
+    @rule(data=st.data())
+    def cache_lets_go(self, data: st.DataObject) -> None:
+        """The node's cache drops chunks its readers are past (a window on the layer)."""
+        self.tick_clock()
+        gone = data.draw(st.sets(st.sampled_from(sorted(self.p.held)), min_size=1))
+        past = data.draw(st.integers(self.p.past, self.count))
+        self.apply(self.p.released(gone, past, self.now))
+        assert not gone & self.p.held and gone <= self.p.got
 
     @rule(seconds=st.floats(0.0, 1.0))
     def time_passes(self, seconds: float) -> None:

@@ -76,6 +76,7 @@ def plan_targets(draw: st.DrawFn) -> PlanTarget:
         done=tuple(draw(st.tuples(chunk_indexes, nodes)) for _ in range(n_done)),
         failed=tuple(draw(st.tuples(chunk_indexes, nodes, st.booleans())) for _ in range(n_failed)),
         missing=tuple(draw(st.tuples(chunk_indexes, nodes)) for _ in range(n_missing)),
+        past=draw(st.integers(0, 5000)),
         poll=draw(st.booleans()),
     )
 

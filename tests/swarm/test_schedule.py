@@ -290,6 +290,30 @@ def test_a_chunk_nobody_holds_any_more_is_the_roots_again() -> None:
     assert s.progress()["copies"] == [0]
 
 
+def test_a_node_past_its_first_chunks_is_given_the_window_after_them() -> None:
+    """A node whose cache keeps a window of the layer lets chunks behind its readers go and
+    says so (`past`, and `have` without them): they are never assigned to it again, its window
+    starts at the first chunk it lacks from there, and it is no longer a source of them."""
+    s = schedule(12, window=2)
+    s.request("a", have=range(12), want=0, now=0)
+    got = triples(s.request("x", want=1, now=0))
+    assert got == [("x", 0, "a")]
+    s.completed("x", 0, "a", now=1)
+    s.completed("x", 1, "a", now=1)  # a transfer the node fetched on its own: still recorded
+    out = s.request("x", have=[1], want=1, now=2, past=5)
+    assert triples(out) == [("x", 5, "a")], "the window starts at 5, not at the released 0"
+    assert not s.holds("x", 0) and s.progress()["nodes"]["x"]["first_missing"] == 5
+    assert s.progress()["nodes"]["x"]["past"] == 5
+    s.request("y", want=1, now=2)  # y may take chunk 0 from a, never from x (which let it go)
+    assert all(a.source != "x" or a.chunk >= 1 for a in s.in_flight())
+
+
+def test_a_node_past_every_chunk_is_complete() -> None:
+    s = schedule(3)
+    s.request("x", have=[2], want=1, now=0, past=3)
+    assert s.progress()["complete"] == 1 and s.in_flight() == []
+
+
 def test_leave_drops_holdings_and_transfers() -> None:
     s = schedule(2, root_upload_slots=2)
     s.origin_progress(2, now=0)
@@ -653,6 +677,18 @@ def test_nodes_leaving_mid_layer() -> None:
     assert set(result.completion) == {f"n{i}" for i in range(16)} - {"n3", "n7", "n12"}
     assert result.p95 <= 1.3 * result.t_min
     assert result.root_upload_bytes <= 1.2 * result.config.file_size
+
+
+@pytest.mark.parametrize("cache_chunks", [16, 10])
+def test_a_layer_bigger_than_every_nodes_cache(cache_chunks: int) -> None:
+    """Each node's cache holds a window of 16 or 10 of the 32 chunks: readers consume in
+    order, the oldest chunks go, holdings shrink at the root (have, past, 404s reported as
+    missing); every node completes, nothing is fetched twice by a node."""
+    result = simulate(reference_case(16, node_cache_chunks=cache_chunks))
+    report(f"cache window {cache_chunks} chunks", result)
+    assert len(result.completion) == 16
+    assert result.total_bytes <= 1.1 * 16 * result.config.file_size
+    assert result.p95 <= 2.0 * result.t_min
 
 
 @pytest.mark.parametrize("rate", [10, 1], ids=["10Mbit", "1Mbit"])
