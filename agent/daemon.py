@@ -26,8 +26,8 @@ from agent.cache.engines import Engine, open_preferred_engine
 from agent.cache.store import ChunkCache
 from agent.core.config import Config
 from agent.core.hostport import join_hostport
-from agent.fetch.download import FetchContext
 from agent.fetch.fetcher import LayerFetcher
+from agent.fetch.model import FetchContext
 from agent.http.client import HttpClient
 from agent.http.server import HttpServer, ServerSettings, listener_port, open_listeners
 from agent.http.shutdown import STOP_SIGNALS, drain, wait_for_stop

@@ -279,6 +279,7 @@ def main() -> int:
         "--sizes-mib", help="layer sizes instead of --layers x --layer-mib, e.g. 96,32"
     )
     parser.add_argument("--cache", help="cache.capacity of every agent and root, e.g. 32MiB")
+    parser.add_argument("--root-cache", help="cache.capacity of the roots (default: --cache)")
     parser.add_argument("--skip-direct", action="store_true")
     parser.add_argument("--keep-logs", type=Path, help="copy every process's log here")
     args = parser.parse_args()
@@ -350,8 +351,9 @@ def main() -> int:
                 "POLLEN_CACHE_CHUNK_SIZE": args.chunk,
                 "POLLEN_THROTTLE_LIMIT_MB": "100000",
             }
-            if args.cache:
-                env["POLLEN_CACHE_CAPACITY"] = args.cache
+            cache = args.root_cache if host.role == "root" and args.root_cache else args.cache
+            if cache:
+                env["POLLEN_CACHE_CAPACITY"] = cache
             role = "root" if host.role == "root" else "agent"
             host.spawn(
                 [sys.executable, "-m", "agent", role],
@@ -406,6 +408,7 @@ def main() -> int:
             f"origin {args.origin_mbit:g} Mbit/s, image {F / MiB:.0f} MiB "
             f"(layers of {', '.join(str(s) for s in sizes)} MiB), chunk {args.chunk}"
             + (f", caches {args.cache}" if args.cache else "")
+            + (f" (roots {args.root_cache})" if args.root_cache else "")
         )
         print(
             f"T_min = max(F/u_o {F / u_o:.1f}s, F/d {F / d:.1f}s, "

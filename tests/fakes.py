@@ -27,8 +27,8 @@ from agent.cache import engines, native
 from agent.cache.store import ChunkCache
 from agent.core.config import Config, load_config
 from agent.core.upstream import Upstream
-from agent.fetch.download import FetchContext
 from agent.fetch.fetcher import LayerFetcher
+from agent.fetch.model import FetchContext
 from agent.fetch.readers import BlobSource
 from agent.http.client import HttpClient
 from agent.http.responses import Response

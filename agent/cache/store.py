@@ -86,10 +86,28 @@ class CacheEntry:
     verified: bool = False
     pins: int = 0
     dropped: bool = False
+    # A layer bigger than the cache passes through a ring of `slots` chunk slots (chunk i in
+    # slot i mod slots); None: the whole layer has its place. `sending` counts chunks being
+    # sent to peers straight from the file: their slots are not reused meanwhile.
+    slots: int | None = None
+    sending: dict[int, int] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
         return self.layout.size
+
+    @property
+    def reserved(self) -> int:
+        """The bytes of capacity this layer holds."""
+        if self.slots is None:
+            return self.layout.size
+        return min(self.layout.size, self.slots * self.layout.chunk_size)
+
+    def file_offset(self, index: int) -> int:
+        """Where chunk `index` lives in the data file."""
+        if self.slots is None:
+            return self.layout.offset(index)
+        return (index % self.slots) * self.layout.chunk_size
 
     @property
     def data_path(self) -> Path:
@@ -205,7 +223,7 @@ class ChunkCache:
             return None
         header = lines[0].split(" ")
         if len(header) != 5 or " ".join(header[:2]) != INDEX_MAGIC:
-            return None
+            return None  # also a ring layer ("ring=N"): its chunks were passing through
         digest, size, chunk_size = header[2], int(header[3]), int(header[4])
         if blob_directory(self.root, digest) != blob_dir or chunk_size != self.chunk_size:
             return None  # a different chunk size means different chunk checksums: refetch
@@ -286,16 +304,18 @@ class ChunkCache:
         (peers asking for chunks must not keep a layer alive that no client uses)."""
         return self._entries.get(digest)
 
-    def admit(self, digest: str, size: int) -> CacheEntry | None:
+    def admit(self, digest: str, size: int, *, slots: int | None = None) -> CacheEntry | None:
         """Reserve room for a new layer and create its files; None when it cannot fit.
 
-        The returned entry is pinned once (by its writer).
+        With `slots`, the layer gets a ring of that many chunk slots instead of its full size
+        (a layer bigger than the cache; see `release_chunk`). The returned entry is pinned once
+        (by its writer).
         """
         existing = self._entries.get(digest)
         if existing is not None:
             if existing.verified or existing.pins:
                 raise ValueError(f"{digest} already in the cache")
-            if existing.size == size:
+            if existing.size == size and existing.slots is None and slots is None:
                 log.info(
                     "cache: resuming %s with %d of %d chunks kept",
                     digest,
@@ -305,24 +325,27 @@ class ChunkCache:
                 existing.pins = 1
                 self._entries.move_to_end(digest)
                 return existing
-            self.drop(existing)  # its size disagrees with the upstream's: start over
+            self.drop(existing)  # another size, or a ring that passed on: start over
         if time.monotonic() < self._writes_paused_until:
             return None
-        if size > self.capacity or not self._make_room(size):
-            return None
         layout = ChunkLayout(size=size, chunk_size=self.chunk_size)
+        probe = CacheEntry(digest=digest, layout=layout, directory=self.root, slots=slots)
+        reserve = probe.reserved
+        if reserve > self.capacity or not self._make_room(reserve):
+            return None
         directory = blob_directory(self.root, digest)
         try:
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir(parents=True)
             with open(directory / "index", "x", encoding="ascii") as index:
-                index.write(f"{INDEX_MAGIC} {digest} {size} {self.chunk_size}\n")
+                ring = f" ring={slots}" if slots is not None else ""  # never kept on restart
+                index.write(f"{INDEX_MAGIC} {digest} {size} {self.chunk_size}{ring}\n")
             fd = self._files.open_file(str(directory / "data"), write=True, create=True)
             try:
                 if self._direct:
                     # Reserve the blocks now: a full disk shows here, not mid-layer, and
                     # O_DIRECT writes inside the file's size need no synchronous extension.
-                    self._files.allocate(fd, 0, self._files.round_up(size))
+                    self._files.allocate(fd, 0, self._files.round_up(reserve))
             finally:
                 self._files.close_file(fd)
         except OSError as exc:
@@ -330,22 +353,24 @@ class ChunkCache:
             shutil.rmtree(directory, ignore_errors=True)
             self.write_failed(exc)
             return None
-        entry = CacheEntry(digest=digest, layout=layout, directory=directory, pins=1)
+        entry = CacheEntry(
+            digest=digest, layout=layout, directory=directory, pins=1, slots=slots
+        )
         self._entries[digest] = entry
-        self.used += size
+        self.used += reserve
         return entry
 
     def _make_room(self, size: int) -> bool:
         if self.used + size <= self.capacity:
             return True
         unpinned = [e for e in self._entries.values() if e.pins == 0]  # partial ones too
-        freeable = sum(e.size for e in unpinned)
+        freeable = sum(e.reserved for e in unpinned)
         if self.used - freeable + size > self.capacity:
             return False
         for entry in unpinned:  # oldest first
             if self.used + size <= self.capacity:
                 break
-            log.info("cache: evicting %s (%d bytes)", entry.digest, entry.size)
+            log.info("cache: evicting %s (%d bytes)", entry.digest, entry.reserved)
             self._remove(entry)
             self.evictions += 1
         return True
@@ -375,7 +400,7 @@ class ChunkCache:
             return
         if self._entries.get(entry.digest) is entry:
             del self._entries[entry.digest]
-            self.used -= entry.size
+            self.used -= entry.reserved
         entry.dropped = True
         if entry.pins == 0:
             shutil.rmtree(entry.directory, ignore_errors=True)
@@ -393,7 +418,7 @@ class ChunkCache:
 
     def _remove(self, entry: CacheEntry) -> None:
         del self._entries[entry.digest]
-        self.used -= entry.size
+        self.used -= entry.reserved
         entry.dropped = True
         shutil.rmtree(entry.directory, ignore_errors=True)
 
@@ -416,7 +441,11 @@ class ChunkCache:
                 f"chunk {index} of {entry.digest}: {len(data)} bytes, "
                 f"want {entry.layout.length(index)}"
             )
-        offset = entry.layout.offset(index)
+        offset = entry.file_offset(index)
+        if entry.slots is not None:
+            taken = [c for c in entry.checksums if c % entry.slots == index % entry.slots]
+            if taken and taken != [index]:
+                raise ValueError(f"{entry.digest}: the slot of chunk {index} holds {taken[0]}")
         started = time.perf_counter()
         try:
             fd = self._files.open_file(
@@ -454,7 +483,7 @@ class ChunkCache:
         if expected is None:
             raise KeyError(f"chunk {index} of {entry.digest} is not in the cache")
         length = entry.layout.length(index)
-        offset = entry.layout.offset(index)
+        offset = entry.file_offset(index)
         path = str(entry.data_path)
         started = time.perf_counter()
         try:
@@ -473,6 +502,14 @@ class ChunkCache:
             raise ChunkCorrupt(f"chunk {index} of {entry.digest} is corrupt on disk")
         self._observer.disk(FILEREAD, path, offset, length, _since(started))
         return data
+
+    def release_chunk(self, entry: CacheEntry, index: int) -> None:
+        """Let chunk `index` of a ring layer go: its slot takes the next chunk. Never while a
+        peer is being sent it (`sending`); the caller also waits for its readers."""
+        if entry.sending.get(index):
+            raise ValueError(f"{entry.digest}: chunk {index} is being sent")
+        entry.checksums.pop(index, None)
+        entry.sha256.pop(index, None)
 
     def held_chunks(self, entry: CacheEntry) -> frozenset[int]:
         """The chunks of `entry` on disk (a resumed layer starts with some)."""

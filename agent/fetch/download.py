@@ -24,26 +24,31 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import trio
 
 from agent.cache.chunks import ChunkLayout
-from agent.cache.store import CacheEntry, ChunkCache
+from agent.cache.store import CacheEntry
 from agent.core.errors import RegistryError
-from agent.core.upstream import Upstream
+from agent.fetch.model import (
+    CacheWriteFailed,
+    DownloadProgress,
+    FetchContext,
+    LayerCorrupt,
+    LayerFailed,
+    LayerRef,
+)
+from agent.fetch.window import SLOT_RECHECK, Readers, ring_slots, slot_holder
 from agent.http.client import ClientResponse, HttpClientError
 from agent.http.groups import first_failure
-from agent.http.responses import Headers
 from agent.observe.auditline import failure_size, url_pathname
-from agent.observe.events import NULL_OBSERVER, LayerReport, LayerTimes, Observer
+from agent.observe.events import LayerReport, LayerTimes
 from agent.registry.client import (
-    RegistryClient,
     UpstreamUnavailable,
     backoff_delay,
     passthrough_error,
 )
-from agent.registry.routes import Digest
 from agent.swarm.download import SwarmContext, SwarmDownload, SwarmUnavailable
 
 log = logging.getLogger(__name__)
@@ -52,54 +57,6 @@ Chunk = bytearray | memoryview  # one chunk's bytes; aligned memory when the cac
 STREAM_CHANNEL_CHUNKS = 1
 HOT_CHUNKS = 2  # chunks already on disk kept in memory for readers close behind
 WRITES_IN_FLIGHT = 2  # chunk writes overlapping the network receive, per layer
-
-
-class LayerFailed(Exception):
-    """The download failed after responses started; readers must cut their responses short."""
-
-
-class LayerCorrupt(LayerFailed):
-    """The upstream's bytes did not match the layer's digest."""
-
-
-class CacheWriteFailed(LayerFailed):
-    """The cache could not store a chunk (disk full, directory gone): readers carry on from a
-    download that does not cache."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class LayerRef:
-    """Which layer, from where, asked with which credentials (the client's headers)."""
-
-    digest: Digest
-    upstream: Upstream
-    repo: str
-    headers: Headers
-    size: int | None = None  # as the registry told this node (its HEAD), when it did
-
-
-@dataclass(frozen=True, kw_only=True)
-class FetchContext:
-    """What every layer download of a node shares."""
-
-    cache: ChunkCache
-    registry: RegistryClient
-    retries: int  # upstreamRetries: tries after the first, per request and per broken body
-    observer: Observer = NULL_OBSERVER
-
-
-@dataclass(kw_only=True)
-class DownloadProgress:
-    """What `pollen status` and the per-layer summary show about a download."""
-
-    digest: str
-    upstream: str
-    size: int | None = None
-    received: int = 0
-    mode: str = "starting"
-    started_at: float = 0.0
-    readers: int = 0
-    sources: dict[str, int] = field(default_factory=dict)  # bytes by origin, root, peer
 
 
 class LayerDownload:
@@ -140,6 +97,8 @@ class LayerDownload:
         self._hot: OrderedDict[int, Chunk] = OrderedDict()
         self._unwritten: set[int] = set()  # in memory, write to disk in progress
         self._write_slots = trio.Semaphore(WRITES_IN_FLIGHT)
+        self.readers = Readers()  # a ring's readers (a layer bigger than the cache)
+        self._released_any = False  # a ring let a chunk go: late readers cannot join
         self._nursery: trio.Nursery | None = None
         self.progress = DownloadProgress(
             digest=str(ref.digest), upstream=ref.upstream.key, started_at=trio.current_time()
@@ -148,7 +107,8 @@ class LayerDownload:
     @property
     def joinable(self) -> bool:
         """A new reader may attach (stream mode only before the body starts)."""
-        return self.error is None and not (self.started.is_set() and self.stream_mode)
+        streaming = self.started.is_set() and self.stream_mode
+        return self.error is None and not streaming and not self._released_any
 
     # -- readers ----------------------------------------------------------------------------
 
@@ -270,7 +230,7 @@ class LayerDownload:
         if self.entry is not None:
             self._cache.drop(self.entry)
 
-    def _begin(self, size: int) -> None:
+    def _begin(self, size: int, *, ring: bool = False) -> None:
         if self.layout is not None:
             if size != self.layout.size:
                 raise LayerCorrupt(
@@ -281,6 +241,11 @@ class LayerDownload:
         self.layout = ChunkLayout(size=size, chunk_size=self._cache.chunk_size)
         self.progress.size = size
         self.entry = self._cache.admit(str(self.digest), size) if self._cacheable else None
+        slots = ring_slots(self.layout.count, self.layout.chunk_size, self._cache.capacity)
+        if self.entry is None and ring and self._cacheable and slots is not None:
+            self.entry = self._cache.admit(str(self.digest), size, slots=slots)
+            if self.entry is not None:
+                log.info("layer %s (%d bytes) passes through %d slots", self.digest, size, slots)
         if self.entry is None:
             self.stream_mode = True
             self.progress.mode = "stream"
@@ -417,7 +382,17 @@ class LayerDownload:
     # -- what the swarm download fills (agent.swarm.download.LayerSink) -----------------------
 
     def begin(self, size: int) -> None:
-        self._begin(size)
+        self._begin(size, ring=True)
+
+    @property
+    def window(self) -> int | None:
+        return self.entry.slots if self.entry is not None else None
+
+    def watch_readers(self, moved: Callable[[], None]) -> None:
+        self.readers.watch(moved)
+
+    def past(self) -> int:
+        return self.readers.past(self._hashed_upto)
 
     def new_buffer(self, length: int) -> Chunk:
         return self._cache.new_buffer(length)
@@ -425,6 +400,34 @@ class LayerDownload:
     async def emit(self, index: int, data: Chunk, sha256: str) -> None:
         self.progress.received += len(data)
         await self._emit(index, data, sha256)
+
+    def reader_at(self, reader: int, index: int) -> None:
+        """Reader `reader` has read every chunk below `index` (a ring's slots may free)."""
+        self.readers.at(reader, index)
+        self._notify()
+
+    def reader_gone(self, reader: int) -> None:
+        self.readers.gone(reader)
+        self._notify()
+
+    async def _free_slot(self, index: int) -> None:
+        """Wait until the slot of chunk `index` holds nothing a reader or a peer still needs,
+        and let its chunk go."""
+        entry = self.entry
+        assert entry is not None
+        while (held := slot_holder(entry, index, self._unwritten)) is not None:
+            if (
+                held not in self._unwritten
+                and held < self.past()
+                and not entry.sending.get(held)
+            ):
+                self._cache.release_chunk(entry, held)
+                self._hot.pop(held, None)
+                self._released_any = True
+                continue
+            self._raise_if_failed()
+            with trio.move_on_after(SLOT_RECHECK):
+                await self._changed.wait()
 
     async def chunk_bytes(self, index: int) -> Chunk:
         data = self._hot.get(index)
@@ -493,6 +496,8 @@ class LayerDownload:
                 raise LayerFailed("every reader of a streamed layer went away")
             return
         assert self.entry is not None and self._nursery is not None
+        if self.entry.slots is not None:
+            await self._free_slot(index)
         # The chunk is readable from memory at once; its write overlaps the next receive.
         await self._write_slots.acquire()
         self._hot[index] = data
@@ -537,7 +542,8 @@ class LayerDownload:
                     pass
         else:
             assert self.entry is not None
-            self._cache.commit(self.entry)
+            if self.entry.slots is None:  # a ring's chunks passed through: nothing to keep
+                self._cache.commit(self.entry)
         self.verified = True
         via = "the swarm" if self.progress.mode == "swarm" else self.upstream.key
         elapsed = trio.current_time() - self.progress.started_at

@@ -14,7 +14,8 @@ import trio
 from agent.cache.store import CacheEntry
 from agent.core.errors import RegistryError
 from agent.core.upstream import Upstream
-from agent.fetch.download import DownloadProgress, FetchContext, LayerDownload, LayerRef
+from agent.fetch.download import LayerDownload
+from agent.fetch.model import DownloadProgress, FetchContext, LayerRef
 from agent.fetch.readers import BlobSource, CachedBlob, DownloadReader, ResumingBlob
 from agent.http.responses import Headers
 from agent.registry.client import UpstreamUnavailable

@@ -17,7 +17,8 @@ from contextlib import aclosing
 import trio
 
 from agent.cache.store import CacheEntry, ChunkCache, ChunkCorrupt
-from agent.fetch.download import CacheWriteFailed, Chunk, LayerDownload, LayerFailed
+from agent.fetch.download import Chunk, LayerDownload
+from agent.fetch.model import CacheWriteFailed, LayerFailed
 from agent.observe.events import LayerTimes
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class DownloadReader(BlobSource):
             cache.pin(self._entry)
         download.progress.readers += 1
         download.had_reader = True
+        download.reader_at(id(self), 0)  # a ring keeps every chunk until this reader is past
         self._closed = False
         self._disk_seconds = 0.0
 
@@ -149,6 +151,8 @@ class DownloadReader(BlobSource):
         indexes = layout.covering(start, end)
         if not indexes:
             await self.download.wait_verified()
+        else:
+            self.download.reader_at(id(self), indexes[0])
         for index in indexes:
             await self.download.wait_chunk(index)
             if index == indexes[-1]:
@@ -159,6 +163,7 @@ class DownloadReader(BlobSource):
                 data = await self.cache.read_chunk(entry, index)
                 self._disk_seconds += time.perf_counter() - reading
             yield _slice(data, layout.offset(index), start, end)
+            self.download.reader_at(id(self), index + 1)  # its bytes are the client's now
 
     async def _read_stream(self, start: int, end: int) -> AsyncIterator[memoryview]:
         # Consume every chunk (the download must not stall on us) and hold the last piece
@@ -189,6 +194,7 @@ class DownloadReader(BlobSource):
             return
         self._closed = True
         self.download.progress.readers -= 1
+        self.download.reader_gone(id(self))
         if self._channel is not None:
             self._channel.close()
         if self._entry is not None:

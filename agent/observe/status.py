@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from agent.cache.engines import Engine
     from agent.cache.store import ChunkCache
     from agent.core.upstream import Upstream
-    from agent.fetch.download import DownloadProgress
     from agent.fetch.fetcher import LayerFetcher
+    from agent.fetch.model import DownloadProgress
     from agent.http.server import HttpServer
     from agent.observe.metrics import Telemetry
     from agent.registry.authcheck import AuthChecker

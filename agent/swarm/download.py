@@ -88,6 +88,17 @@ class LayerSink(Protocol):
     def held_chunks(self) -> frozenset[int]:
         """The chunks already stored when the layer was admitted (a resumed download)."""
 
+    @property
+    def window(self) -> int | None:
+        """Chunks the cache holds at once: a layer bigger than the cache passes through a
+        ring of slots (`agent.fetch.window`); None: the whole layer fits."""
+
+    def watch_readers(self, moved: Callable[[], None]) -> None:
+        """Call `moved` when a reader advances or leaves (chunks behind them may go)."""
+
+    def past(self) -> int:
+        """The first chunk a reader still needs (nothing below is wanted any more)."""
+
     def hashed(self, count: int) -> None:
         """Chunks [0, count) are in the whole-layer hash (their memory may go)."""
 
@@ -139,6 +150,8 @@ class SwarmDownload:
         self._scopes: dict[Transfer, trio.CancelScope] = {}
         self._poll_scope: trio.CancelScope | None = None
         self._wake_at: float | None = None  # of the last decisions carried out
+        self._moved_queued = False  # a readers-moved event waits in the channel
+        self._moved_pending = False  # a reader moved when the channel was full
         self._send, self._receive = trio.open_memory_channel[Event](EVENTS_BUFFERED)
 
     async def run(self) -> str:
@@ -150,6 +163,10 @@ class SwarmDownload:
             async with trio.open_nursery() as nursery:
                 decisions = self.planner.start(trio.current_time())
                 while not self._carry_out(decisions, nursery):
+                    if self._moved_pending:  # a reader moved while the channel was full
+                        self._moved_pending = False
+                        decisions = self._release_behind_readers(trio.current_time())
+                        continue
                     with trio.move_on_at(self._wake_at or math.inf):
                         event = await self._receive.receive()
                         decisions = event(trio.current_time())
@@ -160,6 +177,25 @@ class SwarmDownload:
             raise first_failure(group) from None
         await self._advance_hash()  # chunks held from the start may not have been hashed yet
         return self._hasher.hexdigest()
+
+    def _readers_moved(self) -> None:
+        """A reader advanced: the chunks behind every reader leave the planner's window (their
+        bytes stay in their slots until the slots are needed). Coalesced: one event waits."""
+        if self._moved_queued:
+            return
+        try:
+            self._send.send_nowait(self._release_behind_readers)
+            self._moved_queued = True
+        except trio.WouldBlock:
+            self._moved_pending = True  # the loop looks before its next wait
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the layer's swarm part is over
+
+    def _release_behind_readers(self, now: float) -> Decisions:
+        self._moved_queued = False
+        past = self._sink.past()
+        gone = {c for c in self.planner.held if c < past}
+        return self.planner.released(gone, past, now)
 
     def _received(self, transfer: Transfer, sha256: str, now: float) -> Decisions:
         decisions = self.planner.received(transfer.chunk, transfer.source, sha256, now)
@@ -189,7 +225,11 @@ class SwarmDownload:
                 raise SwarmUnavailable("the layer does not fit this node's cache")
             held = self._sink.held_chunks()
             self._emitted |= held
-            return self._carry_out(self.planner.admitted(held, trio.current_time()), nursery)
+            window = self._sink.window
+            if window is not None:
+                self._sink.watch_readers(self._readers_moved)
+            now = trio.current_time()
+            return self._carry_out(self.planner.admitted(held, now, window=window), nursery)
         for transfer in decisions.cancel:
             scope = self._scopes.pop(transfer, None)
             if scope is not None:

@@ -101,14 +101,25 @@ class P2PService:
         offset = entry.layout.offset(index)
         length = entry.layout.length(index)
         sent = False
+        # A chunk of a layer passing through a ring of slots may have gone between the answer's
+        # head and now: then the body is cut (the peer sees a short read, never other bytes).
+        # From here its slot is not reused until the chunk is sent.
+        if not entry.has_chunk(index):
+            raise ConnectionAbortedError(f"chunk {index} of {entry.digest} went meanwhile")
+        entry.sending[index] = entry.sending.get(index, 0) + 1
         self._cache.pin(entry)
-        fd = self._cache.open_for_reading(entry)
         try:
-            yield FileRegion(fd=fd, offset=offset, length=length)
-            self.chunks_served += 1
-            sent = True
+            fd = self._cache.open_for_reading(entry)
+            try:
+                yield FileRegion(fd=fd, offset=entry.file_offset(index), length=length)
+                self.chunks_served += 1
+                sent = True
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
+            entry.sending[index] -= 1
+            if not entry.sending[index]:
+                del entry.sending[index]
             self._cache.unpin(entry)
             seconds = time.perf_counter() - started
             self._observer.served(RPC_PREAD, path, offset, length if sent else -1, seconds)

@@ -289,3 +289,29 @@ async def test_layers_without_a_chunk_table_reload(tmp_path: Path) -> None:
     assert await read_all(reloaded, digest) == data
     again = reloaded.get(digest)
     assert again is not None and again.sha256 == {}
+
+
+async def test_a_ring_layer_holds_its_slots_not_its_size(tmp_path: Path) -> None:
+    """A layer bigger than the cache gets a ring of slots: chunk i in slot i mod slots; a
+    slot takes a new chunk only after its chunk was released, never while it is being sent."""
+    cache = make_cache(tmp_path, capacity=4 * CHUNK)
+    data = os.urandom(10 * CHUNK)
+    assert cache.admit(digest_of(data), len(data)) is None  # it does not fit whole
+    entry = cache.admit(digest_of(data), len(data), slots=4)
+    assert entry is not None and cache.used == 4 * CHUNK
+    for i in range(4):
+        await cache.write_chunk(entry, i, data[i * CHUNK : (i + 1) * CHUNK], None)
+    with pytest.raises(ValueError, match="holds 1"):
+        await cache.write_chunk(entry, 5, data[5 * CHUNK : 6 * CHUNK], None)
+    entry.sending[1] = 1
+    with pytest.raises(ValueError, match="being sent"):
+        cache.release_chunk(entry, 1)
+    del entry.sending[1]
+    cache.release_chunk(entry, 1)
+    await cache.write_chunk(entry, 5, data[5 * CHUNK : 6 * CHUNK], None)
+    assert await cache.read_chunk(entry, 5) == data[5 * CHUNK : 6 * CHUNK]
+    assert await cache.read_chunk(entry, 2) == data[2 * CHUNK : 3 * CHUNK]
+    assert cache.held_chunks(entry) == {0, 2, 3, 5}
+    assert (entry.data_path.stat().st_size) <= 4 * CHUNK
+    cache.unpin(entry)
+    assert make_cache(tmp_path, capacity=4 * CHUNK).peek(entry.digest) is None  # not kept

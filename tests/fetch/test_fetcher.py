@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from agent.fetch.download import LayerCorrupt
+from agent.fetch.model import LayerCorrupt
 from agent.fetch.readers import BlobSource, ResumingBlob
 from agent.registry.routes import parse_digest
 from tests.fakes import DataPath, FakeBlob, FakeRegistry, node_config, read_into

@@ -42,6 +42,7 @@ class Cluster:
         agents: int,
         env: dict[str, str] | None = None,
         root_env: dict[str, str] | None = None,
+        agent_env: dict[str, str] | None = None,
     ) -> None:
         self.p2p_port = free_port("127.0.0.2")
         addresses = [f"127.0.0.{i}" for i in range(2, 2 + roots + agents)]
@@ -66,7 +67,12 @@ class Cluster:
             for a in self.root_addresses
         ]
         self.agents = [
-            make_agent(upstreams=upstream, env=common, address=a, name=f"agent-{a}")
+            make_agent(
+                upstreams=upstream,
+                env={**common, **(agent_env or {})},
+                address=a,
+                name=f"agent-{a}",
+            )
             for a in addresses[roots:]
         ]
 
@@ -130,6 +136,32 @@ def test_roots_whose_caches_cannot_hold_a_layer_cost_no_pull(
     # Each agent once, and for each agent its owning root once (a root learns that the layer
     # does not fit from the GET's Content-Length, and each agent asks it once).
     assert registry.blob_get_count(big) <= 2 * len(cluster.agents)
+
+
+def test_agents_with_caches_smaller_than_a_layer_pull_it_through_the_swarm(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """Agents whose caches hold 4 MiB (16 chunks) pull a 12 MiB layer at once: each passes it
+    through a ring of slots behind its client, so the registry sends it once (to its root)
+    and every agent's bytes come from the swarm. Before, every agent fetched it itself."""
+    image = make_image(layers=(12 * MiB, 300 * 1024), seed=24)
+    push_image(image, registry, "team/huge", "v1")
+    cluster = Cluster(
+        make_agent, registry, roots=2, agents=4, agent_env={"POLLEN_CACHE_CAPACITY": "4MiB"}
+    )
+    results = pull_all(cluster.agents, "team/huge:v1", tmp_path / "pulls")
+    for got in results:
+        assert set(image.layer_digests) <= got
+    for digest in image.layer_digests:
+        assert registry.blob_get_count(digest) == 1, f"origin sent {digest} more than once"
+    for agent in cluster.agents:
+        swarm = agent_status(agent)["swarm"]
+        assert swarm["origin_fallbacks"] == 0, swarm
+        assert swarm["peer_bytes"] >= 12 * MiB
+        assert "passes through 16 slots" in agent.log_text()
 
 
 def test_p2p_port_refuses_unsigned_requests(

@@ -15,7 +15,7 @@ import pytest
 
 from agent import __version__
 from agent.core.upstream import parse_upstream
-from agent.fetch.download import DownloadProgress
+from agent.fetch.model import DownloadProgress
 from agent.http.responses import Response
 from agent.http.server import HttpServer, Request, ServerSettings
 from agent.observe.metrics import Telemetry

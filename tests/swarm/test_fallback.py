@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from agent.core.errors import RegistryError
-from agent.fetch.download import LayerFailed
+from agent.fetch.model import LayerFailed
 from agent.http.responses import Response, bytes_response
 from agent.http.server import HttpServer, Request, ServerSettings, listener_port, open_listeners
 from agent.registry.routes import parse_digest

@@ -105,10 +105,10 @@ class Swarm:
         await self._serve(peer, listeners)
         return peer
 
-    async def agent(self, *roots: Peer | str) -> Peer:
+    async def agent(self, *roots: Peer | str, **env: str | int) -> Peer:
         listeners, node = await self._listen()
         names = [r if isinstance(r, str) else r.node for r in roots]
-        config = self._config(node, ROOTS=",".join(names))
+        config = self._config(node, ROOTS=",".join(names), **env)
         root_set = RootSet(config.roots, p2p_port=config.p2p_port)
         p2p_http = plain_http_client(config.upstream_timeout)
         self._clients.append(p2p_http)
@@ -169,6 +169,21 @@ async def pull(
     return b"".join(parts)
 
 
+async def pull_everywhere(
+    agents: list[Peer], registry: FakeRegistry, blob: FakeBlob
+) -> dict[str, bytes]:
+    """Every agent pulls the layer at once; what each one's client received."""
+    results: dict[str, bytes] = {}
+
+    async def pull_into(agent: Peer) -> None:
+        results[agent.node] = await pull(agent, registry, blob)
+
+    async with trio.open_nursery() as pulls:
+        for agent in agents:
+            pulls.start_soon(pull_into, agent)
+    return results
+
+
 def plan_request(registry: FakeRegistry, blob: FakeBlob, **fields: object) -> PlanTarget:
     return PlanTarget(
         digest=blob.digest,
@@ -218,14 +233,7 @@ async def test_two_agents_share_a_layer_with_one_origin_get(
         root = await swarm.root()
         agents = [await swarm.agent(root), await swarm.agent(root)]
         blob = registry.add(os.urandom(24 * CHUNK + 5))
-        results: dict[str, bytes] = {}
-
-        async def pull_into(agent: Peer) -> None:
-            results[agent.node] = await pull(agent, registry, blob)
-
-        async with trio.open_nursery() as pulls:
-            for agent in agents:
-                pulls.start_soon(pull_into, agent)
+        results = await pull_everywhere(agents, registry, blob)
         assert results == {a.node: blob.data for a in agents}
         assert blob.gets == [None]
         served = root.service.chunks_served + sum(a.service.chunks_served for a in agents)
@@ -359,3 +367,25 @@ async def test_an_agent_resumes_a_layer_it_held_in_part_and_fetches_only_the_res
         assert agent.swarm is not None and agent.swarm.peer_bytes == blob.size - 5 * CHUNK
         entry = cache.get(blob.digest)
         assert entry is not None and entry.verified
+
+
+async def test_agents_whose_caches_hold_a_third_of_the_layer_stay_in_the_swarm(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """Two agents whose caches hold 16 of the layer's 48 chunks: each passes the layer
+    through a ring of 16 slots behind its reader, instead of leaving the swarm for the
+    registry, so the origin still sends the layer once (the root's GET). Their caches never
+    hold more than their capacity, and the layer is not kept whole afterwards."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        small = {"CACHE_CAPACITY": 16 * CHUNK}
+        agents = [await swarm.agent(root, **small), await swarm.agent(root, **small)]
+        blob = registry.add(os.urandom(48 * CHUNK - 100))
+        results = await pull_everywhere(agents, registry, blob)
+        assert results == {a.node: blob.data for a in agents}
+        assert blob.gets == [None], "only the root's GET: nobody left the swarm"
+        for agent in agents:
+            assert agent.swarm is not None and agent.swarm.fallbacks == {}
+            assert agent.swarm.peer_bytes == blob.size
+            assert agent.data.cache.used <= 16 * CHUNK
+            assert agent.data.cache.get(blob.digest) is None  # passed through, not kept

@@ -1,0 +1,69 @@
+"""A layer bigger than the cache: it passes through a ring of chunk slots, behind its readers.
+
+Theory of operation. When a layer cannot have its full size in the cache, a swarm download
+admits it with a ring of W slots (chunk i in slot i mod W, `agent.cache.store`), so the node
+stays in the swarm instead of leaving it for the registry. Readers read in order; a chunk may
+go once every reader is past it and it is in the whole-layer hash. The planner is told at once
+(`released` with `past`, the first chunk still wanted: its demand is bounded by the window, and
+the root stops naming this node as a source of those chunks), but the bytes stay in their slot
+until the slot is needed — a late peer may still get them, and a slot is never reused while a
+peer is being sent its chunk. A chunk arriving for a slot that still holds a chunk a reader
+needs waits: slow readers hold the download back, they never lose bytes.
+
+W must exceed the root's window (8 chunks) plus the transfers in flight: chunks arrive out of
+order within that window, and the reader waits for the first missing one, so the ring has to
+hold them all. Smaller caches leave the swarm for the registry as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from itertools import chain
+
+from agent.cache.store import CacheEntry
+
+RING_MIN = 16  # slots: the root's window (8), the transfers in flight, and some slack
+SLOT_RECHECK = 0.05  # s between looks at a slot held only by a chunk being sent to a peer
+
+
+def ring_slots(count: int, chunk_size: int, capacity: int) -> int | None:
+    """The slots a layer of `count` chunks gets in a cache of `capacity` bytes, or None when
+    the ring would be too small to stream through."""
+    slots = min(count, capacity // chunk_size)
+    return slots if slots >= RING_MIN else None
+
+
+def slot_holder(entry: CacheEntry, index: int, unwritten: Iterable[int]) -> int | None:
+    """The chunk (other than `index`) in, or being written to, the slot of chunk `index`."""
+    assert entry.slots is not None
+    slot = index % entry.slots
+    for chunk in chain(entry.checksums, unwritten):
+        if chunk != index and chunk % entry.slots == slot:
+            return chunk
+    return None
+
+
+class Readers:
+    """Where each reader of a layer is: the next chunk it reads."""
+
+    def __init__(self) -> None:
+        self._at: dict[int, int] = {}
+        self._moved: Callable[[], None] | None = None
+
+    def watch(self, moved: Callable[[], None]) -> None:
+        """Call `moved` whenever a reader advances or leaves (the swarm driver's hook)."""
+        self._moved = moved
+
+    def at(self, reader: int, index: int) -> None:
+        self._at[reader] = index
+        if self._moved is not None:
+            self._moved()
+
+    def gone(self, reader: int) -> None:
+        if self._at.pop(reader, None) is not None and self._moved is not None:
+            self._moved()
+
+    def past(self, limit: int) -> int:
+        """The first chunk some reader still needs, at most `limit` (the first chunk not in
+        the whole-layer hash yet: nothing from there may go)."""
+        return min([*self._at.values(), limit])

@@ -1,0 +1,41 @@
+"""Tests for agent/fetch/window.py: ring sizes, slot holders, reader positions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.cache.chunks import ChunkLayout
+from agent.cache.store import CacheEntry
+from agent.fetch.window import RING_MIN, Readers, ring_slots, slot_holder
+
+
+def test_a_ring_is_as_many_slots_as_the_cache_holds_and_never_too_few() -> None:
+    assert ring_slots(100, 4, capacity=4 * 40) == 40
+    assert ring_slots(30, 4, capacity=4 * 40) == 30  # never more than the layer's chunks
+    assert ring_slots(100, 4, capacity=4 * (RING_MIN - 1)) is None
+
+
+def test_the_holder_of_a_slot_is_any_other_chunk_there_written_or_being_written() -> None:
+    layout = ChunkLayout(size=40, chunk_size=1)
+    entry = CacheEntry(digest="sha256:x", layout=layout, directory=Path("/"), slots=8)
+    entry.checksums = {3: 1, 12: 1}
+    assert slot_holder(entry, 11, ()) == 3  # 11 and 3 share slot 3
+    assert slot_holder(entry, 3, ()) is None  # itself
+    assert slot_holder(entry, 20, ()) == 12
+    assert slot_holder(entry, 21, [13]) == 13  # being written counts too
+    assert entry.file_offset(11) == 3 and entry.reserved == 8
+
+
+def test_readers_past_is_the_slowest_reader_and_never_beyond_the_hash() -> None:
+    moves: list[int] = []
+    readers = Readers()
+    readers.watch(lambda: moves.append(1))
+    assert readers.past(limit=7) == 7  # nobody reads: only the hash holds chunks back
+    readers.at(1, 5)
+    readers.at(2, 3)
+    assert readers.past(limit=10) == 3
+    assert readers.past(limit=2) == 2
+    readers.gone(2)
+    assert readers.past(limit=10) == 5
+    readers.gone(2)  # twice: no second call
+    assert len(moves) == 3
