@@ -114,6 +114,10 @@ class LayerFetcher:
         download = self._inflight.get(key) if cacheable else None
         if download is not None and download.joinable:
             return download
+        if download is not None and download.entry is not None and not download.entry.dropped:
+            # A ring already let chunks go (a layer bigger than the cache): this late reader
+            # gets a download of its own past the cache, as for a streamed layer.
+            cacheable = False
         download = LayerDownload(ref, self._context, cacheable=cacheable, swarm=swarm)
         if cacheable:
             self._inflight[key] = download

@@ -389,3 +389,33 @@ async def test_agents_whose_caches_hold_a_third_of_the_layer_stay_in_the_swarm(
             assert agent.swarm.peer_bytes == blob.size
             assert agent.data.cache.used <= 16 * CHUNK
             assert agent.data.cache.get(blob.digest) is None  # passed through, not kept
+
+
+async def test_a_late_reader_of_a_ring_gets_a_download_of_its_own(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """The first reader is 30 chunks into a layer passing through a ring of 16 slots: a
+    second reader cannot join (chunk 0 is gone) and gets the layer from a download of its own;
+    both get the right bytes."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        agent = await swarm.agent(root, CACHE_CAPACITY=16 * CHUNK)
+        blob = registry.add(os.urandom(48 * CHUNK))
+        first = await agent.data.fetcher.open(
+            upstream=registry.upstream, repo=REPO, digest=parse_digest(blob.digest), headers=[]
+        )
+        head = bytearray()
+        async with aclosing(first.read(0, first.size)) as pieces:
+            async for piece in pieces:
+                head += piece
+                if len(head) >= 30 * CHUNK:
+                    break
+            assert agent.data.cache.held_chunks(agent.data.cache.peek(blob.digest)).isdisjoint(
+                range(8)
+            ), "the ring let the first chunks go"
+            assert await pull(agent, registry, blob) == blob.data  # the late reader
+            async for piece in pieces:
+                head += piece
+        first.close()
+        assert bytes(head) == blob.data
+        assert blob.gets == [None, None]  # the root's, and the late reader's own
