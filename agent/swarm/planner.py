@@ -164,6 +164,7 @@ class LayerPlanner:
     ready: bool = field(default=False, init=False)  # the driver admitted the layer (`admitted`)
     parked: list[tuple[int, str]] = field(default_factory=list, init=False)  # until admitted
     started_at: float | None = field(default=None, init=False)
+    fresh: bool = field(default=True, init=False)  # the first request says: forget the past
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -226,6 +227,7 @@ class LayerPlanner:
         """`root` did not answer `request` (unreachable, timed out, refused, a bad reply)."""
         pending = _Pending(bench=root)
         self._request_ended(request)
+        self.fresh = self.fresh or request.fresh  # the next root must hear it too
         # Its reports go again (first), to whichever root owns the layer now, with our holdings.
         self.done_reports[:0] = list(request.done)
         self.failed_reports[:0] = list(request.failed)
@@ -402,7 +404,9 @@ class LayerPlanner:
 
     def _request(self, *, poll: bool) -> PlanTarget:
         done, failed, lost = self._take_reports()
+        fresh, self.fresh = self.fresh, False
         return PlanTarget(
+            fresh=fresh,
             digest=self.digest,
             upstream=self.upstream,
             repo=self.repo,

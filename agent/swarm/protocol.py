@@ -301,6 +301,9 @@ class PlanTarget:
       that chunk (any more), which is no fault of the source;
     - ``past``: chunks below this index the agent no longer wants (its cache keeps a window of
       the layer and its readers are beyond them);
+    - ``fresh``: the first request of a new download of the layer on that node: whatever the
+      root knew of the node for this layer (holdings, transfers, assignments) is from before
+      (a restart, an earlier download that failed) and is forgotten;
     - ``poll``: the root may hold the request until it has work for the agent (the agent's
       standing request for work); without it the root answers at once (a report sent the
       moment a transfer ends, so the sources' slots free without delay).
@@ -316,11 +319,12 @@ class PlanTarget:
     failed: tuple[tuple[int, str, bool], ...] = ()
     missing: tuple[tuple[int, str], ...] = ()
     past: int = 0
+    fresh: bool = False
     poll: bool = False
 
     def __post_init__(self) -> None:
-        if type(self.poll) is not bool:
-            raise P2PProtocolError("poll must be true or false")
+        if type(self.poll) is not bool or type(self.fresh) is not bool:
+            raise P2PProtocolError("poll and fresh must be true or false")
         _check_digest(self.digest)
         _check_upstream(self.upstream)
         _check_repo(self.repo)
@@ -374,13 +378,26 @@ class PlanTarget:
             params.append("missing=" + ",".join(f"{c}@{_quote(n)}" for c, n in self.missing))
         if self.past:
             params.append(f"past={self.past}")
+        if self.fresh:
+            params.append("fresh=1")
         if self.poll:
             params.append("poll=1")
         return f"{PLAN_PREFIX}{self.digest}?{'&'.join(params)}"
 
 
 P2PTarget = ChunkTarget | PlanTarget
-_PLAN_PARAMS = ("upstream", "repo", "want", "have", "done", "failed", "missing", "past", "poll")
+_PLAN_PARAMS = (
+    "upstream",
+    "repo",
+    "want",
+    "have",
+    "done",
+    "failed",
+    "missing",
+    "past",
+    "fresh",
+    "poll",
+)
 _PLAN_REQUIRED = ("upstream", "repo", "want")
 
 
@@ -446,9 +463,9 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
     done = [(c, n) for c, n, _ in _parse_reports(params.get("done", ""), "done", marks=False)]
     failed = _parse_reports(params.get("failed", ""), "failed", marks=True)
     lost = _parse_reports(params.get("missing", ""), "missing", marks=False)
-    poll_text = params.get("poll", "0")
-    if poll_text not in ("0", "1"):
-        raise P2PProtocolError(f"poll must be 0 or 1, got {poll_text[:20]!r}")
+    poll_text, fresh_text = params.get("poll", "0"), params.get("fresh", "0")
+    if poll_text not in ("0", "1") or fresh_text not in ("0", "1"):
+        raise P2PProtocolError(f"poll and fresh must be 0 or 1, got {poll_text[:20]!r}")
     return PlanTarget(
         digest=digest,
         upstream=params["upstream"],
@@ -459,6 +476,7 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
         failed=tuple(failed),
         missing=tuple((c, n) for c, n, _ in lost),
         past=parse_decimal(params.get("past", "0"), "past", MAX_CHUNKS + 1),
+        fresh=fresh_text == "1",
         poll=poll_text == "1",
     )
 

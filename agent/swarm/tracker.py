@@ -172,6 +172,9 @@ class Tracker:
             return Plan(size=None, chunk_size=chunk_size, retry_after=0.2)
         schedule = layer.schedule
         now = trio.current_time()
+        if request.fresh:  # a new download there: what we knew of the node is from before
+            layer.mailbox.pop(asker, None)
+            self._deliver(layer, schedule.leave(asker, now))
         for chunk, source in request.done:
             self._deliver(layer, schedule.completed(asker, chunk, source, now))
         for chunk, source, bad in request.failed:

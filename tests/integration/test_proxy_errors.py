@@ -29,6 +29,7 @@ from harness import (
     agent_status,
     blob_path_pattern,
     blob_url,
+    cache_blob_dir,
     free_port,
     http_status,
     push_image,
@@ -65,10 +66,6 @@ def registry_blob_file(registry: Registry, digest: str) -> Path:
         / hexd
         / "data"
     )
-
-
-def cache_blob_dir(cache_path: Path, digest: str) -> Path:
-    return cache_path / "blobs" / "sha256" / digest.split(":", 1)[1]
 
 
 # -- requests the agent refuses itself -------------------------------------------------------

@@ -19,7 +19,10 @@ from harness import (
     AgentProcess,
     Image,
     Registry,
+    RegistryFront,
     agent_status,
+    blob_path_pattern,
+    cache_blob_dir,
     free_port,
     make_ca_and_cert,
     push_image,
@@ -43,6 +46,7 @@ class Cluster:
         env: dict[str, str] | None = None,
         root_env: dict[str, str] | None = None,
         agent_env: dict[str, str] | None = None,
+        upstream: str | None = None,
     ) -> None:
         self.p2p_port = free_port("127.0.0.2")
         addresses = [f"127.0.0.{i}" for i in range(2, 2 + roots + agents)]
@@ -55,7 +59,7 @@ class Cluster:
             "POLLEN_CACHE_CHUNK_SIZE": "256KiB",
             **(env or {}),
         }
-        upstream = f"http://{registry.host}"
+        upstream = upstream or f"http://{registry.host}"
         self.roots = [
             make_agent(
                 upstreams=upstream,
@@ -162,6 +166,55 @@ def test_agents_with_caches_smaller_than_a_layer_pull_it_through_the_swarm(
         assert swarm["origin_fallbacks"] == 0, swarm
         assert swarm["peer_bytes"] >= 12 * MiB
         assert "passes through 16 slots" in agent.log_text()
+
+
+def test_an_agent_killed_mid_ring_restarts_and_pulls_through_the_swarm(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+    make_front: Callable[..., RegistryFront],
+) -> None:
+    """kill -9 of an agent while a layer bigger than its cache passes through its ring: the
+    ring is not kept (its chunks were passing through), the restarted agent pulls the layer
+    through the swarm again, and the registry still sends it once (to the root)."""
+    image = make_image(layers=(8 * MiB,), seed=25)
+    push_image(image, registry, "team/ring", "v1")
+    [digest] = image.layer_digests
+    front = make_front(registry.url)
+    front.trickle(blob_path_pattern(digest), piece=256 * 1024, delay=0.08)  # ~2.6 s
+    cluster = Cluster(
+        make_agent,
+        registry,
+        roots=1,
+        agents=2,
+        agent_env={"POLLEN_CACHE_CAPACITY": "4MiB"},
+        upstream=front.url,
+    )
+    victim, other = cluster.agents
+    pulling = concurrent.futures.ThreadPoolExecutor(1).submit(
+        skopeo_copy_to_dir, f"{victim.host}/team/ring:v1", tmp_path / "killed"
+    )
+    index = cache_blob_dir(victim.cache_path, digest) / "index"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "\nc " not in _read(index):
+        time.sleep(0.05)
+    assert "ring=16" in _read(index), "the layer passes through a ring of 16 slots"
+    victim.kill()
+    assert pulling.result(timeout=60).returncode != 0  # its client saw the crash
+    victim.start()
+    assert "0 partial kept" in victim.log_text()  # a ring is not kept
+    for agent in (victim, other):
+        [got] = pull_all([agent], "team/ring:v1", tmp_path / f"after-{agent.name}")
+        assert digest in got
+    assert registry.blob_get_count(digest) == 1, "the root's GET is still the only one"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def test_p2p_port_refuses_unsigned_requests(

@@ -368,6 +368,9 @@ class Simulation:
             return
         self.requests += 1
         ident, schedule = self.ids[node], self.schedule
+        if request.fresh:  # as the tracker: a new download there forgets the old one
+            self.mailbox[node] = []
+            self.deliver(schedule.leave(ident, now), now)
         for chunk, source in request.done:
             self.deliver(schedule.completed(ident, chunk, source, now), now)
         for chunk, source, bad in request.failed:

@@ -97,6 +97,13 @@ def test_start_sends_the_standing_request_with_all_slots() -> None:
     p = planner(parallel=2)
     request = only(p.start(0.0))
     assert request.poll and request.want == 2 and request.have is None
+    assert request.fresh, "the root forgets what it knew of this node for the layer"
+    d = p.unanswered(request, ROOT, "refused", 0.1)
+    again = p.tick(0.1 + POLL_RETRY).requests or d.requests
+    assert again and again[0].fresh, "the next root hears it too"
+    d = p.answered(again[0], plan(size=None), ROOT, 0.2)
+    later = p.tick(0.2 + POLL_RETRY).requests
+    assert later and not later[0].fresh
     assert request.digest == DIGEST and request.repo == "team/app"
     assert p.polling
 

@@ -77,6 +77,7 @@ def plan_targets(draw: st.DrawFn) -> PlanTarget:
         failed=tuple(draw(st.tuples(chunk_indexes, nodes, st.booleans())) for _ in range(n_failed)),
         missing=tuple(draw(st.tuples(chunk_indexes, nodes)) for _ in range(n_missing)),
         past=draw(st.integers(0, 5000)),
+        fresh=draw(st.booleans()),
         poll=draw(st.booleans()),
     )
 

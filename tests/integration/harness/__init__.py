@@ -17,7 +17,16 @@ One module, one job:
 """
 
 from .agent import AgentProcess
-from .calls import agent_status, blob_gets, blob_url, http_get, pull_dir, pull_from, raw_get
+from .calls import (
+    agent_status,
+    blob_gets,
+    blob_url,
+    cache_blob_dir,
+    http_get,
+    pull_dir,
+    pull_from,
+    raw_get,
+)
 from .containerd import Containerd, hosts_toml, write_hosts_toml
 from .etchosts import etc_hosts_entry
 from .fronts import Fault, ObjectServer, RegistryFront, SeenRequest, blob_path_pattern
@@ -68,6 +77,7 @@ __all__ = [
     "agent_status",
     "blob_gets",
     "blob_path_pattern",
+    "cache_blob_dir",
     "blob_url",
     "build_image",
     "client_context",

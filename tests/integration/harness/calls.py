@@ -70,3 +70,8 @@ def pull_dir(ref: str, dest: Path, **kwargs: Any) -> set[str]:
 def pull_from(agent: AgentProcess, ref: str, dest: Path) -> set[str]:
     """`pull_dir` of `<agent>/<ref>`: the agent as the registry skopeo talks to."""
     return pull_dir(f"{agent.host}/{ref}", dest)
+
+
+def cache_blob_dir(cache_path: Path, digest: str) -> Path:
+    """Where an agent's cache keeps a layer (its data and index files)."""
+    return cache_path / "blobs" / "sha256" / digest.split(":", 1)[1]
