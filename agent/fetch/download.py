@@ -404,11 +404,17 @@ class LayerDownload:
     def reader_at(self, reader: int, index: int) -> None:
         """Reader `reader` has read every chunk below `index` (a ring's slots may free)."""
         self.readers.at(reader, index)
-        self._notify()
+        self._wake_ring()
 
     def reader_gone(self, reader: int) -> None:
         self.readers.gone(reader)
-        self._notify()
+        self._wake_ring()
+
+    def _wake_ring(self) -> None:
+        # Only a ring's writer waits on readers; other downloads' waiters need no wake-up
+        # per chunk read.
+        if self.entry is not None and self.entry.slots is not None:
+            self._notify()
 
     async def _free_slot(self, index: int) -> None:
         """Wait until the slot of chunk `index` holds nothing a reader or a peer still needs,

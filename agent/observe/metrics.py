@@ -37,6 +37,7 @@ from agent.http.server import Request
 from agent.observe.audit import AuditLog
 from agent.observe.auditline import DOWNLOAD, FILEREAD, HTTP_PREAD, RPC_PREAD, microseconds
 from agent.observe.events import SOURCES, LayerReport, Observer, SlidingWindow
+from agent.swarm.planner import FALLBACK_KINDS
 
 if TYPE_CHECKING:
     from agent.cache.store import ChunkCache
@@ -55,17 +56,6 @@ WINDOW_TYPES = ("pread", "download", "peer", "disk", "http")
 CHUNK_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAYER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 REJECTED = ("cache_chunk", "peer_chunk", "layer")
-# Why a node left the swarm for a layer (agent.swarm.planner.Fallback.kind; cache: it does
-# not fit this node's cache).
-FALLBACK_REASONS = (
-    "no_root",
-    "root_error",
-    "credentials",
-    "chunk_size",
-    "size",
-    "no_size",
-    "cache",
-)
 PEER_HISTORY = 256  # peers remembered for `pollen status`
 
 
@@ -400,7 +390,7 @@ class _Collector:
             labels=["reason"],
         )
         causes = t._swarm.fallbacks if t._swarm is not None else {}
-        for reason in sorted(set(FALLBACK_REASONS) | set(causes)):
+        for reason in sorted(set(FALLBACK_KINDS) | set(causes)):
             fallbacks.add_metric([reason], float(causes.get(reason, 0)))
         yield fallbacks
         auth = CounterMetricFamily(

@@ -70,6 +70,9 @@ Done = tuple[tuple[int, str], ...]  # (chunk, source) reports
 Failed = tuple[tuple[int, str, bool], ...]  # (chunk, source, bad data) reports
 POLL_RETRY = 0.05  # s before asking again after an answer that started nothing
 FLUSH_ATTEMPTS = 3  # tries to deliver the last reports once the layer is complete
+# Why a node leaves the swarm for a layer; "cache": the layer does not fit this node's cache
+# (the driver's own cause, for metrics).
+FALLBACK_KINDS = ("no_root", "root_error", "credentials", "chunk_size", "size", "no_size", "cache")
 SIZE_DEADLINE = 30.0  # s: a root that cannot tell the layer's size by then is not helping
 
 
@@ -88,7 +91,7 @@ class Fallback:
     `kind` is a short word for metrics; `root`, when set, is the root not to ask about this
     layer again for a while (it answered, but not usefully)."""
 
-    kind: str  # no_root, root_error, credentials, chunk_size, size, no_size
+    kind: str  # one of FALLBACK_KINDS
     reason: str
     root: str | None = None
 

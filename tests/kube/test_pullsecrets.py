@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agent.kube.admission import AdmissionSettings, SecretPlan
+from agent.kube.admission import SecretPlan
 from agent.kube.pullsecrets import (
     MANAGED_BY,
     SOURCE_ANNOTATION,
@@ -19,14 +19,7 @@ from agent.kube.pullsecrets import (
     merged_secret,
     secret_differs,
 )
-
-ACR = "test-registry-vpc.cn-hangzhou.cr.aliyuncs.com"
-ACR_P2P = "test-registry-vpc.distributed.cn-hangzhou.cr.aliyuncs.com:65001"
-SETTINGS = AdmissionSettings(
-    registries=("*.cr.aliyuncs.com", "registry.example.com:5000", "docker.io"),
-    endpoint_port=65001,
-    own_namespace="pollen-system",
-)
+from tests.kube.test_admission import ACR, ACR_P2P, SETTINGS
 
 
 def dockerconfig(auths: dict[str, Any]) -> dict[str, Any]:
