@@ -65,7 +65,7 @@ def metrics_section() -> list[str]:
         "",
         "Served on the exporter port (`exporter.port`), or as `/metrics` on the proxy port when "
         "`ExporterConfig.standaloneExporterPort` is false. The `DADIP2P_*` gauges keep the "
-        "original product's names and labels (`node=\"<nodeIP>:<p2pPort>\"`, `mode`, `type`), "
+        'original product\'s names and labels (`node="<nodeIP>:<p2pPort>"`, `mode`, `type`), '
         "for existing dashboards; the 10-second gauges cover the last 10 s.",
         "",
         "| metric | type | labels | meaning |",

@@ -44,7 +44,7 @@ from agent.registry.client import RegistryClient
 from agent.swarm.download import SwarmContext
 
 BLOB_RE = re.compile(r"/v2/(?P<repo>.+)/blobs/(?P<digest>[a-z0-9]+:[0-9a-f]+)")
-RANGE_RE = re.compile(r"bytes=(\d+)-$")
+RANGE_RE = re.compile(r"bytes=(\d+)-(\d*)$")
 PIECE = 64 * 1024  # body pieces the fake sends: several per chunk, so breaks land mid-chunk
 
 
@@ -137,19 +137,23 @@ class FakeRegistry:
             if m is None or int(m[1]) >= blob.size:
                 return _error(416, "RANGE_INVALID", range_header)
             start, status = int(m[1]), 206
+            end = min(int(m[2]), blob.size - 1) if m[2] else blob.size - 1
             headers = [
-                *_length(blob.size - start),
-                (b"content-range", f"bytes {start}-{blob.size - 1}/{blob.size}".encode()),
+                *_length(end + 1 - start),
+                (b"content-range", f"bytes {start}-{end}/{blob.size}".encode()),
             ]
-        stop = blob.size
+        end_of_body = blob.size if status == 200 else end + 1
+        stop = end_of_body
         if blob.break_at is not None:
-            stop = max(start, min(blob.size, blob.break_at))
+            stop = max(start, min(end_of_body, blob.break_at))
             blob.break_at = None
-        body = _body(blob, start, stop)
+        body = _body(blob, start, stop, end_of_body)
         return Response(status=status, headers=headers, body=body)
 
 
-async def _body(blob: FakeBlob, start: int, stop: int) -> AsyncIterator[memoryview]:
+async def _body(
+    blob: FakeBlob, start: int, stop: int, end_of_body: int
+) -> AsyncIterator[memoryview]:
     data = memoryview(blob.served_bytes())
     offset = start
     while offset < stop:
@@ -162,7 +166,7 @@ async def _body(blob: FakeBlob, start: int, stop: int) -> AsyncIterator[memoryvi
             continue
         yield data[offset:end]
         offset = end
-    if stop < blob.size:
+    if stop < end_of_body:
         raise CutShort(f"fake registry breaks the body at byte {stop}")
 
 

@@ -353,12 +353,14 @@ class ChunkCache:
             shutil.rmtree(directory, ignore_errors=True)
             self.write_failed(exc)
             return None
-        entry = CacheEntry(
-            digest=digest, layout=layout, directory=directory, pins=1, slots=slots
-        )
+        entry = CacheEntry(digest=digest, layout=layout, directory=directory, pins=1, slots=slots)
         self._entries[digest] = entry
         self.used += reserve
         return entry
+
+    def room(self) -> int:
+        """The most a new layer could get: the capacity less what pinned layers reserve."""
+        return self.capacity - sum(e.reserved for e in self._entries.values() if e.pins)
 
     def _make_room(self, size: int) -> bool:
         if self.used + size <= self.capacity:
@@ -508,8 +510,7 @@ class ChunkCache:
         peer is being sent it (`sending`); the caller also waits for its readers."""
         if entry.sending.get(index):
             raise ValueError(f"{entry.digest}: chunk {index} is being sent")
-        entry.checksums.pop(index, None)
-        entry.sha256.pop(index, None)
+        entry.checksums.pop(index, None)  # its sha256 stays: the table peers verify against
 
     def held_chunks(self, entry: CacheEntry) -> frozenset[int]:
         """The chunks of `entry` on disk (a resumed layer starts with some)."""

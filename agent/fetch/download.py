@@ -39,6 +39,7 @@ from agent.fetch.model import (
     LayerFailed,
     LayerRef,
 )
+from agent.fetch.rangefetch import discard, resumed_skip
 from agent.fetch.window import SLOT_RECHECK, Readers, ring_slots, slot_holder
 from agent.http.client import ClientResponse, HttpClientError
 from agent.http.groups import first_failure
@@ -69,10 +70,9 @@ class LayerDownload:
         *,
         cacheable: bool = True,
         swarm: SwarmContext | None = None,
+        ring: bool = False,
     ) -> None:
-        self.digest = ref.digest
-        self.upstream = ref.upstream
-        self.repo = ref.repo
+        self.ref, self.digest, self.upstream, self.repo = ref, ref.digest, ref.upstream, ref.repo
         self._headers = ref.headers
         self._expected_size = ref.size
         self._cache = context.cache
@@ -81,6 +81,11 @@ class LayerDownload:
         self._observer = context.observer
         self._cacheable = cacheable
         self._swarm = swarm
+        # A layer bigger than the cache passes through a ring of slots when it serves peers
+        # (a swarm download, or a root's), else streams past the cache. A ring keeps the
+        # chunks the swarm still needs from this node (`keep`: a root's tracker says).
+        self._ring = ring or swarm is not None
+        self.keep: Callable[[int], bool] = lambda index: False
         self.times = LayerTimes()  # where this download's time went (per-layer summary)
         self.had_reader = False  # a client read it: the client's summary line covers it
         self._transfer_from: float | None = None
@@ -230,7 +235,7 @@ class LayerDownload:
         if self.entry is not None:
             self._cache.drop(self.entry)
 
-    def _begin(self, size: int, *, ring: bool = False) -> None:
+    def _begin(self, size: int) -> None:
         if self.layout is not None:
             if size != self.layout.size:
                 raise LayerCorrupt(
@@ -238,28 +243,25 @@ class LayerDownload:
                     f"{self.layout.size}"
                 )
             return
-        self.layout = ChunkLayout(size=size, chunk_size=self._cache.chunk_size)
+        self.layout = layout = ChunkLayout(size=size, chunk_size=self._cache.chunk_size)
         self.progress.size = size
-        self.entry = self._cache.admit(str(self.digest), size) if self._cacheable else None
-        slots = ring_slots(self.layout.count, self.layout.chunk_size, self._cache.capacity)
-        if self.entry is None and ring and self._cacheable and slots is not None:
-            self.entry = self._cache.admit(str(self.digest), size, slots=slots)
-            if self.entry is not None:
-                log.info("layer %s (%d bytes) passes through %d slots", self.digest, size, slots)
+        slots = ring_slots(layout.count, layout.chunk_size, self._cache.room())
+        if self._cacheable:
+            self.entry = self._cache.admit(str(self.digest), size)
+            if self.entry is None and self._ring and slots is not None:
+                self.entry = self._cache.admit(str(self.digest), size, slots=slots)
         if self.entry is None:
             self.stream_mode = True
             self.progress.mode = "stream"
-            log.info(
-                "layer %s (%d bytes) does not fit the cache; streaming to %d reader(s)",
-                self.digest,
-                size,
-                len(self._subscribers),
-            )
+            how = f"does not fit the cache; streaming to {len(self._subscribers)} reader(s)"
         else:
             self.progress.mode = "cache"
             for send in self._subscribers:
                 send.close()
             self._subscribers.clear()
+            how = f"passes through {self.entry.slots} slots"
+        if self.entry is None or self.entry.slots:
+            log.info("layer %s (%d bytes) %s", self.digest, size, how)
         self.started.set()
 
     async def _download(self) -> None:
@@ -284,7 +286,7 @@ class LayerDownload:
                     url = url_pathname(response.url)  # the registry's, or object storage's
                     skip = await self._check_response(response, offset, path)
                     if skip:
-                        await _discard(response, skip)
+                        await discard(response, skip)
                     layout = self.layout
                     assert layout is not None
                     while offset < layout.size:
@@ -308,7 +310,7 @@ class LayerDownload:
                             self._got("origin", "", url, offset - filled, filled, chunk_from)
                             chunk_from = time.perf_counter()
                         if filled == len(chunk) and chunk_index < layout.count - 1:
-                            if not self._holds(chunk_index):
+                            if not self.holds(chunk_index):
                                 await self._emit(chunk_index, chunk)
                             chunk_index += 1
                             self._hashed_upto = chunk_index
@@ -327,7 +329,7 @@ class LayerDownload:
         assert self.layout is not None
         self._check_digest(hasher.hexdigest(), "upstream bytes")
         # The last chunk was held back until the digest matched.
-        if self.layout.count and not self._holds(self.layout.count - 1):
+        if self.layout.count and not self.holds(self.layout.count - 1):
             await self._emit(self.layout.count - 1, chunk)
         self._hashed_upto = self.layout.count
 
@@ -382,7 +384,7 @@ class LayerDownload:
     # -- what the swarm download fills (agent.swarm.download.LayerSink) -----------------------
 
     def begin(self, size: int) -> None:
-        self._begin(size, ring=True)
+        self._begin(size)
 
     @property
     def window(self) -> int | None:
@@ -393,6 +395,9 @@ class LayerDownload:
 
     def past(self) -> int:
         return self.readers.past(self._hashed_upto)
+
+    def take_evicted(self) -> set[int]:
+        return self.readers.take_evicted()
 
     def new_buffer(self, length: int) -> Chunk:
         return self._cache.new_buffer(length)
@@ -426,14 +431,43 @@ class LayerDownload:
                 held not in self._unwritten
                 and held < self.past()
                 and not entry.sending.get(held)
+                and (held > index or not self.keep(held))  # a lower chunk comes first
             ):
                 self._cache.release_chunk(entry, held)
                 self._hot.pop(held, None)
                 self._released_any = True
+                self.readers.evicted(held)  # the swarm driver tells the root
                 continue
             self._raise_if_failed()
             with trio.move_on_after(SLOT_RECHECK):
                 await self._changed.wait()
+
+    def recheck(self) -> None:
+        """`keep` may say otherwise now: a ring writer waiting for a slot looks again."""
+        if self.entry is not None and self.entry.slots is not None:
+            self._notify()
+
+    async def put_back(self, index: int, data: Chunk, sha256: str) -> bool:
+        """Put chunk `index` of a ring layer, fetched again, back in its slot once the slot's
+        chunk may go (also after the download finished: a root's ring serves on); False when
+        the chunk came back meanwhile."""
+        entry = self.entry
+        if entry is None or entry.slots is None or entry.dropped:
+            raise LayerFailed(f"layer {self.digest}: no ring to put chunk {index} back into")
+        self._cache.pin(entry)
+        try:
+            await self._free_slot(index)
+            if self.holds(index) or index in self._unwritten:
+                return False
+            self._unwritten.add(index)  # the slot is ours from here (no await before this)
+            try:
+                await self._cache.write_chunk(entry, index, data, sha256)
+            finally:
+                self._unwritten.discard(index)
+        finally:
+            self._cache.unpin(entry)
+        self._notify()
+        return True
 
     async def chunk_bytes(self, index: int) -> Chunk:
         data = self._hot.get(index)
@@ -476,16 +510,10 @@ class LayerDownload:
                 raise UpstreamUnavailable(f"upstream sent {path} without a Content-Length")
             self._begin(size)
             return 0
-        if response.status == 206:
-            content_range = response.header("content-range") or ""
-            if not content_range.startswith(f"bytes {offset}-"):
-                raise LayerFailed(f"resume of {self.digest} got Content-Range {content_range!r}")
-            return 0
-        if response.status == 200:
-            return offset
-        raise LayerFailed(f"resume of {self.digest} answered {response.status}")
+        return resumed_skip(response, offset, str(self.digest))
 
-    def _holds(self, index: int) -> bool:
+    def holds(self, index: int) -> bool:
+        """Chunk `index` is here, or on its way to the disk."""
         return self.entry is not None and (index in self._hot or self.entry.has_chunk(index))
 
     async def _emit(self, index: int, data: Chunk, sha256: str | None = None) -> None:
@@ -502,10 +530,14 @@ class LayerDownload:
                 raise LayerFailed("every reader of a streamed layer went away")
             return
         assert self.entry is not None and self._nursery is not None
-        if self.entry.slots is not None:
-            await self._free_slot(index)
-        # The chunk is readable from memory at once; its write overlaps the next receive.
         await self._write_slots.acquire()
+        if self.entry.slots is not None:
+            try:
+                await self._free_slot(index)  # taken at once (another writer may want it)
+            except BaseException:
+                self._write_slots.release()
+                raise
+        # The chunk is readable from memory at once; its write overlaps the next receive.
         self._hot[index] = data
         self._unwritten.add(index)
         self._nursery.start_soon(self._write_chunk, index, data, sha256)
@@ -553,24 +585,14 @@ class LayerDownload:
         self.verified = True
         via = "the swarm" if self.progress.mode == "swarm" else self.upstream.key
         elapsed = trio.current_time() - self.progress.started_at
+        how = "streamed" if self.stream_mode else "cached"
         log.info(
             "layer %s: %d bytes from %s in %.2fs (%s)",
             self.digest,
             self.progress.received,
             via,
             elapsed,
-            "streamed" if self.stream_mode else "cached",
+            how,
         )
         self.progress.mode = "done"
         self._notify()
-
-
-
-async def _discard(response: ClientResponse, count: int) -> None:
-    """Skip `count` body bytes (a resume answered 200 instead of 206)."""
-    scratch = memoryview(bytearray(min(count, 1 << 20)))
-    while count:
-        n = await response.receive_into(scratch[: min(count, len(scratch))])
-        if n == 0:
-            raise HttpClientError("body ended while skipping")
-        count -= n

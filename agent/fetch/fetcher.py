@@ -16,6 +16,7 @@ from agent.core.errors import RegistryError
 from agent.core.upstream import Upstream
 from agent.fetch.download import LayerDownload
 from agent.fetch.model import DownloadProgress, FetchContext, LayerRef
+from agent.fetch.rangefetch import refetch_chunk
 from agent.fetch.readers import BlobSource, CachedBlob, DownloadReader, ResumingBlob
 from agent.http.responses import Headers
 from agent.registry.client import UpstreamUnavailable
@@ -106,7 +107,7 @@ class LayerFetcher:
             raise
 
     def _join_or_start(
-        self, ref: LayerRef, *, cacheable: bool, swarm: SwarmContext | None
+        self, ref: LayerRef, *, cacheable: bool, swarm: SwarmContext | None, ring: bool = False
     ) -> LayerDownload:
         """The layer's download in flight (single flight), or a new one started in our nursery.
         A download past the cache (`cacheable=False`) is never shared."""
@@ -118,7 +119,7 @@ class LayerFetcher:
             # A ring already let chunks go (a layer bigger than the cache): this late reader
             # gets a download of its own past the cache, as for a streamed layer.
             cacheable = False
-        download = LayerDownload(ref, self._context, cacheable=cacheable, swarm=swarm)
+        download = LayerDownload(ref, self._context, cacheable=cacheable, swarm=swarm, ring=ring)
         if cacheable:
             self._inflight[key] = download
         assert self._nursery is not None, "LayerFetcher.run is not running"
@@ -134,13 +135,18 @@ class LayerFetcher:
         if entry is not None:
             return entry
         ref = LayerRef(digest=digest, upstream=upstream, repo=repo, headers=headers)
-        download = self._join_or_start(ref, cacheable=True, swarm=None)
+        download = self._join_or_start(ref, cacheable=True, swarm=None, ring=True)
         await download.started.wait()
         if download.layout is None or download.error is not None:
             raise _failure(download)
         if download.stream_mode:
             raise RegistryError(502, "UNAVAILABLE", f"layer {digest} does not fit the cache")
         return download
+
+    async def refetch(self, download: LayerDownload, index: int) -> int:
+        """Fetch chunk `index` of a root's ring layer again from the origin (the swarm lost
+        it); the bytes the origin sent."""
+        return await refetch_chunk(self._context, download, index)
 
     async def _run_download(self, download: LayerDownload) -> None:
         key = str(download.digest)

@@ -26,10 +26,11 @@ RING_MIN = 16  # slots: the root's window (8), the transfers in flight, and some
 SLOT_RECHECK = 0.05  # s between looks at a slot held only by a chunk being sent to a peer
 
 
-def ring_slots(count: int, chunk_size: int, capacity: int) -> int | None:
-    """The slots a layer of `count` chunks gets in a cache of `capacity` bytes, or None when
-    the ring would be too small to stream through."""
-    slots = min(count, capacity // chunk_size)
+def ring_slots(count: int, chunk_size: int, room: int) -> int | None:
+    """The slots a layer of `count` chunks gets when `room` bytes of the cache are free or
+    evictable, or None when the ring would be too small to stream through. A ring takes half
+    the room (at least RING_MIN slots): the image's other layers still fit beside it."""
+    slots = min(count, max(room // 2, min(room, RING_MIN * chunk_size)) // chunk_size)
     return slots if slots >= RING_MIN else None
 
 
@@ -44,11 +45,13 @@ def slot_holder(entry: CacheEntry, index: int, unwritten: Iterable[int]) -> int 
 
 
 class Readers:
-    """Where each reader of a layer is: the next chunk it reads."""
+    """Where each reader of a layer is (the next chunk it reads), and which chunks left the
+    ring since the watcher (the swarm driver) last looked."""
 
     def __init__(self) -> None:
         self._at: dict[int, int] = {}
         self._moved: Callable[[], None] | None = None
+        self._evicted: set[int] = set()  # chunks left the ring, not yet taken by the watcher
 
     def watch(self, moved: Callable[[], None]) -> None:
         """Call `moved` whenever a reader advances or leaves (the swarm driver's hook)."""
@@ -58,6 +61,16 @@ class Readers:
         self._at[reader] = index
         if self._moved is not None:
             self._moved()
+
+    def evicted(self, chunk: int) -> None:
+        """`chunk` left the ring (its slot took another): the watcher hears of it too."""
+        if self._moved is not None:
+            self._evicted.add(chunk)
+            self._moved()
+
+    def take_evicted(self) -> set[int]:
+        evicted, self._evicted = self._evicted, set()
+        return evicted
 
     def gone(self, reader: int) -> None:
         if self._at.pop(reader, None) is not None and self._moved is not None:

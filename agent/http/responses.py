@@ -31,6 +31,7 @@ def header_lines(headers: Sequence[tuple[bytes, bytes]], name: str) -> list[byte
     key = name.lower().encode()
     return [v for k, v in headers if k == key]
 
+
 JSON = b"application/json"
 PLAIN_TEXT = b"text/plain; charset=utf-8"
 

@@ -42,6 +42,10 @@ class Observer:
         """A chunk received from `source` (``origin``, ``root`` or ``peer``; `node` names the
         root or peer); size negative when the transfer failed."""
 
+    def refetched(self, pathname: str, offset: int, size: int, seconds: float) -> None:
+        """A chunk the swarm had lost, fetched again from the origin with a `Range` request by
+        the root that owns the layer (`size`: the bytes the origin sent)."""
+
     def rejected(self, where: str) -> None:
         """Bytes refused by an integrity check: ``peer`` (a chunk whose sha256 did not match
         the root's table) or ``layer`` (a whole layer that did not match its digest)."""

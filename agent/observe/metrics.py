@@ -130,6 +130,17 @@ class Telemetry(Observer):
             registry=r,
         )
         self._served = _children(served, ("client", "peer"))
+        self._refetches = Counter(
+            "pollen_origin_refetches",
+            "Chunks the swarm had lost (every holder let them go), fetched again from the origin "
+            "with a Range request by the root that owns the layer",
+            registry=r,
+        )
+        self._refetch_bytes = Counter(
+            "pollen_origin_refetch_bytes",
+            "Bytes the origin sent for those Range requests",
+            registry=r,
+        )
         disk_bytes = Counter(
             "pollen_disk_bytes", "Cache chunk bytes read and written", ["op"], registry=r
         )
@@ -234,6 +245,11 @@ class Telemetry(Observer):
             peer.bytes += size
         else:
             peer.failures += 1
+
+    def refetched(self, pathname: str, offset: int, size: int, seconds: float) -> None:
+        self._refetches.inc()
+        self._refetch_bytes.inc(size)
+        self.fetched("origin", "", pathname, offset, size, seconds)
 
     def rejected(self, where: str) -> None:
         key = "peer_chunk" if where == "peer" else where

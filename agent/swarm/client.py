@@ -25,7 +25,6 @@ from agent.swarm.signing import request_headers
 log = logging.getLogger(__name__)
 
 
-
 class PeerError(Exception):
     """A peer or root did not deliver: unreachable, refused, timed out, or said no."""
 

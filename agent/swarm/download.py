@@ -94,7 +94,11 @@ class LayerSink(Protocol):
         ring of slots (`agent.fetch.window`); None: the whole layer fits."""
 
     def watch_readers(self, moved: Callable[[], None]) -> None:
-        """Call `moved` when a reader advances or leaves (chunks behind them may go)."""
+        """Call `moved` when a reader advances or leaves (chunks behind them may go), or a
+        chunk left the cache (`take_evicted`)."""
+
+    def take_evicted(self) -> set[int]:
+        """The chunks whose slots took other chunks since the last call."""
 
     def past(self) -> int:
         """The first chunk a reader still needs (nothing below is wanted any more)."""
@@ -195,7 +199,7 @@ class SwarmDownload:
         self._moved_queued = False
         past = self._sink.past()
         gone = {c for c in self.planner.held if c < past}
-        return self.planner.released(gone, past, now)
+        return self.planner.released(gone, past, now, evicted=self._sink.take_evicted())
 
     def _received(self, transfer: Transfer, sha256: str, now: float) -> Decisions:
         decisions = self.planner.received(transfer.chunk, transfer.source, sha256, now)

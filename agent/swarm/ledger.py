@@ -17,8 +17,8 @@ Each change also says who must be looked at again before the event returns, in t
 someone now. The schedule's matching loop (`LayerSchedule._settle`) drains both.
 
 The ledger mutates its indexes in place and never rebinds them, so the schedule may bind them
-once (`peers`, `holders`, `free`, `flights`, `root_sending`) and read them in its inner loops
-without going through the ledger.
+once (`peers`, `holders`, `free`, `flights`, `root_sending`, `root_held`, `waiting`) and read
+them in its inner loops without going through the ledger.
 """
 
 from __future__ import annotations
@@ -154,9 +154,14 @@ class Ledger:
         self.flights: dict[FlightKey, Assignment] = {}
         self.root_uploads = 0
         self.root_sending = bytearray(chunk_count)  # chunk in flight from the root
+        # Chunks on the root's disk: a prefix while it fetches the origin in order, a window
+        # when its cache is smaller than the layer (chunks go once a peer holds them).
+        self.root_held = bytearray(chunk_count)
         self.root_uploaded = 0
         self.avoiders = 0  # peers with a non-empty avoid set
         self.banned: set[int] = set()  # every node banned for this layer, gone or not
+        # chunk -> peers with open demand for which it is a candidate, in waiting order.
+        self.waiting: dict[int, dict[int, None]] = {}
 
     def check_chunk(self, chunk: int) -> None:
         if not 0 <= chunk < self.chunk_count:
@@ -358,3 +363,39 @@ class Ledger:
         del self.peers[ident]
         batch.dirty.discard(ident)
         batch.freed.discard(ident)
+
+    def progress(self, *, origin: int, typical: float | None) -> dict:
+        """Counts for status pages and tests: per node, per chunk, and the root's."""
+        return {
+            "chunks": self.chunk_count,
+            "origin": origin,
+            "root_holds": sum(self.root_held),
+            "root": {"uploading": self.root_uploads, "uploaded": self.root_uploaded},
+            "copies": [len(h) for h in self.holders],
+            "in_flight": len(self.flights),
+            "typical_transfer": typical,
+            "complete": sum(1 for p in self.peers.values() if p.first >= self.chunk_count),
+            "nodes": {p.name: p.progress() for p in self.peers.values()},
+        }
+
+    # ----------------------------------------------------------------------------------------
+    # Waiting lists: chunk -> nodes with open demand for which it is a candidate
+
+    def unwait(self, peer: Peer) -> None:
+        waiting, ident = self.waiting, peer.ident
+        for c in peer.waiting_on:
+            waiters = waiting[c]
+            del waiters[ident]
+            if not waiters:
+                del waiting[c]
+        peer.waiting_on = []
+
+    def wait(self, peer: Peer, chunks: list[int]) -> None:
+        waiting, ident = self.waiting, peer.ident
+        for c in chunks:
+            waiters = waiting.get(c)
+            if waiters is None:
+                waiting[c] = {ident: None}
+            else:
+                waiters[ident] = None
+        peer.waiting_on = chunks

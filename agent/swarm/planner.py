@@ -48,11 +48,12 @@ a second source when a transfer runs late) less the transfers in flight.
   crash), and the work parked meanwhile starts then; the root learns those chunks with `have`.
 - A layer bigger than this node's cache passes through a *window*: `admitted(window=W)` caps
   the chunks held plus those on their way at W, and the driver lets chunks go once its readers
-  are past them (`released`, with `past`, the first chunk still wanted). The root hears both
-  with the next request (`have` without them, `past`), so it neither assigns them to this node
-  again nor names it as their source; completion counts chunks stored at some point (`got`),
-  not chunks held. W must exceed the root's window plus `parallel`, so that chunks arriving
-  out of order never fill the cache while an earlier one is still missing.
+  are past them (`released`, with `past`, the first chunk still wanted): the root no longer
+  assigns them to this node, which stays their source until their slots take other chunks
+  (`released(evicted=...)`; the root hears `have` without them). Completion counts chunks
+  stored at some point (`got`), not chunks held. W must exceed the root's window plus
+  `parallel`, so that chunks arriving out of order never fill the cache while an earlier one
+  is still missing.
 - When every chunk is stored the standing request is dropped and the last reports are sent
   (a few attempts), then the planner is finished.
 """
@@ -149,6 +150,8 @@ class LayerPlanner:
     size: int | None = field(default=None, init=False)
     count: int | None = field(default=None, init=False)
     held: set[int] = field(default_factory=set, init=False)  # in this node's cache now
+    # Behind the readers (out of the window) but still in their slots: peers may have them.
+    passed: set[int] = field(default_factory=set, init=False)
     got: set[int] = field(default_factory=set, init=False)  # stored at some point
     window: int | None = field(default=None, init=False)  # chunks the cache holds at once
     past: int = field(default=0, init=False)  # chunks below this are no longer wanted
@@ -285,9 +288,7 @@ class LayerPlanner:
         self._report(pending)
         return self._settle(pending, now)
 
-    def admitted(
-        self, held: Iterable[int], now: float, *, window: int | None = None
-    ) -> Decisions:
+    def admitted(self, held: Iterable[int], now: float, *, window: int | None = None) -> Decisions:
         """The driver admitted the layer (its size came in the last `Decisions`); `held` are
         the chunks this node already has (a download resumed after a crash). Work parked
         meanwhile starts now; the root learns what we hold with the next request. `window`:
@@ -307,16 +308,24 @@ class LayerPlanner:
         self._report(pending)
         return self._settle(pending, now)
 
-    def released(self, chunks: Iterable[int], past: int, now: float) -> Decisions:
-        """The cache let `chunks` go (the readers are past them) and nothing below `past` is
-        wanted any more: room for more, and the root hears both with the next request."""
+    def released(
+        self, chunks: Iterable[int], past: int, now: float, *, evicted: Iterable[int] = ()
+    ) -> Decisions:
+        """The readers are past `chunks` (out of the window; their bytes stay in the cache, a
+        source for peers, until their slots are needed) and nothing below `past` is wanted;
+        `evicted`: chunks whose slots took others. Room for more; the root hears it all with
+        the next request (`past`, and `have` without the evicted chunks)."""
         pending = _Pending()
         gone = set(chunks) & self.held
         self.held -= gone
-        self.past = max(self.past, past)
-        self.tell_have = self.tell_have or bool(gone)
+        self.passed |= gone
+        left = set(evicted) & (self.passed | self.held)
+        self.passed -= left
+        self.held -= left
+        self.past = max(self.past, past)  # the next request carries it
+        self.tell_have = self.tell_have or bool(left)
         self._poll(pending, now)
-        if gone and not self.polling and not pending.requests:
+        if left and not self.polling and not pending.requests:
             self._report_holdings(pending)
         return self._settle(pending, now)
 
@@ -390,7 +399,9 @@ class LayerPlanner:
         return max(0, slots)
 
     def _have(self) -> frozenset[int] | None:
-        return clip_ranges(self.held) if self.tell_have and self.size is not None else None
+        if not self.tell_have or self.size is None:
+            return None
+        return clip_ranges(self.held | self.passed)
 
     def _take_reports(self) -> tuple[Done, Failed, Done]:
         done = self.done_reports[:MAX_REPORTS]

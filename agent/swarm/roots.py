@@ -81,9 +81,7 @@ class RootSet:
         """`root` answered about `digest`, but not usefully (it cannot hold the layer, its size
         or its chunks were wrong): ask the next root, or the registry, about this layer."""
         now = trio.current_time()
-        log.warning(
-            "roots: not asking %s about %s for %.0fs: %s", root, digest, DISTRUST_FOR, why
-        )
+        log.warning("roots: not asking %s about %s for %.0fs: %s", root, digest, DISTRUST_FOR, why)
         if len(self._distrusted_until) >= MAX_DISTRUSTED:
             self._distrusted_until = {
                 k: until for k, until in self._distrusted_until.items() if until > now

@@ -63,6 +63,10 @@ anyone), and keeps the root's link, the narrowest point, busy with first copies 
   it no longer holds the chunk (evicted): it stops counting as a holder, nobody avoids it.
   `leave`: the node's holdings, transfers and slots vanish; chunks only it held become
   root-only again.
+- **The root's window.** A root whose cache is smaller than the layer holds a window of it
+  (`root_stored`, `root_released`): a chunk may go once every live node has it or is past it
+  (`root_keeps`); a chunk nodes wait for that nobody they may take it from holds is `lost`
+  and the root fetches it again from the origin.
 
 Cost per event (N nodes, C chunks, W window, H holders of a chunk, F peers with a free slot,
 K chunks some node waits for -- about W plus the spread of the nodes' positions): `request`
@@ -77,16 +81,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from agent.swarm.ledger import (
-    NOTHING,
-    ROOT,
-    Actions,
-    Assignment,
-    Batch,
-    FlightKey,
-    Ledger,
-    Peer,
-)
+from agent.swarm.ledger import NOTHING, ROOT, Actions, Assignment, Batch, FlightKey, Ledger, Peer
 
 # Events' and decisions' types live with the ledger; callers import them from here.
 __all__ = ["NOTHING", "Actions", "Assignment", "LayerSchedule"]
@@ -127,7 +122,7 @@ class LayerSchedule:
         self.endgame = endgame
 
         self._now = float("-inf")
-        self._origin = 0  # the root holds chunks [0, _origin)
+        self._origin = 0  # the root's download from the origin passed chunks [0, _origin)
         self._ledger = ledger = Ledger(
             chunk_count=chunk_count, root=root, upload_slots=upload_slots
         )
@@ -138,8 +133,8 @@ class LayerSchedule:
         self._free: set[int] = ledger.free
         self._flights: dict[FlightKey, Assignment] = ledger.flights
         self._root_sending: bytearray = ledger.root_sending
-        # chunk -> peers with open demand for which it is a candidate, in waiting order.
-        self._waiting: dict[int, dict[int, None]] = {}
+        self._root_held: bytearray = ledger.root_held
+        self._waiting: dict[int, dict[int, None]] = ledger.waiting
         self._typical = -1.0  # moving average of all transfer durations (-1: none yet)
 
     # ----------------------------------------------------------------------------------------
@@ -152,10 +147,26 @@ class LayerSchedule:
             raise ValueError(f"origin progress {chunks} outside [0, {self.chunk_count}]")
         if chunks <= self._origin:
             return NOTHING
+        self._root_held[self._origin : chunks] = b"\x01" * (chunks - self._origin)
         self._origin = chunks
-        batch = Batch()
-        batch.freed.add(ROOT)
-        return self._settle(batch, now)
+        return self._settle(Batch(freed={ROOT}), now)
+
+    def root_stored(self, chunk: int, now: float) -> Actions:
+        """The root holds `chunk` now: its window moved on, or it fetched a lost chunk again."""
+        self._tick(now)
+        self._ledger.check_chunk(chunk)
+        self._origin = max(self._origin, chunk + 1)
+        if self._root_held[chunk]:
+            return NOTHING
+        self._root_held[chunk] = 1
+        return self._settle(Batch(freed={ROOT}), now)
+
+    def root_released(self, chunk: int, now: float) -> None:
+        """The root let `chunk` go (its cache holds a window of the layer; `root_keeps` said
+        it may)."""
+        self._tick(now)
+        self._ledger.check_chunk(chunk)
+        self._root_held[chunk] = 0
 
     def request(
         self,
@@ -244,7 +255,9 @@ class LayerSchedule:
         if ended is None:
             return NOTHING
         src = ended[1]
-        if src != ROOT and src in self._peers:
+        if src == ROOT:
+            self._root_held[chunk] = 0  # it comes back with the root's next report
+        elif src in self._peers:
             self._ledger.lose_holding(self._peers[src], chunk, batch)
         return self._settle(batch, now)
 
@@ -259,7 +272,7 @@ class LayerSchedule:
         if peer is None:
             return NOTHING
         batch = Batch()
-        self._unwait(peer)
+        self._ledger.unwait(peer)
         self._ledger.remove(peer, batch)
         return self._settle(batch, now)
 
@@ -303,7 +316,7 @@ class LayerSchedule:
         """Whether the schedule believes `node` (or the root) holds `chunk`."""
         self._ledger.check_chunk(chunk)
         if node == self.root:
-            return chunk < self._origin
+            return bool(self._root_held[chunk])
         peer = self._peers.get(self._ledger.ids.get(node, -1))
         return peer is not None and bool(peer.held[chunk])
 
@@ -311,22 +324,32 @@ class LayerSchedule:
         """Every transfer the schedule believes is running, oldest first."""
         return list(self._flights.values())
 
+    def root_keeps(self, chunk: int) -> bool:
+        """Whether the root must keep `chunk`: it is sending it (or assigned to), or a live
+        node still wants it. Peers' windows let chunks go too, so a chunk a peer holds now may
+        be gone when a slower node wants it: the root holds each chunk until every node it
+        knows has it or is past it, and a node that joins later gets a chunk fetched again."""
+        if self._root_sending[chunk]:
+            return True
+        return any(not p.held[chunk] and chunk >= p.past for p in self._peers.values())
+
+    def lost(self) -> list[int]:
+        """Chunks a node waits for that no peer it may take them from holds, the root's
+        download has passed and the root no longer holds: only the origin has them now."""
+        out = []
+        for c, waiters in self._waiting.items():
+            if c >= self._origin or self._root_held[c]:
+                continue
+            holders = self._holders[c]
+            if not holders or all(holders <= self._peers[w].avoid for w in waiters):
+                out.append(c)
+        return sorted(out)
+
     def progress(self) -> dict:
         """Counts for status pages and tests: per node, per chunk, and the root's."""
-        nodes = {p.name: p.progress() for p in self._peers.values()}
-        return {
-            "chunks": self.chunk_count,
-            "origin": self._origin,
-            "root": {
-                "uploading": self._ledger.root_uploads,
-                "uploaded": self._ledger.root_uploaded,
-            },
-            "copies": [len(h) for h in self._holders],
-            "in_flight": len(self._flights),
-            "typical_transfer": self._typical if self._typical >= 0 else None,
-            "complete": sum(1 for p in self._peers.values() if p.first >= self.chunk_count),
-            "nodes": nodes,
-        }
+        return self._ledger.progress(
+            origin=self._origin, typical=self._typical if self._typical >= 0 else None
+        )
 
     # ----------------------------------------------------------------------------------------
     # Time and pace (the other facts are the ledger's: agent/swarm/ledger.py)
@@ -440,7 +463,7 @@ class LayerSchedule:
         the root, not being sent, and root-only (no peer holds it but slow ones, or `peer`
         avoids every holder); `peer` downloads nothing else, and is not slow unless all are."""
         if (
-            chunk >= self._origin
+            not self._root_held[chunk]
             or self._ledger.root_uploads >= self.root_upload_slots
             or self._root_sending[chunk]
             or peer.demand <= 0
@@ -455,28 +478,6 @@ class LayerSchedule:
             return True
         avoid = peer.avoid
         return bool(avoid) and all(h in avoid for h in holders)
-
-    # ----------------------------------------------------------------------------------------
-    # Waiting lists: chunk -> nodes with open demand for which it is a candidate
-
-    def _unwait(self, peer: Peer) -> None:
-        waiting, ident = self._waiting, peer.ident
-        for c in peer.waiting_on:
-            waiters = waiting[c]
-            del waiters[ident]
-            if not waiters:
-                del waiting[c]
-        peer.waiting_on = []
-
-    def _wait(self, peer: Peer, chunks: list[int]) -> None:
-        waiting, ident = self._waiting, peer.ident
-        for c in chunks:
-            waiters = waiting.get(c)
-            if waiters is None:
-                waiting[c] = {ident: None}
-            else:
-                waiters[ident] = None
-        peer.waiting_on = chunks
 
     # ----------------------------------------------------------------------------------------
     # Matching
@@ -510,7 +511,7 @@ class LayerSchedule:
         has a source; when nothing can be assigned, the node waits on its candidates."""
         batch.dirty.discard(peer.ident)
         if peer.waiting_on:
-            self._unwait(peer)
+            self._ledger.unwait(peer)
         while peer.demand > 0:
             candidates = self._candidates(peer, now)
             chosen = None
@@ -527,7 +528,7 @@ class LayerSchedule:
                         break
             if chosen is None:
                 if candidates:
-                    self._wait(peer, candidates)
+                    self._ledger.wait(peer, candidates)
                 break
             self._ledger.assign(peer, chosen[0], chosen[1], now, batch)
         batch.dirty.discard(peer.ident)  # _assign marked it; its waiting list is fresh
@@ -572,7 +573,7 @@ class LayerSchedule:
         while self._ledger.root_uploads < self.root_upload_slots:
             chosen: tuple[Peer, int] | None = None
             for c in sorted(self._waiting):
-                if c >= self._origin or self._root_sending[c]:
+                if not self._root_held[c] or self._root_sending[c]:
                     continue
                 if not self._ledger.avoiders and self._fast_holder(c, ROOT):
                     continue

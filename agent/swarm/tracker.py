@@ -8,12 +8,19 @@ its requests wait in that agent's mailbox; an agent with nothing to do is held u
 `LONG_POLL` seconds so new work reaches it at once.
 
 State per layer has a single owner: this object, on the trio thread. One task per layer
-watches the root's own download and tells the schedule how far it got.
+watches the root's own download and tells the schedule which chunks the root holds.
+
+A layer bigger than the root's cache passes through a ring of chunk slots
+(`agent.fetch.window`): the root's download keeps a chunk in its slot while the schedule says
+the swarm needs the root's copy (`LayerSchedule.root_keeps`), so the origin still sends each
+byte about once. A chunk the swarm lost anyway (every holder let it go, and a node still waits
+for it) is fetched again from the origin with a `Range` request, counted and logged.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,6 +41,8 @@ log = logging.getLogger(__name__)
 LONG_POLL = 2.0
 FORGET_AFTER = 600.0  # a layer nobody asked about this long is forgotten
 EXPIRE_EVERY = 0.5
+REFETCHES = 2  # Range requests for lost chunks in flight per layer
+REFETCH_TIMEOUT = 60.0  # s for one, its wait for a slot included
 GONE_AFTER = 3 * LONG_POLL  # an agent pulling a layer asks at least every LONG_POLL seconds
 
 
@@ -45,9 +54,13 @@ class OriginDownload(Protocol):
     error: BaseException | None
     verified: bool
     finished: trio.Event
+    keep: Callable[[int], bool]  # a ring keeps these chunks in their slots
 
     async def wait_change(self) -> None:
         """Return at the next chunk stored, verification, or failure."""
+
+    def recheck(self) -> None:
+        """What `keep` says may have changed."""
 
 
 class OriginFetcher(Protocol):
@@ -59,6 +72,9 @@ class OriginFetcher(Protocol):
     ) -> OriginDownload | CacheEntry:
         """The layer in the cache, or its download from the origin once its size is known."""
 
+    async def refetch(self, download: OriginDownload, index: int) -> int:
+        """Fetch a chunk of a ring layer again from the origin; the bytes the origin sent."""
+
 
 @dataclass(eq=False, kw_only=True)
 class RootLayer:
@@ -68,6 +84,9 @@ class RootLayer:
     schedule: LayerSchedule | None = None
     mailbox: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     origin_held: int = 0  # leading chunks the root holds on disk
+    ring_held: set[int] = field(default_factory=set)  # a ring's chunks, as last told
+    refetching: set[int] = field(default_factory=set)
+    refetched: int = 0  # lost chunks fetched again from the origin
     seen: dict[str, float] = field(default_factory=dict)  # node -> its last plan request
     changed: trio.Event = field(default_factory=trio.Event)
     last_asked: float = 0.0
@@ -90,6 +109,7 @@ class Tracker:
     transfer_timeout: float = 10.0
     plans_answered: int = field(default=0, init=False)
     _layers: dict[str, RootLayer] = field(default_factory=dict, init=False)
+    _starting: dict[str, trio.Event] = field(default_factory=dict, init=False)
     _nursery: trio.Nursery | None = field(default=None, init=False)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -103,7 +123,9 @@ class Tracker:
     def statistics(self) -> dict[str, object]:
         return {
             "layers": {
-                digest: layer.schedule.progress() if layer.schedule else {"state": "starting"}
+                digest: {**layer.schedule.progress(), "refetched": layer.refetched}
+                if layer.schedule
+                else {"state": "starting"}
                 for digest, layer in self._layers.items()
             },
             "plans_answered": self.plans_answered,
@@ -157,15 +179,25 @@ class Tracker:
                 error=f"registry {request.upstream} is not in this root's upstreams",
                 error_status=403,
             )
+        while (starting := self._starting.get(request.digest)) is not None:
+            await starting.wait()  # one start per layer: its first asker's
         layer = self._layers.get(request.digest)
-        if layer is None or (layer.download is not None and layer.download.error is not None):
+        if (
+            layer is None
+            or (layer.download is not None and layer.download.error is not None)
+            or (layer.entry is not None and layer.entry.dropped)  # evicted meanwhile
+        ):
             headers = [(b"authorization", authorization)] if authorization else []
+            self._starting[request.digest] = started = trio.Event()
             try:
                 layer = await self._start_layer(request, upstream, headers)
             except RegistryError as err:
                 return Plan(
                     size=None, chunk_size=chunk_size, error=err.message, error_status=err.status
                 )
+            finally:
+                del self._starting[request.digest]
+                started.set()
         layer.last_asked = trio.current_time()
         layer.seen[asker] = layer.last_asked
         if layer.schedule is None:
@@ -198,6 +230,8 @@ class Tracker:
                 self._deliver(layer, schedule.leave(source, now))
         for chunk, source in request.missing:  # evicted there: no fault, just not a holder
             self._deliver(layer, schedule.missing(asker, chunk, source, now))
+        if layer.download is not None and (request.done or request.missing or request.fresh):
+            layer.download.recheck()  # a ring's chunk may have a holder now
         asked = schedule.request(
             asker, have=request.have, want=request.want, now=now, past=request.past
         )
@@ -257,6 +291,8 @@ class Tracker:
             root_upload_slots=self.upload_slots,
             transfer_timeout=self.transfer_timeout,
         )
+        if layer.download is not None:
+            layer.download.keep = layer.schedule.root_keeps
         self._sync_origin(layer)
         if layer.download is not None:
             assert self._nursery is not None
@@ -264,28 +300,71 @@ class Tracker:
         return layer
 
     def _sync_origin(self, layer: RootLayer) -> None:
-        """Tell the schedule how many leading chunks the root holds on disk (servable)."""
+        """Tell the schedule which chunks the root holds on disk (servable)."""
         entry, schedule = layer.entry, layer.schedule
         if entry is None or schedule is None:
             return
-        held = layer.origin_held
+        now = trio.current_time()
+        if entry.slots is not None:  # a ring: chunks come and go
+            held = set(entry.checksums)
+            for c in sorted(held - layer.ring_held):
+                self._deliver(layer, schedule.root_stored(c, now))
+            for c in layer.ring_held - held:
+                schedule.root_released(c, now)
+            layer.ring_held = held
+            return
         count = entry.layout.count
-        while held < count and entry.has_chunk(held):
-            held += 1
-        if held > layer.origin_held:
-            layer.origin_held = held
-            self._deliver(layer, schedule.origin_progress(held, trio.current_time()))
+        held_upto = layer.origin_held
+        while held_upto < count and entry.has_chunk(held_upto):
+            held_upto += 1
+        if held_upto > layer.origin_held:
+            layer.origin_held = held_upto
+            self._deliver(layer, schedule.origin_progress(held_upto, now))
 
     async def _watch_origin(self, layer: RootLayer) -> None:
-        download = layer.download
-        assert download is not None
-        while not download.finished.is_set():
-            await download.wait_change()
+        """Follow the root's download; a ring's watch lasts while the layer is tracked, since
+        agents may still need chunks fetched again after the download finished."""
+        download, entry = layer.download, layer.entry
+        assert download is not None and entry is not None
+        ring = entry.slots is not None
+        while self._layers.get(layer.digest) is layer and not entry.dropped:
+            if download.finished.is_set() and (download.error is not None or not ring):
+                break
+            with trio.move_on_after(EXPIRE_EVERY):
+                await download.wait_change()
             self._sync_origin(layer)
+            if ring and layer.schedule is not None and download.error is None:
+                for c in layer.schedule.lost():
+                    if len(layer.refetching) >= REFETCHES:
+                        break
+                    if c not in layer.refetching:
+                        layer.refetching.add(c)
+                        assert self._nursery is not None
+                        self._nursery.start_soon(self._refetch, layer, c)
         self._sync_origin(layer)
         if download.error is not None:
             log.warning("tracker %s: the root's download failed: %s", layer.digest, download.error)
             layer.notify()
+
+    async def _refetch(self, layer: RootLayer, chunk: int) -> None:
+        """Fetch a chunk the swarm lost again from the origin (a `Range` request)."""
+        assert layer.download is not None
+        try:
+            with trio.fail_after(REFETCH_TIMEOUT):
+                size = await self.fetcher.refetch(layer.download, chunk)
+            layer.refetched += 1
+            log.warning(
+                "tracker %s: the swarm lost chunk %d; fetched it again from the origin (%d bytes)",
+                layer.digest,
+                chunk,
+                size,
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure: the next look tries again
+            log.warning("tracker %s: refetch of chunk %d failed: %s", layer.digest, chunk, exc)
+        finally:
+            layer.refetching.discard(chunk)
+        self._sync_origin(layer)
+        layer.notify()
 
 
 def schedule_size(layer: RootLayer) -> int | None:

@@ -9,10 +9,15 @@ from agent.cache.store import CacheEntry
 from agent.fetch.window import RING_MIN, Readers, ring_slots, slot_holder
 
 
-def test_a_ring_is_as_many_slots_as_the_cache_holds_and_never_too_few() -> None:
-    assert ring_slots(100, 4, capacity=4 * 40) == 40
-    assert ring_slots(30, 4, capacity=4 * 40) == 30  # never more than the layer's chunks
-    assert ring_slots(100, 4, capacity=4 * (RING_MIN - 1)) is None
+def test_a_ring_takes_half_the_room_at_least_its_minimum_and_never_too_few() -> None:
+    """Half the free room, so the image's other layers still fit beside the ring; but a
+    small cache gives a ring all it has rather than none."""
+    assert ring_slots(100, 4, room=4 * 80) == 40
+    assert ring_slots(30, 4, room=4 * 80) == 30  # never more than the layer's chunks
+    assert ring_slots(100, 4, room=4 * (RING_MIN + 4)) == RING_MIN
+    assert ring_slots(100, 4, room=4 * (RING_MIN - 1)) is None
+    # What is left after the ring fits the rest of a 32 MiB cache's image.
+    assert ring_slots(512, 256 << 10, room=32 << 20) == 64
 
 
 def test_the_holder_of_a_slot_is_any_other_chunk_there_written_or_being_written() -> None:

@@ -210,6 +210,71 @@ def test_an_agent_killed_mid_ring_restarts_and_pulls_through_the_swarm(
     assert registry.blob_get_count(digest) == 1, "the root's GET is still the only one"
 
 
+def test_a_layer_four_times_every_cache_crosses_the_swarm_from_the_origin_once(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """Roots and agents whose caches hold 32 MiB, a 128 MiB layer beside two small ones, four
+    agents pulling at once with skopeo: every digest is right, nobody falls back to the
+    registry, and the registry's own access log shows it sent at most 1.10 x the image's
+    bytes: the owning root streams the big layer through a ring, keeping each chunk until a
+    peer holds it (a chunk the swarm loses anyway comes back with a Range request)."""
+    image = make_image(layers=(128 * MiB, 2 * MiB, 512 * 1024), seed=26)
+    push_image(image, registry, "team/vast", "v1")
+    cluster = Cluster(
+        make_agent, registry, roots=2, agents=4, env={"POLLEN_CACHE_CAPACITY": "32MiB"}
+    )
+    results = pull_all(cluster.agents, "team/vast:v1", tmp_path / "pulls")
+    for got in results:
+        assert set(image.layer_digests) <= got
+    total = sum(layer.size for layer in image.layers)
+    sent = {d: registry.blob_bytes_sent(d) for d in image.layer_digests}
+    assert sum(sent.values()) <= 1.10 * total, (sent, total)
+    for agent in cluster.agents:
+        swarm = agent_status(agent)["swarm"]
+        assert swarm["origin_fallbacks"] == 0, swarm
+    _, owner = owner_of(cluster, image.layer_digests[0])
+    assert "passes through 64 slots" in owner.log_text(), "the root's ring: half its cache"
+    for node in [*cluster.roots, *cluster.agents]:
+        used = agent_status(node)["cache"]["used"]
+        assert used <= 32 * MiB
+
+
+def test_a_root_killed_mid_window_costs_no_pull(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """kill -9 of the owning root while a layer 3 x its cache passes through its ring (the
+    agents' caches are as small): the agents go on with the other root, or the registry, and
+    every pull completes with the right digest: no client sees an error."""
+    image = make_image(layers=(24 * MiB,), seed=27)
+    push_image(image, registry, "team/ringroot", "v1")
+    [layer] = image.layer_digests
+    cluster = Cluster(
+        make_agent,
+        registry,
+        roots=2,
+        agents=3,
+        env={"POLLEN_CACHE_CAPACITY": "8MiB", "POLLEN_THROTTLE_LIMIT_MB": "4"},
+    )
+    owner, owner_proc = owner_of(cluster, layer)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pulls = pool.submit(pull_all, cluster.agents, "team/ringroot:v1", tmp_path / "pulls")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "passes through" not in owner_proc.log_text():
+            time.sleep(0.05)
+        time.sleep(1.0)  # some chunks have passed through its ring
+        assert not pulls.done(), "the kill must land mid-layer"
+        owner_proc.kill()
+        results = pulls.result(timeout=180)
+    for got in results:
+        assert layer in got
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text()

@@ -419,3 +419,60 @@ async def test_a_late_reader_of_a_ring_gets_a_download_of_its_own(
         first.close()
         assert bytes(head) == blob.data
         assert blob.gets == [None, None]  # the root's, and the late reader's own
+
+
+async def test_a_root_whose_cache_holds_a_third_of_the_layer_still_fetches_it_once(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """Root and agents with caches of 16 of the layer's 48 chunks: the root passes the layer
+    through a ring too, keeping each chunk until a peer holds it, so the origin sends it about
+    once (a chunk the swarm loses anyway comes back with a one-chunk Range request, counted)."""
+    with trio.fail_after(TIMEOUT):
+        small = {"CACHE_CAPACITY": 16 * CHUNK}
+        root = await swarm.root(**small)
+        agents = [await swarm.agent(root, **small) for _ in range(3)]
+        blob = registry.add(os.urandom(48 * CHUNK - 100))
+        results = await pull_everywhere(agents, registry, blob)
+        assert results == {a.node: blob.data for a in agents}
+        assert blob.gets[0] is None, "one whole GET by the root"
+        refetches = blob.gets[1:]
+        assert all(r is not None and r.startswith("bytes=") for r in refetches)
+        assert len(refetches) <= 4, "origin bytes <= 1.10 x the layer"
+        assert root.tracker is not None
+        (layer,) = root.tracker.statistics()["layers"].values()  # type: ignore[attr-defined]
+        assert layer["refetched"] == len(refetches)
+        for node in [root, *agents]:
+            assert node.data.cache.used <= 16 * CHUNK
+        for agent in agents:
+            assert agent.swarm is not None and agent.swarm.fallbacks == {}
+
+
+async def test_chunks_the_swarm_lost_are_fetched_again_with_range_requests(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """A first agent (cache of 16 chunks) pulls the whole 40-chunk layer through a root whose
+    cache holds 16: afterwards neither holds chunks 0..23. A second agent then pulls: the
+    first answers 404 for those chunks (not a fault: no ban, no fallback), the root fetches
+    each again from the origin with a one-chunk Range request, checked against its table, and
+    the second agent gets the layer whole."""
+    with trio.fail_after(TIMEOUT):
+        small = {"CACHE_CAPACITY": 16 * CHUNK}
+        root = await swarm.root(**small)
+        first = await swarm.agent(root, **small)
+        blob = registry.add(os.urandom(40 * CHUNK))
+        assert await pull(first, registry, blob) == blob.data
+        assert blob.gets == [None]
+        late = await swarm.agent(root)
+        assert await pull(late, registry, blob) == blob.data
+        assert late.swarm is not None and late.swarm.fallbacks == {}
+        ranges = sorted(blob.gets[1:], key=lambda r: int(r.split("=")[1].split("-")[0]))
+        starts = [int(r.split("=")[1].split("-")[0]) // CHUNK for r in ranges]
+        assert len(set(starts)) == len(starts) and set(starts) <= set(range(24))
+        assert all(
+            r == f"bytes={s * CHUNK}-{(s + 1) * CHUNK - 1}"
+            for r, s in zip(ranges, starts, strict=True)
+        )
+        assert len(starts) >= 16, "most of the chunks the ring let go came back from the origin"
+        assert root.tracker is not None
+        (layer,) = root.tracker.statistics()["layers"].values()  # type: ignore[attr-defined]
+        assert layer["refetched"] == len(starts)

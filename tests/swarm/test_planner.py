@@ -326,7 +326,8 @@ def test_a_layer_held_whole_from_before_a_crash_finishes_without_a_transfer() ->
 
 def test_a_cache_window_limits_demand_and_released_chunks_make_room() -> None:
     """Three chunks fit this node's cache at once: chunks held and on their way fill it;
-    letting one go (its readers are past it) makes room, and the root hears of it."""
+    letting one go (its readers are past it) makes room, and the root hears of it: `past` at
+    once, `have` without it once its slot took another chunk (until then peers may fetch it)."""
     p = planner(parallel=2)
     p.answered(only(p.start(0.0)), plan(size=6 * CHUNK), ROOT, 0.1)
     d = p.admitted((), 0.1, window=3)
@@ -344,7 +345,13 @@ def test_a_cache_window_limits_demand_and_released_chunks_make_room() -> None:
     d = p.released({0}, 1, 0.6)
     assert p.held == {1} and p.got == {0, 1} and p.past == 1
     [poll] = polls(d)
-    assert poll.want == 1 and poll.past == 1 and poll.have == frozenset({1})
+    assert poll.want == 1 and poll.past == 1 and poll.have is None
+    assert p.passed == {0}
+    d = p.answered(poll, plan(size=6 * CHUNK), ROOT, 0.7)
+    d = p.released((), 1, 0.8, evicted={0})
+    assert p.passed == set() and p.held == {1}
+    asked = [*polls(d), *d.requests]
+    assert asked and asked[0].have == frozenset({1})
 
 
 def test_completion_counts_chunks_stored_even_after_they_went() -> None:
@@ -563,8 +570,11 @@ class PlannerMachine(RuleBasedStateMachine):
         self.tick_clock()
         gone = data.draw(st.sets(st.sampled_from(sorted(self.p.held)), min_size=1))
         past = data.draw(st.integers(self.p.past, self.count))
-        self.apply(self.p.released(gone, past, self.now))
+        behind = sorted(self.p.passed | gone)
+        evicted = data.draw(st.sets(st.sampled_from(behind))) if behind else set()
+        self.apply(self.p.released(gone, past, self.now, evicted=evicted))
         assert not gone & self.p.held and gone <= self.p.got
+        assert not evicted & (self.p.held | self.p.passed)
 
     @rule(seconds=st.floats(0.0, 1.0))
     def time_passes(self, seconds: float) -> None:

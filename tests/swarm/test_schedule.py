@@ -314,6 +314,88 @@ def test_a_node_past_every_chunk_is_complete() -> None:
     assert s.progress()["complete"] == 1 and s.in_flight() == []
 
 
+# --------------------------------------------------------------------------------------------
+# The root's window: a root whose cache is smaller than the layer
+
+
+def test_the_root_never_sends_a_chunk_it_let_go() -> None:
+    """A root holding a window of the layer (`root_stored`, `root_released`) is a source of the
+    chunks in its window only."""
+    s = schedule(6, window=2)
+    s.root_stored(0, now=0)
+    s.root_released(0, now=0)
+    for c in (2, 3):
+        s.root_stored(c, now=0)
+    assert s.holds(ROOT, 2) and not s.holds(ROOT, 0)
+    assert not s.request("n", want=1, now=1), "chunks 0 and 1 (its window) are not at the root"
+    assert triples(s.root_stored(1, now=2)) == [("n", 1, ROOT)]
+    assert s.progress()["origin"] == 4 and s.progress()["root_holds"] == 3
+
+
+def test_the_root_keeps_a_chunk_until_every_node_has_it_or_is_past_it() -> None:
+    """What the root's ring may let go: not a chunk it is sending, not one a live node still
+    wants (a peer's copy may be gone from its own window by the time a slower node wants it);
+    yes once every node holds it or is past it."""
+    s = schedule(4)
+    s.root_stored(0, now=0)
+    s.root_stored(1, now=0)
+    assert triples(s.request("a", want=1, now=0)) == [("a", 0, ROOT)]
+    s.request("b", want=0, now=0)
+    assert s.root_keeps(0), "being sent"
+    assert s.root_keeps(1), "a wants it and no peer holds it"
+    s.completed("a", 0, ROOT, now=1)
+    assert s.root_keeps(0), "a holds it, b still wants it"
+    s.request("b", want=0, now=1, past=1)
+    assert not s.root_keeps(0), "a holds it, b is past it"
+    s.request("a", want=0, now=1, past=2)  # a's readers are past chunk 1: it wants it no more
+    assert s.root_keeps(1), "b wants it"
+    s.leave("b", now=2)
+    assert not s.root_keeps(1)
+    assert schedule(4).root_keeps(3) is False, "no node at all: nobody wants it"
+
+
+def test_a_chunk_every_holder_let_go_is_lost_until_the_root_fetches_it_again() -> None:
+    """The only holder of chunk 0 answers that it evicted it, and the root let it go long ago:
+    the waiting node can get it from nobody (`lost`) until the root fetches it again from the
+    origin; then the root sends it, and it is not lost any more."""
+    s = schedule(4, window=2)
+    s.root_stored(0, now=0)
+    s.request("a", have=[0], want=0, now=0)
+    s.root_released(0, now=0)
+    s.root_stored(1, now=0)
+    assert triples(s.request("b", want=1, now=1)) == [("b", 1, ROOT)]  # root-only first
+    s.completed("b", 1, ROOT, now=1)
+    assert triples(s.request("b", want=1, now=1)) == [("b", 0, "a")]
+    assert s.lost() == []
+    assert not s.missing("b", 0, "a", now=2)
+    assert not s.request("b", want=1, now=2)  # its next plan request
+    assert s.lost() == [0], "b waits for 0 (its window) and nobody holds it"
+    assert triples(s.root_stored(0, now=4)) == [("b", 0, ROOT)]
+    assert s.lost() == []
+
+
+def test_a_chunk_is_lost_when_its_waiter_avoids_every_holder() -> None:
+    s = schedule(2, window=1)
+    s.root_stored(0, now=0)
+    s.request("a", have=[0], want=0, now=0)
+    s.root_released(0, now=0)
+    assert triples(s.request("b", want=1, now=1)) == [("b", 0, "a")]
+    s.failed("b", 0, "a", bad_data=False, now=2)  # b avoids a from now on
+    s.request("b", want=1, now=2)
+    assert s.lost() == [0]
+
+
+def test_a_chunk_the_root_would_send_but_no_longer_has_is_not_its_to_send() -> None:
+    """The root answered 404 for a chunk the schedule thought it held (it let it go between
+    two reports): the schedule stops naming it as the chunk's source."""
+    s = schedule(2)
+    s.root_stored(0, now=0)
+    assert triples(s.request("a", want=1, now=0)) == [("a", 0, ROOT)]
+    s.missing("a", 0, ROOT, now=1)
+    assert not s.request("a", want=1, now=1)
+    assert not s.holds(ROOT, 0) and s.lost() == [0]
+
+
 def test_leave_drops_holdings_and_transfers() -> None:
     s = schedule(2, root_upload_slots=2)
     s.origin_progress(2, now=0)
@@ -504,6 +586,7 @@ class ScheduleMachine(RuleBasedStateMachine):
         self.origin = 0
         self.held: dict[str, set[int]] = {}  # live nodes -> chunks they really hold
         self.banned: set[str] = set()
+        self.at_root: set[int] = set()  # chunks really on the root's disk
 
     def check(self, actions: Actions) -> None:
         for a in actions.assigned:
@@ -511,7 +594,7 @@ class ScheduleMachine(RuleBasedStateMachine):
             assert a.chunk not in self.held[a.node], a  # that lacks the chunk
             assert a.source not in self.banned, a  # from a source that never lied
             if a.source == ROOT:
-                assert a.chunk < self.origin, a
+                assert a.chunk in self.at_root, a
             else:
                 assert a.chunk in self.held.get(a.source, ()), a  # that holds it
             assert a.issued == self.now
@@ -521,8 +604,26 @@ class ScheduleMachine(RuleBasedStateMachine):
 
     @rule(k=st.integers(1, 3))
     def origin_progress(self, k: int) -> None:
+        self.at_root |= set(range(self.origin, min(self.chunks, self.origin + k)))
         self.origin = min(self.chunks, self.origin + k)
         self.act(self.s.origin_progress(self.origin, now=self.now))
+
+    @rule(pick=st.integers(0, 50))
+    def root_lets_go(self, pick: int) -> None:
+        """The root's ring needs a slot: a chunk goes, if the schedule says it may."""
+        held = sorted(self.at_root)
+        if held:
+            c = held[pick % len(held)]
+            if not self.s.root_keeps(c):
+                self.at_root.discard(c)
+                self.s.root_released(c, now=self.now)
+
+    @rule()
+    def root_fetches_lost_chunks_again(self) -> None:
+        for c in self.s.lost():
+            assert c not in self.at_root and c < self.origin
+            self.at_root.add(c)
+            self.act(self.s.root_stored(c, now=self.now))
 
     @rule(node=st.sampled_from(NODES), want=st.integers(0, 3), tell=st.booleans())
     def request(self, node: str, want: int, tell: bool) -> None:
@@ -592,6 +693,10 @@ class ScheduleMachine(RuleBasedStateMachine):
         for node, held in self.held.items():
             for c in range(self.chunks):
                 assert self.s.holds(node, c) == (c in held), (node, c)
+        for c in range(self.chunks):
+            assert self.s.holds(ROOT, c) == (c in self.at_root), c
+            if any(a.source == ROOT and a.chunk == c for a in flights):
+                assert self.s.root_keeps(c)  # never let go while it is being sent
 
 
 TestScheduleMachine = ScheduleMachine.TestCase

@@ -282,6 +282,17 @@ class Registry:
                 out.append(e)
         return out
 
+    def blob_bytes_sent(self, digest: str, *, since: int = 0, sync: bool = True) -> int:
+        """The body bytes the registry sent for GETs of blob `digest` (whole or ranged), as its
+        access log says."""
+        if sync:
+            self.sync_log()
+        return sum(
+            e["size"]
+            for e in self.blob_requests(digest, since=since)
+            if e["method"] == "GET" and 200 <= e["status"] < 300
+        )
+
     def blob_get_count(
         self,
         digest: str,
