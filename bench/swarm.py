@@ -4,9 +4,9 @@
                                          [--node-mbit 100] [--origin-mbit 200] [--chunk 4MiB]
                                          [--sizes-mib 96,32] [--cache 32MiB]
 
-A layer bigger than every cache (each node's and each root's):
-    sudo .venv/bin/python bench/swarm.py --nodes 6 --node-mbit 200 --origin-mbit 400 \
-        --sizes-mib 96,32 --cache 32MiB
+A layer 3x every cache (each node's and each root's; 6 nodes at 200 Mbit/s, origin 400,
+layers of 96 and 32 MiB, caches of 32 MiB, chunks of 1 MiB):
+    sudo .venv/bin/python bench/swarm.py --small-caches
 
 It builds a cluster in network namespaces it creates: a hub namespace with a bridge, and one
 namespace per host (the origin, R roots, N agents) joined to it by a veth pair. Addresses come
@@ -282,7 +282,16 @@ def main() -> int:
     parser.add_argument("--root-cache", help="cache.capacity of the roots (default: --cache)")
     parser.add_argument("--skip-direct", action="store_true")
     parser.add_argument("--keep-logs", type=Path, help="copy every process's log here")
+    parser.add_argument(
+        "--small-caches",
+        action="store_true",
+        help="the scenario 'a layer 3x every cache': 6 nodes at 200 Mbit/s, origin 400, "
+        "layers of 96 and 32 MiB, every cache 32 MiB, 1 MiB chunks",
+    )
     args = parser.parse_args()
+    if args.small_caches:
+        args.nodes, args.node_mbit, args.origin_mbit = 6, 200.0, 400.0
+        args.sizes_mib, args.cache, args.chunk = "96,32", "32MiB", "1MiB"
     if os.geteuid() != 0:
         print("bench/swarm.py needs root (network namespaces, tc)", file=sys.stderr)
         return 2

@@ -103,7 +103,7 @@ class LayerDownload:
         self._unwritten: set[int] = set()  # in memory, write to disk in progress
         self._write_slots = trio.Semaphore(WRITES_IN_FLIGHT)
         self.readers = Readers()  # a ring's readers (a layer bigger than the cache)
-        self._released_any = False  # a ring let a chunk go: late readers cannot join
+        self._released_any = False  # a ring let a chunk go: late readers join past it
         self._nursery: trio.Nursery | None = None
         self.progress = DownloadProgress(
             digest=str(ref.digest), upstream=ref.upstream.key, started_at=trio.current_time()

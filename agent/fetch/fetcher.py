@@ -1,7 +1,8 @@
 """Single-flight layer downloads under a concurrency limit: the data path's entry point.
 
 `LayerFetcher.open` gives a reader for a layer: from the cache when it is there, else joining
-the layer's download in flight, else starting one in the fetcher's nursery. `ensure` is the
+the layer's download in flight (a ring that let its first chunks go: those from the upstream,
+the rest from the ring), else starting one in the fetcher's nursery. `ensure` is the
 root's way in: the layer's own download from the origin (the tracker watches it).
 """
 
@@ -17,7 +18,13 @@ from agent.core.upstream import Upstream
 from agent.fetch.download import LayerDownload
 from agent.fetch.model import DownloadProgress, FetchContext, LayerRef
 from agent.fetch.rangefetch import refetch_chunk
-from agent.fetch.readers import BlobSource, CachedBlob, DownloadReader, ResumingBlob
+from agent.fetch.readers import (
+    BlobSource,
+    CachedBlob,
+    DownloadReader,
+    LateRingReader,
+    ResumingBlob,
+)
 from agent.http.responses import Headers
 from agent.registry.client import UpstreamUnavailable
 from agent.registry.routes import Digest
@@ -94,6 +101,9 @@ class LayerFetcher:
         if entry is not None:
             self._cache.pin(entry)
             return CachedBlob(self._cache, entry)
+        late = self._late_reader(ref) if cacheable else None
+        if late is not None:
+            return late
         download = self._join_or_start(ref, cacheable=cacheable, swarm=self._swarm)
         channel = download.subscribe()
         try:
@@ -106,6 +116,21 @@ class LayerFetcher:
                 channel.close()
             raise
 
+    def _late_reader(self, ref: LayerRef) -> LateRingReader | None:
+        """A reader of the layer's ring download in flight that already let its first chunks
+        go: the rest from the ring, the chunks before from the upstream (checked against the
+        chunk table, so only when the table covers them)."""
+        download = self._inflight.get(str(ref.digest))
+        if download is None or download.joinable or download.error is not None:
+            return None
+        entry = download.entry
+        if entry is None or entry.slots is None or entry.dropped:
+            return None
+        since = download.past()
+        if any(self._cache.chunk_sha256(entry, i) is None for i in range(since)):
+            return None  # a ring filled from the origin on an agent keeps no table
+        return LateRingReader(download, self._context, ref, since)
+
     def _join_or_start(
         self, ref: LayerRef, *, cacheable: bool, swarm: SwarmContext | None, ring: bool = False
     ) -> LayerDownload:
@@ -116,8 +141,8 @@ class LayerFetcher:
         if download is not None and download.joinable:
             return download
         if download is not None and download.entry is not None and not download.entry.dropped:
-            # A ring already let chunks go (a layer bigger than the cache): this late reader
-            # gets a download of its own past the cache, as for a streamed layer.
+            # A ring already let chunks go and its chunk table does not cover them (see
+            # `_late_reader`): this late reader gets a download of its own past the cache.
             cacheable = False
         download = LayerDownload(ref, self._context, cacheable=cacheable, swarm=swarm, ring=ring)
         if cacheable:

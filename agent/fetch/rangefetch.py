@@ -1,23 +1,27 @@
-"""Bytes from the middle of a blob: the `Range` request a root makes when the swarm lost a
-chunk its cache no longer holds (a layer bigger than the root's cache), and the skipping a
-resumed download does when the upstream ignores `Range`.
+"""Bytes from the middle of a blob, by `Range` request: a chunk the swarm lost, which the
+owning root fetches again (a layer bigger than the root's cache); the chunks a late reader of a
+ring missed; and the skipping a resumed download does when the upstream ignores `Range`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
-from agent.core.upstream import Upstream
-from agent.fetch.model import FetchContext, LayerCorrupt, LayerFailed
+from agent.cache.store import CacheEntry
+from agent.fetch.model import FetchContext, LayerCorrupt, LayerFailed, LayerRef
 from agent.http.client import ClientResponse, HttpClientError
-from agent.http.responses import Headers
 from agent.observe.auditline import url_pathname
-from agent.registry.client import RegistryClient, passthrough_error
+from agent.registry.client import passthrough_error
 
 if TYPE_CHECKING:
-    from agent.fetch.download import LayerDownload
+    from agent.fetch.download import Chunk, LayerDownload
+
+log = logging.getLogger(__name__)
 
 
 async def refetch_chunk(context: FetchContext, download: LayerDownload, index: int) -> int:
@@ -29,57 +33,53 @@ async def refetch_chunk(context: FetchContext, download: LayerDownload, index: i
         raise LayerFailed(f"layer {download.digest}: no ring to refetch chunk {index} into")
     if download.holds(index):
         return 0  # still on its way to the disk (the tracker saw a later chunk land first)
-    sha256 = context.cache.chunk_sha256(entry, index)
-    if sha256 is None:
-        raise LayerFailed(f"layer {download.digest}: chunk {index} has no recorded sha256")
     ref = download.ref
-    path = f"/v2/{ref.repo}/blobs/{ref.digest}"
-    offset = entry.layout.offset(index)
-    data = context.cache.new_buffer(entry.layout.length(index))
     started = time.perf_counter()
-    received = await fetch_range(context.registry, ref.upstream, path, ref.headers, offset, data)
-    seconds = time.perf_counter() - started
-    if hashlib.sha256(data).hexdigest() != sha256:
-        context.observer.rejected("layer")
-        raise LayerCorrupt(f"layer {ref.digest}: chunk {index} from the origin changed")
-    url = url_pathname(ref.upstream.base_url + path)
-    context.observer.refetched(url, offset, received, seconds)
-    await download.put_back(index, data, sha256)
-    return received
+    async with aclosing(checked_chunks(context, ref, entry, index, index + 1)) as chunks:
+        async for _, data, sha256 in chunks:
+            seconds = time.perf_counter() - started
+            path = url_pathname(f"{ref.upstream.base_url}/v2/{ref.repo}/blobs/{ref.digest}")
+            context.observer.refetched(path, entry.layout.offset(index), len(data), seconds)
+            await download.put_back(index, data, sha256)
+    return entry.layout.length(index)
 
 
-async def fetch_range(
-    registry: RegistryClient,
-    upstream: Upstream,
-    path: str,
-    headers: Headers,
-    offset: int,
-    into: bytearray | memoryview,
-) -> int:
-    """Fill `into` with the blob's bytes from `offset`; returns the bytes received from the
-    upstream (more than `len(into)` when it answered 200 to the whole blob and the leading
-    bytes were skipped)."""
-    length = len(into)
-    wanted = [*headers, (b"range", f"bytes={offset}-{offset + length - 1}".encode())]
-    async with registry.open("GET", upstream, path, wanted, follow_redirects=True) as response:
-        received = 0
+async def checked_chunks(
+    context: FetchContext, ref: LayerRef, entry: CacheEntry, first: int, stop: int
+) -> AsyncIterator[tuple[int, Chunk, str]]:
+    """Chunks [first, stop) of a layer from its upstream, in one `Range` request, each checked
+    against the sha256 this node recorded for it (its chunk table: a ring keeps it for every
+    chunk that passed). Yields (index, bytes, sha256)."""
+    layout = entry.layout
+    offset, end = layout.offset(first), layout.offset(stop - 1) + layout.length(stop - 1)
+    path = f"/v2/{ref.repo}/blobs/{ref.digest}"
+    wanted = [*ref.headers, (b"range", f"bytes={offset}-{end - 1}".encode())]
+    registry = context.registry
+    async with registry.open("GET", ref.upstream, path, wanted, follow_redirects=True) as response:
         if response.status == 206:
             content_range = response.header("content-range") or ""
-            if not content_range.startswith(f"bytes {offset}-{offset + length - 1}/"):
+            if not content_range.startswith(f"bytes {offset}-{end - 1}/"):
                 raise LayerFailed(f"{path}: Range answered with Content-Range {content_range!r}")
         elif response.status == 200:
+            log.warning("%s: the upstream ignored Range; skipping %d bytes", path, offset)
             await discard(response, offset)
-            received = offset
         else:
             raise await passthrough_error(response, path)
-        view = memoryview(into)
-        filled = 0
-        while filled < length:
-            n = await response.receive_into(view[filled:])
-            if n == 0:
-                raise HttpClientError(f"{path}: body ended at {offset + filled}")
-            filled += n
-        return received + filled
+        for index in range(first, stop):
+            sha256 = context.cache.chunk_sha256(entry, index)
+            if sha256 is None:
+                raise LayerFailed(f"layer {ref.digest}: chunk {index} has no recorded sha256")
+            data = context.cache.new_buffer(layout.length(index))
+            view, filled = memoryview(data), 0
+            while filled < len(data):
+                n = await response.receive_into(view[filled:])
+                if n == 0:
+                    raise HttpClientError(f"{path}: body ended in chunk {index}")
+                filled += n
+            if hashlib.sha256(data).hexdigest() != sha256:
+                context.observer.rejected("layer")
+                raise LayerCorrupt(f"layer {ref.digest}: chunk {index} from the origin differs")
+            yield index, data, sha256
 
 
 def resumed_skip(response: ClientResponse, offset: int, what: str) -> int:

@@ -4,7 +4,8 @@ A `BlobSource` yields the bytes of a range in order. `CachedBlob` reads a verifi
 the cache, checking every chunk; `DownloadReader` follows a `LayerDownload` (waiting for each
 chunk, and for the whole layer's digest before the last bytes); `ResumingBlob` wraps either and
 carries on from the byte reached when a failure is ours (a corrupt cache chunk, a cache that
-cannot store), not the upstream's.
+cannot store), not the upstream's. `LateRingReader` joins a ring that already let the first
+chunks go.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import trio
 
 from agent.cache.store import CacheEntry, ChunkCache, ChunkCorrupt
 from agent.fetch.download import Chunk, LayerDownload
-from agent.fetch.model import CacheWriteFailed, LayerFailed
+from agent.fetch.model import CacheWriteFailed, FetchContext, LayerFailed, LayerRef
+from agent.fetch.rangefetch import checked_chunks
 from agent.observe.events import LayerTimes
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,8 @@ class DownloadReader(BlobSource):
         download: LayerDownload,
         cache: ChunkCache,
         channel: trio.MemoryReceiveChannel[Chunk | None] | None,
+        *,
+        since: int = 0,
     ) -> None:
         assert download.layout is not None
         self.download = download
@@ -136,7 +140,7 @@ class DownloadReader(BlobSource):
             cache.pin(self._entry)
         download.progress.readers += 1
         download.had_reader = True
-        download.reader_at(id(self), 0)  # a ring keeps every chunk until this reader is past
+        download.reader_at(id(self), since)  # a ring keeps chunks until this reader is past
         self._closed = False
         self._disk_seconds = 0.0
 
@@ -153,17 +157,11 @@ class DownloadReader(BlobSource):
             await self.download.wait_verified()
         else:
             self.download.reader_at(id(self), indexes[0])
-        for index in indexes:
-            await self.download.wait_chunk(index)
-            if index == indexes[-1]:
-                await self.download.wait_verified()
-            data = self.download.hot_chunk(index)
-            if data is None:
-                reading = time.perf_counter()
-                data = await self.cache.read_chunk(entry, index)
-                self._disk_seconds += time.perf_counter() - reading
-            yield _slice(data, layout.offset(index), start, end)
-            self.download.reader_at(id(self), index + 1)  # its bytes are the client's now
+        follow = _follow(self.download, self.cache, entry, indexes, id(self))
+        async with aclosing(follow) as chunks:
+            async for index, data, disk_seconds in chunks:
+                self._disk_seconds += disk_seconds
+                yield _slice(data, layout.offset(index), start, end)
 
     async def _read_stream(self, start: int, end: int) -> AsyncIterator[memoryview]:
         # Consume every chunk (the download must not stall on us) and hold the last piece
@@ -203,6 +201,73 @@ class DownloadReader(BlobSource):
     def account(self, times: LayerTimes) -> None:
         times.merge(self.download.times)  # the download this reader shared: slot, transfer...
         times.add_time("disk", self._disk_seconds)
+
+
+class LateRingReader(DownloadReader):
+    """A reader that came after a ring let the layer's first chunks go: it reads the chunks
+    below `since` (the first chunk the ring still keeps for its readers) from the upstream in
+    one `Range` request, each checked against the chunk table, and the rest from the ring as
+    any reader does; its last bytes wait for the ring download's whole-layer digest. So a late
+    client costs the origin the chunks it missed, not a second whole download."""
+
+    def __init__(
+        self, download: LayerDownload, context: FetchContext, ref: LayerRef, since: int
+    ) -> None:
+        super().__init__(download, context.cache, None, since=since)
+        assert self._entry is not None
+        self._ring_entry = self._entry
+        self._context, self._ref, self._since = context, ref, since
+        self._times = LayerTimes()
+
+    async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        layout = self.download.layout
+        assert layout is not None
+        indexes = layout.covering(start, end)
+        if not indexes:
+            await self.download.wait_verified()
+        missed = indexes[: max(0, min(len(indexes), self._since - indexes.start))]
+        if missed:
+            fetching = time.perf_counter()
+            chunks = checked_chunks(
+                self._context, self._ref, self._ring_entry, missed[0], missed[-1] + 1
+            )
+            async with aclosing(chunks) as pieces:
+                async for index, data, _ in pieces:
+                    self._times.add_bytes("origin", len(data))
+                    if index == indexes[-1]:
+                        await self.download.wait_verified()
+                    yield _slice(data, layout.offset(index), start, end)
+            self._times.add_time("transfer", time.perf_counter() - fetching)
+        rest = indexes[len(missed) :]  # from the ring, as any reader of it
+        follow = _follow(self.download, self.cache, self._ring_entry, rest, id(self))
+        async with aclosing(follow) as chunks:
+            async for index, data, disk_seconds in chunks:
+                self._disk_seconds += disk_seconds
+                yield _slice(data, layout.offset(index), start, end)
+
+    def account(self, times: LayerTimes) -> None:
+        times.merge(self._times)
+        super().account(times)
+
+
+async def _follow(
+    download: LayerDownload, cache: ChunkCache, entry: CacheEntry, indexes: range, reader: int
+) -> AsyncIterator[tuple[int, Chunk | bytes, float]]:
+    """The chunks `indexes` of a download as they come (from memory, or the disk: with the
+    seconds that took), the last one only once the whole layer matched its digest; `reader`
+    moves past each chunk once its bytes are the client's (a ring may let it go then)."""
+    for index in indexes:
+        await download.wait_chunk(index)
+        if index == indexes[-1]:
+            await download.wait_verified()
+        data: Chunk | bytes | None = download.hot_chunk(index)
+        seconds = 0.0
+        if data is None:
+            reading = time.perf_counter()
+            data = await cache.read_chunk(entry, index)
+            seconds = time.perf_counter() - reading
+        yield index, data, seconds
+        download.reader_at(reader, index + 1)
 
 
 def _slice(data: bytes | Chunk, data_offset: int, start: int, end: int) -> memoryview:

@@ -1,14 +1,22 @@
 """A layer bigger than the cache: it passes through a ring of chunk slots, behind its readers.
 
-Theory of operation. When a layer cannot have its full size in the cache, a swarm download
-admits it with a ring of W slots (chunk i in slot i mod W, `agent.cache.store`), so the node
-stays in the swarm instead of leaving it for the registry. Readers read in order; a chunk may
-go once every reader is past it and it is in the whole-layer hash. The planner is told at once
-(`released` with `past`, the first chunk still wanted: its demand is bounded by the window, and
-the root stops naming this node as a source of those chunks), but the bytes stay in their slot
-until the slot is needed — a late peer may still get them, and a slot is never reused while a
-peer is being sent its chunk. A chunk arriving for a slot that still holds a chunk a reader
-needs waits: slow readers hold the download back, they never lose bytes.
+Theory of operation. When a layer cannot have its full size in the cache, a download that
+serves peers (a swarm download, or a root's from the origin) admits it with a ring of W slots
+(chunk i in slot i mod W, `agent.cache.store`; W is half the free cache, at least RING_MIN),
+so the node stays in the swarm instead of leaving it for the registry. Readers read in order;
+a chunk may go once every reader is past it, it is in the whole-layer hash, and the swarm
+does not need this node's copy (`LayerDownload.keep`: a root keeps a chunk until every node
+pulling the layer has it or is past it). The planner is told at once that the readers passed
+it (`released` with `past`: its demand is bounded by the window), but the bytes stay in their
+slot, and this node stays their source, until the slot is needed; then the planner hears that
+the chunk left (`released(evicted=...)`) and the root stops naming this node as its source.
+A slot is never reused while a peer is being sent its chunk. A chunk arriving for a slot that
+still holds a chunk a reader needs waits: slow readers hold the download back, they never
+lose bytes. A lower chunk fetched again (the root's Range request for a chunk the swarm lost)
+takes its slot from a higher one, so the lowest chunk anyone waits for always gets a place.
+
+A reader that comes after the ring let its first chunks go joins where the ring still keeps
+chunks for its readers and gets the chunks before from the upstream (`LateRingReader`).
 
 W must exceed the root's window (8 chunks) plus the transfers in flight: chunks arrive out of
 order within that window, and the reader waits for the first missing one, so the ring has to

@@ -130,17 +130,7 @@ class Telemetry(Observer):
             registry=r,
         )
         self._served = _children(served, ("client", "peer"))
-        self._refetches = Counter(
-            "pollen_origin_refetches",
-            "Chunks the swarm had lost (every holder let them go), fetched again from the origin "
-            "with a Range request by the root that owns the layer",
-            registry=r,
-        )
-        self._refetch_bytes = Counter(
-            "pollen_origin_refetch_bytes",
-            "Bytes the origin sent for those Range requests",
-            registry=r,
-        )
+        self._refetches, self._refetch_bytes = _refetch_counters(r)
         disk_bytes = Counter(
             "pollen_disk_bytes", "Cache chunk bytes read and written", ["op"], registry=r
         )
@@ -465,3 +455,19 @@ def _gauge(name: str, doc: str, labels: list[str], value: float) -> GaugeMetricF
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=float(value))
+
+
+def _refetch_counters(registry: CollectorRegistry) -> tuple[Counter, Counter]:
+    """Chunks a root fetched again with a Range request, and the bytes that cost."""
+    chunks = Counter(
+        "pollen_origin_refetches",
+        "Chunks the swarm had lost (every holder let them go), fetched again from the origin "
+        "with a Range request by the root that owns the layer",
+        registry=registry,
+    )
+    sent = Counter(
+        "pollen_origin_refetch_bytes",
+        "Bytes the origin sent for those Range requests",
+        registry=registry,
+    )
+    return chunks, sent

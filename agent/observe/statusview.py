@@ -118,6 +118,14 @@ def render_status(status: Mapping[str, Any]) -> str:
             f"{swarm.get('chunks_served', 0)} chunks served, "
             f"{swarm.get('refused', 0)} requests refused"
         )
+    tracker = (swarm or {}).get("tracker")
+    if tracker:
+        tracked = tracker.get("layers") or {}
+        refetched = sum(layer.get("refetched", 0) for layer in tracked.values())
+        lines.append(
+            f"tracker: {len(tracked)} layers, {tracker.get('plans_answered', 0)} plans "
+            f"answered, {refetched} lost chunks fetched again from the origin"
+        )
     if telemetry:
         exporter = telemetry.get("exporter") or {}
         audit = telemetry.get("audit") or {}

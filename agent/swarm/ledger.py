@@ -364,6 +364,9 @@ class Ledger:
         batch.dirty.discard(ident)
         batch.freed.discard(ident)
 
+    def flying(self, node: str, chunk: int, source: str) -> bool:
+        return (self.ids.get(node, -1), chunk, self.ids.get(source, -1)) in self.flights
+
     def progress(self, *, origin: int, typical: float | None) -> dict:
         """Counts for status pages and tests: per node, per chunk, and the root's."""
         return {

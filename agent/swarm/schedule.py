@@ -83,7 +83,6 @@ from collections.abc import Iterable
 
 from agent.swarm.ledger import NOTHING, ROOT, Actions, Assignment, Batch, FlightKey, Ledger, Peer
 
-# Events' and decisions' types live with the ledger; callers import them from here.
 __all__ = ["NOTHING", "Actions", "Assignment", "LayerSchedule"]
 
 LATE = 2.0  # times the usual transfer duration: a transfer this old is late, a source this slow
@@ -319,6 +318,10 @@ class LayerSchedule:
             return bool(self._root_held[chunk])
         peer = self._peers.get(self._ledger.ids.get(node, -1))
         return peer is not None and bool(peer.held[chunk])
+
+    def flying(self, node: str, chunk: int, source: str) -> bool:
+        """Whether the transfer of `chunk` from `source` to `node` is in flight."""
+        return self._ledger.flying(node, chunk, source)
 
     def in_flight(self) -> list[Assignment]:
         """Every transfer the schedule believes is running, oldest first."""

@@ -88,6 +88,7 @@ class RootLayer:
     refetching: set[int] = field(default_factory=set)
     refetched: int = 0  # lost chunks fetched again from the origin
     seen: dict[str, float] = field(default_factory=dict)  # node -> its last plan request
+    standing: dict[str, trio.CancelScope] = field(default_factory=dict)  # held long polls
     changed: trio.Event = field(default_factory=trio.Event)
     last_asked: float = 0.0
 
@@ -161,12 +162,18 @@ class Tracker:
     def _deliver(self, layer: RootLayer, actions: Actions) -> None:
         if not actions:
             return
-        for a in actions.assigned:
-            layer.mailbox.setdefault(a.node, []).append((a.chunk, a.source))
+        schedule = layer.schedule
+        assert schedule is not None
+        # One event may cancel a transfer and assign the same one again (expire): what is in
+        # flight after the event decides, not the order of the lists.
         for a in actions.cancelled:
             box = layer.mailbox.get(a.node)
             if box and (a.chunk, a.source) in box:
                 box.remove((a.chunk, a.source))
+        for a in actions.assigned:
+            box = layer.mailbox.setdefault(a.node, [])
+            if (a.chunk, a.source) not in box and schedule.flying(a.node, a.chunk, a.source):
+                box.append((a.chunk, a.source))
         layer.notify()
 
     async def plan(self, asker: str, request: PlanTarget, authorization: bytes | None) -> Plan:
@@ -204,6 +211,55 @@ class Tracker:
             return Plan(size=None, chunk_size=chunk_size, retry_after=0.2)
         schedule = layer.schedule
         now = trio.current_time()
+        self._take_reports(layer, asker, request, now)
+        asked = schedule.request(
+            asker, have=request.have, want=request.want, now=now, past=request.past
+        )
+        self._deliver(layer, asked)
+        # The agent's standing request waits here until work appears for it; its reports
+        # come in separate requests that are answered at once.
+        if request.poll:
+            # A newer standing request of the node's (after a restart, or a poll it gave up
+            # on) takes the work: the older one may be talking to a process that is gone.
+            older = layer.standing.pop(asker, None)
+            if older is not None:
+                older.cancel()
+        if request.poll and request.want and not self._deliverable(layer, asker):
+            layer.standing[asker] = standing = trio.move_on_after(LONG_POLL)
+            with standing:
+                while not self._deliverable(layer, asker):
+                    await layer.changed.wait()
+            if layer.standing.get(asker) is not standing:
+                return Plan(size=schedule_size(layer), chunk_size=chunk_size, retry_after=0.0)
+            del layer.standing[asker]
+        self.plans_answered += 1
+        # Only chunks this root holds itself come with a sha256 it can vouch for; a transfer
+        # between peers of a chunk the root has not fetched yet (after a root failover) waits
+        # in the mailbox until it has.
+        assignments = self._deliverable(layer, asker)
+        box = layer.mailbox.get(asker, [])
+        layer.mailbox[asker] = [a for a in box if a not in assignments]
+        entry = layer.entry
+        hashes: dict[int, str] = {}
+        if entry is not None:
+            for c, _ in assignments:
+                sha = self.cache.chunk_sha256(entry, c)
+                assert sha is not None  # only such chunks are deliverable
+                hashes[c] = sha
+        return Plan(
+            size=schedule_size(layer),
+            chunk_size=chunk_size,
+            chunk_sha256=hashes,
+            assignments=tuple(assignments),
+            complete=bool(layer.download is None or layer.download.verified),
+            retry_after=0.0 if assignments else 0.5,
+        )
+
+    def _take_reports(self, layer: RootLayer, asker: str, request: PlanTarget, now: float) -> None:
+        """Feed the agent's reports (a fresh start, transfers done, failed, missing) to the
+        layer's schedule, and deliver what the schedule decided."""
+        schedule = layer.schedule
+        assert schedule is not None
         if request.fresh:  # a new download there: what we knew of the node is from before
             layer.mailbox.pop(asker, None)
             self._deliver(layer, schedule.leave(asker, now))
@@ -232,38 +288,6 @@ class Tracker:
             self._deliver(layer, schedule.missing(asker, chunk, source, now))
         if layer.download is not None and (request.done or request.missing or request.fresh):
             layer.download.recheck()  # a ring's chunk may have a holder now
-        asked = schedule.request(
-            asker, have=request.have, want=request.want, now=now, past=request.past
-        )
-        self._deliver(layer, asked)
-        # The agent's standing request waits here until work appears for it; its reports
-        # come in separate requests that are answered at once.
-        if request.poll and request.want and not self._deliverable(layer, asker):
-            with trio.move_on_after(LONG_POLL):
-                while not self._deliverable(layer, asker):
-                    await layer.changed.wait()
-        self.plans_answered += 1
-        # Only chunks this root holds itself come with a sha256 it can vouch for; a transfer
-        # between peers of a chunk the root has not fetched yet (after a root failover) waits
-        # in the mailbox until it has.
-        assignments = self._deliverable(layer, asker)
-        box = layer.mailbox.get(asker, [])
-        layer.mailbox[asker] = [a for a in box if a not in assignments]
-        entry = layer.entry
-        hashes: dict[int, str] = {}
-        if entry is not None:
-            for c, _ in assignments:
-                sha = self.cache.chunk_sha256(entry, c)
-                assert sha is not None  # only such chunks are deliverable
-                hashes[c] = sha
-        return Plan(
-            size=schedule_size(layer),
-            chunk_size=chunk_size,
-            chunk_sha256=hashes,
-            assignments=tuple(assignments),
-            complete=bool(layer.download is None or layer.download.verified),
-            retry_after=0.0 if assignments else 0.5,
-        )
 
     async def _start_layer(
         self, request: PlanTarget, upstream: Upstream, headers: list[tuple[bytes, bytes]]
@@ -352,6 +376,8 @@ class Tracker:
         try:
             with trio.fail_after(REFETCH_TIMEOUT):
                 size = await self.fetcher.refetch(layer.download, chunk)
+            if not size:
+                return  # it was on its way to the disk after all
             layer.refetched += 1
             log.warning(
                 "tracker %s: the swarm lost chunk %d; fetched it again from the origin (%d bytes)",

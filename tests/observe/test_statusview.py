@@ -97,6 +97,15 @@ def test_full_view() -> None:
     )
 
 
+def test_a_root_says_how_many_lost_chunks_it_fetched_again() -> None:
+    tracker = {
+        "layers": {"sha256:ab": {"refetched": 2}, "sha256:cd": {"state": "starting"}},
+        "plans_answered": 40,
+    }
+    text = render_status({**STATUS, "swarm": {**STATUS["swarm"], "tracker": tracker}})
+    assert "tracker: 2 layers, 40 plans answered, 2 lost chunks fetched again" in text
+
+
 def test_minimal_status_still_renders() -> None:
     text = render_status({"version": "0.1.0"})
     assert "NOT READY" in text and "layers in flight: 0" in text

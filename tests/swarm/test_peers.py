@@ -22,6 +22,8 @@ import pytest
 import trio
 
 from agent.core.config import Config
+from agent.fetch.model import LayerCorrupt
+from agent.fetch.readers import BlobSource
 from agent.http.client import HttpClient
 from agent.http.server import HttpServer, ServerSettings, listener_port, open_listeners
 from agent.registry.routes import parse_digest
@@ -29,9 +31,10 @@ from agent.swarm.client import P2PClient, PeerError
 from agent.swarm.download import SwarmContext
 from agent.swarm.protocol import ChunkTarget, PlanTarget
 from agent.swarm.roots import RootSet
+from agent.swarm.schedule import LayerSchedule
 from agent.swarm.server import P2PService
 from agent.swarm.signing import request_headers
-from agent.swarm.tracker import Tracker
+from agent.swarm.tracker import RootLayer, Tracker
 from tests.fakes import (
     DataPath,
     FakeBlob,
@@ -346,6 +349,56 @@ async def test_plan_reaches_the_tracker_and_returns_the_chunk_table(
         assert blob.gets == [None]
 
 
+async def test_a_newer_standing_request_of_a_node_ends_its_older_one(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """A node's long poll held at the root (it holds every chunk, so nothing is assigned) is
+    answered at once, with nothing, when the same node polls again: after a restart the old
+    request talks to a process that is gone, and work handed to it would be lost."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        assert root.tracker is not None
+        blob = registry.add(os.urandom(4 * CHUNK))
+        node = "127.0.0.9:65002"
+        everything = frozenset(range(4))
+        first = plan_request(registry, blob, want=1, have=everything, poll=True)
+        answers: list[float] = []
+
+        async def poll_and_time() -> None:
+            started = trio.current_time()
+            plan = await root.tracker.plan(node, first, None)
+            assert plan.assignments == ()
+            answers.append(trio.current_time() - started)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll_and_time)
+            await trio.sleep(0.3)
+            assert answers == [], "held: nothing to assign"
+            second = plan_request(registry, blob, want=1, have=everything, poll=True, fresh=True)
+            with trio.move_on_after(0.1):
+                await root.tracker.plan(node, second, None)  # held in its turn
+            await trio.sleep(0)
+            assert len(answers) == 1 and answers[0] < 1.0, "the older poll gave way"
+
+
+def test_a_transfer_cancelled_and_assigned_again_in_one_event_stays_in_the_mailbox() -> None:
+    """`expire` cancels a transfer that timed out and may assign the very same one again: the
+    mailbox holds what is in flight afterwards (before, it was dropped, and the node waited
+    for it forever)."""
+    schedule = LayerSchedule(chunk_count=2, root="root:1", transfer_timeout=1.0)
+    layer = RootLayer(digest="sha256:" + "a" * 64, download=None, entry=None, schedule=schedule)
+    tracker = Tracker(node="root:1", config=None, fetcher=None, cache=None)  # type: ignore[arg-type]
+    schedule.origin_progress(2, now=0.0)
+    tracker._deliver(layer, schedule.request("n:1", want=2, now=0.0))  # one, and a spare
+    assert layer.mailbox == {"n:1": [(0, "root:1")]}
+    layer.mailbox["n:1"].clear()  # handed to a request whose answer was lost
+    again = schedule.expire(now=2.0)
+    assert [(a.chunk, a.source) for a in again.cancelled] == [(0, "root:1")]
+    assert [(a.chunk, a.source) for a in again.assigned] == [(0, "root:1")]
+    tracker._deliver(layer, again)
+    assert layer.mailbox == {"n:1": [(0, "root:1")]}
+
+
 async def test_an_agent_resumes_a_layer_it_held_in_part_and_fetches_only_the_rest(
     swarm: Swarm, registry: FakeRegistry
 ) -> None:
@@ -391,12 +444,13 @@ async def test_agents_whose_caches_hold_a_third_of_the_layer_stay_in_the_swarm(
             assert agent.data.cache.get(blob.digest) is None  # passed through, not kept
 
 
-async def test_a_late_reader_of_a_ring_gets_a_download_of_its_own(
+async def test_a_late_reader_of_a_ring_reads_the_window_and_fetches_only_what_it_missed(
     swarm: Swarm, registry: FakeRegistry
 ) -> None:
-    """The first reader is 30 chunks into a layer passing through a ring of 16 slots: a
-    second reader cannot join (chunk 0 is gone) and gets the layer from a download of its own;
-    both get the right bytes."""
+    """The first reader is 30 chunks into a layer passing through a ring of 16 slots: a second
+    reader joins where the ring still keeps chunks for its readers, gets the chunks before
+    from the registry in one Range request (checked against the chunk table), and the rest
+    from the ring: no second whole download. Both get the right bytes."""
     with trio.fail_after(TIMEOUT):
         root = await swarm.root()
         agent = await swarm.agent(root, CACHE_CAPACITY=16 * CHUNK)
@@ -405,20 +459,68 @@ async def test_a_late_reader_of_a_ring_gets_a_download_of_its_own(
             upstream=registry.upstream, repo=REPO, digest=parse_digest(blob.digest), headers=[]
         )
         head = bytearray()
+        late: list[bytes] = []
+
+        async def read_all(source: BlobSource) -> None:
+            async with aclosing(source.read(0, source.size)) as pieces:
+                late.append(b"".join([bytes(p) async for p in pieces]))
+            source.close()
+
         async with aclosing(first.read(0, first.size)) as pieces:
             async for piece in pieces:
                 head += piece
-                if len(head) >= 30 * CHUNK:
+                if len(head) == 30 * CHUNK:
+                    entry = agent.data.cache.peek(blob.digest)
+                    assert entry is not None
+                    assert agent.data.cache.held_chunks(entry).isdisjoint(range(8)), (
+                        "the ring let the first chunks go"
+                    )
                     break
-            assert agent.data.cache.held_chunks(agent.data.cache.peek(blob.digest)).isdisjoint(
-                range(8)
-            ), "the ring let the first chunks go"
-            assert await pull(agent, registry, blob) == blob.data  # the late reader
-            async for piece in pieces:
-                head += piece
+            second = await agent.data.fetcher.open(  # joins where the first reader is
+                upstream=registry.upstream, repo=REPO, digest=parse_digest(blob.digest), headers=[]
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_all, second)
+                async for piece in pieces:
+                    head += piece
         first.close()
-        assert bytes(head) == blob.data
-        assert blob.gets == [None, None]  # the root's, and the late reader's own
+        assert bytes(head) == blob.data and late == [blob.data]
+        # The first reader sat on chunk 29 (its bytes handed out, not yet passed): the ring
+        # kept chunks from 29 on, and the gap is chunks 0..28.
+        assert blob.gets == [None, f"bytes=0-{29 * CHUNK - 1}"], "the root's, and the gap"
+
+
+async def test_a_late_reader_never_gets_a_gap_chunk_that_fails_the_chunk_table(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """The registry now serves a flipped byte in chunk 3: the late reader's Range request
+    brings chunks 0..2 to its client and stops there (LayerCorrupt), never a wrong byte."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        agent = await swarm.agent(root, CACHE_CAPACITY=16 * CHUNK)
+        blob = registry.add(os.urandom(48 * CHUNK))
+        digest = parse_digest(blob.digest)
+        first = await agent.data.fetcher.open(
+            upstream=registry.upstream, repo=REPO, digest=digest, headers=[]
+        )
+        async with aclosing(first.read(0, first.size)) as pieces:
+            got = 0
+            async for piece in pieces:
+                got += len(piece)
+                if got == 30 * CHUNK:
+                    break
+            blob.corrupt_at = 3 * CHUNK + 7
+            second = await agent.data.fetcher.open(
+                upstream=registry.upstream, repo=REPO, digest=digest, headers=[]
+            )
+            received = bytearray()
+            with pytest.raises(LayerCorrupt):
+                async with aclosing(second.read(0, second.size)) as late:
+                    async for piece in late:
+                        received += piece
+            second.close()
+        first.close()
+        assert bytes(received) == blob.data[: 3 * CHUNK]
 
 
 async def test_a_root_whose_cache_holds_a_third_of_the_layer_still_fetches_it_once(
