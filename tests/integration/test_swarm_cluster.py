@@ -8,10 +8,13 @@ its proxy port and its P2P port. What the origin sent is counted at the registry
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.client
 import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -275,6 +278,36 @@ def test_a_root_killed_mid_window_costs_no_pull(
         assert layer in got
 
 
+@contextlib.contextmanager
+def harness_script(name: str, *args: object) -> Iterator[None]:
+    """Run tests/integration/harness/`name` (a small real P2P process) until the block ends;
+    it prints "ready" once it serves."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-P",  # not the script's folder first: harness/agent.py would shadow the package
+            str(Path(__file__).parent / "harness" / name),
+            *(str(a) for a in args),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text()
@@ -371,44 +404,58 @@ def test_a_peer_that_serves_wrong_bytes_is_dropped(
 ) -> None:
     """The liar is a small real process speaking the P2P protocol: it claims every chunk of the
     layer at its root and answers every chunk request with random bytes."""
-    import subprocess
-    import sys
-
     image = make_image(layers=(4 * MiB,), seed=24)
     push_image(image, registry, "team/app", "v1")
     cluster = Cluster(make_agent, registry, roots=1, agents=3)
     layer = image.layer_digests[0]
     owner, _root = owner_of(cluster, layer)
     liar_port = cluster.p2p_port
-    liar = subprocess.Popen(
-        [
-            sys.executable,
-            "-P",  # not the script's folder first: harness/agent.py would shadow the package
-            str(Path(__file__).parent / "harness" / "liar.py"),
-            "127.0.0.20",
-            str(liar_port),
-            owner,
-            TOKEN,
-            registry.host,
-            "team/app",
-            layer,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    try:
-        assert liar.stdout is not None
-        assert liar.stdout.readline().strip() == "ready"
+    args = ("127.0.0.20", liar_port, owner, TOKEN, registry.host, "team/app", layer)
+    with harness_script("liar.py", *args):
         results = pull_all(cluster.agents, "team/app:v1", tmp_path / "pulls")
         for got in results:
             assert layer in got
         logs = "".join(a.log_text() for a in cluster.agents)
         assert f"127.0.0.20:{liar_port} sent a bad chunk" in logs
         assert registry.blob_get_count(layer) == 1
-    finally:
-        liar.send_signal(signal.SIGKILL)
-        liar.wait(timeout=10)
+
+
+def test_a_root_with_a_self_consistent_wrong_chunk_table_costs_one_attempt_not_the_pull(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """The agents' only root is a small real process that answers plans with a chunk table
+    and chunks that agree with each other but are not the layer: every chunk passes, the
+    whole-layer digest does not. No client completes a wrong layer: the first attempt is cut
+    before its last byte. The agent distrusts that root for the layer, so the client's next
+    attempt comes from the registry and completes (counted as a fallback with its cause)."""
+    image = make_image(layers=(3 * MiB,), seed=28)
+    push_image(image, registry, "team/lie", "v1")
+    [layer] = image.layer_digests
+    port = free_port("127.0.0.2")
+    with harness_script("lyingroot.py", "127.0.0.21", port, TOKEN, image.layers[0].size, 256 << 10):
+        env = {
+            "POLLEN_ROOTS": f"127.0.0.21:{port}",
+            "POLLEN_CLUSTER_TOKEN": TOKEN,
+            "POLLEN_P2P_PORT": str(port),
+            "POLLEN_CACHE_CHUNK_SIZE": "256KiB",
+        }
+        agent = make_agent(
+            upstreams=f"http://{registry.host}", env=env, address="127.0.0.22", name="agent-22"
+        )
+        first = skopeo_copy_to_dir(f"{agent.host}/team/lie:v1", tmp_path / "first")
+        assert first.returncode != 0, "a wrong layer never completes"
+        written = tmp_path / "first" / layer.split(":")[1]
+        assert not written.exists() or f"sha256:{_sha256_file(written)}" == layer
+        assert registry.blob_get_count(layer) == 0, "the first attempt went through the liar"
+        [got] = pull_all([agent], "team/lie:v1", tmp_path / "second")
+        assert layer in got
+        assert registry.blob_get_count(layer) == 1
+        causes = agent_status(agent)["swarm"]["origin_fallback_causes"]
+        assert sum(causes.values()) >= 1, causes
+        assert f"roots: not asking 127.0.0.21:{port} about {layer}" in agent.log_text()
 
 
 def test_a_peer_killed_mid_transfer_costs_no_pull(
