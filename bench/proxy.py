@@ -108,9 +108,14 @@ def main() -> int:
     print(
         f"warm    {warm:6.2f}s  {mb / warm:7.1f} MB/s  {warm / direct:.2f}x direct (goal <= 1.00)"
     )
+    gib = total_bytes / (1 << 30)
     print(
         f"agent CPU per pull: cold {med(3):.2f}s, warm {med(4):.2f}s; "
         f"peak RSS {max(r[5] for r in rows):.0f} MiB"
+    )
+    print(
+        f"agent CPU per GiB delivered: cold {med(3) / gib:.2f}s (goal <= 1.5), "
+        f"warm {med(4) / gib:.2f}s (goal <= 0.3)"
     )
     return 0
 

@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from harness import build_image  # noqa: E402
 from harness.registry import parse_access_line  # noqa: E402
 
+GiB = 1 << 30
 MiB = 1 << 20
 SUBNET = "198.18.0"
 TOKEN = "bench-cluster-token"
@@ -410,6 +411,14 @@ def main() -> int:
                 f"{label}: done in {wall:.1f}s, origin sent {sent / F:.2f} x F, "
                 f"CPU busy {busy:.0%}"
             )
+            if label == "swarm":
+                received = N * F / GiB  # what the agents received (and their clients read)
+                per_root = root_cpu / max(sent / GiB, 1e-9)
+                print(
+                    f"swarm: CPU per GiB: agents {(pollen_cpu - root_cpu) / received:.1f} s per "
+                    f"GiB received (goal <= 2.0), roots {per_root:.1f} s per GiB fetched from "
+                    "the origin, their uploads included (goal <= 2.0 + 0.2 per GiB uploaded)"
+                )
 
         print()
         print(
