@@ -1,6 +1,8 @@
 """Signed requests to other nodes' P2P ports: chunk reads from peers, plans from roots.
 
-Every request carries the x-pollen-* headers (`agent.swarm.signing.request_headers`). Chunk bytes
+Every request carries the x-pollen-* headers (`agent.swarm.signing.request_headers`), and a
+root's plan must come back signed for that request (`verify_reply`), else the root counts as
+not answering. Chunk bytes
 are read straight into a buffer of the chunk's length; the caller checks them against the
 root's sha256 before it trusts them. A client's Authorization is passed to a root only when
 the P2P port speaks TLS.
@@ -20,7 +22,7 @@ from agent.swarm.protocol import (
     P2PError,
     PlanTarget,
 )
-from agent.swarm.signing import request_headers
+from agent.swarm.signing import P2PAuthError, request_auth, request_headers, verify_reply
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,13 @@ class P2PClient:
                         f"plan: status {response.status}: {body[:200]!r}",
                         status=response.status,
                     )
+            replied = response.headers
         except HttpClientError as exc:
             raise PeerError(root, str(exc)) from exc
+        try:
+            verify_reply(self._token, request_auth(headers), body, replied)
+        except P2PAuthError as exc:
+            raise PeerError(root, f"plan refused: {exc.reason}") from exc
         try:
             return Plan.from_json(body)
         except P2PError as exc:

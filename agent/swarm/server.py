@@ -28,7 +28,13 @@ from agent.swarm.protocol import (
     PlanTarget,
     parse_target,
 )
-from agent.swarm.signing import P2PAuthError, verify
+from agent.swarm.signing import (
+    HEADER_REPLY_AUTH,
+    P2PAuthError,
+    request_auth,
+    sign_reply,
+    verify,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +79,9 @@ class P2PService:
         if authorization is not None and not request.tls:
             return plain_error(400, "credentials must not cross the network in clear")
         plan = await self._plan(node, target, authorization)
-        return bytes_response(200, plan.to_json(), JSON)  # the plan's canonical encoding
+        body = plan.to_json()  # the plan's canonical encoding
+        signature = sign_reply(self._token, request_auth(request.headers), body)
+        return bytes_response(200, body, JSON, [(HEADER_REPLY_AUTH, signature.encode())])
 
     def _chunk(self, method: str, target: ChunkTarget) -> Response:
         op = RPC_STAT if method == "HEAD" else RPC_PREAD

@@ -11,9 +11,14 @@ clock (the time is an argument), whether a request may be answered at all:
   under the cluster token of a length-prefixed encoding of version, time, node, method and
   target (:func:`sign`; :func:`request_headers` builds all four).
 * :func:`verify` answers with the authenticated node id or raises :class:`P2PAuthError`; the
-  adapter then sends 401 and no data.  A signed request can be replayed within the allowed
-  clock skew; that is accepted, because every P2P request is an idempotent GET/HEAD and chunk
-  bytes are public within the cluster (each is checked against its sha256 anyway).
+  adapter then sends 401 and no data.
+  A signed request can be replayed within the allowed clock skew; that is accepted, because
+  every P2P request is an idempotent GET/HEAD and chunk bytes are public within the cluster
+  (each is checked against its sha256 anyway).
+* A root's plan reply carries ``x-pollen-reply-auth``: the HMAC of the reply's body bound to
+  the request's own ``x-pollen-auth`` (:func:`sign_reply`), so a chunk table or a size that
+  anyone on the path altered, or a reply to another request, is refused
+  (:func:`verify_reply`) and the agent treats that root as not answering.
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ HEADER_VERSION = b"x-pollen-version"
 HEADER_TIME = b"x-pollen-time"
 HEADER_NODE = b"x-pollen-node"
 HEADER_AUTH = b"x-pollen-auth"
+HEADER_REPLY_AUTH = b"x-pollen-reply-auth"
 AUTH_HEADERS = (HEADER_VERSION, HEADER_TIME, HEADER_NODE, HEADER_AUTH)
 
 _DOMAIN = b"pollen-p2p-auth\n"  # so these MACs can never be confused with another use of the key
+_REPLY_DOMAIN = b"pollen-p2p-reply\n"  # nor a reply's with a request's
 
 
 class P2PAuthError(P2PError):
@@ -157,3 +164,35 @@ def verify(
     if not hmac.compare_digest(want.encode(), auth_text.encode()):
         raise P2PAuthError("bad signature (wrong cluster token, or the request was altered)")
     return node
+
+
+def sign_reply(token: bytes, request_auth: str, body: bytes) -> str:
+    """Hex HMAC-SHA256 of a reply `body` to the request whose x-pollen-auth was `request_auth`."""
+    if not token:
+        raise ValueError("empty cluster token: refusing to sign P2P replies")
+    bound = request_auth.encode("ascii", "replace")
+    message = _REPLY_DOMAIN + b"%d:%s\n" % (len(bound), bound) + body
+    return hmac.new(token, message, hashlib.sha256).hexdigest()
+
+
+def request_auth(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The x-pollen-auth of a (signed) request's headers, '' when there is none."""
+    for name, value in headers:
+        if bytes(name).lower() == HEADER_AUTH:
+            return bytes(value).decode("ascii", "replace").strip()
+    return ""
+
+
+def verify_reply(
+    token: bytes, request_auth: str, body: bytes, headers: Iterable[tuple[bytes, bytes]]
+) -> None:
+    """Check a reply's x-pollen-reply-auth against its body and the request it answers; raises
+    P2PAuthError when it is missing, repeated or wrong."""
+    found = [bytes(v) for n, v in headers if bytes(n).lower() == HEADER_REPLY_AUTH]
+    if not found:
+        raise P2PAuthError("unsigned reply")
+    if len(found) > 1:
+        raise P2PAuthError("repeated x-pollen-reply-auth header")
+    want = sign_reply(token, request_auth, body)
+    if not hmac.compare_digest(want.encode(), found[0].strip()):
+        raise P2PAuthError("bad reply signature (altered, or an answer to another request)")

@@ -22,8 +22,11 @@ from agent.http.server import HttpServer, Request, ServerSettings, listener_port
 from agent.registry.routes import parse_digest
 from agent.swarm.plan import Plan
 from agent.swarm.protocol import ChunkTarget, PlanTarget, parse_target
+from agent.swarm.signing import HEADER_REPLY_AUTH, request_auth, sign_reply
 from tests.fakes import FakeBlob, FakeRegistry, read_into, serve
-from tests.swarm.test_peers import CHUNK, REPO, TIMEOUT, Swarm, pull, registry, swarm
+from tests.swarm.test_peers import CHUNK, REPO, TIMEOUT, TOKEN, Swarm, pull, registry, swarm
+
+TOKEN_BYTES = TOKEN.encode()
 
 __all__ = ["registry", "swarm"]  # the fixtures, shared with test_peers
 
@@ -31,7 +34,10 @@ __all__ = ["registry", "swarm"]  # the fixtures, shared with test_peers
 class FakeRoot:
     """A root that answers every plan with `plan_for(blob)` and serves `chunk_bytes`."""
 
-    def __init__(self, blob: FakeBlob, *, size: int, wrong_bytes: bool) -> None:
+    def __init__(
+        self, blob: FakeBlob, *, size: int, wrong_bytes: bool, token: bytes | None = TOKEN_BYTES
+    ) -> None:
+        self.token = token  # signs its plans as a cluster member does; None: it cannot
         self.blob = blob
         self.size = size
         self.wrong_bytes = wrong_bytes
@@ -62,7 +68,12 @@ class FakeRoot:
             chunk_sha256={i: hashlib.sha256(self.chunk(i)).hexdigest() for i in range(count)},
             assignments=tuple((i, self.node) for i in fresh),
         )
-        return bytes_response(200, plan.to_json(), b"application/json")
+        body = plan.to_json()
+        extra = []
+        if self.token is not None:
+            signature = sign_reply(self.token, request_auth(request.headers), body)
+            extra.append((HEADER_REPLY_AUTH, signature.encode()))
+        return bytes_response(200, body, b"application/json", extra)
 
     async def start(self, nursery: trio.Nursery) -> str:
         listeners = await open_listeners("127.0.0.1", 0, None)
@@ -101,6 +112,24 @@ async def test_a_root_with_the_wrong_size_is_not_used(
         assert await pull(agent, registry, blob, size=blob.size) == blob.data
         assert agent.swarm is not None and agent.swarm.fallbacks == {"size": 1}
         assert liar.plans == 1 and liar.chunks == 0
+        assert blob.gets == [None]
+
+
+@pytest.mark.parametrize("token", [None, b"not-the-cluster-token"], ids=["unsigned", "forged"])
+async def test_a_plan_that_is_not_signed_for_its_request_is_never_used(
+    swarm: Swarm, registry: FakeRegistry, nursery: trio.Nursery, token: bytes | None
+) -> None:
+    """A plan with a wrong chunk table and wrong chunks, unsigned or signed without the
+    cluster token (what anyone on a clear-text path could send): the agent refuses the reply
+    before it fetches a single chunk, so its client's first attempt completes, from the
+    registry; the root counts as not answering."""
+    with trio.fail_after(TIMEOUT):
+        blob = registry.add(os.urandom(6 * CHUNK + 100))
+        liar = FakeRoot(blob, size=blob.size, wrong_bytes=True, token=token)
+        agent = await swarm.agent(await liar.start(nursery))
+        assert await pull(agent, registry, blob, size=blob.size) == blob.data
+        assert liar.plans >= 1 and liar.chunks == 0
+        assert agent.swarm is not None and sum(agent.swarm.fallbacks.values()) == 1
         assert blob.gets == [None]
 
 

@@ -19,9 +19,12 @@ from agent.swarm.signing import (
     MAX_SKEW,
     PROTOCOL_VERSION,
     P2PAuthError,
+    request_auth,
     request_headers,
     sign,
+    sign_reply,
     verify,
+    verify_reply,
 )
 from tests.swarm.test_protocol import CHUNK, nodes
 
@@ -255,3 +258,43 @@ def test_verify_raises_only_auth_errors(headers: list[tuple[bytes, bytes]]) -> N
         verify(TOKEN, "GET", CHUNK, headers, NOW)
     except P2PAuthError:
         pass
+
+
+# --------------------------------------------------------------------------------------------
+# Plan replies
+
+
+def test_a_reply_signature_is_the_documented_hmac_and_verifies() -> None:
+    body = b'{"size":10}'
+    mac = sign_reply(TOKEN, "ab" * 32, body)
+    want = hmac.new(
+        TOKEN, b"pollen-p2p-reply\n64:" + b"ab" * 32 + b"\n" + body, hashlib.sha256
+    ).hexdigest()
+    assert mac == want
+    verify_reply(TOKEN, "ab" * 32, body, [(b"X-Pollen-Reply-Auth", mac.encode())])
+
+
+@pytest.mark.parametrize(
+    ("token", "request_mac", "body", "headers", "reason"),
+    [
+        (TOKEN, "ab" * 32, b"{}", "none", "unsigned reply"),
+        (TOKEN, "ab" * 32, b'{"size":11}', "once", "bad reply signature"),  # altered body
+        (TOKEN, "cd" * 32, b'{"size":10}', "once", "bad reply signature"),  # another request's
+        (b"other", "ab" * 32, b'{"size":10}', "once", "bad reply signature"),  # not the token
+        (TOKEN, "ab" * 32, b'{"size":10}', "twice", "repeated"),
+    ],
+    ids=["unsigned", "altered", "other-request", "other-token", "repeated"],
+)
+def test_a_reply_not_signed_for_its_request_and_body_is_refused(
+    token: bytes, request_mac: str, body: bytes, headers: str, reason: str
+) -> None:
+    mac = sign_reply(TOKEN, "ab" * 32, b'{"size":10}').encode()
+    copies = {"none": 0, "once": 1, "twice": 2}[headers]
+    with pytest.raises(P2PAuthError, match=reason):
+        verify_reply(token, request_mac, body, [(b"x-pollen-reply-auth", mac)] * copies)
+
+
+def test_the_request_mac_a_reply_binds_to_is_its_x_pollen_auth() -> None:
+    headers = request_headers(TOKEN, "10.0.0.1:65002", "GET", "/p2p/plan?x=1", 1_700_000_000)
+    assert request_auth(headers) == dict(headers)[b"x-pollen-auth"].decode()
+    assert request_auth([]) == ""

@@ -4,7 +4,8 @@ Run as a process: `python -P lyingroot.py <address> <port> <token> <size> <chunk
 speaks the real P2P protocol (signed requests verified, plans, chunk reads) for any layer it
 is asked about: the layer has `size` bytes, its chunks are bytes of a fixed random stream, and
 the plan's sha256 table matches those bytes, so every chunk passes the agent's check and only
-the whole-layer digest can tell. It prints "ready" once it listens.
+the whole-layer digest can tell. It holds the cluster token (an insider: it signs its plans),
+which is what reply signatures cannot help against. It prints "ready" once it listens.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from agent.http.responses import JSON, Response, bytes_response
 from agent.http.server import HttpServer, Request, ServerSettings, open_listeners
 from agent.swarm.plan import Plan
 from agent.swarm.protocol import ChunkTarget, parse_target
-from agent.swarm.signing import verify
+from agent.swarm.signing import HEADER_REPLY_AUTH, request_auth, sign_reply, verify
 
 
 async def main(address: str, port: int, token: str, size: int, chunk_size: int) -> None:
@@ -50,7 +51,9 @@ async def main(address: str, port: int, token: str, size: int, chunk_size: int) 
             assignments=tuple((c, node) for c in todo),
             complete=True,
         )
-        return bytes_response(200, plan.to_json(), JSON)
+        body = plan.to_json()
+        signature = sign_reply(token.encode(), request_auth(request.headers), body)
+        return bytes_response(200, body, JSON, [(HEADER_REPLY_AUTH, signature.encode())])
 
     server = HttpServer(handle, ServerSettings(), name="lying-root")
     listeners = await open_listeners(address, port, None)
