@@ -195,6 +195,53 @@ def cpu_times() -> tuple[float, float]:
     return sum(values), idle
 
 
+WAIT_FRAMES = ("EpollIOManager.get_events", "WorkerThread._work", "Condition.wait")
+
+
+def start_profiles(
+    where: Path | None, *hosts: Host
+) -> list[tuple[subprocess.Popen[bytes], Path, str]]:
+    """py-spy on each host's pollen process (sampling all threads, not only the GIL's)."""
+    if where is None:
+        return []
+    spy = ROOT / ".venv" / "bin" / "py-spy"
+    if not spy.exists():
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    where.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for host in hosts:
+        out = where / f"{host.role}-{host.index}.txt"
+        pid = str(host.procs[0].pid)
+        args = [str(spy), "record", "-p", pid, "-r", "200", "--format", "raw", "-o", str(out)]
+        spies.append(
+            (subprocess.Popen([*args, "--nonblocking"], stderr=subprocess.DEVNULL), out, host.role)
+        )
+    time.sleep(0.5)  # attached before the pulls start
+    return spies
+
+
+def stop_profiles(spies: list[tuple[subprocess.Popen[bytes], Path, str]]) -> None:
+    """Stop the samplers and print each process's top frames (leaf, and inclusive)."""
+    for proc, out, role in spies:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        leaf: dict[str, int] = {}
+        total = 0
+        for line in out.read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            frame = stack.split(";")[-1].split(" (")[0]
+            leaf[frame] = leaf.get(frame, 0) + int(n)
+            total += int(n)
+        waiting = sum(leaf.pop(f, 0) for f in WAIT_FRAMES)  # py-spy counts some waits as busy
+        top = sorted(leaf.items(), key=lambda kv: -kv[1])[:12]
+        print(
+            f"profile of a {role} ({total} samples, {out}); waiting for events or work "
+            f"{100 * waiting / max(total, 1):.1f}%, then:"
+        )
+        for frame, n in top:
+            print(f"  {100 * n / max(total, 1):5.1f}%  {frame}")
+
+
 def pull_all(hosts: list[Host], source: str, work: Path, label: str) -> list[float]:
     """Start a skopeo pull on every host at once; return each one's duration."""
     started = time.monotonic()
@@ -283,6 +330,12 @@ def main() -> int:
     parser.add_argument("--root-cache", help="cache.capacity of the roots (default: --cache)")
     parser.add_argument("--skip-direct", action="store_true")
     parser.add_argument("--keep-logs", type=Path, help="copy every process's log here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="sample one agent and one root with py-spy during the swarm pull (raw stacks "
+        "here) and print their top frames",
+    )
     parser.add_argument(
         "--small-caches",
         action="store_true",
@@ -393,7 +446,9 @@ def main() -> int:
             cpu0 = process_cpu(pollen_pids)
             root0 = process_cpu(root_pids)
             total0, idle0 = cpu_times()
+            spies = start_profiles(args.profile, agents[0], roots[0]) if label == "swarm" else []
             durations = pull_all(agents, source, work, label)
+            stop_profiles(spies)
             total1, idle1 = cpu_times()
             busy = 1 - (idle1 - idle0) / max(1e-9, total1 - total0)
             pollen_cpu = process_cpu(pollen_pids) - cpu0
@@ -408,8 +463,7 @@ def main() -> int:
             sent = origin_bytes(reg_log, mark)
             results[label] = (durations, sent, busy, wall)
             print(
-                f"{label}: done in {wall:.1f}s, origin sent {sent / F:.2f} x F, "
-                f"CPU busy {busy:.0%}"
+                f"{label}: done in {wall:.1f}s, origin sent {sent / F:.2f} x F, CPU busy {busy:.0%}"
             )
             if label == "swarm":
                 received = N * F / GiB  # what the agents received (and their clients read)
