@@ -28,6 +28,7 @@ from agent.http.client import HttpClientError
 from agent.http.groups import first_failure
 from agent.observe.auditline import failure_size
 from agent.swarm.client import P2PClient, PeerError
+from agent.swarm.plan import table_digest
 from agent.swarm.planner import Decisions, LayerPlanner, Transfer
 from agent.swarm.protocol import PlanTarget
 from agent.swarm.roots import RootSet
@@ -62,6 +63,7 @@ class SwarmContext:
     # Layers fetched from the registry because the swarm could not deliver, by cause.
     fallbacks: dict[str, int] = field(default_factory=dict)
     peer_bytes: int = 0
+    sealed: int = 0  # layers verified by a root's seal instead of a whole-layer pass
 
     def fell_back(self, kind: str) -> None:
         self.fallbacks[kind] = self.fallbacks.get(kind, 0) + 1
@@ -147,6 +149,14 @@ class SwarmDownload:
         )
         self._hasher = hashlib.new(algorithm)
         self._hashed_upto = 0
+        self._expected_hex = digest.partition(":")[2]
+        # The seal: once a root vouches for the layer (Plan.table_sha256), chunks are checked
+        # against the chunk table only; at the end the table of the chunks we hold must be the
+        # sealed one. Chunks kept from before (a resumed download) keep the whole-layer pass.
+        self._chunk_sha: dict[int, str] = {}  # the sha256 of each chunk's bytes as stored
+        self._shas: dict[Transfer, str] = {}
+        self._resumed = False
+        self._unhashed = False  # chunks went by under the seal: the digest is the seal's
         self._hash_lock = trio.Lock()
         self._emitted: set[int] = set()  # readable through the sink
         self._buffers: dict[Transfer, Chunk] = {}  # received and verified, not stored yet
@@ -180,7 +190,20 @@ class SwarmDownload:
         except BaseExceptionGroup as group:
             raise first_failure(group) from None
         await self._advance_hash()  # chunks held from the start may not have been hashed yet
+        if self._unhashed:
+            return self._sealed_digest()
         return self._hasher.hexdigest()
+
+    def _sealed_digest(self) -> str:
+        """The layer's digest as the root's seal vouches for it, if the chunks we hold are the
+        ones it sealed; else a value that matches no digest."""
+        count = self.planner.count or 0
+        table = [self._chunk_sha.get(i, "") for i in range(count)]
+        if all(table) and table_digest(table) == self.planner.sealed:
+            self._swarm.sealed += 1
+            return self._expected_hex
+        log.warning("layer %s: the chunks do not match the root's sealed table", self._digest)
+        return "sealed-table-mismatch"
 
     def _readers_moved(self) -> None:
         """A reader advanced: the chunks behind every reader leave the planner's window (their
@@ -205,6 +228,7 @@ class SwarmDownload:
         decisions = self.planner.received(transfer.chunk, transfer.source, sha256, now)
         if decisions.store != transfer:  # bad, or a copy of a chunk we have: let it go
             self._buffers.pop(transfer, None)
+            self._shas.pop(transfer, None)
             self._started.pop(transfer, None)
         return decisions
 
@@ -229,6 +253,7 @@ class SwarmDownload:
                 raise SwarmUnavailable("the layer does not fit this node's cache")
             held = self._sink.held_chunks()
             self._emitted |= held
+            self._resumed = bool(held)
             window = self._sink.window
             if window is not None:
                 self._sink.watch_readers(self._readers_moved)
@@ -312,11 +337,13 @@ class SwarmDownload:
             sink.arrived(kind, source, index, -1, t0)
         else:
             self._buffers[transfer] = buffer
+            self._shas[transfer] = sha
             self._started[transfer] = t0
         await self._send.send(partial(self._received, transfer, sha))
 
     async def _store(self, transfer: Transfer) -> None:
         buffer = self._buffers.pop(transfer)
+        self._chunk_sha[transfer.chunk] = self._shas.pop(transfer)
         t0 = self._started.pop(transfer)
         index, source = transfer.chunk, transfer.source
         kind = "root" if source in self._swarm.roots.addresses else "peer"
@@ -335,9 +362,12 @@ class SwarmDownload:
         async with self._hash_lock:
             count = self.planner.count or 0
             while self._hashed_upto < count and self._hashed_upto in self._emitted:
-                data = await self._sink.chunk_bytes(self._hashed_upto)
-                hashing = time.perf_counter()
-                self._hasher.update(data)
-                self._sink.verify_time(time.perf_counter() - hashing)
+                if self.planner.sealed is not None and not self._resumed:
+                    self._unhashed = True  # the seal covers it: no second pass over its bytes
+                else:
+                    data = await self._sink.chunk_bytes(self._hashed_upto)
+                    hashing = time.perf_counter()
+                    self._hasher.update(data)
+                    self._sink.verify_time(time.perf_counter() - hashing)
                 self._hashed_upto += 1
             self._sink.hashed(self._hashed_upto)

@@ -16,6 +16,7 @@ protocol's other limits in :mod:`agent.swarm.protocol`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -50,6 +51,10 @@ class Plan:
     - ``assignments``: ``(chunk, source node)`` transfers to start now; a chunk may appear with
       two sources near the end (endgame), a pair never twice;
     - ``complete``: the root has the whole layer and its digest matched;
+    - ``table_sha256``: with ``complete``, the root's *seal*: the sha256 of the layer's chunk
+      table (`table_digest`). The root vouches that bytes whose chunks hash to that table are
+      the layer, so an agent holding such chunks need not hash the whole layer again (the
+      reply's signature, `agent.swarm.signing.verify_reply`, says which root vouched);
     - ``error`` / ``error_status``: the origin refused or failed (e.g. 401, 404, 429 pass
       through to the client; 502 for unreachable); an error reply assigns nothing;
     - ``retry_after``: seconds to wait before asking again when there is nothing to do.
@@ -60,6 +65,7 @@ class Plan:
     chunk_sha256: Mapping[int, str] = field(default_factory=dict)
     assignments: tuple[tuple[int, str], ...] = ()
     complete: bool = False
+    table_sha256: str | None = None
     error: str | None = None
     error_status: int | None = None
     retry_after: float = 0.0
@@ -115,6 +121,11 @@ class Plan:
             raise P2PProtocolError(f"complete must be true or false, got {self.complete!r:.40}")
         if self.complete and self.size is None:
             raise P2PProtocolError("a complete layer must have a size")
+        if self.table_sha256 is not None:
+            if not isinstance(self.table_sha256, str) or not HEX64_RE.fullmatch(self.table_sha256):
+                raise P2PProtocolError("table_sha256 must be 64 lower-case hex digits")
+            if not self.complete:
+                raise P2PProtocolError("only a complete layer is sealed (table_sha256)")
         if (self.error is None) != (self.error_status is None):
             raise P2PProtocolError("error and error_status go together")
         if self.error is not None:
@@ -148,6 +159,7 @@ class Plan:
             "chunk_sha256": {str(i): h for i, h in self.chunk_sha256.items()},
             "assignments": [[c, n] for c, n in self.assignments],
             "complete": self.complete,
+            "table_sha256": self.table_sha256,
             "error": self.error,
             "error_status": self.error_status,
             "retry_after": self.retry_after,
@@ -174,6 +186,7 @@ class Plan:
             "chunk_sha256",
             "assignments",
             "complete",
+            "table_sha256",
             "error",
             "error_status",
             "retry_after",
@@ -198,10 +211,16 @@ class Plan:
             chunk_sha256=by_index,
             assignments=tuple(tuple(a) if isinstance(a, list) else a for a in assignments),
             complete=doc["complete"],
+            table_sha256=doc["table_sha256"],
             error=doc["error"],
             error_status=doc["error_status"],
             retry_after=doc["retry_after"],
         )
+
+
+def table_digest(chunk_sha256: Iterable[str]) -> str:
+    """The seal's digest of a chunk table: sha256 of the chunks' hex sha256, in chunk order."""
+    return hashlib.sha256("".join(chunk_sha256).encode("ascii")).hexdigest()
 
 
 def _no_constant(name: str) -> Any:

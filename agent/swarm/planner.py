@@ -156,6 +156,7 @@ class LayerPlanner:
     window: int | None = field(default=None, init=False)  # chunks the cache holds at once
     past: int = field(default=0, init=False)  # chunks below this are no longer wanted
     hashes: dict[int, str] = field(default_factory=dict, init=False)
+    sealed: str | None = field(default=None, init=False)  # a root's seal (Plan.table_sha256)
     fetching: dict[int, set[str]] = field(default_factory=dict, init=False)  # chunk -> sources
     storing: set[int] = field(default_factory=set, init=False)  # accepted, not stored yet
     done_reports: list[tuple[int, str]] = field(default_factory=list, init=False)
@@ -219,6 +220,8 @@ class LayerPlanner:
                 self.count = -(-plan.size // self.chunk_size)
                 pending.size = plan.size
             self.hashes.update(plan.chunk_sha256)
+            if plan.complete and plan.table_sha256 is not None:
+                self.sealed = plan.table_sha256  # the root vouches for the whole (signed reply)
             if not self.ready:  # the driver admits the layer first, and says what it holds
                 self.parked.extend(plan.assignments)
                 return self._settle(pending, now)

@@ -32,7 +32,7 @@ from agent.core.errors import RegistryError
 from agent.core.upstream import Upstream
 from agent.registry.routes import Digest, parse_digest
 from agent.registry.upstreams import match_upstream
-from agent.swarm.plan import Plan
+from agent.swarm.plan import Plan, table_digest
 from agent.swarm.protocol import PlanTarget
 from agent.swarm.schedule import Actions, LayerSchedule
 
@@ -87,6 +87,7 @@ class RootLayer:
     ring_held: set[int] = field(default_factory=set)  # a ring's chunks, as last told
     refetching: set[int] = field(default_factory=set)
     refetched: int = 0  # lost chunks fetched again from the origin
+    sealed: str | None = None  # the verified layer's chunk-table digest (Plan.table_sha256)
     seen: dict[str, float] = field(default_factory=dict)  # node -> its last plan request
     standing: dict[str, trio.CancelScope] = field(default_factory=dict)  # held long polls
     changed: trio.Event = field(default_factory=trio.Event)
@@ -246,14 +247,27 @@ class Tracker:
                 sha = self.cache.chunk_sha256(entry, c)
                 assert sha is not None  # only such chunks are deliverable
                 hashes[c] = sha
+        complete = bool(layer.download is None or layer.download.verified)
         return Plan(
             size=schedule_size(layer),
             chunk_size=chunk_size,
             chunk_sha256=hashes,
             assignments=tuple(assignments),
-            complete=bool(layer.download is None or layer.download.verified),
+            complete=complete,
+            table_sha256=self._seal(layer) if complete else None,
             retry_after=0.0 if assignments else 0.5,
         )
+
+    def _seal(self, layer: RootLayer) -> str | None:
+        """The digest of the chunk table of a layer this root verified whole (the seal agents
+        may trust instead of hashing the layer again), once every chunk's sha256 is known."""
+        if layer.sealed is None and layer.entry is not None:
+            table = [
+                self.cache.chunk_sha256(layer.entry, c) for c in range(layer.entry.layout.count)
+            ]
+            if all(table):
+                layer.sealed = table_digest(table)  # type: ignore[arg-type]
+        return layer.sealed
 
     def _take_reports(self, layer: RootLayer, asker: str, request: PlanTarget, now: float) -> None:
         """Feed the agent's reports (a fresh start, transfers done, failed, missing) to the

@@ -151,13 +151,14 @@ def test_agents_with_caches_smaller_than_a_layer_pull_it_through_the_swarm(
     make_image: Callable[..., Image],
     make_agent: Callable[..., AgentProcess],
 ) -> None:
-    """Agents whose caches hold 4 MiB (16 chunks) pull a 12 MiB layer at once: each passes it
-    through a ring of slots behind its client, so the registry sends it once (to its root)
-    and every agent's bytes come from the swarm. Before, every agent fetched it itself."""
+    """Agents whose caches hold 5 MiB (20 chunks) pull a 12 MiB layer at once: each passes it
+    through a ring of 16 slots behind its client (the small layer fits beside it), so the
+    registry sends it once (to its root) and every agent's bytes come from the swarm. Before,
+    every agent fetched it itself."""
     image = make_image(layers=(12 * MiB, 300 * 1024), seed=24)
     push_image(image, registry, "team/huge", "v1")
     cluster = Cluster(
-        make_agent, registry, roots=2, agents=4, agent_env={"POLLEN_CACHE_CAPACITY": "4MiB"}
+        make_agent, registry, roots=2, agents=4, agent_env={"POLLEN_CACHE_CAPACITY": "5MiB"}
     )
     results = pull_all(cluster.agents, "team/huge:v1", tmp_path / "pulls")
     for got in results:

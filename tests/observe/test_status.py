@@ -56,6 +56,7 @@ class FakeAuth:
 class FakeSwarm:
     fallbacks = {"size": 1, "no_root": 3}
     peer_bytes = 5 << 20
+    sealed = 2
 
 
 class FakeTracker:
@@ -192,6 +193,7 @@ async def test_the_swarm_part_on_a_node_with_roots() -> None:
         "origin_fallbacks": 4,
         "origin_fallback_causes": {"size": 1, "no_root": 3},
         "peer_bytes": 5 << 20,
+        "sealed_layers": 2,
         "chunks_served": 7,
         "refused": 1,
         "tracker": None,

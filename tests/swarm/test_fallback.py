@@ -24,7 +24,17 @@ from agent.swarm.plan import Plan
 from agent.swarm.protocol import ChunkTarget, PlanTarget, parse_target
 from agent.swarm.signing import HEADER_REPLY_AUTH, request_auth, sign_reply
 from tests.fakes import FakeBlob, FakeRegistry, read_into, serve
-from tests.swarm.test_peers import CHUNK, REPO, TIMEOUT, TOKEN, Swarm, pull, registry, swarm
+from tests.swarm.test_peers import (
+    CHUNK,
+    REPO,
+    TIMEOUT,
+    TOKEN,
+    Peer,
+    Swarm,
+    pull,
+    registry,
+    swarm,
+)
 
 TOKEN_BYTES = TOKEN.encode()
 
@@ -35,9 +45,16 @@ class FakeRoot:
     """A root that answers every plan with `plan_for(blob)` and serves `chunk_bytes`."""
 
     def __init__(
-        self, blob: FakeBlob, *, size: int, wrong_bytes: bool, token: bytes | None = TOKEN_BYTES
+        self,
+        blob: FakeBlob,
+        *,
+        size: int,
+        wrong_bytes: bool,
+        token: bytes | None = TOKEN_BYTES,
+        seal: str | None = None,
     ) -> None:
         self.token = token  # signs its plans as a cluster member does; None: it cannot
+        self.seal = seal  # a table digest it vouches for (the layer complete and verified)
         self.blob = blob
         self.size = size
         self.wrong_bytes = wrong_bytes
@@ -67,6 +84,8 @@ class FakeRoot:
             chunk_size=CHUNK,
             chunk_sha256={i: hashlib.sha256(self.chunk(i)).hexdigest() for i in range(count)},
             assignments=tuple((i, self.node) for i in fresh),
+            complete=self.seal is not None,
+            table_sha256=self.seal,
         )
         body = plan.to_json()
         extra = []
@@ -81,6 +100,21 @@ class FakeRoot:
         server = HttpServer(self.handle, ServerSettings(), name="fake-root")
         await nursery.start(serve, server, listeners)
         return self.node
+
+
+async def read_until_cut(agent: Peer, registry: FakeRegistry, blob: FakeBlob, why: str) -> bytes:
+    """What a client of `agent` received of the layer before its response was cut for `why`."""
+    received = bytearray()
+    source = await agent.data.fetcher.open(
+        upstream=registry.upstream,
+        repo=REPO,
+        digest=parse_digest(blob.digest),
+        headers=[],
+        size=blob.size,
+    )
+    with pytest.raises(LayerFailed, match=why):
+        await read_into(source, received)
+    return bytes(received)
 
 
 async def test_a_root_whose_cache_cannot_hold_the_layer_sends_agents_to_the_registry(
@@ -143,16 +177,7 @@ async def test_a_root_with_a_self_consistent_wrong_table_cannot_complete_a_wrong
         blob = registry.add(os.urandom(5 * CHUNK + 9))
         liar = FakeRoot(blob, size=blob.size, wrong_bytes=True)
         agent = await swarm.agent(await liar.start(nursery))
-        received = bytearray()
-        source = await agent.data.fetcher.open(
-            upstream=registry.upstream,
-            repo=REPO,
-            digest=parse_digest(blob.digest),
-            headers=[],
-            size=blob.size,
-        )
-        with pytest.raises(LayerFailed, match="hash to"):
-            await read_into(source, received)
+        received = await read_until_cut(agent, registry, blob, "hash to")
         assert len(received) < blob.size, "the last bytes wait for the whole-layer digest"
         assert agent.data.cache.get(blob.digest) is None
         assert blob.gets == []
@@ -160,6 +185,22 @@ async def test_a_root_with_a_self_consistent_wrong_table_cannot_complete_a_wrong
         assert await pull(agent, registry, blob, size=blob.size) == blob.data
         assert agent.swarm is not None and agent.swarm.fallbacks == {"no_root": 1}
         assert blob.gets == [None] and liar.plans == asked  # not asked again
+
+
+async def test_a_seal_that_does_not_match_the_chunks_held_cuts_the_reader(
+    swarm: Swarm, registry: FakeRegistry, nursery: trio.Nursery
+) -> None:
+    """A root seals the layer (the agent then skips its whole-layer pass) with a table digest
+    that is not the table of the chunks it served: the agent compares before the last bytes,
+    cuts its reader, distrusts the root, and the next pull comes from the registry."""
+    with trio.fail_after(TIMEOUT):
+        blob = registry.add(os.urandom(5 * CHUNK + 9))
+        liar = FakeRoot(blob, size=blob.size, wrong_bytes=False, seal="ab" * 32)
+        agent = await swarm.agent(await liar.start(nursery))
+        received = await read_until_cut(agent, registry, blob, "sealed-table-mismatch")
+        assert len(received) < blob.size, "the last bytes wait for the seal's check"
+        assert await pull(agent, registry, blob, size=blob.size) == blob.data
+        assert agent.swarm is not None and agent.swarm.sealed == 0
 
 
 async def test_a_404_from_the_registry_through_the_root_stays_the_clients(

@@ -227,6 +227,24 @@ async def test_agent_gets_the_layer_through_the_root_with_one_origin_get(
         assert root.service.chunks_served == 11 and blob.gets == [None]
 
 
+async def test_an_agent_trusts_the_seal_of_a_root_that_verified_the_layer(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """Once the root has verified the layer, its plans carry a seal (the digest of the chunk
+    table, in a signed reply): an agent checks each chunk against the table and, instead of
+    hashing the whole layer again, that the table of its chunks is the sealed one."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        first, second = await swarm.agent(root), await swarm.agent(root)
+        blob = registry.add(os.urandom(12 * CHUNK + 77))
+        assert await pull(first, registry, blob) == blob.data  # the root verified it meanwhile
+        assert await pull(second, registry, blob) == blob.data
+        assert second.swarm is not None and second.swarm.sealed == 1
+        entry = second.data.cache.get(blob.digest)
+        assert entry is not None and entry.verified
+        assert blob.gets == [None]
+
+
 async def test_two_agents_share_a_layer_with_one_origin_get(
     swarm: Swarm, registry: FakeRegistry
 ) -> None:

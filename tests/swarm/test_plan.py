@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.swarm.plan import Plan
+from agent.swarm.plan import Plan, table_digest
 from agent.swarm.protocol import MAX_CHUNKS, P2PProtocolError
 from tests.swarm.test_protocol import nodes
 
@@ -36,12 +36,14 @@ def plans(draw: st.DrawFn) -> Plan:
     pairs = st.tuples(st.sampled_from(sorted(hashes)), nodes)
     assignments = draw(st.lists(pairs, max_size=20, unique=True)) if hashes else []
     error = draw(st.none() | st.text(string.printable.strip(), max_size=60))
+    complete = False if error is not None or size is None else draw(st.booleans())
     return Plan(
         size=size,
         chunk_size=chunk_size,
         chunk_sha256=hashes,
         assignments=() if error is not None else tuple(assignments),
-        complete=False if error is not None or size is None else draw(st.booleans()),
+        complete=complete,
+        table_sha256=draw(st.none() | sha) if complete else None,
         error=error,
         error_status=None if error is None else draw(st.integers(400, 599)),
         retry_after=draw(st.floats(0, 60)),
@@ -59,12 +61,21 @@ def reply(**fields: object) -> bytes:
         "chunk_sha256": {"0": SHA_A, "2": SHA_B},
         "assignments": [[0, "10.0.0.1:65002"], [2, "[fd00::1]:65002"]],
         "complete": False,
+        "table_sha256": None,
         "error": None,
         "error_status": None,
         "retry_after": 0.5,
     }
     doc.update(fields)
     return json.dumps(doc).encode()
+
+
+def test_a_seal_is_the_sha256_of_the_chunk_table_in_order() -> None:
+    table = [SHA_A, SHA_B]
+    assert table_digest(table) == hashlib.sha256((SHA_A + SHA_B).encode()).hexdigest()
+    assert table_digest(table) != table_digest(reversed(table))
+    sealed = Plan.from_json(reply(complete=True, table_sha256=table_digest(table)))
+    assert sealed.table_sha256 == table_digest(table) and sealed.complete
 
 
 def test_plan_from_json() -> None:
@@ -135,6 +146,9 @@ def test_plan_round_trip(original: Plan) -> None:
         (reply(size=None, chunk_sha256={}, assignments=[[0, "a:1"]]), "no chunks yet"),
         (reply(complete="yes"), "true or false"),
         (reply(complete=1), "true or false"),
+        (reply(complete=True, table_sha256="AB" * 32), "table_sha256 must be 64 lower-case"),
+        (reply(complete=True, table_sha256=7), "table_sha256 must be 64 lower-case"),
+        (reply(table_sha256="ab" * 32), "only a complete layer is sealed"),
         (reply(size=None, chunk_sha256={}, assignments=[], complete=True), "must have a size"),
         (reply(error="x"), "go together"),
         (reply(error_status=404), "go together"),
