@@ -56,15 +56,12 @@ async def checked_chunks(
     wanted = [*ref.headers, (b"range", f"bytes={offset}-{end - 1}".encode())]
     registry = context.registry
     async with registry.open("GET", ref.upstream, path, wanted, follow_redirects=True) as response:
-        if response.status == 206:
-            content_range = response.header("content-range") or ""
-            if not content_range.startswith(f"bytes {offset}-{end - 1}/"):
-                raise LayerFailed(f"{path}: Range answered with Content-Range {content_range!r}")
-        elif response.status == 200:
-            log.warning("%s: the upstream ignored Range; skipping %d bytes", path, offset)
-            await discard(response, offset)
-        else:
+        if response.status not in (200, 206):
             raise await passthrough_error(response, path)
+        skip = resumed_skip(response, offset, path, end=end)
+        if skip:
+            log.warning("%s: the upstream ignored Range; skipping %d bytes", path, skip)
+            await discard(response, skip)
         for index in range(first, stop):
             sha256 = context.cache.chunk_sha256(entry, index)
             if sha256 is None:
@@ -82,12 +79,16 @@ async def checked_chunks(
             yield index, data, sha256
 
 
-def resumed_skip(response: ClientResponse, offset: int, what: str) -> int:
-    """How many leading bytes of a resumed download's response to skip: none after a 206 from
-    `offset`, `offset` after a 200 (the upstream ignored `Range`); anything else fails."""
+def resumed_skip(
+    response: ClientResponse, offset: int, what: str, *, end: int | None = None
+) -> int:
+    """How many leading bytes of a ranged response to skip: none after a 206 from `offset` (to
+    `end`, when the range had one), `offset` after a 200 (the upstream ignored `Range`);
+    anything else fails."""
     if response.status == 206:
         content_range = response.header("content-range") or ""
-        if not content_range.startswith(f"bytes {offset}-"):
+        expected = f"bytes {offset}-" if end is None else f"bytes {offset}-{end - 1}/"
+        if not content_range.startswith(expected):
             raise LayerFailed(f"resume of {what} got Content-Range {content_range!r}")
         return 0
     if response.status == 200:

@@ -154,12 +154,12 @@ class SwarmDownload:
         # against the chunk table only; at the end the table of the chunks we hold must be the
         # sealed one. Chunks kept from before (a resumed download) keep the whole-layer pass.
         self._chunk_sha: dict[int, str] = {}  # the sha256 of each chunk's bytes as stored
-        self._shas: dict[Transfer, str] = {}
         self._resumed = False
         self._unhashed = False  # chunks went by under the seal: the digest is the seal's
         self._hash_lock = trio.Lock()
         self._emitted: set[int] = set()  # readable through the sink
-        self._buffers: dict[Transfer, Chunk] = {}  # received and verified, not stored yet
+        # Received and verified, not stored yet: the bytes and their sha256.
+        self._buffers: dict[Transfer, tuple[Chunk, str]] = {}
         self._started: dict[Transfer, float] = {}
         self._scopes: dict[Transfer, trio.CancelScope] = {}
         self._poll_scope: trio.CancelScope | None = None
@@ -228,7 +228,6 @@ class SwarmDownload:
         decisions = self.planner.received(transfer.chunk, transfer.source, sha256, now)
         if decisions.store != transfer:  # bad, or a copy of a chunk we have: let it go
             self._buffers.pop(transfer, None)
-            self._shas.pop(transfer, None)
             self._started.pop(transfer, None)
         return decisions
 
@@ -336,14 +335,12 @@ class SwarmDownload:
             log.warning("layer %s: %s sent a bad chunk %d", self._digest, source, index)
             sink.arrived(kind, source, index, -1, t0)
         else:
-            self._buffers[transfer] = buffer
-            self._shas[transfer] = sha
+            self._buffers[transfer] = (buffer, sha)
             self._started[transfer] = t0
         await self._send.send(partial(self._received, transfer, sha))
 
     async def _store(self, transfer: Transfer) -> None:
-        buffer = self._buffers.pop(transfer)
-        self._chunk_sha[transfer.chunk] = self._shas.pop(transfer)
+        buffer, self._chunk_sha[transfer.chunk] = self._buffers.pop(transfer)
         t0 = self._started.pop(transfer)
         index, source = transfer.chunk, transfer.source
         kind = "root" if source in self._swarm.roots.addresses else "peer"

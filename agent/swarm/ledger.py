@@ -155,7 +155,7 @@ class Ledger:
         self.root_uploads = 0
         self.root_sending = bytearray(chunk_count)  # chunk in flight from the root
         # Chunks on the root's disk: a prefix while it fetches the origin in order, a window
-        # when its cache is smaller than the layer (chunks go once a peer holds them).
+        # when its cache is smaller than the layer (`LayerSchedule.root_keeps` says what stays).
         self.root_held = bytearray(chunk_count)
         self.root_uploaded = 0
         self.avoiders = 0  # peers with a non-empty avoid set

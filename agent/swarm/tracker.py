@@ -217,6 +217,8 @@ class Tracker:
             asker, have=request.have, want=request.want, now=now, past=request.past
         )
         self._deliver(layer, asked)
+        if layer.download is not None:
+            layer.download.recheck()  # reports, `have` and `past` change what a ring must keep
         # The agent's standing request waits here until work appears for it; its reports
         # come in separate requests that are answered at once.
         if request.poll:
@@ -300,8 +302,6 @@ class Tracker:
                 self._deliver(layer, schedule.leave(source, now))
         for chunk, source in request.missing:  # evicted there: no fault, just not a holder
             self._deliver(layer, schedule.missing(asker, chunk, source, now))
-        if layer.download is not None and (request.done or request.missing or request.fresh):
-            layer.download.recheck()  # a ring's chunk may have a holder now
 
     async def _start_layer(
         self, request: PlanTarget, upstream: Upstream, headers: list[tuple[bytes, bytes]]
