@@ -268,10 +268,11 @@ def test_a_root_killed_mid_window_costs_no_pull(
     owner, owner_proc = owner_of(cluster, layer)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pulls = pool.submit(pull_all, cluster.agents, "team/ringroot:v1", tmp_path / "pulls")
+        # Kill it once its ring (16 slots of its 8 MiB cache) has let chunks go.
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "passes through" not in owner_proc.log_text():
+        while time.monotonic() < deadline and _root_passed(owner_proc, layer) <= 16:
             time.sleep(0.05)
-        time.sleep(1.0)  # some chunks have passed through its ring
+        assert _root_passed(owner_proc, layer) > 16, "the root's ring wrapped"
         assert not pulls.done(), "the kill must land mid-layer"
         owner_proc.kill()
         results = pulls.result(timeout=180)
@@ -301,6 +302,12 @@ def harness_script(name: str, *args: object) -> Iterator[None]:
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def _root_passed(root: AgentProcess, digest: str) -> int:
+    """How far the root's download of `digest` got, in chunks (its tracker's view)."""
+    tracker = agent_status(root)["swarm"]["tracker"] or {}
+    return (tracker.get("layers") or {}).get(digest, {}).get("origin", 0)
 
 
 def _sha256_file(path: Path) -> str:
