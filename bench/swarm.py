@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+import profiling  # noqa: E402
 from harness import build_image  # noqa: E402
 from harness.registry import parse_access_line  # noqa: E402
 
@@ -195,51 +196,8 @@ def cpu_times() -> tuple[float, float]:
     return sum(values), idle
 
 
-WAIT_FRAMES = ("EpollIOManager.get_events", "WorkerThread._work", "Condition.wait")
-
-
-def start_profiles(
-    where: Path | None, *hosts: Host
-) -> list[tuple[subprocess.Popen[bytes], Path, str]]:
-    """py-spy on each host's pollen process (sampling all threads, not only the GIL's)."""
-    if where is None:
-        return []
-    spy = ROOT / ".venv" / "bin" / "py-spy"
-    if not spy.exists():
-        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
-    where.mkdir(parents=True, exist_ok=True)
-    spies = []
-    for host in hosts:
-        out = where / f"{host.role}-{host.index}.txt"
-        pid = str(host.procs[0].pid)
-        args = [str(spy), "record", "-p", pid, "-r", "200", "--format", "raw", "-o", str(out)]
-        spies.append(
-            (subprocess.Popen([*args, "--nonblocking"], stderr=subprocess.DEVNULL), out, host.role)
-        )
-    time.sleep(0.5)  # attached before the pulls start
-    return spies
-
-
-def stop_profiles(spies: list[tuple[subprocess.Popen[bytes], Path, str]]) -> None:
-    """Stop the samplers and print each process's top frames (leaf, and inclusive)."""
-    for proc, out, role in spies:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
-        leaf: dict[str, int] = {}
-        total = 0
-        for line in out.read_text().splitlines():
-            stack, _, n = line.rpartition(" ")
-            frame = stack.split(";")[-1].split(" (")[0]
-            leaf[frame] = leaf.get(frame, 0) + int(n)
-            total += int(n)
-        waiting = sum(leaf.pop(f, 0) for f in WAIT_FRAMES)  # py-spy counts some waits as busy
-        top = sorted(leaf.items(), key=lambda kv: -kv[1])[:12]
-        print(
-            f"profile of a {role} ({total} samples, {out}); waiting for events or work "
-            f"{100 * waiting / max(total, 1):.1f}%, then:"
-        )
-        for frame, n in top:
-            print(f"  {100 * n / max(total, 1):5.1f}%  {frame}")
+def profile_target(host: Host) -> tuple[int, str]:
+    return host.procs[0].pid, f"{host.role}-{host.index}"
 
 
 def pull_all(hosts: list[Host], source: str, work: Path, label: str) -> list[float]:
@@ -329,6 +287,12 @@ def main() -> int:
     parser.add_argument("--cache", help="cache.capacity of every agent and root, e.g. 32MiB")
     parser.add_argument("--root-cache", help="cache.capacity of the roots (default: --cache)")
     parser.add_argument("--skip-direct", action="store_true")
+    parser.add_argument(
+        "--o-direct",
+        action="store_true",
+        help="caches with cache.aioEnable=1 (O_DIRECT): no page-cache pages to allocate, which "
+        "in a VM cost the kernel far more than the copy",
+    )
     parser.add_argument("--keep-logs", type=Path, help="copy every process's log here")
     parser.add_argument(
         "--profile",
@@ -417,6 +381,8 @@ def main() -> int:
             cache = args.root_cache if host.role == "root" and args.root_cache else args.cache
             if cache:
                 env["POLLEN_CACHE_CAPACITY"] = cache
+            if args.o_direct:
+                env["POLLEN_CACHE_AIO_ENABLE"] = "1"
             role = "root" if host.role == "root" else "agent"
             host.spawn(
                 [sys.executable, "-m", "agent", role],
@@ -446,9 +412,13 @@ def main() -> int:
             cpu0 = process_cpu(pollen_pids)
             root0 = process_cpu(root_pids)
             total0, idle0 = cpu_times()
-            spies = start_profiles(args.profile, agents[0], roots[0]) if label == "swarm" else []
+            spies = (
+                profiling.start(args.profile, [profile_target(agents[0]), profile_target(roots[0])])
+                if label == "swarm"
+                else []
+            )
             durations = pull_all(agents, source, work, label)
-            stop_profiles(spies)
+            profiling.stop(spies)
             total1, idle1 = cpu_times()
             busy = 1 - (idle1 - idle0) / max(1e-9, total1 - total0)
             pollen_cpu = process_cpu(pollen_pids) - cpu0

@@ -10,6 +10,7 @@ leak into the next request.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,8 @@ from agent.http.responses import Headers, header_lines, header_value
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 * 1024
+# How many bytes of a raw body (a chunk, a layer) must wait in the socket before a read wakes.
+RAW_LOW_WATER = 1 << 20
 MAX_IDLE_PER_ORIGIN = 16
 MAX_RESPONSE_HEADER_BYTES = 64 * 1024
 
@@ -90,6 +93,7 @@ class ClientResponse:
         self.complete = False
         self._raw_remaining: int | None = None
         self._raw_pending = memoryview(b"")
+        self._low_water = 1  # the socket's SO_RCVLOWAT (the kernel's default: one byte)
 
     def header(self, name: str) -> str | None:
         return header_value(self.headers, name)
@@ -165,6 +169,7 @@ class ClientResponse:
         try:
             with trio.fail_after(self._timeout):
                 if isinstance(stream, trio.SocketStream):
+                    self._set_low_water(stream, min(len(view), RAW_LOW_WATER))
                     n = await stream.socket.recv_into(view, len(view))
                 else:
                     data = await stream.receive_some(len(view))
@@ -177,6 +182,23 @@ class ClientResponse:
         if n == 0:
             raise HttpClientError(f"{self.url} closed the connection mid-body")
         return n
+
+    def _set_low_water(self, stream: trio.SocketStream, target: int) -> None:
+        """Wake for this body only once `target` bytes wait in the socket (or it closes).
+
+        A body arriving at link rate otherwise wakes the event loop for every few packets: a
+        swarm agent turned its loop 4,000 times per 128 MiB received, ~64 KiB per recv, and
+        each turn costs far more in Python than the copy. `target` never exceeds what the body
+        still owes, so the last bytes wake us too; the kernel grows the receive buffer to fit.
+        """
+        if target == self._low_water:
+            return
+        try:
+            stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, target)
+        except OSError as exc:  # not fatal: the default works, only with more wake-ups
+            log.debug("SO_RCVLOWAT on %s: %s", self.url, exc)
+            target = 1
+        self._low_water = target
 
     async def read_all(self, limit: int) -> bytes:
         """The whole body, refusing more than `limit` bytes (manifests, error bodies)."""
