@@ -13,9 +13,11 @@ namespace per host (the origin, R roots, N agents) joined to it by a veth pair. 
 from 198.18.0.0/24, the range RFC 2544 sets aside for benchmarks; no packet leaves the
 namespaces. `tc qdisc tbf` shapes every host's upload (its veth end) and download (the hub's
 end). The origin runs Debian's docker-registry; every agent node pulls the image with skopeo
-through its local agent, all at once. In the same run every node also pulls straight from the
-origin (the baseline). It prints per-node times, P50/P95/max, the bytes the origin sent (from
-the registry's own access log), CPU use, and the ratios P95/T_min and P95/direct, where
+through its local agent, all at once, into an OCI layout (skopeo then fetches the layers
+concurrently, as containerd does; its `dir:` destination takes them one after another). In the
+same run every node also pulls straight from the origin (the baseline). It prints per-node
+times, P50/P95/max, the bytes the origin sent (from the registry's own access log), CPU use, and
+the ratios P95/T_min and P95/direct, where
     T_min = max(F/u_origin, F/d, N·F/(u_origin + Σu))   (Σu counts the roots' uploads too).
 Everything it made (namespaces, processes, files) is removed at the end, also on Ctrl-C.
 """
@@ -221,7 +223,7 @@ def pull_all(hosts: list[Host], source: str, work: Path, label: str) -> list[flo
                     "--insecure-policy",
                     "--src-tls-verify=false",
                     f"docker://{ref}",
-                    f"dir:{dest}",
+                    f"oci:{dest}",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -293,7 +295,9 @@ def main() -> int:
         help="caches with cache.aioEnable=1 (O_DIRECT): no page-cache pages to allocate, which "
         "in a VM cost the kernel far more than the copy",
     )
-    parser.add_argument("--keep-logs", type=Path, help="copy every process's log here")
+    parser.add_argument(
+        "--keep-logs", type=Path, help="copy every process's log and audit log here"
+    )
     parser.add_argument(
         "--profile",
         type=Path,
@@ -383,6 +387,9 @@ def main() -> int:
                 env["POLLEN_CACHE_CAPACITY"] = cache
             if args.o_direct:
                 env["POLLEN_CACHE_AIO_ENABLE"] = "1"
+            if args.keep_logs:
+                env["POLLEN_LOG_AUDIT"] = "true"
+                env["POLLEN_LOG_AUDIT_MODE"] = "file"
             role = "root" if host.role == "root" else "agent"
             host.spawn(
                 [sys.executable, "-m", "agent", role],
@@ -481,6 +488,8 @@ def main() -> int:
             args.keep_logs.mkdir(parents=True, exist_ok=True)
             for log in work.glob("*.log"):
                 shutil.copy(log, args.keep_logs / log.name)
+            for log_dir in work.glob("log-*"):  # audit logs: one line per chunk moved
+                shutil.copytree(log_dir, args.keep_logs / log_dir.name, dirs_exist_ok=True)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

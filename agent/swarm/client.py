@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from agent.http.client import HttpClient, HttpClientError
 from agent.swarm.plan import Plan
@@ -48,9 +49,17 @@ class P2PClient:
         return request_headers(self._token, self.node, method, target, time.time())
 
     async def fetch_chunk(
-        self, source: str, digest: str, index: int, length: int, *, into: memoryview
+        self,
+        source: str,
+        digest: str,
+        index: int,
+        length: int,
+        *,
+        into: memoryview,
+        progress: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
-        """Fill `into` (exactly `length` bytes) with chunk `index` of `digest` from `source`."""
+        """Fill `into` (exactly `length` bytes) with chunk `index` of `digest` from `source`;
+        `progress` hears the bytes received so far after every read."""
         target = ChunkTarget(digest=digest, index=index).target()
         url = f"{self._scheme}://{source}{target}"
         try:
@@ -69,6 +78,8 @@ class P2PClient:
                     if n == 0:
                         raise PeerError(source, f"chunk {index}: body ended at {filled}")
                     filled += n
+                    if progress is not None:
+                        await progress(filled)
         except HttpClientError as exc:
             raise PeerError(source, str(exc)) from exc
 

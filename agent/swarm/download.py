@@ -311,11 +311,28 @@ class SwarmDownload:
         buffer = sink.new_buffer(length)
         kind = "root" if source in swarm.roots.addresses else "peer"
         t0 = time.perf_counter()
+        told = False
+
+        async def progress(filled: int) -> None:
+            """Say `finishing` once the rest needs less than the planner's lead (at the rate
+            so far, first-byte wait included: it errs early)."""
+            nonlocal told
+            if told or filled >= length:
+                return  # the end itself is reported as received
+            if (length - filled) * (time.perf_counter() - t0) <= planner.finish_lead * filled:
+                told = True
+                await self._send.send(partial(planner.finishing, index, source))
+
         with scope:
             try:
                 with trio.fail_after(swarm.chunk_timeout):
                     await swarm.client.fetch_chunk(
-                        source, self._digest, index, length, into=memoryview(buffer)
+                        source,
+                        self._digest,
+                        index,
+                        length,
+                        into=memoryview(buffer),
+                        progress=progress,
                     )
             except (PeerError, HttpClientError, trio.TooSlowError) as exc:
                 log.info("layer %s: chunk %d from %s failed: %s", self._digest, index, source, exc)

@@ -82,6 +82,7 @@ class Peer:
         "banned",
         "pace",
         "past",
+        "tails",
     )
 
     def __init__(self, ident: int, name: str, chunk_count: int) -> None:
@@ -103,6 +104,9 @@ class Peer:
         self.banned = False
         self.pace = -1.0  # moving average of its uploads' durations (-1: none yet)
         self.past = 0  # chunks below this it no longer wants (its readers are past them)
+        # chunk -> source of a transfer in its last bytes (`Ledger.finishing`): no longer a
+        # download of this node nor an upload of the source, but in flight until it ends.
+        self.tails: dict[int, int] = {}
 
     def progress(self) -> dict[str, object]:
         """This node's counts, for status pages and tests."""
@@ -110,7 +114,7 @@ class Peer:
             "have": self.have,
             "first_missing": self.first,
             "past": self.past,
-            "downloading": sum(len(s) for s in self.incoming.values()),
+            "downloading": sum(len(s) for s in self.incoming.values()) + len(self.tails),
             "uploading": self.uploads,
             "downloaded": self.downloaded,
             "uploaded": self.uploaded,
@@ -294,11 +298,44 @@ class Ledger:
             self.release(key, batch)
         return peer, src, in_flight
 
+    def finishing(self, key: FlightKey, batch: Batch) -> bool:
+        """The transfer `key` is in its last bytes: its receiver's download slot and its
+        source's upload slot free now, so the next hop on both links starts while this one
+        ends instead of a plan round trip later. It stays in flight until it ends (`release`);
+        False if it is not in flight or already finishing."""
+        node, chunk, src = key
+        peer = self.peers.get(node)
+        if key not in self.flights or peer is None or chunk in peer.tails:
+            return False
+        self._leave_slots(key, peer)
+        peer.tails[chunk] = src
+        batch.freed.add(src)
+        batch.dirty.add(node)
+        return True
+
     def release(self, key: FlightKey, batch: Batch) -> Assignment:
-        """End a transfer (done, failed, cancelled): the source's slot frees."""
+        """End a transfer (done, failed, cancelled): the source's slot frees (unless it freed
+        when the transfer began finishing)."""
         a = self.flights.pop(key)
         node, chunk, src = key
         peer = self.peers.get(node)
+        if peer is not None and peer.tails.get(chunk) == src:
+            del peer.tails[chunk]
+        else:
+            self._leave_slots(key, peer)
+        if src == ROOT:
+            self.root_sending[chunk] = 0
+        elif src in self.peers:
+            self.peers[src].outgoing.discard(key)
+        if peer is not None:
+            batch.dirty.add(node)
+        batch.freed.add(src)
+        return a
+
+    def _leave_slots(self, key: FlightKey, peer: Peer | None) -> None:
+        """The transfer `key` stops counting as a download of its receiver (`peer`, None if
+        gone) and as an upload of its source."""
+        _, chunk, src = key
         if peer is not None:
             sources = peer.incoming[chunk]
             sources.remove(src)
@@ -306,19 +343,14 @@ class Ledger:
                 del peer.incoming[chunk]
             if src == ROOT:
                 peer.from_root -= 1
-            batch.dirty.add(node)
         if src == ROOT:
             self.root_uploads -= 1
-            self.root_sending[chunk] = 0
         else:
             s = self.peers.get(src)
             if s is not None:
                 s.uploads -= 1
-                s.outgoing.discard(key)
                 if not s.banned and s.uploads < self.upload_slots:
                     self.free.add(src)
-        batch.freed.add(src)
-        return a
 
     # ----------------------------------------------------------------------------------------
     # Faults and departures
@@ -348,6 +380,8 @@ class Ledger:
         for chunk, sources in list(peer.incoming.items()):
             for src in list(sources):
                 batch.cancelled.append(self.release((ident, chunk, src), batch))
+        for chunk, src in list(peer.tails.items()):
+            batch.cancelled.append(self.release((ident, chunk, src), batch))
         for key in list(peer.outgoing):
             batch.cancelled.append(self.release(key, batch))
         self.drop_holdings(peer, batch)

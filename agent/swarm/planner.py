@@ -70,6 +70,12 @@ from agent.swarm.protocol import MAX_REPORTS, PlanTarget, clip_ranges
 Done = tuple[tuple[int, str], ...]  # (chunk, source) reports
 Failed = tuple[tuple[int, str, bool], ...]  # (chunk, source, bad data) reports
 POLL_RETRY = 0.05  # s before asking again after an answer that started nothing
+# A transfer is reported `finishing` when its remaining bytes need less than this many report
+# round trips (the next assignment's trip to us, then its first byte's); DEFAULT_RTT until
+# the first report's round trip is measured.
+LEAD_RTTS = 3.0
+DEFAULT_RTT = 0.01  # s
+RTT_WEIGHT = 0.25  # of the newest sample in the moving average of report round trips
 FLUSH_ATTEMPTS = 3  # tries to deliver the last reports once the layer is complete
 # Why a node leaves the swarm for a layer; "cache": the layer does not fit this node's cache
 # (the driver's own cause, for metrics).
@@ -162,6 +168,10 @@ class LayerPlanner:
     done_reports: list[tuple[int, str]] = field(default_factory=list, init=False)
     failed_reports: list[tuple[int, str, bool]] = field(default_factory=list, init=False)
     missing_reports: list[tuple[int, str]] = field(default_factory=list, init=False)
+    finishing_reports: list[tuple[int, str]] = field(default_factory=list, init=False)
+    tailing: set[tuple[int, str]] = field(default_factory=set, init=False)  # said finishing
+    rtt: float = field(default=DEFAULT_RTT, init=False)  # s, reports' round trips (average)
+    sent_at: dict[int, float] = field(default_factory=dict, init=False)  # id(report) -> time
     tell_have: bool = field(default=False, init=False)  # the next request says what we hold
     polling: bool = field(default=False, init=False)  # the standing request is in flight
     reporting: int = field(default=0, init=False)  # report requests in flight
@@ -178,6 +188,11 @@ class LayerPlanner:
     @property
     def in_flight(self) -> int:
         return sum(len(sources) for sources in self.fetching.values())
+
+    @property
+    def finish_lead(self) -> float:
+        """Seconds before a transfer's end at which to report it `finishing`."""
+        return LEAD_RTTS * self.rtt
 
     @property
     def complete(self) -> bool:
@@ -205,6 +220,9 @@ class LayerPlanner:
         """`root` answered `request` with `plan`."""
         pending = _Pending()
         self._request_ended(request)
+        sent = self.sent_at.pop(id(request), None)
+        if sent is not None:
+            self.rtt += RTT_WEIGHT * (now - sent - self.rtt)
         if request.have is not None:
             self.tell_have = False
         if plan.error is not None:
@@ -236,11 +254,13 @@ class LayerPlanner:
         """`root` did not answer `request` (unreachable, timed out, refused, a bad reply)."""
         pending = _Pending(bench=root)
         self._request_ended(request)
+        self.sent_at.pop(id(request), None)
         self.fresh = self.fresh or request.fresh  # the next root must hear it too
         # Its reports go again (first), to whichever root owns the layer now, with our holdings.
         self.done_reports[:0] = list(request.done)
         self.failed_reports[:0] = list(request.failed)
         self.missing_reports[:0] = list(request.missing)
+        self.finishing_reports[:0] = [r for r in request.finishing if r in self.tailing]
         self.tell_have = self.size is not None
         if request.poll:
             self.poll_at = now + POLL_RETRY
@@ -266,6 +286,19 @@ class LayerPlanner:
                 pending.cancel.append(Transfer(chunk=chunk, source=other))
         self._poll(pending, now)
         self._report(pending)
+        return self._settle(pending, now)
+
+    def finishing(self, chunk: int, source: str, now: float) -> Decisions:
+        """The transfer of `chunk` from `source` is in its last bytes (less than
+        `finish_lead` seconds to go): its download slot is free for the next transfer, and the
+        root hears it at once, so the next chunk is under way as this one ends."""
+        pending = _Pending()
+        transfer = (chunk, source)
+        if source in self.fetching.get(chunk, ()) and transfer not in self.tailing:
+            self.tailing.add(transfer)
+            self.finishing_reports.append(transfer)
+            self._poll(pending, now)
+            self._report(pending)
         return self._settle(pending, now)
 
     def stored(self, chunk: int, source: str, now: float) -> Decisions:
@@ -364,6 +397,7 @@ class LayerPlanner:
     # -- rules ------------------------------------------------------------------------------
 
     def _end_transfer(self, chunk: int, source: str) -> bool:
+        self.tailing.discard((chunk, source))
         sources = self.fetching.get(chunk)
         if sources is None or source not in sources:
             return False
@@ -396,7 +430,7 @@ class LayerPlanner:
     def _want(self) -> int:
         if self.complete:
             return 0
-        slots = self.parallel - self.in_flight
+        slots = self.parallel - self.in_flight + len(self.tailing)  # a tail holds no slot
         if self.window is not None:  # room in the cache's window, counting what is on its way
             slots = min(slots, self.window - len(self.held) - self.in_flight - len(self.storing))
         return max(0, slots)
@@ -406,21 +440,28 @@ class LayerPlanner:
             return None
         return clip_ranges(self.held | self.passed)
 
-    def _take_reports(self) -> tuple[Done, Failed, Done]:
+    def _take_reports(self) -> tuple[Done, Failed, Done, Done]:
         done = self.done_reports[:MAX_REPORTS]
         del self.done_reports[: len(done)]
         failed = self.failed_reports[: MAX_REPORTS - len(done)]
         del self.failed_reports[: len(failed)]
         lost = self.missing_reports[: MAX_REPORTS - len(done) - len(failed)]
         del self.missing_reports[: len(lost)]
-        return tuple(done), tuple(failed), tuple(lost)
+        ending = self.finishing_reports[: MAX_REPORTS - len(done) - len(failed) - len(lost)]
+        del self.finishing_reports[: len(ending)]
+        return tuple(done), tuple(failed), tuple(lost), tuple(ending)
 
     @property
     def _reports_waiting(self) -> bool:
-        return bool(self.done_reports or self.failed_reports or self.missing_reports)
+        return bool(
+            self.done_reports
+            or self.failed_reports
+            or self.missing_reports
+            or self.finishing_reports
+        )
 
     def _request(self, *, poll: bool) -> PlanTarget:
-        done, failed, lost = self._take_reports()
+        done, failed, lost, ending = self._take_reports()
         fresh, self.fresh = self.fresh, False
         return PlanTarget(
             fresh=fresh,
@@ -432,6 +473,7 @@ class LayerPlanner:
             done=done,
             failed=failed,
             missing=lost,
+            finishing=ending,
             past=self.past,
             poll=poll,
         )
@@ -488,8 +530,12 @@ class LayerPlanner:
         wake_at = min(wakes) if wakes and self.outcome is None else None
         decided = {f.name: getattr(pending, f.name) for f in dataclasses.fields(pending)}
         running = self.outcome is None
+        requests = tuple(pending.requests) if running or self.outcome == "finished" else ()
+        for request in requests:
+            if not request.poll:  # a report: its round trip tells when to say `finishing`
+                self.sent_at[id(request)] = now
         decided.update(
-            requests=tuple(pending.requests) if running or self.outcome == "finished" else (),
+            requests=requests,
             start=tuple(pending.start) if running else (),
             cancel=tuple(pending.cancel),
         )

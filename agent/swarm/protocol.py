@@ -14,17 +14,19 @@ build on: the limits, the errors, the field checks, and
 
   - ``GET|HEAD /p2p/v1/chunk/<digest>/<index>`` → :class:`ChunkTarget` (``rpc:pread`` /
     ``rpc:stat``);
-  - ``GET /p2p/v1/plan/<digest>?upstream=&repo=&want=&have=&done=&failed=&missing=&past=`` →
+  - ``GET /p2p/v1/plan/<digest>?upstream=&repo=&want=&have=&done=&failed=&missing=&finishing=
+    &past=`` →
     :class:`PlanTarget`, an agent asking the owning root for work.
 
   Query values are ``have=0-5,8,10-12`` (compact ranges, :func:`encode_ranges`),
   ``done=<chunk>@<node>,...`` (transfers finished and verified) and
   ``failed=<chunk>@<node>,<chunk>!@<node>,...`` (transfers that failed; ``!`` marks a source
   that served bytes whose sha256 was wrong) and ``missing=<chunk>@<node>,...`` (the source
-  answered 404: it no longer holds the chunk).  Brackets of IPv6 node ids are percent-encoded
-  (``%5B``/``%5D``, RFC 3986 keeps ``[`` and ``]`` out of queries); nothing else is encoded
-  and no other ``%`` is accepted.  Numbers are plain decimals without leading zeros, so a
-  target has one spelling.
+  answered 404: it no longer holds the chunk) and ``finishing=<chunk>@<node>,...`` (transfers
+  in their last bytes: their slots may take the next transfer).  Brackets of IPv6 node ids
+  are percent-encoded (``%5B``/``%5D``, RFC 3986 keeps ``[`` and ``]`` out of queries);
+  nothing else is encoded and no other ``%`` is accepted.  Numbers are plain decimals without
+  leading zeros, so a target has one spelling.
 
   Every field has a bound, chosen so that the longest possible plan request line (sha512
   digest, longest upstream and repository, the worst ``have`` of a 2000-chunk layer,
@@ -299,6 +301,8 @@ class PlanTarget:
       when the source served bytes whose sha256 was wrong (not merely unreachable);
     - ``missing``: ``(chunk, source)`` transfers the source answered 404: it does not hold
       that chunk (any more), which is no fault of the source;
+    - ``finishing``: ``(chunk, source)`` transfers in their last bytes (about a plan round trip
+      from their end): the root may give both links their next transfer now (pipelining);
     - ``past``: chunks below this index the agent no longer wants (its cache keeps a window of
       the layer and its readers are beyond them);
     - ``fresh``: the first request of a new download of the layer on that node: whatever the
@@ -318,6 +322,7 @@ class PlanTarget:
     done: tuple[tuple[int, str], ...] = ()
     failed: tuple[tuple[int, str, bool], ...] = ()
     missing: tuple[tuple[int, str], ...] = ()
+    finishing: tuple[tuple[int, str], ...] = ()
     past: int = 0
     fresh: bool = False
     poll: bool = False
@@ -342,9 +347,10 @@ class PlanTarget:
                 )
             object.__setattr__(self, "have", have)
         failed = tuple(self.failed)
-        if len(tuple(self.done)) + len(failed) + len(tuple(self.missing)) > MAX_REPORTS:
+        reports = len(tuple(self.done)) + len(tuple(self.missing)) + len(tuple(self.finishing))
+        if reports + len(failed) > MAX_REPORTS:
             raise P2PProtocolError(
-                f"more than {MAX_REPORTS} done/failed/missing reports in one request; "
+                f"more than {MAX_REPORTS} done/failed/missing/finishing reports in one request; "
                 "send the rest with the next"
             )
         checked_failed = []
@@ -358,6 +364,7 @@ class PlanTarget:
         object.__setattr__(self, "done", _check_pairs(self.done, "done"))
         object.__setattr__(self, "failed", tuple(checked_failed))
         object.__setattr__(self, "missing", _check_pairs(self.missing, "missing"))
+        object.__setattr__(self, "finishing", _check_pairs(self.finishing, "finishing"))
 
     def target(self) -> str:
         params = [
@@ -376,6 +383,8 @@ class PlanTarget:
             )
         if self.missing:
             params.append("missing=" + ",".join(f"{c}@{_quote(n)}" for c, n in self.missing))
+        if self.finishing:
+            params.append("finishing=" + ",".join(f"{c}@{_quote(n)}" for c, n in self.finishing))
         if self.past:
             params.append(f"past={self.past}")
         if self.fresh:
@@ -394,6 +403,7 @@ _PLAN_PARAMS = (
     "done",
     "failed",
     "missing",
+    "finishing",
     "past",
     "fresh",
     "poll",
@@ -463,6 +473,7 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
     done = [(c, n) for c, n, _ in _parse_reports(params.get("done", ""), "done", marks=False)]
     failed = _parse_reports(params.get("failed", ""), "failed", marks=True)
     lost = _parse_reports(params.get("missing", ""), "missing", marks=False)
+    ending = _parse_reports(params.get("finishing", ""), "finishing", marks=False)
     poll_text, fresh_text = params.get("poll", "0"), params.get("fresh", "0")
     if poll_text not in ("0", "1") or fresh_text not in ("0", "1"):
         raise P2PProtocolError(f"poll and fresh must be 0 or 1, got {poll_text[:20]!r}")
@@ -475,6 +486,7 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
         done=tuple(done),
         failed=tuple(failed),
         missing=tuple((c, n) for c, n, _ in lost),
+        finishing=tuple((c, n) for c, n, _ in ending),
         past=parse_decimal(params.get("past", "0"), "past", MAX_CHUNKS + 1),
         fresh=fresh_text == "1",
         poll=poll_text == "1",

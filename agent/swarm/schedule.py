@@ -10,23 +10,20 @@ about every half second. Every event carries `now` (seconds, never decreasing) a
 `Actions`: the assignments it made, for any node, and the assignments it cancelled. The
 schedule never reads a clock and never sends anything.
 
-This module holds the rules: who may take what, and the matching that applies them after each
-event. The facts they read -- who holds which chunk, the transfers in flight, the free upload
-slots, bans -- are recorded by the schedule's `Ledger` (agent/swarm/ledger.py), which keeps its
-indexes consistent with one another and makes no decision.
+This module holds the rules (who may take what) and the matching that applies them after each
+event; the facts they read (holdings, transfers, free slots, bans) are the `Ledger`'s
+(agent/swarm/ledger.py), which keeps its indexes consistent and makes no decision.
 
-An agent's `request` states its *demand*: how many new transfers it could start now. Demand
-that cannot be met at once stays open and a later event may meet it (a chunk landing at the
-root, a slot freeing, a node finishing a chunk): the adapter holds the agent's long poll and
-hands it what was assigned to it meanwhile. The next `request` replaces the demand, so an agent
-states its free download slots minus the assignments it has not seen yet. An agent should keep
-2 slots: one for its download, one spare for a second source when that download is late.
+An agent's `request` states its *demand*: how many new transfers it could start now (its free
+download slots less the assignments it has not seen yet; it keeps 2: one, and a spare for a
+second source of a late download). Demand that cannot be met at once stays open for a later
+event (a chunk landing at the root, a slot freeing); the adapter holds the agent's long poll
+and hands it what was assigned meanwhile. The next `request` replaces the demand.
 
-The rules bring a swarm near the Kumar-Ross floor (docs/ARCHITECTURE.md, "The floor"). They rest on
-one observation, which the simulator (tests/swarm/swarmsim.py) confirms: transfers sharing a link
-each run slower, so every hop a chunk makes takes longer, and a chunk makes log2(N) hops to reach N
-nodes. So the schedule keeps *one transfer per link* (extra ones only where they do not slow
-anyone), and keeps the root's link, the narrowest point, busy with first copies only.
+The rules bring a swarm near the Kumar-Ross floor (docs/ARCHITECTURE.md, "The floor"). Transfers
+sharing a link each run slower, so every one of a chunk's log2(N) hops takes longer (the
+simulator, tests/swarm/swarmsim.py, confirms it): the schedule keeps *one transfer per link*,
+and the root's link, the narrowest point, busy with first copies only.
 
 - **Window.** A node is given chunks in [first missing, first missing + window) only, lowest
   first, so its client reads the layer in order while the swarm fills.
@@ -38,12 +35,11 @@ anyone), and keeps the root's link, the narrowest point, busy with first copies 
   least-loaded holder with a free slot, the fastest among equals (each peer's *pace* is the
   moving average of its uploads' durations). When every holder is busy the node waits.
 - **Striping.** The root sends only chunks no live peer holds ("root-only"; also a chunk held
-  by slow peers only), one copy at a time, and only to a node downloading nothing else (so the
-  root's link runs at full speed). When a root slot frees, the lowest root-only chunk goes to a
-  waiting node that is not slow and had the fewest chunks from the root; a node that asks while
-  the root is idle takes a root-only chunk before anything else. So first copies of successive
-  chunks land on different nodes, each of which then serves its chunk to the rest, and the
-  root's link carries each chunk once.
+  by slow peers only), one copy at a time, to a node downloading nothing else. A freed root
+  slot sends the lowest root-only chunk to a waiting node that is not slow and had the fewest
+  from the root; a node that asks while the root is idle takes a root-only chunk first. So
+  first copies land on different nodes, which serve them to the rest: the root's link carries
+  each chunk once.
 - **Spreading.** When a peer's slot frees, or it just finished a chunk, it serves a waiting
   node that lacks the rarest chunk it holds (fewest holders, then lowest index; waiters in the
   order they began waiting): fresh chunks spread by doubling while old chunks, which many hold,
@@ -51,6 +47,8 @@ anyone), and keeps the root's link, the narrowest point, busy with first copies 
 - **Slow sources.** A peer whose pace is LATE times the usual transfer duration or worse only
   serves chunks that no faster peer holds, and gets no first copies from the root while a
   faster node exists: a slow link loses its requests to faster holders.
+- **Pipelining.** A transfer `finishing` (its last bytes, about a plan round trip before the
+  end) frees both ends' slots: each link's next transfer starts as this one ends.
 - **Late transfers, endgame.** A transfer from a peer that has run LATE times the usual
   duration (once the node lacks at most `endgame` chunks: the usual duration) may get a second
   source, an idle peer, if the node has demand to spare; the first to complete wins and the
@@ -61,20 +59,13 @@ anyone), and keeps the root's link, the narrowest point, busy with first copies 
   `transfer_timeout`: the slot frees and that node *avoids* that source from then on; if a node
   avoids every holder of a chunk, the root serves it the chunk. `missing`: the source said
   it no longer holds the chunk (evicted): it stops counting as a holder, nobody avoids it.
-  `leave`: the node's holdings, transfers and slots vanish; chunks only it held become
-  root-only again.
+  `leave`: the node's holdings, transfers and slots vanish (its chunks may be root-only again).
 - **The root's window.** A root whose cache is smaller than the layer holds a window of it
   (`root_stored`, `root_released`): a chunk may go once every live node has it or is past it
   (`root_keeps`); a chunk nodes wait for that nobody they may take it from holds is `lost`
   and the root fetches it again from the origin.
 
-Cost per event (N nodes, C chunks, W window, H holders of a chunk, F peers with a free slot,
-K chunks some node waits for -- about W plus the spread of the nodes' positions): `request`
-O(W·min(H, F)), plus O(C) when it carries `have`; `completed` and `failed` O(W·min(H, F) + K)
-plus the waiters looked at (usually the first is taken); a root slot freeing O(K log K + the
-waiters of one chunk); `expire` O(transfers older than the usual duration); `leave` and a ban
-O(C + the node's transfers). min(H, F) is a set intersection done in C. Nothing is O(N·C): a
-1000-node swarm of 32 chunks (32000 transfers) simulates in about 2 s of CPU, 2000 nodes in 6.
+Cost per event: docs/ARCHITECTURE.md, "The swarm" (nothing is O(N·C)).
 """
 
 from __future__ import annotations
@@ -218,11 +209,22 @@ class LayerSchedule:
         if not peer.held[chunk]:
             peer.downloaded += 1
             ledger.add_holding(peer, chunk, batch)
-            for other in list(peer.incoming.get(chunk, ())):
+            tail = [peer.tails[chunk]] if chunk in peer.tails else []  # finishing, lost too
+            for other in list(peer.incoming.get(chunk, ())) + tail:
                 loser = ledger.release((peer.ident, chunk, other), batch)
                 batch.cancelled.append(loser)
                 self._clock(other, now - loser.issued)  # at least that long
         return self._settle(batch, now)
+
+    def finishing(self, node: str, chunk: int, source: str, now: float) -> Actions:
+        """The transfer of `chunk` from `source` to `node` is in its last bytes (about a plan
+        round trip before its end): both links take their next transfer now, so neither idles
+        while reports and assignments travel. It still ends (`completed`, `failed`)."""
+        self._tick(now)
+        self._ledger.check_chunk(chunk)
+        batch, ids = Batch(), self._ledger.ids
+        key = (ids.get(node, -1), chunk, ids.get(source, -1))
+        return self._settle(batch, now) if self._ledger.finishing(key, batch) else NOTHING
 
     def failed(self, node: str, chunk: int, source: str, *, bad_data: bool, now: float) -> Actions:
         """The transfer of `chunk` from `source` to `node` ended without the chunk.
@@ -261,10 +263,8 @@ class LayerSchedule:
         return self._settle(batch, now)
 
     def leave(self, node: str, now: float) -> Actions:
-        """`node` is gone: its holdings, its transfers (both ways) and its demand vanish.
-
-        Its transfers come back as cancelled; the nodes that were downloading from it ask
-        again when their agents notice."""
+        """`node` is gone: its holdings, its transfers (both ways, returned as cancelled; its
+        downloaders ask again when they notice) and its demand vanish."""
         self._tick(now)
         ident = self._ledger.ids.get(node)
         peer = self._peers.get(ident) if ident is not None else None
@@ -328,10 +328,8 @@ class LayerSchedule:
         return list(self._flights.values())
 
     def root_keeps(self, chunk: int) -> bool:
-        """Whether the root must keep `chunk`: it is sending it (or assigned to), or a live
-        node still wants it. Peers' windows let chunks go too, so a chunk a peer holds now may
-        be gone when a slower node wants it: the root holds each chunk until every node it
-        knows has it or is past it, and a node that joins later gets a chunk fetched again."""
+        """Whether the root must keep `chunk`: it is sending it, or a live node still wants it
+        (peers' windows let chunks go too: a node that joins later gets it fetched again)."""
         if self._root_sending[chunk]:
             return True
         return any(not p.held[chunk] and chunk >= p.past for p in self._peers.values())
@@ -372,8 +370,8 @@ class LayerSchedule:
     # Who may take what
 
     def _slow(self, peer: Peer) -> bool:
-        """A peer whose uploads take LATE times the usual duration or longer (its pace says so,
-        or one of its uploads has been running that long)."""
+        """A peer whose uploads take LATE times the usual duration or longer (its pace, or an
+        upload running that long)."""
         if self._typical <= 0:
             return False
         limit = LATE * self._typical
@@ -401,12 +399,12 @@ class LayerSchedule:
         inside its window; else those in flight to it that are late (for a second source)."""
         if peer.from_root:
             return []
-        if peer.incoming:
+        if peer.incoming:  # a chunk whose other transfer is finishing needs no second source
             late = [c for c, src in peer.incoming.items() if self._late(peer, c, src, now)]
-            return sorted(late)
-        held, out = peer.held, []
+            return sorted(c for c in late if c not in peer.tails)
+        held, tails, out = peer.held, peer.tails, []
         for c in range(peer.first, min(peer.first + self.window, self.chunk_count)):
-            if not held[c]:
+            if not held[c] and c not in tails:
                 out.append(c)
         return out
 
@@ -414,6 +412,8 @@ class LayerSchedule:
         """Whether `peer` may now fetch `chunk` from `src`, a peer holding it with a free slot
         (the window aside: the waiting lists reflect it)."""
         if peer.demand <= 0 or peer.held[chunk] or peer.from_root or chunk < peer.past:
+            return False
+        if chunk in peer.tails:
             return False
         if chunk >= peer.first + self.window:
             return False
@@ -472,6 +472,7 @@ class LayerSchedule:
             or peer.demand <= 0
             or peer.held[chunk]
             or peer.incoming
+            or chunk in peer.tails
         ):
             return False
         if self._slow(peer) and any(not self._slow(p) for p in self._peers.values()):

@@ -272,8 +272,8 @@ class Tracker:
         return layer.sealed
 
     def _take_reports(self, layer: RootLayer, asker: str, request: PlanTarget, now: float) -> None:
-        """Feed the agent's reports (a fresh start, transfers done, failed, missing) to the
-        layer's schedule, and deliver what the schedule decided."""
+        """Feed the agent's reports (a fresh start, transfers done, failed, missing, finishing)
+        to the layer's schedule, and deliver what the schedule decided."""
         schedule = layer.schedule
         assert schedule is not None
         if request.fresh:  # a new download there: what we knew of the node is from before
@@ -302,6 +302,8 @@ class Tracker:
                 self._deliver(layer, schedule.leave(source, now))
         for chunk, source in request.missing:  # evicted there: no fault, just not a holder
             self._deliver(layer, schedule.missing(asker, chunk, source, now))
+        for chunk, source in request.finishing:  # last bytes: both links take their next
+            self._deliver(layer, schedule.finishing(asker, chunk, source, now))
 
     async def _start_layer(
         self, request: PlanTarget, upstream: Upstream, headers: list[tuple[bytes, bytes]]

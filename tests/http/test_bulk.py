@@ -80,6 +80,7 @@ async def test_a_raw_body_read_wakes_per_mib_and_still_gets_its_last_bytes() -> 
                     sock = response._conn.stream.socket  # type: ignore[attr-defined]
                     marks.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT))
         assert bytes(buffer[-tail:]) == b"b" * tail
-        assert marks[0] == RAW_LOW_WATER  # a multi-MiB body: wake per MiB
+        # (the first read may come from bytes that arrived with the head, not the socket)
+        assert RAW_LOW_WATER in marks  # a multi-MiB body: wake per MiB
         assert min(marks) <= tail  # the last bytes: no more than the body still owed
         nursery.cancel_scope.cancel()

@@ -59,7 +59,9 @@ ROOT_NAME = "root"
 SIM_DIGEST = "sha256:" + "5" * 64
 
 # Event kinds, in the order they are handled at equal times.
-(_ORIGIN, _DONE, _START, _ARRIVE, _REPLY, _HOLD_END, _WAKE, _JOIN, _LEAVE, _EXPIRE) = range(10)
+(_ORIGIN, _DONE, _START, _ARRIVE, _REPLY, _HOLD_END, _WAKE, _JOIN, _LEAVE, _EXPIRE, _TAIL) = range(
+    11
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,6 +191,7 @@ class _Flow:
         "version",
         "running",
         "began",
+        "tailed",
     )
 
     def __init__(self, src: int, dst: int, chunk: int, size: int) -> None:
@@ -202,6 +205,7 @@ class _Flow:
         self.version = 0
         self.running = False
         self.began = math.nan  # time of the first byte
+        self.tailed = False  # its planner was told it is finishing
 
 
 class Simulation:
@@ -318,6 +322,14 @@ class Simulation:
             assert isinstance(obj, _Flow)
             if obj.running and obj.version == version:
                 self.finish(obj, now)
+        elif kind == _TAIL:  # as the driver: less than the planner's lead to go
+            assert isinstance(obj, _Flow)
+            if obj.running and obj.version == version and not obj.tailed:
+                obj.tailed = True
+                source = self.ids[obj.src]
+                self.agent_does(
+                    obj.dst, self.planners[obj.dst].finishing(obj.chunk, source, now), now
+                )
         elif kind == _START:
             assert isinstance(obj, _Flow)
             self.start(obj, now)
@@ -377,6 +389,8 @@ class Simulation:
             if bad:
                 self.banned.add(self.index[source])
             self.deliver(schedule.failed(ident, chunk, source, bad_data=bad, now=now), now)
+        for chunk, source in request.finishing:
+            self.deliver(schedule.finishing(ident, chunk, source, now), now)
         self.deliver(schedule.request(ident, have=request.have, want=request.want, now=now), now)
         if request.poll and request.want and not self.mailbox[node]:
             self.hold_version[node] += 1
@@ -565,6 +579,9 @@ class Simulation:
         f.rate = rate
         f.version += 1
         self.push(now + f.remaining / rate, _DONE, f, f.version)
+        if not f.tailed:
+            lead = self.planners[f.dst].finish_lead if f.dst < self.config.nodes else 0.0
+            self.push(max(now, now + f.remaining / rate - lead), _TAIL, f, f.version)
 
     def rebalance(self, now: float) -> None:
         """Max-min fair rates over every link (progressive filling): O(links x flows)."""

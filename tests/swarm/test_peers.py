@@ -322,8 +322,16 @@ async def test_chunk_the_node_does_not_hold_gets_404(swarm: Swarm, registry: Fak
         assert not entry.has_chunk(2)
 
         buffer = bytearray(CHUNK)
-        await client.fetch_chunk(root.node, blob.digest, 1, CHUNK, into=memoryview(buffer))
+        heard: list[int] = []
+
+        async def progress(filled: int) -> None:
+            heard.append(filled)
+
+        await client.fetch_chunk(
+            root.node, blob.digest, 1, CHUNK, into=memoryview(buffer), progress=progress
+        )
         assert buffer == chunk_of(blob, 1)
+        assert heard and heard == sorted(heard) and heard[-1] == CHUNK  # what the pipelining reads
         for digest, index in ((blob.digest, 5), (stranger.digest, 0), (blob.digest, 8)):
             with pytest.raises(PeerError) as missing:
                 await client.fetch_chunk(root.node, digest, index, CHUNK, into=memoryview(buffer))

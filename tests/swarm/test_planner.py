@@ -137,6 +137,47 @@ def test_a_full_slot_set_sends_no_poll_until_a_transfer_ends() -> None:
     assert [(r.want, r.failed) for r in d.requests] == [(1, ((1, PEERS[0], False),))]
 
 
+def test_a_finishing_transfer_frees_its_slot_and_tells_the_root_once() -> None:
+    """Pipelining: the last bytes of a transfer hold no slot; the next one is asked for at
+    once (the standing request carries the report), and the transfer still ends normally."""
+    p = planner(parallel=2)
+    request = only(p.start(0.0))
+    d = reply_to(p, request, plan(assignments=((0, ROOT), (1, PEERS[0]))), ROOT, 0.1)
+    assert len(d.start) == 2 and d.requests == ()  # both slots busy
+    d = p.finishing(1, PEERS[0], 0.3)
+    assert [(r.poll, r.want, r.finishing) for r in d.requests] == [(True, 1, ((1, PEERS[0]),))]
+    assert p.finishing(1, PEERS[0], 0.31).requests == ()  # said once
+    assert p.finishing(2, PEERS[1], 0.32).requests == ()  # not a transfer of ours
+    d = p.received(1, PEERS[0], sha(1), 0.4)
+    assert d.store == Transfer(chunk=1, source=PEERS[0]) and not p.tailing
+
+
+def test_a_finishing_report_that_got_no_answer_goes_again_while_the_transfer_runs() -> None:
+    p = planner(parallel=1)
+    request = only(p.start(0.0))
+    reply_to(p, request, plan(assignments=((0, ROOT), (1, PEERS[0]))), ROOT, 0.1)
+    p.polling = True  # the standing request is out: the finishing report goes on its own
+    sent = only(p.finishing(0, ROOT, 0.2))
+    assert not sent.poll and sent.finishing == ((0, ROOT),)
+    d = p.unanswered(sent, ROOT, "timed out", 0.3)
+    assert [r.finishing for r in reports(d)] == [((0, ROOT),)]
+
+
+def test_the_finishing_lead_follows_the_reports_round_trips() -> None:
+    """Reports answered 100 ms after they left: the lead grows toward a few round trips."""
+    p = planner(parallel=2)
+    request = only(p.start(0.0))
+    reply_to(p, request, plan(assignments=((0, ROOT), (1, PEERS[0]))), ROOT, 0.1)
+    first = p.finish_lead
+    now = 0.2
+    for chunk, source in ((0, ROOT), (1, PEERS[0])):
+        p.received(chunk, source, sha(chunk), now)
+        for report in reports(p.stored(chunk, source, now)):
+            p.answered(report, plan(), ROOT, now + 0.1)
+        now += 0.2
+    assert first < p.finish_lead < 3 * 0.1 + 1e-9
+
+
 def test_a_404_is_reported_as_missing_not_as_a_failure() -> None:
     p = planner(parallel=1)
     request = only(p.start(0.0))

@@ -67,6 +67,7 @@ def plan_targets(draw: st.DrawFn) -> PlanTarget:
     n_done = draw(st.integers(0, MAX_REPORTS))
     n_failed = draw(st.integers(0, MAX_REPORTS - n_done))
     n_missing = draw(st.integers(0, MAX_REPORTS - n_done - n_failed))
+    n_finishing = draw(st.integers(0, MAX_REPORTS - n_done - n_failed - n_missing))
     return PlanTarget(
         digest=draw(digests),
         upstream=draw(upstreams),
@@ -76,6 +77,7 @@ def plan_targets(draw: st.DrawFn) -> PlanTarget:
         done=tuple(draw(st.tuples(chunk_indexes, nodes)) for _ in range(n_done)),
         failed=tuple(draw(st.tuples(chunk_indexes, nodes, st.booleans())) for _ in range(n_failed)),
         missing=tuple(draw(st.tuples(chunk_indexes, nodes)) for _ in range(n_missing)),
+        finishing=tuple(draw(st.tuples(chunk_indexes, nodes)) for _ in range(n_finishing)),
         past=draw(st.integers(0, 5000)),
         fresh=draw(st.booleans()),
         poll=draw(st.booleans()),
@@ -349,23 +351,30 @@ def test_builders() -> None:
     )
 
 
-def test_missing_reports_are_encoded_like_done_and_counted_with_the_rest() -> None:
-    target = PlanTarget(
-        digest=DIGEST, upstream="r.io", repo="x", want=0, missing=((4, "[FD00::2]:65002"),)
-    )
-    assert target.target().endswith("&missing=4@%5Bfd00::2%5D:65002")
+@pytest.mark.parametrize(
+    ("field", "node", "spelled"),
+    [
+        ("missing", "[FD00::2]:65002", "4@%5Bfd00::2%5D:65002"),
+        ("finishing", "10.0.0.3:65002", None),
+    ],
+)
+def test_missing_and_finishing_reports_are_encoded_like_done_and_counted_with_the_rest(
+    field: str, node: str, spelled: str | None
+) -> None:
+    target = PlanTarget(digest=DIGEST, upstream="r.io", repo="x", want=0, **{field: ((4, node),)})
+    assert target.target().endswith(f"&{field}={spelled or '4@' + node}")
     assert parse_target("GET", target.target()) == target
-    with pytest.raises(P2PProtocolError, match="done/failed/missing"):
+    with pytest.raises(P2PProtocolError, match="done/failed/missing/finishing reports"):
         PlanTarget(
             digest=DIGEST,
             upstream="r.io",
             repo="x",
             want=0,
             done=tuple((i, "10.0.0.1:1") for i in range(MAX_REPORTS)),
-            missing=((0, "10.0.0.2:1"),),
+            **{field: ((0, "10.0.0.2:1"),)},
         )
-    with pytest.raises(P2PProtocolError, match="missing entries"):
-        PlanTarget(digest=DIGEST, upstream="r.io", repo="x", want=0, missing=((1, "a:1", True),))
+    with pytest.raises(P2PProtocolError, match=f"{field} entries"):
+        PlanTarget(digest=DIGEST, upstream="r.io", repo="x", want=0, **{field: ((1, "a:1", True),)})
 
 
 @given(plan_targets())
@@ -399,6 +408,7 @@ def test_longest_plan_request_line_is_under_8_KiB() -> None:
         failed=tuple((big, node, True) for _ in range(MAX_REPORTS - MAX_REPORTS // 2)),
         missing=((big, node),),
     ).target()
+
     request_line = f"GET {target} HTTP/1.1\r\n"
     assert len(request_line) < 8192, len(request_line)
     assert parse_target("GET", target).have == worst_have

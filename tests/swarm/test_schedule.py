@@ -119,6 +119,63 @@ def test_one_download_at_a_time() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Pipelining: a transfer in its last bytes frees both links for the next one
+
+
+def test_a_finishing_transfer_frees_the_roots_slot_for_the_next_first_copy() -> None:
+    s = schedule(4)
+    s.origin_progress(4, now=0)
+    assert triples(s.request("a", want=2, now=0)) == [("a", 0, ROOT)]
+    assert not s.request("b", want=2, now=0)  # the root's one slot is busy
+    assert triples(s.finishing("a", 0, ROOT, now=0.1)) == [("b", 1, ROOT)]
+    assert s.flying("a", 0, ROOT)  # still in flight until it ends
+    assert triples(s.completed("a", 0, ROOT, now=0.2)) == []
+    assert s.progress()["root"]["uploading"] == 1  # b's transfer only: not freed twice
+
+
+def test_a_finishing_transfer_frees_the_sources_slot_and_the_receivers() -> None:
+    s = schedule(4)
+    s.request("a", have=[0, 1], want=0, now=0)
+    assert triples(s.request("b", want=2, now=0)) == [("b", 0, "a")]
+    assert not s.request("c", want=2, now=0)  # a's one slot is busy
+    assert triples(s.finishing("b", 0, "a", now=0.1)) == [("c", 0, "a")]
+    nodes = s.progress()["nodes"]
+    assert nodes["a"]["uploading"] == 1 and nodes["b"]["demand"] == 1  # b may take its next
+    assert not s.finishing("b", 0, "a", now=0.1)  # said once is enough
+    s.failed("b", 0, "a", bad_data=False, now=0.2)  # it failed after all: b wants chunk 0 again
+    assert s.progress()["nodes"]["a"]["uploading"] == 1
+    assert triples(s.request("d", have=[0], want=0, now=0.3)) == [("b", 0, "d")]
+
+
+def test_a_finishing_second_source_is_not_assigned_again_and_its_loser_is_cancelled() -> None:
+    """Found by random event sequences: a late chunk with two sources, one of them finishing,
+    was given that same source again (the transfer twice in the books, a KeyError later)."""
+    s = schedule(3, endgame=3)
+    s.request("p", have=[0, 1, 2], want=0, now=0)
+    s.request("q", have=[0, 1, 2], want=0, now=0)
+    first = triples(s.request("n", want=2, now=0))
+    assert first == [("n", 0, "p")]
+    (chunk1,) = triples(s.completed("n", 0, "p", now=1.0))  # usual duration: 1 s
+    assert not s.request("n", want=1, now=1.0)  # its spare slot, for a second source
+    second = triples(s.expire(now=2.5))  # chunk 1 is late: a second source
+    assert len(second) == 1 and second[0][1] == 1 and second[0][2] != chunk1[2]
+    late, extra = chunk1[2], second[0][2]
+    s.finishing("n", 1, extra, now=2.6)
+    again = triples(s.request("n", want=1, now=2.6))  # the report's demand: a slot is free
+    assert ("n", 1, extra) not in again  # not the finishing transfer a second time
+    done = s.completed("n", 1, late, now=2.7)  # the first source wins after all
+    assert ("n", 1, extra) in cancelled(done)  # the finishing copy lost: cancelled
+    assert not [a for a in s.in_flight() if a.chunk == 1]
+
+
+def test_finishing_an_unknown_transfer_changes_nothing() -> None:
+    s = schedule(4)
+    s.request("a", have=[0], want=0, now=0)
+    assert not s.finishing("b", 0, "a", now=0)
+    assert not s.finishing("nobody", 1, "a", now=0)
+
+
+# --------------------------------------------------------------------------------------------
 # Sources: slots, load, speed
 
 
@@ -587,6 +644,7 @@ class ScheduleMachine(RuleBasedStateMachine):
         self.held: dict[str, set[int]] = {}  # live nodes -> chunks they really hold
         self.banned: set[str] = set()
         self.at_root: set[int] = set()  # chunks really on the root's disk
+        self.tails: set[tuple[str, int, str]] = set()  # transfers said to be finishing
 
     def check(self, actions: Actions) -> None:
         for a in actions.assigned:
@@ -641,6 +699,15 @@ class ScheduleMachine(RuleBasedStateMachine):
             self.held[a.node].add(a.chunk)
             self.act(self.s.completed(a.node, a.chunk, a.source, now=self.now))
 
+    @rule(pick=st.integers(0, 50))
+    def finish(self, pick: int) -> None:
+        """A transfer is in its last bytes: both its links may take the next one."""
+        flights = self.s.in_flight()
+        if flights:
+            a = flights[pick % len(flights)]
+            self.tails.add((a.node, a.chunk, a.source))
+            self.act(self.s.finishing(a.node, a.chunk, a.source, now=self.now))
+
     @rule(pick=st.integers(0, 50), bad=st.booleans())
     def fail(self, pick: int, bad: bool) -> None:
         flights = self.s.in_flight()
@@ -674,13 +741,17 @@ class ScheduleMachine(RuleBasedStateMachine):
         if not hasattr(self, "s"):
             return
         flights = self.s.in_flight()
+        # A finishing transfer holds no slot; one that ended and was assigned again does.
+        self.tails &= {(a.node, a.chunk, a.source) for a in flights}
         load: dict[str, int] = {}
         chunks_of: dict[str, set[int]] = {}
         sources_of: dict[tuple[str, int], list[str]] = {}
         for a in flights:
+            sources_of.setdefault((a.node, a.chunk), []).append(a.source)
+            if (a.node, a.chunk, a.source) in self.tails:
+                continue
             load[a.source] = load.get(a.source, 0) + 1
             chunks_of.setdefault(a.node, set()).add(a.chunk)
-            sources_of.setdefault((a.node, a.chunk), []).append(a.source)
             assert a.source not in self.banned
         for source, n in load.items():
             assert n <= (self.root_slots if source == ROOT else self.slots), (source, n)
@@ -693,6 +764,16 @@ class ScheduleMachine(RuleBasedStateMachine):
         for node, held in self.held.items():
             for c in range(self.chunks):
                 assert self.s.holds(node, c) == (c in held), (node, c)
+        # The ledger's books: every transfer in flight counted once, as a download of its
+        # node or as a finishing one, never both (a second entry once led to a KeyError).
+        ledger = self.s._ledger
+        booked = [
+            (p.ident, c, src)
+            for p in ledger.peers.values()
+            for c, ss in p.incoming.items()
+            for src in ss
+        ] + [(p.ident, c, src) for p in ledger.peers.values() for c, src in p.tails.items()]
+        assert len(booked) == len(set(booked)) and set(booked) == set(ledger.flights)
         for c in range(self.chunks):
             assert self.s.holds(ROOT, c) == (c in self.at_root), c
             if any(a.source == ROOT and a.chunk == c for a in flights):
@@ -732,7 +813,8 @@ def test_reference_swarm_reaches_the_floor(nodes: int, link: int, origin: int, s
     # Nothing fetched twice, and every node uploads about as much as it downloads.
     assert result.total_bytes <= 1.02 * nodes * result.config.file_size
     peer_uploads = [b for name, b in result.uploaded.items() if name != "root"]
-    assert min(peer_uploads) >= 0.5 * result.config.file_size
+    # (0.4: with pipelining a source whose upload is finishing serves its next waiter at once)
+    assert min(peer_uploads) >= 0.4 * result.config.file_size
     assert max(peer_uploads) <= 1.5 * result.config.file_size
 
 
@@ -771,7 +853,9 @@ def test_liars_are_dropped_and_everyone_finishes() -> None:
     result = simulate(reference_case(16, liars=frozenset({2, 5, 11})))
     report("liars", result)
     assert len(result.completion) == 16
-    assert result.transfers - result.cancelled == 16 * 32 + 3  # one wasted transfer per liar
+    # One wasted transfer per liar, or two: pipelining may start a liar's next upload while
+    # the bytes of its first are still arriving, before anyone could know they are bad.
+    assert 16 * 32 + 3 <= result.transfers - result.cancelled <= 16 * 32 + 2 * 3
     assert result.p95 <= 1.6 * result.t_min
     assert result.root_upload_bytes <= 1.4 * result.config.file_size
 
