@@ -239,8 +239,9 @@ class DataPath:
             Path(config.cache_path),
             capacity=config.cache_capacity,
             chunk_size=config.cache_chunk_size,
-            engine=engines.PreadEngine(4),
+            engine=engines.PreadEngine(4, direct=config.cache_aio_enable),
             files=native,
+            direct=config.cache_aio_enable,
             write_retry=config.cache_write_retry,
             chunk_tables=root,
         )

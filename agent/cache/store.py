@@ -470,6 +470,11 @@ class ChunkCache:
         if sha256 is not None:
             entry.sha256[index] = sha256
 
+    @property
+    def direct(self) -> bool:
+        """Whether chunk data bypasses the page cache (O_DIRECT, cache.aioEnable)."""
+        return self._direct
+
     def new_buffer(self, n: int) -> bytearray | memoryview:
         """A buffer for one chunk: page-aligned (an O_DIRECT write needs no copy) and recycled
         from the native pool, in either cache mode. A fresh ``bytearray`` per chunk cost a

@@ -104,7 +104,7 @@ class P2PService:
 
     async def _send_chunk(
         self, entry: CacheEntry, index: int, path: str
-    ) -> AsyncIterator[FileRegion]:
+    ) -> AsyncIterator[FileRegion | bytes | memoryview]:
         started = time.perf_counter()
         offset = entry.layout.offset(index)
         length = entry.layout.length(index)
@@ -117,13 +117,20 @@ class P2PService:
         entry.sending[index] = entry.sending.get(index, 0) + 1
         self._cache.pin(entry)
         try:
-            fd = self._cache.open_for_reading(entry)
-            try:
-                yield FileRegion(fd=fd, offset=entry.file_offset(index), length=length)
-                self.chunks_served += 1
-                sent = True
-            finally:
-                os.close(fd)
+            if self._cache.direct:
+                # An O_DIRECT cache keeps chunks out of the page cache: sendfile would read
+                # them back through it (readahead into fresh, zero-filled pages: a third of a
+                # swarm agent's CPU). Read the chunk into a recycled buffer instead (checked
+                # against its xxh3 on the way) and send that.
+                yield await self._cache.read_chunk(entry, index)
+            else:
+                fd = self._cache.open_for_reading(entry)
+                try:
+                    yield FileRegion(fd=fd, offset=entry.file_offset(index), length=length)
+                finally:
+                    os.close(fd)
+            self.chunks_served += 1
+            sent = True
         finally:
             entry.sending[index] -= 1
             if not entry.sending[index]:

@@ -264,6 +264,36 @@ async def test_two_agents_share_a_layer_with_one_origin_get(
             assert (agent.swarm.fallbacks, agent.swarm.peer_bytes) == ({}, blob.size)
 
 
+async def test_an_o_direct_cache_serves_peers_checked_chunks_from_memory(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """With cache.aioEnable a node's chunks are not in the page cache: it reads a chunk a peer
+    asks for straight into memory (O_DIRECT), checks it against its xxh3 and sends it. A
+    chunk damaged on disk is never sent: the peer's read is cut and the layer dropped."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root(CACHE_AIO_ENABLE=1)
+        assert root.data.cache.direct
+        agent = await swarm.agent(root)
+        blob = registry.add(os.urandom(3 * CHUNK + 7))
+        assert await pull(agent, registry, blob) == blob.data
+        assert root.service.chunks_served >= 1  # the agent's chunks came from the root
+        entry = root.data.cache.peek(blob.digest)
+        assert entry is not None and entry.verified
+        fd = os.open(entry.data_path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"\xff" * 16, entry.file_offset(1) + 100)
+        finally:
+            os.close(fd)
+        assert agent.swarm is not None
+        buffer = bytearray(CHUNK)
+        with pytest.raises(PeerError):
+            await agent.swarm.client.fetch_chunk(
+                root.node, blob.digest, 1, CHUNK, into=memoryview(buffer)
+            )
+        assert chunk_of(blob, 1)[100:116] != b"\xff" * 16
+        assert root.data.cache.peek(blob.digest) is None  # dropped: fetched again if asked
+
+
 @pytest.mark.parametrize("token", [b"not-the-cluster-token", None], ids=["wrong", "unsigned"])
 async def test_request_without_the_cluster_token_gets_401_and_no_data(
     swarm: Swarm, registry: FakeRegistry, p2p_http: HttpClient, token: bytes | None
