@@ -18,7 +18,7 @@ never reads a clock and never sends anything.
     stored(chunk, source)                   a root to bench, a fallback to the origin,
     failed(chunk, source)                   an error for the client, `finished`
     admitted(held, window), released,       when to call `tick` next (`wake_at`)
-    missing, tick
+    missing, finishing, tick
 
 Plan requests are of two kinds. The *standing* request (``poll``), at most one in flight,
 asks for work; the root holds it until it has some, so new work reaches the agent at once.
@@ -29,6 +29,9 @@ a second source when a transfer runs late) less the transfers in flight.
 
 - A transfer's slot frees when its bytes arrived; a chunk is reported done only once it is
   stored (from then on the root sends peers to this node, which serves from its cache).
+- Pipelining: the driver says a transfer is `finishing` once its remaining bytes need less
+  than `finish_lead` (three report round trips, measured) at the rate so far; its slot frees
+  then and the root hears it at once, so the next transfer is under way as this one ends.
 - A chunk whose sha256 does not match the root's table is reported as bad data (the root bans
   that source for the layer); a transfer that failed otherwise is reported as failed.
 - The first copy of a chunk to arrive wins; its other transfers (endgame) are cancelled.
