@@ -191,6 +191,26 @@ def wait_http(host: Host, url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} in {host.netns} did not answer within {timeout}s")
 
 
+def plans_answered(root: Host) -> int:
+    """The root's tracker count of plan requests answered (its loopback-only status page)."""
+    url = f"http://127.0.0.1:{PROXY_PORT}/_pollen/status"
+    code = (
+        "import json, urllib.request; "
+        f"status = json.load(urllib.request.urlopen('{url}', timeout=5)); "
+        "print(status['swarm']['tracker']['plans_answered'])"
+    )
+    result = root.run("python3", "-c", code, check=False)
+    return int(result.stdout.strip() or 0)
+
+
+def parse_size(text: str) -> int:
+    """`4MiB`, `512KiB` or a plain byte count."""
+    for suffix, factor in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * factor)
+    return int(text)
+
+
 def cpu_times() -> tuple[float, float]:
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     values = [float(x) for x in fields]
@@ -455,6 +475,14 @@ def main() -> int:
                     "bench/netfloor.py gives the floor), roots "
                     f"{per_root:.1f} s per GiB fetched from "
                     "the origin, their uploads included (goal <= 2.0 + 0.2 per GiB uploaded)"
+                )
+                chunk = parse_size(args.chunk)
+                chunks = sum(-(-layer.size // chunk) for layer in image.layers)
+                plans = sum(plans_answered(r) for r in roots)
+                print(
+                    f"swarm: the roots answered {plans} plan requests, "
+                    f"{plans / max(N * chunks, 1):.1f} per chunk per agent "
+                    f"({N} agents x {chunks} chunks)"
                 )
 
         print()
