@@ -66,12 +66,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from agent.swarm.plan import Plan
 from agent.swarm.protocol import MAX_REPORTS, PlanTarget, clip_ranges
 
 Done = tuple[tuple[int, str], ...]  # (chunk, source) reports
 Failed = tuple[tuple[int, str, bool], ...]  # (chunk, source, bad data) reports
+Report = TypeVar("Report", tuple[int, str], tuple[int, str, bool])
 POLL_RETRY = 0.05  # s before asking again after an answer that started nothing
 # A transfer is reported `finishing` when its remaining bytes need less than this many report
 # round trips (the next assignment's trip to us, then its first byte's); DEFAULT_RTT until
@@ -444,15 +446,12 @@ class LayerPlanner:
         return clip_ranges(self.held | self.passed)
 
     def _take_reports(self) -> tuple[Done, Failed, Done, Done]:
-        done = self.done_reports[:MAX_REPORTS]
-        del self.done_reports[: len(done)]
-        failed = self.failed_reports[: MAX_REPORTS - len(done)]
-        del self.failed_reports[: len(failed)]
-        lost = self.missing_reports[: MAX_REPORTS - len(done) - len(failed)]
-        del self.missing_reports[: len(lost)]
-        ending = self.finishing_reports[: MAX_REPORTS - len(done) - len(failed) - len(lost)]
-        del self.finishing_reports[: len(ending)]
-        return tuple(done), tuple(failed), tuple(lost), tuple(ending)
+        """The reports waiting, oldest kinds first, at most MAX_REPORTS in all."""
+        done = _take(self.done_reports, MAX_REPORTS)
+        failed = _take(self.failed_reports, MAX_REPORTS - len(done))
+        lost = _take(self.missing_reports, MAX_REPORTS - len(done) - len(failed))
+        ending = _take(self.finishing_reports, MAX_REPORTS - len(done) - len(failed) - len(lost))
+        return done, failed, lost, ending
 
     @property
     def _reports_waiting(self) -> bool:
@@ -543,6 +542,13 @@ class LayerPlanner:
             cancel=tuple(pending.cancel),
         )
         return Decisions(**decided, finished=self.outcome == "finished", wake_at=wake_at)
+
+
+def _take(queue: list[Report], room: int) -> tuple[Report, ...]:
+    """The first `room` entries of `queue`, removed from it."""
+    taken = tuple(queue[:room])
+    del queue[: len(taken)]
+    return taken
 
 
 def _refusal(

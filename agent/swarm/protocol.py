@@ -470,10 +470,10 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
         if len(params["have"]) > MAX_HAVE_CHARS:
             raise P2PProtocolError(f"have longer than {MAX_HAVE_CHARS} characters")
         have = decode_ranges(params["have"], MAX_CHUNKS)
-    done = [(c, n) for c, n, _ in _parse_reports(params.get("done", ""), "done", marks=False)]
-    failed = _parse_reports(params.get("failed", ""), "failed", marks=True)
-    lost = _parse_reports(params.get("missing", ""), "missing", marks=False)
-    ending = _parse_reports(params.get("finishing", ""), "finishing", marks=False)
+
+    def pairs(name: str) -> tuple[tuple[int, str], ...]:  # (chunk, node) reports
+        return tuple((c, n) for c, n, _ in _parse_reports(params.get(name, ""), name, marks=False))
+
     poll_text, fresh_text = params.get("poll", "0"), params.get("fresh", "0")
     if poll_text not in ("0", "1") or fresh_text not in ("0", "1"):
         raise P2PProtocolError(f"poll and fresh must be 0 or 1, got {poll_text[:20]!r}")
@@ -483,10 +483,10 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
         repo=params["repo"],
         want=parse_decimal(params["want"], "want", MAX_WANT + 1),
         have=have,
-        done=tuple(done),
-        failed=tuple(failed),
-        missing=tuple((c, n) for c, n, _ in lost),
-        finishing=tuple((c, n) for c, n, _ in ending),
+        done=pairs("done"),
+        failed=tuple(_parse_reports(params.get("failed", ""), "failed", marks=True)),
+        missing=pairs("missing"),
+        finishing=pairs("finishing"),
         past=parse_decimal(params.get("past", "0"), "past", MAX_CHUNKS + 1),
         fresh=fresh_text == "1",
         poll=poll_text == "1",

@@ -580,7 +580,7 @@ class Simulation:
         f.version += 1
         self.push(now + f.remaining / rate, _DONE, f, f.version)
         if not f.tailed:
-            lead = self.planners[f.dst].finish_lead if f.dst < self.config.nodes else 0.0
+            lead = self.planners[f.dst].finish_lead  # only agents download
             self.push(max(now, now + f.remaining / rate - lead), _TAIL, f, f.version)
 
     def rebalance(self, now: float) -> None:
