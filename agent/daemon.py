@@ -175,6 +175,7 @@ class Agent:
             cache=self.cache,
             plan_handler=self.tracker.plan if self.tracker else None,
             observer=self.telemetry,
+            hot_chunk=self.fetcher.hot_chunk,
         )
         settings = self._data_port_settings("p2p", max_connections=P2P_MAX_CONNECTIONS)
         return p2p, HttpServer(p2p.handle, settings, name="p2p")

@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -211,19 +212,44 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
-def cpu_times() -> tuple[float, float]:
+def cpu_times() -> tuple[float, float, float]:
+    """The machine's (total, idle, interrupt) CPU seconds so far; interrupts (irq + softirq)
+    are where the namespaces' packet forwarding (veth, bridge, tbf) is charged."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    values = [float(x) for x in fields]
-    idle = values[3] + values[4]
-    return sum(values), idle
+    values = [float(x) / os.sysconf("SC_CLK_TCK") for x in fields]
+    return sum(values), values[3] + values[4], values[5] + values[6]
+
+
+def children_cpu() -> float:
+    """CPU seconds of the waited-for children (the pulls: skopeo and its `ip netns exec`)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def profile_target(host: Host) -> tuple[int, str]:
     return host.procs[0].pid, f"{host.role}-{host.index}"
 
 
-def pull_all(hosts: list[Host], source: str, work: Path, label: str) -> list[float]:
-    """Start a skopeo pull on every host at once; return each one's duration."""
+def pull_command(client: str, ref: str, dest: Path) -> list[str]:
+    """skopeo copies the image into an OCI layout (layers at once, as containerd fetches
+    them); `light` checks every blob against its digest and keeps nothing (bench/lightpull.py)."""
+    if client == "light":
+        return [sys.executable, str(Path(__file__).with_name("lightpull.py")), ref]
+    return [
+        "skopeo",
+        "copy",
+        "--quiet",
+        "--insecure-policy",
+        "--src-tls-verify=false",
+        f"docker://{ref}",
+        f"oci:{dest}",
+    ]
+
+
+def pull_all(
+    hosts: list[Host], source: str, work: Path, label: str, client: str = "skopeo"
+) -> list[float]:
+    """Start a pull on every host at once; return each one's duration."""
     started = time.monotonic()
     procs = []
     for host in hosts:
@@ -232,19 +258,7 @@ def pull_all(hosts: list[Host], source: str, work: Path, label: str) -> list[flo
         ref = source.format(address=host.address)
         procs.append(
             subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    host.netns,
-                    "skopeo",
-                    "copy",
-                    "--quiet",
-                    "--insecure-policy",
-                    "--src-tls-verify=false",
-                    f"docker://{ref}",
-                    f"oci:{dest}",
-                ],
+                ["ip", "netns", "exec", host.netns, *pull_command(client, ref, dest)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
@@ -310,6 +324,14 @@ def main() -> int:
     parser.add_argument("--cache", help="cache.capacity of every agent and root, e.g. 32MiB")
     parser.add_argument("--root-cache", help="cache.capacity of the roots (default: --cache)")
     parser.add_argument("--skip-direct", action="store_true")
+    parser.add_argument(
+        "--client",
+        choices=("skopeo", "light"),
+        default="skopeo",
+        help="who pulls on each node: skopeo (writes its copy: ~10 CPU-s per GiB here) or "
+        "light (bench/lightpull.py: checks each blob's digest, keeps nothing), so that the "
+        "machine's CPU goes to the swarm",
+    )
     parser.add_argument(
         "--o-direct",
         action="store_true",
@@ -441,16 +463,19 @@ def main() -> int:
             cpu0 = process_cpu(pollen_pids)
             root0 = process_cpu(root_pids)
             agent_sys0 = process_cpu(agent_pids, system_only=True)
-            total0, idle0 = cpu_times()
+            total0, idle0, irq0 = cpu_times()
+            clients0 = children_cpu()
             spies = (
                 profiling.start(args.profile, [profile_target(agents[0]), profile_target(roots[0])])
                 if label == "swarm"
                 else []
             )
-            durations = pull_all(agents, source, work, label)
+            durations = pull_all(agents, source, work, label, args.client)
             profiling.stop(spies)
-            total1, idle1 = cpu_times()
+            total1, idle1, irq1 = cpu_times()
+            clients = children_cpu() - clients0
             busy = 1 - (idle1 - idle0) / max(1e-9, total1 - total0)
+            used = (total1 - total0) - (idle1 - idle0)
             pollen_cpu = process_cpu(pollen_pids) - cpu0
             root_cpu = process_cpu(root_pids) - root0
             agent_sys = process_cpu(agent_pids, system_only=True) - agent_sys0
@@ -459,7 +484,9 @@ def main() -> int:
                 f"{label}: pollen processes used {pollen_cpu:.1f} CPU-s "
                 f"({pollen_cpu / wall:.2f} cores of {os.cpu_count()}; roots {root_cpu:.1f}, "
                 f"agents {pollen_cpu - root_cpu:.1f}) over {wall:.1f}s; the machine was "
-                f"{busy:.0%} busy ({busy * (os.cpu_count() or 1) * wall:.1f} CPU-s in all)"
+                f"{busy:.0%} busy ({used:.1f} CPU-s in all: pollen {pollen_cpu:.1f}, the "
+                f"clients {clients:.1f}, interrupts (packet forwarding) {irq1 - irq0:.1f}, "
+                f"the rest {used - pollen_cpu - clients - (irq1 - irq0):.1f})"
             )
             sent = origin_bytes(reg_log, mark)
             results[label] = (durations, sent, busy, wall)

@@ -563,9 +563,11 @@ class LayerDownload:
         self._notify()
 
     def _evict_hot(self) -> None:
-        """Keep only the newest chunks in memory, never one not on disk or not hashed yet."""
+        """Keep only the chunks that arrived last in memory (for readers close behind and for
+        peers, whom the root sends to a new holder at once), never one not on disk or not
+        hashed yet."""
         done = [i for i in self._hot if i not in self._unwritten and i < self._hashed_upto]
-        for old in sorted(done)[: max(0, len(done) - HOT_CHUNKS)]:
+        for old in done[: max(0, len(done) - HOT_CHUNKS)]:  # in order of arrival
             del self._hot[old]
 
     def hot_chunk(self, index: int) -> Chunk | None:

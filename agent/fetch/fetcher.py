@@ -15,7 +15,7 @@ import trio
 from agent.cache.store import CacheEntry
 from agent.core.errors import RegistryError
 from agent.core.upstream import Upstream
-from agent.fetch.download import LayerDownload
+from agent.fetch.download import Chunk, LayerDownload
 from agent.fetch.model import DownloadProgress, FetchContext, LayerRef
 from agent.fetch.rangefetch import refetch_chunk
 from agent.fetch.readers import (
@@ -74,6 +74,14 @@ class LayerFetcher:
         if download is not None and download.layout is not None:
             return download.layout.size
         return None
+
+    def hot_chunk(self, entry: CacheEntry, index: int) -> Chunk | None:
+        """Chunk `index` of `entry` if a download of it still holds the chunk in memory (it
+        just arrived): a peer that asks for it is served without reading the disk."""
+        download = self._inflight.get(entry.digest)
+        if download is None or download.entry is not entry:
+            return None
+        return download.hot_chunk(index)
 
     def in_flight(self) -> list[DownloadProgress]:
         return [d.progress for d in self._inflight.values()]

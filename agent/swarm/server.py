@@ -2,10 +2,11 @@
 plans for agents.
 
 Every request must carry a valid signature of the cluster token (`agent.swarm.signing.verify`);
-anything else gets 401 and no data. A chunk is served straight from the cache file with
+anything else gets 401 and no data. A chunk is served only if this node holds it (a chunk
+still being downloaded is 404, and the asker goes elsewhere): from the download's memory when it
+just arrived (the root sends peers to a new holder at once), else from the cache file, with
 sendfile (the receiver checks it against the root's sha256, so no byte needs to pass through
-Python here), and only if this node holds it: a chunk still being downloaded is 404, and the
-asker goes elsewhere.
+Python here) or, in an O_DIRECT cache, read into a recycled buffer and checked on the way.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from agent.swarm.signing import (
 log = logging.getLogger(__name__)
 
 PlanHandler = Callable[[str, PlanTarget, bytes | None], Awaitable[Plan]]
+# A chunk of a layer still in a download's memory (it just arrived), or None.
+HotChunk = Callable[[CacheEntry, int], bytearray | memoryview | None]
 
 
 class P2PService:
@@ -49,13 +52,16 @@ class P2PService:
         cache: ChunkCache,
         plan_handler: PlanHandler | None,
         observer: Observer = NULL_OBSERVER,
+        hot_chunk: HotChunk | None = None,
     ) -> None:
         self._token = token
         self._cache = cache
         self._plan = plan_handler
+        self._hot_chunk = hot_chunk
         self._observer = observer  # rpc:stat / rpc:pread (audit log, metrics)
         self.refused = 0
         self.chunks_served = 0
+        self.served_from_memory = 0
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -117,7 +123,12 @@ class P2PService:
         entry.sending[index] = entry.sending.get(index, 0) + 1
         self._cache.pin(entry)
         try:
-            if self._cache.direct:
+            hot = self._hot_chunk(entry, index) if self._hot_chunk is not None else None
+            if hot is not None:
+                # It just arrived (and was checked on the way in): no disk read, no readahead.
+                self.served_from_memory += 1
+                yield memoryview(hot)
+            elif self._cache.direct:
                 # An O_DIRECT cache keeps chunks out of the page cache: sendfile would read
                 # them back through it (readahead into fresh, zero-filled pages: a third of a
                 # swarm agent's CPU). Read the chunk into a recycled buffer instead (checked

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from agent.cache.store import CacheEntry
 from agent.core.config import Config
 from agent.fetch.model import LayerCorrupt
 from agent.fetch.readers import BlobSource
@@ -101,7 +102,12 @@ class Swarm:
         config = self._config(node, MODE="root", **env)
         data = DataPath.build(config, root=True)
         tracker = Tracker(node=node, config=config, fetcher=data.fetcher, cache=data.cache)
-        service = P2PService(token=TOKEN.encode(), cache=data.cache, plan_handler=tracker.plan)
+        service = P2PService(
+            token=TOKEN.encode(),
+            cache=data.cache,
+            plan_handler=tracker.plan,
+            hot_chunk=data.fetcher.hot_chunk,
+        )
         peer = Peer(node=node, data=data, service=service, tracker=tracker)
         await self._nursery.start(data.fetcher.run)
         await self._nursery.start(tracker.run)
@@ -118,7 +124,12 @@ class Swarm:
         client = P2PClient(p2p_http, token=TOKEN.encode(), node=node, tls=False)
         swarm = SwarmContext(node=node, roots=root_set, client=client)
         data = DataPath.build(config, swarm=swarm)
-        service = P2PService(token=TOKEN.encode(), cache=data.cache, plan_handler=None)
+        service = P2PService(
+            token=TOKEN.encode(),
+            cache=data.cache,
+            plan_handler=None,
+            hot_chunk=data.fetcher.hot_chunk,
+        )
         peer = Peer(node=node, data=data, service=service, swarm=swarm)
         await self._nursery.start(root_set.run)
         await self._nursery.start(data.fetcher.run)
@@ -200,6 +211,15 @@ def chunk_of(blob: FakeBlob, index: int) -> bytes:
     return blob.data[index * CHUNK : (index + 1) * CHUNK]
 
 
+def damage_chunk_1(entry: CacheEntry) -> None:
+    """Overwrite 16 bytes of chunk 1 in the cache file (its checksum no longer matches)."""
+    fd = os.open(entry.data_path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"\xff" * 16, entry.file_offset(1) + 100)
+    finally:
+        os.close(fd)
+
+
 async def test_agent_gets_the_layer_through_the_root_with_one_origin_get(
     swarm: Swarm, registry: FakeRegistry
 ) -> None:
@@ -279,11 +299,7 @@ async def test_an_o_direct_cache_serves_peers_checked_chunks_from_memory(
         assert root.service.chunks_served >= 1  # the agent's chunks came from the root
         entry = root.data.cache.peek(blob.digest)
         assert entry is not None and entry.verified
-        fd = os.open(entry.data_path, os.O_WRONLY)
-        try:
-            os.pwrite(fd, b"\xff" * 16, entry.file_offset(1) + 100)
-        finally:
-            os.close(fd)
+        damage_chunk_1(entry)
         assert agent.swarm is not None
         buffer = bytearray(CHUNK)
         with pytest.raises(PeerError):
@@ -292,6 +308,38 @@ async def test_an_o_direct_cache_serves_peers_checked_chunks_from_memory(
             )
         assert chunk_of(blob, 1)[100:116] != b"\xff" * 16
         assert root.data.cache.peek(blob.digest) is None  # dropped: fetched again if asked
+
+
+async def test_a_chunk_that_just_arrived_is_served_to_peers_from_memory(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """A chunk a download still holds in memory (it just arrived: peers are sent to a new
+    holder at once) goes to a peer from there, with no disk read. Shown by damaging the cache
+    file under it: the peer still gets the right bytes, and the layer is not dropped."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root(CACHE_AIO_ENABLE=1)
+        agent = await swarm.agent(root)
+        blob = registry.add(os.urandom(4 * CHUNK), pause_at=2 * CHUNK + 7)
+        async with trio.open_nursery() as nursery:
+            pulled: list[bytes] = []
+
+            async def pull_into() -> None:
+                pulled.append(await pull(agent, registry, blob))
+
+            nursery.start_soon(pull_into)
+            while (entry := root.data.cache.peek(blob.digest)) is None or not entry.has_chunk(1):
+                await trio.sleep(0.01)
+            damage_chunk_1(entry)
+            assert agent.swarm is not None
+            buffer = bytearray(CHUNK)
+            await agent.swarm.client.fetch_chunk(
+                root.node, blob.digest, 1, CHUNK, into=memoryview(buffer)
+            )
+            assert bytes(buffer) == chunk_of(blob, 1)
+            assert root.service.served_from_memory >= 1
+            assert root.data.cache.peek(blob.digest) is entry  # not dropped
+            blob.resume.set()
+        assert pulled == [blob.data]
 
 
 @pytest.mark.parametrize("token", [b"not-the-cluster-token", None], ids=["wrong", "unsigned"])
