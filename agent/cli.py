@@ -25,6 +25,7 @@ import trio
 from agent import __version__
 from agent.core.config import Config, help_text, load_config
 from agent.core.errors import ConfigError
+from agent.sim import cli as simulate_cli
 
 log = logging.getLogger("agent.cli")
 DOCTOR_CONFIG = "/etc/containerd/config.toml"
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--address", help="host:port of the agent's proxy port (default: local)")
     status.add_argument("--json", action="store_true", help="raw JSON for scripts")
     add_webhook_and_doctor(sub)
+    simulate_cli.add_parser(sub)
     return parser
 
 
@@ -209,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "simulate":  # needs no configuration: it runs no node
+        return simulate_cli.main(args)
     try:
         config = load_config()
     except ConfigError as exc:

@@ -40,10 +40,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT))
 
 import profiling  # noqa: E402
 from harness import build_image  # noqa: E402
+from harness.images import Image  # noqa: E402
 from harness.registry import parse_access_line  # noqa: E402
+
+from agent.sim.engine import simulate  # noqa: E402
+from agent.sim.model import ROOT_REQUEST_S, SwarmConfig, SwarmResult  # noqa: E402
+from agent.sim.model import Mbit as SIM_MBIT  # noqa: E402
+from agent.swarm.protocol import rendezvous_order  # noqa: E402
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -294,6 +301,31 @@ def process_cpu(pids: list[int], *, system_only: bool = False) -> float:
     return total
 
 
+def simulated(args: argparse.Namespace, image: Image, root_nodes: list[str]) -> SwarmResult:
+    """`pollen simulate` of this very run: the layers on the roots the agents' rendezvous
+    order picks for their digests, every layer pulled at once (as skopeo does), the config
+    blob left out (431 bytes)."""
+    owners = tuple(
+        root_nodes.index(rendezvous_order(digest, root_nodes)[0]) for digest in image.layer_digests
+    )
+    link = args.node_mbit * SIM_MBIT
+    config = SwarmConfig(
+        nodes=args.nodes,
+        layers=tuple(layer.size for layer in image.layers),
+        chunk_size=parse_size(args.chunk),
+        upload=link,
+        download=link,
+        origin=args.origin_mbit * SIM_MBIT,
+        roots=len(root_nodes),
+        owners=owners,
+        root_request_s=ROOT_REQUEST_S,
+        latency=args.sim_rtt_ms / 1000,
+        store_delay=0.015,  # traced: sha256, the disk write, then the report
+        node_cache_chunks=parse_size(args.cache) // parse_size(args.chunk) if args.cache else None,
+    )
+    return simulate(config)
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
@@ -324,6 +356,12 @@ def main() -> int:
     parser.add_argument("--cache", help="cache.capacity of every agent and root, e.g. 32MiB")
     parser.add_argument("--root-cache", help="cache.capacity of the roots (default: --cache)")
     parser.add_argument("--skip-direct", action="store_true")
+    parser.add_argument(
+        "--sim-rtt-ms",
+        type=float,
+        default=15.0,
+        help="plan round trip for the simulation printed beside the run (15: as traced here)",
+    )
     parser.add_argument(
         "--client",
         choices=("skopeo", "light"),
@@ -543,6 +581,13 @@ def main() -> int:
                 line += f"  P95/direct {p95 / p95_direct:5.2f}"
             print(line)
             print("        per node: " + " ".join(f"{x:.1f}" for x in durations))
+            if label == "swarm":
+                sim = simulated(args, image, [f"{r.address}:{P2P_PORT}" for r in roots])
+                print(
+                    f"simulated P95 {sim.p95:6.1f}s  (pollen simulate: same nodes, links, "
+                    f"layers and roots, rtt {args.sim_rtt_ms:g} ms); measured / simulated "
+                    f"{p95 / sim.p95:5.2f}"
+                )
     finally:
         net.close()
         if args.keep_logs:

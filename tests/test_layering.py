@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "kube.admission": 2,  # AdmissionReview -> JSONPatch + secret plan
     "kube.pullsecrets": 2,  # a pull secret -> its P2P copy
     "node.mirrors": 2,  # containerd hosts.toml routes to the agent
+    "sim": 2,  # `pollen simulate`: the swarm on the pure cores over modelled links
     # 3. the native bindings and the chunk store
     "cache": 3,
     # 4. HTTP/1.1 over trio: server, client, responses, TLS contexts, shutdown, the upload cap
@@ -61,6 +62,7 @@ LAYERS: dict[str, int] = {
     # 8. wiring
     "daemon": 8,
     "cli": 8,
+    "sim.cli": 8,  # `pollen simulate`'s flags and report
     "reference": 8,  # docs/REFERENCE.md from the code
     "__main__": 8,
 }

@@ -6,7 +6,7 @@ Theory of operation
 An agent that fetches a layer through the swarm holds one `LayerPlanner`, the mirror image of
 the root's `agent.swarm.schedule.LayerSchedule`. Its trio driver (`agent.swarm.download`) feeds
 it events and carries out the `Decisions` each event returns; the simulator
-(tests/swarm/swarmsim.py) feeds the same events from virtual links, so a simulated agent runs
+(`agent.sim`, `pollen simulate`) feeds the same events from virtual links, so a simulated agent runs
 the logic a real one runs. Every event carries `now` (seconds, never decreasing); the planner
 never reads a clock and never sends anything.
 
@@ -63,7 +63,6 @@ a second source when a transfer runs late) less the transfers in flight.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -302,7 +301,7 @@ class LayerPlanner:
         if source in self.fetching.get(chunk, ()) and transfer not in self.tailing:
             self.tailing.add(transfer)
             self.finishing_reports.append(transfer)
-            self._poll(pending, now)
+            self._poll(pending, now, carrying=True)
             self._report(pending)
         return self._settle(pending, now)
 
@@ -480,14 +479,19 @@ class LayerPlanner:
             poll=poll,
         )
 
-    def _poll(self, pending: _Pending, now: float) -> None:
-        """Send the standing request when none is in flight, a slot is free and it is due."""
+    def _poll(self, pending: _Pending, now: float, *, carrying: bool = False) -> None:
+        """Send the standing request when none is in flight, a slot is free and it is due.
+        While a transfer is in its last bytes or a chunk is being stored it waits for the
+        report those make (`done`) and carries it, unless it carries a report already
+        (`carrying`)."""
         if self.polling or self.complete or self._want() == 0:
             return
         if self.size is not None and not self.ready:
             return  # the layer is being admitted
         if self.poll_at is not None and now < self.poll_at:
             return
+        if (self.tailing or self.storing) and not carrying:
+            return  # it goes with the report those make soon (done): one request, not two
         self.polling = True
         self.poll_at = None
         pending.requests.append(self._request(poll=True))
@@ -530,18 +534,24 @@ class LayerPlanner:
         if self.size is None and deadline is not None:
             wakes.append(deadline)
         wake_at = min(wakes) if wakes and self.outcome is None else None
-        decided = {f.name: getattr(pending, f.name) for f in dataclasses.fields(pending)}
         running = self.outcome is None
         requests = tuple(pending.requests) if running or self.outcome == "finished" else ()
         for request in requests:
             if not request.poll:  # a report: its round trip tells when to say `finishing`
                 self.sent_at[id(request)] = now
-        decided.update(
+        return Decisions(
             requests=requests,
             start=tuple(pending.start) if running else (),
             cancel=tuple(pending.cancel),
+            store=pending.store,
+            size=pending.size,
+            drop_poll=pending.drop_poll,
+            bench=pending.bench,
+            fallback=pending.fallback,
+            error=pending.error,
+            finished=self.outcome == "finished",
+            wake_at=wake_at,
         )
-        return Decisions(**decided, finished=self.outcome == "finished", wake_at=wake_at)
 
 
 def _take(queue: list[Report], room: int) -> tuple[Report, ...]:

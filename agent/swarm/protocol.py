@@ -135,6 +135,13 @@ def check_index(value: object, what: str, limit: int = MAX_CHUNKS) -> int:
 def _check_digest(value: object) -> str:
     if not isinstance(value, str):
         raise P2PProtocolError(f"digest must be a string, got {value!r:.80}")
+    return _canonical_digest(value)
+
+
+# A node asks about the same few layers again and again (every plan request names one): each
+# spelling is checked once (an exception is never cached).
+@functools.lru_cache(maxsize=4096)
+def _canonical_digest(value: str) -> str:
     try:
         return str(parse_digest(value))
     except RegistryError as e:
@@ -144,6 +151,11 @@ def _check_digest(value: object) -> str:
 def _check_repo(value: object) -> str:
     if not isinstance(value, str):
         raise P2PProtocolError(f"repository must be a string, got {value!r:.80}")
+    return _checked_repo(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_repo(value: str) -> str:
     try:
         return validate_name(value)
     except RegistryError as e:
@@ -184,6 +196,11 @@ def _check_upstream(value: object) -> str:
     """An upstream key as in Config.upstreams (``Upstream.key``): ``host[:port]``."""
     if not isinstance(value, str):
         raise P2PProtocolError(f"upstream must be a string, got {value!r:.80}")
+    return _checked_upstream(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_upstream(value: str) -> str:
     if len(value) > UPSTREAM_MAX:
         raise P2PProtocolError(f"upstream longer than {UPSTREAM_MAX} characters")
     if not value or value != value.lower() or not _TARGET_CHARS_RE.fullmatch(value):

@@ -22,7 +22,7 @@ and hands it what was assigned meanwhile. The next `request` replaces the demand
 
 The rules bring a swarm near the Kumar-Ross floor (docs/ARCHITECTURE.md, "The floor"). Transfers
 sharing a link each run slower, so every one of a chunk's log2(N) hops takes longer (the
-simulator, tests/swarm/swarmsim.py, confirms it): the schedule keeps *one transfer per link*,
+simulator, `pollen simulate`, confirms it): the schedule keeps *one transfer per link*,
 and the root's link, the narrowest point, busy with first copies only.
 
 - **Window.** A node is given chunks in [first missing, first missing + window) only, lowest

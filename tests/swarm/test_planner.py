@@ -198,8 +198,31 @@ def test_a_good_chunk_is_stored_then_reported_and_the_other_source_cancelled() -
     assert reports(d) == []  # done only once stored
     assert p.in_flight == 0
     d = p.stored(0, PEERS[0], 0.3)
-    assert [r.done for r in reports(d)] == [((0, PEERS[0]),)]
+    # The standing request waited for the store, and carries the report: one request.
+    assert [(r.poll, r.done) for r in d.requests] == [(True, ((0, PEERS[0]),))]
     assert 0 in p.held
+
+
+def test_the_standing_request_waits_for_a_finishing_transfer_and_carries_its_done() -> None:
+    """Per transfer, two requests instead of three: the `finishing` report, and the standing
+    request, which (answered meanwhile with the next chunk) goes again only once the chunk is
+    stored, carrying its `done` (sent at once, it would carry nothing)."""
+    p = planner(parallel=2)
+    request = only(p.start(0.0))
+    d = reply_to(p, request, plan(assignments=((0, ROOT),)), ROOT, 0.1)
+    [standing] = polls(d)  # for the spare slot
+    d = p.finishing(0, ROOT, 0.3)
+    [report] = d.requests
+    assert not report.poll and report.finishing == ((0, ROOT),)
+    # The root gives the freed slot its next chunk through the standing request.
+    d = p.answered(standing, plan(assignments=((1, PEERS[0]),)), ROOT, 0.31)
+    assert d.start == (Transfer(chunk=1, source=PEERS[0]),)
+    assert d.requests == ()  # not yet: chunk 0 is in its last bytes
+    assert p.answered(report, plan(), ROOT, 0.32).requests == ()
+    d = p.received(0, ROOT, sha(0), 0.35)
+    assert d.requests == () and d.store == Transfer(chunk=0, source=ROOT)
+    d = p.stored(0, ROOT, 0.36)
+    assert [(r.poll, r.want, r.done) for r in d.requests] == [(True, 1, ((0, ROOT),))]
 
 
 def test_a_late_copy_of_a_cancelled_transfer_is_ignored() -> None:
@@ -374,10 +397,10 @@ def test_a_cache_window_limits_demand_and_released_chunks_make_room() -> None:
     d = p.admitted((), 0.1, window=3)
     d = p.answered(only(d), plan(size=6 * CHUNK, assignments=((0, ROOT), (1, PEERS[0]))), ROOT, 0.2)
     assert len(d.start) == 2 and d.requests == ()
-    d = p.received(0, ROOT, sha(0), 0.3)
-    assert [r.want for r in polls(d)] == [1]  # 1 being stored + 1 on its way: one slot left
+    assert p.received(0, ROOT, sha(0), 0.3).requests == ()  # the poll waits for the store
+    d = p.stored(0, ROOT, 0.3)
+    assert [r.want for r in polls(d)] == [1]  # 1 held + 1 on its way: one slot left
     standing = polls(d)[0]
-    p.stored(0, ROOT, 0.3)
     d = p.answered(standing, plan(size=6 * CHUNK, assignments=((2, PEERS[1]),)), ROOT, 0.4)
     p.received(1, PEERS[0], sha(1), 0.5)
     d = p.stored(1, PEERS[0], 0.5)
@@ -644,3 +667,18 @@ class PlannerMachine(RuleBasedStateMachine):
 
 PlannerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 test_planner_machine = PlannerMachine.TestCase
+
+
+def test_every_pending_decision_reaches_the_driver() -> None:
+    """`_settle` spells out what it hands on: a field added to `_Pending` must be passed to
+    `Decisions` too, or the driver would never see that decision."""
+    import dataclasses
+    import inspect
+
+    from agent.swarm.planner import Decisions, LayerPlanner, _Pending
+
+    source = inspect.getsource(LayerPlanner._settle)
+    decided = {f.name for f in dataclasses.fields(Decisions)}
+    for f in dataclasses.fields(_Pending):
+        assert f.name in decided
+        assert f"{f.name}=" in source, f"_settle does not pass {f.name}"

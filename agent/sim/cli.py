@@ -1,0 +1,215 @@
+"""`pollen simulate`: how long would N nodes take to pull this image through the swarm, and how
+much would the origin send? Flags in, a SwarmConfig to the engine, a report out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+from agent.sim import reference
+from agent.sim.engine import Progress, simulate
+from agent.sim.model import (
+    ROOT_REQUEST_S,
+    Gbit,
+    SwarmConfig,
+    SwarmResult,
+    parse_image,
+    parse_size,
+)
+
+DEFAULTS = {"nodes": 100, "image": "8x512MiB", "node_gbit": 10.0, "origin_gbit": 10.0}
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "simulate",
+        help="simulate a pull by N nodes on the real scheduling code (P95, origin traffic)",
+        description="A discrete-event simulation of N agents pulling one image through the "
+        "swarm: the real root schedule and agent planner over modelled links, disks, CPUs and "
+        "roots. Sizes take KiB/MiB/GiB (binary) or KB/MB/GB (decimal).",
+    )
+    parser.add_argument("--nodes", type=int, default=DEFAULTS["nodes"], help="agents (100)")
+    parser.add_argument(
+        "--image",
+        default=DEFAULTS["image"],
+        help="layers as a comma list of COUNTxSIZE, e.g. 8x512MiB or 5x4GiB,2x10GiB",
+    )
+    parser.add_argument("--node-gbit", type=float, default=DEFAULTS["node_gbit"])
+    parser.add_argument("--origin-gbit", type=float, default=DEFAULTS["origin_gbit"])
+    parser.add_argument("--roots", type=int, default=1, help="roots (layers spread by rendezvous)")
+    parser.add_argument("--cache", default=None, help="each agent's cache, e.g. 4GiB (whole)")
+    parser.add_argument("--disk-mbps", type=float, default=None, help="a node's disk writes")
+    parser.add_argument(
+        "--agent-cpu-s-per-gib",
+        type=float,
+        default=None,
+        help="an agent's CPU per GiB received; with one core it caps the node's rate",
+    )
+    parser.add_argument(
+        "--root-request-ms",
+        type=float,
+        default=ROOT_REQUEST_S * 1000,
+        help="a root's CPU per plan request (requests queue at its one core); "
+        f"{ROOT_REQUEST_S * 1000:g} as measured on the netns cluster",
+    )
+    parser.add_argument(
+        "--layers-at-once",
+        type=int,
+        default=reference.LAYERS_AT_ONCE,
+        help="layers an agent pulls at once (containerd: 3; 0: all)",
+    )
+    parser.add_argument("--chunk", default="4MiB", help="chunk size (cache.chunkSize)")
+    parser.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=10.0,
+        help="a plan request's and a chunk request's round trip, software included (10: as "
+        "traced on the netns cluster)",
+    )
+    parser.add_argument(
+        "--store-ms",
+        type=float,
+        default=15.0,
+        help="from a chunk's last byte to its report (hash, disk write; 15: as traced)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="one JSON object (a list with -r)")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="the original's seven published rows (1000 nodes) beside the simulation",
+    )
+
+
+def build_config(args: argparse.Namespace, image: str | None = None) -> SwarmConfig:
+    """The flags as a simulation; raises ValueError naming a bad flag."""
+    chunk = parse_size(args.chunk)
+    layers = parse_image(image or args.image)
+    cache_chunks = None
+    if args.cache is not None:
+        at_once = args.layers_at_once or len(layers)
+        # A layer that fits its share of the cache is kept whole; a bigger one passes through.
+        cache_chunks = max(1, parse_size(args.cache) // chunk // min(at_once, len(layers)))
+    if args.nodes < 1 or args.roots < 1:
+        raise ValueError("--nodes and --roots must be >= 1")
+    link = args.node_gbit * Gbit
+    return SwarmConfig(
+        nodes=args.nodes,
+        layers=layers,
+        chunk_size=chunk,
+        upload=link,
+        download=link,
+        origin=args.origin_gbit * Gbit,
+        roots=args.roots,
+        disk=args.disk_mbps * 1e6 if args.disk_mbps else None,
+        agent_cpu_s_per_gib=args.agent_cpu_s_per_gib,
+        root_request_s=args.root_request_ms / 1000,
+        layers_at_once=args.layers_at_once or None,
+        latency=args.rtt_ms / 1000,
+        store_delay=args.store_ms / 1000,
+        seed=args.seed,
+        node_cache_chunks=cache_chunks,
+        time_limit=24 * 3600.0,
+    )
+
+
+def progress_bar(stream: TextIO, label: str) -> Progress | None:
+    """A one-line bar on a terminal (nothing when stderr is a file or a pipe)."""
+    if not stream.isatty():
+        return None
+
+    def show(now: float, done: float) -> None:
+        filled = int(done * 30)
+        bar = "#" * filled + "." * (30 - filled)
+        stream.write(f"\r{label} [{bar}] {done:6.1%} of the chunks, {now:8.1f} s simulated")
+        stream.flush()
+
+    return show
+
+
+def run_one(config: SwarmConfig, label: str) -> tuple[SwarmResult, float]:
+    started = time.process_time()
+    result = simulate(config, progress_bar(sys.stderr, label))
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + " " * 100 + "\r")
+    return result, time.process_time() - started
+
+
+def describe(result: SwarmResult, wall_s: float) -> str:
+    c = result.config
+    cpu = result.root_cpu_s(c.root_request_s)
+    busiest = max(cpu.values(), default=0.0)
+    return (
+        f"{c.nodes} nodes, {len(c.layer_sizes)} layers, {c.total_size / 2**30:.2f} GiB, "
+        f"{c.roots} root(s)\n"
+        f"  P50 {result.p50:.2f} s  P95 {result.p95:.2f} s  max {result.slowest:.2f} s  "
+        f"T_min {result.t_min:.2f} s  P95/T_min {result.p95_ratio:.2f}\n"
+        f"  origin sent {result.origin_over_f:.3f} x F, peak {result.origin_peak / Gbit:.2f} "
+        f"Gbit/s; roots answered {sum(result.requests.values())} plan requests, the busiest "
+        f"{busiest:.1f} CPU-s ({busiest / max(result.p95, 1e-9):.0%} of one core until P95)\n"
+        f"  simulated in {wall_s:.1f} CPU-s ({result.events} events)"
+    )
+
+
+def run_reference(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for row in reference.PUBLISHED:
+        config = build_config(args, row.image)
+        result, wall = run_one(config, row.label)
+        unpack = row.unpack_s(config.layer_sizes)
+        data = result.to_json(wall_s=wall, request_s=config.root_request_s)
+        data.update(
+            image=row.image,
+            published_p95_s=row.p95_s,
+            published_origin_peak_gbit=row.origin_peak_gbit,
+            unpack_s=round(unpack, 1),
+            p95_over_published=round(result.p95 / row.p95_s, 3),
+        )
+        rows.append(data)
+        if not args.json:
+            print(
+                f"{row.label:18s} P95 {result.p95:8.1f} s (+ unpack <= {unpack:5.1f} s) vs "
+                f"published {row.p95_s:5.0f} s: {result.p95 / row.p95_s:5.2f}x   origin "
+                f"{result.origin_over_f:5.3f} x F, peak {result.origin_peak / Gbit:5.2f} vs "
+                f"{row.origin_peak_gbit:3.1f} Gbit/s   [{wall:.0f} CPU-s]",
+                flush=True,
+            )
+    return rows
+
+
+def reference_defaults(args: argparse.Namespace) -> None:
+    """The published setting, for the flags the user left at their defaults."""
+    given = {k for k, v in DEFAULTS.items() if getattr(args, k) != v}
+    args.nodes = args.nodes if "nodes" in given else reference.NODES
+    args.node_gbit = args.node_gbit if "node_gbit" in given else reference.NODE_GBIT
+    args.origin_gbit = args.origin_gbit if "origin_gbit" in given else reference.ORIGIN_GBIT
+    args.cache = args.cache or str(reference.CACHE)
+    args.disk_mbps = args.disk_mbps or reference.DISK_MBPS
+    if args.agent_cpu_s_per_gib is None:
+        args.agent_cpu_s_per_gib = reference.AGENT_CPU_S_PER_GIB
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        if args.reference:
+            reference_defaults(args)
+            build_config(args, reference.PUBLISHED[0].image)  # flags checked before hours
+            if not args.json:
+                print(reference.header(args))
+            rows = run_reference(args)
+            if args.json:
+                print(json.dumps(rows, indent=1))
+            return 0
+        config = build_config(args)
+    except ValueError as exc:
+        print(f"pollen simulate: {exc}", file=sys.stderr)
+        return 2
+    result, wall = run_one(config, "simulating")
+    if args.json:
+        print(json.dumps(result.to_json(wall_s=wall, request_s=config.root_request_s)))
+    else:
+        print(describe(result, wall))
+    return 0

@@ -1,0 +1,570 @@
+"""A discrete-event simulation of an image pull through the swarm, on the real code: every
+layer has a real root schedule (`agent.swarm.schedule.LayerSchedule`) on the root that owns it
+(rendezvous order, as agents choose), every agent a real planner
+(`agent.swarm.planner.LayerPlanner`) per layer, over modelled links, disks, CPUs and roots.
+
+Model
+-----
+- The origin sends each layer to its root in order, chunk after chunk, from the moment the
+  root first hears of the layer; the roots fetching at once share the origin's upload (and
+  each its own download). The root reports each chunk as it lands (`origin_progress`).
+- N agents, node i named ``n<i>``, each with upload `upload` and a receive rate of
+  min(link, disk, one core at the agent's CPU per GiB). An agent pulls `layers_at_once` layers
+  at a time in image order (containerd's max_concurrent_downloads; all of them when None),
+  the next one as one completes, each with its own planner. Node i starts at
+  ``i * start_spread / N``.
+- Plan requests reach the root ``latency / 2`` later, queue for its one core
+  (`root_request_s` each, first come first served), then a model of the tracker applies the
+  reports, states the demand to the schedule and answers with the node's mailbox of
+  assignments (a standing request with nothing to deliver is held up to `long_poll` seconds);
+  the answer takes ``latency / 2`` back. A transfer's first byte comes `latency` after the
+  planner starts it; a received chunk is stored (hashed, written, reported) `store_delay`
+  after its last byte. `jitter` spreads every delay uniformly over [d/2, 3d/2] so simultaneous
+  events do not always run in the same order. Each schedule's `expire` runs every `tick`.
+- Links (default): a node's concurrent uploads share its upload rate equally, its downloads
+  its receive rate, and a transfer runs at the smaller of its two shares, whichever layers
+  they belong to (the roots' schedules do not know of each other's transfers, as in the real
+  cluster). Max-min fair sharing, which TCP over shaped links approaches, gives every
+  transfer at least that much, so this model errs on the slow side; and it is local: an event
+  costs O(slots), and 1000 nodes run. `fair_sharing=True` computes max-min fair rates over
+  every link instead (progressive filling: small swarms only).
+- Caches: with `node_cache_chunks`, a layer with more chunks than that passes through a
+  window of that many: its readers consume chunks in order as they arrive, the oldest consumed
+  are let go (the planner's `released`); a transfer from a node that let the chunk go is a 404.
+- Faults: `liars` serve bytes that fail verification; `leaves` maps a node to the time it
+  disappears (it stops counting).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+from collections.abc import Callable
+
+from agent.sim.links import Flow as _Flow
+from agent.sim.links import fair_rates, spread_over_seconds
+from agent.sim.model import SimLayer, SwarmConfig, SwarmResult
+from agent.swarm.plan import Plan
+from agent.swarm.planner import Decisions, LayerPlanner
+from agent.swarm.protocol import PlanTarget
+from agent.swarm.schedule import Actions, Assignment, LayerSchedule
+
+# Event kinds, in the order they are handled at equal times.
+(
+    _DONE,
+    _STORE,
+    _START,
+    _HANDLE,
+    _ARRIVE,
+    _REPLY,
+    _HOLD_END,
+    _WAKE,
+    _JOIN,
+    _LEAVE,
+    _EXPIRE,
+    _TAIL,
+) = range(12)
+PROGRESS_EVERY = 20_000  # events between calls of the progress callback
+
+Progress = Callable[[float, float], None]  # (simulated time, share of all chunks stored)
+
+
+class Simulation:
+    """One run. `run()` returns the result; the object can be inspected afterwards."""
+
+    def __init__(self, config: SwarmConfig, progress: Progress | None = None) -> None:
+        self.config = c = config
+        n, k = c.nodes, c.roots
+        self.progress = progress
+        self.origin = n + k  # index of the origin in the per-node arrays
+        self.names = [f"n{i}" for i in range(n)] + [f"root{j}" for j in range(k)] + ["origin"]
+        self.ids = [f"{name}:1" for name in self.names]  # node ids, as on the P2P port
+        self.index = {ident: i for i, ident in enumerate(self.ids)}
+        root_rate = c.root_rate
+        root_down = c.root_download if c.root_download is not None else c.download
+        self.up_cap = [c.upload_of(i) for i in range(n)] + [root_rate] * k + [c.origin]
+        self.down_cap = [c.download_of(i) for i in range(n)] + [root_down] * k + [math.inf]
+        self.ups: list[set[_Flow]] = [set() for _ in range(n + k + 1)]
+        self.downs: list[set[_Flow]] = [set() for _ in range(n + k + 1)]
+        self.layers = [SimLayer(i, s, c, self.ids[n : n + k]) for i, s in enumerate(c.layer_sizes)]
+        self.flows: dict[tuple[int, int, int, int], _Flow] = {}  # (dst, layer, chunk, src)
+        self.held = [[bytearray(layer.count) for layer in self.layers] for _ in range(n)]
+        self.got = [[bytearray(layer.count) for layer in self.layers] for _ in range(n)]
+        self.held_n = [[0] * len(self.layers) for _ in range(n)]
+        self.consumed = [[0] * len(self.layers) for _ in range(n)]  # readers are past these
+        self.layer_have = [[0] * len(self.layers) for _ in range(n)]
+        self.have = [0] * n  # chunks got, every layer (completion)
+        self.stored = 0  # chunks got, every node
+        self.next_layer = [0] * n  # the next layer each agent starts
+        self.alive = [False] * n
+        self.gone = [False] * n
+        self.completion: dict[str, float] = {}
+        self.uploaded = [0] * (n + k + 1)
+        self.downloaded = [0] * (n + k + 1)
+        self.origin_seconds: dict[int, float] = {}  # second -> bytes the origin sent in it
+        self.transfers = self.cancelled = self.events = 0
+        self.requests = [0] * k
+        self.schedule_cpu = [0.0] * k
+        self.root_free = [0.0] * k  # when each root's core is next free
+        self.heap: list[tuple[float, int, int, object, int]] = []
+        self.seq = 0
+        self.running: set[_Flow] = set()
+        self.banned: set[int] = set()  # sources a root banned for bad data
+        self.rng = random.Random(c.seed)
+        self.unfinished = n
+        self.total_chunks = c.chunk_count
+        self.bad_hash = "f" * 64
+        self.planners: list[dict[int, LayerPlanner]] = [{} for _ in range(n)]
+        self.wake_version: dict[tuple[int, int], int] = {}
+        self.mailbox: dict[tuple[int, int], list[tuple[int, str]]] = {}
+        self.held_poll: dict[tuple[int, int], PlanTarget] = {}
+        self.hold_version: dict[tuple[int, int], int] = {}
+
+    def push(self, t: float, kind: int, obj: object = None, version: int = 0) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, kind, self.seq, obj, version))
+
+    def delay(self, base: float) -> float:
+        return base * (0.5 + self.rng.random()) if self.config.jitter else base
+
+    def run(self) -> SwarmResult:
+        c = self.config
+        for i in range(c.nodes):
+            self.push(i * c.start_spread / c.nodes, _JOIN, i)
+        for i, t in c.leaves.items():
+            self.push(t, _LEAVE, i)
+        self.push(c.tick, _EXPIRE)
+        limit = c.time_limit if c.time_limit is not None else 50 * c.t_min
+        now = 0.0
+        while self.heap:
+            now, kind, _, obj, version = heapq.heappop(self.heap)
+            if now > limit:
+                raise RuntimeError(f"simulation passed {limit:.1f}s: {self.stuck()}")
+            self.events += 1
+            self.handle(now, kind, obj, version)
+            if self.unfinished == 0:
+                break
+            if self.progress is not None and self.events % PROGRESS_EVERY == 0:
+                self.progress(now, self.stored / (c.nodes * self.total_chunks))
+        return self.result(now)
+
+    def result(self, now: float) -> SwarmResult:
+        c, n = self.config, self.config.nodes
+        roots = range(n, n + c.roots)
+        return SwarmResult(
+            config=c,
+            completion=dict(self.completion),
+            t_min=c.t_min,
+            root_upload_bytes=sum(self.uploaded[r] for r in roots),
+            origin_bytes=self.uploaded[self.origin],
+            origin_peak=max(self.origin_seconds.values(), default=0.0),
+            total_bytes=sum(self.uploaded[: self.origin]),
+            uploaded={self.names[i]: self.uploaded[i] for i in range(n + c.roots)},
+            downloaded={self.names[i]: self.downloaded[i] for i in range(n)},
+            transfers=self.transfers,
+            cancelled=self.cancelled,
+            events=self.events,
+            requests={self.ids[r]: self.requests[r - n] for r in roots},
+            schedule_cpu_s={self.ids[r]: self.schedule_cpu[r - n] for r in roots},
+        )
+
+    def handle(self, now: float, kind: int, obj: object, version: int) -> None:
+        if kind == _DONE:
+            assert isinstance(obj, _Flow)
+            if obj.running and obj.version == version:
+                left = obj.left(now)
+                if left > 1.0:  # it slowed down since: its end is later
+                    obj.due = now + left / obj.rate
+                    obj.version += 1
+                    self.push(obj.due, _DONE, obj, obj.version)
+                else:
+                    self.finish(obj, now)
+        elif kind == _TAIL:  # as the driver: less than the planner's lead to go
+            assert isinstance(obj, _Flow)
+            if obj.running and obj.tail_version == version and not obj.tailed:
+                planner = self.planners[obj.dst][obj.layer]
+                early = obj.left(now) / obj.rate - planner.finish_lead
+                if early > 1e-9:
+                    obj.tail_due = now + early
+                    obj.tail_version += 1
+                    self.push(obj.tail_due, _TAIL, obj, obj.tail_version)
+                    return
+                obj.tailed = True
+                decisions = planner.finishing(obj.chunk, self.ids[obj.src], now)
+                self.agent_does(obj.dst, obj.layer, decisions, now)
+        elif kind == _START:
+            assert isinstance(obj, _Flow)
+            self.start(obj, now)
+        elif kind == _STORE:
+            node, layer, chunk, source = obj  # type: ignore[misc]
+            if self.alive[node]:
+                self.store(node, layer, chunk, source, now)
+        elif kind == _ARRIVE:
+            self.queue_at_root(obj, now)  # type: ignore[arg-type]
+        elif kind == _HANDLE:
+            node, layer, request = obj  # type: ignore[misc]
+            self.root_receives(node, layer, request, now)
+        elif kind == _REPLY:
+            node, layer, request, plan = obj  # type: ignore[misc]
+            planner = self.planners[node][layer]
+            if self.alive[node] and not planner.over:
+                root = self.layers[layer].root_id
+                self.agent_does(node, layer, planner.answered(request, plan, root, now), now)
+        elif kind == _HOLD_END:
+            if self.hold_version.get(obj) == version and obj in self.held_poll:  # type: ignore[comparison-overlap]
+                self.answer_held(obj, now)  # type: ignore[arg-type]
+        elif kind == _WAKE:
+            node, layer = obj  # type: ignore[misc]
+            if self.wake_version.get((node, layer)) == version and self.alive[node]:
+                self.agent_does(node, layer, self.planners[node][layer].tick(now), now)
+        elif kind == _JOIN:
+            assert isinstance(obj, int)
+            self.alive[obj] = True
+            self.start_layers(obj, now)
+        elif kind == _LEAVE:
+            assert isinstance(obj, int)
+            self.leave(obj, now)
+        elif kind == _EXPIRE:
+            if self.flows:
+                for layer in self.layers:
+                    self.deliver(layer.index, self.timed(layer, layer.schedule.expire, now), now)
+            self.push(now + self.config.tick, _EXPIRE)
+
+    def stuck(self) -> str:
+        missing = {
+            self.names[i]: self.total_chunks - self.have[i]
+            for i in range(self.config.nodes)
+            if not self.gone[i] and self.have[i] < self.total_chunks
+        }
+        return f"nodes still missing chunks: {dict(list(missing.items())[:20])}"
+
+    # The roots: the tracker's handling of plan requests ----------------------------------
+
+    def timed(self, layer: SimLayer, call: Callable[..., Actions], *args: object) -> Actions:
+        """A schedule call, its CPU counted against the layer's root."""
+        started = time.process_time()
+        actions = call(*args)
+        self.schedule_cpu[self.index[layer.root_id] - self.config.nodes] += (
+            time.process_time() - started
+        )
+        return actions
+
+    def queue_at_root(self, message: tuple[int, int, PlanTarget], now: float) -> None:
+        """A request waits for the root's core (one request at a time, in arrival order)."""
+        cost = self.config.root_request_s
+        if cost <= 0:
+            self.root_receives(*message, now)
+            return
+        root = self.index[self.layers[message[1]].root_id] - self.config.nodes
+        self.root_free[root] = max(now, self.root_free[root]) + cost
+        self.push(self.root_free[root], _HANDLE, message)
+
+    def root_receives(self, node: int, layer_index: int, request: PlanTarget, now: float) -> None:
+        if not self.alive[node]:
+            return
+        layer = self.layers[layer_index]
+        self.requests[self.index[layer.root_id] - self.config.nodes] += 1
+        if not layer.fetching:  # the root starts its download from the origin
+            layer.fetching = True
+            self.fetch_from_origin(layer, now)
+        ident, schedule, key = self.ids[node], layer.schedule, (node, layer_index)
+        deliver, timed = self.deliver, self.timed
+        if request.fresh:  # as the tracker: a new download there forgets the old one
+            self.mailbox[key] = []
+            deliver(layer_index, timed(layer, schedule.leave, ident, now), now)
+        for chunk, source in request.done:
+            deliver(layer_index, timed(layer, schedule.completed, ident, chunk, source, now), now)
+        for chunk, source, bad in request.failed:
+            if bad:
+                self.banned.add(self.index[source])
+            actions = timed(layer, self._failed, schedule, ident, chunk, source, bad, now)
+            deliver(layer_index, actions, now)
+        for chunk, source in request.finishing:
+            deliver(layer_index, timed(layer, schedule.finishing, ident, chunk, source, now), now)
+        actions = timed(layer, self._request, schedule, ident, request, now)
+        deliver(layer_index, actions, now)
+        if request.poll and request.want and not self.mailbox.get(key):
+            version = self.hold_version[key] = self.hold_version.get(key, 0) + 1
+            self.held_poll[key] = request
+            self.push(now + self.config.long_poll, _HOLD_END, key, version)
+            return
+        self.reply(node, layer_index, request, now)
+
+    @staticmethod
+    def _failed(
+        schedule: LayerSchedule, ident: str, chunk: int, source: str, bad: bool, now: float
+    ) -> Actions:
+        return schedule.failed(ident, chunk, source, bad_data=bad, now=now)
+
+    @staticmethod
+    def _request(schedule: LayerSchedule, ident: str, request: PlanTarget, now: float) -> Actions:
+        return schedule.request(ident, have=request.have, want=request.want, now=now)
+
+    def deliver(self, layer: int, actions: Actions, now: float) -> None:
+        """The schedule's decisions into the mailboxes; a held request with work answers."""
+        index = self.index
+        for a in actions.cancelled:
+            box = self.mailbox.get((index[a.node], layer))
+            if box and (a.chunk, a.source) in box:
+                box.remove((a.chunk, a.source))
+        woken = set()
+        for a in actions.assigned:
+            dst, src = index[a.node], index[a.source]
+            self.check(layer, a, dst, src)
+            self.mailbox.setdefault((dst, layer), []).append((a.chunk, a.source))
+            woken.add(dst)
+        for node in sorted(woken):
+            if (node, layer) in self.held_poll:
+                self.answer_held((node, layer), now)
+
+    def answer_held(self, key: tuple[int, int], now: float) -> None:
+        request = self.held_poll.pop(key)
+        self.reply(key[0], key[1], request, now)
+
+    def reply(self, node: int, layer_index: int, request: PlanTarget, now: float) -> None:
+        layer = self.layers[layer_index]
+        assignments = tuple(self.mailbox.pop((node, layer_index), ()))
+        plan = Plan(
+            size=layer.size,
+            chunk_size=self.config.chunk_size,
+            chunk_sha256={chunk: layer.hashes[chunk] for chunk, _ in assignments},
+            assignments=assignments,
+        )
+        message = (node, layer_index, request, plan)
+        self.push(now + self.delay(self.config.latency / 2), _REPLY, message)
+
+    def check(self, layer_index: int, a: Assignment, dst: int, src: int) -> None:
+        """The schedule's promises, against what the simulation knows (AssertionError)."""
+        chunk, layer = a.chunk, self.layers[layer_index]
+        assert self.alive[dst] and not self.gone[dst], f"{a}: to a node that is not there"
+        if src >= self.config.nodes:
+            assert chunk < layer.origin_chunks, f"{a}: the root does not have it yet"
+        else:
+            assert self.alive[src] and not self.gone[src], f"{a}: from a node that is not there"
+            # It held the chunk (it may have let it go since; the root hears of that late).
+            assert self.got[src][layer_index][chunk], f"{a}: the source never held it"
+            assert src not in self.banned, f"{a}: from a banned source"
+
+    def fetch_from_origin(self, layer: SimLayer, now: float) -> None:
+        """The root's download of the layer's next chunk (one stream: no gap between)."""
+        chunk = layer.origin_chunks
+        if chunk < layer.count:
+            root = self.index[layer.root_id]
+            size = layer.chunk_bytes(chunk, self.config.chunk_size)
+            flow = _Flow(self.origin, root, layer.index, chunk, size)
+            self.flows[(root, layer.index, chunk, self.origin)] = flow
+            self.start(flow, now)
+
+    # Agents: each a real LayerPlanner per layer ------------------------------------------
+
+    def start_layers(self, node: int, now: float) -> None:
+        """Start the node's next layers, up to `layers_at_once` in flight."""
+        c = self.config
+        limit = c.layers_at_once or len(self.layers)
+        planners = self.planners[node]
+        while self.next_layer[node] < len(self.layers):
+            active = sum(1 for i, p in planners.items() if not self.layer_complete(node, i))
+            if active >= limit:
+                return
+            layer = self.layers[self.next_layer[node]]
+            self.next_layer[node] += 1
+            planners[layer.index] = LayerPlanner(
+                digest=layer.digest,
+                upstream="registry.sim",
+                repo="sim/image",
+                chunk_size=c.chunk_size,
+                parallel=c.want,
+            )
+            self.agent_does(node, layer.index, planners[layer.index].start(now), now)
+
+    def layer_complete(self, node: int, layer: int) -> bool:
+        return self.layer_have[node][layer] == self.layers[layer].count
+
+    def agent_does(self, node: int, layer: int, d: Decisions, now: float) -> None:
+        """Carry out a planner's decisions, as `agent.swarm.download` does."""
+        assert d.error is None and d.fallback is None, f"{self.names[node]}: {d}"
+        planner = self.planners[node][layer]
+        if d.size is not None:  # nothing cached before: the layer is admitted empty
+            window = self.layers[layer].window
+            self.agent_does(node, layer, planner.admitted((), now, window=window), now)
+            return
+        key = (node, layer)
+        if d.drop_poll:
+            self.held_poll.pop(key, None)
+        for t in d.cancel:
+            flow = self.flows.pop((node, layer, t.chunk, self.index[t.source]), None)
+            if flow is not None:
+                self.cancelled += 1
+                self.stop(flow, now)
+        for t in d.start:
+            src = self.index[t.source]
+            size = self.layers[layer].chunk_bytes(t.chunk, self.config.chunk_size)
+            flow = _Flow(src, node, layer, t.chunk, size)
+            self.flows[(node, layer, t.chunk, src)] = flow
+            self.transfers += 1
+            self.push(now + self.delay(self.config.latency), _START, flow)
+        for request in d.requests:
+            message = (node, layer, request)
+            self.push(now + self.delay(self.config.latency / 2), _ARRIVE, message)
+        if d.store is not None:
+            if self.config.store_delay > 0:  # hashed, written, then reported
+                message = (node, layer, d.store.chunk, d.store.source)
+                self.push(now + self.config.store_delay, _STORE, message)
+            else:
+                self.store(node, layer, d.store.chunk, d.store.source, now)
+        if d.wake_at is not None:
+            version = self.wake_version[key] = self.wake_version.get(key, 0) + 1
+            self.push(d.wake_at, _WAKE, key, version)
+
+    def store(self, node: int, layer: int, chunk: int, source: str, now: float) -> None:
+        got = self.got[node][layer]
+        if not got[chunk]:
+            got[chunk] = 1
+            self.stored += 1
+            self.have[node] += 1
+            self.layer_have[node][layer] += 1
+            if self.have[node] == self.total_chunks:
+                self.completion[self.names[node]] = now
+                self.unfinished -= 1
+        if not self.held[node][layer][chunk]:
+            self.held[node][layer][chunk] = 1
+            self.held_n[node][layer] += 1
+        planner = self.planners[node][layer]
+        self.agent_does(node, layer, planner.stored(chunk, source, now), now)
+        if self.layers[layer].window is not None:
+            self.make_room(node, layer, now)
+        if self.layer_complete(node, layer):
+            self.start_layers(node, now)
+
+    def make_room(self, node: int, layer: int, now: float) -> None:
+        """The node's readers consume in order; its cache lets the oldest consumed chunks go
+        so that the next transfers fit (as the driver will, through `released`)."""
+        c, got, held = self.config, self.got[node][layer], self.held[node][layer]
+        count, window = self.layers[layer].count, self.layers[layer].window
+        consumed = self.consumed[node]
+        while consumed[layer] < count and got[consumed[layer]]:
+            consumed[layer] += 1
+        assert window is not None
+        excess = self.held_n[node][layer] + c.want - window
+        gone = []
+        for chunk in range(consumed[layer]):
+            if len(gone) >= excess:
+                break
+            if held[chunk]:
+                held[chunk] = 0
+                gone.append(chunk)
+        self.held_n[node][layer] -= len(gone)
+        decisions = self.planners[node][layer].released(gone, consumed[layer], now)
+        self.agent_does(node, layer, decisions, now)
+
+    def leave(self, node: int, now: float) -> None:
+        self.alive[node] = False
+        self.gone[node] = True
+        for layer in range(len(self.layers)):
+            self.held_poll.pop((node, layer), None)
+        if self.have[node] < self.total_chunks:
+            self.unfinished -= 1
+        for key, flow in list(self.flows.items()):
+            if node in (flow.src, flow.dst):
+                del self.flows[key]
+                self.stop(flow, now)
+                if flow.dst != node and self.alive[flow.dst]:  # its source vanished
+                    planner = self.planners[flow.dst][flow.layer]
+                    decisions = planner.failed(flow.chunk, self.ids[node], now)
+                    self.agent_does(flow.dst, flow.layer, decisions, now)
+        for layer in self.layers:
+            self.deliver(layer.index, layer.schedule.leave(self.ids[node], now), now)
+
+    # Links -------------------------------------------------------------------------------
+
+    def start(self, flow: _Flow, now: float) -> None:
+        if self.flows.get((flow.dst, flow.layer, flow.chunk, flow.src)) is not flow:
+            return  # cancelled before its first byte
+        if flow.src < self.config.nodes and not self.held[flow.src][flow.layer][flow.chunk]:
+            del self.flows[(flow.dst, flow.layer, flow.chunk, flow.src)]  # let go there: 404
+            planner = self.planners[flow.dst][flow.layer]
+            missing = planner.missing(flow.chunk, self.ids[flow.src], now)
+            self.agent_does(flow.dst, flow.layer, missing, now)
+            return
+        flow.running = True
+        flow.t = flow.began = now
+        self.ups[flow.src].add(flow)
+        self.downs[flow.dst].add(flow)
+        self.running.add(flow)
+        self.shares_changed(flow, now)
+
+    def shares_changed(self, flow: _Flow, now: float) -> None:
+        """A flow joined or left its two links: the rates there change."""
+        if self.config.fair_sharing:
+            self.rebalance(now)
+        else:
+            self.retime(self.ups[flow.src], now)
+            self.retime(self.downs[flow.dst], now)
+
+    def stop(self, flow: _Flow, now: float) -> None:
+        """Take a flow off its links and count the bytes it moved."""
+        if flow.running:
+            flow.remaining = max(0.0, flow.left(now))
+            flow.running = False
+            self.ups[flow.src].discard(flow)
+            self.downs[flow.dst].discard(flow)
+            self.running.discard(flow)
+            self.shares_changed(flow, now)
+        moved = flow.size - round(flow.remaining)
+        self.uploaded[flow.src] += moved
+        self.downloaded[flow.dst] += moved
+        if flow.src == self.origin and moved:
+            spread_over_seconds(self.origin_seconds, flow.began, now, moved)
+
+    def retime(self, flows: set[_Flow], now: float) -> None:
+        """Equal shares at both ends, the smaller one wins (the default, local model)."""
+        ups, downs, up_cap, down_cap = self.ups, self.downs, self.up_cap, self.down_cap
+        for f in flows:
+            self.set_rate(
+                f, min(up_cap[f.src] / len(ups[f.src]), down_cap[f.dst] / len(downs[f.dst])), now
+            )
+
+    def set_rate(self, f: _Flow, rate: float, now: float) -> None:
+        if rate == f.rate:
+            return
+        f.remaining = max(0.0, f.left(now))
+        f.t = now
+        f.rate = rate
+        end = now + f.remaining / rate
+        if end < f.due:  # sooner than its event: a new one (a later end waits for the old)
+            f.due = end
+            f.version += 1
+            self.push(end, _DONE, f, f.version)
+        if not f.tailed and f.dst < self.config.nodes:  # agents pipeline; roots stream
+            tail = max(now, end - self.planners[f.dst][f.layer].finish_lead)
+            if tail < f.tail_due:
+                f.tail_due = tail
+                f.tail_version += 1
+                self.push(tail, _TAIL, f, f.tail_version)
+
+    def rebalance(self, now: float) -> None:
+        """Max-min fair rates over every link (progressive filling): O(links x flows)."""
+        for f, rate in fair_rates(self.running, self.up_cap, self.down_cap).items():
+            self.set_rate(f, max(rate, 1e-9), now)
+
+    def finish(self, flow: _Flow, now: float) -> None:
+        del self.flows[(flow.dst, flow.layer, flow.chunk, flow.src)]
+        flow.remaining = 0.0
+        self.stop(flow, now)
+        layer = self.layers[flow.layer]
+        if flow.src == self.origin:  # a chunk landed at the root
+            layer.origin_chunks = flow.chunk + 1
+            actions = self.timed(layer, layer.schedule.origin_progress, flow.chunk + 1, now)
+            self.deliver(layer.index, actions, now)
+            self.fetch_from_origin(layer, now)
+            return
+        sha = self.bad_hash if flow.src in self.config.liars else layer.hashes[flow.chunk]
+        planner = self.planners[flow.dst][flow.layer]
+        decisions = planner.received(flow.chunk, self.ids[flow.src], sha, now)
+        self.agent_does(flow.dst, flow.layer, decisions, now)
+
+
+def simulate(config: SwarmConfig, progress: Progress | None = None) -> SwarmResult:
+    return Simulation(config, progress).run()

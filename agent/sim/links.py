@@ -1,0 +1,91 @@
+"""Transfers on modelled links: a flow's state, max-min fair rates, and the origin's rate
+over time. Pure, no I/O."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+
+class Flow:
+    """One chunk on its way from `src` to `dst` (node indexes), at `rate` since `t`."""
+
+    __slots__ = (
+        "src",
+        "dst",
+        "layer",
+        "chunk",
+        "size",
+        "remaining",
+        "rate",
+        "t",
+        "version",
+        "running",
+        "began",
+        "tailed",
+        "due",
+        "tail_due",
+        "tail_version",
+    )
+
+    def __init__(self, src: int, dst: int, layer: int, chunk: int, size: int) -> None:
+        self.src = src
+        self.dst = dst
+        self.layer = layer
+        self.chunk = chunk
+        self.size = size
+        self.remaining = float(size)
+        self.rate = 0.0
+        self.t = 0.0
+        self.version = 0
+        self.running = False
+        self.began = math.nan  # time of the first byte
+        self.tailed = False  # its planner was told it is finishing
+        # The end and the tail as last scheduled (events are not moved when a flow slows:
+        # the event finds it not done yet and comes again), and the tail event's version.
+        self.due = math.inf
+        self.tail_due = math.inf
+        self.tail_version = 0
+
+    def left(self, now: float) -> float:
+        """Bytes still to come at `now`."""
+        return self.remaining - self.rate * (now - self.t)
+
+
+def fair_rates(
+    running: Iterable[Flow], up_cap: Sequence[float], down_cap: Sequence[float]
+) -> dict[Flow, float]:
+    """Max-min fair rates over every link (progressive filling): O(links x flows)."""
+    cap: dict[tuple[int, int], float] = {}
+    members: dict[tuple[int, int], list[Flow]] = {}
+    flows = list(running)
+    for f in flows:
+        for link, c in (((0, f.src), up_cap[f.src]), ((1, f.dst), down_cap[f.dst])):
+            if link not in cap:
+                cap[link] = c
+                members[link] = []
+            members[link].append(f)
+    rates: dict[Flow, float] = {}
+    while len(rates) < len(flows):
+        share, link = min(
+            (cap[k] / n, k)
+            for k, fl in members.items()
+            if (n := sum(1 for f in fl if f not in rates))
+        )
+        for f in members[link]:
+            if f in rates:
+                continue
+            rates[f] = share
+            cap[(0, f.src)] -= share
+            cap[(1, f.dst)] -= share
+    return rates
+
+
+def spread_over_seconds(seconds: dict[int, float], began: float, ended: float, moved: int) -> None:
+    """Add `moved` bytes, sent evenly over [began, ended], to the per-second totals."""
+    span = max(ended - began, 1e-9)
+    second = math.floor(began)
+    while second < ended:
+        part = min(ended, second + 1) - max(began, second)
+        seconds[second] = seconds.get(second, 0.0) + moved * part / span
+        second += 1

@@ -1,0 +1,314 @@
+"""What a simulated swarm is (its configuration), what it measured (its result), and the
+arithmetic both need: the floor, percentiles, sizes and image specs. Pure, no I/O."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.swarm.protocol import rendezvous_order
+from agent.swarm.schedule import LayerSchedule
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+Mbit = 1_000_000 / 8  # bytes per second in one Mbit/s
+Gbit = 1000 * Mbit
+
+# The root's CPU per plan request it answers (HTTP, signature, JSON both ways, the tracker),
+# measured on the netns cluster (bench/swarm.py: the roots' CPU over the plan requests they
+# answered, less their data path): about 1.2 ms on this machine's cores. The schedule's own
+# share is timed in every run (`SwarmResult.schedule_cpu_s`).
+ROOT_REQUEST_S = 0.0012
+
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kib": KiB,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": 1 << 40,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+}
+
+
+def parse_size(text: str) -> int:
+    """`512MiB`, `4GiB`, `10GB` (decimal), `4096`: bytes."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (say e.g. 512MiB, 4GiB or 10GB)")
+    number, unit = match.groups()
+    return int(float(number) * _UNITS[(unit or "").lower()])
+
+
+def parse_image(spec: str) -> tuple[int, ...]:
+    """`8x512MiB` or `5x4GiB,2x10GiB` (a comma list of COUNTxSIZE; COUNTx may be left out):
+    the layer sizes, in order."""
+    layers: list[int] = []
+    for part in spec.split(","):
+        count, _, size = part.strip().rpartition("x")
+        try:
+            n = int(count) if count else 1
+        except ValueError:
+            raise ValueError(f"not COUNTxSIZE: {part!r} (say e.g. 8x512MiB)") from None
+        if n < 1:
+            raise ValueError(f"a layer count must be >= 1: {part!r}")
+        layers.extend([parse_size(size)] * n)
+    if not layers or min(layers) < 1:
+        raise ValueError(f"an image needs layers of at least one byte: {spec!r}")
+    return tuple(layers)
+
+
+def t_min(*, file_size: int, origin: float, downloads: list[float], uploads: list[float]) -> float:
+    """The Kumar-Ross floor max(F/u_o, F/d, N·F/(u_o + Σu)) for nodes with these download
+    rates, and these upload rates (the nodes' and the roots')."""
+    f, n = file_size, len(downloads)
+    return max(f / origin, f / min(downloads), n * f / (origin + sum(uploads)))
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (the value at rank ceil(q·n)): P95 of 16 nodes is the max."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwarmConfig:
+    """One simulated pull: N agents pull one image (its `layers`) at once through K roots.
+
+    Rates are bytes/s. A node's download is capped by its link, its disk and its CPU (one core
+    at `agent_cpu_s_per_gib`); `None` leaves a cap out."""
+
+    nodes: int
+    file_size: int = 0  # bytes: one layer of this size, unless `layers` is given
+    layers: tuple[int, ...] = ()  # the image's layer sizes, in order
+    chunk_size: int
+    upload: float  # each node
+    download: float  # each node's link
+    origin: float  # the origin's upload, shared by the roots fetching from it
+    roots: int = 1
+    owners: tuple[int, ...] = ()  # each layer's root (an index); default: rendezvous order
+    root_upload: float | None = None  # default: `upload`
+    root_download: float | None = None  # a root's link from the origin; default: `download`
+    disk: float | None = None  # a node's disk write rate
+    agent_cpu_s_per_gib: float | None = None  # with one core, caps the node's receive rate
+    root_request_s: float = 0.0  # a root's CPU per plan request: requests queue at its core
+    layers_at_once: int | None = None  # an agent's layers in flight (containerd: 3); None: all
+    want: int = 2  # the planner's transfer slots: one, and a spare for a second source
+    window: int = 8
+    upload_slots: int = 1
+    root_upload_slots: int = 1
+    endgame: int = 2
+    transfer_timeout: float = 10.0
+    latency: float = 0.001  # s: a round trip (a plan request and its answer; a chunk request)
+    store_delay: float = 0.0  # s from a chunk's last byte to its `stored` (hash, write)
+    long_poll: float = 2.0  # s the root holds a standing request with nothing for it
+    tick: float = 0.5  # s between the tracker's `expire` calls
+    start_spread: float = 0.0  # node i joins at i * start_spread / nodes
+    node_upload: Mapping[int, float] = field(default_factory=dict)  # per-node overrides
+    node_download: Mapping[int, float] = field(default_factory=dict)
+    liars: frozenset[int] = frozenset()
+    leaves: Mapping[int, float] = field(default_factory=dict)  # node -> time it leaves
+    time_limit: float | None = None  # s; default 50 x T_min
+    jitter: bool = True  # each latency is uniform in [latency/2, 3*latency/2] (breaks ties)
+    seed: int = 0
+    fair_sharing: bool = False  # max-min fair rates over all links (O(flows^2) per event)
+    # Chunks each node's cache holds at once (None: every layer whole). Readers consume chunks
+    # in order as they arrive; the oldest consumed chunks are let go to make room.
+    node_cache_chunks: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.layers and self.file_size not in (0, sum(self.layers)):
+            raise ValueError("give `layers` or `file_size`, or a file_size that is their sum")
+        if not self.layers and self.file_size < 1:
+            raise ValueError("an image needs at least one byte")
+        if self.nodes < 1 or self.roots < 1 or self.chunk_size < 1:
+            raise ValueError("nodes, roots and chunk_size must be >= 1")
+        if self.owners and (
+            len(self.owners) != len(self.layer_sizes)
+            or not all(0 <= o < self.roots for o in self.owners)
+        ):
+            raise ValueError("owners: one root index (< roots) per layer")
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        return self.layers or (self.file_size,)
+
+    @property
+    def total_size(self) -> int:
+        return sum(self.layer_sizes)
+
+    @property
+    def chunk_count(self) -> int:
+        """Chunks of the whole image."""
+        return sum(self.chunks_of(size) for size in self.layer_sizes)
+
+    def chunks_of(self, size: int) -> int:
+        return (size + self.chunk_size - 1) // self.chunk_size
+
+    def upload_of(self, node: int) -> float:
+        return self.node_upload.get(node, self.upload)
+
+    def download_of(self, node: int) -> float:
+        """A node's receive rate: its link, capped by its disk and its one core."""
+        rate = self.node_download.get(node, self.download)
+        if self.disk is not None:
+            rate = min(rate, self.disk)
+        if self.agent_cpu_s_per_gib:
+            rate = min(rate, GiB / self.agent_cpu_s_per_gib)
+        return rate
+
+    @property
+    def root_rate(self) -> float:
+        return self.upload if self.root_upload is None else self.root_upload
+
+    @property
+    def t_min(self) -> float:
+        return t_min(
+            file_size=self.total_size,
+            origin=self.origin,
+            downloads=[self.download_of(i) for i in range(self.nodes)],
+            uploads=[self.upload_of(i) for i in range(self.nodes)] + [self.root_rate] * self.roots,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwarmResult:
+    config: SwarmConfig
+    completion: dict[str, float]  # node -> when it held every chunk (absent: left before that)
+    t_min: float
+    root_upload_bytes: int  # what the roots uploaded to agents
+    origin_bytes: int  # what the origin sent the roots
+    origin_peak: float  # bytes/s, the origin's highest rate over any second
+    total_bytes: int  # every byte moved between nodes (roots included), aborted parts too
+    uploaded: dict[str, int]  # bytes each node (and root) uploaded
+    downloaded: dict[str, int]
+    transfers: int
+    cancelled: int
+    events: int
+    requests: dict[str, int]  # plan requests each root answered
+    schedule_cpu_s: dict[str, float]  # CPU the real schedules took, per root (this machine)
+
+    @property
+    def p50(self) -> float:
+        return percentile(list(self.completion.values()), 0.50)
+
+    @property
+    def p95(self) -> float:
+        return percentile(list(self.completion.values()), 0.95)
+
+    @property
+    def slowest(self) -> float:
+        return max(self.completion.values())
+
+    @property
+    def p95_ratio(self) -> float:
+        return self.p95 / self.t_min
+
+    @property
+    def root_ratio(self) -> float:
+        """The roots' uploads over F (a single root in the striping ideal sends F)."""
+        return self.root_upload_bytes / self.config.total_size
+
+    @property
+    def origin_over_f(self) -> float:
+        return self.origin_bytes / self.config.total_size
+
+    def root_cpu_s(self, request_s: float) -> dict[str, float]:
+        """Each root's projected CPU: its plan requests at `request_s` each (HTTP, signing,
+        JSON) plus the schedule's own CPU as measured in this run."""
+        return {
+            root: n * request_s + self.schedule_cpu_s.get(root, 0.0)
+            for root, n in self.requests.items()
+        }
+
+    def summary(self) -> str:
+        c = self.config
+        return (
+            f"N={c.nodes} F={c.total_size / MiB:.0f}MiB layers={len(c.layer_sizes)} "
+            f"chunks={c.chunk_count} T_min={self.t_min:.2f}s "
+            f"P50={self.p50:.2f}s P95={self.p95:.2f}s max={self.slowest:.2f}s "
+            f"P95/T_min={self.p95_ratio:.3f} root/F={self.root_ratio:.3f} "
+            f"origin/F={self.origin_over_f:.3f} "
+            f"total/(N*F)={self.total_bytes / (c.nodes * c.total_size):.3f} "
+            f"transfers={self.transfers} cancelled={self.cancelled} events={self.events}"
+        )
+
+    def to_json(self, *, wall_s: float, request_s: float) -> dict[str, Any]:
+        cpu = self.root_cpu_s(request_s)
+        return {
+            "nodes": self.config.nodes,
+            "roots": self.config.roots,
+            "layers": list(self.config.layer_sizes),
+            "p50_s": round(self.p50, 3),
+            "p95_s": round(self.p95, 3),
+            "max_s": round(self.slowest, 3),
+            "t_min_s": round(self.t_min, 3),
+            "p95_over_t_min": round(self.p95_ratio, 3),
+            "origin_bytes": self.origin_bytes,
+            "origin_over_f": round(self.origin_over_f, 4),
+            "origin_peak_gbit": round(self.origin_peak / Gbit, 3),
+            "plan_requests": sum(self.requests.values()),
+            "root_cpu_s_max": round(max(cpu.values(), default=0.0), 2),
+            "transfers": self.transfers,
+            "events": self.events,
+            "wall_s": round(wall_s, 2),
+        }
+
+
+def bench_case(
+    nodes: int = 16, link_mbit: float = 100, origin_mbit: float = 200, **overrides: Any
+) -> SwarmConfig:
+    """The swarm benchmark's setting as one layer (the simulator's own tests): 128 MiB in 4 MiB
+    chunks, every node (and the root) with `link_mbit` up and down, the origin at
+    `origin_mbit`."""
+    base: dict[str, Any] = {
+        "nodes": nodes,
+        "file_size": 128 * MiB,
+        "chunk_size": 4 * MiB,
+        "upload": link_mbit * Mbit,
+        "download": link_mbit * Mbit,
+        "origin": origin_mbit * Mbit,
+    }
+    base.update(overrides)
+    return SwarmConfig(**base)
+
+
+class SimLayer:
+    """One layer: its chunks, its owning root's schedule and what the origin has sent."""
+
+    def __init__(self, index: int, size: int, config: SwarmConfig, roots: list[str]) -> None:
+        c = config
+        self.index = index
+        self.size = size
+        self.count = c.chunks_of(size)
+        self.digest = f"sha256:{index:064x}"
+        owner = roots[c.owners[index]] if c.owners else rendezvous_order(self.digest, roots)[0]
+        self.root_id = owner
+        self.hashes = {k: f"{index:08x}{k:056x}" for k in range(self.count)}
+        self.origin_chunks = 0  # chunks the root holds
+        self.fetching = False  # the root's download from the origin started
+        self.window = (
+            c.node_cache_chunks
+            if c.node_cache_chunks is not None and self.count > c.node_cache_chunks
+            else None
+        )
+        self.schedule = LayerSchedule(
+            chunk_count=self.count,
+            root=self.root_id,
+            window=c.window,
+            upload_slots=c.upload_slots,
+            root_upload_slots=c.root_upload_slots,
+            transfer_timeout=c.transfer_timeout,
+            endgame=c.endgame,
+        )
+
+    def chunk_bytes(self, chunk: int, chunk_size: int) -> int:
+        return min(chunk_size, self.size - chunk * chunk_size)

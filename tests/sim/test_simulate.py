@@ -1,0 +1,132 @@
+"""Tests for `pollen simulate` (agent/sim): its flags, its report and its JSON; the engine's
+behaviour on the schedule is tested with the schedule (tests/swarm/test_schedule.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from agent import cli
+from agent.sim import reference
+from agent.sim.engine import simulate
+from agent.sim.model import GiB, Mbit, MiB, SwarmConfig, parse_image, parse_size
+
+JSON_FIELDS = {
+    "p50_s",
+    "p95_s",
+    "max_s",
+    "t_min_s",
+    "origin_bytes",
+    "origin_over_f",
+    "origin_peak_gbit",
+    "wall_s",
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("4096", 4096),
+        ("4MiB", 4 * MiB),
+        ("1.5GiB", 3 * GiB // 2),
+        ("10GB", 10**10),
+        ("2 kib", 2048),
+    ],
+)
+def test_sizes_take_binary_and_decimal_units(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_an_image_is_a_comma_list_of_count_x_size() -> None:
+    assert parse_image("8x512MiB") == (512 * MiB,) * 8
+    assert parse_image("5x4GiB,2x10GiB") == (4 * GiB,) * 5 + (10 * GiB,) * 2
+    assert parse_image("1GiB") == (GiB,)
+
+
+@pytest.mark.parametrize("spec", ["", "0x4MiB", "ax4MiB", "8x", "8xlots", "2x0"])
+def test_a_bad_image_spec_says_what_to_write(spec: str) -> None:
+    with pytest.raises(ValueError):
+        parse_image(spec)
+
+
+def test_bad_flags_exit_2_naming_the_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["simulate", "--image", "8xlots"]) == 2
+    assert "not a size" in capsys.readouterr().err
+    assert cli.main(["simulate", "--nodes", "0"]) == 2
+    assert "--nodes" in capsys.readouterr().err
+
+
+def test_json_has_the_fields_scripts_read(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["simulate", "--nodes", "6", "--image", "2x8MiB", "--node-gbit", "0.1"]
+    assert cli.main([*args, "--origin-gbit", "0.2", "--roots", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert JSON_FIELDS <= set(result)
+    assert result["nodes"] == 6 and result["layers"] == [8 * MiB, 8 * MiB]
+    assert result["p50_s"] <= result["p95_s"] <= result["max_s"]
+    assert result["p95_s"] >= result["t_min_s"] > 0
+    assert result["origin_over_f"] == pytest.approx(1.0, abs=0.05)
+    assert 0 < result["origin_peak_gbit"] <= 0.2 + 1e-6
+
+
+def test_the_text_report_names_the_floor_and_the_roots_load(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["simulate", "--nodes", "4", "--image", "16MiB", "--node-gbit", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "P95" in out and "T_min" in out and "plan requests" in out
+
+
+def test_layers_spread_over_roots_and_share_the_links() -> None:
+    """Two layers on two roots: each root fetches and first-sends its own layer; every
+    node gets every chunk of both, and the origin sends each layer once."""
+    config = SwarmConfig(
+        nodes=6,
+        layers=(16 * MiB, 16 * MiB),
+        chunk_size=4 * MiB,
+        upload=100 * Mbit,
+        download=100 * Mbit,
+        origin=200 * Mbit,
+        roots=2,
+        owners=(0, 1),
+    )
+    result = simulate(config)
+    assert len(result.completion) == 6
+    assert result.origin_bytes == 32 * MiB
+    assert all(n >= 16 * MiB for root, n in result.uploaded.items() if root.startswith("root"))
+    assert set(result.requests) == {"root0:1", "root1:1"}
+    assert all(n > 0 for n in result.requests.values())
+
+
+def test_a_busy_root_core_slows_the_swarm() -> None:
+    """Plan requests queue at the root's one core: at 20 ms each, a swarm that needs hundreds
+    of them per second waits for the root."""
+    free = SwarmConfig(
+        nodes=8,
+        layers=(32 * MiB,),
+        chunk_size=4 * MiB,
+        upload=1000 * Mbit,
+        download=1000 * Mbit,
+        origin=1000 * Mbit,
+    )
+    busy = dataclasses.replace(free, root_request_s=0.02)
+    assert simulate(busy).p95 > 2 * simulate(free).p95
+
+
+def test_a_slow_disk_or_a_busy_core_caps_a_nodes_rate() -> None:
+    config = SwarmConfig(
+        nodes=4, file_size=GiB, chunk_size=4 * MiB, upload=1e10, download=1e10, origin=1e10
+    )
+    assert config.download_of(0) == 1e10
+    assert dataclasses.replace(config, disk=220e6).download_of(0) == 220e6
+    cpu = dataclasses.replace(config, agent_cpu_s_per_gib=5.0)
+    assert cpu.download_of(0) == pytest.approx(GiB / 5.0)
+
+
+def test_the_published_table_is_the_seven_rows() -> None:
+    assert len(reference.PUBLISHED) == 7
+    assert [r.p95_s for r in reference.PUBLISHED] == [116, 380, 555, 590, 475, 660, 493]
+    first = reference.PUBLISHED[0]
+    layers = parse_image(first.image)
+    assert first.unpack_s(layers) == pytest.approx(4 * GiB / 150e6)
