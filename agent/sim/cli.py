@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TextIO
 
 from agent.sim import reference
@@ -20,7 +22,14 @@ from agent.sim.model import (
     parse_size,
 )
 
-DEFAULTS = {"nodes": 100, "image": "8x512MiB", "node_gbit": 10.0, "origin_gbit": 10.0}
+DEFAULTS: dict[str, Any] = {
+    "nodes": 100,
+    "image": "8x512MiB",
+    "node_gbit": 10.0,
+    "origin_gbit": 10.0,
+    "roots": 1,
+    "chunk": "4MiB",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,7 +48,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     parser.add_argument("--node-gbit", type=float, default=DEFAULTS["node_gbit"])
     parser.add_argument("--origin-gbit", type=float, default=DEFAULTS["origin_gbit"])
-    parser.add_argument("--roots", type=int, default=1, help="roots (layers spread by rendezvous)")
+    parser.add_argument(
+        "--roots", type=int, default=DEFAULTS["roots"], help="roots (layers spread by rendezvous)"
+    )
     parser.add_argument("--cache", default=None, help="each agent's cache, e.g. 4GiB (whole)")
     parser.add_argument("--disk-mbps", type=float, default=None, help="a node's disk writes")
     parser.add_argument(
@@ -53,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=float,
         default=ROOT_REQUEST_S * 1000,
         help="a root's CPU per plan request (requests queue at its one core); "
-        f"{ROOT_REQUEST_S * 1000:g} as measured on the netns cluster",
+        f"{ROOT_REQUEST_S * 1000:g} as bench/rootload.py measured",
     )
     parser.add_argument(
         "--layers-at-once",
@@ -61,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=reference.LAYERS_AT_ONCE,
         help="layers an agent pulls at once (containerd: 3; 0: all)",
     )
-    parser.add_argument("--chunk", default="4MiB", help="chunk size (cache.chunkSize)")
+    parser.add_argument("--chunk", default=DEFAULTS["chunk"], help="chunk size (cache.chunkSize)")
     parser.add_argument(
         "--rtt-ms",
         type=float,
@@ -82,6 +93,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="the original's seven published rows (1000 nodes) beside the simulation",
     )
+    parser.add_argument(
+        "--rows",
+        type=row_numbers,
+        default=list(range(1, len(reference.PUBLISHED) + 1)),
+        help="with --reference: which rows, e.g. 1 or 1,3 (all)",
+    )
+
+
+def row_numbers(text: str) -> list[int]:
+    try:
+        rows = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rows are numbers like 1,3: {text!r}") from None
+    if not rows or not all(1 <= n <= len(reference.PUBLISHED) for n in rows):
+        raise argparse.ArgumentTypeError(f"rows are 1..{len(reference.PUBLISHED)}")
+    return rows
 
 
 def build_config(args: argparse.Namespace, image: str | None = None) -> SwarmConfig:
@@ -154,42 +181,57 @@ def describe(result: SwarmResult, wall_s: float) -> str:
     )
 
 
+def reference_row(args: argparse.Namespace, index: int) -> dict[str, Any]:
+    """One published row, simulated (a worker process runs it)."""
+    row = reference.PUBLISHED[index]
+    config = build_config(args, row.image)
+    started = time.process_time()
+    result = simulate(config)
+    wall = time.process_time() - started
+    data = result.to_json(wall_s=wall, request_s=config.root_request_s)
+    data.update(
+        row=index + 1,
+        label=row.label,
+        image=row.image,
+        published_p95_s=row.p95_s,
+        published_origin_peak_gbit=row.origin_peak_gbit,
+        unpack_s=round(row.unpack_s(config.layer_sizes), 1),
+        p95_over_published=round(result.p95 / row.p95_s, 3),
+    )
+    return data
+
+
+def row_line(data: dict[str, Any]) -> str:
+    return (
+        f"{data['row']}. {data['label']:18s} P95 {data['p95_s']:7.1f} s "
+        f"(+ unpack <= {data['unpack_s']:5.1f} s) vs published {data['published_p95_s']:4.0f} s: "
+        f"{data['p95_over_published']:5.2f}x  T_min {data['t_min_s']:6.1f} s  origin "
+        f"{data['origin_over_f']:5.3f} x F, peak {data['origin_peak_gbit']:5.2f} vs "
+        f"{data['published_origin_peak_gbit']:3.1f} Gbit/s  busiest root "
+        f"{data['root_cpu_s_max']:6.0f} CPU-s  [{data['wall_s']:.0f} CPU-s]"
+    )
+
+
 def run_reference(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows asked for, one process per core; each printed as soon as it and the rows
+    before it are done."""
+    indexes = [n - 1 for n in args.rows]
     rows = []
-    for row in reference.PUBLISHED:
-        config = build_config(args, row.image)
-        result, wall = run_one(config, row.label)
-        unpack = row.unpack_s(config.layer_sizes)
-        data = result.to_json(wall_s=wall, request_s=config.root_request_s)
-        data.update(
-            image=row.image,
-            published_p95_s=row.p95_s,
-            published_origin_peak_gbit=row.origin_peak_gbit,
-            unpack_s=round(unpack, 1),
-            p95_over_published=round(result.p95 / row.p95_s, 3),
-        )
-        rows.append(data)
-        if not args.json:
-            print(
-                f"{row.label:18s} P95 {result.p95:8.1f} s (+ unpack <= {unpack:5.1f} s) vs "
-                f"published {row.p95_s:5.0f} s: {result.p95 / row.p95_s:5.2f}x   origin "
-                f"{result.origin_over_f:5.3f} x F, peak {result.origin_peak / Gbit:5.2f} vs "
-                f"{row.origin_peak_gbit:3.1f} Gbit/s   [{wall:.0f} CPU-s]",
-                flush=True,
-            )
+    with ProcessPoolExecutor(max_workers=min(len(indexes), os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(reference_row, args, i) for i in indexes]
+        for future in futures:
+            data = future.result()
+            rows.append(data)
+            if not args.json:
+                print(row_line(data), flush=True)
     return rows
 
 
 def reference_defaults(args: argparse.Namespace) -> None:
     """The published setting, for the flags the user left at their defaults."""
-    given = {k for k, v in DEFAULTS.items() if getattr(args, k) != v}
-    args.nodes = args.nodes if "nodes" in given else reference.NODES
-    args.node_gbit = args.node_gbit if "node_gbit" in given else reference.NODE_GBIT
-    args.origin_gbit = args.origin_gbit if "origin_gbit" in given else reference.ORIGIN_GBIT
-    args.cache = args.cache or str(reference.CACHE)
-    args.disk_mbps = args.disk_mbps or reference.DISK_MBPS
-    if args.agent_cpu_s_per_gib is None:
-        args.agent_cpu_s_per_gib = reference.AGENT_CPU_S_PER_GIB
+    for key, value in reference.SETTING.items():
+        if getattr(args, key) in (DEFAULTS.get(key), None):
+            setattr(args, key, value)
 
 
 def main(args: argparse.Namespace) -> int:

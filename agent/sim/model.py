@@ -18,11 +18,11 @@ GiB = 1 << 30
 Mbit = 1_000_000 / 8  # bytes per second in one Mbit/s
 Gbit = 1000 * Mbit
 
-# The root's CPU per plan request it answers (HTTP, signature, JSON both ways, the tracker),
-# measured on the netns cluster (bench/swarm.py: the roots' CPU over the plan requests they
-# answered, less their data path): about 1.2 ms on this machine's cores. The schedule's own
-# share is timed in every run (`SwarmResult.schedule_cpu_s`).
-ROOT_REQUEST_S = 0.0012
+# The root's CPU per plan request it answers (HTTP, signatures, JSON both ways, the tracker,
+# the schedule), measured on a real root process by bench/rootload.py: 0.49 ms with 50 agents,
+# 0.61 ms with 200 (one 128 MiB layer, 4 MiB chunks). The schedule's own share is also timed in
+# every simulation (`SwarmResult.schedule_cpu_s`).
+ROOT_REQUEST_S = 0.0006
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {

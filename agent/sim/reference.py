@@ -10,15 +10,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from agent.sim.model import GiB
-
 NODES = 1000
 NODE_GBIT = 10.0
 # The bucket is not the bottleneck in the published runs (peaks of 1.2-6.7 Gbit/s): give the
 # origin the same 10 Gbit/s as a node.
 ORIGIN_GBIT = 10.0
 DISK_MBPS = 220.0  # ESSD PL1 200 GB: 120 + 0.5 x 200 MB/s of throughput
-CACHE = 4 * GiB
 LAYERS_AT_ONCE = 3  # containerd's max_concurrent_downloads
 # A swarm agent's CPU per GiB received, serving included (bench/swarm.py, --o-direct, light
 # clients, this machine): with one core it caps a node at about 200 MB/s.
@@ -40,6 +37,20 @@ class PublishedRow:
         UNPACK_MBPS (an upper bound: layers that arrive early unpack meanwhile)."""
         return sum(layers) / (UNPACK_MBPS * 1e6)
 
+
+# What `pollen simulate --reference` sets, for the flags left at their defaults: the published
+# test, and a deployment fit for it (16 MiB chunks: a quarter of the plan requests of 4 MiB,
+# each still about 80 ms on a node capped at ~200 MB/s; 8 roots, under 1% of the nodes).
+SETTING = {
+    "nodes": NODES,
+    "node_gbit": NODE_GBIT,
+    "origin_gbit": ORIGIN_GBIT,
+    "disk_mbps": DISK_MBPS,
+    "cache": "4GiB",
+    "agent_cpu_s_per_gib": AGENT_CPU_S_PER_GIB,
+    "chunk": "16MiB",
+    "roots": 8,
+}
 
 # "512 MB" in the table is taken as 512 MiB, "10 GB" as 10 GiB (image tools count in binary).
 PUBLISHED = (

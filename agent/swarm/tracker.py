@@ -20,7 +20,7 @@ for it) is fetched again from the origin with a `Range` request, counted and log
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -90,12 +90,19 @@ class RootLayer:
     sealed: str | None = None  # the verified layer's chunk-table digest (Plan.table_sha256)
     seen: dict[str, float] = field(default_factory=dict)  # node -> its last plan request
     standing: dict[str, trio.CancelScope] = field(default_factory=dict)  # held long polls
-    changed: trio.Event = field(default_factory=trio.Event)
+    waiters: dict[str, trio.Event] = field(default_factory=dict)  # what wakes each of them
     last_asked: float = 0.0
 
-    def notify(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
+    def notify(self, nodes: Iterable[str] | None = None) -> None:
+        """Wake the held standing requests of `nodes` (None: of every node with mail waiting).
+        Only those: with a thousand agents waiting, waking all of them for every assignment
+        made the root's work per event grow with the cluster."""
+        if nodes is None:
+            nodes = [node for node in self.waiters if self.mailbox.get(node)]
+        for node in nodes:
+            woken = self.waiters.pop(node, None)
+            if woken is not None:
+                woken.set()
 
 
 @dataclass(eq=False, kw_only=True)
@@ -175,7 +182,7 @@ class Tracker:
             box = layer.mailbox.setdefault(a.node, [])
             if (a.chunk, a.source) not in box and schedule.flying(a.node, a.chunk, a.source):
                 box.append((a.chunk, a.source))
-        layer.notify()
+        layer.notify({a.node for a in actions.assigned})
 
     async def plan(self, asker: str, request: PlanTarget, authorization: bytes | None) -> Plan:
         chunk_size = self.cache.chunk_size
@@ -231,7 +238,12 @@ class Tracker:
             layer.standing[asker] = standing = trio.move_on_after(LONG_POLL)
             with standing:
                 while not self._deliverable(layer, asker):
-                    await layer.changed.wait()
+                    layer.waiters[asker] = woken = trio.Event()
+                    try:
+                        await woken.wait()
+                    finally:
+                        if layer.waiters.get(asker) is woken:
+                            del layer.waiters[asker]
             if layer.standing.get(asker) is not standing:
                 return Plan(size=schedule_size(layer), chunk_size=chunk_size, retry_after=0.0)
             del layer.standing[asker]
@@ -352,6 +364,7 @@ class Tracker:
             for c in layer.ring_held - held:
                 schedule.root_released(c, now)
             layer.ring_held = held
+            layer.notify()
             return
         count = entry.layout.count
         held_upto = layer.origin_held
@@ -360,6 +373,7 @@ class Tracker:
         if held_upto > layer.origin_held:
             layer.origin_held = held_upto
             self._deliver(layer, schedule.origin_progress(held_upto, now))
+            layer.notify()  # mail that waited for the root's own copy (after a failover)
 
     async def _watch_origin(self, layer: RootLayer) -> None:
         """Follow the root's download; a ring's watch lasts while the layer is tracked, since

@@ -130,3 +130,20 @@ def test_the_published_table_is_the_seven_rows() -> None:
     first = reference.PUBLISHED[0]
     layers = parse_image(first.image)
     assert first.unpack_s(layers) == pytest.approx(4 * GiB / 150e6)
+
+
+def test_the_simulated_trackers_plans_are_the_plans_the_checks_accept() -> None:
+    """The simulation builds its replies without Plan's checks (for speed): what it builds
+    must be what the checked constructor builds from the same fields."""
+    import dataclasses as dc
+
+    from agent.sim.engine import trusted_plan
+    from agent.swarm.plan import Plan
+
+    fields = {
+        "size": 10 * MiB,
+        "chunk_size": 4 * MiB,
+        "chunk_sha256": {1: "a" * 64},
+        "assignments": ((1, "10.0.0.1:65002"),),
+    }
+    assert dc.asdict(trusted_plan(**fields)) == dc.asdict(Plan(**fields))  # type: ignore[arg-type]

@@ -342,6 +342,50 @@ async def test_a_chunk_that_just_arrived_is_served_to_peers_from_memory(
         assert pulled == [blob.data]
 
 
+async def test_an_assignment_wakes_only_the_standing_request_it_is_for(
+    swarm: Swarm, registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thirty agents hold standing requests while the root's download has nothing yet; when
+    its first chunk lands, the one agent assigned it is woken, not all thirty (waking every
+    held request for every assignment made a root's work per event grow with the cluster)."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        tracker = root.tracker
+        assert tracker is not None
+        blob = registry.add(os.urandom(4 * CHUNK), pause_at=CHUNK // 2)
+        looked: list[str] = []
+        deliverable = tracker._deliverable
+
+        def counting(layer: RootLayer, node: str) -> list[tuple[int, str]]:
+            looked.append(node)
+            return deliverable(layer, node)
+
+        monkeypatch.setattr(tracker, "_deliverable", counting)
+        askers = [f"127.0.0.{i}:7000" for i in range(2, 32)]
+        answered: list[str] = []
+
+        async def ask(asker: str) -> None:
+            request = plan_request(registry, blob, want=1, poll=True)
+            await tracker.plan(asker, request, None)
+            answered.append(asker)
+
+        async with trio.open_nursery() as nursery:
+            for asker in askers:
+                nursery.start_soon(ask, asker)
+            layer = None
+            while layer is None or len(layer.standing) < len(askers):
+                await trio.sleep(0.01)
+                layer = tracker._layers.get(blob.digest)
+            looked.clear()
+            blob.resume.set()
+            while not answered:
+                await trio.sleep(0.01)
+            await trio.sleep(0.1)  # anything else woken would look meanwhile
+            nursery.cancel_scope.cancel()
+        assert len(answered) == 1
+        assert set(looked) == set(answered), looked
+
+
 @pytest.mark.parametrize("token", [b"not-the-cluster-token", None], ids=["wrong", "unsigned"])
 async def test_request_without_the_cluster_token_gets_401_and_no_data(
     swarm: Swarm, registry: FakeRegistry, p2p_http: HttpClient, token: bytes | None

@@ -29,11 +29,13 @@ class AgentProcess:
         port: int | None = None,
         address: str = "127.0.0.1",
         role: str = "agent",
+        verbose: bool = True,
     ) -> None:
         self.workdir = workdir
         self.name = name
         self.address = address
         self.role = role
+        self.verbose = verbose  # -v: debug logging (benches measuring CPU leave it off)
         self.port = port or free_port(address)
         self.cache_path = workdir / "cache"
         self.scheme = "https" if tls else "http"
@@ -64,7 +66,7 @@ class AgentProcess:
     def start(self, *, ca: Path | None = None, timeout: float = 30.0) -> AgentProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = ManagedProcess(
-            [sys.executable, "-m", "agent", self.role, "-v"],
+            [sys.executable, "-m", "agent", self.role, *(["-v"] if self.verbose else [])],
             name=self.name,
             log_dir=self.workdir,
             env=self.env,
