@@ -32,7 +32,9 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+import profiling  # noqa: E402
 from harness import AgentProcess, Registry, build_image  # noqa: E402
 from harness.images import push_image  # noqa: E402
 from harness.procs import free_port  # noqa: E402
@@ -138,12 +140,14 @@ async def load(args: argparse.Namespace, root: str, layer: dict[str, object], pi
         node = f"127.0.{1 + i // 250}.{1 + i % 250}:{20000 + i}"
         client = P2PClient(http, token=TOKEN.encode(), node=node, tls=False)
         agents.append(VirtualAgent(node, client, root, layer, args.transfer_ms / 1000))
+    spies = profiling.start(args.profile, [(pid, "root")])
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             for agent in agents:
                 nursery.start_soon(agent.run)
     wall, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
+    profiling.stop(spies)
     await http.aclose()
     requests = sum(a.requests for a in agents)
     outcomes = {a.outcome for a in agents}
@@ -167,6 +171,7 @@ def main() -> int:
     parser.add_argument("--layer-mib", type=int, default=256)
     parser.add_argument("--chunk", default="4MiB")
     parser.add_argument("--transfer-ms", type=float, default=40.0)
+    parser.add_argument("--profile", type=Path, help="py-spy the root (raw stacks here)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pollen-bench-rootload-"))
     try:

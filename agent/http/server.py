@@ -418,12 +418,33 @@ class _Connection:
         if isinstance(event, h11.Data):
             self.body_bytes += len(event.data)
 
+    async def _send_whole(self, head: h11.Response, body: bytes) -> None:
+        """A small answer (a plan, an error) in one send: one system call and one event-loop
+        turn instead of two; a root answers thousands of plan requests a second."""
+        throttle = self.settings.throttle
+        if throttle is not None and body:
+            await throttle(len(body))
+        message = self.h11.send(head) or b""
+        if body:
+            message += self.h11.send(h11.Data(data=body)) or b""
+        message += self.h11.send(h11.EndOfMessage()) or b""
+        try:
+            await self.stream.send_all(message)
+        except BaseException:
+            self.h11.send_failed()
+            raise
+        self.body_bytes += len(body)
+
     async def send_response(self, response: Response, *, head_only: bool) -> bool:
         """Send a response; False when a streamed body was cut short (connection must close)."""
         headers = [(b"server", self.settings.server_name), *response.headers]
         body = response.body
         try:
-            await self._send(h11.Response(status_code=response.status, headers=headers))
+            head = h11.Response(status_code=response.status, headers=headers)
+            if isinstance(body, bytes) and len(body) <= SMALL_BODY and not head_only:
+                await self._send_whole(head, body)
+                return True
+            await self._send(head)
             if head_only:
                 await self._send(h11.EndOfMessage())
                 return True
@@ -458,6 +479,7 @@ class _Connection:
 
 
 SEND_BUFFER = 4 << 20
+SMALL_BODY = 64 << 10  # a bytes body up to this size goes out with its head in one send
 
 
 def _tune_for_bulk(stream: trio.abc.Stream) -> None:

@@ -19,9 +19,10 @@ Mbit = 1_000_000 / 8  # bytes per second in one Mbit/s
 Gbit = 1000 * Mbit
 
 # The root's CPU per plan request it answers (HTTP, signatures, JSON both ways, the tracker,
-# the schedule), measured on a real root process by bench/rootload.py: 0.49 ms with 50 agents,
-# 0.61 ms with 200 (one 128 MiB layer, 4 MiB chunks). The schedule's own share is also timed in
-# every simulation (`SwarmResult.schedule_cpu_s`).
+# the schedule), measured on a real root process by bench/rootload.py (one 128 MiB layer, 4 MiB
+# chunks): 0.38 ms with 50 virtual agents, 0.42 with 100, 0.48 with 200. It grows with the
+# cluster (longer scans in the schedule, more connections): 0.6 ms is taken for 1000. The
+# schedule's own share is also timed in every simulation (`SwarmResult.schedule_cpu_s`).
 ROOT_REQUEST_S = 0.0006
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)

@@ -12,9 +12,10 @@ import ssl
 from collections.abc import AsyncIterator
 
 import trio
+import trio.testing
 
 from agent.http.client import RAW_LOW_WATER, HttpClient
-from agent.http.responses import Response
+from agent.http.responses import JSON, Response, bytes_response
 from agent.http.server import HttpServer, Request, ServerSettings, listener_port, open_listeners
 
 BODY = 3 << 20
@@ -84,3 +85,32 @@ async def test_a_raw_body_read_wakes_per_mib_and_still_gets_its_last_bytes() -> 
         assert RAW_LOW_WATER in marks  # a multi-MiB body: wake per MiB
         assert min(marks) <= tail  # the last bytes: no more than the body still owed
         nursery.cancel_scope.cancel()
+
+
+async def test_a_small_answer_goes_out_with_its_head_in_one_send() -> None:
+    """A plan reply or an error is a few hundred bytes: its head and body leave in one send
+    (one system call, one event-loop turn), not two; a root answers thousands a second."""
+    left, right = trio.testing.memory_stream_pair()
+    sends: list[int] = []
+    send_all = left.send_all
+
+    async def counting(data: bytes | bytearray | memoryview) -> None:
+        sends.append(len(data))
+        await send_all(data)
+
+    left.send_all = counting  # type: ignore[method-assign]
+
+    async def app(request: Request) -> Response:
+        return bytes_response(200, b'{"plan": 1}', JSON)
+
+    server = HttpServer(app, ServerSettings(), name="t")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server._serve_connection, left)
+        await right.send_all(b"GET /p2p/v1/plan HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = b""
+        with trio.fail_after(5):
+            while not received.endswith(b'{"plan": 1}'):
+                received += await right.receive_some(4096)
+        nursery.cancel_scope.cancel()
+    assert received.startswith(b"HTTP/1.1 200")
+    assert len(sends) == 1, sends
