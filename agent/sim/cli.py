@@ -86,6 +86,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=15.0,
         help="from a chunk's last byte to its report (hash, disk write; 15: as traced)",
     )
+    parser.add_argument(
+        "--stripe-chunks",
+        type=int,
+        default=None,
+        help="a design under study: each layer's chunks in stripes of this many, each on its "
+        "own root (rendezvous); today one root schedules a whole layer",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one JSON object (a list with -r)")
     parser.add_argument(
@@ -135,6 +142,7 @@ def build_config(args: argparse.Namespace, image: str | None = None) -> SwarmCon
         agent_cpu_s_per_gib=args.agent_cpu_s_per_gib,
         root_request_s=args.root_request_ms / 1000,
         layers_at_once=args.layers_at_once or None,
+        stripe_chunks=args.stripe_chunks,
         latency=args.rtt_ms / 1000,
         store_delay=args.store_ms / 1000,
         seed=args.seed,

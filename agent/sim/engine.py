@@ -46,7 +46,7 @@ from collections.abc import Callable
 
 from agent.sim.links import Flow as _Flow
 from agent.sim.links import fair_rates, spread_over_seconds
-from agent.sim.model import SimLayer, SwarmConfig, SwarmResult
+from agent.sim.model import SimLayer, SwarmConfig, SwarmResult, sim_layers
 from agent.swarm.plan import Plan
 from agent.swarm.planner import Decisions, LayerPlanner
 from agent.swarm.protocol import PlanTarget
@@ -89,7 +89,7 @@ class Simulation:
         self.down_cap = [c.download_of(i) for i in range(n)] + [root_down] * k + [math.inf]
         self.ups: list[set[_Flow]] = [set() for _ in range(n + k + 1)]
         self.downs: list[set[_Flow]] = [set() for _ in range(n + k + 1)]
-        self.layers = [SimLayer(i, s, c, self.ids[n : n + k]) for i, s in enumerate(c.layer_sizes)]
+        self.layers = sim_layers(c, self.ids[n : n + k])
         self.flows: dict[tuple[int, int, int, int], _Flow] = {}  # (dst, layer, chunk, src)
         self.held = [[bytearray(layer.count) for layer in self.layers] for _ in range(n)]
         self.got = [[bytearray(layer.count) for layer in self.layers] for _ in range(n)]
@@ -361,15 +361,19 @@ class Simulation:
     # Agents: each a real LayerPlanner per layer ------------------------------------------
 
     def start_layers(self, node: int, now: float) -> None:
-        """Start the node's next layers, up to `layers_at_once` in flight."""
+        """Start the node's next image layers, up to `layers_at_once` in flight, and of a
+        striped layer as many stripes as its window allows (`SimLayer.at_once`)."""
         c = self.config
-        limit = c.layers_at_once or len(self.layers)
+        limit = c.layers_at_once or len(c.layer_sizes)
         planners = self.planners[node]
         while self.next_layer[node] < len(self.layers):
-            active = sum(1 for i, p in planners.items() if not self.layer_complete(node, i))
-            if active >= limit:
-                return
             layer = self.layers[self.next_layer[node]]
+            active = [self.layers[i] for i in planners if not self.layer_complete(node, i)]
+            images = {a.image_layer for a in active}
+            if layer.image_layer not in images and len(images) >= limit:
+                return
+            if sum(1 for a in active if a.image_layer == layer.image_layer) >= layer.at_once:
+                return
             self.next_layer[node] += 1
             planners[layer.index] = LayerPlanner(
                 digest=layer.digest,

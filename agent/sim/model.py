@@ -102,6 +102,10 @@ class SwarmConfig:
     agent_cpu_s_per_gib: float | None = None  # with one core, caps the node's receive rate
     root_request_s: float = 0.0  # a root's CPU per plan request: requests queue at its core
     layers_at_once: int | None = None  # an agent's layers in flight (containerd: 3); None: all
+    # A design under study, not what agents do today: each layer's chunks in stripes of this
+    # many, each stripe scheduled by the root its own rendezvous order picks (None: one root
+    # per layer, as now).
+    stripe_chunks: int | None = None
     want: int = 2  # the planner's transfer slots: one, and a spare for a second source
     window: int = 8
     upload_slots: int = 1
@@ -132,6 +136,10 @@ class SwarmConfig:
             raise ValueError("an image needs at least one byte")
         if self.nodes < 1 or self.roots < 1 or self.chunk_size < 1:
             raise ValueError("nodes, roots and chunk_size must be >= 1")
+        if self.stripe_chunks is not None and self.stripe_chunks < 1:
+            raise ValueError("stripe_chunks must be >= 1")
+        if self.owners and self.stripe_chunks is not None:
+            raise ValueError("owners place whole layers: not with stripe_chunks")
         if self.owners and (
             len(self.owners) != len(self.layer_sizes)
             or not all(0 <= o < self.roots for o in self.owners)
@@ -285,22 +293,41 @@ def bench_case(
 class SimLayer:
     """One layer: its chunks, its owning root's schedule and what the origin has sent."""
 
-    def __init__(self, index: int, size: int, config: SwarmConfig, roots: list[str]) -> None:
+    def __init__(
+        self,
+        index: int,
+        size: int,
+        config: SwarmConfig,
+        roots: list[str],
+        *,
+        image_layer: int | None = None,
+        stripes: int = 1,
+        layer_size: int | None = None,
+    ) -> None:
         c = config
         self.index = index
+        self.image_layer = index if image_layer is None else image_layer  # which real layer
         self.size = size
         self.count = c.chunks_of(size)
         self.digest = f"sha256:{index:064x}"
         owner = roots[c.owners[index]] if c.owners else rendezvous_order(self.digest, roots)[0]
         self.root_id = owner
+        # A layer bigger than the cache passes through a window; a striped one's window is
+        # shared by the stripes in flight, as many as leave each a window the schedule can
+        # fill without a gap (its look-ahead plus the planner's slots): the rest wait.
+        total = c.chunks_of(layer_size) if layer_size is not None else self.count
+        cache = c.node_cache_chunks
+        self.at_once = stripes  # stripes of this layer an agent fetches at once
+        if cache is not None and total > cache:
+            least = c.window + c.want + 2  # a smaller cache is taken as this (no deadlock)
+            self.at_once = max(1, min(stripes, cache // least))
+            cache = max(least, cache // self.at_once)
+        else:
+            cache = None
         self.hashes = {k: f"{index:08x}{k:056x}" for k in range(self.count)}
         self.origin_chunks = 0  # chunks the root holds
         self.fetching = False  # the root's download from the origin started
-        self.window = (
-            c.node_cache_chunks
-            if c.node_cache_chunks is not None and self.count > c.node_cache_chunks
-            else None
-        )
+        self.window = max(1, cache) if cache is not None and self.count > cache else None
         self.schedule = LayerSchedule(
             chunk_count=self.count,
             root=self.root_id,
@@ -313,3 +340,29 @@ class SimLayer:
 
     def chunk_bytes(self, chunk: int, chunk_size: int) -> int:
         return min(chunk_size, self.size - chunk * chunk_size)
+
+
+def sim_layers(config: SwarmConfig, roots: list[str]) -> list[SimLayer]:
+    """The image's layers as the roots schedule them: one per layer, or (with
+    `stripe_chunks`) one per stripe, each stripe knowing its layer."""
+    stripe = config.stripe_chunks
+    layers: list[SimLayer] = []
+    for i, size in enumerate(config.layer_sizes):
+        if stripe is None:
+            layers.append(SimLayer(i, size, config, roots))
+            continue
+        part = stripe * config.chunk_size
+        sizes = [min(part, size - start) for start in range(0, size, part)]
+        for piece in sizes:
+            layers.append(
+                SimLayer(
+                    len(layers),
+                    piece,
+                    config,
+                    roots,
+                    image_layer=i,
+                    stripes=len(sizes),
+                    layer_size=size,
+                )
+            )
+    return layers

@@ -71,7 +71,14 @@ def header(args: argparse.Namespace) -> str:
         f"{args.node_gbit:g} Gbit/s links, origin {args.origin_gbit:g} Gbit/s, disks "
         f"{args.disk_mbps:g} MB/s, one core per agent at {args.agent_cpu_s_per_gib:g} CPU-s/GiB, "
         f"cache {args.cache}, {args.roots} root(s) at {args.root_request_ms:g} ms per plan "
-        f"request, {args.layers_at_once or 'all'} layers at once, chunk {args.chunk}.\n"
+        f"request, {args.layers_at_once or 'all'} layers at once, chunk {args.chunk}"
+        + (
+            f", layers in stripes of {args.stripe_chunks} chunks each on its own root (a "
+            "design under study)"
+            if getattr(args, "stripe_chunks", None)
+            else ""
+        )
+        + ".\n"
         f"Published P95s include unpacking; simulated ones end at the last byte: unpacking at "
         f"{UNPACK_MBPS:g} MB/s (one core, gzip) would add at most the figure in brackets."
     )

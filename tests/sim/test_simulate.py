@@ -147,3 +147,45 @@ def test_the_simulated_trackers_plans_are_the_plans_the_checks_accept() -> None:
         "assignments": ((1, "10.0.0.1:65002"),),
     }
     assert dc.asdict(trusted_plan(**fields)) == dc.asdict(Plan(**fields))  # type: ignore[arg-type]
+
+
+def test_stripes_spread_one_layers_plan_requests_over_the_roots() -> None:
+    """The design under study: a layer's chunks in stripes, each scheduled by its own root.
+    Every node still gets every chunk, the origin still sends the layer once, and the plan
+    requests that one root answered alone are now shared."""
+    whole = SwarmConfig(
+        nodes=8,
+        layers=(64 * MiB,),
+        chunk_size=4 * MiB,
+        upload=200 * Mbit,
+        download=200 * Mbit,
+        origin=400 * Mbit,
+        roots=4,
+    )
+    striped = dataclasses.replace(whole, stripe_chunks=4)
+    one, spread = simulate(whole), simulate(striped)
+    assert len(spread.completion) == 8 and spread.origin_bytes == 64 * MiB
+    assert sum(1 for n in one.requests.values() if n) == 1
+    assert sum(1 for n in spread.requests.values() if n) >= 2
+    assert max(spread.requests.values()) < max(one.requests.values())
+
+
+def test_a_striped_layer_bigger_than_the_cache_passes_through_its_window() -> None:
+    """Sixteen chunks of cache for a 64-chunk layer in 8 stripes: the stripes go one after
+    another, each through a window the schedule can fill (sharing the 16 chunks among all 8
+    stripes at once left each 2, and the swarm stalled)."""
+    config = SwarmConfig(
+        nodes=6,
+        layers=(64 * 16 * MiB,),
+        chunk_size=16 * MiB,
+        upload=1000 * Mbit,
+        download=1000 * Mbit,
+        origin=1000 * Mbit,
+        roots=4,
+        stripe_chunks=8,
+        node_cache_chunks=16,
+        time_limit=600.0,
+    )
+    result = simulate(config)
+    assert len(result.completion) == 6
+    assert result.origin_bytes == 64 * 16 * MiB
