@@ -481,16 +481,20 @@ class LayerPlanner:
 
     def _poll(self, pending: _Pending, now: float, *, carrying: bool = False) -> None:
         """Send the standing request when none is in flight, a slot is free and it is due.
-        While a transfer is in its last bytes or a chunk is being stored it waits for the
-        report those make (`done`) and carries it, unless it carries a report already
-        (`carrying`)."""
+        While a transfer is in its last bytes or a chunk is being stored (outside a window) it
+        waits for the report those make (`done`) and carries it, unless it carries a report
+        already (`carrying`)."""
         if self.polling or self.complete or self._want() == 0:
             return
         if self.size is not None and not self.ready:
             return  # the layer is being admitted
         if self.poll_at is not None and now < self.poll_at:
             return
-        if (self.tailing or self.storing) and not carrying:
+        # A store waits at most for the disk, unless the layer passes through a window: there
+        # it may wait for a slot that only the readers free, and they may need the very
+        # chunk this request would bring.
+        storing = self.storing and self.window is None
+        if (self.tailing or storing) and not carrying:
             return  # it goes with the report those make soon (done): one request, not two
         self.polling = True
         self.poll_at = None

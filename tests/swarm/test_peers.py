@@ -145,11 +145,14 @@ async def registry(nursery: trio.Nursery) -> FakeRegistry:
 
 
 @pytest.fixture
-async def swarm(
-    nursery: trio.Nursery, registry: FakeRegistry, tmp_path: Path
-) -> AsyncIterator[Swarm]:
-    nodes = Swarm(nursery, registry, tmp_path)
-    yield nodes
+async def swarm(registry: FakeRegistry, tmp_path: Path) -> AsyncIterator[Swarm]:
+    """The nodes run in a nursery of their own, stopped before their pooled connections are
+    closed: a download still running in the background (a reader left early) must not find
+    its connection closed under it."""
+    async with trio.open_nursery() as own:
+        nodes = Swarm(own, registry, tmp_path)
+        yield nodes
+        own.cancel_scope.cancel()
     await nodes.aclose()
 
 
