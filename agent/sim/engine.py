@@ -50,7 +50,7 @@ from agent.sim.model import SimLayer, SwarmConfig, SwarmResult, sim_layers
 from agent.swarm.plan import Plan
 from agent.swarm.planner import Decisions, LayerPlanner
 from agent.swarm.protocol import PlanTarget
-from agent.swarm.schedule import Actions, Assignment, LayerSchedule
+from agent.swarm.schedule import Actions, Assignment
 
 # Event kinds, in the order they are handled at equal times.
 (
@@ -90,6 +90,7 @@ class Simulation:
         self.ups: list[set[_Flow]] = [set() for _ in range(n + k + 1)]
         self.downs: list[set[_Flow]] = [set() for _ in range(n + k + 1)]
         self.layers = sim_layers(c, self.ids[n : n + k])
+        self.root_of = [self.index[layer.root_id] - n for layer in self.layers]  # 0..k-1
         self.flows: dict[tuple[int, int, int, int], _Flow] = {}  # (dst, layer, chunk, src)
         self.held = [[bytearray(layer.count) for layer in self.layers] for _ in range(n)]
         self.got = [[bytearray(layer.count) for layer in self.layers] for _ in range(n)]
@@ -243,13 +244,13 @@ class Simulation:
 
     # The roots: the tracker's handling of plan requests ----------------------------------
 
-    def timed(self, layer: SimLayer, call: Callable[..., Actions], *args: object) -> Actions:
+    def timed(
+        self, layer: SimLayer, call: Callable[..., Actions], *args: object, **kwargs: object
+    ) -> Actions:
         """A schedule call, its CPU counted against the layer's root."""
         started = time.process_time()
-        actions = call(*args)
-        self.schedule_cpu[self.index[layer.root_id] - self.config.nodes] += (
-            time.process_time() - started
-        )
+        actions = call(*args, **kwargs)
+        self.schedule_cpu[self.root_of[layer.index]] += time.process_time() - started
         return actions
 
     def queue_at_root(self, message: tuple[int, int, PlanTarget], now: float) -> None:
@@ -258,7 +259,7 @@ class Simulation:
         if cost <= 0:
             self.root_receives(*message, now)
             return
-        root = self.index[self.layers[message[1]].root_id] - self.config.nodes
+        root = self.root_of[message[1]]
         self.root_free[root] = max(now, self.root_free[root]) + cost
         self.push(self.root_free[root], _HANDLE, message)
 
@@ -266,7 +267,7 @@ class Simulation:
         if not self.alive[node]:
             return
         layer = self.layers[layer_index]
-        self.requests[self.index[layer.root_id] - self.config.nodes] += 1
+        self.requests[self.root_of[layer_index]] += 1
         if not layer.fetching:  # the root starts its download from the origin
             layer.fetching = True
             self.fetch_from_origin(layer, now)
@@ -280,11 +281,13 @@ class Simulation:
         for chunk, source, bad in request.failed:
             if bad:
                 self.banned.add(self.index[source])
-            actions = timed(layer, self._failed, schedule, ident, chunk, source, bad, now)
+            actions = timed(layer, schedule.failed, ident, chunk, source, bad_data=bad, now=now)
             deliver(layer_index, actions, now)
         for chunk, source in request.finishing:
             deliver(layer_index, timed(layer, schedule.finishing, ident, chunk, source, now), now)
-        actions = timed(layer, self._request, schedule, ident, request, now)
+        actions = timed(
+            layer, schedule.request, ident, have=request.have, want=request.want, now=now
+        )
         deliver(layer_index, actions, now)
         if request.poll and request.want and not self.mailbox.get(key):
             version = self.hold_version[key] = self.hold_version.get(key, 0) + 1
@@ -292,16 +295,6 @@ class Simulation:
             self.push(now + self.config.long_poll, _HOLD_END, key, version)
             return
         self.reply(node, layer_index, request, now)
-
-    @staticmethod
-    def _failed(
-        schedule: LayerSchedule, ident: str, chunk: int, source: str, bad: bool, now: float
-    ) -> Actions:
-        return schedule.failed(ident, chunk, source, bad_data=bad, now=now)
-
-    @staticmethod
-    def _request(schedule: LayerSchedule, ident: str, request: PlanTarget, now: float) -> Actions:
-        return schedule.request(ident, have=request.have, want=request.want, now=now)
 
     def deliver(self, layer: int, actions: Actions, now: float) -> None:
         """The schedule's decisions into the mailboxes; a held request with work answers."""

@@ -327,7 +327,7 @@ class SimLayer:
         self.hashes = {k: f"{index:08x}{k:056x}" for k in range(self.count)}
         self.origin_chunks = 0  # chunks the root holds
         self.fetching = False  # the root's download from the origin started
-        self.window = max(1, cache) if cache is not None and self.count > cache else None
+        self.window = cache if cache is not None and self.count > cache else None
         self.schedule = LayerSchedule(
             chunk_count=self.count,
             root=self.root_id,

@@ -363,8 +363,9 @@ class Tracker:
                 self._deliver(layer, schedule.root_stored(c, now))
             for c in layer.ring_held - held:
                 schedule.root_released(c, now)
+            if held - layer.ring_held:
+                layer.notify()  # mail that waited for the root's own copy
             layer.ring_held = held
-            layer.notify()
             return
         count = entry.layout.count
         held_upto = layer.origin_held
