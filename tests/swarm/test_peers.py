@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from agent.cache.store import CacheEntry
 from agent.core.config import Config
@@ -383,7 +384,7 @@ async def test_an_assignment_wakes_only_the_standing_request_it_is_for(
             blob.resume.set()
             while not answered:
                 await trio.sleep(0.01)
-            await trio.sleep(0.1)  # anything else woken would look meanwhile
+            await trio.testing.wait_all_tasks_blocked()  # anything else woken has looked
             nursery.cancel_scope.cancel()
         assert len(answered) == 1
         assert set(looked) == set(answered), looked
