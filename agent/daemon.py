@@ -89,7 +89,8 @@ class Agent:
         bucket = TokenBucket(config.throttle_bytes_per_second, burst=config.cache_chunk_size)
         self.throttle = UploadCap(bucket)
         self.p2p_enabled = config.p2p_enabled
-        self.roots, self.swarm = self._join_swarm()
+        config.check_parent_roots()
+        self.roots, self.swarm, self.parent_swarm = self._join_swarm()
         self.fetcher = LayerFetcher(
             FetchContext(
                 cache=self.cache,
@@ -99,6 +100,7 @@ class Agent:
             ),
             concurrency_limit=config.proxy_concurrency_limit,
             swarm=self.swarm,
+            parent_swarm=self.parent_swarm,
         )
         self.tracker: Tracker | None = None
         if self.mode == "root":
@@ -120,7 +122,7 @@ class Agent:
             cache=self.cache,
             auth=self.auth,
             fetcher=self.fetcher,
-            swarm=self.swarm,
+            swarm=self.swarm or self.parent_swarm,
             p2p=self.p2p if self.p2p_enabled else None,
             engine=self.engine.name,
         )
@@ -146,12 +148,14 @@ class Agent:
         )
         return engine, cache
 
-    def _join_swarm(self) -> tuple[RootSet | None, SwarmContext | None]:
-        """The roots and a client of the P2P port, on a node configured with roots."""
+    def _join_swarm(
+        self,
+    ) -> tuple[RootSet | None, SwarmContext | None, SwarmContext | None]:
+        """The roots and a client of the P2P port, on a node configured with roots; on a root
+        with parent roots, the swarm it fetches its layers through."""
         config = self.config
-        if not config.roots:
-            return None, None
-        roots = RootSet(config.roots, p2p_port=config.p2p_port)
+        if not config.roots and not config.parent_roots:
+            return None, None, None
         p2p_tls = bool(config.p2p_tls_cert)
         context = (
             make_client_ssl_context(
@@ -166,7 +170,20 @@ class Agent:
             node=self.node,
             tls=p2p_tls,
         )
-        return roots, SwarmContext(node=self.node, roots=roots, client=client)
+        roots: RootSet | None = None
+        swarm: SwarmContext | None = None
+        parent: SwarmContext | None = None
+        if config.roots:
+            roots = RootSet(config.roots, p2p_port=config.p2p_port)
+            swarm = SwarmContext(node=self.node, roots=roots, client=client)
+        if config.parent_roots:
+            parent_set = RootSet(config.parent_roots, p2p_port=config.p2p_port)
+            # One count of origin fallbacks per node (the metric), whichever swarm fell back.
+            fallbacks = swarm.fallbacks if swarm is not None else {}
+            parent = SwarmContext(
+                node=self.node, roots=parent_set, client=client, fallbacks=fallbacks
+            )
+        return roots, swarm, parent
 
     def _p2p_port(self) -> tuple[P2PService, HttpServer]:
         """Chunks for peers and, on a root, plans; built on every node, served when P2P is on."""
@@ -222,6 +239,7 @@ class Agent:
                 p2p=self.p2p,
                 roots=self.roots,
                 swarm=self.swarm,
+                parent=self.parent_swarm,
                 tracker=self.tracker,
             )
         return AgentStatus(
@@ -284,6 +302,8 @@ class Agent:
                     await nursery.start(self.fetcher.run)
                     if self.roots is not None:
                         await nursery.start(self.roots.run)
+                    if self.parent_swarm is not None:
+                        await nursery.start(self.parent_swarm.roots.run)
                     if self.tracker is not None:
                         await nursery.start(self.tracker.run)
                     if ports.p2p:
@@ -296,6 +316,11 @@ class Agent:
                             self.mode,
                             ", ".join(config.roots) or "(none)",
                         )
+                        if config.parent_roots:
+                            log.info(
+                                "layers this root owns come through parent roots %s",
+                                ", ".join(config.parent_roots),
+                            )
                     if self.exporter is not None:
                         await nursery.start(self.exporter.serve, ports.exporter)
                         serving.append(self.exporter)

@@ -217,6 +217,10 @@ KEYS: tuple[Key, ...] = (
     _k("roots", "POLLEN_ROOTS", "roots", (), parse_roots, "",
        "the roots' P2P addresses host:port, comma list, or one DNS name (port = p2pPort) "
        "re-resolved every 30 s", default_doc="(none)", **_LIST),
+    _k("parent_roots", "POLLEN_PARENT_ROOTS", "parentRoots", (), parse_roots, "",
+       "on a root: the tier of roots it fetches its layers through (the owner there, by "
+       "rendezvous, goes to the origin; the list may hold this root); host:port comma list "
+       "or one DNS name", default_doc="(none: from the origin)", **_LIST),
     _k("cluster_token", "POLLEN_CLUSTER_TOKEN", "clusterToken", "", parse_string, "",
        "shared secret for the P2P port; required when roots are set", secret=True,
        default_doc="(none)"),
@@ -312,6 +316,7 @@ class Config:
     upstream_ca_file: str
     auth_cache_ttl: float
     roots: tuple[str, ...]
+    parent_roots: tuple[str, ...]
     cluster_token: str = field(repr=False)  # a secret: never in logs
     p2p_tls_ca: str
     p2p_tls_cert: str
@@ -361,6 +366,14 @@ class Config:
         if self.mode == "root":
             raise _key_error(
                 "cluster_token", "required on a root (`pollen root` or DeployConfig.mode root)"
+            )
+
+    def check_parent_roots(self) -> None:
+        """Parent roots belong to the root role; checked when the role is final (`pollen root`
+        sets it after the configuration is read)."""
+        if self.parent_roots and self.mode != "root":
+            raise _key_error(
+                "parent_roots", "only a root fetches through parent roots (agents list roots)"
             )
 
     def _check_tls_pairs(self) -> None:
@@ -551,13 +564,14 @@ def _derive(values: dict[str, Any]) -> None:
         # No match is left for Config to report, with the value as written.
         values["default_upstream"] = next((u for u in upstreams if u.key == wanted.key), wanted)
 
-    roots: tuple[str, ...] = values["roots"]
-    if len(roots) == 1:
-        host, port = split_hostport(roots[0])
-        if port is None:
-            if values["p2p_port"] == 0:
-                raise _key_error("roots", f"{roots[0]!r} has no port and p2pPort is 0")
-            values["roots"] = (join_hostport(host, values["p2p_port"]),)
+    for attr in ("roots", "parent_roots"):
+        roots: tuple[str, ...] = values[attr]
+        if len(roots) == 1:
+            host, port = split_hostport(roots[0])
+            if port is None:
+                if values["p2p_port"] == 0:
+                    raise _key_error(attr, f"{roots[0]!r} has no port and p2pPort is 0")
+                values[attr] = (join_hostport(host, values["p2p_port"]),)
 
 
 # --------------------------------------------------------------------------------------------

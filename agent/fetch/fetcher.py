@@ -3,7 +3,8 @@
 `LayerFetcher.open` gives a reader for a layer: from the cache when it is there, else joining
 the layer's download in flight (a ring that let its first chunks go: those from the upstream,
 the rest from the ring), else starting one in the fetcher's nursery. `ensure` is the
-root's way in: the layer's own download from the origin (the tracker watches it).
+root's way in: the layer's own download from the origin, or through the parent roots' swarm
+(the tracker watches it).
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ class LayerFetcher:
         *,
         concurrency_limit: int,
         swarm: SwarmContext | None = None,
+        parent_swarm: SwarmContext | None = None,
     ) -> None:
         self._context = context
         self._cache = context.cache
         self._swarm = swarm
+        self._parent_swarm = parent_swarm
         self._limiter = trio.CapacityLimiter(concurrency_limit)
         self._inflight: dict[str, LayerDownload] = {}
         self._nursery: trio.Nursery | None = None
@@ -162,13 +165,17 @@ class LayerFetcher:
     async def ensure(
         self, *, upstream: Upstream, repo: str, digest: Digest, headers: Headers
     ) -> LayerDownload | CacheEntry:
-        """The layer in this node's cache, or its download from the origin once its size is
-        known (the root's tracker: the owner never asks the swarm for its own layers)."""
+        """The layer in this node's cache, or its download once its size is known (the
+        root's tracker): from the origin, or on a root with parent roots through the parent
+        roots' swarm, where the owner goes to the origin (`LayerDownload` falls back to the
+        origin when that swarm cannot deliver). A download this node's own client started
+        through its roots is joined as it is."""
         entry = self._cache.get(str(digest))
         if entry is not None:
             return entry
         ref = LayerRef(digest=digest, upstream=upstream, repo=repo, headers=headers)
-        download = self._join_or_start(ref, cacheable=True, swarm=None, ring=True)
+        parent = self._parent_swarm
+        download = self._join_or_start(ref, cacheable=True, swarm=parent, ring=True)
         await download.started.wait()
         if download.layout is None or download.error is not None:
             raise _failure(download)

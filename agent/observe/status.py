@@ -60,8 +60,10 @@ class SwarmStatus:
     roots: RootSet | None = None  # None on a root with no roots of its own
     swarm: SwarmContext | None = None
     tracker: Tracker | None = None  # on a root
+    parent: SwarmContext | None = None  # on a root with parent roots
 
     def document(self) -> dict[str, object]:
+        parent = self.parent
         return {
             "node": self.node,
             "roots": self.roots.state() if self.roots else [],
@@ -72,6 +74,13 @@ class SwarmStatus:
             "chunks_served": self.p2p.chunks_served,
             "refused": self.p2p.refused,
             "tracker": self.tracker.statistics() if self.tracker else None,
+            "parent": {
+                "roots": parent.roots.state(),
+                "peer_bytes": parent.peer_bytes,
+                "sealed_layers": parent.sealed,
+            }
+            if parent is not None
+            else None,
         }
 
 

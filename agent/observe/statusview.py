@@ -118,6 +118,14 @@ def render_status(status: Mapping[str, Any]) -> str:
             f"{swarm.get('chunks_served', 0)} chunks served, "
             f"{swarm.get('refused', 0)} requests refused"
         )
+    parent = (swarm or {}).get("parent")
+    if parent:
+        parents = parent.get("roots") or []
+        lines.append(
+            f"parent roots ({len(parents)}), {human_bytes(parent.get('peer_bytes', 0))} "
+            "fetched through them:"
+        )
+        lines += [f"  {r.get('root', '?'):<24} {r.get('state', '?')}" for r in parents]
     tracker = (swarm or {}).get("tracker")
     if tracker:
         tracked = tracker.get("layers") or {}

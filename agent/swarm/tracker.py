@@ -83,8 +83,9 @@ class RootLayer:
     entry: CacheEntry | None
     schedule: LayerSchedule | None = None
     mailbox: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
-    origin_held: int = 0  # leading chunks the root holds on disk
+    origin_held: int = 0  # leading chunks the root holds on disk (a ring: that came)
     ring_held: set[int] = field(default_factory=set)  # a ring's chunks, as last told
+    ring_arrived: set[int] = field(default_factory=set)  # came, past the leading run
     refetching: set[int] = field(default_factory=set)
     refetched: int = 0  # lost chunks fetched again from the origin
     sealed: str | None = None  # the verified layer's chunk-table digest (Plan.table_sha256)
@@ -358,7 +359,15 @@ class Tracker:
             return
         now = trio.current_time()
         if entry.slots is not None:  # a ring: chunks come and go
+            # The schedule takes the root's download to be in order (a chunk told stored means
+            # the ones below came too); through a parent tier's swarm they come out of order,
+            # so a chunk is told once every chunk below it has come (and maybe gone).
             held = set(entry.checksums)
+            layer.ring_arrived |= held
+            while layer.origin_held in layer.ring_arrived:
+                layer.ring_arrived.discard(layer.origin_held)
+                layer.origin_held += 1
+            held = {c for c in held if c < layer.origin_held}
             for c in sorted(held - layer.ring_held):
                 self._deliver(layer, schedule.root_stored(c, now))
             for c in layer.ring_held - held:

@@ -114,6 +114,7 @@ def test_spec_env_vars_and_file_keys_are_all_present() -> None:
         "POLLEN_UPSTREAM_CA_FILE": "upstreamCAFile",
         "POLLEN_AUTH_CACHE_TTL": "authCacheTTL",
         "POLLEN_ROOTS": "roots",
+        "POLLEN_PARENT_ROOTS": "parentRoots",
         "POLLEN_CLUSTER_TOKEN": "clusterToken",
         "POLLEN_P2P_TLS_CA": "p2p.tls.ca",
         "POLLEN_P2P_TLS_CERT": "p2p.tls.cert",
@@ -316,6 +317,7 @@ BAD_VALUES = {
     "upstream_ca_file": "/nonexistent/ca.pem",
     "auth_cache_ttl": "-5s",
     "roots": "a.example,b.example",
+    "parent_roots": "a.example,b.example",
     "cluster_token": None,  # any string is a token; a bad one only comes from YAML
     "p2p_tls_ca": "/nonexistent/ca.pem",
     "p2p_tls_cert": "/nonexistent/cert.pem",
@@ -503,6 +505,21 @@ def test_a_root_needs_cluster_token() -> None:
     assert "POLLEN_CLUSTER_TOKEN" in str(err) and "root" in str(err)
     cfg = load_config({"POLLEN_MODE": "root", "POLLEN_CLUSTER_TOKEN": "t"})
     assert cfg.mode == "root" and cfg.p2p_enabled
+
+
+def test_parent_roots_belong_to_a_root() -> None:
+    """`pollen root` sets the role after the file and environment are read, so the check
+    runs when the role is final (the daemon calls it), naming the key."""
+    token = {"POLLEN_CLUSTER_TOKEN": "t", "POLLEN_P2P_PORT": "7"}
+    cfg = load_config({**token, "POLLEN_PARENT_ROOTS": "tier.pollen.svc"})
+    with pytest.raises(ConfigError) as err:
+        cfg.check_parent_roots()
+    assert err.value.key == "parentRoots" and "POLLEN_PARENT_ROOTS" in str(err.value)
+    root = dataclasses.replace(cfg, mode="root")
+    root.check_parent_roots()
+    assert root.parent_roots == ("tier.pollen.svc:7",)  # one DNS name takes p2pPort
+    cfg = load_config({**token, "POLLEN_PARENT_ROOTS": "10.0.0.1:1,10.0.0.2:1"})
+    assert cfg.parent_roots == ("10.0.0.1:1", "10.0.0.2:1")
 
 
 def test_p2p_is_enabled_on_a_root_or_with_roots() -> None:

@@ -197,6 +197,7 @@ async def test_the_swarm_part_on_a_node_with_roots() -> None:
         "chunks_served": 7,
         "refused": 1,
         "tracker": None,
+        "parent": None,
     }
 
 
@@ -206,6 +207,23 @@ def test_the_swarm_part_on_a_root_without_roots() -> None:
     doc = swarm.document()
     assert (doc["roots"], doc["origin_fallbacks"], doc["peer_bytes"]) == ([], 0, 0)
     assert doc["tracker"] == {"layers": {}, "plans_answered": 6}
+    assert doc["parent"] is None
+
+
+async def test_a_root_with_parent_roots_shows_them_and_what_came_through_them() -> None:
+    p2p = P2PService(token=b"t", cache=FakeCache(), plan_handler=None)  # type: ignore[arg-type]
+    parent = FakeSwarm()
+    parent.roots = RootSet(("10.0.1.2:65002",), p2p_port=65002)  # type: ignore[attr-defined]
+    swarm = SwarmStatus(node=NODE, p2p=p2p, tracker=FakeTracker(), parent=parent)  # type: ignore[arg-type]
+    doc = swarm.document()
+    assert doc["parent"] == {
+        "roots": [{"root": "10.0.1.2:65002", "state": "up"}],
+        "peer_bytes": 5 << 20,
+        "sealed_layers": 2,
+    }
+    text = render_status({"mode": "root", "swarm": doc})
+    assert "parent roots (1), 5.0 MiB fetched through them:" in text
+    assert "10.0.1.2:65002" in text
 
 
 async def test_pollen_status_renders_the_document() -> None:
