@@ -93,6 +93,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="a design under study: each layer's chunks in stripes of this many, each on its "
         "own root (rendezvous); today one root schedules a whole layer",
     )
+    parser.add_argument(
+        "--tiers",
+        action="store_true",
+        help="roots in tiers (parentRoots): node i's group root is root i mod K, and each root "
+        "fetches a layer another root owns through that root's swarm",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one JSON object (a list with -r)")
     parser.add_argument(
@@ -143,6 +149,7 @@ def build_config(args: argparse.Namespace, image: str | None = None) -> SwarmCon
         root_request_s=args.root_request_ms / 1000,
         layers_at_once=args.layers_at_once or None,
         stripe_chunks=args.stripe_chunks,
+        tiers=args.tiers,
         latency=args.rtt_ms / 1000,
         store_delay=args.store_ms / 1000,
         seed=args.seed,

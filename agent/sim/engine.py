@@ -8,6 +8,10 @@ Model
 - The origin sends each layer to its root in order, chunk after chunk, from the moment the
   root first hears of the layer; the roots fetching at once share the origin's upload (and
   each its own download). The root reports each chunk as it lands (`origin_progress`).
+- Tiers (`tiers`, the product's `parentRoots`): node i asks root i mod K for every layer; each
+  root schedules its group's copy of a layer, and a root that does not own the layer fetches
+  it as one more node of the owner's swarm (its link and core shared by both roles), telling
+  its own schedule the leading run of chunks it holds. Roots (``root<j>``) hold whole layers.
 - N agents, node i named ``n<i>``, each with upload `upload` and a receive rate of
   min(link, disk, one core at the agent's CPU per GiB). An agent pulls `layers_at_once` layers
   at a time in image order (containerd's max_concurrent_downloads; all of them when None),
@@ -37,42 +41,38 @@ Model
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import math
 import random
-import time
 from collections.abc import Callable
 
 from agent.sim.links import Flow as _Flow
 from agent.sim.links import fair_rates, spread_over_seconds
 from agent.sim.model import SimLayer, SwarmConfig, SwarmResult, sim_layers
-from agent.swarm.plan import Plan
+from agent.sim.roots import (
+    EV_ARRIVE,
+    EV_DONE,
+    EV_EXPIRE,
+    EV_HANDLE,
+    EV_HOLD_END,
+    EV_JOIN,
+    EV_LEAVE,
+    EV_REPLY,
+    EV_START,
+    EV_STORE,
+    EV_TAIL,
+    EV_WAKE,
+    RootSide,
+)
 from agent.swarm.planner import Decisions, LayerPlanner
 from agent.swarm.protocol import PlanTarget
-from agent.swarm.schedule import Actions, Assignment
 
-# Event kinds, in the order they are handled at equal times.
-(
-    _DONE,
-    _STORE,
-    _START,
-    _HANDLE,
-    _ARRIVE,
-    _REPLY,
-    _HOLD_END,
-    _WAKE,
-    _JOIN,
-    _LEAVE,
-    _EXPIRE,
-    _TAIL,
-) = range(12)
 PROGRESS_EVERY = 20_000  # events between calls of the progress callback
 
 Progress = Callable[[float, float], None]  # (simulated time, share of all chunks stored)
 
 
-class Simulation:
+class Simulation(RootSide):
     """One run. `run()` returns the result; the object can be inspected afterwards."""
 
     def __init__(self, config: SwarmConfig, progress: Progress | None = None) -> None:
@@ -92,16 +92,23 @@ class Simulation:
         self.layers = sim_layers(c, self.ids[n : n + k])
         self.root_of = [self.index[layer.root_id] - n for layer in self.layers]  # 0..k-1
         self.flows: dict[tuple[int, int, int, int], _Flow] = {}  # (dst, layer, chunk, src)
-        self.held = [[bytearray(layer.count) for layer in self.layers] for _ in range(n)]
-        self.got = [[bytearray(layer.count) for layer in self.layers] for _ in range(n)]
+        # Each node's layers in image order: with tiers, its group's copies (node i: root i
+        # mod K); `copy_of` finds a group's copy of an image layer. Roots (n..n+k-1) download
+        # too with tiers: the layers they do not own, through the owner's swarm.
+        self.copy_of = {(la.group, la.image_layer): la.index for la in self.layers}
+        self.node_layers = [
+            [la.index for la in self.layers if la.group in (None, i % k)] for i in range(n)
+        ]
+        self.held = [self._per_layer(i) for i in range(n + k)]
+        self.got = [self._per_layer(i) for i in range(n + k)]
         self.held_n = [[0] * len(self.layers) for _ in range(n)]
         self.consumed = [[0] * len(self.layers) for _ in range(n)]  # readers are past these
         self.layer_have = [[0] * len(self.layers) for _ in range(n)]
         self.have = [0] * n  # chunks got, every layer (completion)
         self.stored = 0  # chunks got, every node
         self.next_layer = [0] * n  # the next layer each agent starts
-        self.alive = [False] * n
-        self.gone = [False] * n
+        self.alive = [False] * n + [True] * k
+        self.gone = [False] * (n + k)
         self.completion: dict[str, float] = {}
         self.uploaded = [0] * (n + k + 1)
         self.downloaded = [0] * (n + k + 1)
@@ -118,11 +125,18 @@ class Simulation:
         self.unfinished = n
         self.total_chunks = c.chunk_count
         self.bad_hash = "f" * 64
-        self.planners: list[dict[int, LayerPlanner]] = [{} for _ in range(n)]
+        self.planners: list[dict[int, LayerPlanner]] = [{} for _ in range(n + k)]
         self.wake_version: dict[tuple[int, int], int] = {}
         self.mailbox: dict[tuple[int, int], list[tuple[int, str]]] = {}
         self.held_poll: dict[tuple[int, int], PlanTarget] = {}
         self.hold_version: dict[tuple[int, int], int] = {}
+
+    def _per_layer(self, node: int) -> list[bytearray]:
+        """A chunk flag per chunk of each layer the node takes part in (none elsewhere)."""
+        mine = set(self.node_layers[node]) if node < self.config.nodes else None
+        return [
+            bytearray(la.count if mine is None or la.index in mine else 0) for la in self.layers
+        ]
 
     def push(self, t: float, kind: int, obj: object = None, version: int = 0) -> None:
         self.seq += 1
@@ -134,10 +148,10 @@ class Simulation:
     def run(self) -> SwarmResult:
         c = self.config
         for i in range(c.nodes):
-            self.push(i * c.start_spread / c.nodes, _JOIN, i)
+            self.push(i * c.start_spread / c.nodes, EV_JOIN, i)
         for i, t in c.leaves.items():
-            self.push(t, _LEAVE, i)
-        self.push(c.tick, _EXPIRE)
+            self.push(t, EV_LEAVE, i)
+        self.push(c.tick, EV_EXPIRE)
         limit = c.time_limit if c.time_limit is not None else 50 * c.t_min
         now = 0.0
         while self.heap:
@@ -173,17 +187,17 @@ class Simulation:
         )
 
     def handle(self, now: float, kind: int, obj: object, version: int) -> None:
-        if kind == _DONE:
+        if kind == EV_DONE:
             assert isinstance(obj, _Flow)
             if obj.running and obj.version == version:
                 left = obj.left(now)
                 if left > 1.0:  # it slowed down since: its end is later
                     obj.due = now + left / obj.rate
                     obj.version += 1
-                    self.push(obj.due, _DONE, obj, obj.version)
+                    self.push(obj.due, EV_DONE, obj, obj.version)
                 else:
                     self.finish(obj, now)
-        elif kind == _TAIL:  # as the driver: less than the planner's lead to go
+        elif kind == EV_TAIL:  # as the driver: less than the planner's lead to go
             assert isinstance(obj, _Flow)
             if obj.running and obj.tail_version == version and not obj.tailed:
                 planner = self.planners[obj.dst][obj.layer]
@@ -191,48 +205,48 @@ class Simulation:
                 if early > 1e-9:
                     obj.tail_due = now + early
                     obj.tail_version += 1
-                    self.push(obj.tail_due, _TAIL, obj, obj.tail_version)
+                    self.push(obj.tail_due, EV_TAIL, obj, obj.tail_version)
                     return
                 obj.tailed = True
                 decisions = planner.finishing(obj.chunk, self.ids[obj.src], now)
                 self.agent_does(obj.dst, obj.layer, decisions, now)
-        elif kind == _START:
+        elif kind == EV_START:
             assert isinstance(obj, _Flow)
             self.start(obj, now)
-        elif kind == _STORE:
+        elif kind == EV_STORE:
             node, layer, chunk, source = obj  # type: ignore[misc]
             if self.alive[node]:
                 self.store(node, layer, chunk, source, now)
-        elif kind == _ARRIVE:
+        elif kind == EV_ARRIVE:
             self.queue_at_root(obj, now)  # type: ignore[arg-type]
-        elif kind == _HANDLE:
+        elif kind == EV_HANDLE:
             node, layer, request = obj  # type: ignore[misc]
             self.root_receives(node, layer, request, now)
-        elif kind == _REPLY:
+        elif kind == EV_REPLY:
             node, layer, request, plan = obj  # type: ignore[misc]
             planner = self.planners[node][layer]
             if self.alive[node] and not planner.over:
                 root = self.layers[layer].root_id
                 self.agent_does(node, layer, planner.answered(request, plan, root, now), now)
-        elif kind == _HOLD_END:
+        elif kind == EV_HOLD_END:
             if self.hold_version.get(obj) == version and obj in self.held_poll:  # type: ignore[comparison-overlap]
                 self.answer_held(obj, now)  # type: ignore[arg-type]
-        elif kind == _WAKE:
+        elif kind == EV_WAKE:
             node, layer = obj  # type: ignore[misc]
             if self.wake_version.get((node, layer)) == version and self.alive[node]:
                 self.agent_does(node, layer, self.planners[node][layer].tick(now), now)
-        elif kind == _JOIN:
+        elif kind == EV_JOIN:
             assert isinstance(obj, int)
             self.alive[obj] = True
             self.start_layers(obj, now)
-        elif kind == _LEAVE:
+        elif kind == EV_LEAVE:
             assert isinstance(obj, int)
             self.leave(obj, now)
-        elif kind == _EXPIRE:
+        elif kind == EV_EXPIRE:
             if self.flows:
                 for layer in self.layers:
                     self.deliver(layer.index, self.timed(layer, layer.schedule.expire, now), now)
-            self.push(now + self.config.tick, _EXPIRE)
+            self.push(now + self.config.tick, EV_EXPIRE)
 
     def stuck(self) -> str:
         missing = {
@@ -242,115 +256,6 @@ class Simulation:
         }
         return f"nodes still missing chunks: {dict(list(missing.items())[:20])}"
 
-    # The roots: the tracker's handling of plan requests ----------------------------------
-
-    def timed(
-        self, layer: SimLayer, call: Callable[..., Actions], *args: object, **kwargs: object
-    ) -> Actions:
-        """A schedule call, its CPU counted against the layer's root."""
-        started = time.process_time()
-        actions = call(*args, **kwargs)
-        self.schedule_cpu[self.root_of[layer.index]] += time.process_time() - started
-        return actions
-
-    def queue_at_root(self, message: tuple[int, int, PlanTarget], now: float) -> None:
-        """A request waits for the root's core (one request at a time, in arrival order)."""
-        cost = self.config.root_request_s
-        if cost <= 0:
-            self.root_receives(*message, now)
-            return
-        root = self.root_of[message[1]]
-        self.root_free[root] = max(now, self.root_free[root]) + cost
-        self.push(self.root_free[root], _HANDLE, message)
-
-    def root_receives(self, node: int, layer_index: int, request: PlanTarget, now: float) -> None:
-        if not self.alive[node]:
-            return
-        layer = self.layers[layer_index]
-        self.requests[self.root_of[layer_index]] += 1
-        if not layer.fetching:  # the root starts its download from the origin
-            layer.fetching = True
-            self.fetch_from_origin(layer, now)
-        ident, schedule, key = self.ids[node], layer.schedule, (node, layer_index)
-        deliver, timed = self.deliver, self.timed
-        if request.fresh:  # as the tracker: a new download there forgets the old one
-            self.mailbox[key] = []
-            deliver(layer_index, timed(layer, schedule.leave, ident, now), now)
-        for chunk, source in request.done:
-            deliver(layer_index, timed(layer, schedule.completed, ident, chunk, source, now), now)
-        for chunk, source, bad in request.failed:
-            if bad:
-                self.banned.add(self.index[source])
-            actions = timed(layer, schedule.failed, ident, chunk, source, bad_data=bad, now=now)
-            deliver(layer_index, actions, now)
-        for chunk, source in request.finishing:
-            deliver(layer_index, timed(layer, schedule.finishing, ident, chunk, source, now), now)
-        actions = timed(
-            layer, schedule.request, ident, have=request.have, want=request.want, now=now
-        )
-        deliver(layer_index, actions, now)
-        if request.poll and request.want and not self.mailbox.get(key):
-            version = self.hold_version[key] = self.hold_version.get(key, 0) + 1
-            self.held_poll[key] = request
-            self.push(now + self.config.long_poll, _HOLD_END, key, version)
-            return
-        self.reply(node, layer_index, request, now)
-
-    def deliver(self, layer: int, actions: Actions, now: float) -> None:
-        """The schedule's decisions into the mailboxes; a held request with work answers."""
-        index = self.index
-        for a in actions.cancelled:
-            box = self.mailbox.get((index[a.node], layer))
-            if box and (a.chunk, a.source) in box:
-                box.remove((a.chunk, a.source))
-        woken = set()
-        for a in actions.assigned:
-            dst, src = index[a.node], index[a.source]
-            self.check(layer, a, dst, src)
-            self.mailbox.setdefault((dst, layer), []).append((a.chunk, a.source))
-            woken.add(dst)
-        for node in sorted(woken):
-            if (node, layer) in self.held_poll:
-                self.answer_held((node, layer), now)
-
-    def answer_held(self, key: tuple[int, int], now: float) -> None:
-        request = self.held_poll.pop(key)
-        self.reply(key[0], key[1], request, now)
-
-    def reply(self, node: int, layer_index: int, request: PlanTarget, now: float) -> None:
-        layer = self.layers[layer_index]
-        assignments = tuple(self.mailbox.pop((node, layer_index), ()))
-        plan = trusted_plan(
-            size=layer.size,
-            chunk_size=self.config.chunk_size,
-            chunk_sha256={chunk: layer.hashes[chunk] for chunk, _ in assignments},
-            assignments=assignments,
-        )
-        message = (node, layer_index, request, plan)
-        self.push(now + self.delay(self.config.latency / 2), _REPLY, message)
-
-    def check(self, layer_index: int, a: Assignment, dst: int, src: int) -> None:
-        """The schedule's promises, against what the simulation knows (AssertionError)."""
-        chunk, layer = a.chunk, self.layers[layer_index]
-        assert self.alive[dst] and not self.gone[dst], f"{a}: to a node that is not there"
-        if src >= self.config.nodes:
-            assert chunk < layer.origin_chunks, f"{a}: the root does not have it yet"
-        else:
-            assert self.alive[src] and not self.gone[src], f"{a}: from a node that is not there"
-            # It held the chunk (it may have let it go since; the root hears of that late).
-            assert self.got[src][layer_index][chunk], f"{a}: the source never held it"
-            assert src not in self.banned, f"{a}: from a banned source"
-
-    def fetch_from_origin(self, layer: SimLayer, now: float) -> None:
-        """The root's download of the layer's next chunk (one stream: no gap between)."""
-        chunk = layer.origin_chunks
-        if chunk < layer.count:
-            root = self.index[layer.root_id]
-            size = layer.chunk_bytes(chunk, self.config.chunk_size)
-            flow = _Flow(self.origin, root, layer.index, chunk, size)
-            self.flows[(root, layer.index, chunk, self.origin)] = flow
-            self.start(flow, now)
-
     # Agents: each a real LayerPlanner per layer ------------------------------------------
 
     def start_layers(self, node: int, now: float) -> None:
@@ -358,9 +263,9 @@ class Simulation:
         striped layer as many stripes as its window allows (`SimLayer.at_once`)."""
         c = self.config
         limit = c.layers_at_once or len(c.layer_sizes)
-        planners = self.planners[node]
-        while self.next_layer[node] < len(self.layers):
-            layer = self.layers[self.next_layer[node]]
+        planners, order = self.planners[node], self.node_layers[node]
+        while self.next_layer[node] < len(order):
+            layer = self.layers[order[self.next_layer[node]]]
             active = [self.layers[i] for i in planners if not self.layer_complete(node, i)]
             images = {a.image_layer for a in active}
             if layer.image_layer not in images and len(images) >= limit:
@@ -368,14 +273,18 @@ class Simulation:
             if sum(1 for a in active if a.image_layer == layer.image_layer) >= layer.at_once:
                 return
             self.next_layer[node] += 1
-            planners[layer.index] = LayerPlanner(
-                digest=layer.digest,
-                upstream="registry.sim",
-                repo="sim/image",
-                chunk_size=c.chunk_size,
-                parallel=c.want,
-            )
+            planners[layer.index] = self.new_planner(layer)
             self.agent_does(node, layer.index, planners[layer.index].start(now), now)
+
+    def new_planner(self, layer: SimLayer) -> LayerPlanner:
+        c = self.config
+        return LayerPlanner(
+            digest=layer.digest,
+            upstream="registry.sim",
+            repo="sim/image",
+            chunk_size=c.chunk_size,
+            parallel=c.want,
+        )
 
     def layer_complete(self, node: int, layer: int) -> bool:
         return self.layer_have[node][layer] == self.layers[layer].count
@@ -385,7 +294,7 @@ class Simulation:
         assert d.error is None and d.fallback is None, f"{self.names[node]}: {d}"
         planner = self.planners[node][layer]
         if d.size is not None:  # nothing cached before: the layer is admitted empty
-            window = self.layers[layer].window
+            window = self.layers[layer].window if node < self.config.nodes else None
             self.agent_does(node, layer, planner.admitted((), now, window=window), now)
             return
         key = (node, layer)
@@ -402,22 +311,28 @@ class Simulation:
             flow = _Flow(src, node, layer, t.chunk, size)
             self.flows[(node, layer, t.chunk, src)] = flow
             self.transfers += 1
-            self.push(now + self.delay(self.config.latency), _START, flow)
+            self.push(now + self.delay(self.config.latency), EV_START, flow)
         for request in d.requests:
             message = (node, layer, request)
-            self.push(now + self.delay(self.config.latency / 2), _ARRIVE, message)
+            self.push(now + self.delay(self.config.latency / 2), EV_ARRIVE, message)
         if d.store is not None:
             if self.config.store_delay > 0:  # hashed, written, then reported
                 message = (node, layer, d.store.chunk, d.store.source)
-                self.push(now + self.config.store_delay, _STORE, message)
+                self.push(now + self.config.store_delay, EV_STORE, message)
             else:
                 self.store(node, layer, d.store.chunk, d.store.source, now)
         if d.wake_at is not None:
             version = self.wake_version[key] = self.wake_version.get(key, 0) + 1
-            self.push(d.wake_at, _WAKE, key, version)
+            self.push(d.wake_at, EV_WAKE, key, version)
 
     def store(self, node: int, layer: int, chunk: int, source: str, now: float) -> None:
         got = self.got[node][layer]
+        if node >= self.config.nodes:  # a root, through the tier (roots hold whole layers)
+            got[chunk] = self.held[node][layer][chunk] = 1
+            planner = self.planners[node][layer]
+            self.agent_does(node, layer, planner.stored(chunk, source, now), now)
+            self.root_stored(node, self.layers[layer], now)
+            return
         if not got[chunk]:
             got[chunk] = 1
             self.stored += 1
@@ -480,7 +395,10 @@ class Simulation:
     def start(self, flow: _Flow, now: float) -> None:
         if self.flows.get((flow.dst, flow.layer, flow.chunk, flow.src)) is not flow:
             return  # cancelled before its first byte
-        if flow.src < self.config.nodes and not self.held[flow.src][flow.layer][flow.chunk]:
+        serves = (
+            flow.src != self.origin and flow.src != self.root_of[flow.layer] + self.config.nodes
+        )
+        if serves and not self.held[flow.src][flow.layer][flow.chunk]:
             del self.flows[(flow.dst, flow.layer, flow.chunk, flow.src)]  # let go there: 404
             planner = self.planners[flow.dst][flow.layer]
             missing = planner.missing(flow.chunk, self.ids[flow.src], now)
@@ -534,13 +452,13 @@ class Simulation:
         if end < f.due:  # sooner than its event: a new one (a later end waits for the old)
             f.due = end
             f.version += 1
-            self.push(end, _DONE, f, f.version)
-        if not f.tailed and f.dst < self.config.nodes:  # agents pipeline; roots stream
+            self.push(end, EV_DONE, f, f.version)
+        if not f.tailed and f.src != self.origin:  # planners pipeline; origin fetches stream
             tail = max(now, end - self.planners[f.dst][f.layer].finish_lead)
             if tail < f.tail_due:
                 f.tail_due = tail
                 f.tail_version += 1
-                self.push(tail, _TAIL, f, f.tail_version)
+                self.push(tail, EV_TAIL, f, f.tail_version)
 
     def rebalance(self, now: float) -> None:
         """Max-min fair rates over every link (progressive filling): O(links x flows)."""
@@ -562,22 +480,6 @@ class Simulation:
         planner = self.planners[flow.dst][flow.layer]
         decisions = planner.received(flow.chunk, self.ids[flow.src], sha, now)
         self.agent_does(flow.dst, flow.layer, decisions, now)
-
-
-_PLAN_DEFAULTS = {
-    f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-    for f in dataclasses.fields(Plan)
-    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-}
-
-
-def trusted_plan(**fields: object) -> Plan:
-    """A Plan built without its checks: the simulated tracker makes only well-formed ones,
-    and the checks (meant for replies off the network) were a tenth of a run's CPU."""
-    plan = object.__new__(Plan)
-    for name, value in {**_PLAN_DEFAULTS, **fields}.items():
-        object.__setattr__(plan, name, value)
-    return plan
 
 
 def simulate(config: SwarmConfig, progress: Progress | None = None) -> SwarmResult:

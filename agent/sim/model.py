@@ -106,6 +106,10 @@ class SwarmConfig:
     # many, each stripe scheduled by the root its own rendezvous order picks (None: one root
     # per layer, as now).
     stripe_chunks: int | None = None
+    # Roots in tiers (`parentRoots`): every root is a group root, node i's group is root
+    # i mod K, and a root fetches a layer it does not own (rendezvous over the roots) through
+    # the owner's swarm, as one more node there; the owner alone goes to the origin.
+    tiers: bool = False
     want: int = 2  # the planner's transfer slots: one, and a spare for a second source
     window: int = 8
     upload_slots: int = 1
@@ -140,6 +144,8 @@ class SwarmConfig:
             raise ValueError("stripe_chunks must be >= 1")
         if self.owners and self.stripe_chunks is not None:
             raise ValueError("owners place whole layers: not with stripe_chunks")
+        if self.tiers and (self.stripe_chunks is not None or self.owners):
+            raise ValueError("tiers place layers by group: not with stripe_chunks or owners")
         if self.owners and (
             len(self.owners) != len(self.layer_sizes)
             or not all(0 <= o < self.roots for o in self.owners)
@@ -303,15 +309,20 @@ class SimLayer:
         image_layer: int | None = None,
         stripes: int = 1,
         layer_size: int | None = None,
+        group: int | None = None,
     ) -> None:
         c = config
         self.index = index
         self.image_layer = index if image_layer is None else image_layer  # which real layer
         self.size = size
         self.count = c.chunks_of(size)
-        self.digest = f"sha256:{index:064x}"
+        # With tiers the groups' copies of one layer are one blob: one digest, one table.
+        name = self.image_layer if group is not None else index
+        self.digest = f"sha256:{name:064x}"
         owner = roots[c.owners[index]] if c.owners else rendezvous_order(self.digest, roots)[0]
-        self.root_id = owner
+        self.owner_id = owner  # the root that fetches it from the origin
+        self.group = group  # tiers: the group whose root schedules this copy
+        self.root_id = owner if group is None else roots[group]
         # A layer bigger than the cache passes through a window; a striped one's window is
         # shared by the stripes in flight, as many as leave each a window the schedule can
         # fill without a gap (its look-ahead plus the planner's slots): the rest wait.
@@ -324,7 +335,7 @@ class SimLayer:
             cache = max(least, cache // self.at_once)
         else:
             cache = None
-        self.hashes = {k: f"{index:08x}{k:056x}" for k in range(self.count)}
+        self.hashes = {k: f"{name:08x}{k:056x}" for k in range(self.count)}
         self.origin_chunks = 0  # chunks the root holds
         self.fetching = False  # the root's download from the origin started
         self.window = cache if cache is not None and self.count > cache else None
@@ -343,11 +354,17 @@ class SimLayer:
 
 
 def sim_layers(config: SwarmConfig, roots: list[str]) -> list[SimLayer]:
-    """The image's layers as the roots schedule them: one per layer, or (with
-    `stripe_chunks`) one per stripe, each stripe knowing its layer."""
+    """The image's layers as the roots schedule them: one per layer, (with `stripe_chunks`)
+    one per stripe, or (with `tiers`) one per layer and group, each knowing its layer."""
     stripe = config.stripe_chunks
     layers: list[SimLayer] = []
     for i, size in enumerate(config.layer_sizes):
+        if config.tiers:  # one copy per group, scheduled by the group's root
+            for group in range(len(roots)):
+                layers.append(
+                    SimLayer(len(layers), size, config, roots, image_layer=i, group=group)
+                )
+            continue
         if stripe is None:
             layers.append(SimLayer(i, size, config, roots))
             continue

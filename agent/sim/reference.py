@@ -78,6 +78,12 @@ def header(args: argparse.Namespace) -> str:
             if getattr(args, "stripe_chunks", None)
             else ""
         )
+        + (
+            ", roots in tiers (each node's plan requests to its group's root, each root "
+            "fetching through the layer's owner among the roots)"
+            if getattr(args, "tiers", False)
+            else ""
+        )
         + ".\n"
         f"Published P95s include unpacking; simulated ones end at the last byte: unpacking at "
         f"{UNPACK_MBPS:g} MB/s (one core, gzip) would add at most the figure in brackets."

@@ -137,7 +137,7 @@ def test_the_simulated_trackers_plans_are_the_plans_the_checks_accept() -> None:
     must be what the checked constructor builds from the same fields."""
     import dataclasses as dc
 
-    from agent.sim.engine import trusted_plan
+    from agent.sim.roots import trusted_plan
     from agent.swarm.plan import Plan
 
     fields = {
@@ -168,6 +168,43 @@ def test_stripes_spread_one_layers_plan_requests_over_the_roots() -> None:
     assert sum(1 for n in one.requests.values() if n) == 1
     assert sum(1 for n in spread.requests.values() if n) >= 2
     assert max(spread.requests.values()) < max(one.requests.values())
+
+
+def test_tiers_spread_a_layers_requests_over_every_root_and_the_origin_sends_it_once() -> None:
+    """Roots in tiers (parentRoots): each node asks its group's root; the root that owns the
+    layer fetches it from the origin and the others through its swarm. Every node completes,
+    the origin sends the layer once, every root answers requests and the busiest answers far
+    fewer than the one root of the flat swarm; with a root's core the bottleneck (5 ms per
+    request) the tiered swarm finishes first."""
+    flat = SwarmConfig(
+        nodes=60,
+        layers=(32 * 4 * MiB,),
+        chunk_size=4 * MiB,
+        upload=1000 * Mbit,
+        download=1000 * Mbit,
+        origin=1000 * Mbit,
+        roots=4,
+        latency=0.01,
+        root_request_s=0.005,
+    )
+    one, tiered = simulate(flat), simulate(dataclasses.replace(flat, tiers=True))
+    assert len(tiered.completion) == 60
+    assert tiered.origin_bytes == 32 * 4 * MiB
+    assert sum(1 for n in one.requests.values() if n) == 1
+    assert all(tiered.requests.values())
+    assert max(tiered.requests.values()) < 0.5 * max(one.requests.values())
+    assert tiered.p95 < one.p95
+    # The three roots that do not own the layer each got it whole, from the owner's swarm.
+    owner_upload = max(tiered.uploaded[f"root{j}"] for j in range(4))
+    assert owner_upload >= 32 * 4 * MiB
+
+
+def test_tiers_cannot_go_with_stripes_or_owners() -> None:
+    base = SwarmConfig(nodes=2, file_size=MiB, chunk_size=MiB, upload=1.0, download=1.0, origin=1.0)
+    with pytest.raises(ValueError, match="tiers"):
+        dataclasses.replace(base, tiers=True, stripe_chunks=2)
+    with pytest.raises(ValueError, match="tiers"):
+        dataclasses.replace(base, tiers=True, owners=(0,))
 
 
 def test_a_striped_layer_bigger_than_the_cache_passes_through_its_window() -> None:

@@ -1,0 +1,216 @@
+"""The roots of a simulated swarm: the tracker's handling of plan requests (`Simulation` in
+`agent.sim.engine` takes these methods, and owns the state they read): each request queues
+at its root's one core, the reports go into the layer's real schedule, the assignments into
+mailboxes, and a standing request with nothing for it is held. A root's own download comes
+from the origin, or (tiers) through the swarm of the root that owns the layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from agent.sim.links import Flow as _Flow
+from agent.sim.model import SimLayer, SwarmConfig
+from agent.swarm.plan import Plan
+from agent.swarm.protocol import PlanTarget
+from agent.swarm.schedule import Actions, Assignment
+
+if TYPE_CHECKING:
+    from agent.swarm.planner import Decisions, LayerPlanner
+
+# Event kinds, in the order they are handled at equal times.
+(
+    EV_DONE,
+    EV_STORE,
+    EV_START,
+    EV_HANDLE,
+    EV_ARRIVE,
+    EV_REPLY,
+    EV_HOLD_END,
+    EV_WAKE,
+    EV_JOIN,
+    EV_LEAVE,
+    EV_EXPIRE,
+    EV_TAIL,
+) = range(12)
+
+
+_PLAN_DEFAULTS = {
+    f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    for f in dataclasses.fields(Plan)
+    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+}
+
+
+def trusted_plan(**fields: object) -> Plan:
+    """A Plan built without its checks: the simulated tracker makes only well-formed ones,
+    and the checks (meant for replies off the network) were a tenth of a run's CPU."""
+    plan = object.__new__(Plan)
+    for name, value in {**_PLAN_DEFAULTS, **fields}.items():
+        object.__setattr__(plan, name, value)
+    return plan
+
+
+class RootSide:
+    """The roots' half of a `Simulation` (the attributes are the simulation's)."""
+
+    config: SwarmConfig
+    layers: list[SimLayer]
+    root_of: list[int]
+    index: dict[str, int]
+    ids: list[str]
+    alive: list[bool]
+    gone: list[bool]
+    got: list[list[bytearray]]
+    banned: set[int]
+    mailbox: dict[tuple[int, int], list[tuple[int, str]]]
+    held_poll: dict[tuple[int, int], PlanTarget]
+    hold_version: dict[tuple[int, int], int]
+    requests: list[int]
+    schedule_cpu: list[float]
+    root_free: list[float]
+    planners: list[dict[int, LayerPlanner]]
+    copy_of: dict[tuple[int | None, int], int]
+    flows: dict[tuple[int, int, int, int], _Flow]
+    origin: int
+
+    if TYPE_CHECKING:
+
+        def push(self, t: float, kind: int, obj: object = None, version: int = 0) -> None: ...
+        def delay(self, base: float) -> float: ...
+        def start(self, flow: _Flow, now: float) -> None: ...
+        def new_planner(self, layer: SimLayer) -> LayerPlanner: ...
+        def agent_does(self, node: int, layer: int, d: Decisions, now: float) -> None: ...
+
+    def timed(
+        self, layer: SimLayer, call: Callable[..., Actions], *args: object, **kwargs: object
+    ) -> Actions:
+        """A schedule call, its CPU counted against the layer's root."""
+        started = time.process_time()
+        actions = call(*args, **kwargs)
+        self.schedule_cpu[self.root_of[layer.index]] += time.process_time() - started
+        return actions
+
+    def queue_at_root(self, message: tuple[int, int, PlanTarget], now: float) -> None:
+        """A request waits for the root's core (one request at a time, in arrival order)."""
+        cost = self.config.root_request_s
+        if cost <= 0:
+            self.root_receives(*message, now)
+            return
+        root = self.root_of[message[1]]
+        self.root_free[root] = max(now, self.root_free[root]) + cost
+        self.push(self.root_free[root], EV_HANDLE, message)
+
+    def root_receives(self, node: int, layer_index: int, request: PlanTarget, now: float) -> None:
+        if not self.alive[node]:
+            return
+        layer = self.layers[layer_index]
+        self.requests[self.root_of[layer_index]] += 1
+        if not layer.fetching:  # the root starts its download of the layer
+            layer.fetching = True
+            self.root_fetches(layer, now)
+        ident, schedule, key = self.ids[node], layer.schedule, (node, layer_index)
+        deliver, timed = self.deliver, self.timed
+        if request.fresh:  # as the tracker: a new download there forgets the old one
+            self.mailbox[key] = []
+            deliver(layer_index, timed(layer, schedule.leave, ident, now), now)
+        for chunk, source in request.done:
+            deliver(layer_index, timed(layer, schedule.completed, ident, chunk, source, now), now)
+        for chunk, source, bad in request.failed:
+            if bad:
+                self.banned.add(self.index[source])
+            actions = timed(layer, schedule.failed, ident, chunk, source, bad_data=bad, now=now)
+            deliver(layer_index, actions, now)
+        for chunk, source in request.finishing:
+            deliver(layer_index, timed(layer, schedule.finishing, ident, chunk, source, now), now)
+        actions = timed(
+            layer, schedule.request, ident, have=request.have, want=request.want, now=now
+        )
+        deliver(layer_index, actions, now)
+        if request.poll and request.want and not self.mailbox.get(key):
+            version = self.hold_version[key] = self.hold_version.get(key, 0) + 1
+            self.held_poll[key] = request
+            self.push(now + self.config.long_poll, EV_HOLD_END, key, version)
+            return
+        self.reply(node, layer_index, request, now)
+
+    def deliver(self, layer: int, actions: Actions, now: float) -> None:
+        """The schedule's decisions into the mailboxes; a held request with work answers."""
+        index = self.index
+        for a in actions.cancelled:
+            box = self.mailbox.get((index[a.node], layer))
+            if box and (a.chunk, a.source) in box:
+                box.remove((a.chunk, a.source))
+        woken = set()
+        for a in actions.assigned:
+            dst, src = index[a.node], index[a.source]
+            self.check(layer, a, dst, src)
+            self.mailbox.setdefault((dst, layer), []).append((a.chunk, a.source))
+            woken.add(dst)
+        for node in sorted(woken):
+            if (node, layer) in self.held_poll:
+                self.answer_held((node, layer), now)
+
+    def answer_held(self, key: tuple[int, int], now: float) -> None:
+        request = self.held_poll.pop(key)
+        self.reply(key[0], key[1], request, now)
+
+    def reply(self, node: int, layer_index: int, request: PlanTarget, now: float) -> None:
+        layer = self.layers[layer_index]
+        assignments = tuple(self.mailbox.pop((node, layer_index), ()))
+        plan = trusted_plan(
+            size=layer.size,
+            chunk_size=self.config.chunk_size,
+            chunk_sha256={chunk: layer.hashes[chunk] for chunk, _ in assignments},
+            assignments=assignments,
+        )
+        message = (node, layer_index, request, plan)
+        self.push(now + self.delay(self.config.latency / 2), EV_REPLY, message)
+
+    def check(self, layer_index: int, a: Assignment, dst: int, src: int) -> None:
+        """The schedule's promises, against what the simulation knows (AssertionError)."""
+        chunk, layer = a.chunk, self.layers[layer_index]
+        assert self.alive[dst] and not self.gone[dst], f"{a}: to a node that is not there"
+        if src == self.root_of[layer_index] + self.config.nodes:
+            assert chunk < layer.origin_chunks, f"{a}: the root does not have it yet"
+        else:
+            assert self.alive[src] and not self.gone[src], f"{a}: from a node that is not there"
+            # It held the chunk (it may have let it go since; the root hears of that late).
+            assert self.got[src][layer_index][chunk], f"{a}: the source never held it"
+            assert src not in self.banned, f"{a}: from a banned source"
+
+    def root_fetches(self, layer: SimLayer, now: float) -> None:
+        """The root's download of a layer: from the origin, or (tiers, a layer another root
+        owns) through the owner's swarm, the root one more node there."""
+        if layer.root_id == layer.owner_id:
+            self.fetch_from_origin(layer, now)
+            return
+        root, owner = self.index[layer.root_id], self.index[layer.owner_id] - self.config.nodes
+        owned = self.layers[self.copy_of[(owner, layer.image_layer)]]
+        self.planners[root][owned.index] = planner = self.new_planner(owned)
+        self.agent_does(root, owned.index, planner.start(now), now)
+
+    def root_stored(self, root: int, layer: SimLayer, now: float) -> None:
+        """A tier's chunk landed at a root: its own group's copy has the leading run."""
+        got = self.got[root][layer.index]
+        mine = self.layers[self.copy_of[(root - self.config.nodes, layer.image_layer)]]
+        held = mine.origin_chunks
+        while held < mine.count and got[held]:
+            held += 1
+        if held > mine.origin_chunks:
+            mine.origin_chunks = held
+            actions = self.timed(mine, mine.schedule.origin_progress, held, now)
+            self.deliver(mine.index, actions, now)
+
+    def fetch_from_origin(self, layer: SimLayer, now: float) -> None:
+        """The root's download of the layer's next chunk (one stream: no gap between)."""
+        chunk = layer.origin_chunks
+        if chunk < layer.count:
+            root = self.index[layer.root_id]
+            size = layer.chunk_bytes(chunk, self.config.chunk_size)
+            flow = _Flow(self.origin, root, layer.index, chunk, size)
+            self.flows[(root, layer.index, chunk, self.origin)] = flow
+            self.start(flow, now)
