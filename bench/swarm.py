@@ -318,6 +318,7 @@ def simulated(args: argparse.Namespace, image: Image, root_nodes: list[str]) -> 
         origin=args.origin_mbit * SIM_MBIT,
         roots=len(root_nodes),
         owners=owners,
+        tiers=args.tiers,
         root_request_s=ROOT_REQUEST_S,
         latency=args.sim_rtt_ms / 1000,
         store_delay=0.015,  # traced: sha256, the disk write, then the report
@@ -386,6 +387,12 @@ def main() -> int:
         "here) and print their top frames",
     )
     parser.add_argument(
+        "--tiers",
+        action="store_true",
+        help="roots in tiers: agent i lists only root i mod K (its group's), every root has "
+        "all roots as parentRoots",
+    )
+    parser.add_argument(
         "--small-caches",
         action="store_true",
         help="the scenario 'a layer 3x every cache': 6 nodes at 200 Mbit/s, origin 400, "
@@ -447,7 +454,10 @@ def main() -> int:
 
         # Roots and agents.
         root_list = ",".join(f"{r.address}:{P2P_PORT}" for r in roots)
-        for host in roots + agents:
+        for i, host in enumerate(roots + agents):
+            # Tiers: each root answers its own group (agents i mod K) and fetches through all.
+            group = i if i < len(roots) else (i - len(roots)) % len(roots)
+            own = f"{roots[group].address}:{P2P_PORT}" if args.tiers else root_list
             env = {
                 "PATH": os.environ["PATH"],
                 "PYTHONUNBUFFERED": "1",
@@ -456,13 +466,15 @@ def main() -> int:
                 "POLLEN_PROXY_PORT": str(PROXY_PORT),
                 "POLLEN_P2P_PORT": str(P2P_PORT),
                 "POLLEN_UPSTREAMS": f"http://{origin.address}:5000",
-                "POLLEN_ROOTS": root_list,
+                "POLLEN_ROOTS": own,
                 "POLLEN_CLUSTER_TOKEN": TOKEN,
                 "POLLEN_CACHE_PATH": str(work / f"cache-{host.index}"),
                 "POLLEN_LOG_DIR": str(work / f"log-{host.index}"),
                 "POLLEN_CACHE_CHUNK_SIZE": args.chunk,
                 "POLLEN_THROTTLE_LIMIT_MB": "100000",
             }
+            if args.tiers and host.role == "root":
+                env["POLLEN_PARENT_ROOTS"] = root_list
             cache = args.root_cache if host.role == "root" and args.root_cache else args.cache
             if cache:
                 env["POLLEN_CACHE_CAPACITY"] = cache

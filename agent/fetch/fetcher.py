@@ -115,7 +115,7 @@ class LayerFetcher:
         late = self._late_reader(ref) if cacheable else None
         if late is not None:
             return late
-        download = self._join_or_start(ref, cacheable=cacheable, swarm=self._swarm)
+        download = self._join_or_start(ref, cacheable=cacheable, swarm=self._client_swarm(ref))
         channel = download.subscribe()
         try:
             await download.started.wait()
@@ -126,6 +126,18 @@ class LayerFetcher:
             if channel is not None:
                 channel.close()
             raise
+
+    def _client_swarm(self, ref: LayerRef) -> SwarmContext | None:
+        """The swarm a client's download goes through: the node's roots; but on a root with
+        parent roots, a layer this root owns among its own roots comes the way its tracker
+        would fetch it, through the parent tier (else a pull on the root itself would be a
+        second trip to the origin)."""
+        swarm, parent = self._swarm, self._parent_swarm
+        if swarm is not None and parent is not None:
+            owners = swarm.roots.owners(str(ref.digest))
+            if owners and owners[0] == swarm.node:
+                return parent
+        return swarm
 
     def _late_reader(self, ref: LayerRef) -> LateRingReader | None:
         """A reader of the layer's ring download in flight that already let its first chunks

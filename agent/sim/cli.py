@@ -95,9 +95,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     parser.add_argument(
         "--tiers",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="roots in tiers (parentRoots): node i's group root is root i mod K, and each root "
-        "fetches a layer another root owns through that root's swarm",
+        "fetches a layer another root owns through that root's swarm (off; on with --reference)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one JSON object (a list with -r)")
@@ -149,7 +150,7 @@ def build_config(args: argparse.Namespace, image: str | None = None) -> SwarmCon
         root_request_s=args.root_request_ms / 1000,
         layers_at_once=args.layers_at_once or None,
         stripe_chunks=args.stripe_chunks,
-        tiers=args.tiers,
+        tiers=bool(args.tiers),
         latency=args.rtt_ms / 1000,
         store_delay=args.store_ms / 1000,
         seed=args.seed,

@@ -144,8 +144,8 @@ class SwarmConfig:
             raise ValueError("stripe_chunks must be >= 1")
         if self.owners and self.stripe_chunks is not None:
             raise ValueError("owners place whole layers: not with stripe_chunks")
-        if self.tiers and (self.stripe_chunks is not None or self.owners):
-            raise ValueError("tiers place layers by group: not with stripe_chunks or owners")
+        if self.tiers and self.stripe_chunks is not None:
+            raise ValueError("tiers schedule whole layers: not with stripe_chunks")
         if self.owners and (
             len(self.owners) != len(self.layer_sizes)
             or not all(0 <= o < self.roots for o in self.owners)
@@ -319,7 +319,11 @@ class SimLayer:
         # With tiers the groups' copies of one layer are one blob: one digest, one table.
         name = self.image_layer if group is not None else index
         self.digest = f"sha256:{name:064x}"
-        owner = roots[c.owners[index]] if c.owners else rendezvous_order(self.digest, roots)[0]
+        owner = (
+            roots[c.owners[self.image_layer]]
+            if c.owners
+            else rendezvous_order(self.digest, roots)[0]
+        )
         self.owner_id = owner  # the root that fetches it from the origin
         self.group = group  # tiers: the group whose root schedules this copy
         self.root_id = owner if group is None else roots[group]

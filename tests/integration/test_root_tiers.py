@@ -75,13 +75,14 @@ def test_group_roots_fetch_through_their_parent_tier_and_the_origin_sends_each_l
     root answers only its own group, yet each layer leaves the registry once: the root that
     does not own a layer among the parents got it from the one that does (counted in its
     status), not from the registry. Without parent roots each root would go to the registry
-    for every layer its group asked for: two GETs per layer."""
+    for every layer its group asked for: two GETs per layer. A client on a group root pulls
+    through the tier too."""
     image = make_image(layers=(3 * MiB, 2 * MiB, 512 * 1024), seed=41)
     push_image(image, registry, "team/tiers", "v1")
     roots, agents = start_groups(
         make_agent, registry, groups=2, agents_per_group=2, parent_roots=None
     )
-    results = pull_all(agents, "team/tiers:v1", tmp_path / "pulls")
+    results = pull_all([*agents, *roots], "team/tiers:v1", tmp_path / "pulls")
     for got in results:
         assert set(image.layer_digests) <= got
     for digest in image.layer_digests:

@@ -11,7 +11,7 @@ import pytest
 from agent import cli
 from agent.sim import reference
 from agent.sim.engine import simulate
-from agent.sim.model import GiB, Mbit, MiB, SwarmConfig, parse_image, parse_size
+from agent.sim.model import GiB, Mbit, MiB, SwarmConfig, parse_image, parse_size, sim_layers
 
 JSON_FIELDS = {
     "p50_s",
@@ -199,12 +199,21 @@ def test_tiers_spread_a_layers_requests_over_every_root_and_the_origin_sends_it_
     assert owner_upload >= 32 * 4 * MiB
 
 
-def test_tiers_cannot_go_with_stripes_or_owners() -> None:
+def test_tiers_cannot_go_with_stripes_and_owners_place_each_image_layer() -> None:
     base = SwarmConfig(nodes=2, file_size=MiB, chunk_size=MiB, upload=1.0, download=1.0, origin=1.0)
     with pytest.raises(ValueError, match="tiers"):
         dataclasses.replace(base, tiers=True, stripe_chunks=2)
-    with pytest.raises(ValueError, match="tiers"):
-        dataclasses.replace(base, tiers=True, owners=(0,))
+    config = dataclasses.replace(base, layers=(MiB, MiB), file_size=0, roots=3, owners=(2, 1))
+    tiered = dataclasses.replace(config, tiers=True)
+    layers = sim_layers(tiered, ["r0", "r1", "r2"])
+    assert [(la.group, la.owner_id, la.root_id) for la in layers] == [
+        (0, "r2", "r0"),
+        (1, "r2", "r1"),
+        (2, "r2", "r2"),
+        (0, "r1", "r0"),
+        (1, "r1", "r1"),
+        (2, "r1", "r2"),
+    ]
 
 
 def test_a_striped_layer_bigger_than_the_cache_passes_through_its_window() -> None:
