@@ -52,19 +52,34 @@ class Flow:
         return self.remaining - self.rate * (now - self.t)
 
 
+POOL = (2, 0)  # the shared receive capacity, as a link every pooled flow crosses
+
+
 def fair_rates(
-    running: Iterable[Flow], up_cap: Sequence[float], down_cap: Sequence[float]
+    running: Iterable[Flow],
+    up_cap: Sequence[float],
+    down_cap: Sequence[float],
+    *,
+    pool: float | None = None,
+    pooled: int = 0,
 ) -> dict[Flow, float]:
-    """Max-min fair rates over every link (progressive filling): O(links x flows)."""
+    """Max-min fair rates over every link (progressive filling): O(links x flows). With
+    `pool`, flows to nodes below `pooled` also share that many bytes/s in all (the nodes'
+    CPU on one machine's cores)."""
     cap: dict[tuple[int, int], float] = {}
     members: dict[tuple[int, int], list[Flow]] = {}
+    paths: dict[Flow, list[tuple[int, int]]] = {}
     flows = list(running)
     for f in flows:
-        for link, c in (((0, f.src), up_cap[f.src]), ((1, f.dst), down_cap[f.dst])):
+        path = [((0, f.src), up_cap[f.src]), ((1, f.dst), down_cap[f.dst])]
+        if pool is not None and f.dst < pooled:
+            path.append((POOL, pool))
+        for link, c in path:
             if link not in cap:
                 cap[link] = c
                 members[link] = []
             members[link].append(f)
+        paths[f] = [link for link, _ in path]
     rates: dict[Flow, float] = {}
     while len(rates) < len(flows):
         share, link = min(
@@ -76,8 +91,8 @@ def fair_rates(
             if f in rates:
                 continue
             rates[f] = share
-            cap[(0, f.src)] -= share
-            cap[(1, f.dst)] -= share
+            for crossed in paths[f]:
+                cap[crossed] -= share
     return rates
 
 
