@@ -40,7 +40,8 @@ class PublishedRow:
 
 # What `pollen simulate --reference` sets, for the flags left at their defaults: the published
 # test, and a deployment fit for it (16 MiB chunks: a quarter of the plan requests of 4 MiB,
-# each still about 80 ms on a node capped at ~200 MB/s; 8 roots, under 1% of the nodes).
+# each still about 80 ms on a node capped at ~200 MB/s; 16 roots in tiers, 1.6% of the nodes:
+# a root answers its group of ~62 agents and the other roots, not all 1000 agents).
 SETTING = {
     "nodes": NODES,
     "node_gbit": NODE_GBIT,
@@ -49,7 +50,8 @@ SETTING = {
     "cache": "4GiB",
     "agent_cpu_s_per_gib": AGENT_CPU_S_PER_GIB,
     "chunk": "16MiB",
-    "roots": 8,
+    "roots": 16,
+    "tiers": True,
 }
 
 # "512 MB" in the table is taken as 512 MiB, "10 GB" as 10 GiB (image tools count in binary).

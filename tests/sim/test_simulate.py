@@ -132,6 +132,20 @@ def test_the_published_table_is_the_seven_rows() -> None:
     assert first.unpack_s(layers) == pytest.approx(4 * GiB / 150e6)
 
 
+def test_the_reference_runs_in_tiers_with_16_roots_unless_told_otherwise() -> None:
+    from agent.sim import cli as sim_cli
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["simulate", "--reference"])
+    sim_cli.reference_defaults(args)
+    assert (args.tiers, args.roots, args.nodes, args.chunk) == (True, 16, 1000, "16MiB")
+    args = parser.parse_args(["simulate", "--reference", "--no-tiers", "--roots", "8"])
+    sim_cli.reference_defaults(args)
+    assert (args.tiers, args.roots) == (False, 8)
+    config = sim_cli.build_config(args, reference.PUBLISHED[0].image)
+    assert not config.tiers and config.roots == 8
+
+
 def test_the_simulated_trackers_plans_are_the_plans_the_checks_accept() -> None:
     """The simulation builds its replies without Plan's checks (for speed): what it builds
     must be what the checked constructor builds from the same fields."""
