@@ -301,16 +301,23 @@ def process_cpu(pids: list[int], *, system_only: bool = False) -> float:
     return total
 
 
-def simulated(
-    args: argparse.Namespace,
-    image: Image,
-    root_nodes: list[str],
-    shared_receive: float | None = None,
-) -> SwarmResult:
+def run_queue_wait(pids: list[int]) -> float:
+    """Seconds these processes' threads have waited, runnable, for a core (schedstat): the
+    CPU contention of many processes on few cores, which averages hide."""
+    total = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total / 1e9
+
+
+def simulated(args: argparse.Namespace, image: Image, root_nodes: list[str]) -> SwarmResult:
     """`pollen simulate` of this very run: the layers on the roots the agents' rendezvous
     order picks for their digests, every layer pulled at once (as skopeo does), the config
-    blob left out (431 bytes); with `shared_receive`, the agents' downloads share that many
-    bytes/s in all (every process of the cluster on this machine's cores)."""
+    blob left out (431 bytes)."""
     owners = tuple(
         root_nodes.index(rendezvous_order(digest, root_nodes)[0]) for digest in image.layer_digests
     )
@@ -329,7 +336,6 @@ def simulated(
         latency=args.sim_rtt_ms / 1000,
         store_delay=0.015,  # traced: sha256, the disk write, then the report
         node_cache_chunks=parse_size(args.cache) // parse_size(args.chunk) if args.cache else None,
-        shared_receive=shared_receive,
     )
     return simulate(config)
 
@@ -539,6 +545,7 @@ def main() -> int:
             total0, idle0, irq0 = cpu_times()
             clients0 = children_cpu()
             segments0 = tcp_segments(roots + agents)
+            waited0 = run_queue_wait(agent_pids)
             spies = (
                 profiling.start(args.profile, [profile_target(agents[0]), profile_target(roots[0])])
                 if label == "swarm"
@@ -562,18 +569,17 @@ def main() -> int:
                 f"clients {clients:.1f}, interrupts (packet forwarding) {irq1 - irq0:.1f}, "
                 f"the rest {used - pollen_cpu - clients - (irq1 - irq0):.1f})"
             )
+            waited = run_queue_wait(agent_pids) - waited0
             segments1 = tcp_segments(roots + agents)
             out_segs, resent = (segments1[0] - segments0[0], segments1[1] - segments0[1])
             print(
                 f"{label}: TCP of the nodes sent {out_segs} segments, retransmitted {resent} "
-                f"({resent / max(out_segs, 1):.2%}: drops at the shaped links)"
+                f"({resent / max(out_segs, 1):.2%}: drops at the shaped links); the agents "
+                f"waited {waited:.2f} s in all for a core ({waited / len(agents):.2f} s each, "
+                f"{waited / len(agents) / wall:.0%} of the pull)"
             )
             sent = origin_bytes(reg_log, mark)
             results[label] = (durations, sent, busy, wall)
-            if label == "swarm":
-                # What the whole machine spent per byte the agents received (every process
-                # and the packet forwarding): its cores can deliver this many bytes/s at most.
-                machine_rate = (os.cpu_count() or 1) * N * F / max(used, 1e-9)
             print(
                 f"{label}: done in {wall:.1f}s, origin sent {sent / F:.2f} x F, CPU busy {busy:.0%}"
             )
@@ -628,19 +634,11 @@ def main() -> int:
             print(line)
             print("        per node: " + " ".join(f"{x:.1f}" for x in durations))
             if label == "swarm":
-                root_ids = [f"{r.address}:{P2P_PORT}" for r in roots]
-                sim = simulated(args, image, root_ids)
+                sim = simulated(args, image, [f"{r.address}:{P2P_PORT}" for r in roots])
                 print(
                     f"simulated P95 {sim.p95:6.1f}s  (pollen simulate: same nodes, links, "
                     f"layers and roots, rtt {args.sim_rtt_ms:g} ms); measured / simulated "
                     f"{p95 / sim.p95:5.2f}"
-                )
-                sim = simulated(args, image, root_ids, shared_receive=machine_rate)
-                print(
-                    f"simulated P95 {sim.p95:6.1f}s  with the agents sharing this machine's "
-                    f"{os.cpu_count()} cores (at most {machine_rate * 8 / 1e6:.0f} Mbit/s "
-                    f"received in all, from the CPU this run spent per byte); measured / "
-                    f"simulated {p95 / sim.p95:5.2f}"
                 )
     finally:
         net.close()

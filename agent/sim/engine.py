@@ -31,8 +31,7 @@ Model
   cluster). Max-min fair sharing, which TCP over shaped links approaches, gives every
   transfer at least that much, so this model errs on the slow side; and it is local: an event
   costs O(slots), and 1000 nodes run. `fair_sharing=True` computes max-min fair rates over
-  every link instead (progressive filling: small swarms only); `shared_receive` adds a pool
-  every agent's downloads share (agents on one machine's cores, as in bench/swarm.py).
+  every link instead (progressive filling: small swarms only).
 - Caches: with `node_cache_chunks`, a layer with more chunks than that passes through a
   window of that many: its readers consume chunks in order as they arrive, the oldest consumed
   are let go (the planner's `released`); a transfer from a node that let the chunk go is a 404.
@@ -414,7 +413,7 @@ class Simulation(RootSide):
 
     def shares_changed(self, flow: _Flow, now: float) -> None:
         """A flow joined or left its two links: the rates there change."""
-        if self.config.fair_sharing or self.config.shared_receive is not None:
+        if self.config.fair_sharing:
             self.rebalance(now)
         else:
             self.retime(self.ups[flow.src], now)
@@ -463,11 +462,7 @@ class Simulation(RootSide):
 
     def rebalance(self, now: float) -> None:
         """Max-min fair rates over every link (progressive filling): O(links x flows)."""
-        c = self.config
-        rates = fair_rates(
-            self.running, self.up_cap, self.down_cap, pool=c.shared_receive, pooled=c.nodes
-        )
-        for f, rate in rates.items():
+        for f, rate in fair_rates(self.running, self.up_cap, self.down_cap).items():
             self.set_rate(f, max(rate, 1e-9), now)
 
     def finish(self, flow: _Flow, now: float) -> None:

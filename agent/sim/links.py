@@ -52,34 +52,19 @@ class Flow:
         return self.remaining - self.rate * (now - self.t)
 
 
-POOL = (2, 0)  # the shared receive capacity, as a link every pooled flow crosses
-
-
 def fair_rates(
-    running: Iterable[Flow],
-    up_cap: Sequence[float],
-    down_cap: Sequence[float],
-    *,
-    pool: float | None = None,
-    pooled: int = 0,
+    running: Iterable[Flow], up_cap: Sequence[float], down_cap: Sequence[float]
 ) -> dict[Flow, float]:
-    """Max-min fair rates over every link (progressive filling): O(links x flows). With
-    `pool`, flows to nodes below `pooled` also share that many bytes/s in all (the nodes'
-    CPU on one machine's cores)."""
+    """Max-min fair rates over every link (progressive filling): O(links x flows)."""
     cap: dict[tuple[int, int], float] = {}
     members: dict[tuple[int, int], list[Flow]] = {}
-    paths: dict[Flow, list[tuple[int, int]]] = {}
     flows = list(running)
     for f in flows:
-        path = [((0, f.src), up_cap[f.src]), ((1, f.dst), down_cap[f.dst])]
-        if pool is not None and f.dst < pooled:
-            path.append((POOL, pool))
-        for link, c in path:
+        for link, c in (((0, f.src), up_cap[f.src]), ((1, f.dst), down_cap[f.dst])):
             if link not in cap:
                 cap[link] = c
                 members[link] = []
             members[link].append(f)
-        paths[f] = [link for link, _ in path]
     rates: dict[Flow, float] = {}
     while len(rates) < len(flows):
         share, link = min(
@@ -91,8 +76,8 @@ def fair_rates(
             if f in rates:
                 continue
             rates[f] = share
-            for crossed in paths[f]:
-                cap[crossed] -= share
+            cap[(0, f.src)] -= share
+            cap[(1, f.dst)] -= share
     return rates
 
 

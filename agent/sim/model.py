@@ -129,9 +129,6 @@ class SwarmConfig:
     jitter: bool = True  # each latency is uniform in [latency/2, 3*latency/2] (breaks ties)
     seed: int = 0
     fair_sharing: bool = False  # max-min fair rates over all links (O(flows^2) per event)
-    # Bytes/s the agents can receive all together: their CPU shares one machine's cores (the
-    # netns cluster of bench/swarm.py). Implies fair_sharing. None: each node has its own.
-    shared_receive: float | None = None
     # Chunks each node's cache holds at once (None: every layer whole). Readers consume chunks
     # in order as they arrive; the oldest consumed chunks are let go to make room.
     node_cache_chunks: int | None = None
