@@ -199,15 +199,17 @@ def wait_http(host: Host, url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} in {host.netns} did not answer within {timeout}s")
 
 
-def plans_answered(root: Host) -> int:
-    """The root's tracker count of plan requests answered (its loopback-only status page)."""
+def swarm_status(host: Host, field: str) -> int:
+    """One number of the node's swarm status (its loopback-only status page), e.g.
+    ``tracker.plans_answered``."""
     url = f"http://127.0.0.1:{PROXY_PORT}/_pollen/status"
+    path = "".join(f"[{part!r}]" for part in field.split("."))
     code = (
         "import json, urllib.request; "
         f"status = json.load(urllib.request.urlopen('{url}', timeout=5)); "
-        "print(status['swarm']['tracker']['plans_answered'])"
+        f"print(status['swarm']{path})"
     )
-    result = root.run("python3", "-c", code, check=False)
+    result = host.run("python3", "-c", code, check=False)
     return int(result.stdout.strip() or 0)
 
 
@@ -595,11 +597,17 @@ def main() -> int:
                 )
                 chunk = parse_size(args.chunk)
                 chunks = sum(-(-layer.size // chunk) for layer in image.layers)
-                plans = sum(plans_answered(r) for r in roots)
+                plans = sum(swarm_status(r, "tracker.plans_answered") for r in roots)
                 print(
                     f"swarm: the roots answered {plans} plan requests, "
                     f"{plans / max(N * chunks, 1):.1f} per chunk per agent "
                     f"({N} agents x {chunks} chunks)"
+                )
+                sealed = sum(swarm_status(a, "sealed_layers") for a in agents)
+                rehashed = sum(swarm_status(a, "rehashed_bytes") for a in agents)
+                print(
+                    f"swarm: {sealed} of {N * len(blobs)} blobs on the agents verified by the "
+                    f"root's seal; {rehashed / MiB:.0f} MiB hashed a second time"
                 )
 
         print()

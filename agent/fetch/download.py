@@ -127,24 +127,20 @@ class LayerDownload:
 
     async def wait_chunk(self, index: int) -> None:
         """Wait until chunk `index` can be read: in memory or on disk."""
-        while True:
-            assert self.entry is not None
-            if index in self._hot or self.entry.has_chunk(index):
-                return
-            self._raise_if_failed()
-            await self._changed.wait()
+        assert self.entry is not None
+        await self._wait_until(lambda: self.holds(index))
 
     async def wait_written(self, index: int) -> None:
         """Wait until chunk `index` is in the cache file (servable to peers)."""
-        while True:
-            assert self.entry is not None
-            if self.entry.has_chunk(index):
-                return
-            self._raise_if_failed()
-            await self._changed.wait()
+        entry = self.entry
+        assert entry is not None
+        await self._wait_until(lambda: entry.has_chunk(index))
 
     async def wait_verified(self) -> None:
-        while not self.verified:
+        await self._wait_until(lambda: self.verified)
+
+    async def _wait_until(self, ready: Callable[[], bool]) -> None:
+        while not ready():
             self._raise_if_failed()
             await self._changed.wait()
 
@@ -480,8 +476,13 @@ class LayerDownload:
         return self._cache.held_chunks(self.entry) if self.entry is not None else frozenset()
 
     def hashed(self, count: int) -> None:
+        before = self.past()
         self._hashed_upto = count
         self._evict_hot()
+        if self.entry is not None and self.entry.slots is not None and self.past() > before:
+            # `past` moved with the hash: nobody reads a root's ring (a parent tier fills
+            # it), and its swarm driver, its window full, would wait for a reader forever.
+            self.readers.limit_moved()
 
     def arrived(self, kind: str, source: str, index: int, size: int, t0: float) -> None:
         assert self.layout is not None
@@ -588,13 +589,7 @@ class LayerDownload:
         via = "the swarm" if self.progress.mode == "swarm" else self.upstream.key
         elapsed = trio.current_time() - self.progress.started_at
         how = "streamed" if self.stream_mode else "cached"
-        log.info(
-            "layer %s: %d bytes from %s in %.2fs (%s)",
-            self.digest,
-            self.progress.received,
-            via,
-            elapsed,
-            how,
-        )
+        size = self.progress.received
+        log.info("layer %s: %d bytes from %s in %.2fs (%s)", self.digest, size, via, elapsed, how)
         self.progress.mode = "done"
         self._notify()

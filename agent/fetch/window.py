@@ -84,6 +84,11 @@ class Readers:
         if self._at.pop(reader, None) is not None and self._moved is not None:
             self._moved()
 
+    def limit_moved(self) -> None:
+        """The limit `past` is given moved: the watcher looks again."""
+        if self._moved is not None:
+            self._moved()
+
     def past(self, limit: int) -> int:
         """The first chunk some reader still needs, at most `limit` (the first chunk not in
         the whole-layer hash yet: nothing from there may go)."""

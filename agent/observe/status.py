@@ -71,6 +71,7 @@ class SwarmStatus:
             "origin_fallback_causes": dict(self.swarm.fallbacks) if self.swarm else {},
             "peer_bytes": self.swarm.peer_bytes if self.swarm else 0,
             "sealed_layers": self.swarm.sealed if self.swarm else 0,  # no whole-layer pass
+            "rehashed_bytes": self.swarm.rehashed_bytes if self.swarm else 0,  # no seal came
             "chunks_served": self.p2p.chunks_served,
             "refused": self.p2p.refused,
             "tracker": self.tracker.statistics() if self.tracker else None,

@@ -64,6 +64,7 @@ class SwarmContext:
     fallbacks: dict[str, int] = field(default_factory=dict)
     peer_bytes: int = 0
     sealed: int = 0  # layers verified by a root's seal instead of a whole-layer pass
+    rehashed_bytes: int = 0  # bytes hashed a second time, for a whole-layer digest
 
     def fell_back(self, kind: str) -> None:
         self.fallbacks[kind] = self.fallbacks.get(kind, 0) + 1
@@ -106,7 +107,8 @@ class LayerSink(Protocol):
         """The first chunk a reader still needs (nothing below is wanted any more)."""
 
     def hashed(self, count: int) -> None:
-        """Chunks [0, count) are in the whole-layer hash (their memory may go)."""
+        """Chunks [0, count) are in the whole-layer hash, under the seal, or left for a pass
+        from the disk at the end (their memory may go)."""
 
     def arrived(self, kind: str, source: str, index: int, size: int, t0: float) -> None:
         """Account a chunk from a root or peer (size < 0: the transfer failed)."""
@@ -148,7 +150,8 @@ class SwarmDownload:
             expected_size=expected_size,
         )
         self._hasher = hashlib.new(algorithm)
-        self._hashed_upto = 0
+        self._hashed_upto = 0  # chunks [0, n) are hashed, sealed or deferred (memory may go)
+        self._hasher_at = 0  # the next chunk the whole-layer hash takes
         self._expected_hex = digest.partition(":")[2]
         # The seal: once a root vouches for the layer (Plan.table_sha256), chunks are checked
         # against the chunk table only; at the end the table of the chunks we hold must be the
@@ -192,6 +195,7 @@ class SwarmDownload:
         await self._advance_hash()  # chunks held from the start may not have been hashed yet
         if self._unhashed:
             return self._sealed_digest()
+        await self._hash_upto(self.planner.count or 0)  # no seal came: the deferred chunks
         return self._hasher.hexdigest()
 
     def _sealed_digest(self) -> str:
@@ -372,16 +376,32 @@ class SwarmDownload:
         await self._send.send(partial(self.planner.stored, index, source))
 
     async def _advance_hash(self) -> None:
-        """The whole-layer digest needs the bytes in order; chunks arrive out of order."""
+        """The whole-layer digest needs the bytes in order; chunks arrive out of order.
+
+        A root seals a layer once its own download is verified, which is before any agent
+        can get the last chunk (the root holds it back until then, and assigns only chunks it
+        holds): so a layer the whole cache keeps waits for the seal instead of hashing its
+        chunks a second time as they come, and hashes them (back from the disk) only when
+        the swarm part ends without one. Chunks held from before and a ring's chunks (gone
+        once read) are hashed as they come."""
         async with self._hash_lock:
-            count = self.planner.count or 0
+            planner = self.planner
+            count = planner.count or 0
+            defer = self._sink.window is None and not self._resumed
             while self._hashed_upto < count and self._hashed_upto in self._emitted:
-                if self.planner.sealed is not None and not self._resumed:
+                if planner.sealed is not None and not self._resumed:
                     self._unhashed = True  # the seal covers it: no second pass over its bytes
-                else:
-                    data = await self._sink.chunk_bytes(self._hashed_upto)
-                    hashing = time.perf_counter()
-                    self._hasher.update(data)
-                    self._sink.verify_time(time.perf_counter() - hashing)
+                elif not defer:
+                    await self._hash_upto(self._hashed_upto + 1)
                 self._hashed_upto += 1
             self._sink.hashed(self._hashed_upto)
+
+    async def _hash_upto(self, stop: int) -> None:
+        """Feed chunks up to `stop` to the whole-layer hash (from memory, or the disk)."""
+        while self._hasher_at < stop:
+            data = await self._sink.chunk_bytes(self._hasher_at)
+            hashing = time.perf_counter()
+            self._hasher.update(data)
+            self._sink.verify_time(time.perf_counter() - hashing)
+            self._swarm.rehashed_bytes += len(data)
+            self._hasher_at += 1

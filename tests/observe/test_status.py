@@ -57,6 +57,7 @@ class FakeSwarm:
     fallbacks = {"size": 1, "no_root": 3}
     peer_bytes = 5 << 20
     sealed = 2
+    rehashed_bytes = 3
 
 
 class FakeTracker:
@@ -194,6 +195,7 @@ async def test_the_swarm_part_on_a_node_with_roots() -> None:
         "origin_fallback_causes": {"size": 1, "no_root": 3},
         "peer_bytes": 5 << 20,
         "sealed_layers": 2,
+        "rehashed_bytes": 3,
         "chunks_served": 7,
         "refused": 1,
         "tracker": None,

@@ -187,6 +187,23 @@ async def test_a_root_with_a_self_consistent_wrong_table_cannot_complete_a_wrong
         assert blob.gets == [None] and liar.plans == asked  # not asked again
 
 
+async def test_a_root_that_never_seals_costs_the_agent_one_whole_layer_pass_at_the_end(
+    swarm: Swarm, registry: FakeRegistry, nursery: trio.Nursery
+) -> None:
+    """The agent waits for a seal instead of hashing chunks a second time as they come; a root
+    that never sends one (right bytes, no seal) leaves the whole-layer pass for the end, from
+    the disk: the pull completes, every byte hashed once more, and nothing came from the
+    registry."""
+    with trio.fail_after(TIMEOUT):
+        blob = registry.add(os.urandom(5 * CHUNK + 9))
+        honest = FakeRoot(blob, size=blob.size, wrong_bytes=False)
+        agent = await swarm.agent(await honest.start(nursery))
+        assert await pull(agent, registry, blob, size=blob.size) == blob.data
+        assert agent.swarm is not None
+        assert (agent.swarm.sealed, agent.swarm.rehashed_bytes) == (0, blob.size)
+        assert agent.swarm.fallbacks == {} and blob.gets == []
+
+
 async def test_a_seal_that_does_not_match_the_chunks_held_cuts_the_reader(
     swarm: Swarm, registry: FakeRegistry, nursery: trio.Nursery
 ) -> None:

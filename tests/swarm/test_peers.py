@@ -269,6 +269,32 @@ async def test_an_agent_trusts_the_seal_of_a_root_that_verified_the_layer(
         assert blob.gets == [None]
 
 
+async def test_chunks_that_came_before_the_seal_are_not_hashed_a_second_time(
+    swarm: Swarm, registry: FakeRegistry, nursery: trio.Nursery
+) -> None:
+    """The root's own download stalls halfway, so the agent gets the first chunks before the
+    root has verified the layer; the seal comes later, and covers those chunks too: the agent
+    hashes no byte a second time (one sha256 pass per byte)."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        agent = await swarm.agent(root)
+        blob = registry.add(os.urandom(12 * CHUNK + 77), pause_at=6 * CHUNK + 5)
+        pulled: list[bytes] = []
+
+        async def pull_in_background() -> None:
+            pulled.append(await pull(agent, registry, blob))
+
+        nursery.start_soon(pull_in_background)
+        while root.service.chunks_served < 6:  # the agent holds what the root has so far
+            await trio.sleep(0.01)
+        blob.resume.set()
+        while not pulled:
+            await trio.sleep(0.01)
+        assert pulled == [blob.data]
+        assert agent.swarm is not None
+        assert (agent.swarm.sealed, agent.swarm.rehashed_bytes) == (1, 0)
+
+
 async def test_two_agents_share_a_layer_with_one_origin_get(
     swarm: Swarm, registry: FakeRegistry
 ) -> None:
