@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "swarm.schedule": 2,  # the root's per-layer schedule
     "swarm.ledger": 2,  # the schedule's facts: holdings, transfers, slots
     "swarm.planner": 2,  # the agent's per-layer planner
+    "swarm.decisions": 2,  # what the planner decides, for its driver
     "http.throttle": 2,  # token bucket arithmetic
     "observe.events": 2,  # the data path's events, the 10 s windows, the per-layer summary
     "observe.auditline": 2,  # the audit log's exact line format

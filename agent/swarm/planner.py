@@ -25,7 +25,10 @@ asks for work; the root holds it until it has some, so new work reaches the agen
 *Reports* (not ``poll``) go the moment a transfer ends, so the source's upload slot at the
 root frees without waiting for the standing request; a report may bring work too. Demand
 (``want``) is the free transfer slots: `parallel` (one transfer, plus a spare the root uses for
-a second source when a transfer runs late) less the transfers in flight.
+a second source when a transfer runs late) less the transfers in flight. While a transfer runs,
+the standing request for the spare goes only once it is late (LATE times the usual duration,
+as the root judges) or in the endgame: reports carry demand too, and the next chunk comes with
+the `finishing` one.
 
 - A transfer's slot frees when its bytes arrived; a chunk is reported done only once it is
   stored (from then on the root sends peers to this node, which serves from its cache).
@@ -67,8 +70,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from agent.swarm.decisions import Decisions, Fallback, Pending, Transfer
 from agent.swarm.plan import Plan
 from agent.swarm.protocol import MAX_REPORTS, PlanTarget, clip_ranges
+
+__all__ = ["FALLBACK_KINDS", "Decisions", "Fallback", "LayerPlanner", "Transfer"]
 
 Done = tuple[tuple[int, str], ...]  # (chunk, source) reports
 Failed = tuple[tuple[int, str, bool], ...]  # (chunk, source, bad data) reports
@@ -81,63 +87,17 @@ LEAD_RTTS = 3.0
 DEFAULT_RTT = 0.01  # s
 RTT_WEIGHT = 0.25  # of the newest sample in the moving average of report round trips
 FLUSH_ATTEMPTS = 3  # tries to deliver the last reports once the layer is complete
+# The spare slot's standing request (a second source for a late transfer) goes when a transfer
+# has run LATE times the usual duration (the root's rule, agent/swarm/schedule.py), or at once
+# in the endgame (ENDGAME chunks or fewer to come), not for every transfer: a third of the
+# plan requests were spare polls answered empty.
+LATE = 2.0
+ENDGAME = 2
+USUAL_WEIGHT = 0.25  # of the newest transfer in the moving average of their durations
 # Why a node leaves the swarm for a layer; "cache": the layer does not fit this node's cache
 # (the driver's own cause, for metrics).
 FALLBACK_KINDS = ("no_root", "root_error", "credentials", "chunk_size", "size", "no_size", "cache")
 SIZE_DEADLINE = 30.0  # s: a root that cannot tell the layer's size by then is not helping
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Transfer:
-    """Fetch chunk `chunk` from node `source`."""
-
-    chunk: int
-    source: str
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Fallback:
-    """Why this node fetches the layer from the registry itself (the swarm cannot deliver).
-
-    `kind` is a short word for metrics; `root`, when set, is the root not to ask about this
-    layer again for a while (it answered, but not usefully)."""
-
-    kind: str  # one of FALLBACK_KINDS
-    reason: str
-    root: str | None = None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Decisions:
-    """What an event decided; the driver carries it out in this order: errors and fallback
-    end the layer; `size` before `start`; `store` before anything that waits on it."""
-
-    requests: tuple[PlanTarget, ...] = ()
-    start: tuple[Transfer, ...] = ()
-    cancel: tuple[Transfer, ...] = ()
-    store: Transfer | None = None  # the received bytes of this transfer are the chunk's
-    size: int | None = None  # the layer's size became known: admit it
-    drop_poll: bool = False  # cancel the standing request in flight (the layer is complete)
-    bench: str | None = None  # root that did not answer
-    fallback: Fallback | None = None  # this node fetches the rest from the origin itself
-    error: tuple[int, str] | None = None  # (status, message) for the client
-    finished: bool = False
-    wake_at: float | None = None  # call `tick` then, unless another event comes first
-
-
-@dataclass(kw_only=True)
-class _Pending:
-    """Decisions being collected during one event."""
-
-    requests: list[PlanTarget] = field(default_factory=list)
-    start: list[Transfer] = field(default_factory=list)
-    cancel: list[Transfer] = field(default_factory=list)
-    store: Transfer | None = None
-    size: int | None = None
-    drop_poll: bool = False
-    bench: str | None = None
-    fallback: Fallback | None = None
-    error: tuple[int, str] | None = None
 
 
 @dataclass(eq=False, kw_only=True)
@@ -185,6 +145,9 @@ class LayerPlanner:
     ready: bool = field(default=False, init=False)  # the driver admitted the layer (`admitted`)
     parked: list[tuple[int, str]] = field(default_factory=list, init=False)  # until admitted
     started_at: float | None = field(default=None, init=False)
+    began: dict[tuple[int, str], float] = field(default_factory=dict, init=False)  # transfers
+    usual: float | None = field(default=None, init=False)  # s, a transfer (moving average)
+    spare_at: float | None = field(default=None, init=False)  # when the spare poll is due
     fresh: bool = field(default=True, init=False)  # the first request says: forget the past
 
     # -- queries ----------------------------------------------------------------------------
@@ -210,19 +173,19 @@ class LayerPlanner:
 
     def start(self, now: float) -> Decisions:
         """Begin: the standing request goes out."""
-        pending = _Pending()
+        pending = Pending()
         self.started_at = now
         self._poll(pending, now)
         return self._settle(pending, now)
 
     def no_root(self, now: float) -> Decisions:
         """The driver found no root to send a request to."""
-        pending = _Pending(fallback=Fallback(kind="no_root", reason="no root answers"))
+        pending = Pending(fallback=Fallback(kind="no_root", reason="no root answers"))
         return self._settle(pending, now)
 
     def answered(self, request: PlanTarget, plan: Plan, root: str, now: float) -> Decisions:
         """`root` answered `request` with `plan`."""
-        pending = _Pending()
+        pending = Pending()
         self._request_ended(request)
         sent = self.sent_at.pop(id(request), None)
         if sent is not None:
@@ -247,7 +210,7 @@ class LayerPlanner:
             if not self.ready:  # the driver admits the layer first, and says what it holds
                 self.parked.extend(plan.assignments)
                 return self._settle(pending, now)
-            started = self._take(plan.assignments, pending)
+            started = self._take(plan.assignments, pending, now)
         if request.poll:
             self.poll_at = now if started else now + POLL_RETRY
         self._poll(pending, now)
@@ -256,7 +219,7 @@ class LayerPlanner:
 
     def unanswered(self, request: PlanTarget, root: str, reason: str, now: float) -> Decisions:
         """`root` did not answer `request` (unreachable, timed out, refused, a bad reply)."""
-        pending = _Pending(bench=root)
+        pending = Pending(bench=root)
         self._request_ended(request)
         self.sent_at.pop(id(request), None)
         self.fresh = self.fresh or request.fresh  # the next root must hear it too
@@ -276,9 +239,15 @@ class LayerPlanner:
 
     def received(self, chunk: int, source: str, sha256: str, now: float) -> Decisions:
         """The bytes of chunk `chunk` arrived from `source`, hashing to `sha256`."""
-        pending = _Pending()
+        pending = Pending()
+        began = self.began.get((chunk, source))
         if not self._end_transfer(chunk, source):
             return self._settle(pending, now)  # cancelled meanwhile: nothing was asked of it
+        if began is not None and sha256 == self.hashes.get(chunk):
+            took = now - began
+            self.usual = (
+                took if self.usual is None else self.usual + USUAL_WEIGHT * (took - self.usual)
+            )
         if sha256 != self.hashes.get(chunk):
             self.failed_reports.append((chunk, source, True))
         elif chunk in self.got or chunk in self.storing:
@@ -296,7 +265,7 @@ class LayerPlanner:
         """The transfer of `chunk` from `source` is in its last bytes (less than
         `finish_lead` seconds to go): its download slot is free for the next transfer, and the
         root hears it at once, so the next chunk is under way as this one ends."""
-        pending = _Pending()
+        pending = Pending()
         transfer = (chunk, source)
         if source in self.fetching.get(chunk, ()) and transfer not in self.tailing:
             self.tailing.add(transfer)
@@ -307,7 +276,7 @@ class LayerPlanner:
 
     def stored(self, chunk: int, source: str, now: float) -> Decisions:
         """The chunk accepted from `source` is in this node's cache (servable to peers)."""
-        pending = _Pending()
+        pending = Pending()
         self.storing.discard(chunk)
         self.held.add(chunk)
         self.got.add(chunk)
@@ -321,7 +290,7 @@ class LayerPlanner:
 
     def failed(self, chunk: int, source: str, now: float) -> Decisions:
         """The transfer of `chunk` from `source` failed (timeout, refused, not found)."""
-        pending = _Pending()
+        pending = Pending()
         if self._end_transfer(chunk, source):
             self.failed_reports.append((chunk, source, False))
         self._poll(pending, now)
@@ -334,7 +303,7 @@ class LayerPlanner:
         meanwhile starts now; the root learns what we hold with the next request. `window`:
         the layer is bigger than the cache, which holds this many of its chunks at once; the
         driver then releases chunks behind the readers (`released`)."""
-        pending = _Pending()
+        pending = Pending()
         assert self.count is not None and not self.ready, "admitted once, after the size"
         self.ready = True
         self.window = window
@@ -342,7 +311,7 @@ class LayerPlanner:
         self.held |= kept
         self.got |= kept
         self.tell_have = bool(kept)
-        self._take(self.parked, pending)
+        self._take(self.parked, pending, now)
         self.parked.clear()
         self._poll(pending, now)
         self._report(pending)
@@ -355,7 +324,7 @@ class LayerPlanner:
         source for peers, until their slots are needed) and nothing below `past` is wanted;
         `evicted`: chunks whose slots took others. Room for more; the root hears it all with
         the next request (`past`, and `have` without the evicted chunks)."""
-        pending = _Pending()
+        pending = Pending()
         gone = set(chunks) & self.held
         self.held -= gone
         self.passed |= gone
@@ -372,7 +341,7 @@ class LayerPlanner:
     def missing(self, chunk: int, source: str, now: float) -> Decisions:
         """`source` answered 404 for `chunk`: it does not hold it (any more). The root stops
         counting it as a holder and assigns the chunk elsewhere; no fault of the source."""
-        pending = _Pending()
+        pending = Pending()
         if self._end_transfer(chunk, source):
             self.missing_reports.append((chunk, source))
         self._poll(pending, now)
@@ -381,7 +350,7 @@ class LayerPlanner:
 
     def tick(self, now: float) -> Decisions:
         """Time passed (the standing request's retry came due, or the size deadline)."""
-        pending = _Pending()
+        pending = Pending()
         self._poll(pending, now)
         return self._settle(pending, now)
 
@@ -402,6 +371,7 @@ class LayerPlanner:
 
     def _end_transfer(self, chunk: int, source: str) -> bool:
         self.tailing.discard((chunk, source))
+        self.began.pop((chunk, source), None)
         sources = self.fetching.get(chunk)
         if sources is None or source not in sources:
             return False
@@ -416,7 +386,7 @@ class LayerPlanner:
         else:
             self.reporting -= 1
 
-    def _take(self, assignments: Iterable[tuple[int, str]], pending: _Pending) -> int:
+    def _take(self, assignments: Iterable[tuple[int, str]], pending: Pending, now: float) -> int:
         """Start the assigned transfers we can use; returns how many started."""
         started = 0
         for chunk, source in assignments:
@@ -427,6 +397,7 @@ class LayerPlanner:
             if source in sources:
                 continue
             sources.add(source)
+            self.began[(chunk, source)] = now
             pending.start.append(Transfer(chunk=chunk, source=source))
             started += 1
         return started
@@ -479,7 +450,7 @@ class LayerPlanner:
             poll=poll,
         )
 
-    def _poll(self, pending: _Pending, now: float, *, carrying: bool = False) -> None:
+    def _poll(self, pending: Pending, now: float, *, carrying: bool = False) -> None:
         """Send the standing request when none is in flight, a slot is free and it is due.
         While a transfer is in its last bytes or a chunk is being stored (outside a window) it
         waits for the report those make (`done`) and carries it, unless it carries a report
@@ -496,11 +467,25 @@ class LayerPlanner:
         storing = self.storing and self.window is None
         if (self.tailing or storing) and not carrying:
             return  # it goes with the report those make soon (done): one request, not two
+        self.spare_at = self._spare_due()
+        if self.spare_at is not None and now < self.spare_at and not carrying:
+            return  # a transfer runs and is not late: the spare slot's request waits
         self.polling = True
         self.poll_at = None
         pending.requests.append(self._request(poll=True))
 
-    def _report_holdings(self, pending: _Pending) -> None:
+    def _spare_due(self) -> float | None:
+        """When the standing request may go while transfers run: once one is late (None: now,
+        there is a free slot beyond the spare, it is the endgame, or no duration is known)."""
+        running = [t for t in self.began if t not in self.tailing]
+        if not running or self.in_flight - len(self.tailing) < self.parallel - 1:
+            return None
+        left = (self.count or 0) - len(self.got) - len(self.storing)
+        if self.usual is None or left <= ENDGAME:
+            return None
+        return min(self.began[t] for t in running) + LATE * self.usual
+
+    def _report_holdings(self, pending: Pending) -> None:
         """A report with nothing but our holdings: the root must stop naming us as a source
         of chunks we let go, even when there is no other reason to ask it anything."""
         if self.complete:
@@ -508,7 +493,7 @@ class LayerPlanner:
         self.reporting += 1
         pending.requests.append(self._request(poll=False))
 
-    def _report(self, pending: _Pending) -> None:
+    def _report(self, pending: Pending) -> None:
         """Send what ended at once (the standing request, if it just went, carries it too)."""
         if not self._reports_waiting:
             return
@@ -517,7 +502,7 @@ class LayerPlanner:
         self.reporting += 1
         pending.requests.append(self._request(poll=False))
 
-    def _settle(self, pending: _Pending, now: float) -> Decisions:
+    def _settle(self, pending: Pending, now: float) -> Decisions:
         deadline = None if self.started_at is None else self.started_at + self.size_deadline
         if self.size is None and pending.fallback is None and deadline is not None:
             if now >= deadline:
@@ -535,6 +520,8 @@ class LayerPlanner:
         # A retry due later needs a wake-up; one already due waits for a free slot, which
         # only an event brings (a wake-up in the past would spin the driver).
         wakes = [self.poll_at] if not self.polling and (self.poll_at or 0.0) > now else []
+        if not self.polling and (self.spare_at or 0.0) > now:
+            wakes.append(self.spare_at)  # type: ignore[arg-type]
         if self.size is None and deadline is not None:
             wakes.append(deadline)
         wake_at = min(wakes) if wakes and self.outcome is None else None

@@ -15,6 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from agent.swarm.plan import Plan
 from agent.swarm.planner import (
     FLUSH_ATTEMPTS,
+    LATE,
     POLL_RETRY,
     Decisions,
     LayerPlanner,
@@ -203,26 +204,41 @@ def test_a_good_chunk_is_stored_then_reported_and_the_other_source_cancelled() -
     assert 0 in p.held
 
 
-def test_the_standing_request_waits_for_a_finishing_transfer_and_carries_its_done() -> None:
-    """Per transfer, two requests instead of three: the `finishing` report, and the standing
-    request, which (answered meanwhile with the next chunk) goes again only once the chunk is
-    stored, carrying its `done` (sent at once, it would carry nothing)."""
+def test_the_spare_slots_standing_request_goes_only_once_a_transfer_runs_late() -> None:
+    """Per transfer two requests: the `finishing` report (which brings the next chunk) and the
+    `done` report. The spare slot's standing request, which only a late transfer needs (for a
+    second source), goes once a transfer has run LATE times the usual duration, not for every
+    transfer (a sixth of the requests were such polls, answered empty)."""
     p = planner(parallel=2)
     request = only(p.start(0.0))
     d = reply_to(p, request, plan(assignments=((0, ROOT),)), ROOT, 0.1)
-    [standing] = polls(d)  # for the spare slot
+    [standing] = polls(d)  # no transfer has ended yet: no usual duration to wait for
     d = p.finishing(0, ROOT, 0.3)
     [report] = d.requests
     assert not report.poll and report.finishing == ((0, ROOT),)
     # The root gives the freed slot its next chunk through the standing request.
     d = p.answered(standing, plan(assignments=((1, PEERS[0]),)), ROOT, 0.31)
     assert d.start == (Transfer(chunk=1, source=PEERS[0]),)
-    assert d.requests == ()  # not yet: chunk 0 is in its last bytes
+    assert d.requests == ()  # chunk 0 is in its last bytes
     assert p.answered(report, plan(), ROOT, 0.32).requests == ()
-    d = p.received(0, ROOT, sha(0), 0.35)
+    d = p.received(0, ROOT, sha(0), 0.35)  # 0.25 s: the usual duration now
     assert d.requests == () and d.store == Transfer(chunk=0, source=ROOT)
     d = p.stored(0, ROOT, 0.36)
-    assert [(r.poll, r.want, r.done) for r in d.requests] == [(True, 1, ((0, ROOT),))]
+    assert [(r.poll, r.want, r.done) for r in d.requests] == [(False, 1, ((0, ROOT),))]
+    late = 0.31 + LATE * 0.25  # chunk 1 began at 0.31
+    assert d.wake_at == pytest.approx(late)
+    assert polls(p.tick(late - 0.01)) == []
+    [spare] = polls(p.tick(late))
+    assert spare.want == 1
+
+
+def test_in_the_endgame_the_spare_slots_standing_request_goes_at_once() -> None:
+    p = planner(parallel=2)
+    d = reply_to(p, only(p.start(0.0)), plan(size=3 * CHUNK, assignments=((0, ROOT),)), ROOT, 0.1)
+    p.answered(polls(d)[0], plan(size=3 * CHUNK, assignments=((1, PEERS[0]),)), ROOT, 0.1)
+    p.received(0, ROOT, sha(0), 0.2)
+    d = p.stored(0, ROOT, 0.2)  # 2 chunks to come, one on its way: the endgame
+    assert [r.want for r in polls(d)] == [1]
 
 
 def test_a_late_copy_of_a_cancelled_transfer_is_ignored() -> None:
@@ -398,11 +414,12 @@ def test_a_cache_window_limits_demand_and_released_chunks_make_room() -> None:
     d = p.answered(only(d), plan(size=6 * CHUNK, assignments=((0, ROOT), (1, PEERS[0]))), ROOT, 0.2)
     assert len(d.start) == 2 and d.requests == ()
     d = p.received(0, ROOT, sha(0), 0.3)
-    # In a window a store may wait for the readers, who may wait for what the standing
-    # request brings: it goes at once (1 being stored + 1 on its way: one slot left).
-    assert [r.want for r in polls(d)] == [1]
-    standing = polls(d)[0]
+    assert polls(d) == []  # chunk 1 is on its way and not late: the spare's request waits
     p.stored(0, ROOT, 0.3)
+    # Chunk 1 is late (twice the 0.1 s chunk 0 took): the standing request goes, for the one
+    # slot left (1 held + 1 on its way, of 3).
+    [standing] = polls(p.tick(0.4))
+    assert standing.want == 1
     d = p.answered(standing, plan(size=6 * CHUNK, assignments=((2, PEERS[1]),)), ROOT, 0.4)
     p.received(1, PEERS[0], sha(1), 0.5)
     d = p.stored(1, PEERS[0], 0.5)
@@ -410,7 +427,8 @@ def test_a_cache_window_limits_demand_and_released_chunks_make_room() -> None:
     assert p.in_flight == 1 and p.held == {0, 1}, "full: 2 held + 1 on its way"
     d = p.released({0}, 1, 0.6)
     assert p.held == {1} and p.got == {0, 1} and p.past == 1
-    [poll] = polls(d)
+    assert polls(d) == []  # the room is the spare's, and chunk 2 is not late yet
+    [poll] = polls(p.tick(0.7))  # late: began at 0.4, usual 0.15 (0.1, then 0.3)
     assert poll.want == 1 and poll.past == 1 and poll.have is None
     assert p.passed == {0}
     d = p.answered(poll, plan(size=6 * CHUNK), ROOT, 0.7)
@@ -672,15 +690,16 @@ test_planner_machine = PlannerMachine.TestCase
 
 
 def test_every_pending_decision_reaches_the_driver() -> None:
-    """`_settle` spells out what it hands on: a field added to `_Pending` must be passed to
+    """`_settle` spells out what it hands on: a field added to `Pending` must be passed to
     `Decisions` too, or the driver would never see that decision."""
     import dataclasses
     import inspect
 
-    from agent.swarm.planner import Decisions, LayerPlanner, _Pending
+    from agent.swarm.decisions import Decisions, Pending
+    from agent.swarm.planner import LayerPlanner
 
     source = inspect.getsource(LayerPlanner._settle)
     decided = {f.name for f in dataclasses.fields(Decisions)}
-    for f in dataclasses.fields(_Pending):
+    for f in dataclasses.fields(Pending):
         assert f.name in decided
         assert f"{f.name}=" in source, f"_settle does not pass {f.name}"
