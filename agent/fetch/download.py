@@ -270,6 +270,7 @@ class LayerDownload:
         failures = 0
         origin_bytes = 0
         url = url_pathname(self.upstream.base_url + path)
+        gone = self.past()  # after a swarm download: what a ring let go stays gone
         while True:
             chunk_from = time.perf_counter()
             headers = list(self._headers)
@@ -306,10 +307,10 @@ class LayerDownload:
                             self._got("origin", "", url, offset - filled, filled, chunk_from)
                             chunk_from = time.perf_counter()
                         if filled == len(chunk) and chunk_index < layout.count - 1:
-                            if not self.holds(chunk_index):
+                            if not self.holds(chunk_index) and chunk_index >= gone:
                                 await self._emit(chunk_index, chunk)
                             chunk_index += 1
-                            self._hashed_upto = chunk_index
+                            self._hashed_upto = max(self._hashed_upto, chunk_index)
                 break
             except HttpClientError as exc:
                 if self.layout is None:

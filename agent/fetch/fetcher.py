@@ -130,14 +130,13 @@ class LayerFetcher:
     def _client_swarm(self, ref: LayerRef) -> SwarmContext | None:
         """The swarm a client's download goes through: the node's roots; but on a root with
         parent roots, a layer this root owns among its own roots comes the way its tracker
-        would fetch it, through the parent tier (else a pull on the root itself would be a
-        second trip to the origin)."""
+        would fetch it, through the parent tier, as does any layer on a root with no roots of
+        its own (else a pull on the root itself would be a second trip to the origin)."""
         swarm, parent = self._swarm, self._parent_swarm
-        if swarm is not None and parent is not None:
-            owners = swarm.roots.owners(str(ref.digest))
-            if owners and owners[0] == swarm.node:
-                return parent
-        return swarm
+        if swarm is None or parent is None:
+            return swarm or parent
+        owners = swarm.roots.owners(str(ref.digest))
+        return parent if owners and owners[0] == swarm.node else swarm
 
     def _late_reader(self, ref: LayerRef) -> LateRingReader | None:
         """A reader of the layer's ring download in flight that already let its first chunks

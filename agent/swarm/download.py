@@ -193,8 +193,8 @@ class SwarmDownload:
         except BaseExceptionGroup as group:
             raise first_failure(group) from None
         await self._advance_hash()  # chunks held from the start may not have been hashed yet
-        if self._unhashed:
-            return self._sealed_digest()
+        if self._unhashed or (self.planner.sealed is not None and not self._resumed):
+            return self._sealed_digest()  # (a seal may come with the last reports' answers)
         await self._hash_upto(self.planner.count or 0)  # no seal came: the deferred chunks
         return self._hasher.hexdigest()
 

@@ -39,6 +39,7 @@ from agent.swarm.schedule import Actions, LayerSchedule
 log = logging.getLogger(__name__)
 
 LONG_POLL = 2.0
+START_WAIT = 5.0  # s a plan request waits for its layer's start (an agent waits 10 for us)
 FORGET_AFTER = 600.0  # a layer nobody asked about this long is forgotten
 EXPIRE_EVERY = 0.5
 REFETCHES = 2  # Range requests for lost chunks in flight per layer
@@ -205,8 +206,12 @@ class Tracker:
         ):
             headers = [(b"authorization", authorization)] if authorization else []
             self._starting[request.digest] = started = trio.Event()
+            fresh: RootLayer | None = None
             try:
-                layer = await self._start_layer(request, upstream, headers)
+                # Answered before the agent gives up on us (its plan timeout): the origin, or
+                # a parent tier, may be slow to tell the size; the download goes on meanwhile.
+                with trio.move_on_after(START_WAIT):
+                    fresh = await self._start_layer(request, upstream, headers)
             except RegistryError as err:
                 return Plan(
                     size=None, chunk_size=chunk_size, error=err.message, error_status=err.status
@@ -214,6 +219,9 @@ class Tracker:
             finally:
                 del self._starting[request.digest]
                 started.set()
+            if fresh is None:
+                return Plan(size=None, chunk_size=chunk_size, retry_after=0.5)
+            layer = fresh
         layer.last_asked = trio.current_time()
         layer.seen[asker] = layer.last_asked
         if layer.schedule is None:
@@ -358,13 +366,19 @@ class Tracker:
         if entry is None or schedule is None:
             return
         now = trio.current_time()
+        # The last chunk waits for the root's verification, so that agents, who may skip their
+        # whole-layer pass under the seal, get the seal before it (`SwarmDownload`). From the
+        # origin it waits anyway; through a parent tier's swarm it would not.
+        download = layer.download
+        held_back = download is not None and not download.verified
+        told = entry.layout.count - 1 if held_back else entry.layout.count
         if entry.slots is not None:  # a ring: chunks come and go
             # The schedule takes the root's download to be in order (a chunk told stored means
             # the ones below came too); through a parent tier's swarm they come out of order,
             # so a chunk is told once every chunk below it has come (and maybe gone).
             held = set(entry.checksums)
-            layer.ring_arrived |= held
-            while layer.origin_held in layer.ring_arrived:
+            layer.ring_arrived |= {c for c in held if c >= layer.origin_held}
+            while layer.origin_held in layer.ring_arrived and layer.origin_held < told:
                 layer.ring_arrived.discard(layer.origin_held)
                 layer.origin_held += 1
             held = {c for c in held if c < layer.origin_held}
@@ -376,9 +390,8 @@ class Tracker:
                 layer.notify()  # mail that waited for the root's own copy
             layer.ring_held = held
             return
-        count = entry.layout.count
         held_upto = layer.origin_held
-        while held_upto < count and entry.has_chunk(held_upto):
+        while held_upto < told and entry.has_chunk(held_upto):
             held_upto += 1
         if held_upto > layer.origin_held:
             layer.origin_held = held_upto

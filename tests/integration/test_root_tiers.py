@@ -9,6 +9,7 @@ at the registry.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,6 +98,9 @@ def test_group_roots_fetch_through_their_parent_tier_and_the_origin_sends_each_l
         swarm = agent_status(agent)["swarm"]
         assert swarm["origin_fallbacks"] == 0, swarm
         assert swarm["peer_bytes"] >= sum(layer.size for layer in image.layers)
+        # The group root holds its last chunk back until it verified the layer, so its
+        # agents have its seal in time: no byte hashed a second time, in either group.
+        assert swarm["rehashed_bytes"] == 0, swarm
 
 
 def test_a_group_root_whose_parents_do_not_answer_fetches_from_the_origin(
@@ -156,3 +160,30 @@ def test_a_layer_bigger_than_every_cache_crosses_both_tiers_from_the_origin_once
         status = agent_status(node)
         assert status["swarm"]["origin_fallbacks"] == 0, status["swarm"]
         assert status["cache"]["used"] <= 8 * MiB
+
+
+def test_a_parent_tier_that_never_answers_costs_the_group_no_extra_origin_copy(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """The parent root accepts connections and never answers (a blackhole, not a refusal):
+    the group root waits out its plan timeout and then fetches the layer itself. Meanwhile it
+    answers its agents' plan requests in time ("no size yet"), so they keep waiting for it
+    instead of giving up on it and going to the registry each: one GET for the layer."""
+    image = make_image(layers=(1 * MiB,), seed=44)
+    push_image(image, registry, "team/blackhole", "v1")
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.61", 0))
+        hole.listen(64)  # the kernel completes the handshakes; nobody reads a byte
+        port = hole.getsockname()[1]
+        roots, agents = start_groups(
+            make_agent, registry, groups=1, agents_per_group=2, parent_roots=f"127.0.0.61:{port}"
+        )
+        results = pull_all(agents, "team/blackhole:v1", tmp_path / "pulls")
+    for got in results:
+        assert set(image.layer_digests) <= got
+    assert registry.blob_get_count(image.layer_digests[0]) == 1
+    for agent in agents:
+        assert agent_status(agent)["swarm"]["origin_fallbacks"] == 0

@@ -52,9 +52,11 @@ class FakeRoot:
         wrong_bytes: bool,
         token: bytes | None = TOKEN_BYTES,
         seal: str | None = None,
+        fail_after_chunks: int | None = None,
     ) -> None:
         self.token = token  # signs its plans as a cluster member does; None: it cannot
         self.seal = seal  # a table digest it vouches for (the layer complete and verified)
+        self.fail_after_chunks = fail_after_chunks  # then every plan is an origin failure
         self.blob = blob
         self.size = size
         self.wrong_bytes = wrong_bytes
@@ -77,6 +79,9 @@ class FakeRoot:
         assert isinstance(target, PlanTarget)
         self.plans += 1
         count = -(-self.size // CHUNK)
+        if self.fail_after_chunks is not None and self.chunks >= self.fail_after_chunks:
+            failed = Plan(size=None, chunk_size=CHUNK, error="origin broke", error_status=502)
+            return self._signed(request, failed)
         fresh = [i for i in range(count) if i not in self.assigned][: target.want]
         self.assigned.update(fresh)  # each chunk once, as a real root's schedule does
         plan = Plan(
@@ -87,6 +92,9 @@ class FakeRoot:
             complete=self.seal is not None,
             table_sha256=self.seal,
         )
+        return self._signed(request, plan)
+
+    def _signed(self, request: Request, plan: Plan) -> Response:
         body = plan.to_json()
         extra = []
         if self.token is not None:
@@ -202,6 +210,22 @@ async def test_a_root_that_never_seals_costs_the_agent_one_whole_layer_pass_at_t
         assert agent.swarm is not None
         assert (agent.swarm.sealed, agent.swarm.rehashed_bytes) == (0, blob.size)
         assert agent.swarm.fallbacks == {} and blob.gets == []
+
+
+async def test_a_ring_whose_root_fails_midway_finishes_from_the_registry(
+    swarm: Swarm, registry: FakeRegistry, nursery: trio.Nursery
+) -> None:
+    """A layer three times the agent's ring: the root serves 40 of its 48 chunks, then fails.
+    The agent goes to the registry from the start of the layer; the chunks its ring already
+    let go (its reader is past them) are not written back (it waited forever for a slot that
+    only a reader past them could free)."""
+    with trio.fail_after(TIMEOUT):
+        blob = registry.add(os.urandom(48 * CHUNK + 9))
+        root = FakeRoot(blob, size=blob.size, wrong_bytes=False, fail_after_chunks=40)
+        agent = await swarm.agent(await root.start(nursery), CACHE_CAPACITY=32 * CHUNK)
+        assert await pull(agent, registry, blob, size=blob.size) == blob.data
+        assert agent.swarm is not None and agent.swarm.fallbacks == {"root_error": 1}
+        assert root.chunks >= 40 and blob.gets == [None]
 
 
 async def test_a_seal_that_does_not_match_the_chunks_held_cuts_the_reader(
