@@ -90,7 +90,9 @@ def json_response(
     return bytes_response(status, body, JSON, extra)
 
 
-def plain_error(status: int, message: str) -> Response:
+def plain_error(status: int, message: str, *, close: bool = False) -> Response:
     """A one-line text answer: the HTTP layer's own errors (400, 413, 431, 500) and the
-    ports that have no richer error shape (P2P, the exporter)."""
-    return bytes_response(status, (message + "\n").encode(), PLAIN_TEXT)
+    ports that have no richer error shape (P2P, the exporter); `close` ends the connection
+    after it (a caller that failed to authenticate keeps no slot)."""
+    extra = [(b"connection", b"close")] if close else []
+    return bytes_response(status, (message + "\n").encode(), PLAIN_TEXT, extra)

@@ -31,7 +31,9 @@ BACKOFF_BASE = 0.2
 BACKOFF_MAX = 2.0
 # Headers of the client's request worth passing to a registry; others (Host, Connection,
 # proxy hop-by-hop headers) describe the hop to us, not to the registry.
-FORWARDED_REQUEST_HEADERS = (b"authorization", b"accept", b"user-agent", b"accept-encoding")
+# Not Accept-Encoding: the agent takes the bytes as the registry stores them (digests are of
+# those), and one client's choice would drive a download every reader of the layer shares.
+FORWARDED_REQUEST_HEADERS = (b"authorization", b"accept", b"user-agent")
 # Upstream statuses passed to the client as they are (with these headers): the client must see
 # the registry's own answer to its credentials or its request.
 PASSTHROUGH_HEADERS = (b"www-authenticate", b"retry-after", b"docker-distribution-api-version")

@@ -10,6 +10,15 @@ import re
 from dataclasses import dataclass
 
 _RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+# A position with more digits than this is past any blob (2**64 has 20): read as BEYOND, so
+# that int() never meets a number longer than Python's limit for it (4300 digits, ValueError).
+MAX_DIGITS = 20
+BEYOND = 10**MAX_DIGITS
+
+
+def _position(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    return BEYOND if len(digits) > MAX_DIGITS else int(digits)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,14 +68,14 @@ def decide_range(header: str | None, size: int) -> RangeDecision:
     if first == "" and last == "":
         return whole
     if first == "":
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0 or size == 0:
             return RangeDecision(status=416, range=None)
         start = max(0, size - suffix)
         return RangeDecision(status=206, range=ByteRange(start=start, end=size))
-    start = int(first)
-    end = size if last == "" else int(last) + 1
-    if last != "" and int(last) < start:
+    start = _position(first)
+    end = size if last == "" else _position(last) + 1
+    if last != "" and end - 1 < start:
         return whole  # invalid: ignore per RFC 9110
     if start >= size:
         return RangeDecision(status=416, range=None)

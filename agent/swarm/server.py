@@ -69,7 +69,7 @@ class P2PService:
         except P2PAuthError as exc:
             self.refused += 1
             log.warning("p2p conn %d from %s: refused: %s", request.conn_id, request.client[0], exc)
-            return plain_error(401, f"unauthorized: {exc}")
+            return plain_error(401, f"unauthorized: {exc}", close=True)
         try:
             target = parse_target(request.method, request.target)
         except P2PProtocolError as exc:

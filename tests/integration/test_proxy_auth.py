@@ -334,3 +334,10 @@ def test_accept_lines_reach_the_registry_separately(
     forwarded = front.seen("GET", manifests)[n:]
     assert len(forwarded) == 1
     assert forwarded[0].header_lines("accept") == [MT_DOCKER_MANIFEST, MT_OCI_MANIFEST]
+
+    # containerd's Go client asks for gzip by default; the agent asks the registry for the
+    # bytes as they are (a manifest came back compressed without Content-Encoding, and a
+    # blob's first reader chose the encoding of a download every reader shares).
+    r = raw_get(agent.port, "/v2/team/oci/manifests/v1", *sent, ("Accept-Encoding", "gzip"))
+    assert r.status == 200 and r.sha256 == small_image.manifest_digest
+    assert front.seen("GET", manifests)[-1].header_lines("accept-encoding") == []

@@ -208,4 +208,11 @@ def test_range_requests_on_cached_and_uncached_blobs(
     assert (status, body) == (206, whole[-10:])
     status, headers, _ = http_get("127.0.0.1", agent.port, path, {"Range": f"bytes={len(whole)}-"})
     assert status == 416 and headers["content-range"] == f"bytes */{len(whole)}"
+    # A position of 5000 digits (past Python's int() limit: it was a 500 with a traceback).
+    status, headers, _ = http_get(
+        "127.0.0.1", agent.port, path, {"Range": "bytes=" + "9" * 5000 + "-"}
+    )
+    assert status == 416 and headers["content-range"] == f"bytes */{len(whole)}"
+    status, _, body = http_get("127.0.0.1", agent.port, path, {"Range": "bytes=-" + "9" * 5000})
+    assert (status, body) == (206, whole)
     assert registry.blob_get_count(digest) == 1

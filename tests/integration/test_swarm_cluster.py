@@ -11,6 +11,7 @@ import concurrent.futures
 import contextlib
 import http.client
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -335,7 +336,15 @@ def test_p2p_port_refuses_unsigned_requests(
     body = response.read()
     assert response.status == 401
     assert b"unauthorized" in body
+    assert response.getheader("connection") == "close"
     conn.close()
+    # The refused connection does not keep one of the port's slots: the root closes it.
+    with socket.create_connection((root.address, cluster.p2p_port), timeout=10) as raw:
+        raw.sendall(b"GET /p2p/v1/chunk/sha256:" + b"a" * 64 + b"/0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while chunk := raw.recv(65536):  # ends when the root closes (10 s timeout: fails)
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 401")
 
 
 def test_no_root_answers_agent_goes_to_the_origin(

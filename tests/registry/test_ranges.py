@@ -206,3 +206,20 @@ def test_any_header_gives_a_sane_decision(size: int, header: str) -> None:
     elif decision.status == 206:
         assert decision.range is not None
         assert 0 <= decision.range.start < decision.range.end <= size
+
+
+@pytest.mark.parametrize(
+    ("header", "decision"),
+    [
+        ("bytes=" + "9" * 5000 + "-", UNSATISFIABLE),  # past any blob
+        ("bytes=10-" + "9" * 5000, part(10, SIZE)),  # an end past the blob: to its end
+        ("bytes=-" + "9" * 5000, part(0, SIZE)),  # a suffix longer than the blob: all of it
+        ("bytes=" + "0" * 5000 + "7-9", part(7, 10)),  # leading zeros are just zeros
+        ("bytes=" + "9" * 5000 + "-1", whole(SIZE)),  # last before first: ignored
+    ],
+)
+def test_positions_longer_than_any_blob_are_decided_not_parsed_whole(
+    header: str, decision: RangeDecision
+) -> None:
+    """Python's int() refuses more than 4300 digits (ValueError: a 500 with a traceback)."""
+    assert decide_range(header, SIZE) == decision
