@@ -158,9 +158,16 @@ class RegistryProxy:
     async def _manifest(self, request: Request, upstream: Upstream, route: Manifest) -> Response:
         headers = forwarded_headers(request.headers)
         path = f"/v2/{route.name}/manifests/{route.reference}"
+        # Registries serve manifests themselves; redirects are for blobs (object storage). A
+        # manifest redirect is not followed: it could send the agent anywhere, loopback too.
         async with self.registry.open(
-            request.method, upstream, path, headers, follow_redirects=True
+            request.method, upstream, path, headers, follow_redirects=False
         ) as resp:
+            if 300 <= resp.status < 400:
+                raise UpstreamUnavailable(
+                    f"manifest {path} from {upstream.key}: the registry redirected it "
+                    f"({resp.status}); manifests are not fetched from elsewhere"
+                )
             if resp.status >= 400:
                 raise await passthrough_error(resp, path)
             try:

@@ -327,6 +327,26 @@ def test_redirect_to_another_host_drops_authorization(
         assert not any(e.has_header("authorization") for e in objects.seen())
 
 
+def test_a_manifest_redirect_is_not_followed(
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_front: Callable[..., RegistryFront],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """Registries serve manifests themselves; a redirect of one (here to another loopback
+    address) is answered 502 and its target never contacted. Blob redirects still work
+    (above)."""
+    image = make_image(layers=(64 * KiB,), seed=32)
+    push_image(image, registry, "team/mredir", "v1")
+    front = make_front(registry.url)
+    with ObjectServer(image.layout_dir / "blobs", host="127.0.0.2") as objects:
+        front.redirect(r"^/v2/team/mredir/manifests/", lambda m: objects.location("x"))
+        agent = make_agent(upstreams=front.url)
+        r = raw_get(agent.port, "/v2/team/mredir/manifests/v1")
+        assert r.status == 502 and b"redirected" in r.body, r.body
+        assert objects.count() == 0
+
+
 # -- bytes that do not match their digest ----------------------------------------------------
 
 
