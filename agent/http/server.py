@@ -340,15 +340,24 @@ class _Connection:
         return False
 
     async def next_request(self) -> h11.Request | None:
-        """The next request head, or None when the peer closed or timed out."""
-        waited_bytes = bool(self.h11.trailing_data[0])
+        """The next request head, or None when the peer closed or timed out. Once its first
+        byte is here the whole head has `read_timeout` to arrive, not each read (a byte every
+        few seconds would hold the connection, and its slot, forever)."""
+        read_timeout = self.settings.read_timeout
+        head_by = trio.current_time() + read_timeout if self.h11.trailing_data[0] else None
         while True:
             event = self.h11.next_event()
             if event is h11.NEED_DATA:
-                timeout = self.settings.read_timeout if waited_bytes else self.settings.idle_timeout
+                timeout = self.settings.idle_timeout
+                if head_by is not None:
+                    timeout = head_by - trio.current_time()
+                    if timeout <= 0:
+                        log.info("conn %d: no whole head in %gs", self.conn_id, read_timeout)
+                        return None
                 if self.h11.their_state is h11.DONE or not await self._receive_into_h11(timeout):
                     return None
-                waited_bytes = True
+                if head_by is None:
+                    head_by = trio.current_time() + read_timeout
                 continue
             if isinstance(event, h11.Request):
                 # h11 bounds only heads that arrive in pieces; one that arrived whole in a

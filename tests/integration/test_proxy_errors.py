@@ -128,6 +128,36 @@ def test_bad_requests_are_refused_without_contacting_anyone(
     assert ok.status == 200 and ok.sha256 == digest
 
 
+def test_a_request_head_sent_a_byte_at_a_time_is_cut_at_the_read_timeout(
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """One header byte every 0.5 s, each well within the 2 s read timeout: the whole head
+    still has only the read timeout, then the agent closes the connection (each read having
+    its own timeout kept it open as long as bytes trickled in)."""
+    agent = make_agent(upstreams="http://127.0.0.1:9", env={"POLLEN_READ_TIMEOUT": "2"})
+    with socket.create_connection(("127.0.0.1", agent.port), timeout=5) as sock:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        started = time.monotonic()
+        closed = False
+        for _ in range(20):  # 10 s of trickle at most
+            time.sleep(0.5)
+            try:
+                sock.sendall(b"a")
+                sock.setblocking(False)
+                try:
+                    closed = sock.recv(1024) == b""
+                except BlockingIOError:
+                    pass
+                finally:
+                    sock.setblocking(True)
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+            if closed:
+                break
+        assert closed, "the agent kept a trickling request head open"
+        assert time.monotonic() - started < 5
+
+
 def test_tls_client_hello_on_the_plain_port_is_closed_cleanly(
     registry: Registry,
     small_image: Image,
