@@ -36,7 +36,12 @@ class AgentProcess:
         self.address = address
         self.role = role
         self.verbose = verbose  # -v: debug logging (benches measuring CPU leave it off)
-        self.port = port or free_port(address)
+        # Not the P2P port the test gave it (every node of a cluster shares one: the kernel
+        # may hand it out again for this address, and the agent refuses the pair).
+        taken = (env or {}).get("POLLEN_P2P_PORT", "")
+        self.port = port or next(
+            p for p in (free_port(address) for _ in range(20)) if str(p) != taken
+        )
         self.cache_path = workdir / "cache"
         self.scheme = "https" if tls else "http"
         self.env = {
