@@ -158,7 +158,6 @@ class SwarmDownload:
         # sealed one. Chunks kept from before (a resumed download) keep the whole-layer pass.
         self._chunk_sha: dict[int, str] = {}  # the sha256 of each chunk's bytes as stored
         self._resumed = False
-        self._unhashed = False  # chunks went by under the seal: the digest is the seal's
         self._hash_lock = trio.Lock()
         self._emitted: set[int] = set()  # readable through the sink
         # Received and verified, not stored yet: the bytes and their sha256.
@@ -193,10 +192,16 @@ class SwarmDownload:
         except BaseExceptionGroup as group:
             raise first_failure(group) from None
         await self._advance_hash()  # chunks held from the start may not have been hashed yet
-        if self._unhashed or (self.planner.sealed is not None and not self._resumed):
-            return self._sealed_digest()  # (a seal may come with the last reports' answers)
+        if self._sealed:  # (the seal may have come with the last reports' answers)
+            return self._sealed_digest()
         await self._hash_upto(self.planner.count or 0)  # no seal came: the deferred chunks
         return self._hasher.hexdigest()
+
+    @property
+    def _sealed(self) -> bool:
+        """A root vouches for the layer, and every chunk we hold was checked on arrival
+        against its table (chunks kept from before a restart keep the whole-layer pass)."""
+        return self.planner.sealed is not None and not self._resumed
 
     def _sealed_digest(self) -> str:
         """The layer's digest as the root's seal vouches for it, if the chunks we hold are the
@@ -385,13 +390,10 @@ class SwarmDownload:
         the swarm part ends without one. Chunks held from before and a ring's chunks (gone
         once read) are hashed as they come."""
         async with self._hash_lock:
-            planner = self.planner
-            count = planner.count or 0
-            defer = self._sink.window is None and not self._resumed
+            count = self.planner.count or 0
             while self._hashed_upto < count and self._hashed_upto in self._emitted:
-                if planner.sealed is not None and not self._resumed:
-                    self._unhashed = True  # the seal covers it: no second pass over its bytes
-                elif not defer:
+                # Under the seal no second pass over the bytes; a whole layer waits for it.
+                if self._resumed or (not self._sealed and self._sink.window is not None):
                     await self._hash_upto(self._hashed_upto + 1)
                 self._hashed_upto += 1
             self._sink.hashed(self._hashed_upto)

@@ -147,7 +147,6 @@ class LayerPlanner:
     started_at: float | None = field(default=None, init=False)
     began: dict[tuple[int, str], float] = field(default_factory=dict, init=False)  # transfers
     usual: float | None = field(default=None, init=False)  # s, a transfer (moving average)
-    spare_at: float | None = field(default=None, init=False)  # when the spare poll is due
     fresh: bool = field(default=True, init=False)  # the first request says: forget the past
 
     # -- queries ----------------------------------------------------------------------------
@@ -467,8 +466,8 @@ class LayerPlanner:
         storing = self.storing and self.window is None
         if (self.tailing or storing) and not carrying:
             return  # it goes with the report those make soon (done): one request, not two
-        self.spare_at = self._spare_due()
-        if self.spare_at is not None and now < self.spare_at and not carrying:
+        spare_at = self._spare_due()
+        if spare_at is not None and now < spare_at and not carrying:
             return  # a transfer runs and is not late: the spare slot's request waits
         self.polling = True
         self.poll_at = None
@@ -520,8 +519,9 @@ class LayerPlanner:
         # A retry due later needs a wake-up; one already due waits for a free slot, which
         # only an event brings (a wake-up in the past would spin the driver).
         wakes = [self.poll_at] if not self.polling and (self.poll_at or 0.0) > now else []
-        if not self.polling and (self.spare_at or 0.0) > now:
-            wakes.append(self.spare_at)  # type: ignore[arg-type]
+        spare_at = None if self.polling else self._spare_due()
+        if spare_at is not None and spare_at > now:
+            wakes.append(spare_at)
         if self.size is None and deadline is not None:
             wakes.append(deadline)
         wake_at = min(wakes) if wakes and self.outcome is None else None
