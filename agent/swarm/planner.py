@@ -255,6 +255,7 @@ class LayerPlanner:
             self.storing.add(chunk)
             pending.store = Transfer(chunk=chunk, source=source)
             for other in sorted(self.fetching.pop(chunk, set())):
+                self.began.pop((chunk, other), None)
                 pending.cancel.append(Transfer(chunk=chunk, source=other))
         self._poll(pending, now)
         self._report(pending)

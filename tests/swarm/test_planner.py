@@ -198,6 +198,7 @@ def test_a_good_chunk_is_stored_then_reported_and_the_other_source_cancelled() -
     assert d.cancel == (Transfer(chunk=0, source=ROOT),)
     assert reports(d) == []  # done only once stored
     assert p.in_flight == 0
+    assert p.began == {}, "the cancelled source's start no longer times the spare's request"
     d = p.stored(0, PEERS[0], 0.3)
     # The standing request waited for the store, and carries the report: one request.
     assert [(r.poll, r.done) for r in d.requests] == [(True, ((0, PEERS[0]),))]
