@@ -29,6 +29,7 @@ from agent.core.hostport import join_hostport
 from agent.fetch.fetcher import LayerFetcher
 from agent.fetch.model import FetchContext
 from agent.http.client import HttpClient
+from agent.http.limits import Limits
 from agent.http.server import HttpServer, ServerSettings, listener_port, open_listeners
 from agent.http.shutdown import STOP_SIGNALS, drain, wait_for_stop
 from agent.http.throttle import TokenBucket
@@ -49,9 +50,6 @@ from agent.swarm.server import P2PService
 from agent.swarm.tracker import Tracker
 
 log = logging.getLogger(__name__)
-
-# Upload connections one node serves at once on its P2P port (peers keep one or two each).
-P2P_MAX_CONNECTIONS = 256
 
 Listeners = list[trio.abc.Listener[trio.abc.Stream]]
 
@@ -194,7 +192,11 @@ class Agent:
             observer=self.telemetry,
             hot_chunk=self.fetcher.hot_chunk,
         )
-        settings = self._data_port_settings("p2p", max_connections=P2P_MAX_CONNECTIONS)
+        limits = Limits(
+            max_connections=self.config.p2p_max_connections,
+            max_client_connections=self.config.max_client_connections,
+        )
+        settings = self._data_port_settings("p2p", limits)
         return p2p, HttpServer(p2p.handle, settings, name="p2p")
 
     def _proxy_port(self) -> tuple[RegistryProxy, HttpServer]:
@@ -212,21 +214,30 @@ class Agent:
         )
         server = HttpServer(
             proxy.handle,
-            self._data_port_settings("proxy"),
+            self._data_port_settings(
+                "proxy",
+                Limits(
+                    max_connections=config.proxy_max_connections,
+                    max_client_connections=config.max_client_connections,
+                    max_responses=config.proxy_max_responses,
+                ),
+            ),
             name="proxy",
             on_protocol_error=protocol_error_response,
         )
         return proxy, server
 
-    def _data_port_settings(self, port: str, *, max_connections: int = 0) -> ServerSettings:
-        """A port that sends layer bytes: under the node's upload cap, each request timed in
-        the metrics as `port`."""
+    def _data_port_settings(self, port: str, limits: Limits) -> ServerSettings:
+        """A port that sends layer bytes: under the node's upload cap and `limits`, each
+        request timed and each limit reached counted in the metrics as `port`'s."""
         return ServerSettings(
             read_timeout=self.config.read_timeout,
             idle_timeout=self.config.idle_timeout,
             throttle=self.throttle,
-            max_connections=max_connections,
+            limits=limits,
+            send_timeout=self.config.send_timeout,
             on_request=functools.partial(self.telemetry.request, port),
+            on_limit=functools.partial(self.telemetry.limit_hit, port),
         )
 
     def _status_report(self) -> AgentStatus:
@@ -241,6 +252,7 @@ class Agent:
                 swarm=self.swarm,
                 parent=self.parent_swarm,
                 tracker=self.tracker,
+                server=self.p2p_server,
             )
         return AgentStatus(
             mode=self.mode,

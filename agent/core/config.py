@@ -2,18 +2,18 @@
 
 Theory of operation
 -------------------
-Every setting is one `Key` in the `KEYS` table below: its attribute name on `Config`, its
-environment variable, its file key (a dotted path into the YAML file, nested as mappings),
-any alias file keys, its default, the parser that turns text (or a YAML scalar) into a typed
-value, a formatter that turns the value back into text, a unit and one line of help.  All
-other views of the configuration -- `load_config`, `Config.describe()` for
+Every setting is one `Key` in the `KEYS` table (`agent.core.keys`): its attribute name on
+`Config`, its environment variable, its file key (a dotted path into the YAML file, nested as
+mappings), any alias file keys, its default, the parser that turns text (or a YAML scalar)
+into a typed value, a formatter that turns the value back into text, a unit and one line of
+help.  All other views of the configuration -- `load_config`, `Config.describe()` for
 `pollen agent --print-config`, `Config.as_dict()`, `help_text()` for `pollen --help-config`
 and the systemd environment file, `ENV_VARS` -- are derived from that table, so a new key is
 one new line there plus one typed attribute on `Config` (an import-time check keeps the two
 in step).  The grammars the parsers read live beside this module -- `agent.core.values`
 (sizes, durations, booleans, lists...), `agent.core.hostport` (`host[:port]`, roots, host
 patterns) and `agent.core.upstream` (`Upstream` entries) -- so this one holds only what is
-about Pollen's settings themselves: the table, `Config`, loading and the rules across keys.
+about Pollen's settings themselves: `Config`, loading and the rules across keys.
 
 `load_config(environ)` takes, for each key, the environment variable if it is present (even
 if empty: a variable that is set wins), else the file's value, else the default: env beats
@@ -40,7 +40,7 @@ import dataclasses
 import difflib
 import os
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,37 +48,11 @@ import yaml
 
 from agent.core.errors import ConfigError
 from agent.core.hostport import (
-    DOCKER_HUB,
     join_hostport,
-    parse_host_patterns,
-    parse_roots,
     split_hostport,
 )
-from agent.core.upstream import Upstream, parse_default_upstream, parse_upstream_list
-from agent.core.values import (
-    choice,
-    format_bool,
-    format_duration,
-    format_labels,
-    format_list,
-    format_number,
-    format_optional,
-    format_size,
-    parse_bool,
-    parse_duration,
-    parse_labels,
-    parse_nonnegative_int,
-    parse_optional_ip,
-    parse_path,
-    parse_port,
-    parse_positive_duration,
-    parse_positive_int,
-    parse_positive_number,
-    parse_positive_size,
-    parse_readable_file,
-    parse_size,
-    parse_string,
-)
+from agent.core.keys import KEYS, Key
+from agent.core.upstream import Upstream
 
 __all__ = [
     "CONFIG_ENV",
@@ -96,170 +70,6 @@ CONFIG_ENV = "POLLEN_CONFIG"
 
 SECRET_MASK = "***"
 
-
-# --------------------------------------------------------------------------------------------
-# The table
-
-
-@dataclass(frozen=True, kw_only=True)
-class Key:
-    """One configuration key: everything about it, in one place."""
-
-    attr: str
-    env: str
-    file: str
-    default: Any
-    parse: Callable[[object], Any]
-    unit: str
-    help: str
-    aliases: tuple[str, ...] = ()
-    fmt: Callable[[Any], str] = str
-    secret: bool = False
-    default_doc: str | None = None
-    """How help text states the default when the value alone would mislead ('detected')."""
-
-    @property
-    def name(self) -> str:
-        """`file.key (ENV_VAR)`, how every error message names the key."""
-        return f"{self.file} ({self.env})"
-
-    def default_text(self) -> str:
-        """The default as help text shows it: `default_doc` if set, else the formatted value."""
-        if self.default_doc is not None:
-            return self.default_doc
-        return self.fmt(self.default)
-
-
-def _k(
-    attr: str,
-    env: str,
-    file: str,
-    default: Any,
-    parse: Callable[[object], Any],
-    unit: str,
-    help: str,
-    **more: Any,
-) -> Key:
-    """A `Key` from positional essentials, so each table entry stays a line or three."""
-    return Key(
-        attr=attr, env=env, file=file, default=default, parse=parse, unit=unit, help=help, **more
-    )
-
-
-_SIZE = {"fmt": format_size}
-_BOOL = {"fmt": format_bool}
-_DUR = {"fmt": format_duration}
-_LIST = {"fmt": format_list}
-
-# fmt: off
-KEYS: tuple[Key, ...] = (
-    _k("mode", "POLLEN_MODE", "DeployConfig.mode", "agent", choice("agent", "root"), "",
-       "agent or root (for `pollen run`)"),
-    _k("proxy_concurrency_limit", "POLLEN_PROXY_CONCURRENCY_LIMIT", "proxyConcurrencyLimit", 128,
-       parse_positive_int, "layers", "layers downloading at once per node"),
-    _k("p2p_port", "POLLEN_P2P_PORT", "p2pPort", 65002, parse_port, "port",
-       "P2P port (0: the OS picks)"),
-    _k("cache_capacity", "POLLEN_CACHE_CAPACITY", "cache.capacity", 4294967296, parse_size,
-       "bytes", "disk cache bytes", **_SIZE),
-    _k("cache_aio_enable", "POLLEN_CACHE_AIO_ENABLE", "cache.aioEnable", False, parse_bool, "",
-       "1: io_uring/AIO with O_DIRECT; 0: plain pread/pwrite", **_BOOL),
-    _k("cache_io_engine", "POLLEN_CACHE_IO_ENGINE", "cache.ioEngine", "auto",
-       choice("auto", "pread", "io_uring", "aio"), "",
-       "force a native I/O engine; auto: io_uring, then aio, then pread when aioEnable=1, "
-       "pread when 0"),
-    _k("exporter_enable", "POLLEN_EXPORTER_ENABLE", "exporter.enable", False, parse_bool, "",
-       "serve metrics", aliases=("ExporterConfig.enable",), **_BOOL),
-    _k("exporter_port", "POLLEN_EXPORTER_PORT", "exporter.port", 65003, parse_port, "port",
-       "metrics port", aliases=("ExporterConfig.port",)),
-    _k("exporter_standalone_port", "POLLEN_EXPORTER_STANDALONE_PORT",
-       "ExporterConfig.standaloneExporterPort", True, parse_bool, "",
-       "false: /metrics on the proxy port", aliases=("exporter.standaloneExporterPort",),
-       **_BOOL),
-    _k("throttle_limit_mb", "POLLEN_THROTTLE_LIMIT_MB", "throttleLimitMB", 512.0,
-       parse_positive_number, "MiB/s", "cap on bytes served per second (to clients and peers)",
-       fmt=format_number),
-    _k("log_dir", "POLLEN_LOG_DIR", "DeployConfig.logDir", "/var/log/pollen", parse_path, "path",
-       "log directory"),
-    _k("log_audit", "POLLEN_LOG_AUDIT", "DeployConfig.logAudit", False, parse_bool, "",
-       "audit log on", **_BOOL),
-    _k("log_audit_mode", "POLLEN_LOG_AUDIT_MODE", "DeployConfig.logAuditMode", "stdout",
-       choice("stdout", "file"), "", "stdout, or file (logDir/audit.log)"),
-    _k("proxy_port", "POLLEN_PROXY_PORT", "proxyPort", 65001, parse_port, "port",
-       "registry API port (0: the OS picks)"),
-    _k("listen_address", "POLLEN_LISTEN_ADDRESS", "listenAddress", "0.0.0.0", parse_optional_ip,
-       "address", "address the ports bind to (IPv6 allowed; empty: all addresses)"),
-    _k("node_ip", "POLLEN_NODE_IP", "nodeIP", "", parse_optional_ip, "address",
-       "address peers use to reach this node (empty: detected at start)",
-       default_doc="detected"),
-    _k("cache_path", "POLLEN_CACHE_PATH", "cache.path", "/var/cache/pollen", parse_path, "path",
-       "cache directory"),
-    _k("cache_chunk_size", "POLLEN_CACHE_CHUNK_SIZE", "cache.chunkSize", 4 << 20,
-       parse_positive_size, "bytes", "chunk size (a multiple of 4096 when aioEnable=1)", **_SIZE),
-    _k("cache_queue_depth", "POLLEN_CACHE_QUEUE_DEPTH", "cache.queueDepth", 32, parse_positive_int,
-       "operations", "native I/O operations in flight"),
-    _k("cache_write_retry", "POLLEN_CACHE_WRITE_RETRY", "cache.writeRetry", 30.0,
-       parse_positive_duration, "seconds",
-       "after a failed cache write (disk full), layers bypass the cache this long, then "
-       "caching is tried again"),
-    _k("upstreams", "POLLEN_UPSTREAMS", "upstreams", (Upstream("https", DOCKER_HUB, 443),),
-       parse_upstream_list, "",
-       "comma list host[:port] (https), https://host[:port], or http://host[:port] (plain)",
-       **_LIST),
-    _k("default_upstream", "POLLEN_DEFAULT_UPSTREAM", "defaultUpstream", None,
-       parse_default_upstream, "",
-       "upstream for requests that name none; written like an upstreams entry, must be one",
-       fmt=format_optional, default_doc="first of upstreams"),
-    _k("upstream_ca_file", "POLLEN_UPSTREAM_CA_FILE", "upstreamCAFile", "", parse_readable_file,
-       "path", "extra CA bundle for https upstreams", default_doc="(system CAs)"),
-    _k("auth_cache_ttl", "POLLEN_AUTH_CACHE_TTL", "authCacheTTL", 60.0, parse_duration,
-       "seconds", 'how long an upstream "this credential may read this repository" is '
-       "remembered (0: not at all)", **_DUR),
-    _k("roots", "POLLEN_ROOTS", "roots", (), parse_roots, "",
-       "the roots' P2P addresses host:port, comma list, or one DNS name (port = p2pPort) "
-       "re-resolved every 30 s", default_doc="(none)", **_LIST),
-    _k("parent_roots", "POLLEN_PARENT_ROOTS", "parentRoots", (), parse_roots, "",
-       "on a root: the tier of roots it fetches its layers through (the owner there, by "
-       "rendezvous, goes to the origin; the list may hold this root); host:port comma list "
-       "or one DNS name", default_doc="(none: from the origin)", **_LIST),
-    _k("cluster_token", "POLLEN_CLUSTER_TOKEN", "clusterToken", "", parse_string, "",
-       "shared secret for the P2P port; required when roots are set", secret=True,
-       default_doc="(none)"),
-    _k("p2p_tls_ca", "POLLEN_P2P_TLS_CA", "p2p.tls.ca", "", parse_readable_file, "path",
-       "cluster CA for encrypted P2P requests", default_doc="(none)"),
-    _k("p2p_tls_cert", "POLLEN_P2P_TLS_CERT", "p2p.tls.cert", "", parse_readable_file, "path",
-       "this node's certificate for encrypted P2P requests (with p2p.tls.key)",
-       default_doc="(none)"),
-    _k("p2p_tls_key", "POLLEN_P2P_TLS_KEY", "p2p.tls.key", "", parse_readable_file, "path",
-       "this node's private key for encrypted P2P requests (with p2p.tls.cert)",
-       default_doc="(none)"),
-    _k("tls_cert", "POLLEN_TLS_CERT", "tls.cert", "", parse_readable_file, "path",
-       "certificate for TLS on the proxy port and the webhook port (with tls.key)",
-       default_doc="(none)"),
-    _k("tls_key", "POLLEN_TLS_KEY", "tls.key", "", parse_readable_file, "path",
-       "private key for TLS on the proxy port and the webhook port (with tls.cert)",
-       default_doc="(none)"),
-    _k("webhook_port", "POLLEN_WEBHOOK_PORT", "webhook.port", 8443, parse_port, "port",
-       "admission webhook HTTPS port"),
-    _k("webhook_registries", "POLLEN_WEBHOOK_REGISTRIES", "webhook.registries",
-       ("*.cr.aliyuncs.com",), parse_host_patterns, "",
-       "comma list of host patterns whose images are eligible", **_LIST),
-    _k("webhook_endpoint_port", "POLLEN_WEBHOOK_ENDPOINT_PORT", "webhook.endpointPort", 65001,
-       parse_port, "port", "port written into rewritten images"),
-    _k("read_timeout", "POLLEN_READ_TIMEOUT", "readTimeout", 30.0, parse_positive_duration,
-       "seconds", "a client must send a full request head within this", **_DUR),
-    _k("idle_timeout", "POLLEN_IDLE_TIMEOUT", "idleTimeout", 60.0, parse_positive_duration,
-       "seconds", "keep-alive connections idle longer are closed", **_DUR),
-    _k("shutdown_grace", "POLLEN_SHUTDOWN_GRACE", "shutdownGrace", 10.0, parse_duration,
-       "seconds", "how long SIGTERM waits for responses in flight", **_DUR),
-    _k("upstream_timeout", "POLLEN_UPSTREAM_TIMEOUT", "upstreamTimeout", 30.0,
-       parse_positive_duration, "seconds", "connect, and each read, from an upstream", **_DUR),
-    _k("upstream_retries", "POLLEN_UPSTREAM_RETRIES", "upstreamRetries", 3, parse_nonnegative_int,
-       "retries", "retries of a failed upstream request (0: none)"),
-    _k("labels", "POLLEN_LABELS", "labels", (), parse_labels, "",
-       "comma list k=v, labels of the DADIP2P_Label metric", fmt=format_labels,
-       default_doc="(none)"),
-)
-# fmt: on
 
 KEY_BY_ATTR: Mapping[str, Key] = types.MappingProxyType({k.attr: k for k in KEYS})
 _KEY_BY_FILE: dict[str, Key] = {name: k for k in KEYS for name in (k.file, *k.aliases)}
@@ -328,6 +138,13 @@ class Config:
     webhook_endpoint_port: int
     read_timeout: float
     idle_timeout: float
+    send_timeout: float
+    proxy_max_connections: int
+    p2p_max_connections: int
+    max_client_connections: int
+    proxy_max_responses: int
+    manifest_fetch_limit: int
+    slow_reader_timeout: float
     shutdown_grace: float
     upstream_timeout: float
     upstream_retries: int

@@ -12,22 +12,26 @@ signal and drains every server of a process).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import functools
 import ipaddress
 import logging
 import os
-import socket
 import ssl
+import sys
 import time
+import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from itertools import count
 
 import h11
 import trio
 
+from agent.http.limits import Limits, PortLimits
 from agent.http.responses import (
     FileRegion,
     Headers,
@@ -36,6 +40,15 @@ from agent.http.responses import (
     header_value,
     plain_error,
 )
+from agent.http.sockets import (
+    listener_port,
+    open_listeners,
+    peer_address,
+    tune_for_bulk,
+    wait_pending,
+)
+
+__all__ = ["HttpServer", "Request", "ServerSettings", "listener_port", "open_listeners"]
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +102,12 @@ class ServerSettings:
     # Awaited with each body piece's size before it is sent: the node's upload cap
     # (throttleLimitMB), shared by every server of the node.
     throttle: Callable[[int], Awaitable[None]] | None = None
-    # Connections served at once; further ones wait in the listen backlog (P2P uploads).
-    max_connections: int = 0
+    # Connections, connections per client address, and bodies sent at once (0: no limit);
+    # who gives way at each is in `agent.http.limits`.
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    # A send that cannot hand the kernel SEND_STEP bytes in this long is cut (0: never): a
+    # client that stopped reading does not hold its buffer and its connection for ever.
+    send_timeout: float = 0.0
     # 0: request bodies are read and dropped (at most MAX_REQUEST_BODY bytes, else 413), as
     # the pull-only ports want; > 0: bodies up to this many bytes reach the handler as
     # Request.body (the admission webhook's POSTs), larger ones get 413.
@@ -98,6 +115,8 @@ class ServerSettings:
     # Told of every request handled: (status, response body bytes sent, seconds from the
     # request head to the end of the response) -- the metrics' ``http`` type.
     on_request: Callable[[int, int, float], None] | None = None
+    # Told the name of each limit reached (`agent.http.limits`, and "send_timeout").
+    on_limit: Callable[[str], None] | None = None
 
 
 class HttpServer:
@@ -122,7 +141,7 @@ class HttpServer:
         self._accept_scope: trio.CancelScope | None = None
         self._quiet = trio.Event()
         self._quiet.set()
-        self._connection_slots = trio.Semaphore(max(1, settings.max_connections))
+        self.limits = PortLimits(settings.limits, name=name, on_limit=settings.on_limit)
         self._requests_total = 0
         self._recent: deque[str] = deque(maxlen=RECENT_REQUESTS)
 
@@ -138,6 +157,7 @@ class HttpServer:
             "draining": self._draining,
             "requests": self._requests_total,
             "recent_requests": list(self._recent),
+            **self.limits.statistics(),
         }
 
     async def serve(
@@ -170,20 +190,19 @@ class HttpServer:
     ) -> None:
         # Accepting runs under the accept scope (cancelled by drain); connections run in the
         # outer nursery so drain can let them finish.
-        limit = self._settings.max_connections
-        slots = self._connection_slots if limit else None
         while True:
-            if slots is not None:
-                await slots.acquire()
+            await self.limits.room(functools.partial(wait_pending, listener))
             try:
                 stream = await listener.accept()
             except (OSError, trio.BrokenResourceError) as exc:
-                if slots is not None:
-                    slots.release()
                 log.warning("%s: accept failed: %s", self._name, exc)
                 await trio.sleep(0.05)
                 continue
-            nursery.start_soon(self._serve_connection, stream, slots)
+            # Registered before the next accept, so the limit counts it at once.
+            conn_id = next(self._conn_ids)
+            scope = trio.CancelScope()  # cancelled if the limits reclaim this connection
+            admitted = self.limits.open(conn_id, peer_address(stream)[0], scope)
+            nursery.start_soon(self._serve_connection, stream, conn_id, scope, admitted)
 
     async def drain(self, grace: float) -> None:
         """Stop accepting, close idle connections, wait up to `grace` for requests in flight."""
@@ -203,29 +222,30 @@ class HttpServer:
             )
 
     async def _serve_connection(
-        self, stream: trio.abc.Stream, slots: trio.Semaphore | None = None
+        self, stream: trio.abc.Stream, conn_id: int, scope: trio.CancelScope, admitted: bool
     ) -> None:
-        conn_id = next(self._conn_ids)
-        client = _peer_address(stream)
-        _tune_for_bulk(stream)
+        client = peer_address(stream)
+        tune_for_bulk(stream)
         tls = isinstance(stream, trio.SSLStream)
-        conn = _Connection(stream, self._settings, conn_id)
+        conn = _Connection(stream, self._settings, conn_id, self.limits, client[0])
         try:
-            await self._run_cycles(conn, client, tls)
+            if admitted:
+                with scope:
+                    await self._run_cycles(conn, client, tls)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError) as exc:
             log.debug("conn %d: peer went away: %s", conn_id, exc)
         except ssl.SSLError as exc:
             log.debug("conn %d: TLS error: %s", conn_id, exc)
         finally:
+            self.limits.close(conn_id)
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await conn.close()
-            if slots is not None:
-                slots.release()
 
     async def _run_cycles(self, conn: _Connection, client: tuple[str, int], tls: bool) -> None:
         while not self._draining:
             idle_scope = trio.CancelScope()
             self._idle_scopes.add(idle_scope)
+            self.limits.waiting(conn.conn_id, True)
             try:
                 with idle_scope:
                     event = await conn.next_request()
@@ -238,6 +258,7 @@ class HttpServer:
                 return
             finally:
                 self._idle_scopes.discard(idle_scope)
+                self.limits.waiting(conn.conn_id, False)
             if event is None:  # clean close, idle timeout, TLS on a plain port, or drain
                 return
             request = Request(
@@ -302,25 +323,26 @@ class HttpServer:
         return True
 
 
-def _peer_address(stream: trio.abc.Stream) -> tuple[str, int]:
-    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-    sock = getattr(inner, "socket", None)
-    if sock is None:
-        return ("", 0)
-    try:
-        addr = sock.getpeername()
-    except OSError:
-        return ("", 0)
-    return (str(addr[0]), int(addr[1]))
+SEND_STEP = 1 << 20  # bytes handed to the kernel under one send deadline
+SMALL_BODY = 64 << 10  # a bytes body up to this size goes out with its head in one send
 
 
 class _Connection:
     """h11 state plus the stream: the dozen-line adapter of h11's trio example."""
 
-    def __init__(self, stream: trio.abc.Stream, settings: ServerSettings, conn_id: int) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        settings: ServerSettings,
+        conn_id: int,
+        limits: PortLimits,
+        client: str,
+    ) -> None:
         self.stream = stream
         self.settings = settings
         self.conn_id = conn_id
+        self.limits = limits
+        self.client = client
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_bytes)
         self._first_bytes = True
         self._send_lock = trio.Lock()
@@ -353,6 +375,7 @@ class _Connection:
                     timeout = head_by - trio.current_time()
                     if timeout <= 0:
                         log.info("conn %d: no whole head in %gs", self.conn_id, read_timeout)
+                        self.limits.hit("head_timeout")
                         return None
                 if self.h11.their_state is h11.DONE or not await self._receive_into_h11(timeout):
                     return None
@@ -418,14 +441,65 @@ class _Connection:
         try:
             for piece in pieces or ():
                 if isinstance(piece, FileRegion):
-                    await send_file_region(self.stream, piece)
+                    await self._send_region(piece)
                 elif piece:
-                    await self.stream.send_all(piece)
+                    await self._send_bytes(piece)
         except BaseException:
             self.h11.send_failed()
             raise
         if isinstance(event, h11.Data):
             self.body_bytes += len(event.data)
+
+    async def _send_bytes(self, data: bytes | bytearray | memoryview) -> None:
+        """send_all in steps of SEND_STEP, each under the send deadline; the limits see the
+        connection as stalled while a step is in the kernel's hands."""
+        view = memoryview(data)
+        for offset in range(0, len(view), SEND_STEP):
+            with self._progress():
+                await self.stream.send_all(view[offset : offset + SEND_STEP])
+
+    async def _send_region(self, region: FileRegion) -> None:
+        """sendfile(2) on plain TCP; on TLS (no sendfile) read and send in pieces."""
+        offset, remaining = region.offset, region.length
+        if not isinstance(self.stream, trio.SocketStream):
+            while remaining:
+                n = min(remaining, SEND_STEP)
+                piece = await trio.to_thread.run_sync(os.pread, region.fd, n, offset)
+                if not piece:
+                    raise OSError(errno.EIO, f"pread: file ended {remaining} bytes early")
+                await self._send_bytes(piece)
+                offset += len(piece)
+                remaining -= len(piece)
+            return
+        sock = self.stream.socket
+        while remaining:
+            try:
+                sent = os.sendfile(sock.fileno(), region.fd, offset, remaining)
+            except BlockingIOError:
+                with self._progress():
+                    await trio.lowlevel.wait_writable(sock)
+                continue
+            if sent == 0:
+                raise OSError(errno.EIO, f"sendfile: file ended {remaining} bytes early")
+            offset += sent
+            remaining -= sent
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+    @contextlib.contextmanager
+    def _progress(self) -> Iterator[None]:
+        """A wait for the client to take bytes: under the send deadline, and seen by the
+        limits as a stall until it returns."""
+        timeout = self.settings.send_timeout
+        self.limits.sending(self.conn_id, True)
+        try:
+            with trio.fail_after(timeout) if timeout else contextlib.nullcontext():
+                yield
+        except trio.TooSlowError:
+            log.info("conn %d: client took no bytes for %gs; cutting", self.conn_id, timeout)
+            self.limits.hit("send_timeout")
+            raise
+        finally:
+            self.limits.sending(self.conn_id, False)
 
     async def _send_whole(self, head: h11.Response, body: bytes) -> None:
         """A small answer (a plan, an error) in one send: one system call and one event-loop
@@ -457,13 +531,14 @@ class _Connection:
             if head_only:
                 await self._send(h11.EndOfMessage())
                 return True
-            if isinstance(body, bytes):
-                if body:
-                    await self._send(h11.Data(data=body))
-            else:
-                async for piece in body:
-                    if piece:
-                        await self._send(h11.Data(data=piece))
+            async with self.limits.response(self.conn_id, self.client):
+                if isinstance(body, bytes):
+                    if body:
+                        await self._send(h11.Data(data=body))
+                else:
+                    async for piece in body:
+                        if piece:
+                            await self._send(h11.Data(data=piece))
             await self._send(h11.EndOfMessage())
             return True
         except h11.LocalProtocolError as exc:
@@ -479,78 +554,15 @@ class _Connection:
             if aclose is not None:
                 with trio.CancelScope(shield=True):
                     await aclose()
+            # A body cut by an exception (a client gone, a send deadline, a reclaim) leaves
+            # its frames, and the chunk buffers in their locals, to the exception's traceback,
+            # which sits in a reference cycle until a full collection: let them go now.
+            cut = sys.exc_info()[1]
+            if cut is not None:
+                traceback.clear_frames(cut.__traceback__)
 
     async def close(self) -> None:
         try:
             await self.stream.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
-
-
-SEND_BUFFER = 4 << 20
-SMALL_BODY = 64 << 10  # a bytes body up to this size goes out with its head in one send
-
-
-def _tune_for_bulk(stream: trio.abc.Stream) -> None:
-    """Let the kernel queue a whole chunk: a 4 MiB send buffer, and no 16 KiB unsent limit.
-
-    trio sets TCP_NOTSENT_LOWAT to 16 KiB on every socket stream, for interactive latency. Our
-    answers are multi-MiB bodies: with it, a sendfile to a peer at 200 Mbit/s took 64 KiB per
-    call and every 2.5 ms an event-loop turn, 1,600 turns per 8 s of uploads, which cost far
-    more in Python than the copies. Without it one call mostly queues the whole chunk.
-    """
-    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-    if not isinstance(inner, trio.SocketStream):
-        return
-    try:
-        inner.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        if hasattr(socket, "TCP_NOTSENT_LOWAT"):
-            inner.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, SEND_BUFFER)
-    except OSError as exc:  # not fatal: the defaults work, with more wake-ups
-        log.debug("bulk socket options: %s", exc)
-
-
-async def send_file_region(stream: trio.abc.Stream, region: FileRegion) -> None:
-    """sendfile(2) on plain TCP; on TLS (no sendfile) read and send in pieces."""
-    offset, remaining = region.offset, region.length
-    if isinstance(stream, trio.SocketStream):
-        sock = stream.socket
-        while remaining:
-            try:
-                sent = os.sendfile(sock.fileno(), region.fd, offset, remaining)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-                continue
-            if sent == 0:
-                raise OSError(errno.EIO, f"sendfile: file ended {remaining} bytes early")
-            offset += sent
-            remaining -= sent
-            await trio.lowlevel.checkpoint_if_cancelled()
-        return
-    while remaining:
-        piece = await trio.to_thread.run_sync(os.pread, region.fd, min(remaining, 1 << 20), offset)
-        if not piece:
-            raise OSError(errno.EIO, f"pread: file ended {remaining} bytes early")
-        await stream.send_all(piece)
-        offset += len(piece)
-        remaining -= len(piece)
-
-
-async def open_listeners(
-    host: str, port: int, ssl_context: ssl.SSLContext | None
-) -> list[trio.abc.Listener[trio.abc.Stream]]:
-    """Bind the port; an empty host, 0.0.0.0 or :: means every address on IPv4 and IPv6."""
-    bind_host: str | None = None if host in ("", "0.0.0.0", "::") else host
-    tcp = await trio.open_tcp_listeners(port, host=bind_host)
-    if ssl_context is None:
-        return list(tcp)
-    return [trio.SSLListener(t, ssl_context, https_compatible=True) for t in tcp]
-
-
-def listener_port(listeners: list[trio.abc.Listener[trio.abc.Stream]]) -> int:
-    """The bound port (for port 0 in tests)."""
-    first = listeners[0]
-    if isinstance(first, trio.SSLListener):
-        first = first.transport_listener
-    assert isinstance(first, trio.SocketListener)
-    return int(first.socket.getsockname()[1])

@@ -54,6 +54,10 @@ class Observer:
         """An HTTP request handled on `port` (``proxy``, ``p2p``): its status, the response
         body bytes sent, and the time from request head to the end of the response."""
 
+    def limit_hit(self, port: str, limit: str) -> None:
+        """A limit was reached on `port` (``proxy``, ``p2p``, or ``fetch`` for the download
+        side): `limit` names it (`pollen_limit_hits`)."""
+
     def layer_done(self, report: LayerReport) -> None:
         """A layer pull ended (a blob response on the proxy port, or a download no client
         read, such as a root's)."""

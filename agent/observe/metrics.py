@@ -155,6 +155,16 @@ class Telemetry(Observer):
             ),
             ("proxy", "p2p"),
         )
+        self._limit_hits = Counter(
+            "pollen_limit_hits",
+            "Times a port's limit was reached, by port and limit: connections (accepting "
+            "waited), client_connections (a client address's connection refused), responses (a "
+            "body waited for a slot), idle_reclaimed and stalled_reclaimed (a connection closed "
+            "to make room), send_timeout (a client took no bytes), head_timeout, "
+            "slow_reader (dropped from a streamed layer), manifest_fetches (a fetch waited)",
+            ["port", "limit"],
+            registry=r,
+        )
         self._pull_seconds = _children(
             Histogram(
                 "pollen_layer_pull_seconds",
@@ -251,6 +261,9 @@ class Telemetry(Observer):
         histogram = self._request_seconds.get(port)
         if histogram is not None:
             histogram.observe(seconds)
+
+    def limit_hit(self, port: str, limit: str) -> None:
+        self._limit_hits.labels(port=port, limit=limit).inc()
 
     def layer_done(self, report: LayerReport) -> None:
         log.info("%s", report.line())

@@ -61,6 +61,7 @@ class SwarmStatus:
     swarm: SwarmContext | None = None
     tracker: Tracker | None = None  # on a root
     parent: SwarmContext | None = None  # on a root with parent roots
+    server: HttpServer | None = None  # the P2P port's: connections, limits reached
 
     def document(self) -> dict[str, object]:
         parent = self.parent
@@ -74,6 +75,7 @@ class SwarmStatus:
             "rehashed_bytes": self.swarm.rehashed_bytes if self.swarm else 0,  # no seal came
             "chunks_served": self.p2p.chunks_served,
             "refused": self.p2p.refused,
+            "server": self.server.statistics() if self.server else None,
             "tracker": self.tracker.statistics() if self.tracker else None,
             "parent": {
                 "roots": parent.roots.state(),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import trio
 
+from agent.http.limits import Limits
 from agent.http.responses import Response
 from agent.http.server import HttpServer, Request, ServerSettings, listener_port, open_listeners
 
@@ -20,6 +23,14 @@ async def app(request: Request) -> Response:
         return Response(status=200, headers=[(b"content-length", b"1000")], body=body())
     if request.target == "/slow":
         await trio.sleep(0.5)
+    if request.target == "/big":  # 64 MiB: more than the kernel buffers of a client that stalls
+
+        async def big() -> AsyncIterator[bytes]:
+            piece = b"b" * (1 << 20)
+            for _ in range(64):
+                yield piece
+
+        return Response(status=200, headers=[(b"content-length", b"%d" % (64 << 20))], body=big())
     if request.target == "/accept":
         lines = b"|".join(request.header_lines("accept"))
         return Response(
@@ -29,7 +40,7 @@ async def app(request: Request) -> Response:
     return Response(status=200, headers=[(b"content-length", str(len(body)).encode())], body=body)
 
 
-async def start(nursery: trio.Nursery, **settings: float | int) -> tuple[HttpServer, int]:
+async def start(nursery: trio.Nursery, **settings: Any) -> tuple[HttpServer, int]:
     server = HttpServer(app, ServerSettings(**settings), name="test")
     listeners = await open_listeners("127.0.0.1", 0, None)
     await nursery.start(server.serve, listeners)
@@ -182,20 +193,125 @@ async def receive_until(stream: trio.abc.Stream, marker: bytes) -> bytes:
     return data
 
 
-async def test_max_connections_holds_further_connections_in_the_backlog() -> None:
+async def test_at_the_port_limit_a_busy_connection_holds_the_next_in_the_backlog() -> None:
     async with trio.open_nursery() as nursery:
-        _server, port = await start(nursery, max_connections=1)
+        _server, port = await start(nursery, limits=Limits(max_connections=1))
         first = await trio.open_tcp_stream("127.0.0.1", port)
-        await first.send_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert b"hello GET /a" in await receive_until(first, b"hello GET /a")
+        await first.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        await trio.sleep(0.1)  # its handler runs: neither idle nor stalled
         second = await trio.open_tcp_stream("127.0.0.1", port)  # the kernel accepts it...
         await second.send_all(b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        with trio.move_on_after(0.3) as waited:
-            await second.receive_some(65536)
-        assert waited.cancelled_caught, "...but the server must not serve it yet"
-        await first.aclose()
+        with trio.move_on_after(0.2) as waited:
+            got = await second.receive_some(65536)
+        assert waited.cancelled_caught, f"...but the server must not serve it yet {got!r}"
+        assert b"hello GET /slow" in await receive_until(first, b"hello GET /slow")
         assert b"hello GET /b" in await receive_until(second, b"hello GET /b")
+        await first.aclose()
         await second.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_at_the_port_limit_an_idle_keep_alive_is_reclaimed_for_a_newcomer() -> None:
+    """256 idle connections took every P2P slot (issue 13): idle ones now give way."""
+    hits: list[str] = []
+    async with trio.open_nursery() as nursery:
+        server, port = await start(nursery, limits=Limits(max_connections=2), on_limit=hits.append)
+        idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+        await idle[0].send_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"hello GET /a" in await receive_until(idle[0], b"hello GET /a")
+        await trio.sleep(0.1)  # idle[1] never sent a byte; idle[0] is a keep-alive
+        late = await trio.open_tcp_stream("127.0.0.1", port)
+        await late.send_all(b"GET /late HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert b"hello GET /late" in await receive_until(late, b"hello GET /late")
+        with trio.fail_after(5):  # the one that waited longest (never sent a byte) was closed
+            assert await idle[1].receive_some(65536) == b""
+        assert hits == ["idle_reclaimed"]
+        assert server.statistics()["limit_hits"] == {"idle_reclaimed": 1}
+        for stream in (*idle, late):
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_address_over_its_limit_is_refused_while_others_are_served() -> None:
+    async with trio.open_nursery() as nursery:
+        _server, port = await start(nursery, limits=Limits(max_client_connections=1))
+        busy = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
+        await busy.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        await trio.sleep(0.1)
+        refused = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
+        with trio.fail_after(5):
+            assert await refused.receive_some(65536) == b"", "closed at once"
+        other = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.3")
+        await other.send_all(b"GET /o HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert b"hello GET /o" in await receive_until(other, b"hello GET /o")
+        assert b"hello GET /slow" in await receive_until(busy, b"hello GET /slow")
+        for stream in (busy, refused, other):
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def stalled_reader(port: int, source: str = "127.0.0.1") -> trio.SocketStream:
+    """A client that asks for 64 MiB and never reads: its send stalls once buffers fill."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=source)
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await stream.send_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+    return stream
+
+
+async def read_all(stream: trio.SocketStream) -> int:
+    total = 0
+    with trio.fail_after(20):
+        while data := await stream.receive_some(1 << 20):
+            total += len(data)
+    return total
+
+
+async def test_a_client_that_stops_reading_is_cut_after_the_send_timeout() -> None:
+    """60 clients that never read held 276 MiB and their connections for good (issue 13)."""
+    hits: list[str] = []
+    async with trio.open_nursery() as nursery:
+        server, port = await start(nursery, send_timeout=0.5, on_limit=hits.append)
+        stream = await stalled_reader(port)
+        with trio.fail_after(10):
+            while "send_timeout" not in hits:
+                await trio.sleep(0.05)
+            while server.statistics()["connections"]:  # its buffer and its slot are free
+                await trio.sleep(0.05)
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_body_waiting_for_a_slot_reclaims_a_send_stalled_past_the_grace() -> None:
+    hits: list[str] = []
+    async with trio.open_nursery() as nursery:
+        server, port = await start(nursery, limits=Limits(max_responses=1), on_limit=hits.append)
+        stalled = await stalled_reader(port)
+        await trio.sleep(0.2)
+        assert server.statistics()["responses"] == 1
+        started = trio.current_time()
+        reader = await trio.open_tcp_stream("127.0.0.1", port)
+        await reader.send_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert await read_all(reader) > 64 << 20  # the head and the whole body
+        assert trio.current_time() - started < 10
+        assert "responses" in hits and "stalled_reclaimed" in hits
+        await stalled.aclose()
+        await reader.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_flooding_address_holds_half_the_slots_and_another_is_served_at_once() -> None:
+    async with trio.open_nursery() as nursery:
+        server, port = await start(nursery, limits=Limits(max_responses=4))
+        flood = [await stalled_reader(port, "127.0.0.66") for _ in range(5)]
+        await trio.sleep(0.3)
+        stats = server.statistics()
+        assert stats["responses"] == 2 and stats["waiting_for_response"] == 3
+        reader = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.7")
+        await reader.send_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        with trio.fail_after(1.5):  # before any stalled send may be reclaimed (STALL_GRACE)
+            assert await read_all(reader) > 64 << 20
+        for stream in (*flood, reader):
+            await stream.aclose()
         nursery.cancel_scope.cancel()
 
 

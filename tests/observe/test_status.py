@@ -198,6 +198,7 @@ async def test_the_swarm_part_on_a_node_with_roots() -> None:
         "rehashed_bytes": 3,
         "chunks_served": 7,
         "refused": 1,
+        "server": None,
         "tracker": None,
         "parent": None,
     }

@@ -1,0 +1,151 @@
+"""Hostile clients against a real agent and a real root: resources stay bounded, honest
+clients are still served (issue 13's findings 1 and 3, reproduced as the audit found them).
+
+Hostile connections come from their own loopback addresses (127.0.0.66...), as a pod on
+the node would; honest clients from the agent's. Counts and sizes come from the agent's
+own /proc entry and its status document.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from harness import (
+    AgentProcess,
+    Image,
+    Registry,
+    agent_status,
+    blob_url,
+    free_port,
+    push_image,
+    raw_get,
+    wait_until,
+)
+from test_swarm_cluster import TOKEN, pull_all
+
+MiB = 1 << 20
+
+
+def rss_mib(agent: AgentProcess, field: str = "VmRSS") -> float:
+    assert agent.proc is not None
+    for line in Path(f"/proc/{agent.proc.pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field}")
+
+
+def cut(hits: dict[str, int]) -> int:
+    return hits.get("send_timeout", 0) + hits.get("stalled_reclaimed", 0)
+
+
+@contextmanager
+def sockets(
+    count: int, address: tuple[str, int], sources: list[str], first: bytes | None
+) -> Iterator[list[socket.socket]]:
+    """`count` connections spread over `sources`, each sending `first` (if any) and then
+    never reading: a 4 KiB receive buffer, so the agent's sends stall at once."""
+    with ExitStack() as stack:
+        opened = []
+        for i in range(count):
+            sock = stack.enter_context(socket.socket())
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.bind((sources[i % len(sources)], 0))
+            sock.settimeout(5)
+            sock.connect(address)
+            if first:
+                sock.sendall(first)
+            opened.append(sock)
+        yield opened
+
+
+def test_clients_that_never_read_a_cached_layer_hold_bounded_memory_and_are_cut(
+    registry: Registry, make_image: Callable[..., Image], make_agent: Callable[..., AgentProcess]
+) -> None:
+    """60 clients that GET a cached 9 MiB layer and never read took the agent from 35 to 276
+    MiB and kept their connections (and the layer pinned) for good. Now one address gets half
+    of the 64 response slots, the rest wait holding nothing, and a send that hands the
+    kernel nothing for sendTimeout is cut; an honest client is served meanwhile."""
+    image = make_image(layers=(9 * MiB,), seed=131)
+    push_image(image, registry, "team/app", "v1")
+    [layer] = image.layer_digests
+    agent = make_agent(upstreams=f"http://{registry.host}", env={"POLLEN_SEND_TIMEOUT": "4"})
+    url = blob_url("team/app", layer)
+    assert raw_get(agent.port, url).sha256 == layer  # cached now
+    before = rss_mib(agent)
+    request = f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    with sockets(60, ("127.0.0.1", agent.port), ["127.0.0.66"], request):
+        wait_until(
+            lambda: agent_status(agent)["server"]["responses"] >= 32,
+            timeout=20,
+            what="32 stalled responses",
+        )
+        time.sleep(1)
+        server = agent_status(agent)["server"]
+        assert server["responses"] == 32 and server["waiting_for_response"] == 28, server
+        honest = raw_get(agent.port, url)  # from 127.0.0.1: its own half of the slots
+        assert honest.status == 200 and honest.sha256 == layer
+        held = rss_mib(agent)
+        assert held - before < 32 * 4 + 40, f"{before:.0f} -> {held:.0f} MiB"
+        # Every stalled send is cut: by a waiter after 2 s without progress, or at
+        # sendTimeout; the waiters then get their turn, stall and are cut too.
+        wait_until(
+            lambda: cut(agent_status(agent)["server"]["limit_hits"]) >= 60,
+            timeout=40,
+            what="every stalled send cut",
+        )
+        wait_until(
+            lambda: agent_status(agent)["server"]["connections"] <= 1,
+            timeout=10,
+            what="the hostile connections closed",
+        )
+    # At the peak: the 32 slots' chunks in use, plus what the buffer pool keeps for reuse
+    # (at most 128 MiB idle), plus the interpreter's own.
+    assert rss_mib(agent, "VmHWM") - before < 32 * 4 + 128 + 40
+
+
+def test_idle_connections_cannot_take_every_p2p_slot(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """300 idle TCP connections (no token needed) took all 256 of a root's P2P slots, and a
+    signed plan request then waited in the backlog until the agent gave up on the swarm.
+    Now at the limit the connection idle longest gives way to the newcomer."""
+    image = make_image(layers=(2 * MiB,), seed=132)
+    push_image(image, registry, "team/app", "v1")
+    p2p_port = free_port("127.0.0.2")
+    common = {
+        "POLLEN_ROOTS": f"127.0.0.2:{p2p_port}",
+        "POLLEN_CLUSTER_TOKEN": TOKEN,
+        "POLLEN_P2P_PORT": str(p2p_port),
+        "POLLEN_CACHE_CHUNK_SIZE": "256KiB",
+        "POLLEN_UPSTREAM_TIMEOUT": "5",
+    }
+    upstream = f"http://{registry.host}"
+    root = make_agent(
+        upstreams=upstream,
+        env={**common, "POLLEN_P2P_MAX_CONNECTIONS": "256"},
+        address="127.0.0.2",
+        role="root",
+        name="root",
+    )
+    agent = make_agent(upstreams=upstream, env=common, address="127.0.0.3", name="agent")
+    sources = ["127.0.0.66", "127.0.0.67", "127.0.0.68"]  # under each address's own limit
+    with sockets(300, ("127.0.0.2", p2p_port), sources, None):
+        wait_until(
+            lambda: agent_status(root)["swarm"]["server"]["connections"] >= 256,
+            timeout=20,
+            what="the root's P2P slots all taken",
+        )
+        [got] = pull_all([agent], "team/app:v1", tmp_path / "pull")
+    assert image.layer_digests[0] in got
+    status = agent_status(agent)["swarm"]
+    assert status["origin_fallbacks"] == 0, status["origin_fallback_causes"]
+    hits = agent_status(root)["swarm"]["server"]["limit_hits"]
+    assert hits.get("idle_reclaimed", 0) >= 1, hits
+    assert registry.blob_get_count(image.layer_digests[0]) == 1
