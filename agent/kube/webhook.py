@@ -8,13 +8,18 @@ What a review becomes is decided without I/O by `agent.kube.admission.review_dec
 rewrites a pod, the P2P pull secrets it names (``acr-credential-S-p2p``, their content from
 `agent.kube.pullsecrets`) are created or brought up to date through the Kubernetes API
 *before* the answer goes out, so the kubelet never looks for a secret that is not there yet.
-Each admission re-derives the copy from the current ``S`` and updates it when it differs:
-that is how the copy follows ``S`` (a changed password reaches the copy with the next pod
-that uses it; running pods do not pull again).
-If a secret cannot be read or written in time, the pod is admitted unchanged -- with its
-original images, which it can pull as before -- and the failure is logged, counted in
-`statistics()` and returned to the client as an admission warning. A ``dryRun`` review gets
-the same patch with no API call at all (the webhook declares ``sideEffects: NoneOnDryRun``).
+Each admission re-derives the copy from the current ``S`` (read from the API, never from the
+review) and patches it when it differs: that is how the copy follows ``S`` (a changed
+password reaches the copy with the next pod that uses it; running pods do not pull again).
+
+A name already held by a secret Pollen did not make (without the ``app.kubernetes.io/
+managed-by=pollen`` label and ``pollen.io/source-secret`` annotation every copy carries) is
+never written: anyone who can reach the webhook can send it a review naming any namespace.
+If a secret cannot be read or written in time, or is not ours, the pod is admitted unchanged
+-- with its original images, which it can pull as before -- and the reason is logged,
+counted in `statistics()` and returned to the client as an admission warning. A ``dryRun``
+review gets the same patch with no API call at all (the webhook declares ``sideEffects:
+NoneOnDryRun``).
 A malformed review gets HTTP 400 with the reason.
 """
 
@@ -42,7 +47,7 @@ from agent.kube.admission import (
     review_decision,
 )
 from agent.kube.api import SERVICE_ACCOUNT_DIR, KubeAPI, KubeError
-from agent.kube.pullsecrets import DeriveError, derive_secret, merged_secret, secret_differs
+from agent.kube.pullsecrets import DeriveError, copy_action, derive_secret
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +78,8 @@ class AdmissionWebhook:
     def status(self) -> dict[str, object]:
         """What `GET /_pollen/status` shows (loopback only, e.g. through kubectl port-forward):
         the counters -- rewritten, unchanged, dry_run, bad_requests, secret_failures,
-        secrets_created, secrets_updated."""
+        secrets_created, secrets_updated, secrets_foreign (a secret Pollen did not make holds
+        a copy's name: left untouched, the pod admitted unchanged)."""
         return {"counts": self.statistics()}
 
     async def handle(self, request: Request) -> Response:
@@ -146,16 +152,20 @@ class AdmissionWebhook:
         with trio.move_on_after(self.secret_timeout):
             for plan in decision.secrets:
                 try:
-                    await self.sync_secret(plan)
+                    outcome = await self.sync_secret(plan)
                 except (KubeError, DeriveError) as exc:
                     return f"{plan.namespace}/{plan.target}: {exc}"
+                if outcome == "foreign":
+                    return f"{plan.namespace}/{plan.target} exists and is not Pollen's copy"
             return None
         return f"the Kubernetes API did not answer within {self.secret_timeout:g}s"
 
     async def sync_secret(self, plan: SecretPlan) -> str:
-        """Make `plan.target` the P2P copy of `plan.source`: 'created', 'updated' or
-        'unchanged'. Serialised per secret in this process; across replicas the API's
-        AlreadyExists / Conflict answers are retried once."""
+        """Make `plan.target` the P2P copy of `plan.source`: 'created', 'updated', 'unchanged'
+        or 'foreign' (a secret Pollen did not make holds the name; it is left untouched).
+        The copy's content is always derived from the source as the API returns it, never
+        from the review. Serialised per secret in this process; across replicas the API's
+        AlreadyExists / Conflict answers and a failed patch test are retried once."""
         lock = self._locks.setdefault((plan.namespace, plan.target), trio.Lock())
         async with lock:
             for attempt in (1, 2):
@@ -164,18 +174,29 @@ class AdmissionWebhook:
                     raise KubeError(404, "NotFound", f"pull secret {plan.source} does not exist")
                 desired = derive_secret(source, plan, self.settings)
                 existing = await self.api.get_secret(plan.namespace, plan.target)
+                action = copy_action(existing, desired, plan.source)
+                if action.kind == "foreign":
+                    self.counts["secrets_foreign"] += 1
+                    log.warning(
+                        "secret %s/%s left untouched: %s",
+                        plan.namespace,
+                        plan.target,
+                        action.reason,
+                    )
+                    return "foreign"
+                if action.kind == "unchanged":
+                    return "unchanged"
                 try:
-                    if existing is None:
+                    if action.kind == "create":
                         await self.api.create_secret(plan.namespace, desired)
                         outcome = "created"
-                    elif secret_differs(existing, desired):
-                        merged = merged_secret(existing, desired)
-                        await self.api.replace_secret(plan.namespace, plan.target, merged)
-                        outcome = "updated"
                     else:
-                        return "unchanged"
+                        await self.api.patch_secret(plan.namespace, plan.target, action.ops)
+                        outcome = "updated"
                 except KubeError as exc:
-                    if exc.status == 409 and attempt == 1:  # another replica got there first
+                    # 409: another replica created it first; 422: a patch test failed (it
+                    # changed since we read it). Read again and decide again.
+                    if exc.status in (409, 422) and attempt == 1:
                         continue
                     raise
                 self.counts[f"secrets_{outcome}"] += 1

@@ -241,12 +241,44 @@ async def test_the_copy_follows_the_source_secret(
         second = kube.secret(NAMESPACE, "acr-credential-test-registry-p2p")
         assert second is not None and auths_of(second) == {ACR_P2P: {"auth": "bmV3"}}
         assert second["metadata"]["uid"] == first["metadata"]["uid"]  # updated, not recreated
+        # Updated by a JSON patch of its data, never a PUT of the whole object.
+        assert len(kube.calls("PATCH")) == 1 and not kube.calls("PUT")
         # Unchanged S: no write at all.
-        puts = len(kube.calls("PUT"))
         await admit(port, tls_files.ca, review(uid="3"))
-        assert len(kube.calls("PUT")) == puts
+        assert len(kube.calls("PATCH")) == 1 and not kube.calls("PUT")
     stats = webhook.statistics()
     assert stats["secrets_created"] == 1 and stats["secrets_updated"] == 1
+
+
+async def test_a_copy_replaced_by_someone_else_meanwhile_is_not_overwritten(
+    kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    """Between the webhook's read of its copy and its patch, another client puts its own
+    secret under that name: the patch's tests fail on the API server (the stand-in applies
+    them as kube-apiserver does), the webhook reads again, sees it is not ours, leaves it."""
+    kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: {"auth": "b2xk"}}))
+    target = "acr-credential-test-registry-p2p"
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": target},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": "e30="},
+    }
+    stored: list[dict[str, Any]] = []
+
+    def replace_before_the_patch(method: str, path: str) -> None:
+        if method == "PATCH" and not stored:
+            stored.append(kube.put_object("secrets", NAMESPACE, theirs))
+
+    async with running_webhook(kube, account_dir, tls_files) as (webhook, port):
+        await admit(port, tls_files.ca, review(uid="1"))  # creates our copy
+        kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: {"auth": "bmV3"}}))
+        kube.before = replace_before_the_patch
+        response, pod = await admit(port, tls_files.ca, review(uid="2"))
+    assert "patch" not in response and pod["spec"]["containers"][0]["image"].startswith(ACR)
+    assert kube.secret(NAMESPACE, target) == stored[0]
+    assert webhook.statistics()["secrets_foreign"] == 1
 
 
 @pytest.mark.parametrize("fault", ["write-fails", "source-missing", "api-too-slow"])
@@ -363,15 +395,16 @@ async def test_two_replicas_racing_for_one_secret(
 # The real command
 
 
-def test_pollen_webhook_process(
+@contextlib.contextmanager
+def webhook_process(
     tmp_path: Path, kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
-) -> None:
-    kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: {"auth": "eA=="}}))
+) -> Iterator[tuple[ManagedProcess, int]]:
+    """A `pollen webhook` process talking to the stand-in API server, ready to serve."""
     port = free_port()
     proc = ManagedProcess(
         [sys.executable, "-m", "agent", "webhook", "--service-account-dir", str(account_dir)],
         name="webhook",
-        log_dir=tmp_path / "webhook-log",
+        log_dir=tmp_path / f"webhook-log-{port}",
         env={
             **kube_env(kube),
             "POLLEN_TLS_CERT": str(tls_files.cert),
@@ -394,6 +427,16 @@ def test_pollen_webhook_process(
                 return False
 
         wait_until(ready, timeout=20, what="the webhook's /readyz", on_timeout=proc.log_tail)
+        yield proc, port
+    finally:
+        proc.stop()
+
+
+def test_pollen_webhook_process(
+    tmp_path: Path, kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: {"auth": "eA=="}}))
+    with webhook_process(tmp_path, kube, account_dir, tls_files) as (proc, port):
         rev = review()
         status, raw = https_call(port, tls_files.ca, "POST", "/mutate", json.dumps(rev).encode())
         response, pod = decode_answer(status, raw, rev)
@@ -402,8 +445,46 @@ def test_pollen_webhook_process(
         assert "1 image(s) rewritten" in proc.log_text()
         proc.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         assert proc.popen.wait(timeout=20) == 0  # type: ignore[union-attr]
-    finally:
-        proc.stop()
+
+
+def forged(namespace: str, secret: str, uid: str) -> dict[str, Any]:
+    """A review nobody's API server sent: a pod in `namespace` naming pull secret `secret`."""
+    rev = review(secrets=(secret,), uid=uid)
+    rev["request"]["namespace"] = namespace
+    rev["request"]["object"]["metadata"]["namespace"] = namespace
+    return rev
+
+
+def test_a_forged_review_never_overwrites_a_secret_pollen_did_not_make(
+    tmp_path: Path, kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    """Issue 13, item 1: `acr-credential-regcred-p2p` in namespace `victim` is someone's
+    Opaque secret; a forged review naming `regcred` (a real pull secret there) must leave it
+    as it is, and still admit the pod (unchanged: the copy it would need is not ours)."""
+    victim = "victim"
+    source = pull_secret("regcred", {ACR: {"auth": "eA=="}})
+    source["metadata"]["namespace"] = victim
+    kube.put_object("secrets", victim, source)
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "acr-credential-regcred-p2p", "labels": {"team": "payments"}},
+        "type": "Opaque",
+        "data": {"api-key": base64.b64encode(b"do-not-lose-me").decode()},
+    }
+    before = kube.put_object("secrets", victim, theirs)
+    with webhook_process(tmp_path, kube, account_dir, tls_files) as (proc, port):
+        rev = forged(victim, "regcred", "forged-1")
+        status, raw = https_call(port, tls_files.ca, "POST", "/mutate", json.dumps(rev).encode())
+        response, pod = decode_answer(status, raw, rev)
+        assert "patch" not in response and pod == rev["request"]["object"]
+        assert "P2P not applied" in response["warnings"][0]
+        status, raw = https_call(port, tls_files.ca, "GET", "/_pollen/status")
+        counts = json.loads(raw)["counts"]
+        assert counts["secrets_foreign"] == 1 and counts["secret_failures"] == 1
+        assert "victim/acr-credential-regcred-p2p left untouched" in proc.log_text()
+    assert kube.secret(victim, "acr-credential-regcred-p2p") == before
+    assert not kube.calls("PUT") and not kube.calls("PATCH")
 
 
 # --------------------------------------------------------------------------------------------
