@@ -16,10 +16,10 @@ A name already held by a secret Pollen did not make (without the ``app.kubernete
 managed-by=pollen`` label and ``pollen.io/source-secret`` annotation every copy carries) is
 never written: anyone who can reach the webhook can send it a review naming any namespace.
 If a secret cannot be read or written in time, or is not ours, the pod is admitted unchanged
--- with its original images, which it can pull as before -- and the reason is logged,
-counted in `statistics()` and returned to the client as an admission warning. A ``dryRun``
-review gets the same patch with no API call at all (the webhook declares ``sideEffects:
-NoneOnDryRun``).
+-- with its original images, which it can pull as before -- and the reason is logged and
+counted in `statistics()`; the client gets one generic admission warning, which tells
+nothing about the secrets it named. A ``dryRun`` review gets the same patch with no API call
+at all (the webhook declares ``sideEffects: NoneOnDryRun``).
 A malformed review gets HTTP 400 with the reason.
 """
 
@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 
 MAX_REVIEW_BYTES = 4 * 1024 * 1024  # a Pod with many containers and a long annotation
 SECRET_TIMEOUT = 5.0  # well inside the webhook's timeoutSeconds (10 in the manifests)
+SECRET_FAILURE_WARNING = (
+    "pollen: P2P not applied, the pod keeps its images: its P2P pull secrets could not be "
+    "written (the webhook's log says why)"
+)
 
 
 def _error(status: int, message: str) -> Response:
@@ -133,10 +137,10 @@ class AdmissionWebhook:
                 where,
                 failure,
             )
-            return allowed_response(
-                decision.uid,
-                f"pollen: P2P not applied, the pod keeps its images: {failure}",
-            )
+            # Whoever sent the review reads the warning: it must not tell whether a secret
+            # exists or what type it has (a forged review could probe any namespace), so the
+            # reason stays in the log above.
+            return allowed_response(decision.uid, SECRET_FAILURE_WARNING)
         self.counts["rewritten"] += 1
         log.info(
             "review %s %s: %s: %s",

@@ -487,6 +487,41 @@ def test_a_forged_review_never_overwrites_a_secret_pollen_did_not_make(
     assert not kube.calls("PUT") and not kube.calls("PATCH")
 
 
+def test_the_answer_does_not_tell_a_missing_secret_from_one_of_the_wrong_type(
+    tmp_path: Path, kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    """Issue 13, item 1: whoever sends a review reads the warning; whether a secret exists, or
+    what type it has, is for the webhook's log only."""
+    kube.put_object(
+        "secrets",
+        "victim",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "db-password", "namespace": "victim"},
+            "type": "Opaque",
+            "data": {"password": "aHVudGVyMg=="},
+        },
+    )
+    answers = []
+    with webhook_process(tmp_path, kube, account_dir, tls_files) as (proc, port):
+        for secret in ("no-such-secret", "db-password"):
+            rev = forged("victim", secret, "same-uid")
+            body = json.dumps(rev).encode()
+            status, raw = https_call(port, tls_files.ca, "POST", "/mutate", body)
+            response, _ = decode_answer(status, raw, rev)
+            assert "patch" not in response
+            answers.append(response)
+        log = proc.log_text()
+    assert answers[0] == answers[1]
+    warning = answers[0]["warnings"][0]
+    for telltale in ("Opaque", "type", "exist", "not found", "NotFound", "db-password"):
+        assert telltale not in warning
+    # The operator still learns why, from the log.
+    assert "no-such-secret does not exist" in log and "'Opaque'" in log
+    assert kube.secret("victim", "acr-credential-db-password-p2p") is None
+
+
 # --------------------------------------------------------------------------------------------
 # `pollen webhook certs`, then the webhook serving what it made, verified the way
 # kube-apiserver verifies it: against the caBundle written into the
