@@ -6,8 +6,8 @@ KUBERNETES_SERVICE_HOST / KUBERNETES_SERVICE_PORT (which Kubernetes always sets 
 whatever `enableServiceLinks` says). The token is re-read for every call because bound
 service account tokens are rotated on disk.
 
-Calls: get / create / replace / JSON-patch a Secret, get / replace a
-MutatingWebhookConfiguration.
+Calls: get / create / JSON-patch a Secret (no PUT: the webhook's role has no `update` on
+Secrets), get / replace a MutatingWebhookConfiguration.
 Failures raise `KubeError` with the HTTP status (0 when the API server could not be reached)
 and the Status object's reason and message.
 """
@@ -146,12 +146,6 @@ class KubeAPI:
 
     async def create_secret(self, namespace: str, secret: Mapping[str, Any]) -> dict[str, Any]:
         return await self.call("POST", self._secrets(namespace), secret)
-
-    async def replace_secret(
-        self, namespace: str, name: str, secret: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        """PUT; carries metadata.resourceVersion, so a concurrent change gets 409 Conflict."""
-        return await self.call("PUT", f"{self._secrets(namespace)}/{_segment(name)}", secret)
 
     async def patch_secret(
         self, namespace: str, name: str, ops: Sequence[Mapping[str, Any]]

@@ -735,10 +735,13 @@ async def test_kubeapi_errors_carry_status_and_reason(
         with pytest.raises(KubeError) as exists:
             await api.create_secret(NAMESPACE, pull_secret("s", {}))
         assert (exists.value.status, exists.value.reason) == (409, "AlreadyExists")
-        stale = {**created, "metadata": {**created["metadata"], "resourceVersion": "1"}}
+        stale = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": "1"},
+            {"op": "replace", "path": "/data", "value": {}},
+        ]
         with pytest.raises(KubeError) as conflict:
-            await api.replace_secret(NAMESPACE, "s", stale)
-        assert (conflict.value.status, conflict.value.reason) == (409, "Conflict")
+            await api.patch_secret(NAMESPACE, "s", stale)
+        assert (conflict.value.status, conflict.value.reason) == (422, "Invalid")
         (account_dir / "token").write_text("rotated-but-wrong")  # re-read on every call
         with pytest.raises(KubeError) as denied:
             await api.get_secret(NAMESPACE, "s")
