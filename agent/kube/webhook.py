@@ -51,7 +51,13 @@ from agent.kube.pullsecrets import DeriveError, copy_action, derive_secret
 
 log = logging.getLogger(__name__)
 
-MAX_REVIEW_BYTES = 4 * 1024 * 1024  # a Pod with many containers and a long annotation
+# A real review is well under this: it carries one Pod (two for an ephemeral-container
+# update), and a Pod is stored whole in one etcd value -- at most 1.5 MiB by etcd's default,
+# typically a few KiB, its annotations at most 256 KiB together. Parsed, a review costs up to
+# ~25 times its size (measured: 4 MiB of `[{},{},...]` raised the process's peak RSS by 105
+# MiB; the Deployment's limit is 256 MiB). Over it: 413, and with failurePolicy Ignore the
+# API server admits the pod unchanged -- it is never blocked.
+MAX_REVIEW_BYTES = 1024 * 1024
 SECRET_TIMEOUT = 5.0  # well inside the webhook's timeoutSeconds (10 in the manifests)
 SECRET_FAILURE_WARNING = (
     "pollen: P2P not applied, the pod keeps its images: its P2P pull secrets could not be "
@@ -103,22 +109,34 @@ class AdmissionWebhook:
         if request.method != "POST":
             return _error(405, "POST an AdmissionReview to /mutate")
         try:
-            review = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            self.counts["bad_requests"] += 1
-            log.info("conn %d: review is not JSON: %s", request.conn_id, exc)
-            return _error(400, f"body is not JSON: {exc}")
-        try:
-            answer = await self.admit(review)
+            decision = self.decide(request.body)
         except ReviewError as exc:
             self.counts["bad_requests"] += 1
             log.info("conn %d: malformed AdmissionReview: %s", request.conn_id, exc)
-            return _error(400, f"malformed AdmissionReview: {exc}")
-        return json_response(200, answer)
+            return _error(400, str(exc))
+        return json_response(200, await self.admit(decision))
 
-    async def admit(self, review: object) -> dict[str, Any]:
-        """The AdmissionReview to answer with; ReviewError when `review` is malformed."""
-        decision = review_decision(review, self.settings)
+    def decide(self, body: bytes) -> Decision:
+        """Parse and decide in one synchronous step; ReviewError when malformed.
+
+        The parsed document is garbage as soon as this returns, before any await: a review
+        can be a tree many times its size in memory (a 4 MiB array of empty objects is some
+        100 MiB), and only one is ever alive at a time, since parsing never yields to another
+        request. MAX_REVIEW_BYTES bounds that one.
+        """
+        try:
+            review = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ReviewError(f"body is not JSON: {exc}") from None
+        except RecursionError:
+            raise ReviewError("body is not JSON we accept: nested too deeply") from None
+        try:
+            return review_decision(review, self.settings)
+        except ReviewError as exc:
+            raise ReviewError(f"malformed AdmissionReview: {exc}") from None
+
+    async def admit(self, decision: Decision) -> dict[str, Any]:
+        """Write the secrets `decision` needs; the AdmissionReview to answer with."""
         where = f"{decision.namespace}/{decision.pod}"
         if not decision.patch:
             self.counts["unchanged"] += 1

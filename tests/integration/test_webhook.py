@@ -32,7 +32,7 @@ from agent.core.config import load_config
 from agent.kube.admission import CONFIG_ANNOTATION
 from agent.kube.api import KubeAPI
 from agent.kube.certs import CertBundle, make_bundle, problem_with, service_names
-from agent.kube.webhook import AdmissionWebhook, serve, settings_from
+from agent.kube.webhook import MAX_REVIEW_BYTES, AdmissionWebhook, serve, settings_from
 
 ACR = "test-registry-vpc.cn-hangzhou.cr.aliyuncs.com"
 ACR_P2P = "test-registry-vpc.distributed.cn-hangzhou.cr.aliyuncs.com:65001"
@@ -445,6 +445,50 @@ def test_pollen_webhook_process(
         assert "1 image(s) rewritten" in proc.log_text()
         proc.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         assert proc.popen.wait(timeout=20) == 0  # type: ignore[union-attr]
+
+
+def peak_rss_mib(pid: int) -> int:
+    """The process's peak resident set (VmHWM), MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    (line,) = [x for x in status.splitlines() if x.startswith("VmHWM:")]
+    return int(line.split()[1]) // 1024
+
+
+def costly_review(size: int) -> bytes:
+    """A well-formed review of about `size` bytes whose parse costs the most memory per byte
+    (an array of empty objects: 3 bytes each in JSON, some 70 in memory)."""
+    head = (
+        b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x","j":['
+    )
+    count = (size - len(head) - 3) // 3
+    return head + b",".join([b"{}"] * count) + b"]}}"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_a_huge_review_is_refused_before_it_is_parsed(
+    tmp_path: Path, kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    """Issue 13, item 2: a 4 MiB review of empty objects was parsed, raising the process's
+    peak RSS by ~105 MiB (its limit in the Deployment is 256 MiB). Now anything over
+    MAX_REVIEW_BYTES (1 MiB) is refused with 413 unparsed, and the costliest review that fits
+    stays far below that."""
+    with webhook_process(tmp_path, kube, account_dir, tls_files) as (proc, port):
+        peak = peak_rss_mib(proc.pid)
+        big = costly_review(4 * 1024 * 1024 - 512)
+        assert len(big) < 4 * 1024 * 1024  # what the old limit let through
+        status, _ = https_call(port, tls_files.ca, "POST", "/mutate", big)
+        assert status == 413
+        assert peak_rss_mib(proc.pid) - peak < 16
+        # The costliest review under the limit is answered, at a bounded cost.
+        fits = costly_review(MAX_REVIEW_BYTES - 512)
+        status, _ = https_call(port, tls_files.ca, "POST", "/mutate", fits)
+        assert status == 200
+        assert peak_rss_mib(proc.pid) - peak < 48
+        # Nesting deeper than the parser goes is a bad request, not a crash.
+        deep = b"[" * (MAX_REVIEW_BYTES // 2 - 1) + b"]" * (MAX_REVIEW_BYTES // 2 - 1)
+        status, raw = https_call(port, tls_files.ca, "POST", "/mutate", deep)
+        assert status == 400 and b"nested too deeply" in raw
+        assert https_call(port, tls_files.ca, "GET", "/healthz")[0] == 200
 
 
 def forged(namespace: str, secret: str, uid: str) -> dict[str, Any]:
