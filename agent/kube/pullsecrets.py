@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.kube.admission import AdmissionSettings, SecretPlan, host_matches, p2p_host
+from agent.core.p2pnames import p2p_host
+from agent.kube.admission import AdmissionSettings, SecretPlan, host_matches
 
 MANAGED_BY = ("app.kubernetes.io/managed-by", "pollen")
 SOURCE_ANNOTATION = "pollen.io/source-secret"

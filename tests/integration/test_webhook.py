@@ -447,6 +447,32 @@ def test_pollen_webhook_process(
         assert proc.popen.wait(timeout=20) == 0  # type: ignore[union-attr]
 
 
+def test_a_registry_port_survives_the_rewrite(
+    tmp_path: Path, kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    """Issue 13, item 3: `<acr>:5000/...` became `<acr p2p>:65001/...` -- the agent's name for
+    `<acr>` on 443, another registry -- and the copy's credential for it was `<acr>`'s, the
+    :5000 one overwritten. Now the port is in the name, and each credential under its own."""
+    on_5000 = {"auth": base64.b64encode(b"five:thousand").decode()}
+    on_443 = {"auth": base64.b64encode(b"four:forty-three").decode()}
+    kube.put_object(
+        "secrets", NAMESPACE, pull_secret("test-registry", {f"{ACR}:5000": on_5000, ACR: on_443})
+    )
+    p2p_5000 = "test-registry-vpc.distributed-5000.cn-hangzhou.cr.aliyuncs.com:65001"
+    with webhook_process(tmp_path, kube, account_dir, tls_files) as (_, port):
+        rev = review()
+        rev["request"]["object"]["spec"]["containers"].append(
+            {"name": "app", "image": f"{ACR}:5000/team/app:v1"}
+        )
+        status, raw = https_call(port, tls_files.ca, "POST", "/mutate", json.dumps(rev).encode())
+        _, pod = decode_answer(status, raw, rev)
+    images = [c["image"] for c in pod["spec"]["containers"]]
+    assert images == [f"{ACR_P2P}/docker-builder/nginx:latest", f"{p2p_5000}/team/app:v1"]
+    copy = kube.secret(NAMESPACE, "acr-credential-test-registry-p2p")
+    assert copy is not None
+    assert auths_of(copy) == {p2p_5000: on_5000, ACR_P2P: on_443}
+
+
 def peak_rss_mib(pid: int) -> int:
     """The process's peak resident set (VmHWM), MiB."""
     status = Path(f"/proc/{pid}/status").read_text()

@@ -57,6 +57,20 @@ def test_derive_moves_matching_keys_to_the_p2p_hosts() -> None:
     }
 
 
+def test_credentials_for_two_ports_of_one_host_stay_apart() -> None:
+    """Issue 13, item 3: `a.cr.aliyuncs.com:5000`'s credential was written under the same P2P
+    name as `a.cr.aliyuncs.com`'s, and one replaced the other."""
+    source = dockerconfig(
+        {"a.cr.aliyuncs.com:5000": {"auth": "NTAwMA=="}, "a.cr.aliyuncs.com": {"auth": "NDQz"}}
+    )
+    assert decoded(derive_secret(source, PLAN, SETTINGS)) == {
+        "auths": {
+            "a.distributed-5000.cr.aliyuncs.com:65001": {"auth": "NTAwMA=="},
+            "a.distributed.cr.aliyuncs.com:65001": {"auth": "NDQz"},
+        }
+    }
+
+
 def test_the_copy_says_who_manages_it_and_where_it_comes_from() -> None:
     secret = derive_secret(dockerconfig({ACR: CREDS}), PLAN, SETTINGS)
     assert secret["metadata"]["labels"] == {MANAGED_BY[0]: MANAGED_BY[1]}
