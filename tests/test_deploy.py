@@ -103,6 +103,7 @@ def test_the_expected_objects_are_there() -> None:
             "Deployment/pollen-webhook",
             "Service/pollen-webhook",
             "MutatingWebhookConfiguration/pollen-webhook",
+            "NetworkPolicy/pollen-webhook",
         ]
     )
 
@@ -270,7 +271,8 @@ def test_webhook_configuration_matches_the_code() -> None:
 def test_rbac_is_limited_to_what_the_webhook_does() -> None:
     role = the("ClusterRole", "pollen-webhook")
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]},
+        # patch, not update: every write is a JSON patch the API server checks (issue 13).
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
         {
             "apiGroups": ["admissionregistration.k8s.io"],
             "resources": ["mutatingwebhookconfigurations"],
@@ -310,3 +312,29 @@ def test_container_commands_are_pollen_commands() -> None:
         ("doctor", "hosts"),
     }
     assert all(c["image"] == "pollen:0.1.0" for s in pod_specs() for c in containers(s))
+
+
+def test_network_policy_lets_in_only_the_webhook_port_and_out_only_to_the_api_server() -> None:
+    """Issue 13, item 1: no NetworkPolicy was shipped; anything could reach the webhook on any
+    port and the webhook could reach anything."""
+    policy = the("NetworkPolicy", "pollen-webhook")["spec"]
+    deployment = the("Deployment", "pollen-webhook")["spec"]["template"]
+    assert policy["podSelector"] == {"matchLabels": deployment["metadata"]["labels"]}
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    (container,) = deployment["spec"]["containers"]
+    (serving,) = container["ports"]
+    assert serving["containerPort"] == DEFAULTS.webhook_port
+    # The serving port only, from any peer: the API server calls from the host network or
+    # from outside the cluster, which no selector matches (the manifest says so).
+    assert policy["ingress"] == [{"ports": [{"port": serving["name"], "protocol": "TCP"}]}]
+    # Only the API server's ports (Service port and the usual endpoint port); no DNS, since
+    # KUBERNETES_SERVICE_HOST is an address.
+    (egress,) = policy["egress"]
+    assert egress == {
+        "ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]
+    }
+    # Every other pod in the namespace is untouched by it.
+    for obj in OBJECTS:
+        if obj["kind"] in WORKLOADS and obj is not the("Deployment", "pollen-webhook"):
+            labels = obj["spec"]["template"]["metadata"]["labels"]
+            assert not policy["podSelector"]["matchLabels"].items() <= labels.items()

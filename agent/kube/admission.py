@@ -12,7 +12,8 @@ what to do with a pod is a pure function of the review and the settings -- `revi
   was rewritten before: re-invocation changes nothing);
 - rewrites the image of every container, init container and ephemeral container whose
   registry host matches ``webhook.registries`` to ``<first label>.distributed.<rest of
-  host>:<endpointPort>/<path>``, keeping the tag and the digest;
+  host>:<endpointPort>/<path>`` (``distributed-<port>`` for a registry on a port other than
+  443), keeping the tag and the digest;
 - adds the two annotations (``p2p-config`` records every original image) and appends
   ``acr-credential-S-p2p`` to ``imagePullSecrets`` for each pull secret ``S``.
 
@@ -22,9 +23,10 @@ that is not a well-formed admission.k8s.io/v1 AdmissionReview raises `ReviewErro
 
 Image references follow Docker's normalisation: a first path component containing ``.`` or
 ``:`` (or ``localhost``) is the registry host; otherwise the host is ``docker.io`` and a
-one-component path gets ``library/``.  The original's port is not kept in the P2P name (the
-name carries the agent's port); the agent finds the registry by host name
-(agent/registry/upstreams.py).
+one-component path gets ``library/``. The P2P name carries the agent's port, so the
+registry's own port, if any, moves into the marker label (``distributed-5000``): the
+naming and its inverse live in agent/core/p2pnames.py, shared with the agent
+(agent/registry/upstreams.py) and `pollen doctor hosts` (agent/node/mirrors.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from agent.core.p2pnames import DISTRIBUTED_LABEL, p2p_host
 
 __all__ = [
     "CONFIG_ANNOTATION",
@@ -60,7 +64,6 @@ __all__ = [
 LABEL = "k8s.aliyun.com/image-accelerate-mode"
 MODE = "p2p"
 CONFIG_ANNOTATION = "k8s.aliyun.com/p2p-config"
-DISTRIBUTED_LABEL = "distributed"
 SYSTEM_NAMESPACES = ("kube-system",)
 CONTAINER_KINDS = ("initContainers", "containers", "ephemeralContainers")
 EPHEMERAL_SUBRESOURCE = "ephemeralcontainers"
@@ -154,11 +157,6 @@ def parse_image(reference: str) -> ImageRef:
     return ImageRef(host=host, path=name, tag=tag, digest=digest if at else None)
 
 
-def _is_p2p_hostname(hostname: str) -> bool:
-    """True for a name the webhook wrote: the label `distributed` anywhere but first."""
-    return DISTRIBUTED_LABEL in hostname.split(".")[1:]
-
-
 def host_matches(host: str, patterns: Sequence[str]) -> bool:
     """Does `host[:port]` match any of `webhook.registries`?
 
@@ -177,18 +175,6 @@ def host_matches(host: str, patterns: Sequence[str]) -> bool:
         elif hostname == p_host:
             return True
     return False
-
-
-def p2p_host(host: str, endpoint_port: int) -> str | None:
-    """`a.b.c[:port]` -> `a.distributed.b.c:<endpoint_port>`; None when the host cannot carry
-    the label (an IP literal, a single label, or a name that already carries it)."""
-    hostname = host.lower().partition(":")[0]
-    labels = hostname.split(".")
-    if len(labels) < 2 or re.fullmatch(r"[0-9.]+", hostname) or _is_p2p_hostname(hostname):
-        return None
-    if not all(_LABEL_RE.fullmatch(label) for label in labels):
-        return None
-    return ".".join([labels[0], DISTRIBUTED_LABEL, *labels[1:]]) + f":{endpoint_port}"
 
 
 def rewrite_image(image: object, settings: AdmissionSettings) -> str | None:

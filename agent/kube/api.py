@@ -6,7 +6,8 @@ KUBERNETES_SERVICE_HOST / KUBERNETES_SERVICE_PORT (which Kubernetes always sets 
 whatever `enableServiceLinks` says). The token is re-read for every call because bound
 service account tokens are rotated on disk.
 
-Calls: get / create / replace a Secret, get / replace a MutatingWebhookConfiguration.
+Calls: get / create / JSON-patch a Secret (no PUT: the webhook's role has no `update` on
+Secrets), get / replace a MutatingWebhookConfiguration.
 Failures raise `KubeError` with the HTTP status (0 when the API server could not be reached)
 and the Status object's reason and message.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -90,7 +91,14 @@ class KubeAPI:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def call(self, method: str, path: str, body: object = None) -> dict[str, Any]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
         """One JSON request; the decoded JSON answer, or KubeError."""
         headers = [
             (b"authorization", f"Bearer {self._token()}".encode()),
@@ -99,7 +107,7 @@ class KubeAPI:
         payload = b""
         if body is not None:
             payload = json.dumps(body).encode()
-            headers.append((b"content-type", b"application/json"))
+            headers.append((b"content-type", content_type.encode()))
         url = self._base + path
         try:
             async with self._client.request(method, url, headers, body=payload) as response:
@@ -139,11 +147,13 @@ class KubeAPI:
     async def create_secret(self, namespace: str, secret: Mapping[str, Any]) -> dict[str, Any]:
         return await self.call("POST", self._secrets(namespace), secret)
 
-    async def replace_secret(
-        self, namespace: str, name: str, secret: Mapping[str, Any]
+    async def patch_secret(
+        self, namespace: str, name: str, ops: Sequence[Mapping[str, Any]]
     ) -> dict[str, Any]:
-        """PUT; carries metadata.resourceVersion, so a concurrent change gets 409 Conflict."""
-        return await self.call("PUT", f"{self._secrets(namespace)}/{_segment(name)}", secret)
+        """A JSON patch (RFC 6902): its ``test`` operations are checked by the API server
+        against the stored object, atomically with the write (422 when one fails)."""
+        path = f"{self._secrets(namespace)}/{_segment(name)}"
+        return await self.call("PATCH", path, list(ops), content_type="application/json-patch+json")
 
     # MutatingWebhookConfigurations ----------------------------------------------------------
 

@@ -218,10 +218,18 @@ async def ensure_tls_secret(
             if existing is None:
                 await api.create_secret(namespace, body)
             else:
-                body["metadata"]["resourceVersion"] = existing["metadata"].get("resourceVersion")
-                await api.replace_secret(namespace, secret, body)
+                # A JSON patch, not a PUT: the webhook's role has no `update` on Secrets
+                # (deploy/kubernetes/rbac.yaml); the test makes it fail if it changed meanwhile.
+                version = existing["metadata"].get("resourceVersion")
+                ops = [{"op": "replace", "path": "/data", "value": body["data"]}]
+                if version:
+                    ops.insert(
+                        0, {"op": "test", "path": "/metadata/resourceVersion", "value": version}
+                    )
+                await api.patch_secret(namespace, secret, ops)
         except KubeError as exc:
-            if exc.status == 409 and attempt == 1:  # another replica stored one: use it
+            # 409: another replica created one; 422: another replica replaced it. Use theirs.
+            if exc.status in (409, 422) and attempt == 1:
                 continue
             raise
         log.info("secret %s/%s: stored a new CA and certificate", namespace, secret)

@@ -4,9 +4,11 @@ The webhook rewrites a pod's images to P2P host names (`agent.kube.admission`); 
 then looks for credentials under those names. For each pull secret ``S`` the pod names,
 `derive_secret` computes the wanted copy: the same type and credentials, every registry key
 that matches ``webhook.registries`` moved to its P2P host, keys of other registries left out
-(the pod keeps ``S`` for them). `secret_differs` says whether a stored copy must be updated
-and `merged_secret` is that update, keeping what others put on the object. The caller
-(agent/kube/webhook.py) re-derives the copy at each admission, which is how it follows ``S``.
+(the pod keeps ``S`` for them). `copy_action` compares it with what is stored: create it,
+patch its data, leave it, or -- when a secret Pollen did not make already holds the name --
+leave that secret untouched (`is_ours`: the label and annotation every copy carries). The
+caller (agent/kube/webhook.py) re-derives the copy at each admission, which is how it
+follows ``S``.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from agent.kube.admission import AdmissionSettings, SecretPlan, host_matches, p2p_host
+from agent.core.p2pnames import p2p_host
+from agent.kube.admission import AdmissionSettings, SecretPlan, host_matches
 
 MANAGED_BY = ("app.kubernetes.io/managed-by", "pollen")
 SOURCE_ANNOTATION = "pollen.io/source-secret"
@@ -110,29 +114,77 @@ def derive_secret(
     }
 
 
-def secret_differs(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    """Whether the stored copy must be updated: its data, or our label/annotation, differ."""
-    if existing.get("data") != desired["data"]:
-        return True
+def is_ours(existing: Mapping[str, Any], source: str) -> bool:
+    """Whether a stored secret is Pollen's copy of `source`: it carries both marks
+    `derive_secret` puts on every copy. Anything else with the copy's name belongs to someone
+    else -- a forged review can name any namespace, so the name alone proves nothing."""
     meta = existing.get("metadata") or {}
-    want = desired["metadata"]
     labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
-    return any(labels.get(k) != v for k, v in want["labels"].items()) or any(
-        annotations.get(k) != v for k, v in want["annotations"].items()
+    return (
+        labels.get(MANAGED_BY[0]) == MANAGED_BY[1] and annotations.get(SOURCE_ANNOTATION) == source
     )
 
 
-def merged_secret(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """`existing` with `desired`'s data, label and annotation, for an update (PUT) that keeps
-    the resourceVersion (optimistic concurrency) and anything else others put there."""
-    meta = dict(existing.get("metadata") or {})
-    meta["labels"] = {**(meta.get("labels") or {}), **desired["metadata"]["labels"]}
-    meta["annotations"] = {
-        **(meta.get("annotations") or {}),
-        **desired["metadata"]["annotations"],
-    }
-    out = dict(existing)
-    out["metadata"] = meta
-    out["data"] = desired["data"]
-    return out
+@dataclass(frozen=True)
+class CopyAction:
+    """What to do about one P2P copy: `kind` is ``create`` (POST `body`), ``patch`` (a JSON
+    patch, `ops`), ``unchanged`` or ``foreign`` (a secret we did not make holds the name: leave
+    it alone); `reason` says why, for the log."""
+
+    kind: str
+    reason: str
+    body: Mapping[str, Any] | None = None
+    ops: tuple[dict[str, Any], ...] = ()
+
+
+def _pointer(*parts: str) -> str:
+    return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def copy_action(
+    existing: Mapping[str, Any] | None, desired: Mapping[str, Any], source: str
+) -> CopyAction:
+    """Decide how to bring the stored copy (`existing`, None when absent) to `desired`.
+
+    An update is a JSON patch that replaces only ``data`` and first *tests*, on the API
+    server, the resourceVersion we read and both of our marks: were the secret replaced by
+    someone else's between our read and our write, the server refuses the patch (422) instead
+    of overwriting it. A copy whose type no longer matches its source cannot be patched (the
+    type of a Secret is immutable): DeriveError says so.
+    """
+    if existing is None:
+        return CopyAction("create", "absent", body=desired)
+    if not is_ours(existing, source):
+        return CopyAction(
+            "foreign",
+            f"not made by pollen (no {MANAGED_BY[0]}={MANAGED_BY[1]} label and "
+            f"{SOURCE_ANNOTATION}={source} annotation)",
+        )
+    if existing.get("type") != desired["type"]:
+        raise DeriveError(
+            f"the copy has type {existing.get('type')!r} but its source now has "
+            f"{desired['type']!r}; delete the copy and the next pod re-creates it"
+        )
+    if existing.get("data") == desired["data"]:
+        return CopyAction("unchanged", "up to date")
+    meta = existing.get("metadata") or {}
+    ops: list[dict[str, Any]] = []
+    if meta.get("resourceVersion"):
+        ops.append(
+            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
+        )
+    ops += [
+        {
+            "op": "test",
+            "path": _pointer("metadata", "labels", MANAGED_BY[0]),
+            "value": MANAGED_BY[1],
+        },
+        {
+            "op": "test",
+            "path": _pointer("metadata", "annotations", SOURCE_ANNOTATION),
+            "value": source,
+        },
+        {"op": "replace", "path": "/data", "value": desired["data"]},
+    ]
+    return CopyAction("patch", "its source changed", ops=tuple(ops))

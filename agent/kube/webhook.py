@@ -8,13 +8,18 @@ What a review becomes is decided without I/O by `agent.kube.admission.review_dec
 rewrites a pod, the P2P pull secrets it names (``acr-credential-S-p2p``, their content from
 `agent.kube.pullsecrets`) are created or brought up to date through the Kubernetes API
 *before* the answer goes out, so the kubelet never looks for a secret that is not there yet.
-Each admission re-derives the copy from the current ``S`` and updates it when it differs:
-that is how the copy follows ``S`` (a changed password reaches the copy with the next pod
-that uses it; running pods do not pull again).
-If a secret cannot be read or written in time, the pod is admitted unchanged -- with its
-original images, which it can pull as before -- and the failure is logged, counted in
-`statistics()` and returned to the client as an admission warning. A ``dryRun`` review gets
-the same patch with no API call at all (the webhook declares ``sideEffects: NoneOnDryRun``).
+Each admission re-derives the copy from the current ``S`` (read from the API, never from the
+review) and patches it when it differs: that is how the copy follows ``S`` (a changed
+password reaches the copy with the next pod that uses it; running pods do not pull again).
+
+A name already held by a secret Pollen did not make (without the ``app.kubernetes.io/
+managed-by=pollen`` label and ``pollen.io/source-secret`` annotation every copy carries) is
+never written: anyone who can reach the webhook can send it a review naming any namespace.
+If a secret cannot be read or written in time, or is not ours, the pod is admitted unchanged
+-- with its original images, which it can pull as before -- and the reason is logged and
+counted in `statistics()`; the client gets one generic admission warning, which tells
+nothing about the secrets it named. A ``dryRun`` review gets the same patch with no API call
+at all (the webhook declares ``sideEffects: NoneOnDryRun``).
 A malformed review gets HTTP 400 with the reason.
 """
 
@@ -42,12 +47,22 @@ from agent.kube.admission import (
     review_decision,
 )
 from agent.kube.api import SERVICE_ACCOUNT_DIR, KubeAPI, KubeError
-from agent.kube.pullsecrets import DeriveError, derive_secret, merged_secret, secret_differs
+from agent.kube.pullsecrets import DeriveError, copy_action, derive_secret
 
 log = logging.getLogger(__name__)
 
-MAX_REVIEW_BYTES = 4 * 1024 * 1024  # a Pod with many containers and a long annotation
+# A real review is well under this: it carries one Pod (two for an ephemeral-container
+# update), and a Pod is stored whole in one etcd value -- at most 1.5 MiB by etcd's default,
+# typically a few KiB, its annotations at most 256 KiB together. Parsed, a review costs up to
+# ~25 times its size (measured: 4 MiB of `[{},{},...]` raised the process's peak RSS by 105
+# MiB; the Deployment's limit is 256 MiB). Over it: 413, and with failurePolicy Ignore the
+# API server admits the pod unchanged -- it is never blocked.
+MAX_REVIEW_BYTES = 1024 * 1024
 SECRET_TIMEOUT = 5.0  # well inside the webhook's timeoutSeconds (10 in the manifests)
+SECRET_FAILURE_WARNING = (
+    "pollen: P2P not applied, the pod keeps its images: its P2P pull secrets could not be "
+    "written (the webhook's log says why)"
+)
 
 
 def _error(status: int, message: str) -> Response:
@@ -73,7 +88,8 @@ class AdmissionWebhook:
     def status(self) -> dict[str, object]:
         """What `GET /_pollen/status` shows (loopback only, e.g. through kubectl port-forward):
         the counters -- rewritten, unchanged, dry_run, bad_requests, secret_failures,
-        secrets_created, secrets_updated."""
+        secrets_created, secrets_updated, secrets_foreign (a secret Pollen did not make holds
+        a copy's name: left untouched, the pod admitted unchanged)."""
         return {"counts": self.statistics()}
 
     async def handle(self, request: Request) -> Response:
@@ -93,22 +109,34 @@ class AdmissionWebhook:
         if request.method != "POST":
             return _error(405, "POST an AdmissionReview to /mutate")
         try:
-            review = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            self.counts["bad_requests"] += 1
-            log.info("conn %d: review is not JSON: %s", request.conn_id, exc)
-            return _error(400, f"body is not JSON: {exc}")
-        try:
-            answer = await self.admit(review)
+            decision = self.decide(request.body)
         except ReviewError as exc:
             self.counts["bad_requests"] += 1
             log.info("conn %d: malformed AdmissionReview: %s", request.conn_id, exc)
-            return _error(400, f"malformed AdmissionReview: {exc}")
-        return json_response(200, answer)
+            return _error(400, str(exc))
+        return json_response(200, await self.admit(decision))
 
-    async def admit(self, review: object) -> dict[str, Any]:
-        """The AdmissionReview to answer with; ReviewError when `review` is malformed."""
-        decision = review_decision(review, self.settings)
+    def decide(self, body: bytes) -> Decision:
+        """Parse and decide in one synchronous step; ReviewError when malformed.
+
+        The parsed document is garbage as soon as this returns, before any await: a review
+        can be a tree many times its size in memory (a 4 MiB array of empty objects is some
+        100 MiB), and only one is ever alive at a time, since parsing never yields to another
+        request. MAX_REVIEW_BYTES bounds that one.
+        """
+        try:
+            review = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ReviewError(f"body is not JSON: {exc}") from None
+        except RecursionError:
+            raise ReviewError("body is not JSON we accept: nested too deeply") from None
+        try:
+            return review_decision(review, self.settings)
+        except ReviewError as exc:
+            raise ReviewError(f"malformed AdmissionReview: {exc}") from None
+
+    async def admit(self, decision: Decision) -> dict[str, Any]:
+        """Write the secrets `decision` needs; the AdmissionReview to answer with."""
         where = f"{decision.namespace}/{decision.pod}"
         if not decision.patch:
             self.counts["unchanged"] += 1
@@ -127,10 +155,10 @@ class AdmissionWebhook:
                 where,
                 failure,
             )
-            return allowed_response(
-                decision.uid,
-                f"pollen: P2P not applied, the pod keeps its images: {failure}",
-            )
+            # Whoever sent the review reads the warning: it must not tell whether a secret
+            # exists or what type it has (a forged review could probe any namespace), so the
+            # reason stays in the log above.
+            return allowed_response(decision.uid, SECRET_FAILURE_WARNING)
         self.counts["rewritten"] += 1
         log.info(
             "review %s %s: %s: %s",
@@ -146,16 +174,20 @@ class AdmissionWebhook:
         with trio.move_on_after(self.secret_timeout):
             for plan in decision.secrets:
                 try:
-                    await self.sync_secret(plan)
+                    outcome = await self.sync_secret(plan)
                 except (KubeError, DeriveError) as exc:
                     return f"{plan.namespace}/{plan.target}: {exc}"
+                if outcome == "foreign":
+                    return f"{plan.namespace}/{plan.target} exists and is not Pollen's copy"
             return None
         return f"the Kubernetes API did not answer within {self.secret_timeout:g}s"
 
     async def sync_secret(self, plan: SecretPlan) -> str:
-        """Make `plan.target` the P2P copy of `plan.source`: 'created', 'updated' or
-        'unchanged'. Serialised per secret in this process; across replicas the API's
-        AlreadyExists / Conflict answers are retried once."""
+        """Make `plan.target` the P2P copy of `plan.source`: 'created', 'updated', 'unchanged'
+        or 'foreign' (a secret Pollen did not make holds the name; it is left untouched).
+        The copy's content is always derived from the source as the API returns it, never
+        from the review. Serialised per secret in this process; across replicas the API's
+        AlreadyExists / Conflict answers and a failed patch test are retried once."""
         lock = self._locks.setdefault((plan.namespace, plan.target), trio.Lock())
         async with lock:
             for attempt in (1, 2):
@@ -164,18 +196,29 @@ class AdmissionWebhook:
                     raise KubeError(404, "NotFound", f"pull secret {plan.source} does not exist")
                 desired = derive_secret(source, plan, self.settings)
                 existing = await self.api.get_secret(plan.namespace, plan.target)
+                action = copy_action(existing, desired, plan.source)
+                if action.kind == "foreign":
+                    self.counts["secrets_foreign"] += 1
+                    log.warning(
+                        "secret %s/%s left untouched: %s",
+                        plan.namespace,
+                        plan.target,
+                        action.reason,
+                    )
+                    return "foreign"
+                if action.kind == "unchanged":
+                    return "unchanged"
                 try:
-                    if existing is None:
+                    if action.kind == "create":
                         await self.api.create_secret(plan.namespace, desired)
                         outcome = "created"
-                    elif secret_differs(existing, desired):
-                        merged = merged_secret(existing, desired)
-                        await self.api.replace_secret(plan.namespace, plan.target, merged)
-                        outcome = "updated"
                     else:
-                        return "unchanged"
+                        await self.api.patch_secret(plan.namespace, plan.target, action.ops)
+                        outcome = "updated"
                 except KubeError as exc:
-                    if exc.status == 409 and attempt == 1:  # another replica got there first
+                    # 409: another replica created it first; 422: a patch test failed (it
+                    # changed since we read it). Read again and decide again.
+                    if exc.status in (409, 422) and attempt == 1:
                         continue
                     raise
                 self.counts[f"secrets_{outcome}"] += 1

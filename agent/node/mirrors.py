@@ -9,7 +9,9 @@ host in image references (``host[:port]``, or ``_default`` for every registry, c
 first, naming the registry in ``?ns=``. A node needs:
 
 - for each upstream matching ``webhook.registries``: its ``.distributed.`` name
-  (``<first label>.distributed.<rest>:<endpointPort>``, what the webhook rewrites images to),
+  (``<first label>.distributed.<rest>:<endpointPort>``, ``distributed-<port>`` for an
+  upstream on a port other than 443 -- what the webhook rewrites images to, and what the
+  agent reads back, all from agent/core/p2pnames.py),
   whose name resolves nowhere, so that only the route makes it work;
 - in mirror mode (no rewriting), each upstream's own name, or ``_default``.
 The ``server`` line names the real registry, so a pull still works (from the origin) while
@@ -25,8 +27,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.core.hostport import join_hostport
+from agent.core.p2pnames import p2p_host
 from agent.core.upstream import Upstream
-from agent.kube.admission import host_matches, p2p_host
+from agent.kube.admission import host_matches
 
 MARKER = "# Written by `pollen doctor hosts`"
 DEFAULT_DIR = "_default"

@@ -3,7 +3,8 @@ port"), no I/O.
 
 1. containerd's mirror parameter ``ns=<host[:port]>`` (a ``.distributed.`` name there counts
    as the registry it stands for);
-2. a Host header carrying the label ``distributed`` (the webhook's rewritten image names);
+2. a Host header carrying the label ``distributed`` (the webhook's rewritten image names;
+   ``distributed-<port>`` names the registry's port, agent/core/p2pnames.py);
 3. ``defaultUpstream``.
 The result must be one of ``upstreams``: anything else is refused with 403, so the agent is
 never an open proxy.
@@ -15,32 +16,19 @@ from collections.abc import Sequence
 
 from agent.core.errors import RegistryError
 from agent.core.hostport import normalize_registry_host, split_hostport
+from agent.core.p2pnames import undistributed_host
 from agent.core.upstream import Upstream
 
-DISTRIBUTED_LABEL = "distributed"
-
-
-def undistributed_host(host_header: str) -> str | None:
-    """``a.distributed.b.c[:port]`` → ``a.b.c``; None when the name carries no such label.
-
-    Only names of three or more labels qualify, and the port (the agent's own) is dropped.
-    """
-    try:
-        host, _port = split_hostport(host_header)
-    except ValueError:
-        return None
-    labels = host.lower().rstrip(".").split(".")
-    if len(labels) < 3 or DISTRIBUTED_LABEL not in labels[1:]:
-        return None
-    idx = labels.index(DISTRIBUTED_LABEL, 1)
-    return ".".join(labels[:idx] + labels[idx + 1 :])
+__all__ = ["choose_upstream", "match_upstream", "undistributed_host"]
 
 
 def match_upstream(hostport: str, upstreams: Sequence[Upstream]) -> Upstream | None:
     """Find the configured upstream a client named by ``host[:port]``.
 
-    An exact ``host[:port]`` match wins; a bare host also matches the single upstream with
-    that host name on a non-default port (so ``reg.example`` finds ``http://reg.example:5000``).
+    An exact ``host[:port]`` match wins; then host and port against each upstream's explicit
+    port (``reg.example:443`` finds ``https://reg.example``); a bare host also matches the
+    single upstream with that host name on a non-default port (so ``reg.example`` finds
+    ``http://reg.example:5000``).
     """
     wanted = normalize_registry_host(hostport)
     for up in upstreams:
@@ -50,11 +38,11 @@ def match_upstream(hostport: str, upstreams: Sequence[Upstream]) -> Upstream | N
         host, port = split_hostport(wanted)
     except ValueError:
         return None
-    if port is None:
-        same_host = [up for up in upstreams if up.host == host]
-        if len(same_host) == 1:
-            return same_host[0]
-    return None
+    if port is not None:
+        same = [up for up in upstreams if (up.host, up.port) == (host, port)]
+    else:
+        same = [up for up in upstreams if up.host == host]
+    return same[0] if len(same) == 1 else None
 
 
 def choose_upstream(

@@ -21,9 +21,18 @@ from harness import (
     push_image,
 )
 
+from agent.core.config import load_config
+from agent.kube.admission import rewrite_image
+from agent.kube.webhook import settings_from
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGISTRY_NAME = "reg.pollen-test.internal"
-DISTRIBUTED_NAME = "reg.distributed.pollen-test.internal"
+
+
+def distributed_name(registry_port: int) -> str:
+    """The webhook's name for images of `reg.pollen-test.internal:<registry_port>` (the port
+    in the marker label, agent/core/p2pnames.py), without the agent's port."""
+    return f"reg.distributed-{registry_port}.pollen-test.internal"
 
 
 @dataclass
@@ -35,7 +44,7 @@ class Node:
 
     @property
     def distributed(self) -> str:
-        return f"{DISTRIBUTED_NAME}:{self.agent.port}"
+        return f"{distributed_name(self.registry.port)}:{self.agent.port}"
 
     def pollen(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -71,7 +80,10 @@ def node(
     push_image(small_image, registry, "team/app", "v1")
     # The rewritten name resolves to a loopback address where nothing listens, so a runtime
     # that bypasses the agent fails there, with no DNS query leaving the machine.
-    with etc_hosts_entry(REGISTRY_NAME), etc_hosts_entry(DISTRIBUTED_NAME, "127.0.0.2"):
+    with (
+        etc_hosts_entry(REGISTRY_NAME),
+        etc_hosts_entry(distributed_name(registry.port), "127.0.0.2"),
+    ):
         upstream = f"http://{REGISTRY_NAME}:{registry.port}"
         agent = make_agent(upstreams=upstream, start=False)
         settings = {
@@ -108,6 +120,7 @@ def test_doctor_with_the_mirror_configured(node: Node, small_image: Image) -> No
 
     # What the doctor vouched for works: the webhook's rewritten name pulls through the agent.
     image = f"{node.distributed}/team/app:v1"
+    assert webhook_rewrite(node, f"{REGISTRY_NAME}:{node.registry.port}/team/app:v1") == image
     assert node.containerd.cri_pull(image)
     assert set(small_image.layer_digests) <= node.containerd.content_digests("k8s.io")
     assert all(n == 1 for n in blob_gets(node.registry, small_image).values())
@@ -115,6 +128,52 @@ def test_doctor_with_the_mirror_configured(node: Node, small_image: Image) -> No
     # Writing again changes nothing; a file pollen did not write is kept.
     again = node.pollen("doctor", "hosts", "--dir", str(node.containerd.certs_dir))
     assert f"unchanged {hosts}" in again.stdout
+
+
+def webhook_rewrite(node: Node, image: str) -> str | None:
+    """What the webhook, configured as this node is, rewrites `image` to."""
+    config = load_config(node.env)
+    return rewrite_image(image, settings_from(config, "pollen-system"))
+
+
+def test_a_registry_on_its_own_port_next_to_the_same_host_on_443(
+    registry: Registry,
+    small_image: Image,
+    containerd: Containerd,
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """Issue 13, item 3, with real processes: the agent may reach `reg...:<port>` (the real
+    registry) and `reg...` on 443 (nothing there). The webhook's name for an image of the
+    first, routed by `pollen doctor hosts`, is pulled by containerd through the agent from
+    the first. (The port used to be dropped: both got one name, and the agent chose 443.)"""
+    push_image(small_image, registry, "team/app", "v1")
+    on_port = f"http://{REGISTRY_NAME}:{registry.port}"
+    with (
+        etc_hosts_entry(REGISTRY_NAME),
+        etc_hosts_entry(distributed_name(registry.port), "127.0.0.2"),
+        etc_hosts_entry("reg.distributed.pollen-test.internal", "127.0.0.2"),
+    ):
+        upstreams = f"{on_port},https://{REGISTRY_NAME}"
+        agent = make_agent(upstreams=upstreams, start=False)
+        settings = {
+            "POLLEN_WEBHOOK_REGISTRIES": "*.pollen-test.internal",
+            "POLLEN_WEBHOOK_ENDPOINT_PORT": str(agent.port),
+        }
+        agent.env.update(settings)
+        agent.start()
+        env = {"POLLEN_UPSTREAMS": upstreams, "POLLEN_PROXY_PORT": str(agent.port), **settings}
+        node = Node(registry, agent, containerd, env)
+        wrote = node.pollen("doctor", "hosts", "--dir", str(containerd.certs_dir))
+        assert wrote.returncode == 0, wrote.stderr
+        routes = sorted(p.name for p in containerd.certs_dir.iterdir())
+        assert routes == sorted(
+            [node.distributed, f"reg.distributed.pollen-test.internal:{agent.port}"]
+        )
+        image = webhook_rewrite(node, f"{REGISTRY_NAME}:{registry.port}/team/app:v1")
+        assert image == f"{node.distributed}/team/app:v1"
+        assert containerd.cri_pull(image)
+    assert set(small_image.layer_digests) <= containerd.content_digests("k8s.io")
+    assert all(n == 1 for n in blob_gets(registry, small_image).values())
 
 
 def test_doctor_without_the_mirror(node: Node) -> None:

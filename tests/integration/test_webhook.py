@@ -32,7 +32,7 @@ from agent.core.config import load_config
 from agent.kube.admission import CONFIG_ANNOTATION
 from agent.kube.api import KubeAPI
 from agent.kube.certs import CertBundle, make_bundle, problem_with, service_names
-from agent.kube.webhook import AdmissionWebhook, serve, settings_from
+from agent.kube.webhook import MAX_REVIEW_BYTES, AdmissionWebhook, serve, settings_from
 
 ACR = "test-registry-vpc.cn-hangzhou.cr.aliyuncs.com"
 ACR_P2P = "test-registry-vpc.distributed.cn-hangzhou.cr.aliyuncs.com:65001"
@@ -241,12 +241,44 @@ async def test_the_copy_follows_the_source_secret(
         second = kube.secret(NAMESPACE, "acr-credential-test-registry-p2p")
         assert second is not None and auths_of(second) == {ACR_P2P: {"auth": "bmV3"}}
         assert second["metadata"]["uid"] == first["metadata"]["uid"]  # updated, not recreated
+        # Updated by a JSON patch of its data, never a PUT of the whole object.
+        assert len(kube.calls("PATCH")) == 1 and not kube.calls("PUT")
         # Unchanged S: no write at all.
-        puts = len(kube.calls("PUT"))
         await admit(port, tls_files.ca, review(uid="3"))
-        assert len(kube.calls("PUT")) == puts
+        assert len(kube.calls("PATCH")) == 1 and not kube.calls("PUT")
     stats = webhook.statistics()
     assert stats["secrets_created"] == 1 and stats["secrets_updated"] == 1
+
+
+async def test_a_copy_replaced_by_someone_else_meanwhile_is_not_overwritten(
+    kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    """Between the webhook's read of its copy and its patch, another client puts its own
+    secret under that name: the patch's tests fail on the API server (the stand-in applies
+    them as kube-apiserver does), the webhook reads again, sees it is not ours, leaves it."""
+    kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: {"auth": "b2xk"}}))
+    target = "acr-credential-test-registry-p2p"
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": target},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": "e30="},
+    }
+    stored: list[dict[str, Any]] = []
+
+    def replace_before_the_patch(method: str, path: str) -> None:
+        if method == "PATCH" and not stored:
+            stored.append(kube.put_object("secrets", NAMESPACE, theirs))
+
+    async with running_webhook(kube, account_dir, tls_files) as (webhook, port):
+        await admit(port, tls_files.ca, review(uid="1"))  # creates our copy
+        kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: {"auth": "bmV3"}}))
+        kube.before = replace_before_the_patch
+        response, pod = await admit(port, tls_files.ca, review(uid="2"))
+    assert "patch" not in response and pod["spec"]["containers"][0]["image"].startswith(ACR)
+    assert kube.secret(NAMESPACE, target) == stored[0]
+    assert webhook.statistics()["secrets_foreign"] == 1
 
 
 @pytest.mark.parametrize("fault", ["write-fails", "source-missing", "api-too-slow"])
@@ -363,15 +395,16 @@ async def test_two_replicas_racing_for_one_secret(
 # The real command
 
 
-def test_pollen_webhook_process(
+@contextlib.contextmanager
+def webhook_process(
     tmp_path: Path, kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
-) -> None:
-    kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: {"auth": "eA=="}}))
+) -> Iterator[tuple[ManagedProcess, int]]:
+    """A `pollen webhook` process talking to the stand-in API server, ready to serve."""
     port = free_port()
     proc = ManagedProcess(
         [sys.executable, "-m", "agent", "webhook", "--service-account-dir", str(account_dir)],
         name="webhook",
-        log_dir=tmp_path / "webhook-log",
+        log_dir=tmp_path / f"webhook-log-{port}",
         env={
             **kube_env(kube),
             "POLLEN_TLS_CERT": str(tls_files.cert),
@@ -394,6 +427,16 @@ def test_pollen_webhook_process(
                 return False
 
         wait_until(ready, timeout=20, what="the webhook's /readyz", on_timeout=proc.log_tail)
+        yield proc, port
+    finally:
+        proc.stop()
+
+
+def test_pollen_webhook_process(
+    tmp_path: Path, kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: {"auth": "eA=="}}))
+    with webhook_process(tmp_path, kube, account_dir, tls_files) as (proc, port):
         rev = review()
         status, raw = https_call(port, tls_files.ca, "POST", "/mutate", json.dumps(rev).encode())
         response, pod = decode_answer(status, raw, rev)
@@ -402,8 +445,151 @@ def test_pollen_webhook_process(
         assert "1 image(s) rewritten" in proc.log_text()
         proc.popen.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         assert proc.popen.wait(timeout=20) == 0  # type: ignore[union-attr]
-    finally:
-        proc.stop()
+
+
+def test_a_registry_port_survives_the_rewrite(
+    tmp_path: Path, kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    """Issue 13, item 3: `<acr>:5000/...` became `<acr p2p>:65001/...` -- the agent's name for
+    `<acr>` on 443, another registry -- and the copy's credential for it was `<acr>`'s, the
+    :5000 one overwritten. Now the port is in the name, and each credential under its own."""
+    on_5000 = {"auth": base64.b64encode(b"five:thousand").decode()}
+    on_443 = {"auth": base64.b64encode(b"four:forty-three").decode()}
+    kube.put_object(
+        "secrets", NAMESPACE, pull_secret("test-registry", {f"{ACR}:5000": on_5000, ACR: on_443})
+    )
+    p2p_5000 = "test-registry-vpc.distributed-5000.cn-hangzhou.cr.aliyuncs.com:65001"
+    with webhook_process(tmp_path, kube, account_dir, tls_files) as (_, port):
+        rev = review()
+        rev["request"]["object"]["spec"]["containers"].append(
+            {"name": "app", "image": f"{ACR}:5000/team/app:v1"}
+        )
+        status, raw = https_call(port, tls_files.ca, "POST", "/mutate", json.dumps(rev).encode())
+        _, pod = decode_answer(status, raw, rev)
+    images = [c["image"] for c in pod["spec"]["containers"]]
+    assert images == [f"{ACR_P2P}/docker-builder/nginx:latest", f"{p2p_5000}/team/app:v1"]
+    copy = kube.secret(NAMESPACE, "acr-credential-test-registry-p2p")
+    assert copy is not None
+    assert auths_of(copy) == {p2p_5000: on_5000, ACR_P2P: on_443}
+
+
+def peak_rss_mib(pid: int) -> int:
+    """The process's peak resident set (VmHWM), MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    (line,) = [x for x in status.splitlines() if x.startswith("VmHWM:")]
+    return int(line.split()[1]) // 1024
+
+
+def costly_review(size: int) -> bytes:
+    """A well-formed review of about `size` bytes whose parse costs the most memory per byte
+    (an array of empty objects: 3 bytes each in JSON, some 70 in memory)."""
+    head = (
+        b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x","j":['
+    )
+    count = (size - len(head) - 3) // 3
+    return head + b",".join([b"{}"] * count) + b"]}}"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_a_huge_review_is_refused_before_it_is_parsed(
+    tmp_path: Path, kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    """Issue 13, item 2: a 4 MiB review of empty objects was parsed, raising the process's
+    peak RSS by ~105 MiB (its limit in the Deployment is 256 MiB). Now anything over
+    MAX_REVIEW_BYTES (1 MiB) is refused with 413 unparsed, and the costliest review that fits
+    stays far below that."""
+    with webhook_process(tmp_path, kube, account_dir, tls_files) as (proc, port):
+        peak = peak_rss_mib(proc.pid)
+        big = costly_review(4 * 1024 * 1024 - 512)
+        assert len(big) < 4 * 1024 * 1024  # what the old limit let through
+        status, _ = https_call(port, tls_files.ca, "POST", "/mutate", big)
+        assert status == 413
+        assert peak_rss_mib(proc.pid) - peak < 16
+        # The costliest review under the limit is answered, at a bounded cost.
+        fits = costly_review(MAX_REVIEW_BYTES - 512)
+        status, _ = https_call(port, tls_files.ca, "POST", "/mutate", fits)
+        assert status == 200
+        assert peak_rss_mib(proc.pid) - peak < 48
+        # Nesting deeper than the parser goes is a bad request, not a crash.
+        deep = b"[" * (MAX_REVIEW_BYTES // 2 - 1) + b"]" * (MAX_REVIEW_BYTES // 2 - 1)
+        status, raw = https_call(port, tls_files.ca, "POST", "/mutate", deep)
+        assert status == 400 and b"nested too deeply" in raw
+        assert https_call(port, tls_files.ca, "GET", "/healthz")[0] == 200
+
+
+def forged(namespace: str, secret: str, uid: str) -> dict[str, Any]:
+    """A review nobody's API server sent: a pod in `namespace` naming pull secret `secret`."""
+    rev = review(secrets=(secret,), uid=uid)
+    rev["request"]["namespace"] = namespace
+    rev["request"]["object"]["metadata"]["namespace"] = namespace
+    return rev
+
+
+def test_a_forged_review_never_overwrites_a_secret_pollen_did_not_make(
+    tmp_path: Path, kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    """Issue 13, item 1: `acr-credential-regcred-p2p` in namespace `victim` is someone's
+    Opaque secret; a forged review naming `regcred` (a real pull secret there) must leave it
+    as it is, and still admit the pod (unchanged: the copy it would need is not ours)."""
+    victim = "victim"
+    source = pull_secret("regcred", {ACR: {"auth": "eA=="}})
+    source["metadata"]["namespace"] = victim
+    kube.put_object("secrets", victim, source)
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "acr-credential-regcred-p2p", "labels": {"team": "payments"}},
+        "type": "Opaque",
+        "data": {"api-key": base64.b64encode(b"do-not-lose-me").decode()},
+    }
+    before = kube.put_object("secrets", victim, theirs)
+    with webhook_process(tmp_path, kube, account_dir, tls_files) as (proc, port):
+        rev = forged(victim, "regcred", "forged-1")
+        status, raw = https_call(port, tls_files.ca, "POST", "/mutate", json.dumps(rev).encode())
+        response, pod = decode_answer(status, raw, rev)
+        assert "patch" not in response and pod == rev["request"]["object"]
+        assert "P2P not applied" in response["warnings"][0]
+        status, raw = https_call(port, tls_files.ca, "GET", "/_pollen/status")
+        counts = json.loads(raw)["counts"]
+        assert counts["secrets_foreign"] == 1 and counts["secret_failures"] == 1
+        assert "victim/acr-credential-regcred-p2p left untouched" in proc.log_text()
+    assert kube.secret(victim, "acr-credential-regcred-p2p") == before
+    assert not kube.calls("PUT") and not kube.calls("PATCH")
+
+
+def test_the_answer_does_not_tell_a_missing_secret_from_one_of_the_wrong_type(
+    tmp_path: Path, kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    """Issue 13, item 1: whoever sends a review reads the warning; whether a secret exists, or
+    what type it has, is for the webhook's log only."""
+    kube.put_object(
+        "secrets",
+        "victim",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "db-password", "namespace": "victim"},
+            "type": "Opaque",
+            "data": {"password": "aHVudGVyMg=="},
+        },
+    )
+    answers = []
+    with webhook_process(tmp_path, kube, account_dir, tls_files) as (proc, port):
+        for secret in ("no-such-secret", "db-password"):
+            rev = forged("victim", secret, "same-uid")
+            body = json.dumps(rev).encode()
+            status, raw = https_call(port, tls_files.ca, "POST", "/mutate", body)
+            response, _ = decode_answer(status, raw, rev)
+            assert "patch" not in response
+            answers.append(response)
+        log = proc.log_text()
+    assert answers[0] == answers[1]
+    warning = answers[0]["warnings"][0]
+    for telltale in ("Opaque", "type", "exist", "not found", "NotFound", "db-password"):
+        assert telltale not in warning
+    # The operator still learns why, from the log.
+    assert "no-such-secret does not exist" in log and "'Opaque'" in log
+    assert kube.secret("victim", "acr-credential-db-password-p2p") is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,10 +805,13 @@ async def test_kubeapi_errors_carry_status_and_reason(
         with pytest.raises(KubeError) as exists:
             await api.create_secret(NAMESPACE, pull_secret("s", {}))
         assert (exists.value.status, exists.value.reason) == (409, "AlreadyExists")
-        stale = {**created, "metadata": {**created["metadata"], "resourceVersion": "1"}}
+        stale = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": "1"},
+            {"op": "replace", "path": "/data", "value": {}},
+        ]
         with pytest.raises(KubeError) as conflict:
-            await api.replace_secret(NAMESPACE, "s", stale)
-        assert (conflict.value.status, conflict.value.reason) == (409, "Conflict")
+            await api.patch_secret(NAMESPACE, "s", stale)
+        assert (conflict.value.status, conflict.value.reason) == (422, "Invalid")
         (account_dir / "token").write_text("rotated-but-wrong")  # re-read on every call
         with pytest.raises(KubeError) as denied:
             await api.get_secret(NAMESPACE, "s")

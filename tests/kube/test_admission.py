@@ -203,7 +203,12 @@ def test_host_matches(host: str, patterns: tuple[str, ...], matches: bool) -> No
     ("host", "p2p"),
     [
         (ACR, ACR_P2P),
-        ("registry.example.com:5000", "registry.distributed.example.com:65001"),
+        # The registry's port stays in the name, in the marker (issue 13, item 3: it was
+        # dropped, and the agent sent the pull to the registry on 443).
+        ("registry.example.com:5000", "registry.distributed-5000.example.com:65001"),
+        ("registry.example.com:443", "registry.distributed.example.com:65001"),  # https's own
+        ("registry.example.com:80", "registry.distributed-80.example.com:65001"),
+        ("a.distributed-5000.b", None),  # already a P2P name, with a port
         ("docker.io", "docker.distributed.io:65001"),
         ("localhost", None),  # one label: nothing to put the label after
         ("127.0.0.1:5000", None),
@@ -222,7 +227,10 @@ def test_p2p_host(host: str, p2p: str | None) -> None:
         (f"{ACR}/a/b:v2@{DIGEST}", f"{ACR_P2P}/a/b:v2@{DIGEST}"),
         (f"{ACR}/a/b", f"{ACR_P2P}/a/b"),  # no tag stays no tag (the runtime adds latest)
         ("nginx:1.25", "docker.distributed.io:65001/library/nginx:1.25"),
-        ("registry.example.com:5000/app:v1", "registry.distributed.example.com:65001/app:v1"),
+        (
+            "registry.example.com:5000/app:v1",
+            "registry.distributed-5000.example.com:65001/app:v1",
+        ),
         ("registry.example.com/app:v1", None),  # the pattern names port 5000
         ("quay.io/x/y:1", None),
         (f"{ACR_P2P}/a/b:v1", None),

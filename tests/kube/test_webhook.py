@@ -106,6 +106,7 @@ async def test_status_is_for_loopback_clients_only() -> None:
         ("GET", "/mutate", b"", 405),
         ("POST", "/mutate", b"{not json", 400),
         ("POST", "/mutate", b'{"kind": "AdmissionReview"}', 400),
+        ("POST", "/mutate", b"[" * 200_000 + b"]" * 200_000, 400),  # was a 500 (RecursionError)
     ],
 )
 async def test_bad_requests_get_a_json_error(

@@ -9,6 +9,7 @@ import tomllib
 import pytest
 
 from agent.core.upstream import parse_upstream
+from agent.kube.admission import AdmissionSettings, rewrite_image
 from agent.node.mirrors import (
     MARKER,
     Route,
@@ -36,6 +37,22 @@ def test_distributed_routes_for_eligible_upstreams_only() -> None:
             "distributed",
         )
     ]
+
+
+def test_a_route_for_a_registry_on_its_own_port() -> None:
+    """The route's name is the webhook's image name (issue 13, item 3: the port survives)."""
+    on_5000 = parse_upstream("a.cr.aliyuncs.com:5000")
+    on_443 = parse_upstream("a.cr.aliyuncs.com")
+    routes = wanted_routes((on_5000, on_443), ("*.cr.aliyuncs.com",), 65001)
+    assert [(r.name, r.server) for r in routes] == [
+        ("a.distributed-5000.cr.aliyuncs.com:65001", "https://a.cr.aliyuncs.com:5000"),
+        ("a.distributed.cr.aliyuncs.com:65001", "https://a.cr.aliyuncs.com"),
+    ]
+    settings = AdmissionSettings(registries=("*.cr.aliyuncs.com",), endpoint_port=65001)
+    for route, image in zip(
+        routes, ["a.cr.aliyuncs.com:5000/t/app:v1", "a.cr.aliyuncs.com/t/app:v1"], strict=True
+    ):
+        assert rewrite_image(image, settings) == f"{route.name}/t/app:v1"
 
 
 def test_mirror_and_default_routes() -> None:

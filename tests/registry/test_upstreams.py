@@ -50,6 +50,7 @@ def test_fixture_upstreams() -> None:
         ("a.distributed.distributed.c", "a.distributed.c"),  # only one label is removed
         ("distributed.distributed.a.b", "distributed.a.b"),  # the registry host's first label
         ("distributed.x.distributed.b:65001", "distributed.x.b"),  # ...is never the one removed
+        ("a.distributed-5000.b.c:65001", "a.b.c:5000"),  # the registry's port, in the marker
     ],
 )
 def test_undistributed_host(host_header: str, stripped: str) -> None:
@@ -107,6 +108,9 @@ def test_not_distributed(host_header: str) -> None:
         ("127.0.0.1", LOCAL),
         ("reg.example", ODD_PORT),
         ("[fd00::1]", V6),
+        # a port that is the upstream's explicit one, though its key leaves it out
+        ("plain.example:80", PLAIN),
+        ("test-registry-vpc.cn-hangzhou.cr.aliyuncs.com:443", ACR),
     ],
 )
 def test_match_upstream(named: str, upstream: Upstream) -> None:
@@ -140,6 +144,24 @@ def test_exact_key_beats_bare_host_match() -> None:
     odd_port = parse_upstream("https://reg.example:5000")
     assert match_upstream("reg.example", (odd_port, default_port)) == default_port
     assert match_upstream("reg.example", (default_port, odd_port)) == default_port
+
+
+def test_a_registry_on_its_own_port_next_to_the_same_host_on_443() -> None:
+    """Issue 13, item 3: the webhook's name for `a.cr.aliyuncs.com:5000` images carried no
+    port, so the agent sent their pulls to `a.cr.aliyuncs.com` (443), another registry."""
+    on_443 = parse_upstream("a.cr.aliyuncs.com")
+    on_5000 = parse_upstream("a.cr.aliyuncs.com:5000")
+    both = (on_443, on_5000)
+    for ns, host in [
+        ("a.distributed-5000.cr.aliyuncs.com:65001", None),  # containerd, through hosts.toml
+        (None, "a.distributed-5000.cr.aliyuncs.com:65001"),  # a client resolving the name
+    ]:
+        assert choose_upstream(ns=ns, host_header=host, upstreams=both, default=on_443) == on_5000
+    for ns, host in [
+        ("a.distributed.cr.aliyuncs.com:65001", None),
+        (None, "a.distributed.cr.aliyuncs.com"),
+    ]:
+        assert choose_upstream(ns=ns, host_header=host, upstreams=both, default=on_5000) == on_443
 
 
 def test_no_upstreams() -> None:
@@ -183,6 +205,8 @@ def test_choose_upstream(ns: str | None, host_header: str | None, upstream: Upst
         ("dup.example", None, "dup.example"),
         (None, "registry.distributed.evil.example:65001", "registry.evil.example"),
         (None, "a.distributed.b.c", "a.b.c"),
+        (None, "reg.distributed-5001.example:65001", "reg.example:5001"),  # the port counts
+        ("dup.distributed-7000.example:65001", None, "dup.example:7000"),
         ("registry.distributed.evil.example:65001", None, "registry.evil.example"),
     ],
 )

@@ -2,16 +2,20 @@
 the real thing (there is no API server on these machines).
 
 It speaks the same REST paths and JSON as kube-apiserver for what Pollen calls --
-``/api/v1/namespaces/<ns>/secrets[/<name>]`` (GET, POST, PUT) and
+``/api/v1/namespaces/<ns>/secrets[/<name>]`` (GET, POST, PUT, and PATCH with an RFC 6902
+JSON patch, ``application/json-patch+json``) and
 ``/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/<name>`` (GET, PUT) --
 over HTTPS with a bearer token, with the API server's semantics that matter here:
 ``metav1.Status`` error bodies with ``reason`` (NotFound, AlreadyExists, Conflict,
-Unauthorized, Invalid), ``resourceVersion`` optimistic concurrency on PUT, immutable Secret
-``type``, and server-set ``uid``/``creationTimestamp``. A thread serves it (stdlib
+Unauthorized, Invalid), ``resourceVersion`` optimistic concurrency on PUT, a JSON patch whose
+``test`` operation fails refused with 422 and nothing written (as kube-apiserver does), an
+immutable Secret ``type``, and server-set ``uid``/``creationTimestamp``. A thread serves it (stdlib
 http.server), so it shares no code with the Pollen client under test.
 
 Faults: `fail(method, path_prefix, status)` answers matching requests with an error;
-`delay` holds every answer. `requests` records (method, path) of everything received.
+`delay` holds every answer; `before(method, path)`, when set, runs ahead of each request --
+another client's write landing between two of Pollen's calls. `requests` records (method,
+path) of everything received.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import jsonpatch
+import jsonpointer
 
 SECRETS = re.compile(r"^/api/v1/namespaces/([a-z0-9-]+)/secrets(?:/([a-z0-9.-]+))?$")
 MWC = re.compile(
@@ -55,6 +63,7 @@ class KubeStandIn:
         self.requests: list[tuple[str, str]] = []
         self.faults: list[tuple[str, str, int]] = []
         self.delay = 0.0
+        self.before: Callable[[str, str], None] | None = None
         self._version = 100
         self._lock = threading.Lock()
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -77,7 +86,11 @@ class KubeStandIn:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
                 code, payload = standin.handle(
-                    self.command, self.path, self.headers.get("authorization"), body
+                    self.command,
+                    self.path,
+                    self.headers.get("authorization"),
+                    body,
+                    self.headers.get("content-type") or "",
                 )
                 data = json.dumps(payload).encode()
                 self.send_response(code)
@@ -86,7 +99,7 @@ class KubeStandIn:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_PUT = do_DELETE = _answer
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
@@ -147,10 +160,12 @@ class KubeStandIn:
         return copy.deepcopy(body)
 
     def handle(
-        self, method: str, path: str, auth: str | None, raw: bytes
+        self, method: str, path: str, auth: str | None, raw: bytes, content_type: str = ""
     ) -> tuple[int, dict[str, Any]]:
         if self.delay:
             time.sleep(self.delay)
+        if self.before is not None:
+            self.before(method, path)
         with self._lock:
             self.requests.append((method, path))
             if auth != f"Bearer {self.token}":
@@ -163,6 +178,8 @@ class KubeStandIn:
             except ValueError:
                 return 400, status(400, "BadRequest", "body is not JSON")
             if m := SECRETS.match(path):
+                if method == "PATCH":
+                    return self._patch_secret(m.group(1), m.group(2), body, content_type)
                 return self._secrets(method, m.group(1), m.group(2), body)
             if m := MWC.match(path):
                 return self._mwc(method, m.group(1), body)
@@ -215,6 +232,27 @@ class KubeStandIn:
                 return 422, status(422, "Invalid", "type: Invalid value: field is immutable")
             return 200, self._store("secrets", namespace, body)
         return 405, status(405, "MethodNotAllowed", f"{method} not allowed")
+
+    def _patch_secret(
+        self, namespace: str, name: str | None, ops: Any, content_type: str
+    ) -> tuple[int, dict[str, Any]]:
+        if not name:
+            return 405, status(405, "MethodNotAllowed", "PATCH needs a name")
+        if content_type != "application/json-patch+json":
+            return 415, status(415, "UnsupportedMediaType", f"unsupported {content_type!r}")
+        found = self.objects.get(("secrets", namespace, name))
+        if found is None:
+            return 404, status(404, "NotFound", f'secrets "{name}" not found')
+        try:
+            patched = jsonpatch.apply_patch(found, ops)
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+            # kube-apiserver answers a failed `test` (or any patch error) 422 and writes nothing.
+            return 422, status(422, "Invalid", f"the server rejected our request: {exc}")
+        if patched.get("type", "Opaque") != found.get("type", "Opaque"):
+            return 422, status(422, "Invalid", "type: Invalid value: field is immutable")
+        if bad := self._check_body(patched, "Secret", name, namespace):
+            return bad
+        return 200, self._store("secrets", namespace, patched)
 
     def _mwc(self, method: str, name: str, body: Any) -> tuple[int, dict[str, Any]]:
         key = ("mutatingwebhookconfigurations", "", name)
