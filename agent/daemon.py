@@ -95,6 +95,7 @@ class Agent:
                 registry=self.registry,
                 retries=config.upstream_retries,
                 observer=self.telemetry,
+                slow_reader=config.slow_reader_timeout,
             ),
             concurrency_limit=config.proxy_concurrency_limit,
             swarm=self.swarm,

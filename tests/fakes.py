@@ -249,7 +249,12 @@ class DataPath:
         http = plain_http_client(config.upstream_timeout)
         registry = RegistryClient(http, retries=config.upstream_retries)
         fetcher = LayerFetcher(
-            FetchContext(cache=cache, registry=registry, retries=config.upstream_retries),
+            FetchContext(
+                cache=cache,
+                registry=registry,
+                retries=config.upstream_retries,
+                slow_reader=config.slow_reader_timeout,
+            ),
             concurrency_limit=config.proxy_concurrency_limit,
             swarm=swarm,
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,6 +32,7 @@ import trio
 from agent.cache.chunks import ChunkLayout
 from agent.cache.store import CacheEntry
 from agent.core.errors import RegistryError
+from agent.fetch.fanout import Chunk, Fanout
 from agent.fetch.model import (
     CacheWriteFailed,
     DownloadProgress,
@@ -54,8 +56,6 @@ from agent.swarm.download import SwarmContext, SwarmDownload, SwarmUnavailable
 
 log = logging.getLogger(__name__)
 
-Chunk = bytearray | memoryview  # one chunk's bytes; aligned memory when the cache is O_DIRECT
-STREAM_CHANNEL_CHUNKS = 1
 HOT_CHUNKS = 2  # chunks already on disk kept in memory for readers close behind
 WRITES_IN_FLIGHT = 2  # chunk writes overlapping the network receive, per layer
 
@@ -73,12 +73,10 @@ class LayerDownload:
         ring: bool = False,
     ) -> None:
         self.ref, self.digest, self.upstream, self.repo = ref, ref.digest, ref.upstream, ref.repo
-        self._headers = ref.headers
-        self._expected_size = ref.size
-        self._cache = context.cache
-        self._registry = context.registry
+        self._headers, self._expected_size = ref.headers, ref.size
+        self._cache, self._registry = context.cache, context.registry
         self._retries = context.retries
-        self._observer = context.observer
+        self._observer, self._slow_reader = context.observer, context.slow_reader
         self._cacheable = cacheable
         self._swarm = swarm
         # A layer bigger than the cache passes through a ring of slots when it serves peers
@@ -98,7 +96,7 @@ class LayerDownload:
         self.stream_mode = False
         self.verified = False
         self._changed = trio.Event()
-        self._subscribers: list[trio.MemorySendChannel[Chunk | None]] = []
+        self._subscribers = Fanout(self._slow_reader, self._dropped_slow)
         self._hot: OrderedDict[int, Chunk] = OrderedDict()
         self._unwritten: set[int] = set()  # in memory, write to disk in progress
         self._write_slots = trio.Semaphore(WRITES_IN_FLIGHT)
@@ -121,14 +119,21 @@ class LayerDownload:
         """Register a reader before the body starts, in case this becomes a stream download."""
         if self.started.is_set():
             return None
-        send, receive = trio.open_memory_channel[Chunk | None](STREAM_CHANNEL_CHUNKS)
-        self._subscribers.append(send)
-        return receive
+        return self._subscribers.subscribe()
 
-    async def wait_chunk(self, index: int) -> None:
-        """Wait until chunk `index` can be read: in memory or on disk."""
-        assert self.entry is not None
-        await self._wait_until(lambda: self.holds(index))
+    async def wait_chunk(self, index: int, reader: int | None = None) -> None:
+        """Wait until chunk `index` can be read: in memory or on disk (unless `reader` was
+        dropped for holding the others back: then ReaderDropped)."""
+        entry = self.entry
+        assert entry is not None
+        while not (self.holds(index) or self.readers.is_dropped(reader)):
+            self._raise_if_failed()
+            ring_full = entry.slots is not None and index >= self.past() + entry.slots
+            if ring_full:  # up to a reader behind this one: it has so long to move on
+                self._drop_stuck(index - (entry.slots or 0))
+            with trio.move_on_after(SLOT_RECHECK if ring_full else math.inf):
+                await self._changed.wait()
+        self.readers.check(reader)
 
     async def wait_written(self, index: int) -> None:
         """Wait until chunk `index` is in the cache file (servable to peers)."""
@@ -187,8 +192,7 @@ class LayerDownload:
             self._fail(exc)
             raise
         finally:
-            for send in self._subscribers:
-                send.close()
+            self._subscribers.close()
             if self.entry is not None:
                 self._cache.unpin(self.entry)
             self.started.set()
@@ -252,9 +256,7 @@ class LayerDownload:
             how = f"does not fit the cache; streaming to {len(self._subscribers)} reader(s)"
         else:
             self.progress.mode = "cache"
-            for send in self._subscribers:
-                send.close()
-            self._subscribers.clear()
+            self._subscribers.close()
             how = f"passes through {self.entry.slots} slots"
         if self.entry is None or self.entry.slots:
             log.info("layer %s (%d bytes) %s", self.digest, size, how)
@@ -405,7 +407,7 @@ class LayerDownload:
 
     def reader_at(self, reader: int, index: int) -> None:
         """Reader `reader` has read every chunk below `index` (a ring's slots may free)."""
-        self.readers.at(reader, index)
+        self.readers.at(reader, index, trio.current_time())
         self._wake_ring()
 
     def reader_gone(self, reader: int) -> None:
@@ -420,10 +422,11 @@ class LayerDownload:
 
     async def _free_slot(self, index: int) -> None:
         """Wait until the slot of chunk `index` holds nothing a reader or a peer still needs,
-        and let its chunk go."""
+        and let its chunk go. Readers that keep it longer than slowReaderTimeout are dropped."""
         entry = self.entry
         assert entry is not None
         while (held := slot_holder(entry, index, self._unwritten)) is not None:
+            self._drop_stuck(held)
             if (
                 held not in self._unwritten
                 and held < self.past()
@@ -438,6 +441,17 @@ class LayerDownload:
             self._raise_if_failed()
             with trio.move_on_after(SLOT_RECHECK):
                 await self._changed.wait()
+
+    def _drop_stuck(self, index: int) -> None:
+        """Drop the readers not past chunk `index` that have not moved for slowReaderTimeout."""
+        since = trio.current_time() - self._slow_reader
+        self._dropped_slow(self.readers.drop_stuck(index, since, self.holds))
+
+    def _dropped_slow(self, count: int) -> None:
+        for _ in range(count):
+            log.warning("layer %s: a reader held the others back; dropped", self.digest)
+            self._observer.limit_hit("proxy", "slow_reader")
+        self._notify()  # a dropped reader waiting for a chunk learns it
 
     def recheck(self) -> None:
         """`keep` may say otherwise now: a ring writer waiting for a slot looks again."""
@@ -520,15 +534,7 @@ class LayerDownload:
 
     async def _emit(self, index: int, data: Chunk, sha256: str | None = None) -> None:
         if self.stream_mode:
-            alive = []
-            for send in self._subscribers:
-                try:
-                    await send.send(data)
-                    alive.append(send)
-                except trio.BrokenResourceError:
-                    pass
-            self._subscribers = alive
-            if not alive:
+            if not await self._subscribers.send(data):
                 raise LayerFailed("every reader of a streamed layer went away")
             return
         assert self.entry is not None and self._nursery is not None
@@ -577,11 +583,7 @@ class LayerDownload:
 
     async def _finish(self) -> None:
         if self.stream_mode:
-            for send in self._subscribers:
-                try:
-                    await send.send(None)  # end marker: the layer matched its digest
-                except trio.BrokenResourceError:
-                    pass
+            await self._subscribers.send(None)  # end marker: the layer matched its digest
         else:
             assert self.entry is not None
             if self.entry.slots is None:  # a ring's chunks passed through: nothing to keep

@@ -50,6 +50,7 @@ class FetchContext:
     registry: RegistryClient
     retries: int  # upstreamRetries: tries after the first, per request and per broken body
     observer: Observer = NULL_OBSERVER
+    slow_reader: float = 10.0  # slowReaderTimeout: a reader holding the others back goes
 
 
 @dataclass(kw_only=True)

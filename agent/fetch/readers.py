@@ -185,7 +185,8 @@ class DownloadReader(BlobSource):
                     if held:
                         yield held
                     held = piece
-        raise LayerFailed(f"layer {self.download.digest} failed: {self.download.error}")
+        why = self.download.error or "this reader held the others back too long and was dropped"
+        raise LayerFailed(f"layer {self.download.digest} failed: {why}")
 
     def close(self) -> None:
         if self._closed:
@@ -257,7 +258,7 @@ async def _follow(
     seconds that took), the last one only once the whole layer matched its digest; `reader`
     moves past each chunk once its bytes are the client's (a ring may let it go then)."""
     for index in indexes:
-        await download.wait_chunk(index)
+        await download.wait_chunk(index, reader)
         if index == indexes[-1]:
             await download.wait_verified()
         data: Chunk | bytes | None = download.hot_chunk(index)

@@ -15,6 +15,11 @@ still holds a chunk a reader needs waits: slow readers hold the download back, t
 lose bytes. A lower chunk fetched again (the root's Range request for a chunk the swarm lost)
 takes its slot from a higher one, so the lowest chunk anyone waits for always gets a place.
 
+A reader that holds the ring back (its slot is needed, it is not past the chunk in it) for
+longer than slowReaderTimeout is dropped: its response is cut (the client may resume with a
+Range request) and the others go on; one client that stops reading cannot stall a layer for
+every other reader of it. A streamed layer (no ring) drops such a reader the same way.
+
 A reader that comes after the ring let its first chunks go joins where the ring still keeps
 chunks for its readers and gets the chunks before from the upstream (`LateRingReader`).
 
@@ -29,6 +34,7 @@ from collections.abc import Callable, Iterable
 from itertools import chain
 
 from agent.cache.store import CacheEntry
+from agent.fetch.model import LayerFailed
 
 RING_MIN = 16  # slots: the root's window (8), the transfers in flight, and some slack
 SLOT_RECHECK = 0.05  # s between looks at a slot held only by a chunk being sent to a peer
@@ -52,12 +58,18 @@ def slot_holder(entry: CacheEntry, index: int, unwritten: Iterable[int]) -> int 
     return None
 
 
+class ReaderDropped(LayerFailed):
+    """A reader that held the other readers of a layer back longer than slowReaderTimeout."""
+
+
 class Readers:
     """Where each reader of a layer is (the next chunk it reads), and which chunks left the
     ring since the watcher (the swarm driver) last looked."""
 
     def __init__(self) -> None:
         self._at: dict[int, int] = {}
+        self._moved_at: dict[int, float] = {}  # when each reader last moved on
+        self._dropped: set[int] = set()  # readers that held the others back too long
         self._moved: Callable[[], None] | None = None
         self._evicted: set[int] = set()  # chunks left the ring, not yet taken by the watcher
 
@@ -65,7 +77,10 @@ class Readers:
         """Call `moved` whenever a reader advances or leaves (the swarm driver's hook)."""
         self._moved = moved
 
-    def at(self, reader: int, index: int) -> None:
+    def at(self, reader: int, index: int, now: float) -> None:
+        self.check(reader)
+        if self._at.get(reader) != index:
+            self._moved_at[reader] = now
         self._at[reader] = index
         if self._moved is not None:
             self._moved()
@@ -81,8 +96,35 @@ class Readers:
         return evicted
 
     def gone(self, reader: int) -> None:
+        self._dropped.discard(reader)
+        self._moved_at.pop(reader, None)
         if self._at.pop(reader, None) is not None and self._moved is not None:
             self._moved()
+
+    def drop_stuck(self, index: int, since: float, here: Callable[[int], bool]) -> int:
+        """Drop the readers not yet past chunk `index` (they hold a slot the layer needs)
+        that have not moved on since `since` though the chunk they are at is `here` (their
+        client stopped reading; a reader waiting for bytes is never dropped): their next read
+        fails (`ReaderDropped`), the others go on. How many went."""
+        slow = [
+            r
+            for r, at in self._at.items()
+            if at <= index and self._moved_at.get(r, 0) <= since and here(at)
+        ]
+        for reader in slow:
+            del self._at[reader]
+            self._dropped.add(reader)
+        if slow and self._moved is not None:
+            self._moved()
+        return len(slow)
+
+    def is_dropped(self, reader: int | None) -> bool:
+        return reader in self._dropped
+
+    def check(self, reader: int | None) -> None:
+        """Raise ReaderDropped for a reader that was dropped."""
+        if reader in self._dropped:
+            raise ReaderDropped("this reader held the others back too long and was dropped")
 
     def limit_moved(self) -> None:
         """The limit `past` is given moved: the watcher looks again."""

@@ -157,11 +157,9 @@ class Telemetry(Observer):
         )
         self._limit_hits = Counter(
             "pollen_limit_hits",
-            "Times a port's limit was reached, by port and limit: connections (accepting "
-            "waited), client_connections (a client address's connection refused), responses (a "
-            "body waited for a slot), idle_reclaimed and stalled_reclaimed (a connection closed "
-            "to make room), send_timeout (a client took no bytes), head_timeout, "
-            "slow_reader (dropped from a streamed layer), manifest_fetches (a fetch waited)",
+            "Times a limit was reached, by port and limit (connections, client_connections, "
+            "responses, idle_reclaimed, stalled_reclaimed, send_timeout, head_timeout, "
+            "slow_reader, manifest_fetches: docs/SECURITY.md)",
             ["port", "limit"],
             registry=r,
         )

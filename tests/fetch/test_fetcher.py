@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from agent.fetch.model import LayerCorrupt
+from agent.fetch.model import LayerCorrupt, LayerFailed
 from agent.fetch.readers import BlobSource, ResumingBlob
 from agent.registry.routes import parse_digest
 from tests.fakes import DataPath, FakeBlob, FakeRegistry, node_config, read_into
@@ -171,6 +171,52 @@ async def test_layer_bigger_than_the_cache_streams_to_every_reader_in_bounded_me
         assert peak < size // 4, f"streaming held {peak} bytes of a {size}-byte layer"
         assert node.cache.used == 0 and node.cache.get(blob.digest) is None
         assert cached_files(Path(node.config.cache_path)) == []
+
+
+async def test_a_reader_that_stops_reading_a_stream_is_dropped_and_the_others_finish(
+    registry: FakeRegistry, make_node: MakeNode
+) -> None:
+    """One reader that stopped reading held a streamed layer for every other reader until it
+    closed (issue 13: a fast reader sat at 2 MiB for 25 s). Now after slowReaderTimeout it is
+    dropped: the others get the whole layer, it gets an error (its response is cut)."""
+    with trio.fail_after(TIMEOUT):
+        node = await make_node(CACHE_CAPACITY=4 * CHUNK, SLOW_READER_TIMEOUT="0.3s")
+        blob = registry.add(layer(64 * CHUNK), hold=trio.Event())
+        digests: list[str] = []
+        failures: list[str] = []
+        stopped = trio.Event()
+
+        async def reader(stops: bool) -> None:
+            source = await open_layer(node, registry, blob)
+            hasher = hashlib.sha256()
+            try:
+                async with aclosing(source.read(0, source.size)) as pieces:
+                    async for piece in pieces:
+                        hasher.update(piece)
+                        if stops and not stopped.is_set():
+                            stopped.set()
+                            await trio.sleep(2)  # a client that stopped reading, for a while
+            except LayerFailed as exc:
+                failures.append(str(exc))
+                return
+            finally:
+                source.close()
+            digests.append("sha256:" + hasher.hexdigest())
+
+        async with trio.open_nursery() as readers:
+            for stops in (False, True, False):
+                readers.start_soon(reader, stops)
+            await blob.requested.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert blob.hold is not None
+            blob.hold.set()
+            await stopped.wait()
+            started = trio.current_time()
+            while len(digests) < 2:
+                await trio.sleep(0.01)
+            assert trio.current_time() - started < 1.5, "the others waited for the stopped one"
+        assert digests == [blob.digest] * 2
+        assert len(failures) == 1 and "held the others back" in failures[0]
 
 
 async def test_a_reader_arriving_after_a_stream_started_gets_a_download_of_its_own(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent.cache.chunks import ChunkLayout
 from agent.cache.store import CacheEntry
-from agent.fetch.window import RING_MIN, Readers, ring_slots, slot_holder
+from agent.fetch.window import RING_MIN, ReaderDropped, Readers, ring_slots, slot_holder
 
 
 def test_a_ring_takes_half_the_room_at_least_its_minimum_and_never_too_few() -> None:
@@ -36,11 +38,29 @@ def test_readers_past_is_the_slowest_reader_and_never_beyond_the_hash() -> None:
     readers = Readers()
     readers.watch(lambda: moves.append(1))
     assert readers.past(limit=7) == 7  # nobody reads: only the hash holds chunks back
-    readers.at(1, 5)
-    readers.at(2, 3)
+    readers.at(1, 5, now=0.0)
+    readers.at(2, 3, now=0.0)
     assert readers.past(limit=10) == 3
     assert readers.past(limit=2) == 2
     readers.gone(2)
     assert readers.past(limit=10) == 5
     readers.gone(2)  # twice: no second call
     assert len(moves) == 3
+
+
+def test_a_reader_stuck_on_a_chunk_that_is_here_is_dropped_one_waiting_for_bytes_is_not() -> None:
+    readers = Readers()
+    readers.at(1, 3, now=0.0)  # its client stopped reading at chunk 3
+    readers.at(2, 4, now=0.0)  # waits for chunk 4, which has not come
+    readers.at(3, 30, now=9.0)  # far ahead, waiting for a slot
+    here = {3, 5}.__contains__
+    assert readers.drop_stuck(20, since=-1.0, here=here) == 0  # not stuck long enough yet
+    assert readers.drop_stuck(20, since=5.0, here=here) == 1
+    assert readers.is_dropped(1) and not readers.is_dropped(2)
+    assert readers.past(limit=100) == 4
+    with pytest.raises(ReaderDropped):
+        readers.at(1, 4, now=10.0)  # its next read fails: its response is cut
+    readers.at(2, 5, now=10.0)
+    assert readers.drop_stuck(20, since=5.0, here=here) == 0  # it moved since
+    readers.gone(1)
+    assert not readers.is_dropped(1)

@@ -23,6 +23,7 @@ from harness import (
     free_port,
     push_image,
     raw_get,
+    raw_request,
     wait_until,
 )
 from test_swarm_cluster import TOKEN, pull_all
@@ -36,6 +37,35 @@ def rss_mib(agent: AgentProcess, field: str = "VmRSS") -> float:
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     raise AssertionError(f"no {field}")
+
+
+def root_and_agent(
+    make_agent: Callable[..., AgentProcess],
+    registry: Registry,
+    *,
+    root_env: dict[str, str] | None = None,
+    agent_env: dict[str, str] | None = None,
+) -> tuple[AgentProcess, AgentProcess, int]:
+    """A root on 127.0.0.2 and an agent on 127.0.0.3 (256 KiB chunks), and their P2P port."""
+    p2p_port = free_port("127.0.0.2")
+    common = {
+        "POLLEN_ROOTS": f"127.0.0.2:{p2p_port}",
+        "POLLEN_CLUSTER_TOKEN": TOKEN,
+        "POLLEN_P2P_PORT": str(p2p_port),
+        "POLLEN_CACHE_CHUNK_SIZE": "256KiB",
+    }
+    upstream = f"http://{registry.host}"
+    root = make_agent(
+        upstreams=upstream,
+        env={**common, **(root_env or {})},
+        address="127.0.0.2",
+        role="root",
+        name="root",
+    )
+    agent = make_agent(
+        upstreams=upstream, env={**common, **(agent_env or {})}, address="127.0.0.3", name="agent"
+    )
+    return root, agent, p2p_port
 
 
 def cut(hits: dict[str, int]) -> int:
@@ -118,23 +148,12 @@ def test_idle_connections_cannot_take_every_p2p_slot(
     Now at the limit the connection idle longest gives way to the newcomer."""
     image = make_image(layers=(2 * MiB,), seed=132)
     push_image(image, registry, "team/app", "v1")
-    p2p_port = free_port("127.0.0.2")
-    common = {
-        "POLLEN_ROOTS": f"127.0.0.2:{p2p_port}",
-        "POLLEN_CLUSTER_TOKEN": TOKEN,
-        "POLLEN_P2P_PORT": str(p2p_port),
-        "POLLEN_CACHE_CHUNK_SIZE": "256KiB",
-        "POLLEN_UPSTREAM_TIMEOUT": "5",
-    }
-    upstream = f"http://{registry.host}"
-    root = make_agent(
-        upstreams=upstream,
-        env={**common, "POLLEN_P2P_MAX_CONNECTIONS": "256"},
-        address="127.0.0.2",
-        role="root",
-        name="root",
+    root, agent, p2p_port = root_and_agent(
+        make_agent,
+        registry,
+        root_env={"POLLEN_P2P_MAX_CONNECTIONS": "256", "POLLEN_UPSTREAM_TIMEOUT": "5"},
+        agent_env={"POLLEN_UPSTREAM_TIMEOUT": "5"},
     )
-    agent = make_agent(upstreams=upstream, env=common, address="127.0.0.3", name="agent")
     sources = ["127.0.0.66", "127.0.0.67", "127.0.0.68"]  # under each address's own limit
     with sockets(300, ("127.0.0.2", p2p_port), sources, None):
         wait_until(
@@ -149,3 +168,30 @@ def test_idle_connections_cannot_take_every_p2p_slot(
     hits = agent_status(root)["swarm"]["server"]["limit_hits"]
     assert hits.get("idle_reclaimed", 0) >= 1, hits
     assert registry.blob_get_count(image.layer_digests[0]) == 1
+
+
+def test_a_client_that_stops_reading_a_layer_bigger_than_the_cache_is_dropped(
+    registry: Registry, make_image: Callable[..., Image], make_agent: Callable[..., AgentProcess]
+) -> None:
+    """A 24 MiB layer through an agent whose 8 MiB cache passes it through a ring of slots
+    (it serves the swarm too): one client stops reading, and the ring cannot move past the
+    chunk it holds. A fast reader sat there until the slow one closed; now the slow one is
+    dropped after slowReaderTimeout and the fast one gets the whole layer."""
+    image = make_image(layers=(24 * MiB,), seed=133)
+    push_image(image, registry, "team/app", "v1")
+    [layer] = image.layer_digests
+    _root, agent, _ = root_and_agent(
+        make_agent,
+        registry,
+        agent_env={"POLLEN_CACHE_CAPACITY": "8MiB", "POLLEN_SLOW_READER_TIMEOUT": "2"},
+    )
+    url = blob_url("team/app", layer)
+    request = f"GET {url} HTTP/1.1\r\nHost: 127.0.0.3\r\n\r\n".encode()
+    with sockets(1, ("127.0.0.3", agent.port), ["127.0.0.66"], request):
+        time.sleep(0.3)
+        started = time.monotonic()
+        fast = raw_request("127.0.0.3", agent.port, "GET", url, timeout=30)
+        assert fast.status == 200 and fast.sha256 == layer
+        assert time.monotonic() - started < 20
+    log = agent.log_text()
+    assert "passes through 16 slots" in log and "held the others back" in log

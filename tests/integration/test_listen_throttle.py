@@ -27,7 +27,7 @@ def test_listens_on_ipv4_and_ipv6(
     make_agent: Callable[..., AgentProcess],
 ) -> None:
     push_image(small_image, registry, "team/app", "v1")
-    port = free_port("::1")
+    port = free_port("::")  # free on both families (dual-stack), as the agent binds it
     # "::" (like the default 0.0.0.0) means every address, on both families.
     agent = make_agent(
         upstreams=f"http://{registry.host}", env={"POLLEN_LISTEN_ADDRESS": "::"}, port=port
