@@ -30,6 +30,33 @@ RECEIVE_SIZE = 256 * 1024
 RAW_LOW_WATER = 1 << 20
 MAX_IDLE_PER_ORIGIN = 16
 MAX_RESPONSE_HEADER_BYTES = 64 * 1024
+# A body must bring this much per read timeout (upstreamTimeout), not merely some bytes
+# within each: a sender trickling a byte every few seconds held a download, its slot and its
+# readers for ever. 64 KiB per 30 s is ~2 KiB/s, far below any registry that works.
+MIN_BODY_BYTES = 64 * 1024
+
+
+class BodyPace:
+    """Counts a body's bytes against time; `check` says when a whole window brought too few."""
+
+    def __init__(self, window: float, floor: int = MIN_BODY_BYTES) -> None:
+        self.window, self.floor = window, floor
+        self._since: float | None = None
+        self._bytes = 0
+
+    def check(self, received: int, now: float) -> str | None:
+        """Add `received` bytes at `now`; a complaint once a window passed below the floor."""
+        if self._since is None:
+            self._since = now
+        self._bytes += received
+        elapsed = now - self._since
+        if elapsed < self.window:
+            return None
+        if self._bytes < self.floor:
+            due = f"{self.floor} per {self.window:g} s due"
+            return f"sent {self._bytes} bytes in {elapsed:.0f} s ({due})"
+        self._since, self._bytes = now, 0
+        return None
 
 
 class HttpClientError(Exception):
@@ -94,6 +121,12 @@ class ClientResponse:
         self._raw_remaining: int | None = None
         self._raw_pending = memoryview(b"")
         self._low_water = 1  # the socket's SO_RCVLOWAT (the kernel's default: one byte)
+        self._pace = BodyPace(timeout)
+
+    def _paced(self, received: int) -> None:
+        complaint = self._pace.check(received, trio.current_time())
+        if complaint is not None:
+            raise HttpClientError(f"{self.url} {complaint}: too slow")
 
     def header(self, name: str) -> str | None:
         return header_value(self.headers, name)
@@ -124,6 +157,7 @@ class ClientResponse:
                     raise HttpClientError(f"read from {self.url} timed out") from exc
                 except (trio.BrokenResourceError, OSError, ssl.SSLError) as exc:
                     raise HttpClientError(f"read from {self.url} failed: {exc}") from exc
+                self._paced(len(data))
                 try:
                     conn.h11.receive_data(data)
                 except h11.RemoteProtocolError as exc:
@@ -181,6 +215,7 @@ class ClientResponse:
             raise HttpClientError(f"read from {self.url} failed: {exc}") from exc
         if n == 0:
             raise HttpClientError(f"{self.url} closed the connection mid-body")
+        self._paced(n)
         return n
 
     def _set_low_water(self, stream: trio.SocketStream, target: int) -> None:

@@ -92,6 +92,7 @@ class Telemetry(Observer):
         self.windows = {t: SlidingWindow() for t in WINDOW_TYPES}
         self.rejected_counts = dict.fromkeys(("peer_chunk", "layer"), 0)
         self.fetch_failures = dict.fromkeys(("origin", "root", "peer"), 0)
+        self.limit_hits: dict[str, dict[str, int]] = {}  # port -> limit -> times reached
         self.peers: dict[str, PeerState] = {}
         self._alive: Callable[[], bool] = lambda: True
         self._cache: ChunkCache | None = None
@@ -262,6 +263,8 @@ class Telemetry(Observer):
 
     def limit_hit(self, port: str, limit: str) -> None:
         self._limit_hits.labels(port=port, limit=limit).inc()
+        hits = self.limit_hits.setdefault(port, {})
+        hits[limit] = hits.get(limit, 0) + 1
 
     def layer_done(self, report: LayerReport) -> None:
         log.info("%s", report.line())
@@ -310,6 +313,7 @@ class Telemetry(Observer):
             ],
             "rejected": dict(self.rejected_counts),
             "fetch_failures": dict(self.fetch_failures),
+            "limit_hits": {port: dict(hits) for port, hits in self.limit_hits.items()},
             "audit": self.audit.statistics(),
         }
 

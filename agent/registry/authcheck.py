@@ -17,12 +17,20 @@ import trio
 
 from agent.core.upstream import Upstream
 from agent.http.responses import Headers
-from agent.registry.client import RegistryClient, passthrough_error
+from agent.registry.client import RegistryClient, UpstreamUnavailable, passthrough_error
 from agent.registry.routes import Digest
 
 log = logging.getLogger(__name__)
 
 MAX_REMEMBERED = 65536
+
+
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def is_blob_redirect(status: int, location: str | None) -> bool:
+    """A registry sending a blob to object storage: a redirect status with a place to go."""
+    return status in REDIRECTS and bool(location and location.strip())
 
 
 def credential_key(headers: Headers) -> str:
@@ -56,15 +64,21 @@ class AuthChecker:
             return size
         auth_headers = [(k, v) for k, v in headers if k in (b"authorization", b"user-agent")]
         path = f"/v2/{repo}/blobs/{digest}"
-        # A redirect to object storage already means "yes": do not follow it.
+        # A redirect to object storage already means "yes": do not follow it. Only a real
+        # redirect does (a Location to go to); any other 3xx (304, 300...) is no answer.
         async with self._registry.open(
             "HEAD", upstream, path, auth_headers, follow_redirects=False
         ) as response:
             status = response.status
             size = response.content_length if status == 200 else None
-            if not (200 <= status < 400):
+            if not (200 <= status < 300 or is_blob_redirect(status, response.header("location"))):
                 self.results["denied"] += 1
                 log.info("auth check %s %s: upstream said %d", repo, digest, status)
+                if status < 400:  # not a refusal to pass on either: no answer at all
+                    raise UpstreamUnavailable(
+                        f"upstream answered {status} to the access check of {path}: "
+                        "neither a yes nor a no"
+                    )
                 raise await passthrough_error(response, path)
         self.results["allowed"] += 1
         self._allowed[key] = (now + self._ttl, size)

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+import trio
+
 from agent.core.config import Config
 from agent.core.errors import RegistryError
 from agent.core.upstream import Upstream
@@ -49,7 +51,9 @@ from agent.registry.upstreams import choose_upstream
 log = logging.getLogger(__name__)
 
 API_VERSION = (b"docker-distribution-api-version", b"registry/2.0")
-MANIFEST_LIMIT = 16 * 1024 * 1024
+# What containerd (MaxManifestSize), skopeo and the registry (on pull) accept, and the OCI
+# distribution spec's recommended floor: a manifest beyond it is refused, never held.
+MANIFEST_LIMIT = 4 * 1024 * 1024
 V2_BODY_LIMIT = 64 * 1024
 # Response headers of a registry that a client of the mirror needs to see.
 MANIFEST_RESPONSE_HEADERS = (
@@ -92,6 +96,11 @@ class RegistryProxy:
     metrics: Callable[[], Response] | None = None  # /metrics here when not on its own port
     observer: Observer = NULL_OBSERVER  # http:pread and the per-layer summary
     ready: bool = field(default=False, init=False)
+    # manifestFetchLimit: manifests read from upstreams at once (each held in memory whole).
+    manifest_fetches: trio.CapacityLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.manifest_fetches = trio.CapacityLimiter(self.config.manifest_fetch_limit)
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -156,6 +165,14 @@ class RegistryProxy:
         )
 
     async def _manifest(self, request: Request, upstream: Upstream, route: Manifest) -> Response:
+        if not self.manifest_fetches.available_tokens:
+            self.observer.limit_hit("proxy", "manifest_fetches")
+        async with self.manifest_fetches:
+            return await self._fetch_manifest(request, upstream, route)
+
+    async def _fetch_manifest(
+        self, request: Request, upstream: Upstream, route: Manifest
+    ) -> Response:
         headers = forwarded_headers(request.headers)
         path = f"/v2/{route.name}/manifests/{route.reference}"
         # Registries serve manifests themselves; redirects are for blobs (object storage). A
@@ -170,6 +187,11 @@ class RegistryProxy:
                 )
             if resp.status >= 400:
                 raise await passthrough_error(resp, path)
+            if (resp.content_length or 0) > MANIFEST_LIMIT:
+                raise UpstreamUnavailable(
+                    f"manifest {path} from {upstream.key} is {resp.content_length} bytes, more "
+                    f"than the {MANIFEST_LIMIT >> 20} MiB that registries and clients accept"
+                )
             try:
                 body = await resp.read_all(MANIFEST_LIMIT)
             except HttpClientError as exc:

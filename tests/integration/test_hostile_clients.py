@@ -8,6 +8,7 @@ own /proc entry and its status document.
 
 from __future__ import annotations
 
+import concurrent.futures
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,9 @@ from harness import (
     AgentProcess,
     Image,
     Registry,
+    RegistryFront,
     agent_status,
+    blob_path_pattern,
     blob_url,
     free_port,
     push_image,
@@ -195,3 +198,114 @@ def test_a_client_that_stops_reading_a_layer_bigger_than_the_cache_is_dropped(
         assert time.monotonic() - started < 20
     log = agent.log_text()
     assert "passes through 16 slots" in log and "held the others back" in log
+
+
+def test_a_manifest_bigger_than_clients_accept_is_refused_not_held(
+    registry: Registry,
+    make_front: Callable[..., RegistryFront],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """20 clients that never read a 15 MiB manifest took the agent to 364 MiB. containerd,
+    skopeo and the registry itself refuse manifests over 4 MiB; so does the agent now, with
+    a 502 that says so, before reading it."""
+    front = make_front(registry.url)
+    manifest_type = "application/vnd.oci.image.manifest.v1+json"
+    front.answer(
+        r"^/v2/team/app/manifests/huge$",
+        b"{" + b" " * (15 * MiB) + b"}",
+        headers={"Content-Type": manifest_type},
+    )
+    agent = make_agent(upstreams=front.url)
+    refused = raw_get(agent.port, "/v2/team/app/manifests/huge", timeout=10)
+    assert refused.status == 502
+    assert b"more than the 4 MiB" in refused.body
+
+
+def test_manifest_fetches_in_flight_are_capped(
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_front: Callable[..., RegistryFront],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """Each manifest fetch holds its manifest whole and costs the registry a request (Docker
+    Hub counts them): at most manifestFetchLimit are in flight; the rest wait their turn and
+    are served."""
+    image = make_image(layers=(64 * 1024,), seed=134)
+    push_image(image, registry, "team/app", "v1")
+    front = make_front(registry.url)
+    front.trickle(r"/manifests/", piece=64, delay=0.05)  # each fetch lasts a while
+    agent = make_agent(upstreams=front.url, env={"POLLEN_MANIFEST_FETCH_LIMIT": "2"})
+    accept = ("Accept", "application/vnd.oci.image.manifest.v1+json")
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        got = list(
+            pool.map(
+                lambda _: raw_get(agent.port, "/v2/team/app/manifests/v1", accept, timeout=60),
+                range(6),
+            )
+        )
+    assert all(r.status == 200 and r.body == got[0].body for r in got)
+    hits = agent_status(agent)["telemetry"]["limit_hits"]
+    assert hits["proxy"]["manifest_fetches"] >= 1, hits
+
+
+def test_an_access_check_answered_with_a_3xx_that_is_no_redirect_grants_nothing(
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_front: Callable[..., RegistryFront],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """Before handing a cached layer out, the agent asks the registry (HEAD) whether this
+    client may read it; any 3xx counted as yes. A redirect to object storage (a Location to
+    go to) still does; a 304, or a 302 that names no place, is neither yes nor no: 502, and
+    the cached bytes stay where they are."""
+    image = make_image(layers=(256 * 1024,), seed=135)
+    push_image(image, registry, "team/app", "v1")
+    [layer] = image.layer_digests
+    front = make_front(registry.url)
+    agent = make_agent(upstreams=front.url, env={"POLLEN_AUTH_CACHE_TTL": "0"})
+    url = blob_url("team/app", layer)
+    assert raw_get(agent.port, url).sha256 == layer  # cached now
+    pattern = blob_path_pattern(layer)
+    for status, headers in ((304, {}), (302, {}), (300, {"Location": "/elsewhere"})):
+        front.clear_faults()
+        front.fail(pattern, status, methods=("HEAD",), headers=headers)
+        refused = raw_get(agent.port, url)
+        assert refused.status == 502 and refused.sha256 != layer, status
+    front.clear_faults()
+    front.redirect(
+        pattern, lambda m: f"http://127.0.0.1:9/objects/{m['digest']}", methods=("HEAD",)
+    )
+    assert raw_get(agent.port, url).sha256 == layer  # object storage: a yes, as before
+
+
+def test_a_registry_trickling_a_manifest_or_a_layer_is_cut_in_bounded_time(
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_front: Callable[..., RegistryFront],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """A registry sending a few bytes at a time, each within the read timeout, held a
+    manifest fetch (and its client, and a manifestFetchLimit slot) for as long as it liked. A
+    body must now bring 64 KiB (or end) per upstreamTimeout. Layer bodies were bounded
+    already (a raw read waits for a MiB, or the read timeout): checked here too."""
+    image = make_image(layers=(1 * MiB,), seed=136)
+    push_image(image, registry, "team/app", "v1")
+    [layer] = image.layer_digests
+    front = make_front(registry.url)
+    front.trickle(r"/manifests/", piece=10, delay=0.5)  # 20 B/s: a minute for the manifest
+    front.trickle(blob_path_pattern(layer), piece=100, delay=0.5)  # 200 B/s: 90 min a MiB
+    agent = make_agent(
+        upstreams=front.url, env={"POLLEN_UPSTREAM_TIMEOUT": "2", "POLLEN_UPSTREAM_RETRIES": "1"}
+    )
+    accept = ("Accept", "application/vnd.oci.image.manifest.v1+json")
+    started = time.monotonic()
+    manifest = raw_get(agent.port, "/v2/team/app/manifests/v1", accept, timeout=60)
+    assert manifest.status == 502 and b"too slow" in manifest.body
+    assert time.monotonic() - started < 15
+    started = time.monotonic()
+    got = raw_get(agent.port, blob_url("team/app", layer), timeout=60)
+    assert got.sha256 != layer  # cut short or refused: never complete, never for ever
+    assert time.monotonic() - started < 30
+    wait_until(
+        lambda: not agent_status(agent)["layers_in_flight"], timeout=10, what="no download left"
+    )

@@ -76,6 +76,7 @@ class Fault:
     headers: Mapping[str, str] = field(default_factory=dict)
     location: Callable[[re.Match[str]], str] | None = None
     trickle: tuple[int, float] | None = None  # (bytes per piece, seconds between pieces)
+    body: bytes | None = None  # with `status`: this body instead of an error's
     hits: int = 0
 
     def claims(self, method: str, path: str) -> re.Match[str] | None:
@@ -254,6 +255,28 @@ class RegistryFront(_Server):
             )
         )
 
+    def answer(
+        self,
+        pattern: str | re.Pattern[str],
+        body: bytes,
+        *,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        methods: Iterable[str] = ("GET",),
+    ) -> Fault:
+        """Answer `status` with `body` (a registry that sends what it likes) instead of
+        forwarding."""
+        return self._add(
+            Fault(
+                name=f"answer-{status}",
+                pattern=re.compile(pattern) if isinstance(pattern, str) else pattern,
+                methods=frozenset(methods),
+                status=status,
+                headers=dict(headers or {}),
+                body=body,
+            )
+        )
+
     def redirect(
         self,
         pattern: str | re.Pattern[str],
@@ -322,6 +345,8 @@ class RegistryFront(_Server):
             if fault.location is not None:
                 headers.append(("Location", fault.location(match)))
                 body = b""
+            elif fault.body is not None:
+                body = fault.body
             else:
                 body = b'{"errors":[{"code":"UNAVAILABLE","message":"injected by the test front"}]}'
                 headers.append(("Content-Type", "application/json"))
