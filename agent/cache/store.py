@@ -187,13 +187,18 @@ class ChunkCache:
                     removed += 1
                     continue
                 found.append((blob_dir.stat().st_mtime, entry))
-        for _mtime, entry in sorted(found, key=lambda item: item[0]):
+        # Over capacity (a smaller cache.capacity than last run): the newest layers stay, the
+        # oldest go; the ones kept enter the LRU oldest first, as they would have run.
+        keep: list[CacheEntry] = []
+        for _mtime, entry in sorted(found, key=lambda item: item[0], reverse=True):
             if self.used + entry.size > self.capacity:
                 shutil.rmtree(entry.directory, ignore_errors=True)
                 removed += 1
                 continue
-            self._entries[entry.digest] = entry
+            keep.append(entry)
             self.used += entry.size
+        for entry in reversed(keep):
+            self._entries[entry.digest] = entry
             if entry.verified:
                 kept += 1
             else:

@@ -10,7 +10,10 @@ the P2P port speaks TLS.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -48,6 +51,8 @@ class P2PClient:
         self.node = node
         self.tls = tls
         self._scheme = "https" if tls else "http"
+        # Random start: a restarted process never repeats a nonce its root still remembers.
+        self._nonces = itertools.count(secrets.randbits(48) + 1)
 
     def _headers(self, method: str, target: str) -> list[tuple[bytes, bytes]]:
         return request_headers(self._token, self.node, method, target, time.time())
@@ -96,7 +101,8 @@ class P2PClient:
 
     async def plan(self, root: str, request: PlanTarget, authorization: bytes | None) -> Plan:
         """Ask `root` for work on a layer (it may hold the request up to a few seconds)."""
-        target = request.target()
+        # Unique under the signature: the root answers each plan request once.
+        target = dataclasses.replace(request, nonce=next(self._nonces)).target()
         headers = self._headers("GET", target)
         if authorization and self.tls:
             headers.append((AUTHORIZATION_HEADER, authorization))

@@ -67,6 +67,7 @@ TARGET_MAX = REQUEST_LINE_MAX - len("GET  HTTP/1.1\r\n") - 1
 MAX_CHUNKS = 1 << 20  # chunk indexes are below this (1 TiB of layer at 1 MiB chunks)
 MAX_CHUNK_SIZE = 1 << 30
 MAX_WANT = 256  # assignments one plan request may ask for
+MAX_NONCE = 1 << 63  # a plan request's nonce is below this
 MAX_REPORTS = 16  # done + failed entries in one plan request; more wait for the next ask
 MAX_HAVE_CHARS = 6000  # encoded `have`; the worst 2000-chunk holding needs 5928
 NODE_MAX = 80  # a node id, host:port ("[v6]:port" is at most 47)
@@ -327,7 +328,9 @@ class PlanTarget:
       (a restart, an earlier download that failed) and is forgotten;
     - ``poll``: the root may hold the request until it has work for the agent (the agent's
       standing request for work); without it the root answers at once (a report sent the
-      moment a transfer ends, so the sources' slots free without delay).
+      moment a transfer ends, so the sources' slots free without delay);
+    - ``nonce``: makes each request (and its signature) unique, so a root can answer each
+      once (`agent.swarm.replay`); 0: none.
     Node ids are stored canonical (:func:`parse_node`).
     """
 
@@ -343,10 +346,12 @@ class PlanTarget:
     past: int = 0
     fresh: bool = False
     poll: bool = False
+    nonce: int = 0
 
     def __post_init__(self) -> None:
         if type(self.poll) is not bool or type(self.fresh) is not bool:
             raise P2PProtocolError("poll and fresh must be true or false")
+        check_index(self.nonce, "nonce", MAX_NONCE)
         _check_digest(self.digest)
         _check_upstream(self.upstream)
         _check_repo(self.repo)
@@ -408,6 +413,8 @@ class PlanTarget:
             params.append("fresh=1")
         if self.poll:
             params.append("poll=1")
+        if self.nonce:
+            params.append(f"n={self.nonce}")
         return f"{PLAN_PREFIX}{self.digest}?{'&'.join(params)}"
 
 
@@ -424,6 +431,7 @@ _PLAN_PARAMS = (
     "past",
     "fresh",
     "poll",
+    "n",
 )
 _PLAN_REQUIRED = ("upstream", "repo", "want")
 
@@ -507,6 +515,7 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
         past=parse_decimal(params.get("past", "0"), "past", MAX_CHUNKS + 1),
         fresh=fresh_text == "1",
         poll=poll_text == "1",
+        nonce=parse_decimal(params.get("n", "0"), "n", MAX_NONCE),
     )
 
 

@@ -29,6 +29,7 @@ from agent.swarm.protocol import (
     PlanTarget,
     parse_target,
 )
+from agent.swarm.replay import ReplayGuard, signed_time
 from agent.swarm.signing import (
     HEADER_REPLY_AUTH,
     P2PAuthError,
@@ -60,6 +61,7 @@ class P2PService:
         self._hot_chunk = hot_chunk
         self._observer = observer  # rpc:stat / rpc:pread (audit log, metrics)
         self.refused = 0
+        self._replays = ReplayGuard()  # plan requests change the root: each answered once
         self.chunks_served = 0
         self.served_from_memory = 0
 
@@ -84,6 +86,13 @@ class P2PService:
                 authorization = value
         if authorization is not None and not request.tls:
             return plain_error(400, "credentials must not cross the network in clear")
+        refused = self._replays.admit(
+            node, signed_time(request.headers), request_auth(request.headers)
+        )
+        if refused is not None:
+            self.refused += 1
+            log.warning("p2p conn %d from %s: plan refused: %s", request.conn_id, node, refused)
+            return plain_error(401, f"unauthorized: {refused}", close=True)
         plan = await self._plan(node, target, authorization)
         body = plan.to_json()  # the plan's canonical encoding
         signature = sign_reply(self._token, request_auth(request.headers), body)

@@ -12,9 +12,10 @@ clock (the time is an argument), whether a request may be answered at all:
   target (:func:`sign`; :func:`request_headers` builds all four).
 * :func:`verify` answers with the authenticated node id or raises :class:`P2PAuthError`; the
   adapter then sends 401 and no data.
-  A signed request can be replayed within the allowed clock skew; that is accepted, because
-  every P2P request is an idempotent GET/HEAD and chunk bytes are public within the cluster
-  (each is checked against its sha256 anyway).
+  A signed request could be replayed within the allowed clock skew. Chunk requests are
+  idempotent reads of bytes public within the cluster (each checked against its sha256), so
+  that is harmless; plan requests change the root's state, so a root answers each once
+  (:mod:`agent.swarm.replay`).
 * A root's plan reply carries ``x-pollen-reply-auth``: the HMAC of the reply's body bound to
   the request's own ``x-pollen-auth`` (:func:`sign_reply`), so a chunk table or a size that
   anyone on the path altered, or a reply to another request, is refused

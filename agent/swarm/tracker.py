@@ -45,6 +45,7 @@ EXPIRE_EVERY = 0.5
 REFETCHES = 2  # Range requests for lost chunks in flight per layer
 REFETCH_TIMEOUT = 60.0  # s for one, its wait for a slot included
 GONE_AFTER = 3 * LONG_POLL  # an agent pulling a layer asks at least every LONG_POLL seconds
+MAX_NODES_PER_LAYER = 16384  # nodes one root answers about one layer (tiers go beyond)
 
 
 class OriginDownload(Protocol):
@@ -222,6 +223,18 @@ class Tracker:
             if fresh is None:
                 return Plan(size=None, chunk_size=chunk_size, retry_after=0.5)
             layer = fresh
+        if asker not in layer.seen and len(layer.seen) >= MAX_NODES_PER_LAYER:
+            # A token holder can name any number of nodes; each costs the root memory. A
+            # real cluster this big has roots in tiers (each answers its group).
+            log.warning(
+                "tracker %s: %d nodes already; refusing %s", request.digest, len(layer.seen), asker
+            )
+            return Plan(
+                size=None,
+                chunk_size=chunk_size,
+                error=f"this root serves {MAX_NODES_PER_LAYER} nodes for this layer already",
+                error_status=503,
+            )
         layer.last_asked = trio.current_time()
         layer.seen[asker] = layer.last_asked
         if layer.schedule is None:

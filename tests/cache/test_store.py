@@ -216,6 +216,21 @@ async def test_reload_drops_layers_beyond_a_smaller_capacity(tmp_path: Path) -> 
     assert smaller.statistics()["layers"] == 1
 
 
+async def test_reload_over_capacity_keeps_the_newest_layers_in_lru_order(tmp_path: Path) -> None:
+    """A cache over its (smaller) capacity at start-up kept the oldest layers and deleted
+    the newest; now the newest stay, and the oldest of them is the next to go."""
+    cache = make_cache(tmp_path, capacity=10 * CHUNK)
+    layers = [await put(cache, os.urandom(2 * CHUNK)) for _ in range(4)]
+    for age, digest in enumerate(reversed(layers)):  # layers[0] oldest ... layers[3] newest
+        entry = cache.get(digest)
+        assert entry is not None
+        os.utime(entry.directory, (1_000_000 - age * 100, 1_000_000 - age * 100))
+    smaller = make_cache(tmp_path, capacity=5 * CHUNK)
+    assert smaller.used == 4 * CHUNK
+    assert smaller.admit(digest_of(b"new"), 2 * CHUNK) is not None  # the older of the two goes
+    assert [smaller.get(d) is not None for d in layers] == [False, False, False, True]
+
+
 async def test_changed_chunk_size_invalidates_cache(tmp_path: Path) -> None:
     cache = make_cache(tmp_path)
     digest = await put(cache, os.urandom(2 * CHUNK))

@@ -31,6 +31,9 @@ from harness import (
 )
 from test_swarm_cluster import TOKEN, pull_all
 
+from agent.swarm.protocol import PlanTarget
+from agent.swarm.signing import request_headers
+
 MiB = 1 << 20
 
 
@@ -309,3 +312,31 @@ def test_a_registry_trickling_a_manifest_or_a_layer_is_cut_in_bounded_time(
     wait_until(
         lambda: not agent_status(agent)["layers_in_flight"], timeout=10, what="no download left"
     )
+
+
+def test_a_replayed_plan_request_is_refused_by_a_real_root(
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """Anyone on a clear-text path could send a signed plan request again within the 300 s
+    of allowed clock skew, and the root acted on it again (a replayed `fresh` forgets what
+    the node holds, a replayed `failed` benches a source). Now it answers each once."""
+    image = make_image(layers=(512 * 1024,), seed=137)
+    push_image(image, registry, "team/app", "v1")
+    root, _agent, p2p_port = root_and_agent(make_agent, registry)
+    target = PlanTarget(
+        digest=image.layer_digests[0],
+        upstream=registry.host,
+        repo="team/app",
+        want=1,
+        fresh=True,
+        nonce=12345,
+    ).target()
+    headers = request_headers(TOKEN.encode(), "127.0.0.9:1", "GET", target, time.time())
+    lines = [(k.decode(), v.decode()) for k, v in headers]
+    first = raw_request("127.0.0.2", p2p_port, "GET", target, lines, timeout=30)
+    assert first.status == 200, first.body
+    again = raw_request("127.0.0.2", p2p_port, "GET", target, lines, timeout=30)
+    assert again.status == 401 and b"replayed" in again.body
+    assert agent_status(root)["swarm"]["refused"] >= 1

@@ -22,6 +22,7 @@ import pytest
 import trio
 import trio.testing
 
+import agent.swarm.tracker as tracker_module
 from agent.cache.store import CacheEntry
 from agent.core.config import Config
 from agent.fetch.model import LayerCorrupt
@@ -525,6 +526,27 @@ async def test_plan_reaches_the_tracker_and_returns_the_chunk_table(
         refused = await client.plan(root.node, elsewhere, None)
         assert refused.error_status == 403 and not refused.assignments
         assert blob.gets == [None]
+
+
+async def test_a_root_answers_a_bounded_number_of_nodes_per_layer(
+    swarm: Swarm, registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any cluster-token holder can name nodes at will, and each named node cost the root
+    memory for the layer. Past MAX_NODES_PER_LAYER a new node is told to go to the origin
+    (its agent counts the fallback); the nodes already there are answered as before."""
+    monkeypatch.setattr(tracker_module, "MAX_NODES_PER_LAYER", 3)
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        assert root.tracker is not None
+        blob = registry.add(os.urandom(2 * CHUNK))
+        request = plan_request(registry, blob, want=0)
+        for i in range(3):
+            plan = await root.tracker.plan(f"10.9.0.{i}:65002", request, None)
+            assert plan.error is None
+        refused = await root.tracker.plan("10.9.0.99:65002", request, None)
+        assert refused.error_status == 503 and refused.size is None
+        again = await root.tracker.plan("10.9.0.1:65002", request, None)
+        assert again.error is None
 
 
 async def test_a_newer_standing_request_of_a_node_ends_its_older_one(
