@@ -2,8 +2,9 @@
 # Install the Debian packages the integration tests drive, only those whose command is
 # missing: a registry (docker-registry), image and runtime clients (skopeo, containerd's
 # ctr), a disk benchmark (fio), certificates (openssl), network namespaces (iproute2) and
-# `kubectl kustomize` to render deploy/kubernetes (kubernetes-client), and a Prometheus
-# server that scrapes agents in the observability tests (prometheus).
+# `kubectl kustomize` to render deploy/kubernetes (kubernetes-client), a Prometheus
+# server that scrapes agents in the observability tests (prometheus), a clock set off for
+# one process (faketime) and packet filters inside the benches' namespaces (iptables).
 # Idempotent and silent when everything is present.
 set -euo pipefail
 
@@ -20,6 +21,8 @@ wanted=(
   "ip iproute2"
   "kubectl kubernetes-client"
   "prometheus prometheus"
+  "faketime faketime"
+  "iptables iptables"
 )
 
 missing=()

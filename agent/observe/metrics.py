@@ -414,6 +414,11 @@ class _Collector:
         for reason in sorted(set(FALLBACK_KINDS) | set(causes)):
             fallbacks.add_metric([reason], float(causes.get(reason, 0)))
         yield fallbacks
+        yield _counter(
+            "pollen_p2p_clock_refusals",
+            "requests a root refused because this node's clock is too far from its own",
+            float(t._swarm.clock_refusals if t._swarm is not None else 0),
+        )
         auth = CounterMetricFamily(
             "pollen_auth_checks",
             "upstream checks that a client may read a layer, by result",

@@ -73,6 +73,7 @@ class SwarmStatus:
             "peer_bytes": self.swarm.peer_bytes if self.swarm else 0,
             "sealed_layers": self.swarm.sealed if self.swarm else 0,  # no whole-layer pass
             "rehashed_bytes": self.swarm.rehashed_bytes if self.swarm else 0,  # no seal came
+            "clock_refusals": self.swarm.clock_refusals if self.swarm else 0,
             "chunks_served": self.p2p.chunks_served,
             "refused": self.p2p.refused,
             "server": self.server.statistics() if self.server else None,

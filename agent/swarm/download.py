@@ -32,6 +32,7 @@ from agent.swarm.plan import table_digest
 from agent.swarm.planner import Decisions, LayerPlanner, Transfer
 from agent.swarm.protocol import PlanTarget
 from agent.swarm.roots import RootSet
+from agent.swarm.signing import is_clock_refusal
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,23 @@ class SwarmContext:
     peer_bytes: int = 0
     sealed: int = 0  # layers verified by a root's seal instead of a whole-layer pass
     rehashed_bytes: int = 0  # bytes hashed a second time, for a whole-layer digest
+    # Requests a root refused because this node's clock and the root's are too far apart.
+    clock_refusals: int = 0
 
     def fell_back(self, kind: str) -> None:
         self.fallbacks[kind] = self.fallbacks.get(kind, 0) + 1
+
+    def clock_refused(self, root: str, why: str) -> None:
+        """Signatures are good for MAX_SKEW of clock difference: past that, every request is
+        refused, and the node pulls from the registry, until someone fixes its clock."""
+        if self.clock_refusals % 100 == 0:  # the first, then every hundredth: loud, bounded
+            log.error(
+                "root %s refused our request because our clocks differ (%s): this node's time "
+                "is off; fix it (NTP). Until then its layers come from the registry.",
+                root,
+                why,
+            )
+        self.clock_refusals += 1
 
 
 class LayerSink(Protocol):
@@ -296,6 +311,8 @@ class SwarmDownload:
                 with trio.fail_after(self._swarm.plan_timeout):
                     plan = await self._swarm.client.plan(root, request, self._authorization)
             except (PeerError, trio.TooSlowError) as exc:
+                if isinstance(exc, PeerError) and exc.status == 401 and is_clock_refusal(str(exc)):
+                    self._swarm.clock_refused(root, str(exc))
                 await self._send.send(
                     partial(self.planner.unanswered, request, root, str(exc) or "timed out")
                 )

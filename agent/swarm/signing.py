@@ -34,6 +34,13 @@ from agent.swarm.protocol import HEX64_RE, P2PError, P2PProtocolError, is_int, p
 
 PROTOCOL_VERSION = 1
 MAX_SKEW = 300  # seconds a request's x-pollen-time may differ from ours
+CLOCK_REFUSAL = "clocks differ"  # what a refusal for the time says, for the sender to see
+
+
+def is_clock_refusal(message: str) -> bool:
+    """A refusal (its text, as the sender got it) for a time too far from the receiver's."""
+    return CLOCK_REFUSAL in message
+
 
 HEADER_VERSION = b"x-pollen-version"
 HEADER_TIME = b"x-pollen-time"
@@ -141,10 +148,13 @@ def verify(
         raise P2PAuthError(f"malformed x-pollen-time {time_text[:20]!r}")
     sent = int(time_text)
     if sent < now - max_skew:
-        raise P2PAuthError(f"stale request: sent {now - sent:.0f} s ago (limit {max_skew:g} s)")
+        raise P2PAuthError(
+            f"{CLOCK_REFUSAL} (stale request): sent {now - sent:.0f} s ago (limit {max_skew:g} s)"
+        )
     if sent > now + max_skew:
         raise P2PAuthError(
-            f"request from the future: {sent - now:.0f} s ahead (limit {max_skew:g} s)"
+            f"{CLOCK_REFUSAL} (request from the future): {sent - now:.0f} s ahead "
+            f"(limit {max_skew:g} s)"
         )
     node_text = found[HEADER_NODE]
     try:

@@ -9,6 +9,7 @@ own /proc entry and its status document.
 from __future__ import annotations
 
 import concurrent.futures
+import glob
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +36,8 @@ from agent.swarm.protocol import PlanTarget
 from agent.swarm.signing import request_headers
 
 MiB = 1 << 20
+# Debian's faketime (make test installs it): a clock set off for one process.
+FAKETIME_LIBS = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
 
 
 def rss_mib(agent: AgentProcess, field: str = "VmRSS") -> float:
@@ -340,3 +343,31 @@ def test_a_replayed_plan_request_is_refused_by_a_real_root(
     again = raw_request("127.0.0.2", p2p_port, "GET", target, lines, timeout=30)
     assert again.status == 401 and b"replayed" in again.body
     assert agent_status(root)["swarm"]["refused"] >= 1
+
+
+def test_a_node_whose_clock_is_ten_minutes_off_says_so_and_still_pulls(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """P2P signatures allow 300 s of clock difference. An agent whose clock is 10 minutes
+    ahead (libfaketime, for its process only) is refused by the root: it says why, loudly,
+    counts it (pollen_p2p_clock_refusals), and its pulls come from the registry meanwhile --
+    no silent hang, no silent fallback."""
+    image = make_image(layers=(512 * 1024,), seed=138)
+    push_image(image, registry, "team/app", "v1")
+    assert FAKETIME_LIBS, "libfaketime is missing (Debian's faketime; make test installs it)"
+    skewed = {
+        "LD_PRELOAD": FAKETIME_LIBS[0],
+        "FAKETIME": "+10m",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    _root, agent, _ = root_and_agent(make_agent, registry, agent_env=skewed)
+    started = time.monotonic()
+    [got] = pull_all([agent], "team/app:v1", tmp_path / "pull")
+    assert image.layer_digests[0] in got
+    assert time.monotonic() - started < 60
+    swarm = agent_status(agent)["swarm"]
+    assert swarm["clock_refusals"] >= 1 and swarm["origin_fallbacks"] >= 1, swarm
+    assert "our clocks differ" in agent.log_text() and "fix it (NTP)" in agent.log_text()

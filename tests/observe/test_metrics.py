@@ -48,6 +48,7 @@ class FakeAuth:
 
 class FakeSwarm:
     fallbacks = {"root_error": 5, "no_root": 3}
+    clock_refusals = 4
 
 
 def parse(telemetry: Telemetry) -> Samples:
@@ -157,6 +158,7 @@ def test_component_counters_at_scrape_time(telemetry: Telemetry) -> None:
     assert get(s, "pollen_origin_fallbacks_total", reason="root_error") == 5
     assert get(s, "pollen_origin_fallbacks_total", reason="no_root") == 3
     assert get(s, "pollen_origin_fallbacks_total", reason="size") == 0
+    assert get(s, "pollen_p2p_clock_refusals_total") == 4
     assert get(s, "pollen_auth_checks_total", result="denied") == 7
     assert get(s, "pollen_auth_checks_total", result="allowed_cached") == 5
     assert get(s, "pollen_cache_evictions_total") == 2

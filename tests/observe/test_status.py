@@ -58,6 +58,7 @@ class FakeSwarm:
     peer_bytes = 5 << 20
     sealed = 2
     rehashed_bytes = 3
+    clock_refusals = 4
 
 
 class FakeTracker:
@@ -196,6 +197,7 @@ async def test_the_swarm_part_on_a_node_with_roots() -> None:
         "peer_bytes": 5 << 20,
         "sealed_layers": 2,
         "rehashed_bytes": 3,
+        "clock_refusals": 4,
         "chunks_served": 7,
         "refused": 1,
         "server": None,
