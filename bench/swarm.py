@@ -25,17 +25,13 @@ Everything it made (namespaces, processes, files) is removed at the end, also on
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import resource
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +41,20 @@ sys.path.insert(0, str(ROOT))
 import profiling  # noqa: E402
 from harness import build_image  # noqa: E402
 from harness.images import Image  # noqa: E402
-from harness.registry import parse_access_line  # noqa: E402
+from netcluster import (  # noqa: E402
+    P2P_PORT,
+    PROXY_PORT,
+    Host,
+    Network,
+    node_env,
+    origin_bytes,
+    percentile,
+    pull_all,
+    start_node,
+    start_origin,
+    swarm_status,
+    wait_http,
+)
 
 from agent.sim.engine import simulate  # noqa: E402
 from agent.sim.model import ROOT_REQUEST_S, SwarmConfig, SwarmResult  # noqa: E402
@@ -54,163 +63,6 @@ from agent.swarm.protocol import rendezvous_order  # noqa: E402
 
 GiB = 1 << 30
 MiB = 1 << 20
-SUBNET = "198.18.0"
-TOKEN = "bench-cluster-token"
-PROXY_PORT = 65001
-P2P_PORT = 65002
-
-
-def sh(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=timeout)
-
-
-@dataclass
-class Host:
-    index: int
-    netns: str
-    address: str
-    role: str  # origin, root, agent
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def run(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return sh("ip", "netns", "exec", self.netns, *args, **kwargs)  # type: ignore[arg-type]
-
-    def spawn(
-        self, args: list[str], log: Path, env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        out = open(log, "ab")
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        out.close()
-        self.procs.append(proc)
-        return proc
-
-
-class Network:
-    """The namespaces, bridge, veths and shaping; `close()` removes all of it."""
-
-    def __init__(self, tag: str) -> None:
-        self.tag = tag
-        self.hub = f"{tag}-hub"
-        self.hosts: list[Host] = []
-
-    def create_hub(self) -> None:
-        sh("ip", "netns", "add", self.hub)
-        sh("ip", "-n", self.hub, "link", "set", "lo", "up")
-        sh("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", self.hub, "link", "set", "br0", "up")
-
-    def add_host(self, role: str, up_mbit: float, down_mbit: float) -> Host:
-        index = len(self.hosts)
-        host = Host(index, f"{self.tag}-h{index}", f"{SUBNET}.{index + 1}", role)
-        sh("ip", "netns", "add", host.netns)
-        veth = f"v{index}"
-        sh(
-            "ip",
-            "-n",
-            self.hub,
-            "link",
-            "add",
-            veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            host.netns,
-        )
-        sh("ip", "-n", self.hub, "link", "set", veth, "master", "br0", "up")
-        sh("ip", "-n", host.netns, "link", "set", "lo", "up")
-        sh("ip", "-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0")
-        sh("ip", "-n", host.netns, "link", "set", "eth0", "up")
-        # Upload: the host's own end; download: the hub's end (traffic towards the host).
-        shape(host.netns, "eth0", up_mbit)
-        shape(self.hub, veth, down_mbit)
-        self.hosts.append(host)
-        return host
-
-    def close(self) -> None:
-        for host in self.hosts:
-            for proc in host.procs:
-                stop(proc)
-        for host in self.hosts:
-            sh("ip", "netns", "del", host.netns, check=False)
-        sh("ip", "netns", "del", self.hub, check=False)
-
-
-def shape(netns: str, dev: str, mbit: float) -> None:
-    rate_bytes = mbit * 1e6 / 8
-    # The burst must hold a GSO segment (64 KiB) and a few ms of traffic.
-    burst = max(128 * 1024, int(rate_bytes / 100))
-    sh(
-        "ip",
-        "netns",
-        "exec",
-        netns,
-        "tc",
-        "qdisc",
-        "add",
-        "dev",
-        dev,
-        "root",
-        "tbf",
-        "rate",
-        f"{mbit}mbit",
-        "burst",
-        str(burst),
-        "latency",
-        "100ms",
-    )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-
-
-def wait_http(host: Host, url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = host.run(
-            "python3",
-            "-c",
-            f"import urllib.request,sys; urllib.request.urlopen('{url}', timeout=2)",
-            check=False,
-        )
-        if result.returncode == 0 or "HTTP Error" in result.stderr:
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} in {host.netns} did not answer within {timeout}s")
-
-
-def swarm_status(host: Host, field: str) -> int:
-    """One number of the node's swarm status (its loopback-only status page), e.g.
-    ``tracker.plans_answered``."""
-    url = f"http://127.0.0.1:{PROXY_PORT}/_pollen/status"
-    path = "".join(f"[{part!r}]" for part in field.split("."))
-    code = (
-        "import json, urllib.request; "
-        f"status = json.load(urllib.request.urlopen('{url}', timeout=5)); "
-        f"print(status['swarm']{path})"
-    )
-    result = host.run("python3", "-c", code, check=False)
-    return int(result.stdout.strip() or 0)
 
 
 def parse_size(text: str) -> int:
@@ -237,57 +89,6 @@ def children_cpu() -> float:
 
 def profile_target(host: Host) -> tuple[int, str]:
     return host.procs[0].pid, f"{host.role}-{host.index}"
-
-
-def pull_command(client: str, ref: str, dest: Path) -> list[str]:
-    """skopeo copies the image into an OCI layout (layers at once, as containerd fetches
-    them); `light` checks every blob against its digest and keeps nothing (bench/lightpull.py)."""
-    if client == "light":
-        return [sys.executable, str(Path(__file__).with_name("lightpull.py")), ref]
-    return [
-        "skopeo",
-        "copy",
-        "--quiet",
-        "--insecure-policy",
-        "--src-tls-verify=false",
-        f"docker://{ref}",
-        f"oci:{dest}",
-    ]
-
-
-def pull_all(
-    hosts: list[Host], source: str, work: Path, label: str, client: str = "skopeo"
-) -> list[float]:
-    """Start a pull on every host at once; return each one's duration."""
-    started = time.monotonic()
-    procs = []
-    for host in hosts:
-        dest = work / f"{label}-{host.index}"
-        shutil.rmtree(dest, ignore_errors=True)
-        ref = source.format(address=host.address)
-        procs.append(
-            subprocess.Popen(
-                ["ip", "netns", "exec", host.netns, *pull_command(client, ref, dest)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-        )
-    durations = [0.0] * len(procs)
-    pending = set(range(len(procs)))
-    deadline = started + 1800
-    while pending and time.monotonic() < deadline:
-        for i in list(pending):
-            if procs[i].poll() is not None:
-                durations[i] = time.monotonic() - started
-                pending.discard(i)
-                if procs[i].returncode != 0:
-                    why = procs[i].stderr.read().decode()[-300:].strip()
-                    print(f"{label}: the pull on {hosts[i].netns} failed: {why}")
-                    durations[i] = math.nan
-        time.sleep(0.02)
-    if pending:
-        raise RuntimeError(f"{label}: {len(pending)} pulls did not finish")
-    return durations
 
 
 def process_cpu(pids: list[int], *, system_only: bool = False) -> float:
@@ -356,21 +157,6 @@ def tcp_segments(hosts: list[Host]) -> tuple[int, int]:
             elif name == "TcpRetransSegs":
                 retransmitted += int(rest.split()[0])
     return sent, retransmitted
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
-    return ordered[k]
-
-
-def origin_bytes(log: Path, since: int) -> int:
-    total = 0
-    for line in log.read_text(errors="replace").splitlines()[since:]:
-        entry = parse_access_line(line)
-        if entry and entry["method"] == "GET" and "/blobs/" in entry["path"]:
-            total += entry["size"]
-    return total
 
 
 def main() -> int:
@@ -455,33 +241,7 @@ def main() -> int:
         roots = [net.add_host("root", args.node_mbit, args.node_mbit) for _ in range(args.roots)]
         agents = [net.add_host("agent", args.node_mbit, args.node_mbit) for _ in range(args.nodes)]
 
-        # The origin registry, inside its namespace.
-        reg_dir = work / "registry"
-        reg_dir.mkdir()
-        config = {
-            "version": 0.1,
-            "log": {"level": "warn", "accesslog": {"disabled": False}},
-            "storage": {"filesystem": {"rootdirectory": str(reg_dir / "data")}},
-            "http": {"addr": "0.0.0.0:5000"},
-        }
-        (reg_dir / "config.yml").write_text(json.dumps(config))
-        reg_log = reg_dir / "access.log"
-        origin.spawn(
-            ["docker-registry", "serve", str(reg_dir / "config.yml")],
-            reg_log,
-            env={"PATH": os.environ["PATH"]},
-        )
-        wait_http(origin, "http://127.0.0.1:5000/v2/")
-        origin.run(
-            "skopeo",
-            "copy",
-            "--quiet",
-            "--insecure-policy",
-            "--dest-tls-verify=false",
-            f"oci:{image.layout_dir}:{image.tag}",
-            "docker://127.0.0.1:5000/bench/image:v1",
-            timeout=300,
-        )
+        reg_log = start_origin(origin, work, image)
 
         # Roots and agents.
         root_list = ",".join(f"{r.address}:{P2P_PORT}" for r in roots)
@@ -489,21 +249,7 @@ def main() -> int:
             # Tiers: each root answers its own group (agents i mod K) and fetches through all.
             group = i if i < len(roots) else (i - len(roots)) % len(roots)
             own = f"{roots[group].address}:{P2P_PORT}" if args.tiers else root_list
-            env = {
-                "PATH": os.environ["PATH"],
-                "PYTHONUNBUFFERED": "1",
-                "POLLEN_LISTEN_ADDRESS": "0.0.0.0",
-                "POLLEN_NODE_IP": host.address,
-                "POLLEN_PROXY_PORT": str(PROXY_PORT),
-                "POLLEN_P2P_PORT": str(P2P_PORT),
-                "POLLEN_UPSTREAMS": f"http://{origin.address}:5000",
-                "POLLEN_ROOTS": own,
-                "POLLEN_CLUSTER_TOKEN": TOKEN,
-                "POLLEN_CACHE_PATH": str(work / f"cache-{host.index}"),
-                "POLLEN_LOG_DIR": str(work / f"log-{host.index}"),
-                "POLLEN_CACHE_CHUNK_SIZE": args.chunk,
-                "POLLEN_THROTTLE_LIMIT_MB": "100000",
-            }
+            env = node_env(host, origin, own, work, args.chunk)
             if args.tiers and host.role == "root":
                 env["POLLEN_PARENT_ROOTS"] = root_list
             cache = args.root_cache if host.role == "root" and args.root_cache else args.cache
@@ -514,12 +260,7 @@ def main() -> int:
             if args.keep_logs:
                 env["POLLEN_LOG_AUDIT"] = "true"
                 env["POLLEN_LOG_AUDIT_MODE"] = "file"
-            role = "root" if host.role == "root" else "agent"
-            host.spawn(
-                [sys.executable, "-m", "agent", role],
-                work / f"{role}-{host.index}.log",
-                env={**env, "PYTHONPATH": str(ROOT)},
-            )
+            start_node(host, env, work)
         for host in roots + agents:
             wait_http(host, f"http://127.0.0.1:{PROXY_PORT}/readyz")
 
