@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "registry.ranges": 2,  # Range headers and 206/416 decisions
     "registry.upstreams": 2,  # which upstream serves a request
     "cache.chunks": 2,  # chunk geometry
+    "cache.indexfile": 2,  # a cached layer's index lines, written and read back
     "swarm.protocol": 2,  # P2P limits, errors, targets, ranges, ownership
     "swarm.signing": 2,  # P2P request signatures
     "swarm.plan": 2,  # P2P plan replies

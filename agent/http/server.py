@@ -240,14 +240,7 @@ class HttpServer:
                 self._idle_scopes.discard(idle_scope)
             if event is None:  # clean close, idle timeout, TLS on a plain port, or drain
                 return
-            request = Request(
-                method=event.method.decode("ascii", "replace"),
-                target=event.target.decode("latin-1"),
-                headers=[(k.lower(), v) for k, v in event.headers],
-                client=client,
-                conn_id=conn.conn_id,
-                tls=tls,
-            )
+            request = request_from_head(event, client=client, conn_id=conn.conn_id, tls=tls)
             self._active_requests += 1
             self._quiet = trio.Event() if self._quiet.is_set() else self._quiet
             try:
@@ -300,6 +293,34 @@ class HttpServer:
         except h11.LocalProtocolError:
             return False
         return True
+
+
+def check_head(event: h11.Request, max_header_bytes: int) -> h11.Request:
+    """The request head, or h11.RemoteProtocolError (431) when it is over `max_header_bytes`.
+
+    h11 bounds only heads that arrive in pieces; one that arrived whole in a single read is
+    measured here, so the limit holds however it was sent. Pure, so it is fuzzed with h11
+    (fuzz/http_head.py) on the bytes a client sends.
+    """
+    size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+    if size > max_header_bytes:
+        raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+    return event
+
+
+def request_from_head(
+    event: h11.Request, *, client: tuple[str, int], conn_id: int, tls: bool
+) -> Request:
+    """The application's view of a request head: text method and target (latin-1, so every
+    byte h11 let through maps to one character and nothing can fail), header names lower-case."""
+    return Request(
+        method=event.method.decode("ascii", "replace"),
+        target=event.target.decode("latin-1"),
+        headers=[(k.lower(), v) for k, v in event.headers],
+        client=client,
+        conn_id=conn_id,
+        tls=tls,
+    )
 
 
 def _peer_address(stream: trio.abc.Stream) -> tuple[str, int]:
@@ -360,12 +381,7 @@ class _Connection:
                     head_by = trio.current_time() + read_timeout
                 continue
             if isinstance(event, h11.Request):
-                # h11 bounds only heads that arrive in pieces; one that arrived whole in a
-                # single read is measured here, so the limit holds however it was sent.
-                size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
-                if size > self.settings.max_header_bytes:
-                    raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
-                return event
+                return check_head(event, self.settings.max_header_bytes)
             if isinstance(event, h11.ConnectionClosed):
                 return None
             # Data/EndOfMessage of a previous cycle cannot appear here; anything else is noise.

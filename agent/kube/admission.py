@@ -49,6 +49,7 @@ __all__ = [
     "ReviewError",
     "SecretPlan",
     "allowed_response",
+    "decode_review",
     "host_matches",
     "p2p_host",
     "p2p_secret_name",
@@ -302,6 +303,18 @@ def _pull_secret_names(spec: dict[str, Any]) -> list[str]:
         if name:
             names.append(name)
     return names
+
+
+def decode_review(body: bytes) -> object:
+    """The JSON document of a POSTed review; ReviewError (400) when the body is not JSON.
+
+    The body is the API server's, but the port is reachable by anything in the cluster, so
+    what it decodes to is checked by `review_decision`, never trusted.
+    """
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ReviewError(f"body is not JSON: {exc}") from None
 
 
 def _parse_review(review: object) -> tuple[dict[str, Any], str]:

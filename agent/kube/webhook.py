@@ -20,7 +20,6 @@ A malformed review gets HTTP 400 with the reason.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -39,6 +38,7 @@ from agent.kube.admission import (
     ReviewError,
     SecretPlan,
     allowed_response,
+    decode_review,
     review_decision,
 )
 from agent.kube.api import SERVICE_ACCOUNT_DIR, KubeAPI, KubeError
@@ -93,13 +93,7 @@ class AdmissionWebhook:
         if request.method != "POST":
             return _error(405, "POST an AdmissionReview to /mutate")
         try:
-            review = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            self.counts["bad_requests"] += 1
-            log.info("conn %d: review is not JSON: %s", request.conn_id, exc)
-            return _error(400, f"body is not JSON: {exc}")
-        try:
-            answer = await self.admit(review)
+            answer = await self.admit(decode_review(request.body))
         except ReviewError as exc:
             self.counts["bad_requests"] += 1
             log.info("conn %d: malformed AdmissionReview: %s", request.conn_id, exc)
