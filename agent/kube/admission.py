@@ -91,6 +91,8 @@ _PATH_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
+# An object name (DNS-1123 subdomain): a pull secret's name goes into API URLs as it is.
+_OBJECT_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 @dataclass(frozen=True)
@@ -422,7 +424,10 @@ def _image_ops(
 
 def _secret_plans(pod: _Pod) -> list[SecretPlan] | str:
     """A P2P copy of each pull secret the pod names (not of copies it already names), in
-    order, once each; a reason instead when a copy's name would be too long."""
+    order, once each; a reason instead when a name is not an object name (mutating webhooks
+    run before the pod is validated, and the name goes into the URLs the webhook reads and
+    writes secrets at: "..", "a/b" or "a?b" must never reach them) or a copy's name would be
+    too long."""
     secrets = pod.pull_secrets
     unique_sources = [s for i, s in enumerate(secrets) if s not in secrets[:i]]
     sources = [
@@ -430,6 +435,8 @@ def _secret_plans(pod: _Pod) -> list[SecretPlan] | str:
     ]
     plans = []
     for source in sources:
+        if not _OBJECT_NAME_RE.fullmatch(source):
+            return f"pull secret name {source[:80]!r} is not a Kubernetes object name"
         target = p2p_secret_name(source)
         if len(target) > _MAX_NAME:
             return f"pull secret name {source!r} is too long to copy"

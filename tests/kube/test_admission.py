@@ -290,6 +290,16 @@ def test_each_pull_secret_gets_its_copy_once() -> None:
     assert [p.source for p in decision.secrets] == ["a", "b"]
 
 
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../kube-system/x", "a?b", "Upper", "-a"])
+def test_a_pull_secret_that_is_no_object_name_leaves_the_pod_alone(name: str) -> None:
+    # Found by fuzz/admission_review.py: the webhook runs before the pod is validated, and the
+    # name went as it was into the URLs it reads and writes secrets at.
+    patched, decision = apply(review(pod(secrets=["ok", name])))
+    assert decision.patch == () and decision.secrets == ()
+    assert "not a Kubernetes object name" in decision.reason
+    assert images(patched) == [f"{ACR}/docker-builder/nginx:latest"]
+
+
 def test_rewritten_pod_is_left_alone_on_reinvocation() -> None:
     first, _ = apply(review(pod(secrets=["s"])))
     again, decision = apply(review(first))
