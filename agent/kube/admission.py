@@ -373,7 +373,8 @@ def _parse_pod(request: dict[str, Any]) -> _Pod:
     pod = request.get("object")
     if not isinstance(pod, dict):
         raise ReviewError("AdmissionReview.request.object must be a Pod object")
-    metadata = _mapping(pod.get("metadata"), "object.metadata")
+    # Required: the patch adds annotations under it (every pod the API server sends has it).
+    metadata = _mapping(pod.get("metadata"), "object.metadata", optional=False)
     spec = _mapping(pod.get("spec"), "object.spec", optional=False)
     labels = _string_map(metadata.get("labels"), "object.metadata.labels")
     annotations = _string_map(metadata.get("annotations"), "object.metadata.annotations")

@@ -393,6 +393,10 @@ def _broken(mutate: Any) -> dict[str, Any]:
         (_broken(lambda r: r["request"].pop("uid")), "uid"),
         (_broken(lambda r: r["request"].__setitem__("object", "pod")), "object"),
         (_broken(lambda r: r["request"]["object"].pop("spec")), "spec"),
+        # Found by fuzz/admission_review.py: the patch added /metadata/annotations to no
+        # metadata, which the API server cannot apply.
+        (_broken(lambda r: r["request"]["object"].pop("metadata")), "metadata"),
+        (_broken(lambda r: r["request"]["object"].__setitem__("metadata", None)), "metadata"),
         (_broken(lambda r: r["request"]["object"]["spec"].__setitem__("containers", [])), "one"),
         (
             _broken(lambda r: r["request"]["object"]["spec"]["containers"][0].update(image=5)),
