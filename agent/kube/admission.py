@@ -92,6 +92,7 @@ _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 # An object name (DNS-1123 subdomain): a pull secret's name goes into API URLs as it is.
+_NAMESPACE_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")  # a DNS-1123 label
 _OBJECT_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
@@ -383,8 +384,9 @@ def _parse_pod(request: dict[str, Any]) -> _Pod:
         raise ReviewError("object.spec.containers must list at least one container")
     pull_secrets = _pull_secret_names(spec)
     namespace = request.get("namespace") or metadata.get("namespace") or ""
-    if not isinstance(namespace, str):
-        raise ReviewError("request.namespace must be a string")
+    if not isinstance(namespace, str) or not _NAMESPACE_RE.fullmatch(namespace):
+        # The API server always names it; the pull secrets are read and written there.
+        raise ReviewError(f"request.namespace must be a namespace name, got {namespace!r:.80}")
     name = str(metadata.get("name") or metadata.get("generateName") or "")
     return _Pod(metadata, spec, labels, annotations, containers, pull_secrets, namespace, name)
 

@@ -397,6 +397,18 @@ def _broken(mutate: Any) -> dict[str, Any]:
         # metadata, which the API server cannot apply.
         (_broken(lambda r: r["request"]["object"].pop("metadata")), "metadata"),
         (_broken(lambda r: r["request"]["object"].__setitem__("metadata", None)), "metadata"),
+        # Found by fuzz/admission_review.py: with no namespace the pull secrets were planned
+        # in namespace "" (/api/v1/namespaces//secrets).
+        (
+            _broken(
+                lambda r: (
+                    r["request"].pop("namespace"),
+                    r["request"]["object"]["metadata"].pop("namespace"),
+                )
+            ),
+            "namespace",
+        ),
+        (_broken(lambda r: r["request"].__setitem__("namespace", "a/b")), "namespace"),
         (_broken(lambda r: r["request"]["object"]["spec"].__setitem__("containers", [])), "one"),
         (
             _broken(lambda r: r["request"]["object"]["spec"]["containers"][0].update(image=5)),
