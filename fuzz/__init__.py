@@ -10,8 +10,10 @@ RecursionError, UnicodeError..., and what is accepted is well-formed and, where 
 survives a round trip. Anything else raises out of ``fuzz_one``, which is a crash.
 
 `fuzz.run` drives one target under atheris (libFuzzer) for a bounded time; atheris is needed
-only there. ``fuzz/corpus/<target>/`` holds the committed inputs: a few realistic seeds, and
-every input that ever crashed, kept under a name that says what it broke. A crash lands there
+only there. ``fuzz/corpus/<target>/`` holds the committed inputs: ``seed-*``, a few realistic
+ones; ``crash-*``, every input that ever crashed, renamed to say what it broke; ``regress-*``,
+inputs written by hand for a break coverage cannot lead a fuzzer to (JSON nested past the
+decoder's depth: no instrumented branch rewards one more bracket). A crash lands there
 by itself (libFuzzer's artifact prefix), and ``tests/test_fuzz_corpus.py`` replays every file
 through ``fuzz_one`` without atheris, so `make test` fails until it is fixed and then keeps it
 fixed. Inputs libFuzzer finds interesting but harmless stay in ``.cache/fuzz/<target>/``.

@@ -316,8 +316,10 @@ def decode_review(body: bytes) -> object:
     """
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # UnicodeDecodeError included
         raise ReviewError(f"body is not JSON: {exc}") from None
+    except RecursionError:  # "[[[[...": the 4 MiB a review may have, nested
+        raise ReviewError("body is not JSON this decoder reads: nested too deeply") from None
 
 
 def _parse_review(review: object) -> tuple[dict[str, Any], str]:

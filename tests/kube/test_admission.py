@@ -21,6 +21,7 @@ from agent.kube.admission import (
     ImageRef,
     ReviewError,
     SecretPlan,
+    decode_review,
     host_matches,
     p2p_host,
     parse_image,
@@ -427,6 +428,21 @@ def _broken(mutate: Any) -> dict[str, Any]:
 def test_malformed_reviews_raise_with_a_reason(rev: object, reason: str) -> None:
     with pytest.raises(ReviewError, match=reason):
         review_decision(rev, SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "not JSON"),
+        (b"\xff\xfe{", "not JSON"),
+        # Nested past the decoder's depth: RecursionError escaped and the webhook said 500.
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"a":' * 100_000, "nested too deeply"),
+    ],
+)
+def test_a_body_that_is_not_json_is_a_review_error(body: bytes, reason: str) -> None:
+    with pytest.raises(ReviewError, match=reason):
+        decode_review(body)
 
 
 def test_decision_is_pure() -> None:
