@@ -296,15 +296,20 @@ class HttpServer:
 
 
 def check_head(event: h11.Request, max_header_bytes: int) -> h11.Request:
-    """The request head, or h11.RemoteProtocolError (431) when it is over `max_header_bytes`.
+    """The request head, or h11.RemoteProtocolError: 431 when it is over `max_header_bytes`,
+    405 for CONNECT.
 
     h11 bounds only heads that arrive in pieces; one that arrived whole in a single read is
-    measured here, so the limit holds however it was sent. Pure, so it is fuzzed with h11
+    measured here, so the limit holds however it was sent. No port is a forward proxy, and a
+    2xx answer to CONNECT would switch h11 to a tunnel before the answer's body could be sent
+    (the webhook answers 200 on /healthz to any method). Pure, so it is fuzzed with h11
     (fuzz/http_head.py) on the bytes a client sends.
     """
     size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
     if size > max_header_bytes:
         raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+    if event.method == b"CONNECT":
+        raise h11.RemoteProtocolError("CONNECT is not served (no tunnels)", error_status_hint=405)
     return event
 
 

@@ -277,3 +277,15 @@ async def test_every_request_is_reported_with_its_body_bytes() -> None:
         (200, 100),  # cut short after 100 bytes
     ]
     assert all(seconds >= 0 for _, _, seconds in seen)
+
+
+async def test_connect_gets_405_and_the_connection_closes() -> None:
+    # Found by fuzz/http_head.py: a 2xx answer to CONNECT switches h11 to a tunnel, so the
+    # answer's body could not be sent and the client got nothing (the webhook answers 200 on
+    # /healthz whatever the method). No port of Pollen is a forward proxy.
+    async with trio.open_nursery() as nursery:
+        _server, port = await start(nursery)
+        out = await exchange(port, b"CONNECT /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 405")
+        assert b"CONNECT" in out
+        nursery.cancel_scope.cancel()
