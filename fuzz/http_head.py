@@ -48,14 +48,18 @@ def fuzz_one(data: bytes) -> None:
 
 def _one_cycle(conn: h11.Connection, reads: deque[bytes]) -> bool:
     """Like HttpServer._run_cycles' loop body: False when the connection ends."""
+    head_only = False  # as _Connection.head_request: a refused HEAD is answered head only
     try:
         event = _next_head(conn, reads)
+        if event is not None:
+            head_only = event.method == b"HEAD"
+            check_head(event, MAX_HEADER_BYTES)
     except h11.RemoteProtocolError as exc:
         status = exc.error_status_hint
         assert 400 <= status <= 599, f"status hint {status} for {exc!r}"
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             message = "request header too large" if status == 431 else f"bad request: {exc}"
-            _send(conn, plain_error(status, message), head_only=False)
+            _send(conn, plain_error(status, message), head_only=head_only)
         return False
     if event is None:
         return False
@@ -64,9 +68,9 @@ def _one_cycle(conn: h11.Connection, reads: deque[bytes]) -> bool:
         _drop_body(conn, reads)
     except h11.RemoteProtocolError as exc:  # 413, or a malformed body (chunk framing): 400
         assert 400 <= exc.error_status_hint <= 599, repr(exc)
-        _send(conn, plain_error(exc.error_status_hint, str(exc)), head_only=False)
+        _send(conn, plain_error(exc.error_status_hint, str(exc)), head_only=head_only)
         return False
-    _send(conn, bytes_response(200, b"ok\n", PLAIN_TEXT), head_only=event.method == b"HEAD")
+    _send(conn, bytes_response(200, b"ok\n", PLAIN_TEXT), head_only=head_only)
     if h11.MUST_CLOSE in (conn.our_state, conn.their_state):
         return False
     try:
@@ -77,7 +81,8 @@ def _one_cycle(conn: h11.Connection, reads: deque[bytes]) -> bool:
 
 
 def _next_head(conn: h11.Connection, reads: deque[bytes]) -> h11.Request | None:
-    """Like _Connection.next_request; running out of reads is the read timeout."""
+    """Like _Connection.next_request, but for `check_head`, which the caller applies (it
+    must know the method of a head that fails it); running out of reads is the timeout."""
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
@@ -86,7 +91,7 @@ def _next_head(conn: h11.Connection, reads: deque[bytes]) -> h11.Request | None:
             conn.receive_data(reads.popleft())
             continue
         if isinstance(event, h11.Request):
-            return check_head(event, MAX_HEADER_BYTES)
+            return event
         return None
 
 

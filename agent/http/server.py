@@ -234,7 +234,8 @@ class HttpServer:
                 log.info("conn %d: bad request (%s): %s", conn.conn_id, status, exc)
                 if conn.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     message = "request header too large" if status == 431 else f"bad request: {exc}"
-                    await conn.send_response(self._error_response(status, message), head_only=False)
+                    error = self._error_response(status, message)
+                    await conn.send_response(error, head_only=conn.head_request)
                 return
             finally:
                 self._idle_scopes.discard(idle_scope)
@@ -262,7 +263,7 @@ class HttpServer:
             # Answer (413) and close; raised out of here it would end the whole server.
             log.info("conn %d: %s %s: %s", conn.conn_id, request.method, request.target, exc)
             error = self._error_response(exc.error_status_hint, str(exc))
-            await conn.send_response(error, head_only=False)
+            await conn.send_response(error, head_only=request.method == "HEAD")
             await conn.linger()
             return False
         if body is None:  # the peer stopped or stalled mid-body: nothing to hand on
@@ -349,6 +350,8 @@ class _Connection:
         self.conn_id = conn_id
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_bytes)
         self._first_bytes = True
+        # The head being answered is a HEAD's (even one refused): h11 takes no body after it.
+        self.head_request = False
         self._send_lock = trio.Lock()
         self.body_bytes = 0  # of the response being sent
 
@@ -371,6 +374,7 @@ class _Connection:
         few seconds would hold the connection, and its slot, forever)."""
         read_timeout = self.settings.read_timeout
         head_by = trio.current_time() + read_timeout if self.h11.trailing_data[0] else None
+        self.head_request = False
         while True:
             event = self.h11.next_event()
             if event is h11.NEED_DATA:
@@ -386,6 +390,7 @@ class _Connection:
                     head_by = trio.current_time() + read_timeout
                 continue
             if isinstance(event, h11.Request):
+                self.head_request = event.method == b"HEAD"
                 return check_head(event, self.settings.max_header_bytes)
             if isinstance(event, h11.ConnectionClosed):
                 return None
