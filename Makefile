@@ -23,7 +23,7 @@ POLLEN_LOG_DIR ?= $(CURDIR)/.cache/log
 POLLEN_LISTEN_ADDRESS ?= 127.0.0.1
 export POLLEN_CACHE_PATH POLLEN_LOG_DIR POLLEN_LISTEN_ADDRESS
 
-.PHONY: venv build system-deps run test lint docs clean distclean
+.PHONY: venv build system-deps run test lint docs fuzz clean distclean
 
 venv: $(PY)
 
@@ -63,6 +63,21 @@ lint: build
 # docs/REFERENCE.md from config.KEYS, the metric definitions and the audit op codes.
 docs: build
 	$(PY) -m agent.reference > docs/REFERENCE.md
+
+# Each fuzz/ target under atheris for FUZZ_SECONDS, one after the other (FUZZ_TARGETS picks
+# some). Not part of `make test`: a crash is written into fuzz/corpus/<target>/, which the
+# tests replay, so it fails `make test` until it is fixed.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS ?= $(notdir $(wildcard fuzz/corpus/*))
+
+fuzz: build
+	@$(PY) -c 'import atheris' 2>/dev/null || $(PIP) install -q atheris
+	@failed=""; \
+	for target in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$target for $(FUZZ_SECONDS)s"; \
+	  $(PY) -m fuzz.run $$target --seconds $(FUZZ_SECONDS) || failed="$$failed $$target"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: crashes in$$failed (inputs in fuzz/corpus/)" >&2; exit 1; fi
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .hypothesis $(BUILD_STAMP)

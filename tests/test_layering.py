@@ -29,12 +29,12 @@ LAYERS: dict[str, int] = {
     "registry.ranges": 2,  # Range headers and 206/416 decisions
     "registry.upstreams": 2,  # which upstream serves a request
     "cache.chunks": 2,  # chunk geometry
+    "cache.indexfile": 2,  # a cached layer's index lines, written and read back
     "swarm.protocol": 2,  # P2P limits, errors, targets, ranges, ownership
     "swarm.signing": 2,  # P2P request signatures
     "swarm.plan": 2,  # P2P plan replies
     "swarm.schedule": 2,  # the root's per-layer schedule
     "swarm.ledger": 2,  # the schedule's facts: holdings, transfers, slots
-    "swarm.pace": 2,  # the schedule's reading of time: usual durations, who is slow
     "swarm.planner": 2,  # the agent's per-layer planner
     "swarm.decisions": 2,  # what the planner decides, for its driver
     "http.throttle": 2,  # token bucket arithmetic

@@ -1,11 +1,12 @@
 """The disk chunk cache: where layers live on a node, bounded by ``cache.capacity``.
 
 Layout: ``<cache.path>/blobs/<algorithm>/<hex>/`` holds ``data`` (the layer, chunk *i* at
-offset i·chunkSize) and ``index``, an append-only text log::
+offset i·chunkSize) and ``index``, an append-only text log (`agent.cache.indexfile` spells
+and reads its lines)::
 
     pollen-index 1 <digest> <size> <chunk_size>
-    c <index> <length> <xxh3-64 hex>      one line per chunk, written after its data
-    v                                     the whole layer matched its digest
+    c <index> <length> <xxh3-64 hex> <sha256 hex or ->   one line per chunk, after its data
+    v                                                     the whole layer matched its digest
 
 A chunk counts only once its line is in the index, and a layer is served only after ``v``; a
 process killed mid-write therefore leaves nothing that is served wrong. Every chunk read is
@@ -34,12 +35,11 @@ from typing import Protocol
 import xxhash
 
 from agent.cache.chunks import ChunkLayout
+from agent.cache.indexfile import VERIFIED_LINE, chunk_line, header_line, parse_index
 from agent.observe.auditline import FILEREAD, FILEWRITE, failure_size
 from agent.observe.events import NULL_OBSERVER, Observer
 
 log = logging.getLogger(__name__)
-
-INDEX_MAGIC = "pollen-index 1"
 
 
 class ChunkCorrupt(Exception):
@@ -215,42 +215,27 @@ class ChunkCache:
         )
 
     def _load_entry(self, blob_dir: Path) -> CacheEntry | None:
+        """The layer a past run left in `blob_dir`, or None when it must be fetched again
+        (a torn, foreign or damaged index: `parse_index` refuses it)."""
         try:
-            return self._parse_entry(blob_dir)
-        except (ValueError, IndexError):
-            return None  # a torn or foreign index: the layer will be fetched again
-
-    def _parse_entry(self, blob_dir: Path) -> CacheEntry | None:
-        try:
-            lines = (blob_dir / "index").read_text("ascii").split("\n")
+            text = (blob_dir / "index").read_text("ascii")
             data_size = (blob_dir / "data").stat().st_size
-        except (OSError, UnicodeDecodeError):
+            record = parse_index(text)
+        except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
             return None
-        header = lines[0].split(" ")
-        if len(header) != 5 or " ".join(header[:2]) != INDEX_MAGIC:
-            return None  # also a ring layer ("ring=N"): its chunks were passing through
-        digest, size, chunk_size = header[2], int(header[3]), int(header[4])
-        if blob_directory(self.root, digest) != blob_dir or chunk_size != self.chunk_size:
+        if blob_directory(self.root, record.digest) != blob_dir:
+            return None
+        if record.layout.chunk_size != self.chunk_size:
             return None  # a different chunk size means different chunk checksums: refetch
         entry = CacheEntry(
-            digest=digest,
-            layout=ChunkLayout(size=size, chunk_size=chunk_size),
+            digest=record.digest,
+            layout=record.layout,
             directory=blob_dir,
+            checksums=record.checksums,
+            sha256=record.sha256,
+            verified=record.verified,
         )
-        # The last element is "" after a final newline, or a torn line: both ignored.
-        for line in lines[1:-1]:
-            parts = line.split(" ")
-            if parts == ["v"]:
-                entry.verified = True
-            elif len(parts) == 5 and parts[0] == "c" and len(parts[4]) in (1, 64):
-                index, length = int(parts[1]), int(parts[2])
-                if 0 <= index < entry.layout.count and length == entry.layout.length(index):
-                    entry.checksums[index] = int(parts[3], 16)
-                    if parts[4] != "-":
-                        entry.sha256[index] = parts[4]
-            else:
-                return None
-        complete = len(entry.checksums) == entry.layout.count and data_size >= size
+        complete = len(entry.checksums) == entry.layout.count and data_size >= entry.size
         if entry.verified and complete:
             return entry  # trusted as a whole; every read still checks its chunk
         # A layer cut short (kill -9, power loss): keep the chunks whose bytes are on disk and
@@ -285,11 +270,10 @@ class ChunkCache:
 
     def _rewrite_index(self, entry: CacheEntry) -> None:
         """The index of a partial layer as it is now (its good chunks only), replaced at once."""
-        lines = [f"{INDEX_MAGIC} {entry.digest} {entry.size} {self.chunk_size}\n"]
+        lines = [header_line(entry.digest, entry.size, self.chunk_size)]
         for index in sorted(entry.checksums):
-            table = entry.sha256.get(index, "-")
             length = entry.layout.length(index)
-            lines.append(f"c {index} {length} {entry.checksums[index]:016x} {table}\n")
+            lines.append(chunk_line(index, length, entry.checksums[index], entry.sha256.get(index)))
         scratch = entry.index_path.with_suffix(".new")
         scratch.write_text("".join(lines), encoding="ascii")
         os.replace(scratch, entry.index_path)
@@ -343,8 +327,7 @@ class ChunkCache:
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir(parents=True)
             with open(directory / "index", "x", encoding="ascii") as index:
-                ring = f" ring={slots}" if slots is not None else ""  # never kept on restart
-                index.write(f"{INDEX_MAGIC} {digest} {size} {self.chunk_size}{ring}\n")
+                index.write(header_line(digest, size, self.chunk_size, ring=slots))
             fd = self._files.open_file(str(directory / "data"), write=True, create=True)
             try:
                 if self._direct:
@@ -463,8 +446,7 @@ class ChunkCache:
             finally:
                 self._files.close_file(fd)
             checksum = chunk_checksum(data)
-            table = sha256 or "-"
-            self._append_index(entry, f"c {index} {len(data)} {checksum:016x} {table}\n")
+            self._append_index(entry, chunk_line(index, len(data), checksum, sha256))
         except OSError as exc:
             self._observer.disk(
                 FILEWRITE, str(entry.data_path), offset, failure_size(exc), _since(started)
@@ -561,7 +543,7 @@ class ChunkCache:
             raise ValueError(
                 f"{entry.digest}: commit with {len(entry.checksums)} of {entry.layout.count} chunks"
             )
-        self._append_index(entry, "v\n")
+        self._append_index(entry, VERIFIED_LINE)
         entry.verified = True
 
     def _append_index(self, entry: CacheEntry, line: str) -> None:

@@ -254,21 +254,15 @@ class HttpServer:
                 log.info("conn %d: bad request (%s): %s", conn.conn_id, status, exc)
                 if conn.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     message = "request header too large" if status == 431 else f"bad request: {exc}"
-                    await conn.send_response(self._error_response(status, message), head_only=False)
+                    error = self._error_response(status, message)
+                    await conn.send_response(error, head_only=conn.head_request)
                 return
             finally:
                 self._idle_scopes.discard(idle_scope)
                 self.limits.waiting(conn.conn_id, False)
             if event is None:  # clean close, idle timeout, TLS on a plain port, or drain
                 return
-            request = Request(
-                method=event.method.decode("ascii", "replace"),
-                target=event.target.decode("latin-1"),
-                headers=[(k.lower(), v) for k, v in event.headers],
-                client=client,
-                conn_id=conn.conn_id,
-                tls=tls,
-            )
+            request = request_from_head(event, client=client, conn_id=conn.conn_id, tls=tls)
             self._active_requests += 1
             self._quiet = trio.Event() if self._quiet.is_set() else self._quiet
             try:
@@ -290,7 +284,7 @@ class HttpServer:
             # Answer (413) and close; raised out of here it would end the whole server.
             log.info("conn %d: %s %s: %s", conn.conn_id, request.method, request.target, exc)
             error = self._error_response(exc.error_status_hint, str(exc))
-            await conn.send_response(error, head_only=False)
+            await conn.send_response(error, head_only=request.method == "HEAD")
             await conn.linger()
             return False
         if body is None:  # the peer stopped or stalled mid-body: nothing to hand on
@@ -323,6 +317,39 @@ class HttpServer:
         return True
 
 
+def check_head(event: h11.Request, max_header_bytes: int) -> h11.Request:
+    """The request head, or h11.RemoteProtocolError: 431 when it is over `max_header_bytes`,
+    405 for CONNECT.
+
+    h11 bounds only heads that arrive in pieces; one that arrived whole in a single read is
+    measured here, so the limit holds however it was sent. No port is a forward proxy, and a
+    2xx answer to CONNECT would switch h11 to a tunnel before the answer's body could be sent
+    (the webhook answers 200 on /healthz to any method). Pure, so it is fuzzed with h11
+    (fuzz/http_head.py) on the bytes a client sends.
+    """
+    size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+    if size > max_header_bytes:
+        raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+    if event.method == b"CONNECT":
+        raise h11.RemoteProtocolError("CONNECT is not served (no tunnels)", error_status_hint=405)
+    return event
+
+
+def request_from_head(
+    event: h11.Request, *, client: tuple[str, int], conn_id: int, tls: bool
+) -> Request:
+    """The application's view of a request head: text method and target (latin-1, so every
+    byte h11 let through maps to one character and nothing can fail), header names lower-case."""
+    return Request(
+        method=event.method.decode("ascii", "replace"),
+        target=event.target.decode("latin-1"),
+        headers=[(k.lower(), v) for k, v in event.headers],
+        client=client,
+        conn_id=conn_id,
+        tls=tls,
+    )
+
+
 SEND_STEP = 1 << 20  # bytes handed to the kernel under one send deadline
 SMALL_BODY = 64 << 10  # a bytes body up to this size goes out with its head in one send
 
@@ -345,6 +372,8 @@ class _Connection:
         self.client = client
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_header_bytes)
         self._first_bytes = True
+        # The head being answered is a HEAD's (even one refused): h11 takes no body after it.
+        self.head_request = False
         self._send_lock = trio.Lock()
         self.body_bytes = 0  # of the response being sent
 
@@ -367,6 +396,7 @@ class _Connection:
         few seconds would hold the connection, and its slot, forever)."""
         read_timeout = self.settings.read_timeout
         head_by = trio.current_time() + read_timeout if self.h11.trailing_data[0] else None
+        self.head_request = False
         while True:
             event = self.h11.next_event()
             if event is h11.NEED_DATA:
@@ -383,12 +413,8 @@ class _Connection:
                     head_by = trio.current_time() + read_timeout
                 continue
             if isinstance(event, h11.Request):
-                # h11 bounds only heads that arrive in pieces; one that arrived whole in a
-                # single read is measured here, so the limit holds however it was sent.
-                size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
-                if size > self.settings.max_header_bytes:
-                    raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
-                return event
+                self.head_request = event.method == b"HEAD"
+                return check_head(event, self.settings.max_header_bytes)
             if isinstance(event, h11.ConnectionClosed):
                 return None
             # Data/EndOfMessage of a previous cycle cannot appear here; anything else is noise.

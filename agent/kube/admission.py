@@ -53,6 +53,7 @@ __all__ = [
     "ReviewError",
     "SecretPlan",
     "allowed_response",
+    "decode_review",
     "host_matches",
     "p2p_host",
     "p2p_secret_name",
@@ -93,6 +94,9 @@ _PATH_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
+# An object name (DNS-1123 subdomain): a pull secret's name goes into API URLs as it is.
+_NAMESPACE_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")  # a DNS-1123 label
+_OBJECT_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 @dataclass(frozen=True)
@@ -290,6 +294,20 @@ def _pull_secret_names(spec: dict[str, Any]) -> list[str]:
     return names
 
 
+def decode_review(body: bytes) -> object:
+    """The JSON document of a POSTed review; ReviewError (400) when the body is not JSON.
+
+    The body is the API server's, but the port is reachable by anything in the cluster, so
+    what it decodes to is checked by `review_decision`, never trusted.
+    """
+    try:
+        return json.loads(body)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise ReviewError(f"body is not JSON: {exc}") from None
+    except RecursionError:  # "[[[[...": the 4 MiB a review may have, nested
+        raise ReviewError("body is not JSON this decoder reads: nested too deeply") from None
+
+
 def _parse_review(review: object) -> tuple[dict[str, Any], str]:
     """Check the envelope; return (request, uid)."""
     if not isinstance(review, dict):
@@ -344,7 +362,8 @@ def _parse_pod(request: dict[str, Any]) -> _Pod:
     pod = request.get("object")
     if not isinstance(pod, dict):
         raise ReviewError("AdmissionReview.request.object must be a Pod object")
-    metadata = _mapping(pod.get("metadata"), "object.metadata")
+    # Required: the patch adds annotations under it (every pod the API server sends has it).
+    metadata = _mapping(pod.get("metadata"), "object.metadata", optional=False)
     spec = _mapping(pod.get("spec"), "object.spec", optional=False)
     labels = _string_map(metadata.get("labels"), "object.metadata.labels")
     annotations = _string_map(metadata.get("annotations"), "object.metadata.annotations")
@@ -353,8 +372,9 @@ def _parse_pod(request: dict[str, Any]) -> _Pod:
         raise ReviewError("object.spec.containers must list at least one container")
     pull_secrets = _pull_secret_names(spec)
     namespace = request.get("namespace") or metadata.get("namespace") or ""
-    if not isinstance(namespace, str):
-        raise ReviewError("request.namespace must be a string")
+    if not isinstance(namespace, str) or not _NAMESPACE_RE.fullmatch(namespace):
+        # The API server always names it; the pull secrets are read and written there.
+        raise ReviewError(f"request.namespace must be a namespace name, got {namespace!r:.80}")
     name = str(metadata.get("name") or metadata.get("generateName") or "")
     return _Pod(metadata, spec, labels, annotations, containers, pull_secrets, namespace, name)
 
@@ -395,7 +415,10 @@ def _image_ops(
 
 def _secret_plans(pod: _Pod) -> list[SecretPlan] | str:
     """A P2P copy of each pull secret the pod names (not of copies it already names), in
-    order, once each; a reason instead when a copy's name would be too long."""
+    order, once each; a reason instead when a name is not an object name (mutating webhooks
+    run before the pod is validated, and the name goes into the URLs the webhook reads and
+    writes secrets at: "..", "a/b" or "a?b" must never reach them) or a copy's name would be
+    too long."""
     secrets = pod.pull_secrets
     unique_sources = [s for i, s in enumerate(secrets) if s not in secrets[:i]]
     sources = [
@@ -403,6 +426,8 @@ def _secret_plans(pod: _Pod) -> list[SecretPlan] | str:
     ]
     plans = []
     for source in sources:
+        if not _OBJECT_NAME_RE.fullmatch(source):
+            return f"pull secret name {source[:80]!r} is not a Kubernetes object name"
         target = p2p_secret_name(source)
         if len(target) > _MAX_NAME:
             return f"pull secret name {source!r} is too long to copy"

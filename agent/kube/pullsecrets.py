@@ -61,7 +61,7 @@ def _decode(data: Mapping[str, Any], key: str, source: str) -> dict[str, Any]:
         raise DeriveError(f"secret {source} has no {key} data")
     try:
         parsed = json.loads(base64.b64decode(raw, validate=True))
-    except (binascii.Error, ValueError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:  # Recursion: "[[[[..."
         raise DeriveError(f"secret {source}: {key} is not base64 JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise DeriveError(f"secret {source}: {key} is not a JSON object")

@@ -25,7 +25,6 @@ A malformed review gets HTTP 400 with the reason.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -44,6 +43,7 @@ from agent.kube.admission import (
     ReviewError,
     SecretPlan,
     allowed_response,
+    decode_review,
     review_decision,
 )
 from agent.kube.api import SERVICE_ACCOUNT_DIR, KubeAPI, KubeError
@@ -124,12 +124,7 @@ class AdmissionWebhook:
         100 MiB), and only one is ever alive at a time, since parsing never yields to another
         request. MAX_REVIEW_BYTES bounds that one.
         """
-        try:
-            review = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ReviewError(f"body is not JSON: {exc}") from None
-        except RecursionError:
-            raise ReviewError("body is not JSON we accept: nested too deeply") from None
+        review = decode_review(body)
         try:
             return review_decision(review, self.settings)
         except ReviewError as exc:

@@ -127,7 +127,12 @@ def parse_target(method: str, target: str) -> Target:
     """
     if len(target) > TARGET_MAX:
         raise RegistryError(414, "UNSUPPORTED", f"request target longer than {TARGET_MAX} bytes")
-    parts = urlsplit(target)
+    try:
+        parts = urlsplit(target)
+    except ValueError:  # "//x[", "//[x]": an authority with a bad IPv6 literal
+        raise RegistryError(
+            400, "UNSUPPORTED", f"malformed request target {target[:120]!r}"
+        ) from None
     path = unquote(parts.path)
     query = parse_qs(parts.query, keep_blank_values=True)
     ns_values = query.get("ns")

@@ -81,7 +81,6 @@ class Peer:
         "root_copies",
         "banned",
         "pace",
-        "down_pace",
         "past",
         "tails",
     )
@@ -104,7 +103,6 @@ class Peer:
         self.root_copies = 0  # transfers the root was assigned to send it
         self.banned = False
         self.pace = -1.0  # moving average of its uploads' durations (-1: none yet)
-        self.down_pace = -1.0  # ... of its downloads' (a slow link is slow both ways)
         self.past = 0  # chunks below this it no longer wants (its readers are past them)
         # chunk -> source of a transfer in its last bytes (`Ledger.finishing`): no longer a
         # download of this node nor an upload of the source, but in flight until it ends.
@@ -124,7 +122,6 @@ class Peer:
             "demand": self.demand,
             "banned": self.banned,
             "pace": self.pace if self.pace >= 0 else None,
-            "down_pace": self.down_pace if self.down_pace >= 0 else None,
         }
 
 
@@ -160,7 +157,6 @@ class Ledger:
         # Every transfer in flight, in the order issued (expire walks it from the front).
         self.flights: dict[FlightKey, Assignment] = {}
         self.root_uploads = 0
-        self.root_flights: set[FlightKey] = set()  # the transfers holding the root's slots
         self.root_sending = bytearray(chunk_count)  # chunk in flight from the root
         # Chunks on the root's disk: a prefix while it fetches the origin in order, a window
         # when its cache is smaller than the layer (`LayerSchedule.root_keeps` says what stays).
@@ -274,7 +270,6 @@ class Ledger:
         peer.demand -= 1
         if src == ROOT:
             self.root_uploads += 1
-            self.root_flights.add(key)
             self.root_sending[chunk] = 1
             peer.from_root += 1
             peer.root_copies += 1
@@ -350,7 +345,6 @@ class Ledger:
                 peer.from_root -= 1
         if src == ROOT:
             self.root_uploads -= 1
-            self.root_flights.discard(key)
         else:
             s = self.peers.get(src)
             if s is not None:
@@ -407,33 +401,6 @@ class Ledger:
     def flying(self, node: str, chunk: int, source: str) -> bool:
         return (self.ids.get(node, -1), chunk, self.ids.get(source, -1)) in self.flights
 
-    def holds(self, node: str, chunk: int) -> bool:
-        """Whether `node` (or the root) holds `chunk`."""
-        self.check_chunk(chunk)
-        if node == self.root:
-            return bool(self.root_held[chunk])
-        peer = self.peers.get(self.ids.get(node, -1))
-        return peer is not None and bool(peer.held[chunk])
-
-    def root_keeps(self, chunk: int) -> bool:
-        """Whether the root must keep `chunk`: it is sending it, or a live node still wants it
-        (peers' windows let chunks go too: a node that joins later gets it fetched again)."""
-        if self.root_sending[chunk]:
-            return True
-        return any(not p.held[chunk] and chunk >= p.past for p in self.peers.values())
-
-    def lost(self, origin: int) -> list[int]:
-        """Chunks a node waits for that no peer it may take them from holds, the root's
-        download has passed and the root no longer holds: only the origin has them now."""
-        out = []
-        for c, waiters in self.waiting.items():
-            if c >= origin or self.root_held[c]:
-                continue
-            holders = self.holders[c]
-            if not holders or all(holders <= self.peers[w].avoid for w in waiters):
-                out.append(c)
-        return sorted(out)
-
     def progress(self, *, origin: int, typical: float | None) -> dict:
         """Counts for status pages and tests: per node, per chunk, and the root's."""
         return {
@@ -469,23 +436,3 @@ class Ledger:
             else:
                 waiters[ident] = None
         peer.waiting_on = chunks
-
-
-WEIGHT = 0.1  # weight of the newest transfer in the moving averages of durations
-LATE = 2.0  # times the usual transfer duration: a transfer this old is late, a source this slow
-
-
-def moving_average(mean: float, sample: float) -> float:
-    """The moving average of durations with `sample` added (-1: no sample yet)."""
-    return sample if mean < 0 else mean + WEIGHT * (sample - mean)
-
-
-def receiver_explains(down_pace: float, source_fast: bool, took: float, typical: float) -> bool:
-    """Whether a transfer took `took` because its receiver downloads slowly (a straggler's
-    link; `down_pace`: its downloads' moving average): then it says nothing of its source's
-    pace nor of the usual duration. Known slow, or this slow from a source known to be fast
-    (the root, or a peer whose pace is usual)."""
-    if typical <= 0:
-        return False
-    limit = LATE * typical
-    return down_pace > limit or (took > limit and source_fast)

@@ -46,9 +46,7 @@ and the root's link, the narrowest point, busy with first copies only.
   are served by whoever is idle.
 - **Slow sources.** A peer whose pace is LATE times the usual transfer duration or worse only
   serves chunks that no faster peer holds, and gets no first copies from the root while a
-  faster node exists: a slow link loses its requests to faster holders. A slow receiver (its
-  downloads that slow) gets no first copies either, and its transfers count neither in its
-  sources' pace nor in the usual duration: one straggler does not make the others look slow.
+  faster node exists: a slow link loses its requests to faster holders.
 - **Pipelining.** A transfer `finishing` (its last bytes, about a plan round trip before the
   end) frees both ends' slots: each link's next transfer starts as this one ends.
 - **Late transfers, endgame.** A transfer from a peer that has run LATE times the usual
@@ -74,21 +72,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from agent.swarm.ledger import (
-    NOTHING,
-    ROOT,
-    Actions,
-    Assignment,
-    Batch,
-    FlightKey,
-    Ledger,
-    Peer,
-)
-from agent.swarm.pace import Pace
+from agent.swarm.ledger import NOTHING, ROOT, Actions, Assignment, Batch, FlightKey, Ledger, Peer
 
 __all__ = ["NOTHING", "Actions", "Assignment", "LayerSchedule"]
 
+LATE = 2.0  # times the usual transfer duration: a transfer this old is late, a source this slow
 SCAN = 16  # idle holders looked at, at most, when choosing a source among many
+WEIGHT = 0.1  # weight of the newest transfer in the moving averages of durations
 
 
 class LayerSchedule:
@@ -104,12 +94,15 @@ class LayerSchedule:
         root_upload_slots: int = 1,
         transfer_timeout: float = 10.0,
         endgame: int = 2,
-        typical: float = -1.0,
     ) -> None:
-        if chunk_count < 0 or window < 1 or upload_slots < 1 or root_upload_slots < 1:
-            raise ValueError("chunk_count must be >= 0; window, upload_slots and root slots >= 1")
-        if transfer_timeout <= 0 or endgame < 0 or not root:
-            raise ValueError("transfer_timeout must be > 0, endgame >= 0, and the root named")
+        if chunk_count < 0:
+            raise ValueError(f"chunk_count must be >= 0, not {chunk_count}")
+        if window < 1 or upload_slots < 1 or root_upload_slots < 1:
+            raise ValueError("window, upload_slots and root_upload_slots must be >= 1")
+        if transfer_timeout <= 0 or endgame < 0:
+            raise ValueError("transfer_timeout must be > 0 and endgame >= 0")
+        if not root:
+            raise ValueError("the root needs a name")
         self.chunk_count = chunk_count
         self.root = root
         self.window = window
@@ -132,8 +125,7 @@ class LayerSchedule:
         self._root_sending: bytearray = ledger.root_sending
         self._root_held: bytearray = ledger.root_held
         self._waiting: dict[int, dict[int, None]] = ledger.waiting
-        self._pace = Pace(ledger, chunk_count=chunk_count, endgame=endgame)
-        self._pace.typical = typical  # the usual transfer duration, as other layers found it
+        self._typical = -1.0  # moving average of all transfer durations (-1: none yet)
 
     # ----------------------------------------------------------------------------------------
     # Events
@@ -205,12 +197,15 @@ class LayerSchedule:
         key = (peer.ident, chunk, ledger.ids.get(source, -1))
         if key in self._flights:
             took = now - ledger.release(key, batch).issued
+            self._typical = (
+                took if self._typical < 0 else self._typical + WEIGHT * (took - self._typical)
+            )
             src = key[2]
-            self._pace.clock(src, took, peer)
             if src == ROOT:
                 ledger.root_uploaded += 1
             elif src in self._peers:
                 self._peers[src].uploaded += 1
+                self._clock(src, took)
         if not peer.held[chunk]:
             peer.downloaded += 1
             ledger.add_holding(peer, chunk, batch)
@@ -218,7 +213,7 @@ class LayerSchedule:
             for other in list(peer.incoming.get(chunk, ())) + tail:
                 loser = ledger.release((peer.ident, chunk, other), batch)
                 batch.cancelled.append(loser)
-                self._pace.clock(other, now - loser.issued)  # at least that long
+                self._clock(other, now - loser.issued)  # at least that long
         return self._settle(batch, now)
 
     def finishing(self, node: str, chunk: int, source: str, now: float) -> Actions:
@@ -297,12 +292,12 @@ class LayerSchedule:
                 break
             batch.cancelled.append(ledger.release(key, batch))
             node, _, src = key
-            self._pace.clock(src, now - a.issued)  # at least that long
+            self._clock(src, now - a.issued)  # at least that long
             if src != ROOT and src in self._peers and node in self._peers:
                 ledger.avoid(self._peers[node], src)
-        if self._pace.typical > 0:
+        if self._typical > 0:
             # Late transfers: their nodes, if they have demand to spare, may get a second source.
-            limit = now - self._pace.typical
+            limit = now - self._typical
             for (node, _, _), a in self._flights.items():
                 if a.issued > limit:
                     break
@@ -318,42 +313,86 @@ class LayerSchedule:
 
     def holds(self, node: str, chunk: int) -> bool:
         """Whether the schedule believes `node` (or the root) holds `chunk`."""
-        return self._ledger.holds(node, chunk)
+        self._ledger.check_chunk(chunk)
+        if node == self.root:
+            return bool(self._root_held[chunk])
+        peer = self._peers.get(self._ledger.ids.get(node, -1))
+        return peer is not None and bool(peer.held[chunk])
 
     def flying(self, node: str, chunk: int, source: str) -> bool:
         """Whether the transfer of `chunk` from `source` to `node` is in flight."""
         return self._ledger.flying(node, chunk, source)
-
-    @property
-    def typical(self) -> float:
-        """The usual transfer duration so far (-1: none yet)."""
-        return self._pace.typical
 
     def in_flight(self) -> list[Assignment]:
         """Every transfer the schedule believes is running, oldest first."""
         return list(self._flights.values())
 
     def root_keeps(self, chunk: int) -> bool:
-        """Whether the root must keep `chunk` (`Ledger.root_keeps`)."""
-        return self._ledger.root_keeps(chunk)
+        """Whether the root must keep `chunk`: it is sending it, or a live node still wants it
+        (peers' windows let chunks go too: a node that joins later gets it fetched again)."""
+        if self._root_sending[chunk]:
+            return True
+        return any(not p.held[chunk] and chunk >= p.past for p in self._peers.values())
 
     def lost(self) -> list[int]:
-        """Chunks only the origin has now (`Ledger.lost`)."""
-        return self._ledger.lost(self._origin)
+        """Chunks a node waits for that no peer it may take them from holds, the root's
+        download has passed and the root no longer holds: only the origin has them now."""
+        out = []
+        for c, waiters in self._waiting.items():
+            if c >= self._origin or self._root_held[c]:
+                continue
+            holders = self._holders[c]
+            if not holders or all(holders <= self._peers[w].avoid for w in waiters):
+                out.append(c)
+        return sorted(out)
 
     def progress(self) -> dict:
         """Counts for status pages and tests: per node, per chunk, and the root's."""
         return self._ledger.progress(
-            origin=self._origin, typical=self._pace.typical if self._pace.typical >= 0 else None
+            origin=self._origin, typical=self._typical if self._typical >= 0 else None
         )
 
     # ----------------------------------------------------------------------------------------
-    # Time (pace: agent/swarm/pace.py; the other facts: the ledger's, agent/swarm/ledger.py)
+    # Time and pace (the other facts are the ledger's: agent/swarm/ledger.py)
 
     def _tick(self, now: float) -> None:
         if now < self._now:
             raise ValueError(f"time went backwards: {now} after {self._now}")
-        self._now = self._pace.now = now
+        self._now = now
+
+    def _clock(self, source: int, took: float) -> None:
+        """Count an upload's duration (or a lower bound, for one cut short) in its pace."""
+        peer = self._peers.get(source)
+        if peer is not None:
+            peer.pace = took if peer.pace < 0 else peer.pace + WEIGHT * (took - peer.pace)
+
+    # ----------------------------------------------------------------------------------------
+    # Who may take what
+
+    def _slow(self, peer: Peer) -> bool:
+        """A peer whose uploads take LATE times the usual duration or longer (its pace, or an
+        upload running that long)."""
+        if self._typical <= 0:
+            return False
+        limit = LATE * self._typical
+        if peer.pace > limit:
+            return True
+        flights, since = self._flights, self._now - limit
+        return any(flights[key].issued < since for key in peer.outgoing)
+
+    def _fast_holder(self, chunk: int, besides: int) -> bool:
+        """Whether a peer other than `besides`, and not slow, holds `chunk` (busy or not)."""
+        peers = self._peers
+        return any(h != besides and not self._slow(peers[h]) for h in self._holders[chunk])
+
+    def _late(self, peer: Peer, chunk: int, sources: list[int], now: float) -> bool:
+        """Whether `chunk`, in flight to `peer` from one peer, may get a second source: that
+        transfer has run LATE times the usual duration (in the endgame: the usual duration)."""
+        if len(sources) != 1 or sources[0] == ROOT or self._typical <= 0:
+            return False
+        issued = self._flights[(peer.ident, chunk, sources[0])].issued
+        endgame = self.chunk_count - max(peer.have, peer.first) <= self.endgame
+        return now - issued > (1.0 if endgame else LATE) * self._typical
 
     def _candidates(self, peer: Peer, now: float) -> list[int]:
         """Chunks `peer` may be given now, lowest first: if it downloads nothing, those missing
@@ -361,7 +400,7 @@ class LayerSchedule:
         if peer.from_root:
             return []
         if peer.incoming:  # a chunk whose other transfer is finishing needs no second source
-            late = [c for c, src in peer.incoming.items() if self._pace.late(peer, c, src, now)]
+            late = [c for c, src in peer.incoming.items() if self._late(peer, c, src, now)]
             return sorted(c for c in late if c not in peer.tails)
         held, tails, out = peer.held, peer.tails, []
         for c in range(peer.first, min(peer.first + self.window, self.chunk_count)):
@@ -380,13 +419,13 @@ class LayerSchedule:
             return False
         if peer.avoid and src.ident in peer.avoid:
             return False
-        if self._pace.slow(src) and self._pace.fast_holder(chunk, src.ident):
+        if self._slow(src) and self._fast_holder(chunk, src.ident):
             return False
         if peer.incoming:
             sources = peer.incoming.get(chunk)
             if sources is None or src.uploads or src.ident in sources:
                 return False  # busy: only an idle second source for a late chunk
-            return self._pace.late(peer, chunk, sources, now)
+            return self._late(peer, chunk, sources, now)
         return True
 
     def _best_source(self, peer: Peer, chunk: int) -> int | None:
@@ -400,7 +439,7 @@ class LayerSchedule:
         if peer.incoming and sources is None:
             return None  # one chunk at a time
         avoid = peer.avoid
-        typical = self._pace.typical
+        typical = self._typical
         best, best_key, seen = None, (self.upload_slots, 0.0), 0
         peers = self._peers
         for h in holders & self._free:  # the intersection runs in C over the smaller set
@@ -409,7 +448,7 @@ class LayerSchedule:
             p = peers[h]
             if sources and p.uploads:
                 continue  # a second source must be idle
-            if self._pace.slow(p) and self._pace.fast_holder(chunk, h):
+            if self._slow(p) and self._fast_holder(chunk, h):
                 continue
             pace = p.pace if p.pace >= 0 else typical
             key = (p.uploads, pace)
@@ -428,21 +467,18 @@ class LayerSchedule:
         avoids every holder); `peer` downloads nothing else, and is not slow unless all are."""
         if (
             not self._root_held[chunk]
-            or not self._pace.root_free(self.root_upload_slots)
-            or (self._root_sending[chunk] and not self._pace.root_copy_late(chunk))
+            or self._ledger.root_uploads >= self.root_upload_slots
+            or self._root_sending[chunk]
             or peer.demand <= 0
             or peer.held[chunk]
             or peer.incoming
             or chunk in peer.tails
         ):
             return False
-        if self._pace.slow(peer) and any(not self._pace.slow(p) for p in self._peers.values()):
+        if self._slow(peer) and any(not self._slow(p) for p in self._peers.values()):
             return False  # first copies go to nodes that pass them on at the usual speed
-        slow_down = self._pace.slow_down
-        if slow_down(peer) and any(not slow_down(p) for p in self._peers.values()):
-            return False  # ...and that take them at the usual speed: the root's link is dear
         holders = self._holders[chunk]
-        if not holders or not self._pace.fast_holder(chunk, ROOT):
+        if not holders or not self._fast_holder(chunk, ROOT):
             return True
         avoid = peer.avoid
         return bool(avoid) and all(h in avoid for h in holders)
@@ -483,7 +519,7 @@ class LayerSchedule:
         while peer.demand > 0:
             candidates = self._candidates(peer, now)
             chosen = None
-            if not peer.incoming and self._pace.root_free(self.root_upload_slots):
+            if not peer.incoming and self._ledger.root_uploads < self.root_upload_slots:
                 for c in candidates:
                     if self._root_may_send(peer, c):
                         chosen = (c, ROOT)
@@ -507,7 +543,7 @@ class LayerSchedule:
         if src.banned:
             return
         ident, held, holders, peers = src.ident, src.held, self._holders, self._peers
-        slow = self._pace.slow(src)
+        slow = self._slow(src)
         while src.uploads < self.upload_slots:
             best_key: tuple[int, int] | None = None
             best: tuple[Peer, int] | None = None
@@ -517,7 +553,7 @@ class LayerSchedule:
                 key = (len(holders[c]), c)
                 if best_key is not None and key >= best_key:
                     continue
-                if slow and self._pace.fast_holder(c, ident):
+                if slow and self._fast_holder(c, ident):
                     continue
                 for w in waiters:
                     p = peers[w]
@@ -528,7 +564,7 @@ class LayerSchedule:
                 return
             peer, chunk = best
             source = ident
-            if src.uploads or (self._pace.typical > 0 and src.pace > self._pace.typical):
+            if src.uploads or (self._typical > 0 and src.pace > self._typical):
                 # Another holder may be idle, or faster.
                 source = self._best_source(peer, chunk) or ident
             self._ledger.assign(peer, chunk, source, now, batch)
@@ -538,14 +574,12 @@ class LayerSchedule:
         """The root's free slots: the lowest root-only chunk goes to the waiter for it that had
         the fewest chunks from the root (the first of them in waiting order)."""
         peers = self._peers
-        while self._pace.root_free(self.root_upload_slots):
+        while self._ledger.root_uploads < self.root_upload_slots:
             chosen: tuple[Peer, int] | None = None
             for c in sorted(self._waiting):
-                if not self._root_held[c] or (
-                    self._root_sending[c] and not self._pace.root_copy_late(c)
-                ):
+                if not self._root_held[c] or self._root_sending[c]:
                     continue
-                if not self._ledger.avoiders and self._pace.fast_holder(c, ROOT):
+                if not self._ledger.avoiders and self._fast_holder(c, ROOT):
                     continue
                 best: Peer | None = None
                 for w in self._waiting[c]:

@@ -357,11 +357,6 @@ class Tracker:
             raise RegistryError(
                 502, "UNAVAILABLE", f"layer {digest} does not fit this root's cache"
             )
-        # The links are the same for every layer: a new one starts from the usual transfer
-        # duration the others measured (a first copy running late is seen as such at once).
-        typical = max(
-            (x.schedule.typical for x in self._layers.values() if x.schedule), default=-1.0
-        )
         layer.schedule = LayerSchedule(
             chunk_count=count,
             root=self.node,
@@ -369,7 +364,6 @@ class Tracker:
             upload_slots=self.upload_slots,
             root_upload_slots=self.upload_slots,
             transfer_timeout=self.transfer_timeout,
-            typical=typical,
         )
         if layer.download is not None:
             layer.download.keep = layer.schedule.root_keeps

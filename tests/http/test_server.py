@@ -393,3 +393,29 @@ async def test_every_request_is_reported_with_its_body_bytes() -> None:
         (200, 100),  # cut short after 100 bytes
     ]
     assert all(seconds >= 0 for _, _, seconds in seen)
+
+
+async def test_connect_gets_405_and_the_connection_closes() -> None:
+    # Found by fuzz/http_head.py: a 2xx answer to CONNECT switches h11 to a tunnel, so the
+    # answer's body could not be sent and the client got nothing (the webhook answers 200 on
+    # /healthz whatever the method). No port of Pollen is a forward proxy.
+    async with trio.open_nursery() as nursery:
+        _server, port = await start(nursery)
+        out = await exchange(port, b"CONNECT /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 405")
+        assert b"CONNECT" in out
+        nursery.cancel_scope.cancel()
+
+
+async def test_errors_to_head_requests_are_answered_without_a_body() -> None:
+    # Found by fuzz/http_head.py: the error answer carried its body, which h11 refuses after
+    # a HEAD, so a HEAD with a bad body or an oversized head got no answer at all.
+    async with trio.open_nursery() as nursery:
+        _server, port = await start(nursery)
+        bad_body = b"HEAD /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+        big_head = b"HEAD /a HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n"
+        for raw, status in ((bad_body, b"400"), (big_head, b"431")):
+            out = await exchange(port, raw)
+            assert out.startswith(b"HTTP/1.1 " + status), out
+            assert out.endswith(b"\r\n\r\n")  # the head alone
+        nursery.cancel_scope.cancel()

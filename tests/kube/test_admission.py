@@ -21,6 +21,7 @@ from agent.kube.admission import (
     ImageRef,
     ReviewError,
     SecretPlan,
+    decode_review,
     host_matches,
     p2p_host,
     parse_image,
@@ -298,6 +299,16 @@ def test_each_pull_secret_gets_its_copy_once() -> None:
     assert [p.source for p in decision.secrets] == ["a", "b"]
 
 
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../kube-system/x", "a?b", "Upper", "-a"])
+def test_a_pull_secret_that_is_no_object_name_leaves_the_pod_alone(name: str) -> None:
+    # Found by fuzz/admission_review.py: the webhook runs before the pod is validated, and the
+    # name went as it was into the URLs it reads and writes secrets at.
+    patched, decision = apply(review(pod(secrets=["ok", name])))
+    assert decision.patch == () and decision.secrets == ()
+    assert "not a Kubernetes object name" in decision.reason
+    assert images(patched) == [f"{ACR}/docker-builder/nginx:latest"]
+
+
 def test_rewritten_pod_is_left_alone_on_reinvocation() -> None:
     first, _ = apply(review(pod(secrets=["s"])))
     again, decision = apply(review(first))
@@ -391,6 +402,22 @@ def _broken(mutate: Any) -> dict[str, Any]:
         (_broken(lambda r: r["request"].pop("uid")), "uid"),
         (_broken(lambda r: r["request"].__setitem__("object", "pod")), "object"),
         (_broken(lambda r: r["request"]["object"].pop("spec")), "spec"),
+        # Found by fuzz/admission_review.py: the patch added /metadata/annotations to no
+        # metadata, which the API server cannot apply.
+        (_broken(lambda r: r["request"]["object"].pop("metadata")), "metadata"),
+        (_broken(lambda r: r["request"]["object"].__setitem__("metadata", None)), "metadata"),
+        # Found by fuzz/admission_review.py: with no namespace the pull secrets were planned
+        # in namespace "" (/api/v1/namespaces//secrets).
+        (
+            _broken(
+                lambda r: (
+                    r["request"].pop("namespace"),
+                    r["request"]["object"]["metadata"].pop("namespace"),
+                )
+            ),
+            "namespace",
+        ),
+        (_broken(lambda r: r["request"].__setitem__("namespace", "a/b")), "namespace"),
         (_broken(lambda r: r["request"]["object"]["spec"].__setitem__("containers", [])), "one"),
         (
             _broken(lambda r: r["request"]["object"]["spec"]["containers"][0].update(image=5)),
@@ -409,6 +436,21 @@ def _broken(mutate: Any) -> dict[str, Any]:
 def test_malformed_reviews_raise_with_a_reason(rev: object, reason: str) -> None:
     with pytest.raises(ReviewError, match=reason):
         review_decision(rev, SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "not JSON"),
+        (b"\xff\xfe{", "not JSON"),
+        # Nested past the decoder's depth: RecursionError escaped and the webhook said 500.
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"a":' * 100_000, "nested too deeply"),
+    ],
+)
+def test_a_body_that_is_not_json_is_a_review_error(body: bytes, reason: str) -> None:
+    with pytest.raises(ReviewError, match=reason):
+        decode_review(body)
 
 
 def test_decision_is_pure() -> None:

@@ -97,6 +97,11 @@ def test_derive_legacy_dockercfg() -> None:
         {"type": "kubernetes.io/dockerconfigjson", "data": {}},
         {"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "!!"}},
         {"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "WzFd"}},
+        # "[" nested past the decoder's depth: RecursionError escaped and the webhook said 500.
+        {
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": base64.b64encode(b"[" * 100_000).decode()},
+        },
     ],
 )
 def test_derive_refuses_what_is_not_a_pull_secret(source: dict[str, Any]) -> None:

@@ -301,6 +301,14 @@ def test_trailing_newline_is_refused(target: str) -> None:
     assert error_of("GET", target).status == 400
 
 
+@pytest.mark.parametrize("target", ["//manifes[ts/x", "//[", "http://[::1/v2/", "//[x]y/v2/"])
+def test_malformed_authority_is_400(target: str) -> None:
+    # Found by fuzz/registry_route.py: urlsplit's ValueError escaped, and the proxy answered 500.
+    err = error_of("GET", target)
+    assert err.status == 400
+    assert "malformed request target" in err.message
+
+
 # --------------------------------------------------------------------------------------------
 # Properties
 
