@@ -118,11 +118,10 @@ def test_clients_that_never_read_a_cached_layer_hold_bounded_memory_and_are_cut(
     request = f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
     with sockets(60, ("127.0.0.1", agent.port), ["127.0.0.66"], request):
         wait_until(
-            lambda: agent_status(agent)["server"]["responses"] >= 32,
+            lambda: agent_status(agent)["server"]["waiting_for_response"] >= 28,
             timeout=20,
-            what="32 stalled responses",
+            what="every hostile request in a slot or waiting for one",
         )
-        time.sleep(1)
         server = agent_status(agent)["server"]
         assert server["responses"] == 32 and server["waiting_for_response"] == 28, server
         honest = raw_get(agent.port, url)  # from 127.0.0.1: its own half of the slots
@@ -197,7 +196,11 @@ def test_a_client_that_stops_reading_a_layer_bigger_than_the_cache_is_dropped(
     url = blob_url("team/app", layer)
     request = f"GET {url} HTTP/1.1\r\nHost: 127.0.0.3\r\n\r\n".encode()
     with sockets(1, ("127.0.0.3", agent.port), ["127.0.0.66"], request):
-        time.sleep(0.3)
+        wait_until(  # the slow reader is in before the fast one asks
+            lambda: any(d["readers"] for d in agent_status(agent)["layers_in_flight"]),
+            timeout=20,
+            what="the slow reader reading",
+        )
         started = time.monotonic()
         fast = raw_request("127.0.0.3", agent.port, "GET", url, timeout=30)
         assert fast.status == 200 and fast.sha256 == layer

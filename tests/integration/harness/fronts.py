@@ -64,8 +64,9 @@ class SeenRequest:
 class Fault:
     """What the front does instead of (or while) forwarding a matching request.
 
-    Exactly one of `status`, `location`, `trickle` is set. `times` bounds how many
-    requests it applies to (None: all). `hits` counts the requests it answered.
+    Exactly one of `status`, `trickle` is set; with `status`, `location` or `body` may be.
+    `times` bounds how many requests it applies to (None: all). `hits` counts the requests it
+    answered.
     """
 
     name: str
