@@ -10,7 +10,6 @@ the P2P port speaks TLS.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import secrets
@@ -101,8 +100,11 @@ class P2PClient:
 
     async def plan(self, root: str, request: PlanTarget, authorization: bytes | None) -> Plan:
         """Ask `root` for work on a layer (it may hold the request up to a few seconds)."""
-        # Unique under the signature: the root answers each plan request once.
-        target = dataclasses.replace(request, nonce=next(self._nonces)).target()
+        # Unique under the signature: the root answers each plan request once. Appended to
+        # the target as PlanTarget.target() writes `n=` (a replace() would check the whole
+        # request again, its holdings included, on every plan request).
+        assert not request.nonce
+        target = f"{request.target()}&n={next(self._nonces)}"
         headers = self._headers("GET", target)
         if authorization and self.tls:
             headers.append((AUTHORIZATION_HEADER, authorization))
