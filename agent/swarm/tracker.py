@@ -223,18 +223,8 @@ class Tracker:
             if fresh is None:
                 return Plan(size=None, chunk_size=chunk_size, retry_after=0.5)
             layer = fresh
-        if asker not in layer.seen and len(layer.seen) >= MAX_NODES_PER_LAYER:
-            # A token holder can name any number of nodes; each costs the root memory. A
-            # real cluster this big has roots in tiers (each answers its group).
-            log.warning(
-                "tracker %s: %d nodes already; refusing %s", request.digest, len(layer.seen), asker
-            )
-            return Plan(
-                size=None,
-                chunk_size=chunk_size,
-                error=f"this root serves {MAX_NODES_PER_LAYER} nodes for this layer already",
-                error_status=503,
-            )
+        if (full := self._full(layer, asker, request.digest, chunk_size)) is not None:
+            return full
         layer.last_asked = trio.current_time()
         layer.seen[asker] = layer.last_asked
         if layer.schedule is None:
@@ -292,6 +282,21 @@ class Tracker:
             complete=complete,
             table_sha256=self._seal(layer) if complete else None,
             retry_after=0.0 if assignments else 0.5,
+        )
+
+    @staticmethod
+    def _full(layer: RootLayer, asker: str, digest: str, chunk_size: int) -> Plan | None:
+        """The refusal for a node new to a layer that MAX_NODES_PER_LAYER nodes asked about
+        already: a token holder can name any number of nodes, each costing the root memory; a
+        real cluster this big has roots in tiers (each answers its group)."""
+        if asker in layer.seen or len(layer.seen) < MAX_NODES_PER_LAYER:
+            return None
+        log.warning("tracker %s: %d nodes already; refusing %s", digest, len(layer.seen), asker)
+        return Plan(
+            size=None,
+            chunk_size=chunk_size,
+            error=f"this root serves {MAX_NODES_PER_LAYER} nodes for this layer already",
+            error_status=503,
         )
 
     def _seal(self, layer: RootLayer) -> str | None:
