@@ -10,6 +10,7 @@ leak into the next request.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -59,6 +60,21 @@ class BodyPace:
         return None
 
 
+async def receive_waiting_first(sock: trio.socket.SocketType, view: memoryview) -> int:
+    """Wait until the socket is readable (SO_RCVLOWAT says how much that takes), then read.
+
+    trio's recv_into reads first and waits only when nothing is there: under a low-water
+    mark that eager read takes the few packets that just arrived, the next one finds nothing,
+    and only then does it wait for the mark, three system calls and two loop turns for what
+    one wait and one read do."""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return os.readv(sock.fileno(), [view])
+        except BlockingIOError:  # woken without data after all: wait again
+            continue
+
+
 class HttpClientError(Exception):
     """The connection failed (refused, reset, timed out, TLS, or a protocol violation)."""
 
@@ -91,11 +107,15 @@ def request_target(url: str) -> bytes:
     return target.encode()
 
 
+def new_client_state() -> h11.Connection:
+    return h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEADER_BYTES)
+
+
 class _PooledConnection:
     def __init__(self, origin: Origin, stream: trio.abc.Stream) -> None:
         self.origin = origin
         self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEADER_BYTES)
+        self.h11 = new_client_state()
         self.reused = False
 
     async def aclose(self) -> None:
@@ -121,6 +141,8 @@ class ClientResponse:
         self._raw_remaining: int | None = None
         self._raw_pending = memoryview(b"")
         self._low_water = 1  # the socket's SO_RCVLOWAT (the kernel's default: one byte)
+        connection = b",".join(header_lines(self.headers, "connection")).lower()
+        self._keep_alive = event.http_version == b"1.1" and b"close" not in connection
         self._pace = BodyPace(timeout)
 
     def _paced(self, received: int) -> None:
@@ -177,8 +199,10 @@ class ClientResponse:
 
         Blob bodies are hundreds of MiB: reading them through h11 costs several copies per
         byte, so bodies with a Content-Length are read from the socket directly (recv_into on
-        plain TCP). The connection is then closed rather than reused, since h11 no longer
-        knows where the message ended.
+        plain TCP). Once the last byte is in, the connection starts over with a fresh h11
+        state and goes back to the pool (`_raw_done`): a swarm agent fetches every chunk as
+        one such body, and a new TCP connection per chunk cost both ends a connect, an
+        accept, a handshake and a close each time.
         """
         if self._raw_remaining is None:
             length = self.content_length
@@ -196,7 +220,27 @@ class ClientResponse:
         else:
             n = await self._receive_raw(view[:want])
         self._raw_remaining -= n
+        if self._raw_remaining == 0:
+            self._raw_done()
         return n
+
+    def _raw_done(self) -> None:
+        """The raw body is complete: make the connection reusable when the message allows it
+        (HTTP/1.1 keep-alive, nothing past the body) with a fresh h11 state at a message
+        boundary, and the socket's wake-up threshold back at one byte for the next head."""
+        if len(self._raw_pending) or not self._keep_alive:
+            return  # bytes past the body, or the server closes: not reusable
+        conn = self._conn
+        stream = conn.stream
+        if isinstance(stream, trio.SocketStream) and self._low_water != 1:
+            try:
+                stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+            except OSError as exc:
+                log.debug("SO_RCVLOWAT reset on %s: %s", self.url, exc)
+                return
+            self._low_water = 1
+        conn.h11 = new_client_state()
+        self.complete = True
 
     async def _receive_raw(self, view: memoryview) -> int:
         stream = self._conn.stream
@@ -204,7 +248,7 @@ class ClientResponse:
             with trio.fail_after(self._timeout):
                 if isinstance(stream, trio.SocketStream):
                     self._set_low_water(stream, min(len(view), RAW_LOW_WATER))
-                    n = await stream.socket.recv_into(view, len(view))
+                    n = await receive_waiting_first(stream.socket, view)
                 else:
                     data = await stream.receive_some(len(view))
                     n = len(data)
@@ -291,11 +335,13 @@ class HttpClient:
         return None
 
     async def _checkin(self, conn: _PooledConnection) -> None:
-        try:
-            conn.h11.start_next_cycle()
-        except h11.LocalProtocolError:
-            await conn.aclose()
-            return
+        state = conn.h11
+        if state.our_state is not h11.IDLE or state.their_state is not h11.IDLE:
+            try:  # a body read through h11 ends DONE; a raw one starts over IDLE already
+                state.start_next_cycle()
+            except h11.LocalProtocolError:
+                await conn.aclose()
+                return
         idle = self._idle.setdefault(conn.origin, [])
         if len(idle) >= MAX_IDLE_PER_ORIGIN:
             await conn.aclose()

@@ -117,3 +117,72 @@ async def test_a_small_answer_goes_out_with_its_head_in_one_send() -> None:
         nursery.cancel_scope.cancel()
     assert received.startswith(b"HTTP/1.1 200")
     assert len(sends) == 1, sends
+
+
+async def _read_raw(client: HttpClient, url: str, size: int) -> bytes:
+    buffer = memoryview(bytearray(size))
+    async with client.request("GET", url, []) as response:
+        assert response.status == 200
+        filled = 0
+        while filled < size:  # in MiB views: the last read's wake-up mark is far above a head
+            n = await response.receive_into(buffer[filled : filled + (1 << 20)])
+            assert n
+            filled += n
+        assert await response.receive_into(buffer[:1]) == 0
+    return bytes(buffer)
+
+
+async def _serve_counting(
+    nursery: trio.Nursery, conn_ids: list[int], *, close: bool = False, delay: float = 0.0
+) -> str:
+    """A server whose bodies are BODY bytes of the request's connection id, answering after
+    `delay` (so a reader waits for the head), with `Connection: close` when `close`."""
+
+    async def app(request: Request) -> Response:
+        conn_ids.append(request.conn_id)
+        await trio.sleep(delay)
+        if request.target == "/small":
+            return bytes_response(404, b"no such chunk", JSON)
+        headers = [(b"content-length", str(BODY).encode())]
+        if close:
+            headers.append((b"connection", b"close"))
+        return Response(status=200, headers=headers, body=bytes([request.conn_id % 256]) * BODY)
+
+    listeners = await open_listeners("127.0.0.1", 0, None)
+    await nursery.start(HttpServer(app, ServerSettings(), name="t").serve, listeners)
+    return f"http://127.0.0.1:{listener_port(listeners)}/chunk"
+
+
+async def test_raw_bodies_read_to_their_end_reuse_one_connection() -> None:
+    """A swarm agent reads every chunk as a raw body: read to its last byte, the connection
+    goes back to the pool at a message boundary (it used to be closed: a connect, an accept
+    and a close per chunk at both ends). A small answer comes late on it after a body, so
+    it is waited for on a socket whose wake-up mark must be back at one byte, or the read
+    would sleep until the timeout."""
+    conn_ids: list[int] = []
+    async with trio.open_nursery() as nursery:
+        url = await _serve_counting(nursery, conn_ids, delay=0.3)
+        client = HttpClient(ssl.create_default_context(), timeout=5)
+        with trio.fail_after(4):  # a head waiting behind a stale mark: 5 s, then an error
+            bodies = [await _read_raw(client, url, BODY) for _ in range(2)]
+            async with client.request("GET", url.replace("/chunk", "/small"), []) as small:
+                assert await small.read_all(100) == b"no such chunk"
+            bodies.append(await _read_raw(client, url, BODY))
+        assert len(set(conn_ids)) == 1, conn_ids
+        assert all(body == bytes([conn_ids[0] % 256]) * BODY for body in bodies), "wrong bytes"
+        assert client.statistics()["idle_connections"] == 1
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_raw_body_whose_server_closes_is_not_pooled() -> None:
+    conn_ids: list[int] = []
+    async with trio.open_nursery() as nursery:
+        url = await _serve_counting(nursery, conn_ids, close=True)
+        client = HttpClient(ssl.create_default_context(), timeout=5)
+        with trio.fail_after(10):
+            for _ in range(2):
+                await _read_raw(client, url, BODY)
+        assert len(set(conn_ids)) == 2, conn_ids
+        assert client.statistics()["idle_connections"] == 0
+        nursery.cancel_scope.cancel()
