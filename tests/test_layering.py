@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "swarm.plan": 2,  # P2P plan replies
     "swarm.schedule": 2,  # the root's per-layer schedule
     "swarm.ledger": 2,  # the schedule's facts: holdings, transfers, slots
+    "swarm.pace": 2,  # the schedule's clock: usual durations, who is slow
     "swarm.planner": 2,  # the agent's per-layer planner
     "swarm.decisions": 2,  # what the planner decides, for its driver
     "http.throttle": 2,  # token bucket arithmetic

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.swarm.pace import expected_transfer
 from agent.swarm.protocol import rendezvous_order
 from agent.swarm.schedule import LayerSchedule
 
@@ -351,6 +352,7 @@ class SimLayer:
             root_upload_slots=c.root_upload_slots,
             transfer_timeout=c.transfer_timeout,
             endgame=c.endgame,
+            expected=expected_transfer(c.chunk_size),
         )
 
     def chunk_bytes(self, chunk: int, chunk_size: int) -> int:

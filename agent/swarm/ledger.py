@@ -83,6 +83,8 @@ class Peer:
         "pace",
         "past",
         "tails",
+        "lagging",
+        "down_pace",
     )
 
     def __init__(self, ident: int, name: str, chunk_count: int) -> None:
@@ -107,6 +109,8 @@ class Peer:
         # chunk -> source of a transfer in its last bytes (`Ledger.finishing`): no longer a
         # download of this node nor an upload of the source, but in flight until it ends.
         self.tails: dict[int, int] = {}
+        self.lagging = 0  # its downloads that lag (`Ledger.lag`): their sources moved on
+        self.down_pace = -1.0  # moving average of its downloads' durations (-1: none yet)
 
     def progress(self) -> dict[str, object]:
         """This node's counts, for status pages and tests."""
@@ -158,6 +162,9 @@ class Ledger:
         self.flights: dict[FlightKey, Assignment] = {}
         self.root_uploads = 0
         self.root_sending = bytearray(chunk_count)  # chunk in flight from the root
+        # Flights whose source's slot freed while they go on (`lag`): their receiver is slow.
+        self.lagging: set[FlightKey] = set()
+        self.root_lagging = 0  # of them, the root's
         # Chunks on the root's disk: a prefix while it fetches the origin in order, a window
         # when its cache is smaller than the layer (`LayerSchedule.root_keeps` says what stays).
         self.root_held = bytearray(chunk_count)
@@ -307,8 +314,28 @@ class Ledger:
         peer = self.peers.get(node)
         if key not in self.flights or peer is None or chunk in peer.tails:
             return False
-        self._leave_slots(key, peer)
+        self._leave_download(key, peer)
+        if key not in self.lagging:  # a lagging one left its source's slot already
+            self._leave_upload(key)
         peer.tails[chunk] = src
+        batch.freed.add(src)
+        batch.dirty.add(node)
+        return True
+
+    def lag(self, key: FlightKey, batch: Batch) -> bool:
+        """The transfer `key` runs far longer than usual: its source's slot frees (and a chunk
+        from the root may go to another node too) while it goes on; its receiver keeps its
+        download slot and counts as slow. False if it is not in flight, finishing or lagging."""
+        node, chunk, src = key
+        peer = self.peers.get(node)
+        if key not in self.flights or key in self.lagging or peer is None or chunk in peer.tails:
+            return False
+        self.lagging.add(key)
+        peer.lagging += 1
+        self._leave_upload(key)
+        if src == ROOT:
+            self.root_lagging += 1
+            self.root_sending[chunk] = 0
         batch.freed.add(src)
         batch.dirty.add(node)
         return True
@@ -319,12 +346,22 @@ class Ledger:
         a = self.flights.pop(key)
         node, chunk, src = key
         peer = self.peers.get(node)
+        lagging = key in self.lagging
+        if lagging:
+            self.lagging.discard(key)
+            if peer is not None:
+                peer.lagging -= 1
+            if src == ROOT:
+                self.root_lagging -= 1
         if peer is not None and peer.tails.get(chunk) == src:
             del peer.tails[chunk]
         else:
-            self._leave_slots(key, peer)
+            self._leave_download(key, peer)
+            if not lagging:
+                self._leave_upload(key)
         if src == ROOT:
-            self.root_sending[chunk] = 0
+            if not lagging:  # a lagging root copy's chunk may be in flight again meanwhile
+                self.root_sending[chunk] = 0
         elif src in self.peers:
             self.peers[src].outgoing.discard(key)
         if peer is not None:
@@ -332,9 +369,9 @@ class Ledger:
         batch.freed.add(src)
         return a
 
-    def _leave_slots(self, key: FlightKey, peer: Peer | None) -> None:
+    def _leave_download(self, key: FlightKey, peer: Peer | None) -> None:
         """The transfer `key` stops counting as a download of its receiver (`peer`, None if
-        gone) and as an upload of its source."""
+        gone)."""
         _, chunk, src = key
         if peer is not None:
             sources = peer.incoming[chunk]
@@ -343,6 +380,10 @@ class Ledger:
                 del peer.incoming[chunk]
             if src == ROOT:
                 peer.from_root -= 1
+
+    def _leave_upload(self, key: FlightKey) -> None:
+        """The transfer `key` stops counting as an upload of its source."""
+        src = key[2]
         if src == ROOT:
             self.root_uploads -= 1
         else:

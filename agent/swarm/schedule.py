@@ -47,6 +47,12 @@ and the root's link, the narrowest point, busy with first copies only.
 - **Slow sources.** A peer whose pace is LATE times the usual transfer duration or worse only
   serves chunks that no faster peer holds, and gets no first copies from the root while a
   faster node exists: a slow link loses its requests to faster holders.
+- **Slow receivers.** A copy from the root that has run LATE times the usual duration (before
+  one is measured: a chunk at 25 Mbit/s, agent/swarm/pace.py) *lags*: it goes on, but no
+  longer holds the root's slot, and its chunk may go from the root to another node. A node
+  whose copies from the root lag or run that slow gets no first copy that another node waits
+  for, and its transfers count neither in the usual duration nor in their source's pace: one
+  straggler held the root's only slot, and every node's window, for a whole slow chunk.
 - **Pipelining.** A transfer `finishing` (its last bytes, about a plan round trip before the
   end) frees both ends' slots: each link's next transfer starts as this one ends.
 - **Late transfers, endgame.** A transfer from a peer that has run LATE times the usual
@@ -73,12 +79,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from agent.swarm.ledger import NOTHING, ROOT, Actions, Assignment, Batch, FlightKey, Ledger, Peer
+from agent.swarm.pace import LATE, Pace
 
 __all__ = ["NOTHING", "Actions", "Assignment", "LayerSchedule"]
 
-LATE = 2.0  # times the usual transfer duration: a transfer this old is late, a source this slow
 SCAN = 16  # idle holders looked at, at most, when choosing a source among many
-WEIGHT = 0.1  # weight of the newest transfer in the moving averages of durations
 
 
 class LayerSchedule:
@@ -94,6 +99,7 @@ class LayerSchedule:
         root_upload_slots: int = 1,
         transfer_timeout: float = 10.0,
         endgame: int = 2,
+        expected: float = 0.0,
     ) -> None:
         if chunk_count < 0:
             raise ValueError(f"chunk_count must be >= 0, not {chunk_count}")
@@ -111,7 +117,6 @@ class LayerSchedule:
         self.transfer_timeout = transfer_timeout
         self.endgame = endgame
 
-        self._now = float("-inf")
         self._origin = 0  # the root's download from the origin passed chunks [0, _origin)
         self._ledger = ledger = Ledger(
             chunk_count=chunk_count, root=root, upload_slots=upload_slots
@@ -125,7 +130,8 @@ class LayerSchedule:
         self._root_sending: bytearray = ledger.root_sending
         self._root_held: bytearray = ledger.root_held
         self._waiting: dict[int, dict[int, None]] = ledger.waiting
-        self._typical = -1.0  # moving average of all transfer durations (-1: none yet)
+        self._pace = pace = Pace(ledger, expected)
+        self._slow, self._fast_holder = pace.slow, pace.fast_holder
 
     # ----------------------------------------------------------------------------------------
     # Events
@@ -196,16 +202,14 @@ class LayerSchedule:
         batch = Batch()
         key = (peer.ident, chunk, ledger.ids.get(source, -1))
         if key in self._flights:
+            lagged = key in ledger.lagging or self._pace.slow_receiver(peer)
             took = now - ledger.release(key, batch).issued
-            self._typical = (
-                took if self._typical < 0 else self._typical + WEIGHT * (took - self._typical)
-            )
+            self._pace.ended(key, peer, took, lagged=lagged)
             src = key[2]
             if src == ROOT:
                 ledger.root_uploaded += 1
             elif src in self._peers:
                 self._peers[src].uploaded += 1
-                self._clock(src, took)
         if not peer.held[chunk]:
             peer.downloaded += 1
             ledger.add_holding(peer, chunk, batch)
@@ -213,7 +217,7 @@ class LayerSchedule:
             for other in list(peer.incoming.get(chunk, ())) + tail:
                 loser = ledger.release((peer.ident, chunk, other), batch)
                 batch.cancelled.append(loser)
-                self._clock(other, now - loser.issued)  # at least that long
+                self._pace.clock(other, now - loser.issued)  # at least that long
         return self._settle(batch, now)
 
     def finishing(self, node: str, chunk: int, source: str, now: float) -> Actions:
@@ -292,19 +296,20 @@ class LayerSchedule:
                 break
             batch.cancelled.append(ledger.release(key, batch))
             node, _, src = key
-            self._clock(src, now - a.issued)  # at least that long
+            self._pace.clock(src, now - a.issued)  # at least that long
             if src != ROOT and src in self._peers and node in self._peers:
                 ledger.avoid(self._peers[node], src)
-        if self._typical > 0:
+        self._pace.lag_root_copies(now, self.root_upload_slots, batch)
+        if self._pace.typical > 0:
             # Late transfers: their nodes, if they have demand to spare, may get a second source.
-            limit = now - self._typical
+            limit = now - self._pace.typical
             for (node, _, _), a in self._flights.items():
                 if a.issued > limit:
                     break
                 peer = self._peers.get(node)
                 if peer is not None and peer.demand > 0:
                     batch.dirty.add(node)
-        if not batch.cancelled and not batch.dirty:
+        if not batch.cancelled and not batch.dirty and not batch.freed:
             return NOTHING
         return self._settle(batch, now)
 
@@ -332,6 +337,10 @@ class LayerSchedule:
         (peers' windows let chunks go too: a node that joins later gets it fetched again)."""
         if self._root_sending[chunk]:
             return True
+        if self._ledger.root_lagging and any(
+            c == chunk and src == ROOT for _, c, src in self._ledger.lagging
+        ):
+            return True  # a lagging copy still reads it
         return any(not p.held[chunk] and chunk >= p.past for p in self._peers.values())
 
     def lost(self) -> list[int]:
@@ -349,50 +358,24 @@ class LayerSchedule:
     def progress(self) -> dict:
         """Counts for status pages and tests: per node, per chunk, and the root's."""
         return self._ledger.progress(
-            origin=self._origin, typical=self._typical if self._typical >= 0 else None
+            origin=self._origin, typical=self._pace.typical if self._pace.typical >= 0 else None
         )
 
     # ----------------------------------------------------------------------------------------
-    # Time and pace (the other facts are the ledger's: agent/swarm/ledger.py)
+    # Who may take what (durations and who is slow by them: agent/swarm/pace.py; the other
+    # facts are the ledger's: agent/swarm/ledger.py)
 
     def _tick(self, now: float) -> None:
-        if now < self._now:
-            raise ValueError(f"time went backwards: {now} after {self._now}")
-        self._now = now
-
-    def _clock(self, source: int, took: float) -> None:
-        """Count an upload's duration (or a lower bound, for one cut short) in its pace."""
-        peer = self._peers.get(source)
-        if peer is not None:
-            peer.pace = took if peer.pace < 0 else peer.pace + WEIGHT * (took - peer.pace)
-
-    # ----------------------------------------------------------------------------------------
-    # Who may take what
-
-    def _slow(self, peer: Peer) -> bool:
-        """A peer whose uploads take LATE times the usual duration or longer (its pace, or an
-        upload running that long)."""
-        if self._typical <= 0:
-            return False
-        limit = LATE * self._typical
-        if peer.pace > limit:
-            return True
-        flights, since = self._flights, self._now - limit
-        return any(flights[key].issued < since for key in peer.outgoing)
-
-    def _fast_holder(self, chunk: int, besides: int) -> bool:
-        """Whether a peer other than `besides`, and not slow, holds `chunk` (busy or not)."""
-        peers = self._peers
-        return any(h != besides and not self._slow(peers[h]) for h in self._holders[chunk])
+        self._pace.tick(now)
 
     def _late(self, peer: Peer, chunk: int, sources: list[int], now: float) -> bool:
         """Whether `chunk`, in flight to `peer` from one peer, may get a second source: that
         transfer has run LATE times the usual duration (in the endgame: the usual duration)."""
-        if len(sources) != 1 or sources[0] == ROOT or self._typical <= 0:
+        if len(sources) != 1 or sources[0] == ROOT or self._pace.typical <= 0:
             return False
         issued = self._flights[(peer.ident, chunk, sources[0])].issued
         endgame = self.chunk_count - max(peer.have, peer.first) <= self.endgame
-        return now - issued > (1.0 if endgame else LATE) * self._typical
+        return now - issued > (1.0 if endgame else LATE) * self._pace.typical
 
     def _candidates(self, peer: Peer, now: float) -> list[int]:
         """Chunks `peer` may be given now, lowest first: if it downloads nothing, those missing
@@ -439,7 +422,7 @@ class LayerSchedule:
         if peer.incoming and sources is None:
             return None  # one chunk at a time
         avoid = peer.avoid
-        typical = self._typical
+        typical = self._pace.typical
         best, best_key, seen = None, (self.upload_slots, 0.0), 0
         peers = self._peers
         for h in holders & self._free:  # the intersection runs in C over the smaller set
@@ -477,6 +460,11 @@ class LayerSchedule:
             return False
         if self._slow(peer) and any(not self._slow(p) for p in self._peers.values()):
             return False  # first copies go to nodes that pass them on at the usual speed
+        if self._pace.slow_receiver(peer) and any(
+            w != peer.ident and not self._pace.sluggish(self._peers[w])
+            for w in self._waiting.get(chunk, ())
+        ):
+            return False  # ... and that take them at the usual speed, if one waits for it
         holders = self._holders[chunk]
         if not holders or not self._fast_holder(chunk, ROOT):
             return True
@@ -564,7 +552,7 @@ class LayerSchedule:
                 return
             peer, chunk = best
             source = ident
-            if src.uploads or (self._typical > 0 and src.pace > self._typical):
+            if src.uploads or (self._pace.typical > 0 and src.pace > self._pace.typical):
                 # Another holder may be idle, or faster.
                 source = self._best_source(peer, chunk) or ident
             self._ledger.assign(peer, chunk, source, now, batch)

@@ -32,6 +32,7 @@ from agent.core.errors import RegistryError
 from agent.core.upstream import Upstream
 from agent.registry.routes import Digest, parse_digest
 from agent.registry.upstreams import match_upstream
+from agent.swarm.pace import expected_transfer
 from agent.swarm.plan import Plan, table_digest
 from agent.swarm.protocol import PlanTarget
 from agent.swarm.schedule import Actions, LayerSchedule
@@ -369,6 +370,7 @@ class Tracker:
             upload_slots=self.upload_slots,
             root_upload_slots=self.upload_slots,
             transfer_timeout=self.transfer_timeout,
+            expected=expected_transfer(self.cache.chunk_size),
         )
         if layer.download is not None:
             layer.download.keep = layer.schedule.root_keeps

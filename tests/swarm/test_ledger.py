@@ -28,24 +28,32 @@ def consistent(led: Ledger) -> None:
     for c in range(led.chunk_count):
         expected = {i for i, p in live.items() if p.held[c] and not p.banned}
         assert led.holders[c] == expected, c
+    # A finishing flight (in its receiver's tails) holds neither slot; a lagging one holds
+    # its receiver's slot only (and its chunk may go from the root again).
+    tails = {(n, c, src) for n, p in live.items() for c, src in p.tails.items()}
+    assert tails <= set(led.flights) and led.lagging <= set(led.flights)
+    downloads = [key for key in led.flights if key not in tails]
+    uploads = [key for key in downloads if key not in led.lagging]
     for ident, p in live.items():
         assert p.banned == (ident in led.banned)
         assert p.have == sum(p.held)
         assert p.first == next((c for c in range(led.chunk_count) if not p.held[c]), len(p.held))
         out = {key for key in led.flights if key[2] == ident}
-        assert p.outgoing == out and p.uploads == len(out)
+        assert p.outgoing == out and p.uploads == sum(1 for key in uploads if key[2] == ident)
         incoming: dict[int, list[int]] = {}
-        for node, chunk, src in led.flights:
+        for node, chunk, src in downloads:
             if node == ident:
                 incoming.setdefault(chunk, []).append(src)
         assert p.incoming == incoming
-        assert p.from_root == sum(
-            1 for node, _, src in led.flights if node == ident and src == ROOT
-        )
+        assert p.from_root == sum(1 for node, _, src in downloads if node == ident and src == ROOT)
+        assert p.lagging == sum(1 for key in led.lagging if key[0] == ident)
     assert led.free == {i for i, p in live.items() if not p.banned and p.uploads < led.upload_slots}
-    root_chunks = [chunk for _, chunk, src in led.flights if src == ROOT]
-    assert led.root_uploads == len(root_chunks)
-    assert [c for c in range(led.chunk_count) if led.root_sending[c]] == sorted(root_chunks)
+    assert led.root_uploads == sum(1 for key in uploads if key[2] == ROOT)
+    assert led.root_lagging == sum(1 for key in led.lagging if key[2] == ROOT)
+    sending = sorted(
+        c for key in led.flights if key[2] == ROOT and key not in led.lagging for c in [key[1]]
+    )
+    assert [c for c in range(led.chunk_count) if led.root_sending[c]] == sending
     assert led.avoiders == sum(1 for p in live.values() if p.avoid)
     for (node, chunk, src), a in led.flights.items():
         assert node in live and (src == ROOT or src in live)
@@ -107,6 +115,25 @@ def test_the_root_sends_one_copy_of_a_chunk() -> None:
     consistent(led)
 
 
+def test_a_lagging_root_copy_frees_the_roots_slot_and_its_chunk_may_go_again() -> None:
+    led, batch = ledger(), Batch()
+    slow, fast = led.peer("slow"), led.peer("fast")
+    led.assign(slow, 2, ROOT, 0.0, batch)
+    batch = Batch()
+    assert led.lag((slow.ident, 2, ROOT), batch)
+    assert not led.lag((slow.ident, 2, ROOT), batch)  # once
+    assert led.root_uploads == 0 and not led.root_sending[2] and ROOT in batch.freed
+    assert slow.lagging == 1 and slow.incoming == {2: [ROOT]}  # still its download
+    consistent(led)
+    led.assign(fast, 2, ROOT, 1.0, Batch())
+    led.release((slow.ident, 2, ROOT), Batch())  # the slow copy ends: the fast one goes on
+    assert led.root_uploads == 1 and led.root_sending[2] and slow.lagging == 0
+    consistent(led)
+    led.release((fast.ident, 2, ROOT), Batch())
+    assert led.root_uploads == 0 and not led.root_sending[2]
+    consistent(led)
+
+
 def test_told_holdings_replace_known_ones() -> None:
     led, batch = ledger(), Batch()
     a = led.peer("a")
@@ -163,7 +190,8 @@ NODES = ("n0", "n1", "n2", "n3")
 
 class LedgerMachine(RuleBasedStateMachine):
     """Makes the changes the schedule may make (a source holds the chunk and has a free slot,
-    the root sends one copy of a chunk at a time) and checks every index after each."""
+    the root sends one copy of a chunk at a time, unless an earlier one lags; transfers begin
+    finishing or lag) and checks every index after each."""
 
     @initialize(chunks=st.integers(1, 5), slots=st.integers(1, 3))
     def setup(self, chunks: int, slots: int) -> None:
@@ -211,6 +239,18 @@ class LedgerMachine(RuleBasedStateMachine):
         keys = list(self.led.flights)
         if keys:
             self.led.release(keys[pick % len(keys)], Batch())
+
+    @rule(pick=st.integers(0, 50))
+    def finish(self, pick: int) -> None:
+        keys = list(self.led.flights)
+        if keys:
+            self.led.finishing(keys[pick % len(keys)], Batch())
+
+    @rule(pick=st.integers(0, 50))
+    def lag(self, pick: int) -> None:
+        keys = list(self.led.flights)
+        if keys:
+            self.led.lag(keys[pick % len(keys)], Batch())
 
     @rule(node=st.sampled_from(NODES), source=st.sampled_from(NODES))
     def avoid(self, node: str, source: str) -> None:

@@ -245,6 +245,51 @@ def test_an_upload_running_long_marks_its_source_slow() -> None:
 # Faults
 
 
+def test_a_root_copy_to_a_slow_receiver_lags_and_its_chunk_goes_to_a_fast_node() -> None:
+    """The straggler asked first and got the first copy of chunk 0; it takes far longer than
+    expected. At LATE times the expected duration that copy stops holding the root's only
+    slot, and chunk 0 goes from the root to the node that waits for it, not a window later."""
+    s = schedule(4, expected=1.0)
+    s.origin_progress(4, now=0)
+    assert triples(s.request("straggler", want=2, now=0)) == [("straggler", 0, ROOT)]
+    assert not s.request("fast", want=2, now=0.1)  # the root's one slot is busy
+    assert not s.expire(now=1.5)  # late only at LATE x expected
+    assert triples(s.expire(now=2.5)) == [("fast", 0, ROOT)]
+    # The fast node passes chunk 0 on at once; the next root copy goes to it, not to the
+    # straggler, which receives slowly.
+    out = triples(s.completed("fast", 0, ROOT, now=2.6))
+    assert ("fast", 1, ROOT) in out and all(node != "straggler" for node, _, _ in out)
+    assert uploading(s) == {ROOT: 2}  # the lagging copy (not holding the slot) and chunk 1
+    # The straggler's copy ends at last: the root's slot count is not touched twice.
+    s.completed("straggler", 0, ROOT, now=9.0)
+    assert uploading(s) == {ROOT: 1}
+    assert s.progress()["root"]["uploading"] == 1
+
+
+def test_without_any_duration_known_nothing_lags() -> None:
+    s = schedule(4)  # no `expected`, nothing measured
+    s.origin_progress(4, now=0)
+    s.request("straggler", want=2, now=0)
+    assert not s.request("fast", want=2, now=0.1)
+    assert not s.expire(now=9.0)
+
+
+def test_a_slow_receivers_downloads_do_not_make_its_source_slow() -> None:
+    s = schedule(2, expected=1.0, root_upload_slots=2)
+    s.origin_progress(2, now=0)
+    s.request("a", want=1, now=0)  # chunk 0 from the root
+    s.request("straggler", want=1, now=0)  # chunk 1 from the root
+    s.completed("a", 0, ROOT, now=0.5)
+    s.request("a", want=1, now=0.5)  # waits for chunk 1, on its way to the straggler
+    assert ("a", 1, ROOT) in triples(s.expire(now=2.6))  # the straggler's copy lags
+    s.completed("a", 1, ROOT, now=2.8)
+    s.completed("straggler", 1, ROOT, now=8.0)
+    # The straggler takes chunk 0 from a: slowly, and not a's fault.
+    assert ("straggler", 0, "a") in triples(s.request("straggler", want=1, now=8.0))
+    s.completed("straggler", 0, "a", now=16.0)
+    assert s.progress()["nodes"]["a"]["pace"] is None
+
+
 def test_bad_data_bans_the_source_for_the_layer() -> None:
     s = schedule(2, upload_slots=2)
     s.origin_progress(2, now=0)
@@ -889,6 +934,30 @@ def test_a_slow_uploader_loses_its_requests(rate: int) -> None:
     assert len(result.completion) == 16
     assert result.p95 <= 1.35 * result.t_min
     assert result.root_upload_bytes <= 1.1 * result.config.file_size
+
+
+def test_a_straggler_does_not_hold_the_others_back() -> None:
+    """One of six nodes has 2 Mbit/s links (the others 100): the others finish within 1.3 x
+    the same swarm without it (bench/chaos.py's straggler scenario; they took 3.8-4.2 x when
+    the straggler held the root's only slot with the first copy of a chunk)."""
+    kw = {
+        "nodes": 6,
+        "layers": (16 * MiB, 16 * MiB),
+        "chunk_size": MiB,
+        "upload": 100 * Mbit,
+        "download": 100 * Mbit,
+        "origin": 200 * Mbit,
+        "roots": 2,
+        "latency": 0.002,
+        "time_limit": 600.0,
+    }
+    alone = simulate(SwarmConfig(**kw))  # type: ignore[arg-type]
+    slow = {0: 2 * Mbit}
+    result = simulate(SwarmConfig(**kw, node_upload=slow, node_download=slow))  # type: ignore[arg-type]
+    others = [t for node, t in result.completion.items() if node != "n0"]
+    report("a 2 Mbit/s straggler among 6", result)
+    assert len(result.completion) == 6
+    assert max(others) <= 1.3 * max(alone.completion.values())
 
 
 def test_nodes_joining_over_time() -> None:

@@ -1,0 +1,112 @@
+"""How long transfers take, and who is slow by it: the schedule's clock. Pure, no I/O.
+
+The schedule (agent/swarm/schedule.py) judges sources and receivers against the *usual*
+transfer duration: the moving average of every transfer it saw end, or, before one ended,
+`expected` (a chunk at ASSUMED_RATE). A source is slow when its uploads take LATE times the
+usual duration; a receiver is slow when a copy from the root does (the root's link is never
+the narrow one, so such a copy measures the receiver) or when one of its downloads lags. A
+slow receiver's transfers count neither in the usual duration nor in its source's pace: a
+straggler would otherwise make its fast sources look slow.
+"""
+
+from __future__ import annotations
+
+from agent.swarm.ledger import ROOT, Batch, FlightKey, Ledger, Peer
+
+LATE = 2.0  # times the usual transfer duration: a transfer this old is late, a source this slow
+WEIGHT = 0.1  # weight of the newest transfer in the moving averages of durations
+# Bytes/s a transfer is assumed to run at before one is measured: 25 Mbit/s. A copy from the
+# root to a 2 Mbit/s straggler lags after 2 x 0.34 s per MiB instead of holding the root's
+# slot for the whole chunk; links slower than this lose a little at the start (a second
+# first copy from the root) until a duration is measured.
+ASSUMED_RATE = 3.125e6
+
+
+def expected_transfer(chunk_size: int) -> float:
+    """The usual transfer duration a layer's schedule starts from (`expected`)."""
+    return chunk_size / ASSUMED_RATE
+
+
+def moving(average: float, value: float) -> float:
+    return value if average < 0 else average + WEIGHT * (value - average)
+
+
+class Pace:
+    """Durations of one layer's transfers and the judgements made from them."""
+
+    def __init__(self, ledger: Ledger, expected: float) -> None:
+        self.expected = expected  # s: the usual duration until one is measured (0: none)
+        self.typical = -1.0  # moving average of all transfer durations (-1: none yet)
+        self.now = float("-inf")
+        self._ledger = ledger
+        self._peers = ledger.peers
+        self._flights = ledger.flights
+        self._holders = ledger.holders
+
+    def tick(self, now: float) -> None:
+        if now < self.now:
+            raise ValueError(f"time went backwards: {now} after {self.now}")
+        self.now = now
+
+    def usual(self) -> float:
+        """The usual duration (the measured one, else `expected`; <= 0: none)."""
+        return self.typical if self.typical > 0 else self.expected
+
+    def ended(self, key: FlightKey, peer: Peer, took: float, *, lagged: bool) -> None:
+        """The transfer `key` to `peer` ended after `took` seconds (`lagged`: it lagged, or
+        its receiver is slow)."""
+        src = key[2]
+        if src == ROOT:
+            peer.down_pace = moving(peer.down_pace, took)
+        if lagged:
+            return
+        self.typical = moving(self.typical, took)
+        if src != ROOT:
+            self.clock(src, took)
+
+    def clock(self, source: int, took: float) -> None:
+        """Count an upload's duration (or a lower bound, for one cut short) in its pace."""
+        peer = self._peers.get(source)
+        if peer is not None:
+            peer.pace = moving(peer.pace, took)
+
+    def slow(self, peer: Peer) -> bool:
+        """A peer whose uploads take LATE times the usual duration or longer (its pace, or an
+        upload running that long)."""
+        if self.typical <= 0:
+            return False
+        limit = LATE * self.typical
+        if peer.pace > limit:
+            return True
+        flights, since, lagging = self._flights, self.now - limit, self._ledger.lagging
+        return any(flights[k].issued < since and k not in lagging for k in peer.outgoing)
+
+    def slow_receiver(self, peer: Peer) -> bool:
+        """A peer whose downloads lag, or whose copies from the root take LATE times the usual
+        duration: a copy sent there spreads slowly."""
+        if peer.lagging:
+            return True
+        return self.typical > 0 and peer.down_pace > LATE * self.typical
+
+    def sluggish(self, peer: Peer) -> bool:
+        return self.slow(peer) or self.slow_receiver(peer)
+
+    def fast_holder(self, chunk: int, besides: int) -> bool:
+        """Whether a peer other than `besides`, and not slow, holds `chunk` (busy or not)."""
+        peers = self._peers
+        return any(h != besides and not self.slow(peers[h]) for h in self._holders[chunk])
+
+    def lag_root_copies(self, now: float, root_slots: int, batch: Batch) -> None:
+        """A copy from the root running LATE times the usual duration has a slow receiver:
+        it stops holding the root's slot, and its chunk may go to another node too. At most
+        `root_slots` copies lag at once: with every link slower than expected the root's link
+        is shared by twice its slots, not more."""
+        usual = self.usual()
+        if usual <= 0:
+            return
+        limit, ledger = now - LATE * usual, self._ledger
+        for key, a in self._flights.items():  # oldest first
+            if a.issued > limit or ledger.root_lagging >= root_slots:
+                return
+            if key[2] == ROOT:
+                ledger.lag(key, batch)
