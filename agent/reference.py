@@ -66,7 +66,9 @@ def metrics_section() -> list[str]:
         "Served on the exporter port (`exporter.port`), or as `/metrics` on the proxy port when "
         "`ExporterConfig.standaloneExporterPort` is false. The `DADIP2P_*` gauges keep the "
         'original product\'s names and labels (`node="<nodeIP>:<p2pPort>"`, `mode`, `type`), '
-        "for existing dashboards; the 10-second gauges cover the last 10 s.",
+        "for existing dashboards; the 10-second gauges cover the last 10 s. Every `pollen_*` "
+        "series carries the same `node` label, so the two join: "
+        "`pollen_layer_bytes_total * on (node) group_left (mode) DADIP2P_Alive`.",
         "",
         "| metric | type | labels | meaning |",
         "|---|---|---|---|",

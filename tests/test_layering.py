@@ -53,6 +53,7 @@ LAYERS: dict[str, int] = {
     "registry": 5,  # the upstream client, the credential check
     "swarm": 5,  # P2P client and server, the roots
     "observe": 5,  # the audit writer
+    "observe.exposition": 5,  # the node label on every pollen_* series, the exporter app
     "kube": 5,  # API client, webhook server, certificates
     "node": 5,  # the node's address, `pollen doctor`
     # 6. layer downloads: origin, swarm, readers, single flight
