@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     "cache": 3,
     # 4. HTTP/1.1 over trio: server, client, responses, TLS contexts, shutdown, the upload cap
     "http": 4,
+    "http.servingcert": 4,  # a TLS server certificate that follows its files
     # 5. adapters of the roles that do not fetch layers themselves
     "registry": 5,  # the upstream client, the credential check
     "swarm": 5,  # P2P client and server, the roots

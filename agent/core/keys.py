@@ -180,6 +180,10 @@ KEYS: tuple[Key, ...] = (
     _k("tls_key", "POLLEN_TLS_KEY", "tls.key", "", parse_readable_file, "path",
        "private key for TLS on the proxy port and the webhook port (with tls.cert)",
        default_doc="(none)"),
+    _k("tls_reload_interval", "POLLEN_TLS_RELOAD_INTERVAL", "tls.reloadInterval", 5.0,
+       parse_duration, "seconds",
+       "how often the webhook reads tls.cert and tls.key again; a renewed pair is served to "
+       "new connections without a restart (0: never)", **_DUR),
     _k("webhook_port", "POLLEN_WEBHOOK_PORT", "webhook.port", 8443, parse_port, "port",
        "admission webhook HTTPS port"),
     _k("webhook_registries", "POLLEN_WEBHOOK_REGISTRIES", "webhook.registries",
