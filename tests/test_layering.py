@@ -56,6 +56,7 @@ LAYERS: dict[str, int] = {
     "observe": 5,  # the audit writer
     "observe.exposition": 5,  # the node label on every pollen_* series, the exporter app
     "kube": 5,  # API client, webhook server, certificates
+    "kube.webhookmetrics": 5,  # the webhook's metrics, counted by its I/O layer
     "node": 5,  # the node's address, `pollen doctor`
     # 6. layer downloads: origin, swarm, readers, single flight
     "fetch": 6,
