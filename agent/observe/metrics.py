@@ -118,7 +118,11 @@ class Telemetry(Observer):
         self.registry.register(_Original(self))
         labelled = NodeLabelled(node)
         self.registry.register(labelled)
-        r = labelled.registry
+        self._define(labelled.registry)
+
+    def _define(self, r: CollectorRegistry) -> None:
+        """The pollen_* counters and histograms the events update, and the collector of the
+        components' own counters, in `r` (a `NodeLabelled`'s registry)."""
         self._layer_bytes = _children(
             Counter(
                 "pollen_layer_bytes",
