@@ -137,6 +137,11 @@ def add_webhook_and_doctor(sub: argparse._SubParsersAction[argparse.ArgumentPars
     )
     certs.add_argument("--out-dir", type=Path, help="also write tls.crt, tls.key, ca.crt here")
     certs.add_argument("--cluster-token-secret", help="create this P2P token Secret if missing")
+    certs.add_argument(
+        "--wait-for-mount",
+        type=Path,
+        help="then wait until the TLS Secret mounted here holds tls.crt and tls.key",
+    )
 
     doctor = sub.add_parser("doctor", help="check that containerd pulls through the agent")
     doctor.add_argument("--address", help="host:port of the agent's proxy port (default: local)")
@@ -191,6 +196,7 @@ def run_webhook_or_doctor(args: argparse.Namespace, config: Config) -> int:
             configuration=args.webhook_configuration,
             out_dir=args.out_dir,
             cluster_token_secret=args.cluster_token_secret,
+            wait_for_mount=args.wait_for_mount,
         )
         return webhookcerts.main(job, args.service_account_dir)
     if args.print_config:

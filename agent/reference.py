@@ -1,7 +1,8 @@
 """docs/REFERENCE.md, generated from the code that defines what it documents.
 
 The configuration table comes from `agent.core.config.KEYS`, the metrics from the families a
-fresh `agent.observe.metrics.Telemetry` registry exposes, the audit log's op codes from
+fresh `agent.observe.metrics.Telemetry` registry and a fresh
+`agent.kube.webhookmetrics.WebhookMetrics` registry expose, the audit log's op codes from
 `agent.observe.auditline`. tests/test_reference.py fails when the committed page differs from
 what this prints, so the reference cannot drift from the code: after changing a key, a metric
 or an op code, run ``make docs`` (``python -m agent.reference > docs/REFERENCE.md``).
@@ -12,7 +13,10 @@ from __future__ import annotations
 import sys
 import time
 
+from prometheus_client import CollectorRegistry
+
 from agent.core.config import CONFIG_ENV, KEYS
+from agent.kube.webhookmetrics import WebhookMetrics
 from agent.observe.auditline import OPS, AuditRecord, format_line
 from agent.observe.metrics import Telemetry
 
@@ -59,26 +63,40 @@ def config_section() -> list[str]:
     return lines
 
 
-def metrics_section() -> list[str]:
-    lines = [
-        "## Metrics",
-        "",
-        "Served on the exporter port (`exporter.port`), or as `/metrics` on the proxy port when "
-        "`ExporterConfig.standaloneExporterPort` is false. The `DADIP2P_*` gauges keep the "
-        'original product\'s names and labels (`node="<nodeIP>:<p2pPort>"`, `mode`, `type`), '
-        "for existing dashboards; the 10-second gauges cover the last 10 s.",
-        "",
-        "| metric | type | labels | meaning |",
-        "|---|---|---|---|",
-    ]
-    telemetry = Telemetry(node="192.0.2.1:65002", mode="agent")
-    for family in telemetry.registry.collect():
+def _metric_table(registry: CollectorRegistry) -> list[str]:
+    lines = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    for family in registry.collect():
         labels = sorted({k for s in family.samples for k in s.labels} - {"le"})
         shown = ", ".join(f"`{label}`" for label in labels) or "-"
         lines.append(
             f"| `{family.name}` | {family.type} | {shown} | {_cell(family.documentation)} |"
         )
     return lines
+
+
+def metrics_section() -> list[str]:
+    telemetry = Telemetry(node="192.0.2.1:65002", mode="agent")
+    return [
+        "## Metrics",
+        "",
+        "Served on the exporter port (`exporter.port`), or as `/metrics` on the proxy port when "
+        "`ExporterConfig.standaloneExporterPort` is false. The `DADIP2P_*` gauges keep the "
+        'original product\'s names and labels (`node="<nodeIP>:<p2pPort>"`, `mode`, `type`), '
+        "for existing dashboards; the 10-second gauges cover the last 10 s. Every `pollen_*` "
+        "series carries the same `node` label, so the two join: "
+        "`pollen_layer_bytes_total * on (node) group_left (mode) DADIP2P_Alive`.",
+        "",
+        *_metric_table(telemetry.registry),
+        "",
+        "### The webhook's",
+        "",
+        "`pollen webhook` serves its own on the exporter port (or as `/metrics` on its HTTPS "
+        "port when `ExporterConfig.standaloneExporterPort` is false), every series with "
+        '`node="<nodeIP>:<webhook port>"` (it has no P2P port). Rotating its certificate: '
+        "docs/WEBHOOK.md.",
+        "",
+        *_metric_table(WebhookMetrics(node="192.0.2.9:8443").registry),
+    ]
 
 
 def audit_section() -> list[str]:

@@ -1,4 +1,5 @@
-"""The Grafana dashboard in deploy/grafana only queries metrics the agent exports."""
+"""The Grafana dashboard in deploy/grafana only queries metrics Pollen exports: the agents'
+and roots', and in its webhook row the admission webhook's."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.kube.webhookmetrics import WebhookMetrics
 from agent.observe.metrics import Telemetry
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "pollen-dashboard.json"
@@ -19,15 +21,34 @@ PROMQL_WORDS = frozenset(
 )
 
 
-def exported_names() -> set[str]:
-    """Every sample name an agent's exposition holds (histogram _bucket/_sum/_count too)."""
-    telemetry = Telemetry(node="n:1", mode="agent", labels=(("zone", "z"),))
-    _, body = telemetry.exposition()
+def sample_names(body: bytes) -> set[str]:
     return {
         sample.name
         for family in text_string_to_metric_families(body.decode())
         for sample in family.samples
     }
+
+
+def exported_names() -> set[str]:
+    """Every sample name an agent's exposition holds (histogram _bucket/_sum/_count too)."""
+    telemetry = Telemetry(node="n:1", mode="agent", labels=(("zone", "z"),))
+    return sample_names(telemetry.exposition()[1])
+
+
+def webhook_names() -> set[str]:
+    """Every sample name the webhook's exposition holds."""
+    return sample_names(WebhookMetrics(node="n:8443").exposition()[1])
+
+
+def rows(dashboard: dict) -> dict[str, list[dict]]:
+    """Panels by the row above them."""
+    out: dict[str, list[dict]] = {}
+    current = ""
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            current = panel["title"]
+        out.setdefault(current, []).append(panel)
+    return out
 
 
 def queries(dashboard: dict) -> list[str]:
@@ -73,7 +94,9 @@ def test_dashboard_queries_only_exported_metrics() -> None:
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     exported = exported_names()
     used: set[str] = set()
-    for expr in queries(dashboard):
+    webhook_row = {"panels": rows(dashboard).pop(WEBHOOK_ROW), "templating": {"list": []}}
+    webhook_queries = set(queries(webhook_row))
+    for expr in (q for q in queries(dashboard) if q not in webhook_queries):
         names = metric_names(expr)
         assert names, f"no metric in {expr!r}"
         missing = names - exported
@@ -102,3 +125,27 @@ def test_dashboard_is_importable_grafana_json() -> None:
         assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
         for target in panel.get("targets", []):
             assert target["datasource"]["uid"] == "${DS_PROMETHEUS}"
+
+
+WEBHOOK_ROW = "Admission webhook"
+
+
+def test_the_webhook_row_queries_what_the_webhook_exports() -> None:
+    """Issue 14, item 3: the dashboard showed nothing of the webhook. Its row queries only
+    series `pollen webhook` exports -- every one of its own families -- and none of the
+    agents'."""
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    panels = rows(dashboard)[WEBHOOK_ROW]
+    assert panels[0]["type"] == "row" and len(panels) > 1
+    exported = webhook_names()
+    used: set[str] = set()
+    for expr in queries({"panels": panels, "templating": {"list": []}}):
+        names = metric_names(expr)
+        assert names, f"no metric in {expr!r}"
+        assert not names - exported, f"{expr!r} uses {sorted(names - exported)}"
+        used |= names
+    shown = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in used}
+    families = {f.name for f in WebhookMetrics().registry.collect()}
+    own = {name for name in families if name.startswith("pollen_webhook_")}
+    assert len(own) == 5 and own <= shown, sorted(own - shown)
+    assert not used & exported_names(), "an agents' series in the webhook row"

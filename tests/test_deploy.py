@@ -316,17 +316,22 @@ def test_container_commands_are_pollen_commands() -> None:
 
 def test_network_policy_lets_in_only_the_webhook_port_and_out_only_to_the_api_server() -> None:
     """Issue 13, item 1: no NetworkPolicy was shipped; anything could reach the webhook on any
-    port and the webhook could reach anything."""
+    port and the webhook could reach anything. Issue 14, item 3: and its metrics port."""
     policy = the("NetworkPolicy", "pollen-webhook")["spec"]
     deployment = the("Deployment", "pollen-webhook")["spec"]["template"]
     assert policy["podSelector"] == {"matchLabels": deployment["metadata"]["labels"]}
     assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
     (container,) = deployment["spec"]["containers"]
-    (serving,) = container["ports"]
+    serving, metrics = container["ports"]
     assert serving["containerPort"] == DEFAULTS.webhook_port
-    # The serving port only, from any peer: the API server calls from the host network or
-    # from outside the cluster, which no selector matches (the manifest says so).
-    assert policy["ingress"] == [{"ports": [{"port": serving["name"], "protocol": "TCP"}]}]
+    assert metrics["containerPort"] == DEFAULTS.exporter_port
+    # The serving port, from any peer: the API server calls from the host network or from
+    # outside the cluster, which no selector matches (the manifest says so); and the metrics
+    # port, in a rule of its own that an operator can narrow to Prometheus.
+    assert policy["ingress"] == [
+        {"ports": [{"port": serving["name"], "protocol": "TCP"}]},
+        {"ports": [{"port": metrics["name"], "protocol": "TCP"}]},
+    ]
     # Only the API server's ports (Service port and the usual endpoint port); no DNS, since
     # KUBERNETES_SERVICE_HOST is an address.
     (egress,) = policy["egress"]
@@ -338,3 +343,40 @@ def test_network_policy_lets_in_only_the_webhook_port_and_out_only_to_the_api_se
         if obj["kind"] in WORKLOADS and obj is not the("Deployment", "pollen-webhook"):
             labels = obj["spec"]["template"]["metadata"]["labels"]
             assert not policy["podSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_webhook_serves_the_mounted_secret_and_exports_metrics() -> None:
+    """Issue 14, item 3: the webhook took a renewed certificate only with a restart (its init
+    container copied the Secret into an emptyDir once), and nothing scraped its counters."""
+    deployment = the("Deployment", "pollen-webhook")["spec"]["template"]
+    spec = deployment["spec"]
+    (webhook,) = spec["containers"]
+    (certs,) = spec["initContainers"]
+    env = {e["name"]: e.get("value") for e in webhook["env"]}
+    cert_dir = str(Path(env["POLLEN_TLS_CERT"]).parent)
+    assert Path(env["POLLEN_TLS_KEY"]).parent == Path(cert_dir)
+    # The files the webhook reads are the TLS Secret's, as the kubelet keeps them up to date
+    # (a whole-volume mount: subPath mounts are never updated).
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "tls"]
+    mounts = {m["mountPath"]: m for m in webhook["volumeMounts"]}
+    assert mounts[cert_dir]["name"] == "tls" and "subPath" not in mounts[cert_dir]
+    args = build_parser().parse_args(certs["command"][1:])
+    assert volume["secret"]["secretName"] == args.secret
+    assert volume["secret"]["optional"] is True  # made by the init container on first install
+    # ... which then waits for the kubelet to fill the volume, so the webhook starts with it.
+    assert args.wait_for_mount == Path(cert_dir) and args.out_dir is None
+    assert {m["mountPath"]: m["name"] for m in certs["volumeMounts"]}[cert_dir] == "tls"
+    # Readable by the webhook's user through its group.
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+    # Metrics: enabled by the ConfigMap, on the exporter port, announced to Prometheus.
+    config = load_config({**config_map(), "POLLEN_CLUSTER_TOKEN": "t"})
+    assert config.exporter_enable and config.exporter_standalone_port
+    ports = {p["name"]: p["containerPort"] for p in webhook["ports"]}
+    assert ports["metrics"] == config.exporter_port
+    annotations = deployment["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(config.exporter_port)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    service = the("Service", "pollen-webhook")["spec"]["ports"]
+    assert {"name": "metrics", "port": 65003, "targetPort": "metrics", "protocol": "TCP"} in service

@@ -50,11 +50,14 @@ LAYERS: dict[str, int] = {
     "cache": 3,
     # 4. HTTP/1.1 over trio: server, client, responses, TLS contexts, shutdown, the upload cap
     "http": 4,
+    "http.servingcert": 4,  # a TLS server certificate that follows its files
     # 5. adapters of the roles that do not fetch layers themselves
     "registry": 5,  # the upstream client, the credential check
     "swarm": 5,  # P2P client and server, the roots
     "observe": 5,  # the audit writer
+    "observe.exposition": 5,  # the node label on every pollen_* series, the exporter app
     "kube": 5,  # API client, webhook server, certificates
+    "kube.webhookmetrics": 5,  # the webhook's metrics, counted by its I/O layer
     "node": 5,  # the node's address, `pollen doctor`
     # 6. layer downloads: origin, swarm, readers, single flight
     "fetch": 6,

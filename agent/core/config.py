@@ -133,6 +133,7 @@ class Config:
     p2p_tls_key: str
     tls_cert: str
     tls_key: str
+    tls_reload_interval: float
     webhook_port: int
     webhook_registries: tuple[str, ...]
     webhook_endpoint_port: int

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+from typing import Any
 
 import trio
 
@@ -55,19 +56,23 @@ async def open_listeners(
     return [trio.SSLListener(t, ssl_context, https_compatible=True) for t in tcp]
 
 
-def listener_port(listeners: list[trio.abc.Listener[trio.abc.Stream]]) -> int:
+def _transport(listener: trio.abc.Listener[Any]) -> trio.abc.Listener[Any]:
+    """The TCP listener under a TLS one (trio's SSLListener, or a `servingcert.TLSListener`,
+    which both name it `transport_listener`)."""
+    inner = getattr(listener, "transport_listener", None)
+    return inner if isinstance(inner, trio.abc.Listener) else listener
+
+
+def listener_port(listeners: list[trio.abc.Listener[Any]]) -> int:
     """The bound port (for port 0 in tests)."""
-    first = listeners[0]
-    if isinstance(first, trio.SSLListener):
-        first = first.transport_listener
+    first = _transport(listeners[0])
     assert isinstance(first, trio.SocketListener)
     return int(first.socket.getsockname()[1])
 
 
-async def wait_pending(listener: trio.abc.Listener[trio.abc.Stream]) -> None:
+async def wait_pending(listener: trio.abc.Listener[Any]) -> None:
     """Return when a connection waits in the listener's backlog (its socket is readable)."""
-    if isinstance(listener, trio.SSLListener):
-        listener = listener.transport_listener
+    listener = _transport(listener)
     if isinstance(listener, trio.SocketListener):
         await trio.lowlevel.wait_readable(listener.socket)
     else:  # a listener without a socket (tests' in-memory ones): look again shortly

@@ -11,7 +11,12 @@ deploy/kubernetes) makes that work without cert-manager:
 2. put the CA into ``clientConfig.caBundle`` of every entry of the MutatingWebhookConfiguration
    (only when it differs, so restarts do not churn);
 3. optionally create the cluster token Secret (a random P2P token) if it does not exist;
-4. write the certificate and key into ``--out-dir`` for the webhook container to serve.
+4. write the certificate and key into ``--out-dir`` for the webhook container to serve;
+5. or, when the webhook serves the Secret mounted as a volume (deploy/kubernetes, so that a
+   renewed certificate reaches it without a restart, docs/WEBHOOK.md), wait until that volume
+   holds a pair (``--wait-for-mount``): on the first install the Secret is made here, after
+   the kubelet mounted the (optional) volume empty, and the webhook must not start before the
+   kubelet has filled it.
 
 Every step is idempotent: running it again changes nothing that is still valid.
 """
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import trio
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -38,9 +44,15 @@ from agent.kube.api import KubeAPI, KubeError
 
 log = logging.getLogger(__name__)
 
+MOUNT_FILES = ("tls.crt", "tls.key")
+MOUNT_POLL = 1.0  # seconds between looks at the mounted Secret
 VALIDITY = datetime.timedelta(days=5 * 365)
 RENEW_BEFORE = datetime.timedelta(days=30)
 TOKEN_KEY = "token"
+
+
+class NotMounted(Exception):
+    """The Secret's volume stayed empty (`CertsJob.wait_for_mount`)."""
 
 
 @dataclass(frozen=True)
@@ -307,6 +319,28 @@ class CertsJob:
     configuration: str  # the MutatingWebhookConfiguration whose caBundle is filled
     out_dir: Path | None = None  # also write tls.crt, tls.key and ca.crt here
     cluster_token_secret: str | None = None  # also keep a cluster token in this Secret
+    wait_for_mount: Path | None = None  # wait until the Secret's volume here holds a pair
+    # The kubelet fills a mounted Secret at its next sync of the pod (a minute or so); past
+    # this the job fails, and the kubelet runs it again (and syncs the pod meanwhile).
+    mount_timeout: float = 180.0
+
+
+def mounted_pair(directory: Path) -> bool:
+    """Whether `directory` holds a non-empty tls.crt and tls.key (through the kubelet's
+    ``..data`` symlinks, as the webhook will open them)."""
+    try:
+        return all((directory / name).stat().st_size > 0 for name in MOUNT_FILES)
+    except OSError:
+        return False
+
+
+async def wait_for_mount(directory: Path, timeout: float) -> bool:
+    """True once `directory` holds the pair, False after `timeout` seconds."""
+    with trio.move_on_after(timeout):
+        while not mounted_pair(directory):
+            await trio.sleep(MOUNT_POLL)
+        return True
+    return False
 
 
 async def run_certs(api: KubeAPI, job: CertsJob, namespace: str) -> None:
@@ -318,12 +352,19 @@ async def run_certs(api: KubeAPI, job: CertsJob, namespace: str) -> None:
     if job.out_dir is not None:
         write_files(job.out_dir, bundle)
         log.info("wrote tls.crt, tls.key and ca.crt to %s", job.out_dir)
+    if job.wait_for_mount is not None:
+        if not mounted_pair(job.wait_for_mount):
+            log.info("waiting for the kubelet to fill %s from the Secret", job.wait_for_mount)
+        if not await wait_for_mount(job.wait_for_mount, job.mount_timeout):
+            raise NotMounted(
+                f"{job.wait_for_mount} holds no tls.crt and tls.key after "
+                f"{job.mount_timeout:g}s: is secret {namespace}/{job.secret} mounted there?"
+            )
+        log.info("%s holds the serving certificate", job.wait_for_mount)
 
 
 def main(job: CertsJob, account_dir: Path | None = None) -> int:
     """`pollen webhook certs` in a pod: exit 0 when everything is in place."""
-    import trio
-
     from agent.kube.api import SERVICE_ACCOUNT_DIR
 
     account = account_dir or SERVICE_ACCOUNT_DIR
@@ -345,7 +386,7 @@ def main(job: CertsJob, account_dir: Path | None = None) -> int:
 
     try:
         trio.run(go)
-    except KubeError as exc:
+    except (KubeError, NotMounted) as exc:
         log.error("webhook certs: %s", exc)
         return 1
     return 0

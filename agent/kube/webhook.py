@@ -21,11 +21,18 @@ counted in `statistics()`; the client gets one generic admission warning, which 
 nothing about the secrets it named. A ``dryRun`` review gets the same patch with no API call
 at all (the webhook declares ``sideEffects: NoneOnDryRun``).
 A malformed review gets HTTP 400 with the reason.
+
+Each answer is counted by its outcome, each secret by what was done to it, in
+`agent.kube.webhookmetrics` (served on the exporter port, or as ``/metrics`` here); the
+pure cores only return what they decided. The serving certificate follows its files
+(`agent.http.servingcert`): a renewed ``tls.cert``/``tls.key`` is served to the next connection
+within ``tls.reloadInterval``, without a restart (docs/WEBHOOK.md).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -33,10 +40,11 @@ from typing import Any
 import trio
 
 from agent.core.config import Config
+from agent.core.hostport import join_hostport
 from agent.http.responses import Response, json_response
 from agent.http.server import HttpServer, Request, ServerSettings, listener_port, open_listeners
+from agent.http.servingcert import ServingCertificate, TLSListener, follow_files
 from agent.http.shutdown import STOP_SIGNALS, drain, wait_for_stop
-from agent.http.tls import server_ssl_context
 from agent.kube.admission import (
     AdmissionSettings,
     Decision,
@@ -48,6 +56,8 @@ from agent.kube.admission import (
 )
 from agent.kube.api import SERVICE_ACCOUNT_DIR, KubeAPI, KubeError
 from agent.kube.pullsecrets import DeriveError, copy_action, derive_secret
+from agent.kube.webhookmetrics import WebhookMetrics
+from agent.node.address import detect_node_ip
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +75,10 @@ SECRET_FAILURE_WARNING = (
 )
 
 
+# An outcome's name in `statistics()`, where it predates the metrics.
+_STATUS_NAMES = {"malformed": "bad_requests", "secret_failure": "secret_failures"}
+
+
 def _error(status: int, message: str) -> Response:
     return json_response(status, {"error": message})
 
@@ -80,6 +94,8 @@ class AdmissionWebhook:
         self.secret_timeout = secret_timeout
         self.ready = False
         self.counts: Counter[str] = Counter()
+        self.metrics = WebhookMetrics()
+        self.metrics_route = False  # /metrics here too (the exporter has no port of its own)
         self._locks: dict[tuple[str, str], trio.Lock] = {}
 
     def statistics(self) -> dict[str, int]:
@@ -89,7 +105,7 @@ class AdmissionWebhook:
         """What `GET /_pollen/status` shows (loopback only, e.g. through kubectl port-forward):
         the counters -- rewritten, unchanged, dry_run, bad_requests, secret_failures,
         secrets_created, secrets_updated, secrets_foreign (a secret Pollen did not make holds
-        a copy's name: left untouched, the pod admitted unchanged)."""
+        a copy's name: left untouched, the pod admitted unchanged), secrets_failed."""
         return {"counts": self.statistics()}
 
     async def handle(self, request: Request) -> Response:
@@ -104,17 +120,33 @@ class AdmissionWebhook:
             if not request.client_is_loopback:
                 return _error(403, "status is answered to loopback clients only")
             return json_response(200, {"role": "webhook", "ready": self.ready, **self.status()})
+        if path == "/metrics" and self.metrics_route:
+            return self.metrics.response()
         if path != "/mutate":
             return _error(404, f"no route {path}")
         if request.method != "POST":
             return _error(405, "POST an AdmissionReview to /mutate")
+        started = trio.current_time()
         try:
             decision = self.decide(request.body)
         except ReviewError as exc:
-            self.counts["bad_requests"] += 1
+            self._admitted("malformed", started)
             log.info("conn %d: malformed AdmissionReview: %s", request.conn_id, exc)
             return _error(400, str(exc))
-        return json_response(200, await self.admit(decision))
+        outcome, answer = await self.admit(decision)
+        self._admitted(outcome, started)
+        return json_response(200, answer)
+
+    def _admitted(self, outcome: str, started: float) -> None:
+        """Count an answered review: in `statistics()` (by its historical name) and in the
+        metrics."""
+        self.counts[_STATUS_NAMES.get(outcome, outcome)] += 1
+        self.metrics.admitted(outcome, trio.current_time() - started)
+
+    def _secret_done(self, action: str) -> None:
+        if action != "unchanged":
+            self.counts[f"secrets_{action}"] += 1
+        self.metrics.secret(action)
 
     def decide(self, body: bytes) -> Decision:
         """Parse and decide in one synchronous step; ReviewError when malformed.
@@ -130,20 +162,18 @@ class AdmissionWebhook:
         except ReviewError as exc:
             raise ReviewError(f"malformed AdmissionReview: {exc}") from None
 
-    async def admit(self, decision: Decision) -> dict[str, Any]:
-        """Write the secrets `decision` needs; the AdmissionReview to answer with."""
+    async def admit(self, decision: Decision) -> tuple[str, dict[str, Any]]:
+        """Write the secrets `decision` needs; the outcome (`webhookmetrics.
+        ADMISSION_OUTCOMES`) and the AdmissionReview to answer with."""
         where = f"{decision.namespace}/{decision.pod}"
         if not decision.patch:
-            self.counts["unchanged"] += 1
             log.info("review %s %s: unchanged: %s", decision.uid, where, decision.reason)
-            return decision.response()
+            return "unchanged", decision.response()
         if decision.dry_run:
-            self.counts["dry_run"] += 1
             log.info("review %s %s: dry run: %s", decision.uid, where, decision.reason)
-            return decision.response()
+            return "dry_run", decision.response()
         failure = await self._write_secrets(decision)
         if failure is not None:
-            self.counts["secret_failures"] += 1
             log.warning(
                 "review %s %s: admitted unchanged, pull secret not written: %s",
                 decision.uid,
@@ -153,8 +183,7 @@ class AdmissionWebhook:
             # Whoever sent the review reads the warning: it must not tell whether a secret
             # exists or what type it has (a forged review could probe any namespace), so the
             # reason stays in the log above.
-            return allowed_response(decision.uid, SECRET_FAILURE_WARNING)
-        self.counts["rewritten"] += 1
+            return "secret_failure", allowed_response(decision.uid, SECRET_FAILURE_WARNING)
         log.info(
             "review %s %s: %s: %s",
             decision.uid,
@@ -162,19 +191,24 @@ class AdmissionWebhook:
             decision.reason,
             ", ".join(f"{a} -> {b}" for a, b in decision.rewritten),
         )
-        return decision.response()
+        return "rewritten", decision.response()
 
     async def _write_secrets(self, decision: Decision) -> str | None:
-        """Create or update every planned secret; a reason on failure, None on success."""
+        """Create or update every planned secret, each counted by what was done to it; a
+        reason on failure (the first secret that failed; the rest are not tried), None on
+        success."""
         with trio.move_on_after(self.secret_timeout):
             for plan in decision.secrets:
                 try:
-                    outcome = await self.sync_secret(plan)
+                    action = await self.sync_secret(plan)
                 except (KubeError, DeriveError) as exc:
+                    self._secret_done("failed")
                     return f"{plan.namespace}/{plan.target}: {exc}"
-                if outcome == "foreign":
+                self._secret_done(action)
+                if action == "foreign":
                     return f"{plan.namespace}/{plan.target} exists and is not Pollen's copy"
             return None
+        self._secret_done("failed")  # the one in flight when the time ran out
         return f"the Kubernetes API did not answer within {self.secret_timeout:g}s"
 
     async def sync_secret(self, plan: SecretPlan) -> str:
@@ -193,7 +227,6 @@ class AdmissionWebhook:
                 existing = await self.api.get_secret(plan.namespace, plan.target)
                 action = copy_action(existing, desired, plan.source)
                 if action.kind == "foreign":
-                    self.counts["secrets_foreign"] += 1
                     log.warning(
                         "secret %s/%s left untouched: %s",
                         plan.namespace,
@@ -216,7 +249,6 @@ class AdmissionWebhook:
                     if exc.status in (409, 422) and attempt == 1:
                         continue
                     raise
-                self.counts[f"secrets_{outcome}"] += 1
                 log.info(
                     "secret %s/%s %s from %s", plan.namespace, plan.target, outcome, plan.source
                 )
@@ -236,37 +268,59 @@ async def serve(
     config: Config,
     webhook: AdmissionWebhook,
     *,
+    certificate: ServingCertificate | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `webhook` over TLS on webhook.port until SIGTERM/SIGINT, then drain."""
-    context = server_ssl_context(config.tls_cert, config.tls_key)
-    listeners = await open_listeners(config.listen_address, config.webhook_port, context)
-    server = HttpServer(
-        webhook.handle,
-        ServerSettings(
-            read_timeout=config.read_timeout,
-            idle_timeout=config.idle_timeout,
-            max_request_body=MAX_REVIEW_BYTES,
-        ),
-        name="webhook",
+    """Serve `webhook` over TLS on webhook.port until SIGTERM/SIGINT, then drain. With
+    exporter.enable, its metrics on exporter.port (or on the webhook port, as /metrics, when
+    ExporterConfig.standaloneExporterPort is false). `certificate`: tls.cert and tls.key,
+    loaded here when not given."""
+    if certificate is None:
+        certificate = ServingCertificate(config.tls_cert, config.tls_key)
+    tcp = await open_listeners(config.listen_address, config.webhook_port, None)
+    listeners: list[trio.abc.Listener[Any]] = [TLSListener(t, certificate) for t in tcp]
+    settings = ServerSettings(
+        read_timeout=config.read_timeout,
+        idle_timeout=config.idle_timeout,
+        max_request_body=MAX_REVIEW_BYTES,
     )
+    servers = [(HttpServer(webhook.handle, settings, name="webhook"), listeners)]
     port = listener_port(listeners)
+    webhook.metrics.node = join_hostport(config.node_ip or detect_node_ip(), port)
+    webhook.metrics.serving(certificate.info)
+    webhook.metrics_route = config.exporter_enable and not config.exporter_standalone_port
+    exporter: list[trio.abc.Listener[Any]] = []
+    if config.exporter_enable and config.exporter_standalone_port:
+        exporter = await open_listeners(config.listen_address, config.exporter_port, None)
+        servers.append(
+            (HttpServer(webhook.metrics.handle, ServerSettings(), name="exporter"), exporter)
+        )
     # The receiver opens before the webhook says it is ready: from then on a SIGTERM drains
     # instead of killing the process mid-admission.
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve, listeners)
+            for server, bound in servers:
+                await nursery.start(server.serve, bound)
+            if config.tls_reload_interval > 0:
+                nursery.start_soon(
+                    follow_files,
+                    certificate,
+                    config.tls_reload_interval,
+                    lambda result, cert: webhook.metrics.certificate_checked(result, cert.info),
+                )
             webhook.ready = True
             log.info(
-                "webhook serving on port %d (https), registries %s, endpoint port %d",
+                "webhook serving on port %d (https, %s), registries %s, endpoint port %d%s",
                 port,
+                certificate.info.describe(),
                 ", ".join(config.webhook_registries),
                 config.webhook_endpoint_port,
+                f", metrics on port {listener_port(exporter)}" if exporter else "",
             )
             task_status.started(port)
             await wait_for_stop(signals)
             webhook.ready = False
-            await drain([server], config.shutdown_grace)
+            await drain([server for server, _ in servers], config.shutdown_grace)
             nursery.cancel_scope.cancel()
 
 
@@ -279,6 +333,11 @@ def run(config: Config, *, account_dir: Path | None = None) -> int:
             "(`pollen webhook certs` makes them)"
         )
         return 2
+    try:
+        certificate = ServingCertificate(config.tls_cert, config.tls_key)
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        log.error("cannot serve %s with key %s: %s", config.tls_cert, config.tls_key, exc)
+        return 2
     account = account_dir or SERVICE_ACCOUNT_DIR
     try:
         api = KubeAPI.in_cluster(account_dir=account, timeout=SECRET_TIMEOUT)
@@ -289,7 +348,7 @@ def run(config: Config, *, account_dir: Path | None = None) -> int:
 
     async def main() -> None:
         try:
-            await serve(config, webhook)
+            await serve(config, webhook, certificate=certificate)
         finally:
             with trio.CancelScope(shield=True):
                 await api.aclose()

@@ -18,6 +18,10 @@ chunks fetched back to source, ``peer`` chunks fetched from peers and roots, ``d
 reads and writes, ``http`` every request on the proxy port. Throughput (bytes/s) and QPS are
 over the last 10 s, MaxLatency is the longest operation of the last 10 s in µs, Count the bytes
 since start.
+
+Every ``pollen_*`` series carries the same ``node`` label as the ``DADIP2P_*`` gauges: the
+``pollen_*`` metrics live in the registry of an `agent.observe.exposition.NodeLabelled`, which
+adds it at scrape time, so none can be defined without it.
 """
 
 from __future__ import annotations
@@ -28,15 +32,22 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agent import __version__
-from agent.http.responses import Response, bytes_response, plain_error
+from agent.http.responses import Response
 from agent.http.server import Request
 from agent.observe.audit import AuditLog
 from agent.observe.auditline import DOWNLOAD, FILEREAD, HTTP_PREAD, RPC_PREAD, microseconds
 from agent.observe.events import SOURCES, LayerReport, Observer, SlidingWindow
+from agent.observe.exposition import (
+    CONTENT_TYPE,
+    NodeLabelled,
+    exporter_answer,
+    exposition,
+    metrics_response,
+)
 from agent.swarm.planner import FALLBACK_KINDS
 
 if TYPE_CHECKING:
@@ -50,8 +61,8 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", Counter, Histogram)
 
-# The exposition format every Prometheus understands (prometheus-client writes it).
-CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+__all__ = ["CONTENT_TYPE", "PeerState", "Telemetry"]
+
 WINDOW_TYPES = ("pread", "download", "peer", "disk", "http")
 CHUNK_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAYER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -102,8 +113,16 @@ class Telemetry(Observer):
         self._p2p: P2PService | None = None
         self._engine = ""
 
+        # The exposition: the original's gauges, then every pollen_* series with `node`.
         self.registry = CollectorRegistry()
-        r = self.registry
+        self.registry.register(_Original(self))
+        labelled = NodeLabelled(node)
+        self.registry.register(labelled)
+        self._define(labelled.registry)
+
+    def _define(self, r: CollectorRegistry) -> None:
+        """The pollen_* counters and histograms the events update, and the collector of the
+        components' own counters, in `r` (a `NodeLabelled`'s registry)."""
         self._layer_bytes = _children(
             Counter(
                 "pollen_layer_bytes",
@@ -174,7 +193,7 @@ class Telemetry(Observer):
             ),
             ("ok", "failed"),
         )
-        r.register(_Collector(self))
+        r.register(_ComponentCounters(self))
 
     def bind(
         self,
@@ -277,23 +296,15 @@ class Telemetry(Observer):
 
     def exposition(self) -> tuple[bytes, bytes]:
         """(content type, body) of the Prometheus text exposition."""
-        return CONTENT_TYPE, generate_latest(self.registry)
+        return exposition(self.registry)
 
     def metrics_response(self) -> Response:
         """``/metrics``, on the exporter port or on the proxy port."""
-        content_type, body = self.exposition()
-        return bytes_response(200, body, content_type)
+        return metrics_response(self.registry)
 
     async def handle(self, request: Request) -> Response:
         """The exporter port's application: ``/metrics`` (and ``/``), nothing else."""
-        path = request.target.partition("?")[0]
-        if request.method not in ("GET", "HEAD"):
-            return plain_error(405, "GET /metrics")
-        if path in ("/metrics", "/"):
-            return self.metrics_response()
-        if path == "/healthz":
-            return plain_error(200, "alive")
-        return plain_error(404, "metrics are at /metrics")
+        return exporter_answer(request, self.registry)
 
     def statistics(self) -> dict[str, object]:
         """For ``/_pollen/status``: peers seen, integrity rejections, the audit log."""
@@ -318,8 +329,12 @@ class Telemetry(Observer):
         }
 
 
-class _Collector:
-    """Computed at scrape time: the original's gauges, and the components' own counters."""
+def _cache_statistics(t: Telemetry) -> dict[str, int]:
+    return t._cache.statistics() if t._cache is not None else {"capacity": 0, "used": 0}
+
+
+class _Original:
+    """Computed at scrape time: the original's gauges, with their own labels."""
 
     def __init__(self, telemetry: Telemetry) -> None:
         self._t = telemetry
@@ -355,7 +370,7 @@ class _Collector:
             for kind in WINDOW_TYPES:
                 family.add_metric([*base, kind], float(value(kind)))
             yield family
-        cache = t._cache.statistics() if t._cache is not None else {"capacity": 0, "used": 0}
+        cache = _cache_statistics(t)
         family = GaugeMetricFamily(
             "DADIP2P_Cache",
             "cache bytes: allocated (capacity) and used",
@@ -371,10 +386,19 @@ class _Collector:
         family.add_metric([*base, *(v for _, v in t.labels)], 1.0)
         yield family
 
-        yield from self._pollen(cache)
 
-    def _pollen(self, cache: dict[str, int]) -> Iterator[Metric]:
+class _ComponentCounters:
+    """Computed at scrape time: the pollen_* view of the components' own counters."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._t = telemetry
+
+    def describe(self) -> list[Metric]:
+        return []  # unchecked: names are fixed here and never clash with the Counters
+
+    def collect(self) -> Iterator[Metric]:
         t = self._t
+        cache = _cache_statistics(t)
         info = GaugeMetricFamily(
             "pollen_info",
             "version, role and I/O engine",

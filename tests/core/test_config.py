@@ -77,6 +77,7 @@ def test_defaults_equal_spec_table() -> None:
     assert cfg.cluster_token == ""
     assert (cfg.p2p_tls_ca, cfg.p2p_tls_cert, cfg.p2p_tls_key) == ("", "", "")
     assert (cfg.tls_cert, cfg.tls_key) == ("", "")
+    assert cfg.tls_reload_interval == 5.0
     assert cfg.webhook_port == 8443
     assert cfg.webhook_registries == ("*.cr.aliyuncs.com",)
     assert cfg.webhook_endpoint_port == 65001
@@ -121,6 +122,7 @@ def test_spec_env_vars_and_file_keys_are_all_present() -> None:
         "POLLEN_P2P_TLS_KEY": "p2p.tls.key",
         "POLLEN_TLS_CERT": "tls.cert",
         "POLLEN_TLS_KEY": "tls.key",
+        "POLLEN_TLS_RELOAD_INTERVAL": "tls.reloadInterval",
         "POLLEN_WEBHOOK_PORT": "webhook.port",
         "POLLEN_WEBHOOK_REGISTRIES": "webhook.registries",
         "POLLEN_WEBHOOK_ENDPOINT_PORT": "webhook.endpointPort",
@@ -331,6 +333,7 @@ BAD_VALUES = {
     "p2p_tls_key": "/nonexistent/key.pem",
     "tls_cert": "/nonexistent/cert.pem",
     "tls_key": "/nonexistent/key.pem",
+    "tls_reload_interval": "soon",
     "webhook_port": "8443.0",
     "webhook_registries": "*bad*",
     "webhook_endpoint_port": "x",

@@ -144,22 +144,30 @@ def test_exporter_serves_every_documented_series_and_counters_follow_pulls(
         assert value(after, "DADIP2P_QPS", **node, type=kind) > 0, kind
         assert value(after, "DADIP2P_MaxLatency", **node, type=kind) > 0, kind
     assert value(after, "DADIP2P_Cache", **node, type="used") == blob_bytes
-    assert value(after, "pollen_layer_bytes_total", source="origin") == blob_bytes
-    assert value(after, "pollen_served_bytes_total", to="client") == blob_bytes
-    assert value(after, "pollen_chunk_seconds_count", source="origin") >= 6
-    assert value(after, "pollen_layer_pull_seconds_count", result="ok") == 4
-    assert value(after, "pollen_auth_checks_total", result="allowed") >= 4
-    assert value(after, "pollen_cache_used_bytes") == blob_bytes
-    assert value(after, "pollen_integrity_rejected_total", what="cache_chunk") == 0
+    assert (
+        value(after, "pollen_layer_bytes_total", node=node["node"], source="origin") == blob_bytes
+    )
+    assert value(after, "pollen_served_bytes_total", node=node["node"], to="client") == blob_bytes
+    assert value(after, "pollen_chunk_seconds_count", node=node["node"], source="origin") >= 6
+    assert value(after, "pollen_layer_pull_seconds_count", node=node["node"], result="ok") == 4
+    assert value(after, "pollen_auth_checks_total", node=node["node"], result="allowed") >= 4
+    assert value(after, "pollen_cache_used_bytes", node=node["node"]) == blob_bytes
+    assert (
+        value(after, "pollen_integrity_rejected_total", node=node["node"], what="cache_chunk") == 0
+    )
+    # Issue 14, item 3: every pollen_* series carries the node of the DADIP2P_* gauges.
+    ours = [(name, dict(labels)) for name, labels in after if name.startswith("pollen_")]
+    unlabelled = sorted({name for name, labels in ours if labels.get("node") != node["node"]})
+    assert ours and not unlabelled, unlabelled
 
     # A second pull comes from the cache: no download, bytes counted as source=cache.
     pull_from(agent, "team/app:v1", tmp_path / "pull2")
     _, again = scrape("127.0.0.1", port)
     assert value(again, "DADIP2P_Count", **node, type="download") == blob_bytes
     assert value(again, "DADIP2P_Count", **node, type="pread") == 2 * blob_bytes
-    assert value(again, "pollen_layer_bytes_total", source="cache") == blob_bytes
-    assert value(again, "pollen_disk_bytes_total", op="read") >= blob_bytes
-    assert value(again, "pollen_auth_checks_total", result="allowed_cached") >= 4
+    assert value(again, "pollen_layer_bytes_total", node=node["node"], source="cache") == blob_bytes
+    assert value(again, "pollen_disk_bytes_total", node=node["node"], op="read") >= blob_bytes
+    assert value(again, "pollen_auth_checks_total", node=node["node"], result="allowed_cached") >= 4
 
     # The per-layer summary: one line per layer pull, bytes split by source.
     lines = [ln for ln in agent.log_text().splitlines() if "layer pull digest=" in ln]
@@ -289,6 +297,16 @@ def test_prometheus_server_scrapes_an_agent_and_a_root(
         assert downloaded and float(downloaded[0]["value"][1]) >= image.layers[0].size
         from_peers = query('DADIP2P_Count{type="peer",mode="agent"}')
         assert from_peers and float(from_peers[0]["value"][1]) >= image.layers[0].size
+        # Issue 14, item 3: the pollen_* series join the original's by node (they had no
+        # node label): the bytes each role got from each source, named by its mode.
+        joined = query(
+            "sum by (mode, source) (pollen_layer_bytes_total * on (node) group_left (mode) "
+            "DADIP2P_Alive)"
+        )
+        by = {(r["metric"]["mode"], r["metric"]["source"]): float(r["value"][1]) for r in joined}
+        assert by[("root", "origin")] >= image.layers[0].size
+        assert by[("agent", "root")] + by[("agent", "peer")] >= image.layers[0].size
+        assert by[("agent", "origin")] == 0
     finally:
         proc.terminate()
         try:

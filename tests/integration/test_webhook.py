@@ -14,24 +14,45 @@ import contextlib
 import datetime
 import http.client
 import json
+import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import jsonpatch
 import pytest
 import trio
-from harness import ManagedProcess, TLSFiles, free_port, make_ca_and_cert, wait_until
+from cryptography import x509
+from harness import (
+    ManagedProcess,
+    TLSFiles,
+    free_port,
+    http_get,
+    make_ca_and_cert,
+    wait_until,
+    write_secret_volume,
+)
 from harness.kubeapi import KubeStandIn
+from prometheus_client.parser import text_string_to_metric_families
 
+from agent import __version__
 from agent.core.config import load_config
 from agent.kube.admission import CONFIG_ANNOTATION
 from agent.kube.api import KubeAPI
-from agent.kube.certs import CertBundle, make_bundle, problem_with, service_names
+from agent.kube.certs import (
+    CertBundle,
+    CertsJob,
+    NotMounted,
+    make_bundle,
+    problem_with,
+    service_names,
+)
+from agent.kube.certs import run_certs as run_certs_job
 from agent.kube.webhook import MAX_REVIEW_BYTES, AdmissionWebhook, serve, settings_from
 
 ACR = "test-registry-vpc.cn-hangzhou.cr.aliyuncs.com"
@@ -397,9 +418,14 @@ async def test_two_replicas_racing_for_one_secret(
 
 @contextlib.contextmanager
 def webhook_process(
-    tmp_path: Path, kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+    tmp_path: Path,
+    kube: KubeStandIn,
+    account_dir: Path,
+    tls_files: TLSFiles,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[ManagedProcess, int]]:
-    """A `pollen webhook` process talking to the stand-in API server, ready to serve."""
+    """A `pollen webhook` process talking to the stand-in API server, ready to serve (`env`
+    adds to or overrides its environment)."""
     port = free_port()
     proc = ManagedProcess(
         [sys.executable, "-m", "agent", "webhook", "--service-account-dir", str(account_dir)],
@@ -412,6 +438,7 @@ def webhook_process(
             "POLLEN_WEBHOOK_PORT": str(port),
             "POLLEN_LISTEN_ADDRESS": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         },
         cwd=REPO_ROOT,
         drop_env_prefixes=("POLLEN_", "KUBERNETES_"),
@@ -790,6 +817,11 @@ def test_webhook_refuses_to_start_without_tls_or_a_cluster(
     tls = {"POLLEN_TLS_CERT": str(tls_files.cert), "POLLEN_TLS_KEY": str(tls_files.key)}
     no_cluster = pollen(tls)
     assert no_cluster.returncode == 2 and "KUBERNETES_SERVICE_HOST" in no_cluster.stderr
+    other = make_ca_and_cert(tmp_path / "other")
+    mismatched = pollen({**tls, "POLLEN_TLS_KEY": str(other.key)})
+    assert mismatched.returncode == 2 and "Traceback" not in mismatched.stderr
+    assert f"cannot serve {tls_files.cert} with key {other.key}" in mismatched.stderr
+    assert "KEY_VALUES_MISMATCH" in mismatched.stderr
 
 
 async def test_kubeapi_errors_carry_status_and_reason(
@@ -827,3 +859,276 @@ async def test_kubeapi_errors_carry_status_and_reason(
     assert unreachable.value.status == 0
     with pytest.raises(KubeError, match="NotInCluster"):
         KubeAPI.in_cluster(environ={}, account_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Operating it (issue 14, item 3): the metrics Prometheus scrapes from the real process, and a
+# renewed serving certificate taken without a restart. The API server is the stand-in here
+# too; the webhook, its TLS, its exporter port and the files under it are real.
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> Samples:
+    """The exporter port's /metrics, parsed with prometheus-client's parser as Prometheus
+    would read it."""
+    status, headers, body = http_get("127.0.0.1", port, "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain"), body[:300]
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    key = (name, frozenset(labels.items()))
+    assert key in samples, (name, labels, sorted(k for k in samples if k[0] == name))
+    return samples[key]
+
+
+def exporter_env(metrics_port: int, **extra: str) -> dict[str, str]:
+    return {
+        "POLLEN_EXPORTER_ENABLE": "1",
+        "POLLEN_EXPORTER_PORT": str(metrics_port),
+        "POLLEN_NODE_IP": "127.0.0.1",
+        **extra,
+    }
+
+
+def post_review(port: int, ca: Path, rev: dict[str, Any]) -> dict[str, Any]:
+    status, raw = https_call(port, ca, "POST", "/mutate", json.dumps(rev).encode())
+    response, _ = decode_answer(status, raw, rev)
+    return response
+
+
+def test_the_webhook_process_counts_what_it_did_on_its_metrics_port(
+    tmp_path: Path, kube: KubeStandIn, account_dir: Path, tls_files: TLSFiles
+) -> None:
+    """Issue 14, item 3: the webhook's admissions, secrets and latency were in no metric. A real
+    `pollen webhook` answers reviews of every outcome and writes (or fails to write) secrets
+    of every action; its exporter port counts each, with `node` on every series."""
+    kube.put_object("secrets", NAMESPACE, pull_secret("test-registry", {ACR: {"auth": "eA=="}}))
+    victim = pull_secret("regcred", {ACR: {"auth": "eA=="}})
+    victim["metadata"]["namespace"] = "victim"
+    kube.put_object("secrets", "victim", victim)
+    kube.put_object(
+        "secrets",
+        "victim",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "acr-credential-regcred-p2p"},
+            "type": "Opaque",
+            "data": {"k": "dg=="},
+        },
+    )
+    other_registry = review(secrets=(), uid="other")
+    other_registry["request"]["object"]["spec"]["containers"][0]["image"] = "quay.io/team/app:1"
+    metrics_port = free_port()
+    env = exporter_env(metrics_port)
+    with webhook_process(tmp_path, kube, account_dir, tls_files, env) as (proc, port):
+        node = f"127.0.0.1:{port}"
+        before = scrape(metrics_port)
+        ca = tls_files.ca
+        assert "patch" in post_review(port, ca, review(uid="1"))  # rewritten; copy created
+        assert "patch" in post_review(port, ca, review(uid="2"))  # rewritten; copy unchanged
+        changed = pull_secret("test-registry", {ACR: {"auth": "bmV3"}})
+        kube.put_object("secrets", NAMESPACE, changed)
+        assert "patch" in post_review(port, ca, review(uid="3"))  # rewritten; copy updated
+        assert "patch" in post_review(port, ca, review(dry_run=True, uid="4"))
+        assert "patch" not in post_review(port, ca, other_registry)  # unchanged
+        assert "warnings" in post_review(port, ca, forged("victim", "regcred", "5"))  # foreign
+        assert "warnings" in post_review(port, ca, review(secrets=("absent",), uid="6"))  # failed
+        assert https_call(port, ca, "POST", "/mutate", b"{not json")[0] == 400
+        after = scrape(metrics_port)
+        assert proc.alive()
+
+    admissions = {
+        "rewritten": 3,
+        "unchanged": 1,
+        "dry_run": 1,
+        "secret_failure": 2,
+        "malformed": 1,
+    }
+    for outcome, count in admissions.items():
+        name = "pollen_webhook_admissions_total"
+        assert metric(before, name, node=node, outcome=outcome) == 0
+        assert metric(after, name, node=node, outcome=outcome) == count, outcome
+    actions = {"created": 1, "unchanged": 1, "updated": 1, "foreign": 1, "failed": 1}
+    for action, count in actions.items():
+        name = "pollen_webhook_secrets_total"
+        assert metric(before, name, node=node, action=action) == 0
+        assert metric(after, name, node=node, action=action) == count, action
+    assert metric(after, "pollen_webhook_admission_seconds_count", node=node) == 8
+    assert metric(after, "pollen_webhook_admission_seconds_sum", node=node) > 0
+    le_10 = metric(after, "pollen_webhook_admission_seconds_bucket", node=node, le="10.0")
+    assert le_10 == 8  # all well inside the API server's timeout
+    info = {"version": __version__, "mode": "webhook", "node": node, "io_engine": ""}
+    assert metric(after, "pollen_info", **info) == 1
+    expiry = x509.load_pem_x509_certificate(tls_files.cert.read_bytes()).not_valid_after_utc
+    served = metric(after, "pollen_webhook_certificate_expiry_timestamp_seconds", node=node)
+    assert served == expiry.timestamp()
+    unlabelled = [name for name, labels in after if dict(labels).get("node") != node]
+    assert not unlabelled, unlabelled
+
+
+def peer_serial(port: int) -> int:
+    """The serial of the certificate a new TLS connection to `port` is shown."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # which certificate is served is what is checked
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return int(x509.load_der_x509_certificate(der).serial_number)
+
+
+def serial_of(tls: TLSFiles) -> int:
+    return int(x509.load_pem_x509_certificate(tls.cert.read_bytes()).serial_number)
+
+
+def replace_in_place(cert: Path, key: Path, new: TLSFiles) -> None:
+    """As an operator (or a tool writing plain files) would: each file replaced by a rename,
+    the key first -- the pair is not switched in one step."""
+    for target, source in ((key, new.key), (cert, new.cert)):
+        staged = target.with_name(f".{target.name}.new")
+        staged.write_bytes(source.read_bytes())
+        os.replace(staged, target)
+
+
+@pytest.mark.parametrize("writer", ["kubelet", "in-place"])
+def test_a_renewed_certificate_is_served_without_a_restart(
+    tmp_path: Path, kube: KubeStandIn, account_dir: Path, writer: str
+) -> None:
+    """Issue 14, item 3: the webhook read its certificate once, at start. Now a renewed pair --
+    written as the kubelet updates a mounted Secret (a `..data` symlink swap), or replaced in
+    place -- is what the next connection gets, from the same process; a pair that does not
+    match is refused with an error in the log while the current one goes on serving."""
+    first, second, third = (make_ca_and_cert(tmp_path / n) for n in ("first", "second", "third"))
+    volume = tmp_path / "volume"
+    if writer == "kubelet":
+        write_secret_volume(
+            volume, {"tls.crt": first.cert.read_bytes(), "tls.key": first.key.read_bytes()}
+        )
+    else:
+        volume.mkdir()
+        replace_in_place(volume / "tls.crt", volume / "tls.key", first)
+    served = TLSFiles(first.ca, volume / "tls.crt", volume / "tls.key")
+    metrics_port = free_port()
+    env = exporter_env(metrics_port, POLLEN_TLS_RELOAD_INTERVAL="200ms")
+    with webhook_process(tmp_path, kube, account_dir, served, env) as (proc, port):
+        popen = proc.popen
+        assert peer_serial(port) == serial_of(first)
+        if writer == "kubelet":
+            write_secret_volume(
+                volume, {"tls.crt": second.cert.read_bytes(), "tls.key": second.key.read_bytes()}
+            )
+        else:
+            replace_in_place(served.cert, served.key, second)
+        wait_until(
+            lambda: peer_serial(port) == serial_of(second),
+            timeout=30,
+            interval=0.1,
+            what="a new connection shown the renewed certificate",
+            on_timeout=proc.log_tail,
+        )
+        # The same process, never restarted, verified as the API server verifies it.
+        assert proc.popen is popen and proc.alive()
+        rev = review(secrets=(), uid="after-renewal")
+        status, raw = https_call(port, second.ca, "POST", "/mutate", json.dumps(rev).encode())
+        assert "patch" in decode_answer(status, raw, rev)[0]
+        log = proc.log_text()
+        assert f"TLS certificate reloaded from {served.cert}: serial {serial_of(second):#x}" in log
+        if writer == "in-place":
+            return
+        # A pair whose key does not match: refused, logged, and the renewed one still served.
+        write_secret_volume(
+            volume, {"tls.crt": third.cert.read_bytes(), "tls.key": second.key.read_bytes()}
+        )
+        wait_until(
+            lambda: "does not load" in proc.log_text(),
+            timeout=30,
+            interval=0.1,
+            what="the mismatched pair refused in the log",
+            on_timeout=proc.log_tail,
+        )
+        for _ in range(3):
+            assert peer_serial(port) == serial_of(second)
+        assert https_call(port, second.ca, "GET", "/readyz")[0] == 200
+        (refusal,) = [line for line in proc.log_text().splitlines() if "does not load" in line]
+        assert (
+            "ERROR" in refusal
+            and f"still serving the one loaded before (serial {serial_of(second):#x}" in refusal
+        )
+        samples = scrape(metrics_port)
+        assert proc.popen is popen and proc.alive()
+    node = f"127.0.0.1:{port}"
+    reloads = "pollen_webhook_certificate_reloads_total"
+    assert metric(samples, reloads, node=node, result="reloaded") == 1
+    assert metric(samples, reloads, node=node, result="failed") == 1
+    expiry = x509.load_pem_x509_certificate(second.cert.read_bytes()).not_valid_after_utc
+    served_until = metric(samples, "pollen_webhook_certificate_expiry_timestamp_seconds", node=node)
+    assert served_until == expiry.timestamp()
+
+
+def test_certs_waits_until_the_kubelet_filled_the_mounted_secret(
+    tmp_path: Path, kube: KubeStandIn, account_dir: Path
+) -> None:
+    """deploy/kubernetes mounts the TLS Secret (optional) for the webhook to follow; on the
+    first install the init container makes the Secret after the volume was mounted empty, so
+    it waits (`--wait-for-mount`) until the kubelet has filled it -- played here by writing
+    the Secret's data into the directory the kubelet's way."""
+    kube.put_object("mutatingwebhookconfigurations", "", mwc())
+    volume = tmp_path / "mounted"
+    volume.mkdir()
+    argv = [sys.executable, "-m", "agent", "webhook", "--service-account-dir", str(account_dir)]
+    argv += ["certs", "--wait-for-mount", str(volume)]
+    proc = ManagedProcess(
+        argv,
+        name="certs",
+        log_dir=tmp_path / "certs-log",
+        env=kube_env(kube),
+        cwd=REPO_ROOT,
+        drop_env_prefixes=("POLLEN_", "KUBERNETES_"),
+    )
+    proc.start()
+    try:
+        wait_until(
+            lambda: "waiting for the kubelet" in proc.log_text() or proc.check_alive(),
+            timeout=60,
+            what="certs waiting for the mount",
+            on_timeout=proc.log_tail,
+        )
+        stored = kube.secret(OWN_NAMESPACE, "pollen-webhook-tls")
+        assert stored is not None and proc.alive()  # the Secret is made, the volume empty
+        write_secret_volume(
+            volume, {name: base64.b64decode(value) for name, value in stored["data"].items()}
+        )
+        assert proc.popen is not None and proc.popen.wait(timeout=30) == 0, proc.log_tail()
+        assert f"{volume} holds the serving certificate" in proc.log_text()
+    finally:
+        proc.stop()
+
+
+async def test_certs_fails_when_the_mounted_secret_stays_empty(
+    kube: KubeStandIn, account_dir: Path, tmp_path: Path
+) -> None:
+    kube.put_object("mutatingwebhookconfigurations", "", mwc())
+    job = CertsJob(
+        namespace=OWN_NAMESPACE,
+        service="pollen-webhook",
+        secret="pollen-webhook-tls",
+        configuration=MWC_NAME,
+        wait_for_mount=tmp_path / "never-filled",
+        mount_timeout=0.5,
+    )
+    api = KubeAPI.in_cluster(environ=kube_env(kube), account_dir=account_dir)
+    try:
+        with pytest.raises(NotMounted, match="is secret pollen-system/pollen-webhook-tls mounted"):
+            await run_certs_job(api, job, OWN_NAMESPACE)
+    finally:
+        await api.aclose()

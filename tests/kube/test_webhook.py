@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.http.responses import JSON, Response
 from agent.http.server import Request
@@ -141,3 +142,61 @@ async def test_a_pod_from_another_registry_is_admitted_unchanged() -> None:
     answer = document(response)["response"]
     assert "patch" not in answer and answer["allowed"] is True
     assert hook.statistics() == {"unchanged": 1}
+
+
+def scrape(hook: AdmissionWebhook) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The webhook's exposition, read with prometheus-client's parser (as Prometheus would)."""
+    content_type, body = hook.metrics.exposition()
+    assert content_type.startswith(b"text/plain; version=0.0.4")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+async def test_answers_are_counted_by_outcome_with_the_node_label() -> None:
+    hook = webhook()
+    hook.metrics.node = "10.0.0.7:8443"
+    node = {"node": "10.0.0.7:8443"}
+    before = scrape(hook)
+    for outcome in ("rewritten", "unchanged", "dry_run", "secret_failure", "malformed"):
+        assert (
+            before[
+                ("pollen_webhook_admissions_total", frozenset({**node, "outcome": outcome}.items()))
+            ]
+            == 0
+        )
+    for body in (
+        review(f"{ACR}/a/b:1", dry_run=True),
+        review("quay.io/a/b:1", dry_run=False),
+        review("quay.io/a/b:2", dry_run=False),
+        b"{not json",
+    ):
+        await hook.handle(request("/mutate", body, method="POST"))
+    after = scrape(hook)
+
+    def admissions(outcome: str) -> float:
+        return after[
+            ("pollen_webhook_admissions_total", frozenset({**node, "outcome": outcome}.items()))
+        ]
+
+    assert (admissions("dry_run"), admissions("unchanged"), admissions("malformed")) == (1, 2, 1)
+    assert admissions("rewritten") == admissions("secret_failure") == 0
+    assert after[("pollen_webhook_admission_seconds_count", frozenset(node.items()))] == 4
+    # No secret was written for any of them: every action still at 0.
+    secrets = {k: v for k, v in after.items() if k[0] == "pollen_webhook_secrets_total"}
+    assert len(secrets) == 5 and set(secrets.values()) == {0}
+    # Every series carries the node.
+    assert all(dict(labels).get("node") == node["node"] for _, labels in after)
+    # `statistics()` (GET /_pollen/status) keeps its historical names.
+    assert hook.statistics() == {"dry_run": 1, "unchanged": 2, "bad_requests": 1}
+
+
+async def test_metrics_on_the_webhook_port_only_when_the_exporter_has_none() -> None:
+    hook = webhook()
+    assert (await hook.handle(request("/metrics"))).status == 404
+    hook.metrics_route = True
+    response = await hook.handle(request("/metrics"))
+    assert response.status == 200
+    assert isinstance(response.body, bytes) and b"pollen_webhook_admissions_total{" in response.body

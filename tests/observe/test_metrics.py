@@ -17,6 +17,7 @@ from agent.observe.events import LayerReport, LayerTimes
 from agent.observe.metrics import Telemetry
 
 NODE = {"node": "10.0.0.5:65002", "mode": "agent"}
+ON_NODE = {"node": NODE["node"]}  # every pollen_* series carries it
 TYPES = ("pread", "download", "peer", "disk", "http")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -99,6 +100,23 @@ def test_every_original_series_with_exact_labels(telemetry: Telemetry) -> None:
     assert get(s, "DADIP2P_Label", **NODE, zone="cn-hangzhou-h") == 1
 
 
+def test_every_pollen_series_carries_the_node_of_the_original_gauges(
+    telemetry: Telemetry,
+) -> None:
+    """Issue 14, item 3: the pollen_* series had no node label, so they could not be joined
+    with DADIP2P_* (`* on (node) group_left (mode) DADIP2P_Alive`)."""
+    telemetry.fetched("peer", "10.0.0.3:65002", "", 0, 800, 0.02)
+    telemetry.limit_hit("proxy", "connections")  # a series made on the fly, not up front
+    s = parse(telemetry)
+    original = {dict(labels)["node"] for name, labels in s if name.startswith("DADIP2P_")}
+    assert original == {NODE["node"]}
+    ours = [(name, dict(labels)) for name, labels in s if name.startswith("pollen_")]
+    assert len({name for name, _ in ours}) > 30  # counters, histograms, scrape-time families
+    missing = [name for name, labels in ours if labels.get("node") != NODE["node"]]
+    assert not missing, missing
+    assert get(s, "pollen_limit_hits_total", **ON_NODE, port="proxy", limit="connections") == 1
+
+
 def test_windows_by_type(telemetry: Telemetry, clock: Clock) -> None:
     telemetry.served("http:pread", "/https://r/v2/a/blobs/sha256:00", 0, 1000, 0.002)
     telemetry.served("rpc:pread", "/p2p/v1/chunk/sha256:00/0", 0, 3000, 0.004)
@@ -136,14 +154,14 @@ def test_windows_by_type(telemetry: Telemetry, clock: Clock) -> None:
         assert get(later, "DADIP2P_QPS", **NODE, type=kind) == 0
     assert get(later, "DADIP2P_Count", **NODE, type="pread") == 4000, "Count is since start"
 
-    assert get(s, "pollen_layer_bytes_total", source="origin") == 500
-    assert get(s, "pollen_layer_bytes_total", source="root") == 700
-    assert get(s, "pollen_layer_bytes_total", source="peer") == 800
-    assert get(s, "pollen_served_bytes_total", to="client") == 1000
-    assert get(s, "pollen_served_bytes_total", to="peer") == 3000
-    assert get(s, "pollen_disk_bytes_total", op="write") == 4000
-    assert get(s, "pollen_chunk_seconds_count", source="root") == 1
-    assert get(s, "pollen_http_request_seconds_count", port="p2p") == 1
+    assert get(s, "pollen_layer_bytes_total", **ON_NODE, source="origin") == 500
+    assert get(s, "pollen_layer_bytes_total", **ON_NODE, source="root") == 700
+    assert get(s, "pollen_layer_bytes_total", **ON_NODE, source="peer") == 800
+    assert get(s, "pollen_served_bytes_total", **ON_NODE, to="client") == 1000
+    assert get(s, "pollen_served_bytes_total", **ON_NODE, to="peer") == 3000
+    assert get(s, "pollen_disk_bytes_total", **ON_NODE, op="write") == 4000
+    assert get(s, "pollen_chunk_seconds_count", **ON_NODE, source="root") == 1
+    assert get(s, "pollen_http_request_seconds_count", **ON_NODE, port="p2p") == 1
 
 
 def test_component_counters_at_scrape_time(telemetry: Telemetry) -> None:
@@ -151,19 +169,19 @@ def test_component_counters_at_scrape_time(telemetry: Telemetry) -> None:
     telemetry.rejected("layer")
     telemetry.fetched("peer", "10.0.0.3:65002", "", 0, -110, 15.0)
     s = parse(telemetry)
-    assert get(s, "pollen_integrity_rejected_total", what="cache_chunk") == 3
-    assert get(s, "pollen_integrity_rejected_total", what="peer_chunk") == 1
-    assert get(s, "pollen_integrity_rejected_total", what="layer") == 1
-    assert get(s, "pollen_fetch_failures_total", source="peer") == 1
-    assert get(s, "pollen_origin_fallbacks_total", reason="root_error") == 5
-    assert get(s, "pollen_origin_fallbacks_total", reason="no_root") == 3
-    assert get(s, "pollen_origin_fallbacks_total", reason="size") == 0
-    assert get(s, "pollen_p2p_clock_refusals_total") == 4
-    assert get(s, "pollen_auth_checks_total", result="denied") == 7
-    assert get(s, "pollen_auth_checks_total", result="allowed_cached") == 5
-    assert get(s, "pollen_cache_evictions_total") == 2
-    assert get(s, "pollen_cache_write_errors_total") == 4
-    assert get(s, "pollen_cache_capacity_bytes") == 4096
+    assert get(s, "pollen_integrity_rejected_total", **ON_NODE, what="cache_chunk") == 3
+    assert get(s, "pollen_integrity_rejected_total", **ON_NODE, what="peer_chunk") == 1
+    assert get(s, "pollen_integrity_rejected_total", **ON_NODE, what="layer") == 1
+    assert get(s, "pollen_fetch_failures_total", **ON_NODE, source="peer") == 1
+    assert get(s, "pollen_origin_fallbacks_total", **ON_NODE, reason="root_error") == 5
+    assert get(s, "pollen_origin_fallbacks_total", **ON_NODE, reason="no_root") == 3
+    assert get(s, "pollen_origin_fallbacks_total", **ON_NODE, reason="size") == 0
+    assert get(s, "pollen_p2p_clock_refusals_total", **ON_NODE) == 4
+    assert get(s, "pollen_auth_checks_total", **ON_NODE, result="denied") == 7
+    assert get(s, "pollen_auth_checks_total", **ON_NODE, result="allowed_cached") == 5
+    assert get(s, "pollen_cache_evictions_total", **ON_NODE) == 2
+    assert get(s, "pollen_cache_write_errors_total", **ON_NODE) == 4
+    assert get(s, "pollen_cache_capacity_bytes", **ON_NODE) == 4096
     info = {"version": "0.1.0", "mode": "agent", "node": NODE["node"], "io_engine": ""}
     assert get(s, "pollen_info", **info) == 1
     peers = telemetry.statistics()["peers"]
@@ -214,8 +232,8 @@ def test_layer_done_logs_and_counts_cache_bytes(
         telemetry.layer_done(report)
     assert report.line() in caplog.text
     s = parse(telemetry)
-    assert get(s, "pollen_layer_bytes_total", source="cache") == 4096
-    assert get(s, "pollen_layer_pull_seconds_count", result="ok") == 1
+    assert get(s, "pollen_layer_bytes_total", **ON_NODE, source="cache") == 4096
+    assert get(s, "pollen_layer_pull_seconds_count", **ON_NODE, result="ok") == 1
 
 
 def request(target: str, method: str = "GET") -> Request:

@@ -3,7 +3,7 @@ token issuer, a private containerd (ctr and CRI), skopeo, test images and certif
 
 One module, one job:
 - procs:      free ports, child processes by PID with log files, bounded readiness polls
-- tlsutil:    a throwaway CA and server certificate
+- tlsutil:    a throwaway CA and server certificate; a Secret volume written as the kubelet does
 - tokens:     the token issuer the registry's token mode trusts
 - registry:   `docker-registry serve` and its access log ("counted at the registry")
 - images:     OCI layouts built in Python; skopeo push/pull and blob verification
@@ -54,7 +54,13 @@ from .procs import (
 )
 from .rawhttp import RawResponse, raw_request
 from .registry import Registry, parse_access_line
-from .tlsutil import TLSFiles, client_context, make_ca_and_cert, make_cert_dir
+from .tlsutil import (
+    TLSFiles,
+    client_context,
+    make_ca_and_cert,
+    make_cert_dir,
+    write_secret_volume,
+)
 from .tokens import Account, TokenIssuer, libtrust_key_id
 
 __all__ = [
@@ -100,6 +106,7 @@ __all__ = [
     "skopeo_copy_to_dir",
     "start_process",
     "verify_dir_blobs",
+    "write_secret_volume",
     "wait_http_ok",
     "wait_until",
     "write_authfile",

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import shutil
 import ssl
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -144,3 +147,31 @@ def client_context(ca: Path) -> ssl.SSLContext:
     """An SSLContext that trusts only the test CA (for readiness polls)."""
     ctx = ssl.create_default_context(cafile=str(ca))
     return ctx
+
+
+def write_secret_volume(directory: Path, files: Mapping[str, bytes]) -> Path:
+    """Put `files` in `directory` the way the kubelet updates a mounted Secret (its
+    AtomicWriter): the payload goes into a new timestamped directory, a ``..data_tmp`` symlink
+    to it is renamed over ``..data`` (one atomic step), and each visible name is a symlink
+    ``name -> ..data/name`` made once. The old payload directory is then removed. So the
+    visible files' own mtimes never change, and a reader opening a name gets all-old or
+    all-new. Returns the new payload directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
+    payload = Path(tempfile.mkdtemp(prefix=f"..{stamp}.", dir=directory))
+    for name, data in files.items():
+        (payload / name).write_bytes(data)
+    payload.chmod(0o755)
+    data_link = directory / "..data"
+    old = data_link.resolve() if data_link.is_symlink() else None
+    tmp_link = directory / "..data_tmp"
+    tmp_link.unlink(missing_ok=True)
+    tmp_link.symlink_to(payload.name)
+    os.rename(tmp_link, data_link)
+    for name in files:
+        visible = directory / name
+        if not visible.is_symlink():
+            visible.symlink_to(Path("..data") / name)
+    if old is not None and old != payload:
+        shutil.rmtree(old)
+    return payload
