@@ -132,10 +132,11 @@ def main(args: argparse.Namespace, config: Config) -> int:
         return 130
 
 
-def fail(exc: PreheatError, as_json: bool, images: list[ImageReport] | None = None) -> int:
+def fail(exc: PreheatError, as_json: bool) -> int:
+    """The message on stderr (and, for --json, a document saying it); the exit status."""
     print(f"pollen preheat: {exc.message}", file=sys.stderr)
     if as_json:
-        doc = json_document(images or [], [], 0.0, now=0.0, error=exc.message)
+        doc = json_document([], [], 0.0, now=0.0, error=exc.message)
         print(json.dumps(doc, indent=2))
     return exc.exit_code
 

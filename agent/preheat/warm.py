@@ -119,9 +119,9 @@ class Display:
     out: TextIO = field(default_factory=lambda: sys.stdout)
     tty: bool = False
     clock: Callable[[], float] = trio.current_time
-    _drawn: int = 0
-    _log: PlainLog = field(default_factory=PlainLog)
-    _warned: int = 0
+    _drawn: int = field(default=0, init=False)  # lines of the last frame (redrawn over)
+    _log: PlainLog = field(default_factory=PlainLog, init=False)
+    _warned: int = field(default=0, init=False)  # warnings printed already
 
     def show(self, warnings: Sequence[str]) -> None:
         now = self.clock()

@@ -76,7 +76,6 @@ class Preheater:
         self._cache = cache
         self._answer_within = answer_within
         self.requests = 0
-        self.started = 0  # layers whose download a preheat request started or joined
 
     async def preheat(
         self, asker: str, target: PreheatTarget, authorization: bytes | None
@@ -111,10 +110,9 @@ class Preheater:
                 )
             except RegistryError as err:
                 log.info("preheat %s for %s: %s", target.digest, asker, err.message)
-                return PreheatReply.failed(err.status, err.message)
+                return PreheatReply.failed(_error_status(err), err.message)
             if isinstance(found, CacheEntry):
                 return PreheatReply(size=found.size, stored=found.size, complete=True)
-            self.started += 1
             if found.entry is not None and found.entry.slots is None:  # else: _where says why
                 await found.finished.wait()
         if found is None:  # the origin has not told the size yet; the download goes on
@@ -128,7 +126,7 @@ def _where(download: PreheatDownload, digest: str) -> PreheatReply:
     entry = download.entry
     if download.error is not None:
         err = download.error
-        status = err.status if isinstance(err, RegistryError) else 502
+        status = _error_status(err) if isinstance(err, RegistryError) else 502
         return PreheatReply.failed(status, f"layer {digest}: {err}")
     if entry is None or entry.slots is not None:
         return PreheatReply.failed(
@@ -139,3 +137,8 @@ def _where(download: PreheatDownload, digest: str) -> PreheatReply:
     if download.verified:
         return PreheatReply(size=entry.size, stored=entry.size, complete=True)
     return PreheatReply(size=entry.size, stored=min(download.progress.received, entry.size))
+
+
+def _error_status(err: RegistryError) -> int:
+    """The registry's error status for the reply (502 for anything that is not one)."""
+    return err.status if 400 <= err.status <= 599 else 502
