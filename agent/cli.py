@@ -5,7 +5,8 @@ from ``DeployConfig.mode``. The role is set on the config itself (``dataclasses.
 ``Config`` stays the one truth about it -- ``Config.p2p_enabled`` and the rule that a root needs
 ``clusterToken`` see the role the command chose, and a broken combination is reported as the
 same ``ConfigError`` that ``load_config`` gives. ``pollen status`` reads a running agent's
-``/_pollen/status``. Logging is configured here and nowhere else.
+``/_pollen/status``; ``pollen preheat`` warms the roots (`agent.preheat`). Logging is
+configured here and nowhere else.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import trio
 from agent import __version__
 from agent.core.config import Config, help_text, load_config
 from agent.core.errors import ConfigError
+from agent.preheat import command as preheat_command
 from agent.sim import cli as simulate_cli
 
 log = logging.getLogger("agent.cli")
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--address", help="host:port of the agent's proxy port (default: local)")
     status.add_argument("--json", action="store_true", help="raw JSON for scripts")
     add_webhook_and_doctor(sub)
+    preheat_command.add_parser(sub)
     simulate_cli.add_parser(sub)
     return parser
 
@@ -228,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_webhook_or_doctor(args, config)
     if args.command == "status":
         return show_status(config, args.address, args.json)
+    if args.command == "preheat":
+        return preheat_command.main(args, config)
     try:
         config = with_role(config, args.command)
     except ConfigError as exc:

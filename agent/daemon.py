@@ -44,6 +44,7 @@ from agent.registry.client import RegistryClient
 from agent.registry.proxy import RegistryProxy, protocol_error_response
 from agent.swarm.client import P2PClient
 from agent.swarm.download import SwarmContext
+from agent.swarm.preheater import Preheater
 from agent.swarm.protocol import parse_node
 from agent.swarm.roots import RootSet
 from agent.swarm.server import P2PService
@@ -102,9 +103,13 @@ class Agent:
             parent_swarm=self.parent_swarm,
         )
         self.tracker: Tracker | None = None
+        self.preheater: Preheater | None = None
         if self.mode == "root":
             self.tracker = Tracker(
                 node=self.node, config=config, fetcher=self.fetcher, cache=self.cache
+            )
+            self.preheater = Preheater(
+                upstreams=config.upstreams, fetcher=self.fetcher, cache=self.cache
             )
         self.p2p, self.p2p_server = self._p2p_port()
         self.proxy, self.server = self._proxy_port()
@@ -190,6 +195,7 @@ class Agent:
             token=self.config.cluster_token.encode(),
             cache=self.cache,
             plan_handler=self.tracker.plan if self.tracker else None,
+            preheat_handler=self.preheater.preheat if self.preheater else None,
             observer=self.telemetry,
             hot_chunk=self.fetcher.hot_chunk,
         )

@@ -30,6 +30,8 @@ TARGETS = (
     "range_header",
     "p2p_target",
     "plan_reply",
+    "preheat_reply",
+    "image_manifest",
     "admission_review",
     "cache_index",
 )

@@ -6,6 +6,7 @@ a daemon (the role commands are only run up to `--print-config` or a config erro
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -82,3 +83,47 @@ def test_help_config_lists_every_key(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for env in ("POLLEN_CACHE_CAPACITY", "POLLEN_ROOTS", "POLLEN_CLUSTER_TOKEN"):
         assert env in out
+
+
+def test_preheat_without_roots_names_the_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("POLLEN_UPSTREAMS", "http://127.0.0.1:5000")
+    assert main(["preheat", "127.0.0.1:5000/team/app:v1"]) == 2
+    assert "POLLEN_ROOTS" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["reg.example.com/team/app:v1"], "registry 'reg.example.com' of image"),
+        (["--platform", "amd64", "127.0.0.1:5000/app"], "--platform: platform must be"),
+        (["127.0.0.1:5000/Bad"], "bad repository name"),
+        (["--creds", "alice", "127.0.0.1:5000/app"], "--creds must be USER:PASSWORD"),
+        (["--timeout", "soon", "127.0.0.1:5000/app"], "soon"),
+    ],
+)
+def test_preheat_refuses_what_must_change_before_contacting_anything(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    words: str,
+) -> None:
+    """Checked before any registry or root is contacted (the roots here do not exist)."""
+    monkeypatch.setenv("POLLEN_UPSTREAMS", "http://127.0.0.1:5000")
+    monkeypatch.setenv("POLLEN_ROOTS", "192.0.2.1:65002")
+    monkeypatch.setenv("POLLEN_CLUSTER_TOKEN", "t")
+    assert main(["preheat", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pollen preheat: ") and words in err, err
+    if "of image" in words:
+        assert "POLLEN_UPSTREAMS" in err
+
+
+def test_preheat_json_reports_a_refusal_as_a_document(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("POLLEN_UPSTREAMS", "http://127.0.0.1:5000")
+    assert main(["preheat", "--json", "127.0.0.1:5000/app"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False and "POLLEN_ROOTS" in doc["error"]

@@ -46,6 +46,10 @@ LAYERS: dict[str, int] = {
     "kube.pullsecrets": 2,  # a pull secret -> its P2P copy
     "node.mirrors": 2,  # containerd hosts.toml routes to the agent
     "sim": 2,  # `pollen simulate`: the swarm on the pure cores over modelled links
+    "swarm.preheat": 2,  # the P2P preheat request and reply
+    "preheat.images": 2,  # image names, manifests, platforms
+    "preheat.auth": 2,  # registry challenges, tokens, credential files
+    "preheat.progress": 2,  # preheat progress lines, frame, summary, JSON
     # 3. the native bindings and the chunk store
     "cache": 3,
     # 4. HTTP/1.1 over trio: server, client, responses, TLS contexts, shutdown, the upload cap
@@ -69,6 +73,7 @@ LAYERS: dict[str, int] = {
     "daemon": 8,
     "cli": 8,
     "sim.cli": 8,  # `pollen simulate`'s flags and report
+    "preheat": 8,  # `pollen preheat`: manifests from the registry, roots warmed
     "reference": 8,  # docs/REFERENCE.md from the code
     "__main__": 8,
 }

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from agent.http.client import HttpClient, HttpClientError
 from agent.swarm.plan import Plan
+from agent.swarm.preheat import MAX_REPLY_BYTES, PreheatReply, PreheatTarget
 from agent.swarm.protocol import (
     AUTHORIZATION_HEADER,
     MAX_PLAN_BYTES,
@@ -100,22 +101,45 @@ class P2PClient:
 
     async def plan(self, root: str, request: PlanTarget, authorization: bytes | None) -> Plan:
         """Ask `root` for work on a layer (it may hold the request up to a few seconds)."""
-        # Unique under the signature: the root answers each plan request once. Appended to
+        assert not request.nonce
+        body = await self._signed_get(root, request.target(), authorization, MAX_PLAN_BYTES)
+        try:
+            return Plan.from_json(body)
+        except P2PError as exc:
+            raise PeerError(root, f"bad plan: {exc}") from exc
+
+    async def preheat(
+        self, root: str, request: PreheatTarget, authorization: bytes | None
+    ) -> PreheatReply:
+        """Ask `root` to hold a layer in its cache; where it stands (held up to a few
+        seconds while the root's download goes on). The credential goes only over TLS."""
+        assert not request.nonce
+        body = await self._signed_get(root, request.target(), authorization, MAX_REPLY_BYTES)
+        try:
+            return PreheatReply.from_json(body)
+        except P2PError as exc:
+            raise PeerError(root, f"bad preheat reply: {exc}") from exc
+
+    async def _signed_get(
+        self, root: str, target: str, authorization: bytes | None, limit: int
+    ) -> bytes:
+        """A request that changes the root (a plan, a preheat) and its signed reply's body."""
+        # Unique under the signature: the root answers each such request once. Appended to
         # the target as PlanTarget.target() writes `n=` (a replace() would check the whole
         # request again, its holdings included, on every plan request).
-        assert not request.nonce
-        target = f"{request.target()}&n={next(self._nonces)}"
+        target = f"{target}&n={next(self._nonces)}"
         headers = self._headers("GET", target)
         if authorization and self.tls:
             headers.append((AUTHORIZATION_HEADER, authorization))
         url = f"{self._scheme}://{root}{target}"
+        what = target.removeprefix("/p2p/v1/").partition("/")[0]
         try:
             async with self._http.request("GET", url, headers) as response:
-                body = await response.read_all(MAX_PLAN_BYTES)
+                body = await response.read_all(limit)
                 if response.status != 200:
                     raise PeerError(
                         root,
-                        f"plan: status {response.status}: {body[:200]!r}",
+                        f"{what}: status {response.status}: {body[:200]!r}",
                         status=response.status,
                     )
             replied = response.headers
@@ -124,8 +148,5 @@ class P2PClient:
         try:
             verify_reply(self._token, request_auth(headers), body, replied)
         except P2PAuthError as exc:
-            raise PeerError(root, f"plan refused: {exc.reason}") from exc
-        try:
-            return Plan.from_json(body)
-        except P2PError as exc:
-            raise PeerError(root, f"bad plan: {exc}") from exc
+            raise PeerError(root, f"{what} refused: {exc.reason}") from exc
+        return body

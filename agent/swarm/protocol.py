@@ -18,6 +18,9 @@ build on: the limits, the errors, the field checks, and
     &past=`` →
     :class:`PlanTarget`, an agent asking the owning root for work.
 
+  (A third, ``/p2p/v1/preheat/``, is `pollen preheat`'s: :mod:`agent.swarm.preheat`, whose
+  ``parse_p2p_target`` the server calls for all three.)
+
   Query values are ``have=0-5,8,10-12`` (compact ranges, :func:`encode_ranges`),
   ``done=<chunk>@<node>,...`` (transfers finished and verified) and
   ``failed=<chunk>@<node>,<chunk>!@<node>,...`` (transfers that failed; ``!`` marks a source
@@ -133,7 +136,7 @@ def check_index(value: object, what: str, limit: int = MAX_CHUNKS) -> int:
     return value
 
 
-def _check_digest(value: object) -> str:
+def check_digest(value: object) -> str:
     if not isinstance(value, str):
         raise P2PProtocolError(f"digest must be a string, got {value!r:.80}")
     return _canonical_digest(value)
@@ -149,7 +152,7 @@ def _canonical_digest(value: str) -> str:
         raise P2PProtocolError(e.message) from None
 
 
-def _check_repo(value: object) -> str:
+def check_repo(value: object) -> str:
     if not isinstance(value, str):
         raise P2PProtocolError(f"repository must be a string, got {value!r:.80}")
     return _checked_repo(value)
@@ -193,7 +196,7 @@ def _canonical_node(text: str) -> str:
     return join_hostport(host, port)
 
 
-def _check_upstream(value: object) -> str:
+def check_upstream(value: object) -> str:
     """An upstream key as in Config.upstreams (``Upstream.key``): ``host[:port]``."""
     if not isinstance(value, str):
         raise P2PProtocolError(f"upstream must be a string, got {value!r:.80}")
@@ -277,11 +280,11 @@ def clip_ranges(indexes: Iterable[int], max_chars: int = MAX_HAVE_CHARS) -> froz
 # Targets
 
 
-def _quote(value: str) -> str:
+def quote_brackets(value: str) -> str:
     return value.replace("[", "%5B").replace("]", "%5D")
 
 
-def _unquote(value: str) -> str:
+def unquote_brackets(value: str) -> str:
     for encoded, plain in (("%5B", "["), ("%5b", "["), ("%5D", "]"), ("%5d", "]")):
         value = value.replace(encoded, plain)
     if "%" in value:
@@ -298,7 +301,7 @@ class ChunkTarget:
     index: int
 
     def __post_init__(self) -> None:
-        _check_digest(self.digest)
+        check_digest(self.digest)
         check_index(self.index, "chunk index")
 
     def target(self) -> str:
@@ -352,9 +355,9 @@ class PlanTarget:
         if type(self.poll) is not bool or type(self.fresh) is not bool:
             raise P2PProtocolError("poll and fresh must be true or false")
         check_index(self.nonce, "nonce", MAX_NONCE)
-        _check_digest(self.digest)
-        _check_upstream(self.upstream)
-        _check_repo(self.repo)
+        check_digest(self.digest)
+        check_upstream(self.upstream)
+        check_repo(self.repo)
         check_index(self.want, "want", MAX_WANT + 1)
         check_index(self.past, "past", MAX_CHUNKS + 1)
         if self.have is not None:
@@ -390,23 +393,29 @@ class PlanTarget:
 
     def target(self) -> str:
         params = [
-            f"upstream={_quote(self.upstream)}",
+            f"upstream={quote_brackets(self.upstream)}",
             f"repo={self.repo}",
             f"want={self.want}",
         ]
         if self.have is not None:
             params.append(f"have={encode_ranges(self.have)}")
         if self.done:
-            params.append("done=" + ",".join(f"{c}@{_quote(n)}" for c, n in self.done))
+            params.append("done=" + ",".join(f"{c}@{quote_brackets(n)}" for c, n in self.done))
         if self.failed:
             params.append(
                 "failed="
-                + ",".join(f"{c}{'!' if bad else ''}@{_quote(n)}" for c, n, bad in self.failed)
+                + ",".join(
+                    f"{c}{'!' if bad else ''}@{quote_brackets(n)}" for c, n, bad in self.failed
+                )
             )
         if self.missing:
-            params.append("missing=" + ",".join(f"{c}@{_quote(n)}" for c, n in self.missing))
+            params.append(
+                "missing=" + ",".join(f"{c}@{quote_brackets(n)}" for c, n in self.missing)
+            )
         if self.finishing:
-            params.append("finishing=" + ",".join(f"{c}@{_quote(n)}" for c, n in self.finishing))
+            params.append(
+                "finishing=" + ",".join(f"{c}@{quote_brackets(n)}" for c, n in self.finishing)
+            )
         if self.past:
             params.append(f"past={self.past}")
         if self.fresh:
@@ -436,12 +445,9 @@ _PLAN_PARAMS = (
 _PLAN_REQUIRED = ("upstream", "repo", "want")
 
 
-def parse_target(method: str, target: str) -> P2PTarget:
-    """A P2P request's method and target → ChunkTarget or PlanTarget.
-
-    Raises only P2PProtocolError: 404 for an unknown path, 405 for a wrong method, 414 for a
-    target over TARGET_MAX, 400 for anything malformed.
-    """
+def split_target(method: str, target: str) -> tuple[str, str, str]:
+    """A target's path, "?" (or "") and query, once its length and characters are checked
+    (the checks every P2P endpoint's parser starts with)."""
     if not isinstance(method, str) or not isinstance(target, str):
         raise P2PProtocolError("method and target must be strings")
     if len(target) > TARGET_MAX:
@@ -450,7 +456,16 @@ def parse_target(method: str, target: str) -> P2PTarget:
         )
     if not _TARGET_CHARS_RE.fullmatch(target) or "#" in target:
         raise P2PProtocolError("request target has characters outside visible ASCII or a '#'")
-    path, has_query, query = target.partition("?")
+    return target.partition("?")
+
+
+def parse_target(method: str, target: str) -> P2PTarget:
+    """A P2P request's method and target → ChunkTarget or PlanTarget.
+
+    Raises only P2PProtocolError: 404 for an unknown path, 405 for a wrong method, 414 for a
+    target over TARGET_MAX, 400 for anything malformed.
+    """
+    path, has_query, query = split_target(method, target)
     if path.startswith(CHUNK_PREFIX):
         parts = path[len(CHUNK_PREFIX) :].split("/")
         if len(parts) != 2:
@@ -461,7 +476,7 @@ def parse_target(method: str, target: str) -> P2PTarget:
             raise P2PProtocolError(f"method {method[:20]} not allowed on chunks", status_hint=405)
         if has_query:
             raise P2PProtocolError("chunk requests take no query")
-        digest = _check_digest(parts[0])
+        digest = check_digest(parts[0])
         return ChunkTarget(digest=digest, index=parse_decimal(parts[1], "chunk index", MAX_CHUNKS))
     if path.startswith(PLAN_PREFIX):
         digest_text = path[len(PLAN_PREFIX) :]
@@ -471,7 +486,7 @@ def parse_target(method: str, target: str) -> P2PTarget:
             )
         if method != "GET":
             raise P2PProtocolError(f"method {method[:20]} not allowed on plans", status_hint=405)
-        digest = _check_digest(digest_text)
+        digest = check_digest(digest_text)
         return _parse_plan_query(digest, query)
     raise P2PProtocolError(f"no P2P endpoint at {path[:120]!r}", status_hint=404)
 
@@ -486,7 +501,7 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
             raise P2PProtocolError(f"plan parameter {key} has no value")
         if key in params:
             raise P2PProtocolError(f"plan parameter {key} given twice")
-        params[key] = _unquote(value)
+        params[key] = unquote_brackets(value)
     missing = [k for k in _PLAN_REQUIRED if k not in params]
     if missing:
         raise P2PProtocolError("plan request lacks " + ", ".join(missing))

@@ -1,5 +1,5 @@
 """The P2P port's application: chunks for peers (`rpc:pread`, `rpc:stat`) and, on a root,
-plans for agents.
+plans for agents and preheat requests (`pollen preheat`).
 
 Every request must carry a valid signature of the cluster token (`agent.swarm.signing.verify`);
 anything else gets 401 and no data. A chunk is served only if this node holds it (a chunk
@@ -22,12 +22,12 @@ from agent.http.server import Request
 from agent.observe.auditline import NOT_HELD, RPC_PREAD, RPC_STAT
 from agent.observe.events import NULL_OBSERVER, Observer
 from agent.swarm.plan import Plan
+from agent.swarm.preheat import PreheatReply, PreheatTarget, parse_p2p_target
 from agent.swarm.protocol import (
     AUTHORIZATION_HEADER,
     ChunkTarget,
     P2PProtocolError,
     PlanTarget,
-    parse_target,
 )
 from agent.swarm.replay import ReplayGuard, signed_time
 from agent.swarm.signing import (
@@ -41,6 +41,7 @@ from agent.swarm.signing import (
 log = logging.getLogger(__name__)
 
 PlanHandler = Callable[[str, PlanTarget, bytes | None], Awaitable[Plan]]
+PreheatHandler = Callable[[str, PreheatTarget, bytes | None], Awaitable[PreheatReply]]
 # A chunk of a layer still in a download's memory (it just arrived), or None.
 HotChunk = Callable[[CacheEntry, int], bytearray | memoryview | None]
 
@@ -52,12 +53,14 @@ class P2PService:
         token: bytes,
         cache: ChunkCache,
         plan_handler: PlanHandler | None,
+        preheat_handler: PreheatHandler | None = None,
         observer: Observer = NULL_OBSERVER,
         hot_chunk: HotChunk | None = None,
     ) -> None:
         self._token = token
         self._cache = cache
         self._plan = plan_handler
+        self._preheat = preheat_handler
         self._hot_chunk = hot_chunk
         self._observer = observer  # rpc:stat / rpc:pread (audit log, metrics)
         self.refused = 0
@@ -73,12 +76,12 @@ class P2PService:
             log.warning("p2p conn %d from %s: refused: %s", request.conn_id, request.client[0], exc)
             return plain_error(401, f"unauthorized: {exc}", close=True)
         try:
-            target = parse_target(request.method, request.target)
+            target = parse_p2p_target(request.method, request.target)
         except P2PProtocolError as exc:
             return plain_error(exc.status_hint or 400, str(exc))
         if isinstance(target, ChunkTarget):
             return self._chunk(request.method, target)
-        if self._plan is None:
+        if (self._preheat if isinstance(target, PreheatTarget) else self._plan) is None:
             return plain_error(404, "this node is not a root")
         authorization = None
         for name, value in request.headers:
@@ -91,10 +94,14 @@ class P2PService:
         )
         if refused is not None:
             self.refused += 1
-            log.warning("p2p conn %d from %s: plan refused: %s", request.conn_id, node, refused)
+            log.warning("p2p conn %d from %s: replay refused: %s", request.conn_id, node, refused)
             return plain_error(401, f"unauthorized: {refused}", close=True)
-        plan = await self._plan(node, target, authorization)
-        body = plan.to_json()  # the plan's canonical encoding
+        if isinstance(target, PreheatTarget):
+            assert self._preheat is not None
+            body = (await self._preheat(node, target, authorization)).to_json()
+        else:
+            assert self._plan is not None
+            body = (await self._plan(node, target, authorization)).to_json()  # canonical
         signature = sign_reply(self._token, request_auth(request.headers), body)
         return bytes_response(200, body, JSON, [(HEADER_REPLY_AUTH, signature.encode())])
 

@@ -32,6 +32,7 @@ from agent.http.server import HttpServer, ServerSettings, listener_port, open_li
 from agent.registry.routes import parse_digest
 from agent.swarm.client import P2PClient, PeerError
 from agent.swarm.download import SwarmContext
+from agent.swarm.preheater import Preheater
 from agent.swarm.protocol import ChunkTarget, PlanTarget
 from agent.swarm.roots import RootSet
 from agent.swarm.schedule import LayerSchedule
@@ -61,6 +62,7 @@ class Peer:
     data: DataPath
     service: P2PService
     tracker: Tracker | None = None
+    preheater: Preheater | None = None
     swarm: SwarmContext | None = None
 
 
@@ -104,13 +106,15 @@ class Swarm:
         config = self._config(node, MODE="root", **env)
         data = DataPath.build(config, root=True)
         tracker = Tracker(node=node, config=config, fetcher=data.fetcher, cache=data.cache)
+        preheater = Preheater(upstreams=config.upstreams, fetcher=data.fetcher, cache=data.cache)
         service = P2PService(
             token=TOKEN.encode(),
             cache=data.cache,
             plan_handler=tracker.plan,
+            preheat_handler=preheater.preheat,
             hot_chunk=data.fetcher.hot_chunk,
         )
-        peer = Peer(node=node, data=data, service=service, tracker=tracker)
+        peer = Peer(node=node, data=data, service=service, tracker=tracker, preheater=preheater)
         await self._nursery.start(data.fetcher.run)
         await self._nursery.start(tracker.run)
         await self._serve(peer, listeners)

@@ -32,8 +32,10 @@ from .etchosts import etc_hosts_entry
 from .fronts import Fault, ObjectServer, RegistryFront, SeenRequest, blob_path_pattern
 from .images import (
     Image,
+    IndexImage,
     Layer,
     build_image,
+    build_index_image,
     dir_manifest_digest,
     push_image,
     skopeo_copy_to_dir,
@@ -70,6 +72,7 @@ __all__ = [
     "Fault",
     "HarnessError",
     "Image",
+    "IndexImage",
     "Layer",
     "ManagedProcess",
     "ObjectServer",
@@ -86,6 +89,7 @@ __all__ = [
     "cache_blob_dir",
     "blob_url",
     "build_image",
+    "build_index_image",
     "client_context",
     "dir_manifest_digest",
     "etc_hosts_entry",

@@ -113,11 +113,13 @@ def build_image(
     seed: int = 0,
     *,
     tag: str = "latest",
+    architecture: str | None = None,
 ) -> Image:
     """Write an OCI image layout under `tmpdir/image-<seed>` with one layer per size.
 
     Each layer's file holds `size` seeded random bytes, so different seeds give distinct
     blobs and the same seed gives identical ones (useful for "already cached" tests).
+    `architecture` goes into the config (default: this machine's).
     """
     root = Path(tmpdir) / f"image-{seed}-{tag}"
     blobs = root / "blobs" / "sha256"
@@ -136,7 +138,7 @@ def build_image(
         built.append(Layer(put(gz), len(gz), sha256_digest(tar), size))
 
     config = {
-        "architecture": host_arch(),
+        "architecture": architecture or host_arch(),
         "os": "linux",
         "created": "2024-01-01T00:00:00Z",
         "config": {"Labels": {"pollen.test.seed": str(seed)}},
@@ -185,6 +187,69 @@ def build_image(
         layers=tuple(built),
         manifest=manifest,
     )
+
+
+@dataclass(frozen=True)
+class IndexImage:
+    """An OCI layout whose tag names an image index: one image per platform."""
+
+    layout_dir: Path
+    tag: str
+    index_digest: str
+    platforms: tuple[tuple[str, Image], ...]  # ("linux/amd64", its image)
+
+    @property
+    def oci_ref(self) -> str:
+        return f"oci:{self.layout_dir}:{self.tag}"
+
+    def image(self, platform: str) -> Image:
+        return next(image for name, image in self.platforms if name == platform)
+
+
+def build_index_image(
+    tmpdir: Path, platforms: Sequence[tuple[str, Image]], *, tag: str = "latest"
+) -> IndexImage:
+    """An OCI layout under `tmpdir/index-<tag>` holding each image's blobs and an image
+    index naming each image's manifest with its platform (``os/arch[/variant]``), as a
+    multi-platform build pushes it."""
+    root = Path(tmpdir) / f"index-{tag}"
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for platform_name, image in platforms:
+        for path in (image.layout_dir / "blobs" / "sha256").iterdir():
+            (blobs / path.name).write_bytes(path.read_bytes())
+        os_name, arch, *variant = platform_name.split("/")
+        platform: dict[str, str] = {"os": os_name, "architecture": arch}
+        if variant:
+            platform["variant"] = variant[0]
+        entries.append(
+            {
+                "mediaType": MT_OCI_MANIFEST,
+                "digest": image.manifest_digest,
+                "size": image.manifest_size,
+                "platform": platform,
+            }
+        )
+    index = {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": entries}
+    index_bytes = json.dumps(index, sort_keys=True, separators=(",", ":")).encode()
+    index_digest = sha256_digest(index_bytes)
+    (blobs / index_digest.split(":", 1)[1]).write_bytes(index_bytes)
+    top = {
+        "schemaVersion": 2,
+        "mediaType": MT_OCI_INDEX,
+        "manifests": [
+            {
+                "mediaType": MT_OCI_INDEX,
+                "digest": index_digest,
+                "size": len(index_bytes),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
+        ],
+    }
+    (root / "index.json").write_text(json.dumps(top))
+    (root / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    return IndexImage(root, tag, index_digest, tuple(platforms))
 
 
 # -- skopeo ------------------------------------------------------------------------------
@@ -247,7 +312,7 @@ def _docker_ref(ref: str) -> str:
 
 
 def push_image(
-    image: Image,
+    image: Image | IndexImage,
     registry: object,
     repo: str,
     tag: str | None = None,
@@ -261,7 +326,7 @@ def push_image(
 
     `registry` is anything with a `.host` ("127.0.0.1:port"), normally a `Registry`. The
     OCI manifest is copied unchanged, so its digest at the registry is
-    `image.manifest_digest`.
+    `image.manifest_digest`; an `IndexImage` is copied whole (``--all``), every platform.
     """
     tag = tag or image.tag
     host = registry.host
@@ -274,6 +339,8 @@ def push_image(
         "0",
         f"--dest-tls-verify={'true' if tls_verify else 'false'}",
     ]
+    if isinstance(image, IndexImage):
+        argv += ["--all"]
     if creds:
         argv += ["--dest-creds", f"{creds[0]}:{creds[1]}"]
     else:
@@ -296,18 +363,25 @@ def skopeo_copy_to_dir(
     cert_dir: Path | None = None,
     check: bool = False,
     timeout: float = 60.0,
+    platform: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`skopeo copy docker://<src_ref> dir:<dest_dir>`; returns the completed process.
 
     Does not raise on failure unless `check` (tests assert on failures too). `src_ref`
     may carry `docker://` or not. `creds` become `--src-creds`; `authfile` is the only way
-    to give credentials to a mirror.
+    to give credentials to a mirror. `platform` (``os/arch[/variant]``) picks another
+    platform's manifest of an index than this machine's.
     """
     dest_dir = Path(dest_dir)
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
     workdir = dest_dir.parent / f".skopeo-{dest_dir.name}"
     workdir.mkdir(exist_ok=True)
-    argv = _skopeo_base(workdir, registries_conf) + [
+    argv = _skopeo_base(workdir, registries_conf)
+    if platform:
+        os_name, arch, *variant = platform.split("/")
+        argv += ["--override-os", os_name, "--override-arch", arch]
+        argv += ["--override-variant", variant[0]] if variant else []
+    argv += [
         "copy",
         "--retry-times",
         "0",
