@@ -23,7 +23,7 @@ POLLEN_LOG_DIR ?= $(CURDIR)/.cache/log
 POLLEN_LISTEN_ADDRESS ?= 127.0.0.1
 export POLLEN_CACHE_PATH POLLEN_LOG_DIR POLLEN_LISTEN_ADDRESS
 
-.PHONY: venv build system-deps run test lint docs fuzz clean distclean
+.PHONY: venv build system-deps run test lint docs fuzz image clean distclean
 
 venv: $(PY)
 
@@ -59,6 +59,25 @@ test: build system-deps
 
 lint: build
 	$(RUFF) check .
+
+# The container image (Containerfile), built with buildah, no Docker daemon: stored as
+# $(IMAGE) in buildah's local storage and written to $(IMAGE_ARCHIVE), an OCI archive of
+# $(IMAGE) (the name deploy/kubernetes runs; docker.io/library/$(IMAGE) inside the archive, as
+# containerd names it). The Containerfile's base is made with mmdebstrap when missing (no
+# public container registry is reachable here). Rebuilt when the Containerfile, the build
+# scripts or what goes into the image changed (scripts/build-image.sh).
+IMAGE_VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+IMAGE ?= pollen:$(IMAGE_VERSION)
+IMAGE_ARCHIVE ?= build/pollen-$(IMAGE_VERSION).oci.tar
+IMAGE_INPUTS := Containerfile .containerignore pyproject.toml setup.py build.py \
+  scripts/build-image.sh scripts/make-base-image.sh \
+  $(shell find agent native -type f \( -name '*.py' -o -name '*.c' -o -name '*.h' \) \
+    -not -path '*/__pycache__/*' -not -name '_pollen_io.c')
+
+image: $(IMAGE_ARCHIVE)
+
+$(IMAGE_ARCHIVE): $(IMAGE_INPUTS)
+	bash scripts/build-image.sh "$(IMAGE)" "$@"
 
 # docs/REFERENCE.md from config.KEYS, the metric definitions and the audit op codes.
 docs: build

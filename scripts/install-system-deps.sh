@@ -4,8 +4,10 @@
 # ctr), a disk benchmark (fio), certificates (openssl), network namespaces (iproute2) and
 # `kubectl kustomize` to render deploy/kubernetes (kubernetes-client), a Prometheus
 # server that scrapes agents in the observability tests (prometheus), a clock set off for
-# one process (faketime) and packet filters inside the benches' namespaces (iptables).
-# Idempotent and silent when everything is present.
+# one process (faketime), packet filters inside the benches' namespaces (iptables), and what
+# `make image` builds the container image with (buildah, and mmdebstrap for its base).
+# Idempotent and silent when everything is present. With arguments, only the entries whose
+# command is named: `install-system-deps.sh buildah mmdebstrap`.
 set -euo pipefail
 
 # ip and friends live in /sbin, which a non-root PATH may lack.
@@ -23,11 +25,25 @@ wanted=(
   "prometheus prometheus"
   "faketime faketime"
   "iptables iptables"
+  "buildah buildah"
+  "mmdebstrap mmdebstrap"
 )
 
+known=" "
+for entry in "${wanted[@]}"; do known+="${entry%% *} "; done
+for cmd in "$@"; do
+  if [[ "$known" != *" $cmd "* ]]; then
+    echo "install-system-deps: no package known for command '$cmd' (known:$known)" >&2
+    exit 2
+  fi
+done
+only=" $* "
 missing=()
 for entry in "${wanted[@]}"; do
   read -r cmd pkg <<<"$entry"
+  if [ "$#" -gt 0 ] && [[ "$only" != *" $cmd "* ]]; then
+    continue
+  fi
   if ! command -v "$cmd" >/dev/null 2>&1; then
     missing+=("$pkg")
   fi

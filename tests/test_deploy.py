@@ -1,11 +1,14 @@
 """deploy/kubernetes: the manifests render with kustomize, parse, pass the Kubernetes schema
 (the `kubernetes` client's models), and agree with the code: config keys and defaults,
-ports, the webhook's label and path, the commands the containers run."""
+ports, the webhook's label and path, the commands the containers run, the image `make image`
+builds and the user each container runs as in it."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -380,3 +383,78 @@ def test_webhook_serves_the_mounted_secret_and_exports_metrics() -> None:
     assert annotations["prometheus.io/path"] == "/metrics"
     service = the("Service", "pollen-webhook")["spec"]["ports"]
     assert {"name": "metrics", "port": 65003, "targetPort": "metrics", "protocol": "TCP"} in service
+
+
+# --------------------------------------------------------------------------------------------
+# The image (`make image`, Containerfile) and who runs in it
+
+REPO = DEPLOY.parents[1]
+
+
+def image_user() -> int:
+    """The uid of the Containerfile's last USER: what a container runs as unless told."""
+    users = [
+        line.split()[1]
+        for line in (REPO / "Containerfile").read_text().splitlines()
+        if line.startswith("USER ")
+    ]
+    uid, _, gid = users[-1].partition(":")
+    assert uid == gid, "the image's user has the group of the same number"
+    return int(uid)
+
+
+def test_the_manifests_run_the_image_make_image_builds() -> None:
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    makefile = (REPO / "Makefile").read_text()
+    (image,) = re.findall(r"^IMAGE \?= (\S+)$", makefile, flags=re.M)
+    built = image.replace("$(IMAGE_VERSION)", version)
+    (entry,) = kustomization()["images"]
+    assert f"{entry['newName']}:{entry['newTag']}" == built == f"pollen:{version}"
+    # The label a build without `make image` (docker build) gets.
+    assert f"ARG VERSION={version}" in (REPO / "Containerfile").read_text().splitlines()
+    assert all(c["image"] == built for s in pod_specs() for c in containers(s))
+
+
+def writable_host_paths(spec: dict[str, Any], container: dict[str, Any]) -> list[str]:
+    host = {v["name"] for v in spec["volumes"] if "hostPath" in v}
+    return [
+        m["mountPath"]
+        for m in container.get("volumeMounts", [])
+        if m["name"] in host and not m.get("readOnly", False)
+    ]
+
+
+def test_only_containers_writing_a_host_path_run_as_root_and_none_keeps_a_capability() -> None:
+    """Root (uid 0) only where a host directory that the kubelet or the node made root's must
+    be written (the agent's cache, containerd's certs.d), and even there no capability: uid 0
+    owns those directories (tests/integration/test_image.py measures both). Every other
+    container runs as the image's user, and every pod under the runtime's seccomp profile."""
+    user = image_user()
+    as_root = set()
+    for obj in OBJECTS:
+        if obj["kind"] not in WORKLOADS:
+            continue
+        spec = obj["spec"]["template"]["spec"]
+        pod = spec.get("securityContext", {})
+        assert pod.get("seccompProfile") == {"type": "RuntimeDefault"}, ident(obj)
+        for c in containers(spec):
+            context = c["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert "privileged" not in context
+            uid = context.get("runAsUser", pod.get("runAsUser", user))
+            gid = context.get("runAsGroup", pod.get("runAsGroup", user))
+            if writable_host_paths(spec, c):
+                assert (uid, gid) == (0, 0), (ident(obj), c["name"])
+                as_root.add((obj["metadata"]["name"], c["name"]))
+            else:
+                assert (uid, gid) == (user, user), (ident(obj), c["name"])
+                assert context.get("runAsNonRoot", pod.get("runAsNonRoot")) is True
+    assert as_root == {("pollen-agent", "agent"), ("pollen-agent", "containerd-hosts")}
+
+
+def test_roots_own_their_empty_dirs() -> None:
+    spec = the("StatefulSet", "pollen-root")["spec"]["template"]["spec"]
+    assert all("emptyDir" in v for v in spec["volumes"])
+    assert spec["securityContext"]["fsGroup"] == image_user()

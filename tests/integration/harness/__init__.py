@@ -9,6 +9,7 @@ One module, one job:
 - images:     OCI layouts built in Python; skopeo push/pull and blob verification
 - cri:        CRI ImageService over grpc with hand-encoded protobuf
 - containerd: a private containerd daemon, hosts.toml, ctr and CRI pulls
+- containers: an image's containers run by that containerd (`ctr run`, runc), seccomp profiles
 - etchosts:   a temporary /etc/hosts line
 - agent:      a real `pollen agent` process
 - fronts:     a counting/faulting HTTP front for a registry, and a tiny object server
@@ -39,6 +40,7 @@ from .images import (
     dir_manifest_digest,
     push_image,
     skopeo_copy_to_dir,
+    skopeo_copy_to_registry,
     verify_dir_blobs,
     write_authfile,
     write_registries_conf,
@@ -108,6 +110,7 @@ __all__ = [
     "raw_request",
     "run",
     "skopeo_copy_to_dir",
+    "skopeo_copy_to_registry",
     "start_process",
     "verify_dir_blobs",
     "write_secret_volume",

@@ -332,7 +332,31 @@ def push_image(
     host = registry.host
     dest = f"{host}/{repo}:{tag}"
     workdir = image.layout_dir.parent / ".skopeo"
-    workdir.mkdir(exist_ok=True)
+    skopeo_copy_to_registry(
+        image.oci_ref,
+        dest,
+        workdir=workdir,
+        creds=creds,
+        tls_verify=tls_verify,
+        cert_dir=cert_dir,
+        timeout=timeout,
+    )
+    return dest
+
+
+def skopeo_copy_to_registry(
+    src_ref: str,
+    dest: str,
+    *,
+    workdir: Path,
+    creds: tuple[str, str] | None = None,
+    tls_verify: bool = False,
+    cert_dir: Path | None = None,
+    timeout: float = 60.0,
+) -> None:
+    """`skopeo copy <src_ref> docker://<dest>` (`src_ref` in any transport skopeo reads:
+    `oci:`, `oci-archive:`, ...); raises HarnessError when it fails."""
+    workdir.mkdir(parents=True, exist_ok=True)
     argv = _skopeo_base(workdir, None) + [
         "copy",
         "--retry-times",
@@ -347,9 +371,8 @@ def push_image(
         argv += ["--dest-no-creds"]
     if cert_dir:
         argv += ["--dest-cert-dir", str(cert_dir)]
-    argv += [image.oci_ref, f"docker://{dest}"]
+    argv += [src_ref, _docker_ref(dest)]
     run(argv, timeout=timeout, env=_skopeo_env(workdir, None))
-    return dest
 
 
 def skopeo_copy_to_dir(
