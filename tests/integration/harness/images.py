@@ -340,6 +340,7 @@ def push_image(
         tls_verify=tls_verify,
         cert_dir=cert_dir,
         timeout=timeout,
+        all_images=isinstance(image, IndexImage),
     )
     return dest
 
@@ -353,9 +354,11 @@ def skopeo_copy_to_registry(
     tls_verify: bool = False,
     cert_dir: Path | None = None,
     timeout: float = 60.0,
+    all_images: bool = False,
 ) -> None:
     """`skopeo copy <src_ref> docker://<dest>` (`src_ref` in any transport skopeo reads:
-    `oci:`, `oci-archive:`, ...); raises HarnessError when it fails."""
+    `oci:`, `oci-archive:`, ...; `all_images`: an index with every platform's manifest);
+    raises HarnessError when it fails."""
     workdir.mkdir(parents=True, exist_ok=True)
     argv = _skopeo_base(workdir, None) + [
         "copy",
@@ -363,7 +366,7 @@ def skopeo_copy_to_registry(
         "0",
         f"--dest-tls-verify={'true' if tls_verify else 'false'}",
     ]
-    if isinstance(image, IndexImage):
+    if all_images:
         argv += ["--all"]
     if creds:
         argv += ["--dest-creds", f"{creds[0]}:{creds[1]}"]
