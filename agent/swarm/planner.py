@@ -256,6 +256,9 @@ class LayerPlanner:
             pending.store = Transfer(chunk=chunk, source=source)
             for other in sorted(self.fetching.pop(chunk, set())):
                 self.began.pop((chunk, other), None)
+                # A loser in its last bytes is no tail any more: the standing request would
+                # wait for its report for ever (and `_want` count its slot twice).
+                self.tailing.discard((chunk, other))
                 pending.cancel.append(Transfer(chunk=chunk, source=other))
         self._poll(pending, now)
         self._report(pending)
