@@ -126,6 +126,7 @@ class Peer:
             "demand": self.demand,
             "banned": self.banned,
             "pace": self.pace if self.pace >= 0 else None,
+            "down_pace": self.down_pace if self.down_pace >= 0 else None,  # copies from the root
         }
 
 

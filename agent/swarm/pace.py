@@ -64,6 +64,17 @@ class Pace:
         if src != ROOT:
             self.clock(src, took)
 
+    def cut(self, key: FlightKey, peer: Peer | None, took: float, *, lagged: bool) -> None:
+        """The transfer `key` to `peer` was cut after `took` seconds (timed out, or lost to
+        another copy): at least that long, for the receiver (a copy from the root) and, unless
+        the receiver is to blame (`lagged`), for the source. A chunk slower than the transfer
+        timeout never completes: this is how such a receiver is known."""
+        src = key[2]
+        if src == ROOT and peer is not None:
+            peer.down_pace = moving(peer.down_pace, took)
+        if not lagged and src != ROOT:
+            self.clock(src, took)
+
     def clock(self, source: int, took: float) -> None:
         """Count an upload's duration (or a lower bound, for one cut short) in its pace."""
         peer = self._peers.get(source)

@@ -77,6 +77,7 @@ Cost per event: docs/ARCHITECTURE.md, "The swarm" (nothing is O(N·C)).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import islice
 
 from agent.swarm.ledger import NOTHING, ROOT, Actions, Assignment, Batch, FlightKey, Ledger, Peer
 from agent.swarm.pace import LATE, Pace
@@ -214,10 +215,13 @@ class LayerSchedule:
             peer.downloaded += 1
             ledger.add_holding(peer, chunk, batch)
             tail = [peer.tails[chunk]] if chunk in peer.tails else []  # finishing, lost too
+            slow = self._pace.slow_receiver(peer)
             for other in list(peer.incoming.get(chunk, ())) + tail:
-                loser = ledger.release((peer.ident, chunk, other), batch)
+                lost = (peer.ident, chunk, other)
+                lagged = slow or lost in ledger.lagging
+                loser = ledger.release(lost, batch)
                 batch.cancelled.append(loser)
-                self._pace.clock(other, now - loser.issued)  # at least that long
+                self._pace.cut(lost, peer, now - loser.issued, lagged=lagged)
         return self._settle(batch, now)
 
     def finishing(self, node: str, chunk: int, source: str, now: float) -> Actions:
@@ -294,9 +298,13 @@ class LayerSchedule:
             key, a = next(iter(self._flights.items()))
             if a.issued > limit:
                 break
-            batch.cancelled.append(ledger.release(key, batch))
             node, _, src = key
-            self._pace.clock(src, now - a.issued)  # at least that long
+            receiver = self._peers.get(node)
+            lagged = key in ledger.lagging or (
+                receiver is not None and self._pace.slow_receiver(receiver)
+            )
+            batch.cancelled.append(ledger.release(key, batch))
+            self._pace.cut(key, receiver, now - a.issued, lagged=lagged)
             if src != ROOT and src in self._peers and node in self._peers:
                 ledger.avoid(self._peers[node], src)
         self._pace.lag_root_copies(now, self.root_upload_slots, batch)
@@ -462,7 +470,7 @@ class LayerSchedule:
             return False  # first copies go to nodes that pass them on at the usual speed
         if self._pace.slow_receiver(peer) and any(
             w != peer.ident and not self._pace.sluggish(self._peers[w])
-            for w in self._waiting.get(chunk, ())
+            for w in islice(self._waiting.get(chunk, ()), SCAN)
         ):
             return False  # ... and that take them at the usual speed, if one waits for it
         holders = self._holders[chunk]

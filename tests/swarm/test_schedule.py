@@ -17,6 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from agent.sim.engine import simulate
 from agent.sim.model import Mbit, MiB, SwarmConfig, bench_case
 from agent.swarm.schedule import Actions, Assignment, LayerSchedule
+from tests.swarm.test_ledger import consistent
 
 ROOT = "root"
 
@@ -288,6 +289,87 @@ def test_a_slow_receivers_downloads_do_not_make_its_source_slow() -> None:
     assert ("straggler", 0, "a") in triples(s.request("straggler", want=1, now=8.0))
     s.completed("straggler", 0, "a", now=16.0)
     assert s.progress()["nodes"]["a"]["pace"] is None
+
+
+def a_known_straggler(chunks: int, **kw: object) -> LayerSchedule:
+    """A schedule where a's copy from the root set the usual duration (1 s) and the
+    straggler's took 7 s (its copy lagged): the straggler is a slow receiver."""
+    s = schedule(chunks, expected=1.0, **kw)
+    s.origin_progress(chunks, now=0)
+    assert triples(s.request("a", want=1, now=0)) == [("a", 0, ROOT)]
+    s.completed("a", 0, ROOT, now=1.0)
+    assert ("straggler", 1, ROOT) in triples(s.request("straggler", want=1, now=1.0))
+    s.expire(now=3.5)
+    s.completed("straggler", 1, ROOT, now=8.0)
+    assert s.progress()["nodes"]["straggler"]["down_pace"] == 7.0
+    return s
+
+
+def test_a_slow_receivers_timed_out_download_does_not_make_its_source_slow() -> None:
+    s = a_known_straggler(2, transfer_timeout=10.0)
+    assert triples(s.request("straggler", want=1, now=8.0)) == [("straggler", 0, "a")]
+    s.expire(now=18.5)  # the straggler's download from a times out: its link, not a's
+    assert s.progress()["nodes"]["a"]["pace"] is None
+
+
+def test_a_slow_receivers_lost_second_source_does_not_make_its_source_slow() -> None:
+    s = a_known_straggler(2, transfer_timeout=30.0)
+    s.request("b", want=1, now=8.0)
+    for _ in range(2):  # b takes both chunks, at once
+        for x in [x for x in s.in_flight() if x.node == "b"]:
+            s.completed(x.node, x.chunk, x.source, now=8.0)
+        s.request("b", want=1, now=8.0)
+    (first,) = triples(s.request("straggler", want=2, now=8.0))
+    second = [t for t in triples(s.expire(now=10.5)) if t[0] == "straggler"]
+    assert second, "a second source for the late download"
+    before = s.progress()["nodes"][first[2]]["pace"]
+    s.completed("straggler", 0, second[0][2], now=20.0)  # the first source's copy lost
+    assert s.progress()["nodes"][first[2]]["pace"] == before
+
+
+def test_a_root_copy_that_timed_out_marks_its_receiver_slow() -> None:
+    """4 MiB at under 3.4 Mbit/s never ends within the 10 s transfer timeout: the cut copy's
+    duration is what tells the schedule that this receiver is slow."""
+    s = schedule(6, expected=1.0, transfer_timeout=10.0)
+    s.origin_progress(6, now=0)
+    s.request("a", want=1, now=0)
+    s.completed("a", 0, ROOT, now=1.0)
+    assert ("straggler", 1, ROOT) in triples(s.request("straggler", want=1, now=1.0))
+    s.expire(now=11.5)  # it lagged at 3.5 s and timed out now
+    assert s.progress()["nodes"]["straggler"]["down_pace"] == 10.5
+    # ... so the next first copy goes to the fast node that waits for it, not to it.
+    s.request("fast", want=1, now=11.5)
+    out = triples(s.request("straggler", want=1, now=11.6)) + triples(s.expire(now=12.0))
+    assert all(node != "straggler" or src != ROOT for node, _, src in out), out
+
+
+def test_the_slow_receiver_rule_looks_at_a_bounded_number_of_waiters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A freed root slot with 1000 waiters that are all slow receivers: each waiter's rule
+    looks at SCAN others at most (it looked at every waiter: a second per event at 1000)."""
+    s = schedule(16, expected=1.0)
+    s.origin_progress(16, now=0)
+    s.request("first", want=1, now=0)
+    s.completed("first", 0, ROOT, now=1.0)
+    s.request("busy", want=1, now=1.0)  # holds the root's slot
+    for i in range(1000):
+        s.request(f"n{i}", want=0, now=1.0)
+        peer = s._peers[s._ledger.ids[f"n{i}"]]
+        peer.down_pace, peer.root_copies = 10.0, 1  # white box: as if measured
+    for i in range(1000):
+        s.request(f"n{i}", want=2, now=1.0)
+    calls = 0
+    sluggish = s._pace.sluggish
+
+    def counting(peer: object) -> bool:
+        nonlocal calls
+        calls += 1
+        return sluggish(peer)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(s._pace, "sluggish", counting)
+    s.completed("busy", 1, ROOT, now=1.5)
+    assert calls <= 20 * 1000, calls
 
 
 def test_bad_data_bans_the_source_for_the_layer() -> None:
@@ -673,8 +755,11 @@ class ScheduleMachine(RuleBasedStateMachine):
         slots=st.integers(1, 3),
         root_slots=st.integers(1, 3),
         endgame=st.integers(0, 2),
+        expected=st.sampled_from([0.0, 0.2, 1.0]),  # > 0: root copies lag from the start
     )
-    def setup(self, chunks: int, window: int, slots: int, root_slots: int, endgame: int) -> None:
+    def setup(
+        self, chunks: int, window: int, slots: int, root_slots: int, endgame: int, expected: float
+    ) -> None:
         self.s = LayerSchedule(
             chunk_count=chunks,
             root=ROOT,
@@ -683,6 +768,7 @@ class ScheduleMachine(RuleBasedStateMachine):
             root_upload_slots=root_slots,
             transfer_timeout=5.0,
             endgame=endgame,
+            expected=expected,
         )
         self.chunks, self.slots, self.root_slots = chunks, slots, root_slots
         self.now = 0.0
@@ -787,8 +873,13 @@ class ScheduleMachine(RuleBasedStateMachine):
         if not hasattr(self, "s"):
             return
         flights = self.s.in_flight()
-        # A finishing transfer holds no slot; one that ended and was assigned again does.
+        ledger = self.s._ledger
+        consistent(ledger)
+        # A finishing transfer holds no slot; one that ended and was assigned again does. A
+        # lagging one holds its node's download slot only.
         self.tails &= {(a.node, a.chunk, a.source) for a in flights}
+        lagging = {(ledger.names[n], c, ledger.names[src]) for n, c, src in ledger.lagging}
+        assert ledger.root_lagging <= self.root_slots
         load: dict[str, int] = {}
         chunks_of: dict[str, set[int]] = {}
         sources_of: dict[tuple[str, int], list[str]] = {}
@@ -796,12 +887,16 @@ class ScheduleMachine(RuleBasedStateMachine):
             sources_of.setdefault((a.node, a.chunk), []).append(a.source)
             if (a.node, a.chunk, a.source) in self.tails:
                 continue
-            load[a.source] = load.get(a.source, 0) + 1
             chunks_of.setdefault(a.node, set()).add(a.chunk)
+            if (a.node, a.chunk, a.source) in lagging:
+                continue
+            load[a.source] = load.get(a.source, 0) + 1
             assert a.source not in self.banned
         for source, n in load.items():
             assert n <= (self.root_slots if source == ROOT else self.slots), (source, n)
-        root_chunks = [a.chunk for a in flights if a.source == ROOT]
+        root_chunks = [
+            a.chunk for a in flights if a.source == ROOT and (a.node, a.chunk, ROOT) not in lagging
+        ]
         assert len(root_chunks) == len(set(root_chunks))  # one root copy of a chunk at a time
         for node, chunks in chunks_of.items():
             assert len(chunks) == 1, (node, chunks)  # one chunk at a time
@@ -812,7 +907,6 @@ class ScheduleMachine(RuleBasedStateMachine):
                 assert self.s.holds(node, c) == (c in held), (node, c)
         # The ledger's books: every transfer in flight counted once, as a download of its
         # node or as a finishing one, never both (a second entry once led to a KeyError).
-        ledger = self.s._ledger
         booked = [
             (p.ident, c, src)
             for p in ledger.peers.values()
