@@ -1,9 +1,9 @@
 """Target: what a client sends on the proxy, P2P or webhook port, through h11 and the server's
-own head checks (`agent.http.server.check_head`, `request_from_head`).
+own head checks (`agent.http.connection.check_head`, `request_from_head`).
 
 The input is the byte stream of one connection: its first byte is the size of each read
 (0: all at once), the rest is what the client sends, then EOF. Request cycles run as
-`_Connection` runs them, without a socket: a head, its body dropped (bounded, 413 past
+`HttpConnection` runs them, without a socket: a head, its body dropped (bounded, 413 past
 MAX_REQUEST_BODY), a small answer, the next cycle; pipelined requests included.
 
 Contract: the only error is h11.RemoteProtocolError, whose status hint is a 4xx/5xx the
@@ -18,14 +18,9 @@ from collections import deque
 
 import h11
 
+from agent.http.connection import MAX_REQUEST_BODY, TLS_HANDSHAKE_BYTE, check_head
 from agent.http.responses import PLAIN_TEXT, Response, bytes_response, plain_error
-from agent.http.server import (
-    MAX_HEADER_BYTES,
-    MAX_REQUEST_BODY,
-    TLS_HANDSHAKE_BYTE,
-    check_head,
-    request_from_head,
-)
+from agent.http.server import MAX_HEADER_BYTES, request_from_head
 
 MAX_CYCLES = 64  # pipelined requests per input
 
@@ -48,7 +43,7 @@ def fuzz_one(data: bytes) -> None:
 
 def _one_cycle(conn: h11.Connection, reads: deque[bytes]) -> bool:
     """Like HttpServer._run_cycles' loop body: False when the connection ends."""
-    head_only = False  # as _Connection.head_request: a refused HEAD is answered head only
+    head_only = False  # as HttpConnection.head_request: a refused HEAD is answered head only
     try:
         event = _next_head(conn, reads)
         if event is not None:
@@ -81,7 +76,7 @@ def _one_cycle(conn: h11.Connection, reads: deque[bytes]) -> bool:
 
 
 def _next_head(conn: h11.Connection, reads: deque[bytes]) -> h11.Request | None:
-    """Like _Connection.next_request, but for `check_head`, which the caller applies (it
+    """Like HttpConnection.next_request, but for `check_head`, which the caller applies (it
     must know the method of a head that fails it); running out of reads is the timeout."""
     while True:
         event = conn.next_event()
@@ -108,7 +103,7 @@ def _check_request(event: h11.Request) -> None:
 
 
 def _drop_body(conn: h11.Connection, reads: deque[bytes]) -> None:
-    """Like _Connection.read_body(0): read and drop, 413 past MAX_REQUEST_BODY."""
+    """Like HttpConnection.read_body(0): read and drop, 413 past MAX_REQUEST_BODY."""
     received = 0
     while True:
         event = conn.next_event()
@@ -126,7 +121,7 @@ def _drop_body(conn: h11.Connection, reads: deque[bytes]) -> None:
 
 
 def _send(conn: h11.Connection, response: Response, *, head_only: bool) -> None:
-    """Encode the answer as _Connection.send_response does; the bytes go nowhere."""
+    """Encode the answer as HttpConnection.send_response does; the bytes go nowhere."""
     assert isinstance(response.body, bytes)
     conn.send(h11.Response(status_code=response.status, headers=response.headers))
     if response.body and not head_only:
