@@ -339,15 +339,20 @@ class SwarmDownload:
         t0 = time.perf_counter()
         told = False
 
-        async def progress(filled: int) -> None:
+        async def progress(filled: int) -> int | None:
             """Say `finishing` once the rest needs less than the planner's lead (at the rate
-            so far, first-byte wait included: it errs early)."""
+            so far, first-byte wait included: it errs early). Until then, the fill at which
+            the rest will need the lead at that rate is when to hear again."""
             nonlocal told
             if told or filled >= length:
-                return  # the end itself is reported as received
-            if (length - filled) * (time.perf_counter() - t0) <= planner.finish_lead * filled:
+                return length  # the end itself is reported as received
+            elapsed = time.perf_counter() - t0
+            lead = planner.finish_lead * filled  # bytes x seconds, as elapsed x the rest
+            if (length - filled) * elapsed <= lead:
                 told = True
                 await self._send.send(partial(planner.finishing, index, source))
+                return length
+            return max(filled + 1, length - int(lead / elapsed))
 
         with scope:
             try:
