@@ -378,8 +378,12 @@ class LayerSchedule:
 
     def _late(self, peer: Peer, chunk: int, sources: list[int], now: float) -> bool:
         """Whether `chunk`, in flight to `peer` from one peer, may get a second source: that
-        transfer has run LATE times the usual duration (in the endgame: the usual duration)."""
+        transfer has run LATE times the usual duration (in the endgame: the usual duration),
+        and `peer` is no slow receiver (its own link is why: a second source would only take
+        another fast peer's slot, and a straggler took two peers' slots per layer so)."""
         if len(sources) != 1 or sources[0] == ROOT or self._pace.typical <= 0:
+            return False
+        if self._pace.slow_receiver(peer):
             return False
         issued = self._flights[(peer.ident, chunk, sources[0])].issued
         endgame = self.chunk_count - max(peer.have, peer.first) <= self.endgame
