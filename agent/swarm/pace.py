@@ -56,7 +56,7 @@ class Pace:
         """The transfer `key` to `peer` ended after `took` seconds (`lagged`: it lagged, or
         its receiver is slow)."""
         src = key[2]
-        if src == ROOT:
+        if src == ROOT or lagged:
             peer.down_pace = moving(peer.down_pace, took)
         if lagged:
             return
@@ -70,7 +70,7 @@ class Pace:
         the receiver is to blame (`lagged`), for the source. A chunk slower than the transfer
         timeout never completes: this is how such a receiver is known."""
         src = key[2]
-        if src == ROOT and peer is not None:
+        if (src == ROOT or lagged) and peer is not None:
             peer.down_pace = moving(peer.down_pace, took)
         if not lagged and src != ROOT:
             self.clock(src, took)
@@ -93,11 +93,27 @@ class Pace:
         return any(flights[k].issued < since and k not in lagging for k in peer.outgoing)
 
     def slow_receiver(self, peer: Peer) -> bool:
-        """A peer whose downloads lag, or whose copies from the root take LATE times the usual
-        duration: a copy sent there spreads slowly."""
+        """A peer whose downloads lag, whose copies from the root (or, once it is known slow,
+        from anyone) take LATE times the usual duration, or whose copies from two sources
+        both run that long (two sources slow at once: its own link): a copy sent there
+        spreads slowly."""
         if peer.lagging:
             return True
-        return self.typical > 0 and peer.down_pace > LATE * self.typical
+        if self.typical <= 0:
+            return False
+        limit = LATE * self.typical
+        if peer.down_pace > limit:
+            return True
+        if len(peer.incoming) + sum(len(s) for s in peer.incoming.values()) < 3:
+            return False  # fewer than two copies in flight
+        since, flights = self.now - limit, self._flights
+        late = {
+            src
+            for chunk, sources in peer.incoming.items()
+            for src in sources
+            if flights[(peer.ident, chunk, src)].issued < since
+        }
+        return len(late) >= 2
 
     def sluggish(self, peer: Peer) -> bool:
         return self.slow(peer) or self.slow_receiver(peer)
