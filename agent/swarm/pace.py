@@ -118,10 +118,14 @@ class Pace:
     def sluggish(self, peer: Peer) -> bool:
         return self.slow(peer) or self.slow_receiver(peer)
 
-    def fast_holder(self, chunk: int, besides: int) -> bool:
-        """Whether a peer other than `besides`, and not slow, holds `chunk` (busy or not)."""
+    def fast_holder(self, chunk: int, besides: int, avoid: set[int] | None = None) -> bool:
+        """Whether a peer other than `besides` (and not in `avoid`: the holders a receiver
+        takes nothing from), and not slow, holds `chunk` (busy or not)."""
         peers = self._peers
-        return any(h != besides and not self.slow(peers[h]) for h in self._holders[chunk])
+        return any(
+            h != besides and not (avoid and h in avoid) and not self.slow(peers[h])
+            for h in self._holders[chunk]
+        )
 
     def lag_root_copies(self, now: float, root_slots: int, batch: Batch) -> None:
         """A copy from the root running LATE times the usual duration has a slow receiver:

@@ -414,7 +414,7 @@ class LayerSchedule:
             return False
         if peer.avoid and src.ident in peer.avoid:
             return False
-        if self._slow(src) and self._fast_holder(chunk, src.ident):
+        if self._slow(src) and self._fast_holder(chunk, src.ident, peer.avoid):
             return False
         if peer.incoming:
             sources = peer.incoming.get(chunk)
@@ -443,7 +443,7 @@ class LayerSchedule:
             p = peers[h]
             if sources and p.uploads:
                 continue  # a second source must be idle
-            if self._slow(p) and self._fast_holder(chunk, h):
+            if self._slow(p) and self._fast_holder(chunk, h, avoid):
                 continue
             pace = p.pace if p.pace >= 0 else typical
             key = (p.uploads, pace)

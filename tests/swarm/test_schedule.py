@@ -412,6 +412,24 @@ def test_the_slow_receiver_rule_looks_at_a_bounded_number_of_waiters(
     assert calls <= 20 * 1000, calls
 
 
+def test_a_node_that_avoids_the_only_fast_holder_takes_a_slow_one() -> None:
+    """The slow-source rule skips a slow holder while a faster one holds the chunk: not when
+    the node avoids that faster one. A straggler in the chaos bench waited for its last chunk
+    for ever so: its transfers from the one fast holder had timed out, every other holder was
+    slow, and the root only serves a chunk whose every holder the node avoids."""
+    s = schedule(2)
+    s.origin_progress(2, now=0)
+    for node in ("fast", "slow1", "slow2"):
+        s.request(node, have=[0, 1], want=0, now=0)
+    peers = {p.name: p for p in s._peers.values()}  # white box: paces as if measured
+    s._pace.typical = 0.1
+    peers["fast"].pace, peers["slow1"].pace, peers["slow2"].pace = 0.05, 1.0, 1.0
+    assert triples(s.request("r", want=1, now=1.0)) == [("r", 0, "fast")]
+    s.failed("r", 0, "fast", bad_data=False, now=2.0)  # timed out: r avoids fast from now on
+    out = triples(s.request("r", want=1, now=2.0))
+    assert out and out[0][:2] == ("r", 0) and out[0][2] in ("slow1", "slow2"), out
+
+
 def test_bad_data_bans_the_source_for_the_layer() -> None:
     s = schedule(2, upload_slots=2)
     s.origin_progress(2, now=0)
