@@ -14,6 +14,8 @@ sends) to a reply that parses back equal.
 
 from __future__ import annotations
 
+from typing import Protocol, Self
+
 from agent.swarm.plan import Plan
 from agent.swarm.protocol import P2PProtocolError
 from agent.swarm.signing import HEADER_REPLY_AUTH, P2PAuthError, sign_reply, verify_reply
@@ -23,8 +25,18 @@ REQUEST_AUTH = "5e" * 32  # the x-pollen-auth of the plan request this reply ans
 SIGNATURE_BYTES = 64
 
 
-def fuzz_one(data: bytes) -> None:
-    """One plan reply through the agent's signature check and parser."""
+class Reply(Protocol):
+    """What a root answers a signed request with (a plan, a preheat reply)."""
+
+    @classmethod
+    def from_json(cls, body: bytes) -> Self: ...
+
+    def to_json(self) -> bytes: ...
+
+
+def fuzz_signed_reply(data: bytes, reply_type: type[Reply]) -> None:
+    """One reply through the client's signature check and `reply_type`'s parser (the
+    contract above; `preheat_reply` holds its reply to the same one)."""
     if not data:
         return
     signed = data[0] % 2 == 0
@@ -39,9 +51,14 @@ def fuzz_one(data: bytes) -> None:
         assert not signed, f"a signed reply was refused: {exc}"
         return
     try:
-        plan = Plan.from_json(body)
+        reply = reply_type.from_json(body)
     except P2PProtocolError:
         return
-    again = Plan.from_json(plan.to_json())
-    assert again == plan, (again, plan)
-    assert again.to_json() == plan.to_json()
+    again = reply_type.from_json(reply.to_json())
+    assert again == reply, (again, reply)
+    assert again.to_json() == reply.to_json()
+
+
+def fuzz_one(data: bytes) -> None:
+    """One plan reply through the agent's signature check and parser."""
+    fuzz_signed_reply(data, Plan)

@@ -14,33 +14,9 @@ sends) to one that parses back equal.
 from __future__ import annotations
 
 from agent.swarm.preheat import PreheatReply
-from agent.swarm.protocol import P2PProtocolError
-from agent.swarm.signing import HEADER_REPLY_AUTH, P2PAuthError, sign_reply, verify_reply
-
-TOKEN = b"fuzz-cluster-token"
-REQUEST_AUTH = "5e" * 32  # the x-pollen-auth of the preheat request this reply answers
-SIGNATURE_BYTES = 64
+from fuzz.plan_reply import fuzz_signed_reply
 
 
 def fuzz_one(data: bytes) -> None:
     """One preheat reply through the client's signature check and parser."""
-    if not data:
-        return
-    signed = data[0] % 2 == 0
-    if signed:
-        body = data[1:]
-        signature = sign_reply(TOKEN, REQUEST_AUTH, body).encode()
-    else:
-        signature, body = data[1 : 1 + SIGNATURE_BYTES], data[1 + SIGNATURE_BYTES :]
-    try:
-        verify_reply(TOKEN, REQUEST_AUTH, body, [(HEADER_REPLY_AUTH, signature)])
-    except P2PAuthError as exc:
-        assert not signed, f"a signed reply was refused: {exc}"
-        return
-    try:
-        reply = PreheatReply.from_json(body)
-    except P2PProtocolError:
-        return
-    again = PreheatReply.from_json(reply.to_json())
-    assert again == reply, (again, reply)
-    assert again.to_json() == reply.to_json()
+    fuzz_signed_reply(data, PreheatReply)

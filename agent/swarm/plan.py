@@ -40,6 +40,21 @@ from agent.swarm.protocol import (
 )
 
 
+def check_error(error: object, status: object) -> None:
+    """A reply's `error` and `error_status`: both or neither; a printable message of at most
+    MAX_ERROR_CHARS, an HTTP error status (plans and preheat replies alike)."""
+    if (error is None) != (status is None):
+        raise P2PProtocolError("error and error_status go together")
+    if error is None:
+        return
+    if not isinstance(error, str) or not error.isprintable():
+        raise P2PProtocolError("error must be a printable string")
+    if len(error) > MAX_ERROR_CHARS:
+        raise P2PProtocolError(f"error longer than {MAX_ERROR_CHARS} characters")
+    if not (is_int(status) and 400 <= status <= 599):  # type: ignore[operator]
+        raise P2PProtocolError(f"error_status must be an HTTP error status, got {status!r:.40}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Plan:
     """A root's answer to a PlanTarget.
@@ -126,18 +141,8 @@ class Plan:
                 raise P2PProtocolError("table_sha256 must be 64 lower-case hex digits")
             if not self.complete:
                 raise P2PProtocolError("only a complete layer is sealed (table_sha256)")
-        if (self.error is None) != (self.error_status is None):
-            raise P2PProtocolError("error and error_status go together")
+        check_error(self.error, self.error_status)
         if self.error is not None:
-            if not isinstance(self.error, str) or not self.error.isprintable():
-                raise P2PProtocolError("error must be a printable string")
-            if len(self.error) > MAX_ERROR_CHARS:
-                raise P2PProtocolError(f"error longer than {MAX_ERROR_CHARS} characters")
-            status = self.error_status
-            if not (isinstance(status, int) and is_int(status) and 400 <= status <= 599):
-                raise P2PProtocolError(
-                    f"error_status must be an HTTP error status, got {self.error_status!r:.40}"
-                )
             if checked or self.complete:
                 raise P2PProtocolError("an error reply neither assigns nor completes")
         retry = self.retry_after

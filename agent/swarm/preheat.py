@@ -30,6 +30,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from agent.swarm.plan import check_error
 from agent.swarm.protocol import (
     MAX_ERROR_CHARS,
     MAX_NONCE,
@@ -40,10 +41,10 @@ from agent.swarm.protocol import (
     check_upstream,
     is_int,
     parse_decimal,
+    parse_query,
     parse_target,
     quote_brackets,
     split_target,
-    unquote_brackets,
 )
 
 PREHEAT_PREFIX = "/p2p/v1/preheat/"
@@ -104,16 +105,7 @@ def parse_p2p_target(method: str, target: str) -> P2PTarget | PreheatTarget:
         )
     if method != "GET":
         raise P2PProtocolError(f"method {method[:20]} not allowed on preheat", status_hint=405)
-    params: dict[str, str] = {}
-    for item in query.split("&") if query else []:
-        key, eq, value = item.partition("=")
-        if key not in _PARAMS:
-            raise P2PProtocolError(f"unknown preheat parameter {key[:40]!r}")
-        if not eq:
-            raise P2PProtocolError(f"preheat parameter {key} has no value")
-        if key in params:
-            raise P2PProtocolError(f"preheat parameter {key} given twice")
-        params[key] = unquote_brackets(value)
+    params = parse_query(query, _PARAMS, "preheat")
     lacking = [k for k in ("upstream", "repo") if k not in params]
     if lacking:
         raise P2PProtocolError("preheat request lacks " + ", ".join(lacking))
@@ -162,18 +154,9 @@ class PreheatReply:
             raise P2PProtocolError("a complete blob has a size and all of it stored")
         if self.cached and not self.complete:
             raise P2PProtocolError("only a complete blob was cached already")
-        if (self.error is None) != (self.error_status is None):
-            raise P2PProtocolError("error and error_status go together")
-        if self.error is not None:
-            if not isinstance(self.error, str) or not self.error.isprintable():
-                raise P2PProtocolError("error must be a printable string")
-            if len(self.error) > MAX_ERROR_CHARS:
-                raise P2PProtocolError(f"error longer than {MAX_ERROR_CHARS} characters")
-            status = self.error_status
-            if not (is_int(status) and 400 <= status <= 599):
-                raise P2PProtocolError("error_status must be an HTTP error status")
-            if self.complete:
-                raise P2PProtocolError("an error reply does not complete")
+        check_error(self.error, self.error_status)
+        if self.error is not None and self.complete:
+            raise P2PProtocolError("an error reply does not complete")
 
     @classmethod
     def failed(cls, status: int, message: str) -> PreheatReply:

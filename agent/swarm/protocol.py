@@ -491,17 +491,23 @@ def parse_target(method: str, target: str) -> P2PTarget:
     raise P2PProtocolError(f"no P2P endpoint at {path[:120]!r}", status_hint=404)
 
 
-def _parse_plan_query(digest: str, query: str) -> PlanTarget:
+def parse_query(query: str, allowed: Iterable[str], what: str) -> dict[str, str]:
+    """A P2P target's query: each key once, known (`allowed`), with a value (unquoted)."""
     params: dict[str, str] = {}
     for item in query.split("&") if query else []:
         key, eq, value = item.partition("=")
-        if key not in _PLAN_PARAMS:
-            raise P2PProtocolError(f"unknown plan parameter {key[:40]!r}")
+        if key not in allowed:
+            raise P2PProtocolError(f"unknown {what} parameter {key[:40]!r}")
         if not eq:
-            raise P2PProtocolError(f"plan parameter {key} has no value")
+            raise P2PProtocolError(f"{what} parameter {key} has no value")
         if key in params:
-            raise P2PProtocolError(f"plan parameter {key} given twice")
+            raise P2PProtocolError(f"{what} parameter {key} given twice")
         params[key] = unquote_brackets(value)
+    return params
+
+
+def _parse_plan_query(digest: str, query: str) -> PlanTarget:
+    params = parse_query(query, _PLAN_PARAMS, "plan")
     missing = [k for k in _PLAN_REQUIRED if k not in params]
     if missing:
         raise P2PProtocolError("plan request lacks " + ", ".join(missing))
