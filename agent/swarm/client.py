@@ -40,8 +40,8 @@ class PeerError(Exception):
         self.status = status
 
 
-# A progress hook hears a chunk's fill at the levels it asks for (`fetch_chunk`); or after
-# every read when it asks for none, reads of up to this much.
+# Where `fetch_chunk`'s progress hook first hears a chunk's fill (then at the levels it asks
+# for): by then the rate so far says when the end is near.
 FIRST_LOOK = 1 << 20
 
 

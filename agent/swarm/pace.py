@@ -104,7 +104,7 @@ class Pace:
         limit = LATE * self.typical
         if peer.down_pace > limit:
             return True
-        if len(peer.incoming) + sum(len(s) for s in peer.incoming.values()) < 3:
+        if sum(len(sources) for sources in peer.incoming.values()) < 2:
             return False  # fewer than two copies in flight
         since, flights = self.now - limit, self._flights
         late = {
