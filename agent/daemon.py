@@ -198,6 +198,7 @@ class Agent:
             preheat_handler=self.preheater.preheat if self.preheater else None,
             observer=self.telemetry,
             hot_chunk=self.fetcher.hot_chunk,
+            wait_landed=self.fetcher.wait_landed,
         )
         limits = Limits(
             max_connections=self.config.p2p_max_connections,

@@ -47,11 +47,7 @@ from agent.http.client import ClientResponse, HttpClientError
 from agent.http.groups import first_failure
 from agent.observe.auditline import failure_size, url_pathname
 from agent.observe.events import LayerReport, LayerTimes
-from agent.registry.client import (
-    UpstreamUnavailable,
-    backoff_delay,
-    passthrough_error,
-)
+from agent.registry.client import UpstreamUnavailable, backoff_delay, passthrough_error
 from agent.swarm.download import SwarmContext, SwarmDownload, SwarmUnavailable
 
 log = logging.getLogger(__name__)
@@ -77,8 +73,7 @@ class LayerDownload:
         self._cache, self._registry = context.cache, context.registry
         self._retries = context.retries
         self._observer, self._slow_reader = context.observer, context.slow_reader
-        self._cacheable = cacheable
-        self._swarm = swarm
+        self._cacheable, self._swarm = cacheable, swarm
         # A layer bigger than the cache passes through a ring of slots when it serves peers
         # (a swarm download, or a root's), else streams past the cache. A ring keeps the
         # chunks the swarm still needs from this node (`keep`: a root's tracker says).
@@ -88,16 +83,15 @@ class LayerDownload:
         self.had_reader = False  # a client read it: the client's summary line covers it
         self._transfer_from: float | None = None
         self._hashed_upto = 0  # chunks [0, n) are in the whole-layer hash
-        self.started = trio.Event()  # size known (or failed before any byte)
-        self.finished = trio.Event()
+        self.started, self.finished = trio.Event(), trio.Event()  # size known (or failed); done
         self.error: BaseException | None = None
         self.layout: ChunkLayout | None = None
         self.entry: CacheEntry | None = None
-        self.stream_mode = False
-        self.verified = False
+        self.stream_mode = self.verified = False
         self._changed = trio.Event()
         self._subscribers = Fanout(self._slow_reader, self._dropped_slow)
         self._hot: OrderedDict[int, Chunk] = OrderedDict()
+        self._landing: set[int] = set()  # swarm chunks in their last bytes (`landing`)
         self._unwritten: set[int] = set()  # in memory, write to disk in progress
         self._write_slots = trio.Semaphore(WRITES_IN_FLIGHT)
         self.readers = Readers()  # a ring's readers (a layer bigger than the cache)
@@ -140,6 +134,17 @@ class LayerDownload:
         entry = self.entry
         assert entry is not None
         await self._wait_until(lambda: entry.has_chunk(index))
+
+    async def wait_landed(self, index: int) -> bool:
+        """Whether chunk `index` is here (verified in memory, or on disk), once a chunk in its
+        last bytes (`landing`) landed or stopped coming; at once for one not on its way."""
+        while index in self._landing and self.error is None and not self.holds(index):
+            await self._changed.wait()
+        return self.holds(index)
+
+    def landing(self, index: int, coming: bool) -> None:
+        (self._landing.add if coming else self._landing.discard)(index)
+        self._notify()
 
     async def wait_verified(self) -> None:
         await self._wait_until(lambda: self.verified)
@@ -415,8 +420,7 @@ class LayerDownload:
         self._wake_ring()
 
     def _wake_ring(self) -> None:
-        # Only a ring's writer waits on readers; other downloads' waiters need no wake-up
-        # per chunk read.
+        # Only a ring's writer waits on readers: other waiters need no wake-up per chunk read.
         if self.entry is not None and self.entry.slots is not None:
             self._notify()
 
@@ -571,9 +575,8 @@ class LayerDownload:
         self._notify()
 
     def _evict_hot(self) -> None:
-        """Keep only the chunks that arrived last in memory (for readers close behind and for
-        peers, whom the root sends to a new holder at once), never one not on disk or not
-        hashed yet."""
+        """Keep only the chunks that arrived last in memory (for readers close behind, and
+        peers: the root sends them to a new holder at once), never one unwritten or unhashed."""
         done = [i for i in self._hot if i not in self._unwritten and i < self._hashed_upto]
         for old in done[: max(0, len(done) - HOT_CHUNKS)]:  # in order of arrival
             del self._hot[old]
@@ -590,9 +593,8 @@ class LayerDownload:
                 self._cache.commit(self.entry)
         self.verified = True
         via = "the swarm" if self.progress.mode == "swarm" else self.upstream.key
-        elapsed = trio.current_time() - self.progress.started_at
+        elapsed, size = trio.current_time() - self.progress.started_at, self.progress.received
         how = "streamed" if self.stream_mode else "cached"
-        size = self.progress.received
         log.info("layer %s: %d bytes from %s in %.2fs (%s)", self.digest, size, via, elapsed, how)
         self.progress.mode = "done"
         self._notify()

@@ -9,6 +9,7 @@ root's way in: the layer's own download from the origin, or through the parent r
 
 from __future__ import annotations
 
+import logging
 import math
 
 import trio
@@ -30,6 +31,12 @@ from agent.http.responses import Headers
 from agent.registry.client import UpstreamUnavailable
 from agent.registry.routes import Digest
 from agent.swarm.download import SwarmContext
+
+log = logging.getLogger(__name__)
+
+# s a peer's request for a chunk in its last bytes here waits for it (then 404: it asks
+# elsewhere); a chunk's last bytes take about three plan round trips, then a hash and a write.
+LANDING_WAIT = 5.0
 
 
 class LayerFetcher:
@@ -85,6 +92,18 @@ class LayerFetcher:
         if download is None or download.entry is not entry:
             return None
         return download.hot_chunk(index)
+
+    async def wait_landed(self, entry: CacheEntry, index: int) -> bool:
+        """Whether chunk `index` of `entry` is in the cache, once it landed if it is in its
+        last bytes here (the root counts this node as its holder from then: cut-through), for
+        LANDING_WAIT at most; False at once for a chunk not on its way."""
+        download = self._inflight.get(entry.digest)
+        if download is None or download.entry is not entry:
+            return entry.has_chunk(index)
+        with trio.move_on_after(LANDING_WAIT):
+            return await download.wait_landed(index)
+        log.info("layer %s: chunk %d still not here after %gs", entry.digest, index, LANDING_WAIT)
+        return entry.has_chunk(index)
 
     def in_flight(self) -> list[DownloadProgress]:
         return [d.progress for d in self._inflight.values()]

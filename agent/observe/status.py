@@ -75,6 +75,7 @@ class SwarmStatus:
             "rehashed_bytes": self.swarm.rehashed_bytes if self.swarm else 0,  # no seal came
             "clock_refusals": self.swarm.clock_refusals if self.swarm else 0,
             "chunks_served": self.p2p.chunks_served,
+            "waited_for_landing": self.p2p.waited_for_landing,  # cut-through: asked early
             "refused": self.p2p.refused,
             "server": self.server.statistics() if self.server else None,
             "tracker": self.tracker.statistics() if self.tracker else None,

@@ -130,6 +130,13 @@ class Simulation(RootSide):
         self.mailbox: dict[tuple[int, int], list[tuple[int, str]]] = {}
         self.held_poll: dict[tuple[int, int], PlanTarget] = {}
         self.hold_version: dict[tuple[int, int], int] = {}
+        # (node, layer, chunk): on its way to the node, in its last bytes (the planner said
+        # `finishing`, so the root counts the node as a holder), and the transfers from there
+        # that wait for it to land, as the node's P2P port holds their requests.
+        self.landing: set[tuple[int, int, int]] = set()
+        self.parked: dict[tuple[int, int, int], list[_Flow]] = {}
+        # (node, layer, chunk): verified, not stored yet: servable from the node's memory.
+        self.verified: set[tuple[int, int, int]] = set()
 
     def _per_layer(self, node: int) -> list[bytearray]:
         """A chunk flag per chunk of each layer the node takes part in (none elsewhere)."""
@@ -208,6 +215,7 @@ class Simulation(RootSide):
                     self.push(obj.tail_due, EV_TAIL, obj, obj.tail_version)
                     return
                 obj.tailed = True
+                self.landing.add((obj.dst, obj.layer, obj.chunk))
                 decisions = planner.finishing(obj.chunk, self.ids[obj.src], now)
                 self.agent_does(obj.dst, obj.layer, decisions, now)
         elif kind == EV_START:
@@ -316,6 +324,8 @@ class Simulation(RootSide):
             message = (node, layer, request)
             self.push(now + self.delay(self.config.latency / 2), EV_ARRIVE, message)
         if d.store is not None:
+            self.verified.add((node, layer, d.store.chunk))
+            self.landed(node, layer, d.store.chunk, now)
             if self.config.store_delay > 0:  # hashed, written, then reported
                 message = (node, layer, d.store.chunk, d.store.source)
                 self.push(now + self.config.store_delay, EV_STORE, message)
@@ -345,11 +355,21 @@ class Simulation(RootSide):
             self.held[node][layer][chunk] = 1
             self.held_n[node][layer] += 1
         planner = self.planners[node][layer]
+        self.verified.discard((node, layer, chunk))
         self.agent_does(node, layer, planner.stored(chunk, source, now), now)
+        self.landed(node, layer, chunk, now)
         if self.layers[layer].window is not None:
             self.make_room(node, layer, now)
         if self.layer_complete(node, layer):
             self.start_layers(node, now)
+
+    def landed(self, node: int, layer: int, chunk: int, now: float) -> None:
+        """The chunk is stored at `node`, or (not held) nothing brings it any more: the
+        transfers waiting for it there start, or find it missing."""
+        key = (node, layer, chunk)
+        self.landing.discard(key)
+        for flow in self.parked.pop(key, ()):
+            self.start(flow, now)
 
     def make_room(self, node: int, layer: int, now: float) -> None:
         """The node's readers consume in order; its cache lets the oldest consumed chunks go
@@ -398,7 +418,16 @@ class Simulation(RootSide):
         serves = (
             flow.src != self.origin and flow.src != self.root_of[flow.layer] + self.config.nodes
         )
-        if serves and not self.held[flow.src][flow.layer][flow.chunk]:
+        landing = (flow.src, flow.layer, flow.chunk)
+        # Not stored there yet, nor verified in the download's memory (served from there):
+        if (
+            serves
+            and not self.held[flow.src][flow.layer][flow.chunk]
+            and landing not in self.verified
+        ):
+            if landing in self.landing:  # its P2P port holds the request until it lands
+                self.parked.setdefault(landing, []).append(flow)
+                return
             del self.flows[(flow.dst, flow.layer, flow.chunk, flow.src)]  # let go there: 404
             planner = self.planners[flow.dst][flow.layer]
             missing = planner.missing(flow.chunk, self.ids[flow.src], now)
@@ -480,6 +509,10 @@ class Simulation(RootSide):
         planner = self.planners[flow.dst][flow.layer]
         decisions = planner.received(flow.chunk, self.ids[flow.src], sha, now)
         self.agent_does(flow.dst, flow.layer, decisions, now)
+        landing = (flow.dst, flow.layer, flow.chunk)
+        if landing in self.landing and flow.chunk not in planner.fetching:
+            if flow.chunk not in planner.storing and flow.chunk not in planner.got:
+                self.landed(flow.dst, flow.layer, flow.chunk, now)  # bad bytes: not coming
 
 
 def simulate(config: SwarmConfig, progress: Progress | None = None) -> SwarmResult:

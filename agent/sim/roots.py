@@ -65,6 +65,8 @@ class RootSide:
     alive: list[bool]
     gone: list[bool]
     got: list[list[bytearray]]
+    landing: set[tuple[int, int, int]]
+    verified: set[tuple[int, int, int]]
     banned: set[int]
     mailbox: dict[tuple[int, int], list[tuple[int, str]]]
     held_poll: dict[tuple[int, int], PlanTarget]
@@ -178,8 +180,11 @@ class RootSide:
             assert chunk < layer.origin_chunks, f"{a}: the root does not have it yet"
         else:
             assert self.alive[src] and not self.gone[src], f"{a}: from a node that is not there"
-            # It held the chunk (it may have let it go since; the root hears of that late).
-            assert self.got[src][layer_index][chunk], f"{a}: the source never held it"
+            # It held the chunk (it may have let it go since; the root hears of that late), or
+            # the chunk is in its last bytes there, or verified and on its way to the disk.
+            key = (src, layer_index, chunk)
+            coming = key in self.landing or key in self.verified
+            assert self.got[src][layer_index][chunk] or coming, f"{a}: the source never held it"
             assert src not in self.banned, f"{a}: from a banned source"
 
     def root_fetches(self, layer: SimLayer, now: float) -> None:

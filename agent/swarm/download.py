@@ -130,6 +130,11 @@ class LayerSink(Protocol):
 
     def verify_time(self, seconds: float) -> None: ...
 
+    def landing(self, index: int, coming: bool) -> None:
+        """Chunk `index` is in its last bytes here and the root counts this node as its holder
+        (`coming`), or no longer on its way (it landed, or its transfers failed): the P2P
+        port holds peers' requests for it meanwhile."""
+
 
 # An event for the loop: a planner method with its arguments bound, waiting only for `now`.
 Event = Callable[[float], Decisions]
@@ -179,6 +184,7 @@ class SwarmDownload:
         self._buffers: dict[Transfer, tuple[Chunk, str]] = {}
         self._started: dict[Transfer, float] = {}
         self._scopes: dict[Transfer, trio.CancelScope] = {}
+        self._landing: set[int] = set()  # chunks said `finishing`, not stored yet (`landing`)
         self._poll_scope: trio.CancelScope | None = None
         self._wake_at: float | None = None  # of the last decisions carried out
         self._moved_queued = False  # a readers-moved event waits in the channel
@@ -206,6 +212,10 @@ class SwarmDownload:
                 nursery.cancel_scope.cancel()  # a standing request still held at the root
         except BaseExceptionGroup as group:
             raise first_failure(group) from None
+        finally:
+            for index in self._landing:  # a fallback brings them, or nothing does
+                self._sink.landing(index, False)
+            self._landing.clear()
         await self._advance_hash()  # chunks held from the start may not have been hashed yet
         if self._sealed:  # (the seal may have come with the last reports' answers)
             return self._sealed_digest()
@@ -290,6 +300,12 @@ class SwarmDownload:
             self._poll_scope.cancel()
         if decisions.store is not None:
             nursery.start_soon(self._store, decisions.store)
+        if self._landing:  # chunks nothing brings any more, or stored (servable from here)
+            planner = self.planner
+            for index in [i for i in self._landing if i not in planner.fetching]:
+                if index not in planner.storing:
+                    self._landing.discard(index)
+                    self._sink.landing(index, False)
         for transfer in decisions.start:
             scope = self._scopes[transfer] = trio.CancelScope()
             nursery.start_soon(self._transfer, transfer, scope)
@@ -350,6 +366,8 @@ class SwarmDownload:
             lead = planner.finish_lead * filled  # bytes x seconds, as elapsed x the rest
             if (length - filled) * elapsed <= lead:
                 told = True
+                self._landing.add(index)
+                sink.landing(index, True)
                 await self._send.send(partial(planner.finishing, index, source))
                 return length
             return max(filled + 1, length - int(lead / elapsed))

@@ -82,7 +82,7 @@ class Peer:
         "banned",
         "pace",
         "past",
-        "tails",
+        "vouched",
         "lagging",
         "down_pace",
     )
@@ -106,9 +106,9 @@ class Peer:
         self.banned = False
         self.pace = -1.0  # moving average of its uploads' durations (-1: none yet)
         self.past = 0  # chunks below this it no longer wants (its readers are past them)
-        # chunk -> source of a transfer in its last bytes (`Ledger.finishing`): no longer a
-        # download of this node nor an upload of the source, but in flight until it ends.
-        self.tails: dict[int, int] = {}
+        # chunk -> source of a transfer that counted as done when it said `finishing`, its
+        # last bytes still on the way: a `failed` report of it takes the holding back.
+        self.vouched: dict[int, int] = {}
         self.lagging = 0  # its downloads that lag (`Ledger.lag`): their sources moved on
         self.down_pace = -1.0  # moving average of its downloads' durations (-1: none yet)
 
@@ -118,7 +118,7 @@ class Peer:
             "have": self.have,
             "first_missing": self.first,
             "past": self.past,
-            "downloading": sum(len(s) for s in self.incoming.values()) + len(self.tails),
+            "downloading": sum(len(s) for s in self.incoming.values()),
             "uploading": self.uploads,
             "downloaded": self.downloaded,
             "uploaded": self.uploaded,
@@ -239,6 +239,7 @@ class Ledger:
 
     def lose_holding(self, peer: Peer, chunk: int, batch: Batch) -> None:
         """`peer` no longer holds `chunk` (evicted from its cache); it may need it again."""
+        peer.vouched.pop(chunk, None)
         if not peer.held[chunk]:
             return
         peer.held[chunk] = 0
@@ -306,30 +307,13 @@ class Ledger:
             self.release(key, batch)
         return peer, src, in_flight
 
-    def finishing(self, key: FlightKey, batch: Batch) -> bool:
-        """The transfer `key` is in its last bytes: its receiver's download slot and its
-        source's upload slot free now, so the next hop on both links starts while this one
-        ends instead of a plan round trip later. It stays in flight until it ends (`release`);
-        False if it is not in flight or already finishing."""
-        node, chunk, src = key
-        peer = self.peers.get(node)
-        if key not in self.flights or peer is None or chunk in peer.tails:
-            return False
-        self._leave_download(key, peer)
-        if key not in self.lagging:  # a lagging one left its source's slot already
-            self._leave_upload(key)
-        peer.tails[chunk] = src
-        batch.freed.add(src)
-        batch.dirty.add(node)
-        return True
-
     def lag(self, key: FlightKey, batch: Batch) -> bool:
         """The transfer `key` runs far longer than usual: its source's slot frees (and a chunk
         from the root may go to another node too) while it goes on; its receiver keeps its
-        download slot and counts as slow. False if it is not in flight, finishing or lagging."""
+        download slot and counts as slow. False if it is not in flight or lags already."""
         node, chunk, src = key
         peer = self.peers.get(node)
-        if key not in self.flights or key in self.lagging or peer is None or chunk in peer.tails:
+        if key not in self.flights or key in self.lagging or peer is None:
             return False
         self.lagging.add(key)
         peer.lagging += 1
@@ -342,8 +326,8 @@ class Ledger:
         return True
 
     def release(self, key: FlightKey, batch: Batch) -> Assignment:
-        """End a transfer (done, failed, cancelled): the source's slot frees (unless it freed
-        when the transfer began finishing)."""
+        """End a transfer (done, finishing, failed, cancelled): the source's slot frees (unless
+        it freed when the transfer began to lag)."""
         a = self.flights.pop(key)
         node, chunk, src = key
         peer = self.peers.get(node)
@@ -354,12 +338,9 @@ class Ledger:
                 peer.lagging -= 1
             if src == ROOT:
                 self.root_lagging -= 1
-        if peer is not None and peer.tails.get(chunk) == src:
-            del peer.tails[chunk]
-        else:
-            self._leave_download(key, peer)
-            if not lagging:
-                self._leave_upload(key)
+        self._leave_download(key, peer)
+        if not lagging:
+            self._leave_upload(key)
         if src == ROOT:
             if not lagging:  # a lagging root copy's chunk may be in flight again meanwhile
                 self.root_sending[chunk] = 0
@@ -422,8 +403,6 @@ class Ledger:
         for chunk, sources in list(peer.incoming.items()):
             for src in list(sources):
                 batch.cancelled.append(self.release((ident, chunk, src), batch))
-        for chunk, src in list(peer.tails.items()):
-            batch.cancelled.append(self.release((ident, chunk, src), batch))
         for key in list(peer.outgoing):
             batch.cancelled.append(self.release(key, batch))
         self.drop_holdings(peer, batch)

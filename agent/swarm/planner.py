@@ -32,9 +32,13 @@ the `finishing` one.
 
 - A transfer's slot frees when its bytes arrived; a chunk is reported done only once it is
   stored (from then on the root sends peers to this node, which serves from its cache).
-- Pipelining: the driver says a transfer is `finishing` once its remaining bytes need less
-  than `finish_lead` (three report round trips, measured) at the rate so far; its slot frees
-  then and the root hears it at once, so the next transfer is under way as this one ends.
+- Pipelining and cut-through: the driver says a transfer is `finishing` once its remaining
+  bytes need less than `finish_lead` (three report round trips, measured) at the rate so far;
+  its slot frees then and the root hears it at once, so the next transfer is under way as
+  this one ends. For the root the transfer is done then: it sends peers here at once (the P2P
+  port holds their requests until the chunk lands), and no `done` follows it. The chunk is
+  *vouched* for until it is stored; a transfer that fails after its `finishing` is reported
+  `failed`, which takes the holding back at the root.
 - A chunk whose sha256 does not match the root's table is reported as bad data (the root bans
   that source for the layer); a transfer that failed otherwise is reported as failed.
 - The first copy of a chunk to arrive wins; its other transfers (endgame) are cancelled.
@@ -85,7 +89,7 @@ POLL_RETRY = 0.05  # s before asking again after an answer that started nothing
 # the first report's round trip is measured.
 LEAD_RTTS = 3.0
 DEFAULT_RTT = 0.01  # s
-RTT_WEIGHT = 0.25  # of the newest sample in the moving average of report round trips
+RTT_SAMPLES = 8  # the round trip is the least of this many recent ones
 FLUSH_ATTEMPTS = 3  # tries to deliver the last reports once the layer is complete
 # The spare slot's standing request (a second source for a late transfer) goes when a transfer
 # has run LATE times the usual duration (the root's rule, agent/swarm/schedule.py), or at once
@@ -134,7 +138,11 @@ class LayerPlanner:
     missing_reports: list[tuple[int, str]] = field(default_factory=list, init=False)
     finishing_reports: list[tuple[int, str]] = field(default_factory=list, init=False)
     tailing: set[tuple[int, str]] = field(default_factory=set, init=False)  # said finishing
-    rtt: float = field(default=DEFAULT_RTT, init=False)  # s, reports' round trips (average)
+    # chunk -> source: arrived by a transfer that said `finishing` (the root counts the chunk
+    # as ours already), not stored yet; its `finishing` stands for its `done`.
+    vouched: dict[int, str] = field(default_factory=dict, init=False)
+    rtt: float = field(default=DEFAULT_RTT, init=False)  # s, reports' round trip (recent least)
+    rtt_samples: list[float] = field(default_factory=list, init=False)
     sent_at: dict[int, float] = field(default_factory=dict, init=False)  # id(report) -> time
     tell_have: bool = field(default=False, init=False)  # the next request says what we hold
     polling: bool = field(default=False, init=False)  # the standing request is in flight
@@ -187,8 +195,13 @@ class LayerPlanner:
         pending = Pending()
         self._request_ended(request)
         sent = self.sent_at.pop(id(request), None)
-        if sent is not None:
-            self.rtt += RTT_WEIGHT * (now - sent - self.rtt)
+        # Most `finishing` reports ride on the standing request, which the root may hold
+        # until it has work: its answers can only be longer than a round trip, so the round
+        # trip is the least of the recent ones (a moving average drifted to 10-20 x it in
+        # the simulator, and every chunk said `finishing` that much too early).
+        if sent is not None and (not request.poll or plan.assignments):
+            self.rtt_samples = [*self.rtt_samples[1 - RTT_SAMPLES :], now - sent]
+            self.rtt = min(self.rtt_samples)
         if request.have is not None:
             self.tell_have = False
         if plan.error is not None:
@@ -226,7 +239,13 @@ class LayerPlanner:
         self.done_reports[:0] = list(request.done)
         self.failed_reports[:0] = list(request.failed)
         self.missing_reports[:0] = list(request.missing)
-        self.finishing_reports[:0] = [r for r in request.finishing if r in self.tailing]
+        again = []
+        for report in request.finishing:
+            if report in self.tailing or self.vouched.get(report[0]) == report[1]:
+                again.append(report)
+            elif report[0] in self.held:  # stored since: it stands for its `done`
+                self.done_reports.append(report)
+        self.finishing_reports[:0] = again
         self.tell_have = self.size is not None
         if request.poll:
             self.poll_at = now + POLL_RETRY
@@ -240,6 +259,7 @@ class LayerPlanner:
         """The bytes of chunk `chunk` arrived from `source`, hashing to `sha256`."""
         pending = Pending()
         began = self.began.get((chunk, source))
+        said_finishing = (chunk, source) in self.tailing
         if not self._end_transfer(chunk, source):
             return self._settle(pending, now)  # cancelled meanwhile: nothing was asked of it
         if began is not None and sha256 == self.hashes.get(chunk):
@@ -250,9 +270,12 @@ class LayerPlanner:
         if sha256 != self.hashes.get(chunk):
             self.failed_reports.append((chunk, source, True))
         elif chunk in self.got or chunk in self.storing:
-            self.done_reports.append((chunk, source))  # frees the source's slot at the root
+            if not said_finishing:  # (`finishing` freed it already)
+                self.done_reports.append((chunk, source))  # frees the source's slot at the root
         else:
             self.storing.add(chunk)
+            if said_finishing:
+                self.vouched[chunk] = source
             pending.store = Transfer(chunk=chunk, source=source)
             for other in sorted(self.fetching.pop(chunk, set())):
                 self.began.pop((chunk, other), None)
@@ -283,7 +306,8 @@ class LayerPlanner:
         self.storing.discard(chunk)
         self.held.add(chunk)
         self.got.add(chunk)
-        self.done_reports.append((chunk, source))
+        if self.vouched.pop(chunk, None) != source:
+            self.done_reports.append((chunk, source))
         if self.complete and self.polling:
             self.polling = False
             pending.drop_poll = True
@@ -416,7 +440,7 @@ class LayerPlanner:
     def _have(self) -> frozenset[int] | None:
         if not self.tell_have or self.size is None:
             return None
-        return clip_ranges(self.held | self.passed)
+        return clip_ranges(self.held | self.passed | self.vouched.keys())
 
     def _take_reports(self) -> tuple[Done, Failed, Done, Done]:
         """The reports waiting, oldest kinds first, at most MAX_REPORTS in all."""
@@ -455,9 +479,9 @@ class LayerPlanner:
 
     def _poll(self, pending: Pending, now: float, *, carrying: bool = False) -> None:
         """Send the standing request when none is in flight, a slot is free and it is due.
-        While a transfer is in its last bytes or a chunk is being stored (outside a window) it
-        waits for the report those make (`done`) and carries it, unless it carries a report
-        already (`carrying`)."""
+        While a chunk is being stored (outside a window) that will be reported `done` (one
+        that said `finishing` will not) it waits for that report and carries it, unless it
+        carries a report already (`carrying`)."""
         if self.polling or self.complete or self._want() == 0:
             return
         if self.size is not None and not self.ready:
@@ -467,9 +491,9 @@ class LayerPlanner:
         # A store waits at most for the disk, unless the layer passes through a window: there
         # it may wait for a slot that only the readers free, and they may need the very
         # chunk this request would bring.
-        storing = self.storing and self.window is None
-        if (self.tailing or storing) and not carrying:
-            return  # it goes with the report those make soon (done): one request, not two
+        storing = self.window is None and any(c not in self.vouched for c in self.storing)
+        if storing and not carrying:
+            return  # it goes with the report the store makes soon (done): one request, not two
         spare_at = self._spare_due()
         if spare_at is not None and now < spare_at and not carrying:
             return  # a transfer runs and is not late: the spare slot's request waits
@@ -532,7 +556,7 @@ class LayerPlanner:
         running = self.outcome is None
         requests = tuple(pending.requests) if running or self.outcome == "finished" else ()
         for request in requests:
-            if not request.poll:  # a report: its round trip tells when to say `finishing`
+            if not request.poll or request.finishing:  # its round trip: when to say `finishing`
                 self.sent_at[id(request)] = now
         return Decisions(
             requests=requests,

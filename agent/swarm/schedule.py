@@ -53,8 +53,10 @@ and the root's link, the narrowest point, busy with first copies only.
   whose copies from the root lag or run that slow gets no first copy that another node waits
   for, and its transfers count neither in the usual duration nor in their source's pace: one
   straggler held the root's only slot, and every node's window, for a whole slow chunk.
-- **Pipelining.** A transfer `finishing` (its last bytes, about a plan round trip before the
-  end) frees both ends' slots: each link's next transfer starts as this one ends.
+- **Pipelining, cut-through.** A transfer `finishing` (its last bytes, a few plan round trips
+  before the end) counts as completed: both links take their next transfer as it ends, and
+  its receiver holds the chunk (its P2P port holds requests for it until the bytes land), so
+  the chunk's next hop starts then too. No `done` follows; a `failed` takes it back.
 - **Late transfers, endgame.** A transfer from a peer that has run LATE times the usual
   duration (once the node lacks at most `endgame` chunks: the usual duration) may get a second
   source, an idle peer, if the node has demand to spare; the first to complete wins and the
@@ -166,13 +168,7 @@ class LayerSchedule:
         self._root_held[chunk] = 0
 
     def request(
-        self,
-        node: str,
-        *,
-        have: Iterable[int] | None = None,
-        want: int,
-        now: float,
-        past: int = 0,
+        self, node: str, *, have: Iterable[int] | None = None, want: int, now: float, past: int = 0
     ) -> Actions:
         """`node` can start `want` new transfers (this replaces its open demand); `have`, if
         given, is every chunk it holds (it replaces what the schedule knew); chunks below
@@ -197,10 +193,10 @@ class LayerSchedule:
         report of it is ignored. A report of a transfer the schedule does not know (it expired,
         or the node fetched on its own) still records the chunk."""
         self._tick(now)
-        ledger = self._ledger
+        ledger, batch = self._ledger, Batch()
         ledger.check_chunk(chunk)
         peer = ledger.peer(node)
-        batch = Batch()
+        peer.vouched.pop(chunk, None)  # its bytes are in: nothing left to take back
         key = (peer.ident, chunk, ledger.ids.get(source, -1))
         if key in self._flights:
             lagged = key in ledger.lagging or self._pace.slow_receiver(peer)
@@ -214,9 +210,8 @@ class LayerSchedule:
         if not peer.held[chunk]:
             peer.downloaded += 1
             ledger.add_holding(peer, chunk, batch)
-            tail = [peer.tails[chunk]] if chunk in peer.tails else []  # finishing, lost too
             slow = self._pace.slow_receiver(peer)
-            for other in list(peer.incoming.get(chunk, ())) + tail:
+            for other in list(peer.incoming.get(chunk, ())):
                 lost = (peer.ident, chunk, other)
                 lagged = slow or lost in ledger.lagging
                 loser = ledger.release(lost, batch)
@@ -225,14 +220,18 @@ class LayerSchedule:
         return self._settle(batch, now)
 
     def finishing(self, node: str, chunk: int, source: str, now: float) -> Actions:
-        """The transfer of `chunk` from `source` to `node` is in its last bytes (about a plan
-        round trip before its end): both links take their next transfer now, so neither idles
-        while reports and assignments travel. It still ends (`completed`, `failed`)."""
-        self._tick(now)
+        """The transfer is in its last bytes: it counts as `completed` from here, `node` as a
+        holder (see Pipelining); one that fails after all is reported `failed`, which takes
+        the holding back. One no longer known (expired: a straggler's copies outlast the
+        timeout) still brings the chunk, as a `done` would: no report follows this one."""
         self._ledger.check_chunk(chunk)
-        batch, ids = Batch(), self._ledger.ids
-        key = (ids.get(node, -1), chunk, ids.get(source, -1))
-        return self._settle(batch, now) if self._ledger.finishing(key, batch) else NOTHING
+        peer = self._ledger.peer(node)
+        fresh, before = not peer.held[chunk], peer.vouched.get(chunk)
+        actions = self.completed(node, chunk, source, now)  # (its bytes have not landed yet)
+        src = self._ledger.ids.get(source) if fresh else before
+        if src is not None:
+            peer.vouched[chunk] = src
+        return actions
 
     def failed(self, node: str, chunk: int, source: str, *, bad_data: bool, now: float) -> Actions:
         """The transfer of `chunk` from `source` to `node` ended without the chunk.
@@ -247,6 +246,9 @@ class LayerSchedule:
         if ended is None:
             return NOTHING
         peer, src, in_flight = ended
+        if peer.vouched.get(chunk) == src:  # it failed after its `finishing`: not here after all
+            self._ledger.lose_holding(peer, chunk, batch)
+            in_flight = True
         if src != ROOT and src in self._peers:
             if bad_data:
                 self._ledger.ban(self._peers[src], batch)
@@ -394,12 +396,11 @@ class LayerSchedule:
         inside its window; else those in flight to it that are late (for a second source)."""
         if peer.from_root:
             return []
-        if peer.incoming:  # a chunk whose other transfer is finishing needs no second source
-            late = [c for c, src in peer.incoming.items() if self._late(peer, c, src, now)]
-            return sorted(c for c in late if c not in peer.tails)
-        held, tails, out = peer.held, peer.tails, []
+        if peer.incoming:
+            return sorted(c for c, src in peer.incoming.items() if self._late(peer, c, src, now))
+        held, out = peer.held, []
         for c in range(peer.first, min(peer.first + self.window, self.chunk_count)):
-            if not held[c] and c not in tails:
+            if not held[c]:
                 out.append(c)
         return out
 
@@ -407,8 +408,6 @@ class LayerSchedule:
         """Whether `peer` may now fetch `chunk` from `src`, a peer holding it with a free slot
         (the window aside: the waiting lists reflect it)."""
         if peer.demand <= 0 or peer.held[chunk] or peer.from_root or chunk < peer.past:
-            return False
-        if chunk in peer.tails:
             return False
         if chunk >= peer.first + self.window:
             return False
@@ -467,7 +466,6 @@ class LayerSchedule:
             or peer.demand <= 0
             or peer.held[chunk]
             or peer.incoming
-            or chunk in peer.tails
         ):
             return False
         if self._slow(peer) and any(not self._slow(p) for p in self._peers.values()):

@@ -2,9 +2,11 @@
 plans for agents and preheat requests (`pollen preheat`).
 
 Every request must carry a valid signature of the cluster token (`agent.swarm.signing.verify`);
-anything else gets 401 and no data. A chunk is served only if this node holds it (a chunk
-still being downloaded is 404, and the asker goes elsewhere): from the download's memory when it
-just arrived (the root sends peers to a new holder at once), else from the cache file, with
+anything else gets 401 and no data. A chunk is served only if this node holds it: one in its
+last bytes here (the root counts this node as its holder from its `finishing` report:
+cut-through) is waited for until it lands; one still being downloaded otherwise is 404, and the
+asker goes elsewhere. It is served from the download's memory when it just arrived (the root
+sends peers to a new holder at once), else from the cache file, with
 sendfile (the receiver checks it against the root's sha256, so no byte needs to pass through
 Python here) or, in an O_DIRECT cache, read into a recycled buffer and checked on the way.
 """
@@ -44,6 +46,8 @@ PlanHandler = Callable[[str, PlanTarget, bytes | None], Awaitable[Plan]]
 PreheatHandler = Callable[[str, PreheatTarget, bytes | None], Awaitable[PreheatReply]]
 # A chunk of a layer still in a download's memory (it just arrived), or None.
 HotChunk = Callable[[CacheEntry, int], bytearray | memoryview | None]
+# Whether a chunk is in the cache, once it landed if it is in its last bytes here.
+WaitLanded = Callable[[CacheEntry, int], Awaitable[bool]]
 
 
 class P2PService:
@@ -56,17 +60,20 @@ class P2PService:
         preheat_handler: PreheatHandler | None = None,
         observer: Observer = NULL_OBSERVER,
         hot_chunk: HotChunk | None = None,
+        wait_landed: WaitLanded | None = None,
     ) -> None:
         self._token = token
         self._cache = cache
         self._plan = plan_handler
         self._preheat = preheat_handler
         self._hot_chunk = hot_chunk
+        self._wait_landed = wait_landed
         self._observer = observer  # rpc:stat / rpc:pread (audit log, metrics)
         self.refused = 0
         self._replays = ReplayGuard()  # plan requests change the root: each answered once
         self.chunks_served = 0
         self.served_from_memory = 0
+        self.waited_for_landing = 0  # requests for a chunk in its last bytes, served once landed
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -80,7 +87,7 @@ class P2PService:
         except P2PProtocolError as exc:
             return plain_error(exc.status_hint or 400, str(exc))
         if isinstance(target, ChunkTarget):
-            return self._chunk(request.method, target)
+            return await self._chunk(request.method, target)
         if (self._preheat if isinstance(target, PreheatTarget) else self._plan) is None:
             return plain_error(404, "this node is not a root")
         authorization = None
@@ -105,11 +112,18 @@ class P2PService:
         signature = sign_reply(self._token, request_auth(request.headers), body)
         return bytes_response(200, body, JSON, [(HEADER_REPLY_AUTH, signature.encode())])
 
-    def _chunk(self, method: str, target: ChunkTarget) -> Response:
+    async def _chunk(self, method: str, target: ChunkTarget) -> Response:
         op = RPC_STAT if method == "HEAD" else RPC_PREAD
         path = target.target().partition("?")[0]
         entry = self._cache.peek(target.digest)
-        if entry is None or entry.dropped or not entry.has_chunk(target.index):
+        landed = (
+            entry is not None
+            and not entry.has_chunk(target.index)
+            and self._wait_landed is not None
+            and await self._wait_landed(entry, target.index)
+        )
+        self.waited_for_landing += landed
+        if entry is None or entry.dropped or not (landed or entry.has_chunk(target.index)):
             self._observer.served(op, path, 0, NOT_HELD, 0.0)
             return plain_error(404, f"chunk {target.index} of {target.digest} is not here")
         length = entry.layout.length(target.index)
@@ -134,12 +148,12 @@ class P2PService:
         # A chunk of a layer passing through a ring of slots may have gone between the answer's
         # head and now: then the body is cut (the peer sees a short read, never other bytes).
         # From here its slot is not reused until the chunk is sent.
-        if not entry.has_chunk(index):
+        hot = self._hot_chunk(entry, index) if self._hot_chunk is not None else None
+        if hot is None and not entry.has_chunk(index):
             raise ConnectionAbortedError(f"chunk {index} of {entry.digest} went meanwhile")
         entry.sending[index] = entry.sending.get(index, 0) + 1
         self._cache.pin(entry)
         try:
-            hot = self._hot_chunk(entry, index) if self._hot_chunk is not None else None
             if hot is not None:
                 # It just arrived (and was checked on the way in): no disk read, no readahead.
                 self.served_from_memory += 1

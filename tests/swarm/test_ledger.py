@@ -28,15 +28,15 @@ def consistent(led: Ledger) -> None:
     for c in range(led.chunk_count):
         expected = {i for i, p in live.items() if p.held[c] and not p.banned}
         assert led.holders[c] == expected, c
-    # A finishing flight (in its receiver's tails) holds neither slot; a lagging one holds
-    # its receiver's slot only (and its chunk may go from the root again).
-    tails = {(n, c, src) for n, p in live.items() for c, src in p.tails.items()}
-    assert tails <= set(led.flights) and led.lagging <= set(led.flights)
-    downloads = [key for key in led.flights if key not in tails]
+    # A lagging flight holds its receiver's slot only (and its chunk may go from the root
+    # again); a vouched chunk (its transfer said `finishing`) is held.
+    assert led.lagging <= set(led.flights)
+    downloads = list(led.flights)
     uploads = [key for key in downloads if key not in led.lagging]
     for ident, p in live.items():
         assert p.banned == (ident in led.banned)
         assert p.have == sum(p.held)
+        assert all(p.held[c] for c in p.vouched)
         assert p.first == next((c for c in range(led.chunk_count) if not p.held[c]), len(p.held))
         out = {key for key in led.flights if key[2] == ident}
         assert p.outgoing == out and p.uploads == sum(1 for key in uploads if key[2] == ident)
@@ -239,12 +239,6 @@ class LedgerMachine(RuleBasedStateMachine):
         keys = list(self.led.flights)
         if keys:
             self.led.release(keys[pick % len(keys)], Batch())
-
-    @rule(pick=st.integers(0, 50))
-    def finish(self, pick: int) -> None:
-        keys = list(self.led.flights)
-        if keys:
-            self.led.finishing(keys[pick % len(keys)], Batch())
 
     @rule(pick=st.integers(0, 50))
     def lag(self, pick: int) -> None:

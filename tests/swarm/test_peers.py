@@ -25,6 +25,7 @@ import trio.testing
 import agent.swarm.tracker as tracker_module
 from agent.cache.store import CacheEntry
 from agent.core.config import Config
+from agent.fetch.download import LayerDownload
 from agent.fetch.model import LayerCorrupt
 from agent.fetch.readers import BlobSource
 from agent.http.client import HttpClient
@@ -135,6 +136,7 @@ class Swarm:
             cache=data.cache,
             plan_handler=None,
             hot_chunk=data.fetcher.hot_chunk,
+            wait_landed=data.fetcher.wait_landed,
         )
         peer = Peer(node=node, data=data, service=service, swarm=swarm)
         await self._nursery.start(root_set.run)
@@ -356,12 +358,7 @@ async def test_a_chunk_that_just_arrived_is_served_to_peers_from_memory(
         agent = await swarm.agent(root)
         blob = registry.add(os.urandom(4 * CHUNK), pause_at=2 * CHUNK + 7)
         async with trio.open_nursery() as nursery:
-            pulled: list[bytes] = []
-
-            async def pull_into() -> None:
-                pulled.append(await pull(agent, registry, blob))
-
-            nursery.start_soon(pull_into)
+            pulled = start_pull(nursery, agent, registry, blob)
             while (entry := root.data.cache.peek(blob.digest)) is None or not entry.has_chunk(1):
                 await trio.sleep(0.01)
             damage_chunk_1(entry)
@@ -782,3 +779,84 @@ async def test_chunks_the_swarm_lost_are_fetched_again_with_range_requests(
         assert root.tracker is not None
         (layer,) = root.tracker.statistics()["layers"].values()  # type: ignore[attr-defined]
         assert layer["refetched"] == len(starts)
+
+
+def start_pull(
+    nursery: trio.Nursery, agent: Peer, registry: FakeRegistry, blob: FakeBlob
+) -> list[bytes]:
+    """Pull `blob` through `agent` in `nursery`; the list gets its bytes once complete."""
+    pulled: list[bytes] = []
+
+    async def pull_into() -> None:
+        pulled.append(await pull(agent, registry, blob))
+
+    nursery.start_soon(pull_into)
+    return pulled
+
+
+async def landing_chunk_3(agent: Peer, blob: FakeBlob) -> LayerDownload:
+    """`agent`'s download of `blob` once it began, with chunk 3 marked landing by hand (as
+    its `finishing` does) while the registry holds back the bytes past chunk 2."""
+    while (download := agent.data.fetcher._inflight.get(blob.digest)) is None or (
+        download.entry is None
+    ):
+        await trio.sleep(0.01)
+    download.landing(3, True)
+    return download
+
+
+async def test_a_request_for_a_chunk_in_its_last_bytes_is_held_until_it_lands(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """Cut-through: the root counts a node as a chunk's holder from the node's `finishing`
+    report, so a peer may ask for it before its last bytes are in: the P2P port holds the
+    request until the chunk lands and then serves it (a 404 before, and the peer went
+    elsewhere)."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        agent, peer = await swarm.agent(root), await swarm.agent(root)
+        blob = registry.add(os.urandom(4 * CHUNK), pause_at=2 * CHUNK + 7)
+        async with trio.open_nursery() as nursery:
+            pulled = start_pull(nursery, agent, registry, blob)
+            await landing_chunk_3(agent, blob)
+            assert peer.swarm is not None
+            buffer = bytearray(CHUNK)
+
+            async def resume_soon() -> None:
+                await trio.sleep(0.3)  # the request below is waiting by then
+                assert agent.service.waited_for_landing == 0
+                blob.resume.set()
+
+            nursery.start_soon(resume_soon)
+            await peer.swarm.client.fetch_chunk(
+                agent.node, blob.digest, 3, CHUNK, into=memoryview(buffer)
+            )
+            assert bytes(buffer) == chunk_of(blob, 3)
+            assert agent.service.waited_for_landing == 1
+        assert pulled == [blob.data]
+
+
+async def test_a_chunk_that_stops_coming_is_not_found(swarm: Swarm, registry: FakeRegistry) -> None:
+    """A held request for a chunk whose transfer failed after its `finishing` gets 404 at once
+    (the peer reports it missing and the root sends it elsewhere)."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        agent, peer = await swarm.agent(root), await swarm.agent(root)
+        blob = registry.add(os.urandom(4 * CHUNK), pause_at=2 * CHUNK + 7)
+        async with trio.open_nursery() as nursery:
+            start_pull(nursery, agent, registry, blob)
+            download = await landing_chunk_3(agent, blob)
+            assert peer.swarm is not None
+
+            async def give_up_soon() -> None:
+                await trio.sleep(0.3)
+                download.landing(3, False)
+
+            nursery.start_soon(give_up_soon)
+            started = trio.current_time()
+            with pytest.raises(PeerError, match="404"):
+                await peer.swarm.client.fetch_chunk(
+                    agent.node, blob.digest, 3, CHUNK, into=memoryview(bytearray(CHUNK))
+                )
+            assert 0.25 < trio.current_time() - started < 3  # held, then let go at once
+            blob.resume.set()

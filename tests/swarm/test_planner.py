@@ -206,27 +206,30 @@ def test_a_good_chunk_is_stored_then_reported_and_the_other_source_cancelled() -
 
 
 def test_the_spare_slots_standing_request_goes_only_once_a_transfer_runs_late() -> None:
-    """Per transfer two requests: the `finishing` report (which brings the next chunk) and the
-    `done` report. The spare slot's standing request, which only a late transfer needs (for a
-    second source), goes once a transfer has run LATE times the usual duration, not for every
-    transfer (a sixth of the requests were such polls, answered empty)."""
+    """Per transfer one request: its `finishing` report, which brings the next chunk and
+    stands for its `done` (a transfer too quick to say `finishing` is reported `done`). The
+    spare slot's standing request, which only a late transfer needs (for a second source),
+    goes once a transfer has run LATE times the usual duration, not for every transfer (a
+    sixth of the requests were such polls, answered empty)."""
     p = planner(parallel=2)
     request = only(p.start(0.0))
-    d = reply_to(p, request, plan(assignments=((0, ROOT),)), ROOT, 0.1)
+    d = reply_to(p, request, plan(8 * CHUNK, assignments=((0, ROOT),)), ROOT, 0.1)
     [standing] = polls(d)  # no transfer has ended yet: no usual duration to wait for
-    d = p.finishing(0, ROOT, 0.3)
-    [report] = d.requests
-    assert not report.poll and report.finishing == ((0, ROOT),)
-    # The root gives the freed slot its next chunk through the standing request.
-    d = p.answered(standing, plan(assignments=((1, PEERS[0]),)), ROOT, 0.31)
-    assert d.start == (Transfer(chunk=1, source=PEERS[0]),)
-    assert d.requests == ()  # chunk 0 is in its last bytes
-    assert p.answered(report, plan(), ROOT, 0.32).requests == ()
-    d = p.received(0, ROOT, sha(0), 0.35)  # 0.25 s: the usual duration now
-    assert d.requests == () and d.store == Transfer(chunk=0, source=ROOT)
+    assert p.received(0, ROOT, sha(0), 0.35).store == Transfer(chunk=0, source=ROOT)  # 0.25 s
     d = p.stored(0, ROOT, 0.36)
-    assert [(r.poll, r.want, r.done) for r in d.requests] == [(False, 1, ((0, ROOT),))]
-    late = 0.31 + LATE * 0.25  # chunk 1 began at 0.31
+    assert [(r.poll, r.done) for r in d.requests] == [(False, ((0, ROOT),))]
+    d = p.answered(standing, plan(8 * CHUNK, assignments=((1, PEERS[0]),)), ROOT, 0.4)
+    assert d.start == (Transfer(chunk=1, source=PEERS[0]),) and d.requests == ()
+    # Chunk 1's last bytes: the standing request carries the report, its slot's next chunk
+    # comes with the answer.
+    [standing] = p.finishing(1, PEERS[0], 0.6).requests
+    assert standing.poll and standing.want == 2 and standing.finishing == ((1, PEERS[0]),)
+    d = p.answered(standing, plan(8 * CHUNK, assignments=((2, PEERS[1]),)), ROOT, 0.61)
+    assert d.start == (Transfer(chunk=2, source=PEERS[1]),) and d.requests == ()
+    assert p.received(1, PEERS[0], sha(1), 0.65).requests == ()  # 0.25 s again
+    d = p.stored(1, PEERS[0], 0.66)
+    assert d.requests == () and 1 in p.held  # `finishing` said it: no `done`
+    late = 0.61 + LATE * 0.25  # chunk 2 began at 0.61
     assert d.wake_at == pytest.approx(late)
     assert polls(p.tick(late - 0.01)) == []
     [spare] = polls(p.tick(late))
