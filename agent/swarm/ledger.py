@@ -83,6 +83,7 @@ class Peer:
         "pace",
         "past",
         "vouched",
+        "failed",
         "lagging",
         "down_pace",
     )
@@ -109,6 +110,9 @@ class Peer:
         # chunk -> source of a transfer that counted as done when it said `finishing`, its
         # last bytes still on the way: a `failed` report of it takes the holding back.
         self.vouched: dict[int, int] = {}
+        # (chunk, source) of transfers to it reported `failed` before their `finishing` came:
+        # the two reports travel in separate requests, and a late `finishing` is stale.
+        self.failed: set[tuple[int, int]] = set()
         self.lagging = 0  # its downloads that lag (`Ledger.lag`): their sources moved on
         self.down_pace = -1.0  # moving average of its downloads' durations (-1: none yet)
 
@@ -277,6 +281,8 @@ class Ledger:
         else:
             sources.append(src)
         peer.demand -= 1
+        if peer.failed:
+            peer.failed.discard((chunk, src))  # a new transfer: its `finishing` counts
         if src == ROOT:
             self.root_uploads += 1
             self.root_sending[chunk] = 1

@@ -224,11 +224,20 @@ class LayerSchedule:
         holder (see Pipelining); one that fails after all is reported `failed`, which takes
         the holding back. One no longer known (expired: a straggler's copies outlast the
         timeout) still brings the chunk, as a `done` would: no report follows this one."""
-        self._ledger.check_chunk(chunk)
-        peer = self._ledger.peer(node)
+        ledger = self._ledger
+        ledger.check_chunk(chunk)
+        peer = ledger.peer(node)
+        src = ledger.ids.get(source)
+        if src is None or (chunk, src) in peer.failed:
+            # Its `failed` overtook it (two requests in flight), or a root that never heard of
+            # the source (a new one) could not take the holding back: the node's `done` says.
+            if src is not None:
+                peer.failed.discard((chunk, src))
+            self._tick(now)
+            return NOTHING
         fresh, before = not peer.held[chunk], peer.vouched.get(chunk)
         actions = self.completed(node, chunk, source, now)  # (its bytes have not landed yet)
-        src = self._ledger.ids.get(source) if fresh else before
+        src = src if fresh else before
         if src is not None:
             peer.vouched[chunk] = src
         return actions
@@ -249,6 +258,8 @@ class LayerSchedule:
         if peer.vouched.get(chunk) == src:  # it failed after its `finishing`: not here after all
             self._ledger.lose_holding(peer, chunk, batch)
             in_flight = True
+        else:
+            peer.failed.add((chunk, src))  # a `finishing` of it still on its way is stale
         if src != ROOT and src in self._peers:
             if bad_data:
                 self._ledger.ban(self._peers[src], batch)

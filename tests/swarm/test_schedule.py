@@ -221,6 +221,32 @@ def test_finishing_an_unknown_transfer_records_the_chunk() -> None:
     assert not s.holds("b", 0)
 
 
+def test_a_finishing_that_its_failure_overtook_brings_nothing() -> None:
+    """A `finishing` and the `failed` that follows it travel in two plan requests: when the
+    failure arrives first, the late `finishing` must not make the node a holder (no report
+    would take it back, and the chunk would never be assigned to it again)."""
+    s = schedule(4)
+    s.request("a", have=[0], want=0, now=0)
+    s.request("c", have=[0, 1, 2, 3], want=0, now=0)
+    assert triples(s.request("b", want=1, now=0)) == [("b", 0, "a")]
+    s.failed("b", 0, "a", bad_data=False, now=0.1)
+    s.finishing("b", 0, "a", now=0.1)  # overtaken
+    assert not s.holds("b", 0)
+    assert triples(s.request("b", want=1, now=0.2)) == [("b", 0, "c")]
+
+
+def test_a_finishing_from_a_source_a_new_root_never_heard_of_brings_nothing() -> None:
+    """After a root change the `finishing` goes again, to a root that may not know its source:
+    a `failed` of that transfer could not take the holding back there (the node says `done`
+    once the chunk is stored)."""
+    s = schedule(4)
+    s.origin_progress(4, now=0)
+    s.finishing("b", 0, "elsewhere", now=0.1)
+    s.failed("b", 0, "elsewhere", bad_data=False, now=0.2)
+    assert not s.holds("b", 0)
+    assert triples(s.request("b", want=1, now=0.3)) == [("b", 0, ROOT)]
+
+
 # --------------------------------------------------------------------------------------------
 # Sources: slots, load, speed
 
