@@ -141,6 +141,9 @@ class LayerPlanner:
     # chunk -> source: arrived by a transfer that said `finishing` (the root counts the chunk
     # as ours already), not stored yet; its `finishing` stands for its `done`.
     vouched: dict[int, str] = field(default_factory=dict, init=False)
+    # Chunks said `finishing` whose holding the root may have dropped since (a `have` went
+    # without them, or the root assigned them again): their `done` goes after all.
+    retell: set[int] = field(default_factory=set, init=False)
     rtt: float = field(default=DEFAULT_RTT, init=False)  # s, reports' round trip (recent least)
     rtt_samples: list[float] = field(default_factory=list, init=False)
     sent_at: dict[int, float] = field(default_factory=dict, init=False)  # id(report) -> time
@@ -306,8 +309,9 @@ class LayerPlanner:
         self.storing.discard(chunk)
         self.held.add(chunk)
         self.got.add(chunk)
-        if self.vouched.pop(chunk, None) != source:
+        if self.vouched.pop(chunk, None) != source or chunk in self.retell:
             self.done_reports.append((chunk, source))
+        self.retell.discard(chunk)
         if self.complete and self.polling:
             self.polling = False
             pending.drop_poll = True
@@ -423,6 +427,8 @@ class LayerPlanner:
             sources = self.fetching.setdefault(chunk, set())
             if source in sources:
                 continue
+            if any((chunk, s) in self.tailing for s in sources):
+                self.retell.add(chunk)  # the root forgot its `finishing`
             sources.add(source)
             self.began[(chunk, source)] = now
             pending.start.append(Transfer(chunk=chunk, source=source))
@@ -462,13 +468,16 @@ class LayerPlanner:
     def _request(self, *, poll: bool) -> PlanTarget:
         done, failed, lost, ending = self._take_reports()
         fresh, self.fresh = self.fresh, False
+        have = self._have()
+        if have is not None:  # it cannot list chunks in their last bytes: the root drops them
+            self.retell.update(c for c, _ in self.tailing)
         return PlanTarget(
             fresh=fresh,
             digest=self.digest,
             upstream=self.upstream,
             repo=self.repo,
             want=self._want(),
-            have=self._have(),
+            have=have,
             done=done,
             failed=failed,
             missing=lost,

@@ -22,6 +22,7 @@ from agent.swarm.planner import (
     Transfer,
 )
 from agent.swarm.protocol import MAX_REPORTS, PlanTarget
+from agent.swarm.schedule import LayerSchedule
 
 DIGEST = "sha256:" + "ab" * 32
 CHUNK = 4
@@ -177,6 +178,61 @@ def test_the_finishing_lead_follows_the_reports_round_trips() -> None:
             p.answered(report, plan(), ROOT, now + 0.1)
         now += 0.2
     assert first < p.finish_lead < 3 * 0.1 + 1e-9
+
+
+NODE = "10.0.0.9:65002"
+
+
+def to_root(s: LayerSchedule, request: PlanTarget, now: float) -> tuple[tuple[int, str], ...]:
+    """The root's tracker takes `request` as agent/swarm/tracker.py does (its reports, then
+    `have` and demand); the assignments it made for this node."""
+    out = [s.completed(NODE, c, src, now) for c, src in request.done]
+    out += [s.failed(NODE, c, src, bad_data=b, now=now) for c, src, b in request.failed]
+    out += [s.missing(NODE, c, src, now) for c, src in request.missing]
+    out += [s.finishing(NODE, c, src, now) for c, src in request.finishing]
+    out.append(s.request(NODE, have=request.have, want=request.want, now=now, past=request.past))
+    return tuple((a.chunk, a.source) for x in out for a in x.assigned if a.node == NODE)
+
+
+def test_a_root_that_dropped_a_finishing_chunk_hears_of_it_once_it_is_stored() -> None:
+    """`have` goes with a request while a transfer is in its last bytes (a ring let a chunk
+    go, or a new root is told what we hold): it cannot list that chunk, and the root drops the
+    holding its `finishing` made. The chunk's `done` must follow then, or the root never
+    learns that this node holds it (and keeps assigning it here)."""
+    s = LayerSchedule(chunk_count=4, root=ROOT)
+    s.origin_progress(4, now=0)
+    s.request(PEERS[0], have=[0, 1, 2, 3], want=0, now=0)
+    p = planner(parallel=2)
+    request = only(p.start(0.0))
+    assigned = to_root(s, request, 0.0)
+    assert assigned == ((0, PEERS[0]),)
+    reply_to(p, request, plan(assignments=assigned), ROOT, 0.05)
+    p.tell_have = True  # (as `released(evicted=...)` or `unanswered` set it)
+    for request in p.finishing(0, PEERS[0], 0.1).requests:
+        assert request.have is not None and 0 not in request.have
+        to_root(s, request, 0.1)
+    p.received(0, PEERS[0], sha(0), 0.2)
+    for request in p.stored(0, PEERS[0], 0.3).requests:
+        to_root(s, request, 0.3)
+    assert s.holds(NODE, 0)
+
+
+def test_a_chunk_assigned_again_while_in_its_last_bytes_is_reported_done() -> None:
+    """The root assigned a chunk whose transfer said `finishing` (it dropped that holding:
+    a `have` without it, or a peer that asked here too early and got 404): its `done` must
+    follow, or the second transfer, cancelled here, stays in the root's books until it times
+    out (and this node gets nothing meanwhile: one download at a time)."""
+    p = planner(parallel=2)
+    request = only(p.start(0.0))
+    d = reply_to(p, request, plan(assignments=((0, PEERS[0]),)), ROOT, 0.1)
+    [standing] = polls(d)
+    p.finishing(0, PEERS[0], 0.2)
+    d = p.answered(standing, plan(assignments=((0, PEERS[1]),)), ROOT, 0.3)
+    assert d.start == (Transfer(chunk=0, source=PEERS[1]),)
+    d = p.received(0, PEERS[0], sha(0), 0.4)
+    assert d.cancel == (Transfer(chunk=0, source=PEERS[1]),)
+    d = p.stored(0, PEERS[0], 0.5)
+    assert (0, PEERS[0]) in [r for request in d.requests for r in request.done]
 
 
 def test_a_404_is_reported_as_missing_not_as_a_failure() -> None:
