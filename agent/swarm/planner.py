@@ -144,6 +144,11 @@ class LayerPlanner:
     # Chunks said `finishing` whose holding the root may have dropped since (a `have` went
     # without them, or the root assigned them again): their `done` goes after all.
     retell: set[int] = field(default_factory=set, init=False)
+    # Transfers whose `finishing` went in a request not answered yet, and `failed` reports of
+    # theirs held back until it is: a `failed` that overtook its `finishing` (two requests in
+    # flight) left the root a holding that nothing took back.
+    unconfirmed: set[tuple[int, str]] = field(default_factory=set, init=False)
+    held_back: list[tuple[int, str, bool]] = field(default_factory=list, init=False)
     rtt: float = field(default=DEFAULT_RTT, init=False)  # s, reports' round trip (recent least)
     rtt_samples: list[float] = field(default_factory=list, init=False)
     sent_at: dict[int, float] = field(default_factory=dict, init=False)  # id(report) -> time
@@ -271,7 +276,7 @@ class LayerPlanner:
                 took if self.usual is None else self.usual + USUAL_WEIGHT * (took - self.usual)
             )
         if sha256 != self.hashes.get(chunk):
-            self.failed_reports.append((chunk, source, True))
+            self._report_failure(chunk, source, bad_data=True)
         elif chunk in self.got or chunk in self.storing:
             if not said_finishing:  # (`finishing` freed it already)
                 self.done_reports.append((chunk, source))  # frees the source's slot at the root
@@ -323,7 +328,7 @@ class LayerPlanner:
         """The transfer of `chunk` from `source` failed (timeout, refused, not found)."""
         pending = Pending()
         if self._end_transfer(chunk, source):
-            self.failed_reports.append((chunk, source, False))
+            self._report_failure(chunk, source, bad_data=False)
         self._poll(pending, now)
         self._report(pending)
         return self._settle(pending, now)
@@ -416,6 +421,20 @@ class LayerPlanner:
             self.polling = False
         else:
             self.reporting -= 1
+        if request.finishing:
+            self.unconfirmed.difference_update(request.finishing)
+            if self.held_back:  # the root has taken their `finishing` (or never will)
+                later = [r for r in self.held_back if r[:2] in self.unconfirmed]
+                self.failed_reports += [r for r in self.held_back if r[:2] not in self.unconfirmed]
+                self.held_back = later
+
+    def _report_failure(self, chunk: int, source: str, *, bad_data: bool) -> None:
+        """A `failed` report, after the `finishing` of the same transfer if one went."""
+        transfer = (chunk, source)
+        if transfer in self.finishing_reports:  # not sent yet: the root needs neither
+            self.finishing_reports.remove(transfer)
+        report = (chunk, source, bad_data)
+        (self.held_back if transfer in self.unconfirmed else self.failed_reports).append(report)
 
     def _take(self, assignments: Iterable[tuple[int, str]], pending: Pending, now: float) -> int:
         """Start the assigned transfers we can use; returns how many started."""
@@ -467,6 +486,7 @@ class LayerPlanner:
 
     def _request(self, *, poll: bool) -> PlanTarget:
         done, failed, lost, ending = self._take_reports()
+        self.unconfirmed.update(ending)
         fresh, self.fresh = self.fresh, False
         have = self._have()
         if have is not None:  # it cannot list chunks in their last bytes: the root drops them

@@ -235,6 +235,34 @@ def test_a_chunk_assigned_again_while_in_its_last_bytes_is_reported_done() -> No
     assert (0, PEERS[0]) in [r for request in d.requests for r in request.done]
 
 
+def test_a_failure_after_finishing_is_reported_once_the_root_took_the_finishing() -> None:
+    """A transfer fails in its last bytes while the request with its `finishing` is still out:
+    its `failed` waits for that request's answer, or it may reach the root first, and the
+    late `finishing` make this node a holder of a chunk it never gets."""
+    p = planner(parallel=2)
+    request = only(p.start(0.0))
+    d = reply_to(p, request, plan(assignments=((0, PEERS[0]),)), ROOT, 0.1)
+    [standing] = polls(d)
+    [told] = p.finishing(0, PEERS[0], 0.2).requests
+    assert told.finishing == ((0, PEERS[0]),)
+    d = p.failed(0, PEERS[0], 0.25)
+    assert not [r for r in d.requests if r.failed]  # not before the `finishing` is in
+    d = p.answered(told, plan(), ROOT, 0.3)
+    assert [r.failed for r in d.requests if r.failed] == [((0, PEERS[0], False),)]
+
+
+def test_a_failure_before_its_finishing_went_says_nothing_of_the_finishing() -> None:
+    p = planner(parallel=2)
+    request = only(p.start(0.0))
+    reply_to(p, request, plan(assignments=((0, PEERS[0]),)), ROOT, 0.1)
+    p.finishing_reports.append((0, PEERS[0]))  # queued behind MAX_REPORTS others, say
+    p.tailing.add((0, PEERS[0]))
+    d = p.failed(0, PEERS[0], 0.2)
+    sent = d.requests
+    assert [r.failed for r in sent] == [((0, PEERS[0], False),)]
+    assert not [r for r in sent if r.finishing] and not p.finishing_reports
+
+
 def test_a_404_is_reported_as_missing_not_as_a_failure() -> None:
     p = planner(parallel=1)
     request = only(p.start(0.0))

@@ -990,6 +990,20 @@ class ScheduleMachine(RuleBasedStateMachine):
                 self.banned.add(a.source)
             self.act(self.s.failed(a.node, a.chunk, a.source, bad_data=bad, now=self.now))
 
+    @rule(pick=st.integers(0, 50), bad=st.booleans())
+    def failure_overtakes_its_finishing(self, pick: int, bad: bool) -> None:
+        """A transfer fails in its last bytes and its `failed` reaches the root before its
+        `finishing` (two requests in flight; an older agent): its node lacks the chunk."""
+        flights = self.s.in_flight()
+        if flights:
+            a = flights[pick % len(flights)]
+            if bad and a.source != ROOT:
+                self.banned.add(a.source)
+            self.act(self.s.failed(a.node, a.chunk, a.source, bad_data=bad, now=self.now))
+            if not self.s.flying(a.node, a.chunk, a.source):  # (else: the new one's, for all
+                # the root can tell; agents hold a `failed` back until its `finishing` is in)
+                self.act(self.s.finishing(a.node, a.chunk, a.source, now=self.now))
+
     @rule(pick=st.integers(0, 50))
     def evicted_at_the_source(self, pick: int) -> None:
         """The source's cache dropped the chunk; the receiver got 404 and says so."""
