@@ -254,6 +254,28 @@ class Ledger:
         batch.freed.add(ROOT)  # it may be root-only again
         batch.dirty.add(peer.ident)
 
+    def take_back(self, peer: Peer, chunk: int, src: int, batch: Batch) -> bool:
+        """A transfer of `chunk` from `src` to `peer` was reported failed: True if it had said
+        `finishing` (vouched for the chunk), whose holding goes; else a `finishing` of it still
+        on its way is stale (`stale_finishing`)."""
+        if peer.vouched.get(chunk) == src:
+            self.lose_holding(peer, chunk, batch)
+            return True
+        peer.failed.add((chunk, src))
+        return False
+
+    def stale_finishing(self, peer: Peer, chunk: int, src: int | None) -> bool:
+        """Whether a `finishing` of `chunk` from `src` must not make `peer` a holder: its
+        `failed` overtook it (two requests in flight), or a root that never heard of the source
+        (a new one) could not take the holding back (the node's `done` says, after its
+        `have`)."""
+        if src is None:
+            return True
+        if (chunk, src) in peer.failed:
+            peer.failed.discard((chunk, src))
+            return True
+        return False
+
     def set_past(self, peer: Peer, past: int, batch: Batch) -> None:
         """`peer` no longer wants chunks below `past` (a node whose cache holds a window of
         the layer, its readers beyond them): its window starts at the first chunk it lacks

@@ -72,17 +72,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from agent.swarm.decisions import Decisions, Fallback, Pending, Transfer
 from agent.swarm.plan import Plan
-from agent.swarm.protocol import MAX_REPORTS, PlanTarget, clip_ranges
+from agent.swarm.protocol import PlanTarget, clip_ranges
+from agent.swarm.reports import Reports
 
 __all__ = ["FALLBACK_KINDS", "Decisions", "Fallback", "LayerPlanner", "Transfer"]
 
-Done = tuple[tuple[int, str], ...]  # (chunk, source) reports
-Failed = tuple[tuple[int, str, bool], ...]  # (chunk, source, bad data) reports
-Report = TypeVar("Report", tuple[int, str], tuple[int, str, bool])
 POLL_RETRY = 0.05  # s before asking again after an answer that started nothing
 # A transfer is reported `finishing` when its remaining bytes need less than this many report
 # round trips (the next assignment's trip to us, then its first byte's); DEFAULT_RTT until
@@ -133,10 +130,7 @@ class LayerPlanner:
     sealed: str | None = field(default=None, init=False)  # a root's seal (Plan.table_sha256)
     fetching: dict[int, set[str]] = field(default_factory=dict, init=False)  # chunk -> sources
     storing: set[int] = field(default_factory=set, init=False)  # accepted, not stored yet
-    done_reports: list[tuple[int, str]] = field(default_factory=list, init=False)
-    failed_reports: list[tuple[int, str, bool]] = field(default_factory=list, init=False)
-    missing_reports: list[tuple[int, str]] = field(default_factory=list, init=False)
-    finishing_reports: list[tuple[int, str]] = field(default_factory=list, init=False)
+    reports: Reports = field(default_factory=Reports, init=False)  # owed to the root
     tailing: set[tuple[int, str]] = field(default_factory=set, init=False)  # said finishing
     # chunk -> source: arrived by a transfer that said `finishing` (the root counts the chunk
     # as ours already), not stored yet; its `finishing` stands for its `done`.
@@ -144,11 +138,6 @@ class LayerPlanner:
     # Chunks said `finishing` whose holding the root may have dropped since (a `have` went
     # without them, or the root assigned them again): their `done` goes after all.
     retell: set[int] = field(default_factory=set, init=False)
-    # Transfers whose `finishing` went in a request not answered yet, and `failed` reports of
-    # theirs held back until it is: a `failed` that overtook its `finishing` (two requests in
-    # flight) left the root a holding that nothing took back.
-    unconfirmed: set[tuple[int, str]] = field(default_factory=set, init=False)
-    held_back: list[tuple[int, str, bool]] = field(default_factory=list, init=False)
     rtt: float = field(default=DEFAULT_RTT, init=False)  # s, reports' round trip (recent least)
     rtt_samples: list[float] = field(default_factory=list, init=False)
     sent_at: dict[int, float] = field(default_factory=dict, init=False)  # id(report) -> time
@@ -244,16 +233,7 @@ class LayerPlanner:
         self.sent_at.pop(id(request), None)
         self.fresh = self.fresh or request.fresh  # the next root must hear it too
         # Its reports go again (first), to whichever root owns the layer now, with our holdings.
-        self.done_reports[:0] = list(request.done)
-        self.failed_reports[:0] = list(request.failed)
-        self.missing_reports[:0] = list(request.missing)
-        again = []
-        for report in request.finishing:
-            if report in self.tailing or self.vouched.get(report[0]) == report[1]:
-                again.append(report)
-            elif report[0] in self.held:  # stored since: it stands for its `done`
-                self.done_reports.append(report)
-        self.finishing_reports[:0] = again
+        self.reports.again(request, tailing=self.tailing, vouched=self.vouched, held=self.held)
         self.tell_have = self.size is not None
         if request.poll:
             self.poll_at = now + POLL_RETRY
@@ -276,10 +256,10 @@ class LayerPlanner:
                 took if self.usual is None else self.usual + USUAL_WEIGHT * (took - self.usual)
             )
         if sha256 != self.hashes.get(chunk):
-            self._report_failure(chunk, source, bad_data=True)
+            self.reports.failure(chunk, source, bad_data=True)
         elif chunk in self.got or chunk in self.storing:
             if not said_finishing:  # (`finishing` freed it already)
-                self.done_reports.append((chunk, source))  # frees the source's slot at the root
+                self.reports.done.append((chunk, source))  # frees the source's slot at the root
         else:
             self.storing.add(chunk)
             if said_finishing:
@@ -303,7 +283,7 @@ class LayerPlanner:
         transfer = (chunk, source)
         if source in self.fetching.get(chunk, ()) and transfer not in self.tailing:
             self.tailing.add(transfer)
-            self.finishing_reports.append(transfer)
+            self.reports.finishing.append(transfer)
             self._poll(pending, now, carrying=True)
             self._report(pending)
         return self._settle(pending, now)
@@ -315,7 +295,7 @@ class LayerPlanner:
         self.held.add(chunk)
         self.got.add(chunk)
         if self.vouched.pop(chunk, None) != source or chunk in self.retell:
-            self.done_reports.append((chunk, source))
+            self.reports.done.append((chunk, source))
         self.retell.discard(chunk)
         if self.complete and self.polling:
             self.polling = False
@@ -328,7 +308,7 @@ class LayerPlanner:
         """The transfer of `chunk` from `source` failed (timeout, refused, not found)."""
         pending = Pending()
         if self._end_transfer(chunk, source):
-            self._report_failure(chunk, source, bad_data=False)
+            self.reports.failure(chunk, source, bad_data=False)
         self._poll(pending, now)
         self._report(pending)
         return self._settle(pending, now)
@@ -379,7 +359,7 @@ class LayerPlanner:
         counting it as a holder and assigns the chunk elsewhere; no fault of the source."""
         pending = Pending()
         if self._end_transfer(chunk, source):
-            self.missing_reports.append((chunk, source))
+            self.reports.missing.append((chunk, source))
         self._poll(pending, now)
         self._report(pending)
         return self._settle(pending, now)
@@ -421,27 +401,14 @@ class LayerPlanner:
             self.polling = False
         else:
             self.reporting -= 1
-        if request.finishing:
-            self.unconfirmed.difference_update(request.finishing)
-            if self.held_back:  # the root has taken their `finishing` (or never will)
-                later = [r for r in self.held_back if r[:2] in self.unconfirmed]
-                self.failed_reports += [r for r in self.held_back if r[:2] not in self.unconfirmed]
-                self.held_back = later
-
-    def _report_failure(self, chunk: int, source: str, *, bad_data: bool) -> None:
-        """A `failed` report, after the `finishing` of the same transfer if one went."""
-        transfer = (chunk, source)
-        if transfer in self.finishing_reports:  # not sent yet: the root needs neither
-            self.finishing_reports.remove(transfer)
-        report = (chunk, source, bad_data)
-        (self.held_back if transfer in self.unconfirmed else self.failed_reports).append(report)
+        self.reports.ended(request)
 
     def _take(self, assignments: Iterable[tuple[int, str]], pending: Pending, now: float) -> int:
         """Start the assigned transfers we can use; returns how many started."""
         started = 0
         for chunk, source in assignments:
             if chunk in self.got or chunk in self.storing:
-                self.done_reports.append((chunk, source))  # nothing to fetch: free its slot
+                self.reports.done.append((chunk, source))  # nothing to fetch: free its slot
                 continue
             sources = self.fetching.setdefault(chunk, set())
             if source in sources:
@@ -467,26 +434,8 @@ class LayerPlanner:
             return None
         return clip_ranges(self.held | self.passed | self.vouched.keys())
 
-    def _take_reports(self) -> tuple[Done, Failed, Done, Done]:
-        """The reports waiting, oldest kinds first, at most MAX_REPORTS in all."""
-        done = _take(self.done_reports, MAX_REPORTS)
-        failed = _take(self.failed_reports, MAX_REPORTS - len(done))
-        lost = _take(self.missing_reports, MAX_REPORTS - len(done) - len(failed))
-        ending = _take(self.finishing_reports, MAX_REPORTS - len(done) - len(failed) - len(lost))
-        return done, failed, lost, ending
-
-    @property
-    def _reports_waiting(self) -> bool:
-        return bool(
-            self.done_reports
-            or self.failed_reports
-            or self.missing_reports
-            or self.finishing_reports
-        )
-
     def _request(self, *, poll: bool) -> PlanTarget:
-        done, failed, lost, ending = self._take_reports()
-        self.unconfirmed.update(ending)
+        done, failed, lost, ending = self.reports.take()
         fresh, self.fresh = self.fresh, False
         have = self._have()
         if have is not None:  # it cannot list chunks in their last bytes: the root drops them
@@ -551,7 +500,7 @@ class LayerPlanner:
 
     def _report(self, pending: Pending) -> None:
         """Send what ended at once (the standing request, if it just went, carries it too)."""
-        if not self._reports_waiting:
+        if not self.reports.waiting:
             return
         if self.complete and (self.reporting or self.flushes_left <= 0):
             return  # the last reports go one request at a time, a few attempts
@@ -569,7 +518,7 @@ class LayerPlanner:
         elif pending.fallback is not None:
             self.outcome = "fallback"
         elif self.complete and not self.polling and not self.reporting and not self.storing:
-            if self._reports_waiting:
+            if self.reports.waiting:
                 self._report(pending)
             if not pending.requests:
                 self.outcome = "finished"
@@ -600,13 +549,6 @@ class LayerPlanner:
             finished=self.outcome == "finished",
             wake_at=wake_at,
         )
-
-
-def _take(queue: list[Report], room: int) -> tuple[Report, ...]:
-    """The first `room` entries of `queue`, removed from it."""
-    taken = tuple(queue[:room])
-    del queue[: len(taken)]
-    return taken
 
 
 def _refusal(

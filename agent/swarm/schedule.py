@@ -228,11 +228,7 @@ class LayerSchedule:
         ledger.check_chunk(chunk)
         peer = ledger.peer(node)
         src = ledger.ids.get(source)
-        if src is None or (chunk, src) in peer.failed:
-            # Its `failed` overtook it (two requests in flight), or a root that never heard of
-            # the source (a new one) could not take the holding back: the node's `done` says.
-            if src is not None:
-                peer.failed.discard((chunk, src))
+        if ledger.stale_finishing(peer, chunk, src):
             self._tick(now)
             return NOTHING
         fresh, before = not peer.held[chunk], peer.vouched.get(chunk)
@@ -243,23 +239,18 @@ class LayerSchedule:
         return actions
 
     def failed(self, node: str, chunk: int, source: str, *, bad_data: bool, now: float) -> Actions:
-        """The transfer of `chunk` from `source` to `node` ended without the chunk.
-
-        `bad_data`: the bytes did not match the chunk's sha256, and `source` is banned for this
-        layer, whether or not the transfer is still known (its uploads are cancelled; it is
-        never a source again). Otherwise (timeout, connection error) the slot frees and `node`
-        avoids `source` from now on."""
+        """The transfer of `chunk` from `source` to `node` ended without the chunk. `bad_data`:
+        the bytes did not match the chunk's sha256, and `source` is banned for this layer,
+        known transfer or not (its uploads are cancelled; never a source again). Otherwise
+        (timeout, connection error) the slot frees and `node` avoids `source` from now on."""
         self._tick(now)
         batch = Batch()
         ended = self._ledger.end(node, chunk, source, batch)
         if ended is None:
             return NOTHING
         peer, src, in_flight = ended
-        if peer.vouched.get(chunk) == src:  # it failed after its `finishing`: not here after all
-            self._ledger.lose_holding(peer, chunk, batch)
-            in_flight = True
-        else:
-            peer.failed.add((chunk, src))  # a `finishing` of it still on its way is stale
+        if self._ledger.take_back(peer, chunk, src, batch):
+            in_flight = True  # it failed after its `finishing`: not here after all
         if src != ROOT and src in self._peers:
             if bad_data:
                 self._ledger.ban(self._peers[src], batch)

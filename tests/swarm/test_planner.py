@@ -255,12 +255,12 @@ def test_a_failure_before_its_finishing_went_says_nothing_of_the_finishing() -> 
     p = planner(parallel=2)
     request = only(p.start(0.0))
     reply_to(p, request, plan(assignments=((0, PEERS[0]),)), ROOT, 0.1)
-    p.finishing_reports.append((0, PEERS[0]))  # queued behind MAX_REPORTS others, say
+    p.reports.finishing.append((0, PEERS[0]))  # queued behind MAX_REPORTS others, say
     p.tailing.add((0, PEERS[0]))
     d = p.failed(0, PEERS[0], 0.2)
     sent = d.requests
     assert [r.failed for r in sent] == [((0, PEERS[0], False),)]
-    assert not [r for r in sent if r.finishing] and not p.finishing_reports
+    assert not [r for r in sent if r.finishing] and not p.reports.finishing
 
 
 def test_a_404_is_reported_as_missing_not_as_a_failure() -> None:
@@ -559,7 +559,7 @@ def test_reports_are_capped_per_request_and_the_rest_follow() -> None:
     reply_to(p, request, plan(size=count * CHUNK, assignments=assignments), ROOT, 0.1)
     for i, source in assignments:
         p.failed(i, source, 0.2)  # each failure sends one report at once
-    assert p.failed_reports == []
+    assert p.reports.failed == []
 
 
 def test_completion_drops_the_poll_flushes_the_reports_and_finishes() -> None:
