@@ -344,6 +344,12 @@ def main() -> int:
                     f"{plans / max(N * chunks, 1):.1f} per chunk per agent "
                     f"({N} agents x {chunks} chunks)"
                 )
+                waited = sum(swarm_status(a, "waited_for_landing") for a in agents)
+                wait_ms = sum(swarm_status(a, "landing_wait_ms") for a in agents)
+                print(
+                    f"swarm: {waited} peer requests came for a chunk in its last bytes (cut-"
+                    f"through) and waited {wait_ms / max(waited, 1):.0f} ms on average for it"
+                )
                 sealed = sum(swarm_status(a, "sealed_layers") for a in agents)
                 rehashed = sum(swarm_status(a, "rehashed_bytes") for a in agents)
                 print(

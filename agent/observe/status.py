@@ -76,6 +76,7 @@ class SwarmStatus:
             "clock_refusals": self.swarm.clock_refusals if self.swarm else 0,
             "chunks_served": self.p2p.chunks_served,
             "waited_for_landing": self.p2p.waited_for_landing,  # cut-through: asked early
+            "landing_wait_ms": self.p2p.landing_wait_ms,
             "refused": self.p2p.refused,
             "server": self.server.statistics() if self.server else None,
             "tracker": self.tracker.statistics() if self.tracker else None,

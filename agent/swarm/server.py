@@ -74,6 +74,7 @@ class P2PService:
         self.chunks_served = 0
         self.served_from_memory = 0
         self.waited_for_landing = 0  # requests for a chunk in its last bytes, served once landed
+        self.landing_wait_ms = 0  # their waits, in all
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -116,13 +117,16 @@ class P2PService:
         op = RPC_STAT if method == "HEAD" else RPC_PREAD
         path = target.target().partition("?")[0]
         entry = self._cache.peek(target.digest)
+        waiting = time.perf_counter()
         landed = (
             entry is not None
             and not entry.has_chunk(target.index)
             and self._wait_landed is not None
             and await self._wait_landed(entry, target.index)
         )
-        self.waited_for_landing += landed
+        if landed:
+            self.waited_for_landing += 1
+            self.landing_wait_ms += round((time.perf_counter() - waiting) * 1000)
         if entry is None or entry.dropped or not (landed or entry.has_chunk(target.index)):
             self._observer.served(op, path, 0, NOT_HELD, 0.0)
             return plain_error(404, f"chunk {target.index} of {target.digest} is not here")

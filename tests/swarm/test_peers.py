@@ -833,6 +833,7 @@ async def test_a_request_for_a_chunk_in_its_last_bytes_is_held_until_it_lands(
             )
             assert bytes(buffer) == chunk_of(blob, 3)
             assert agent.service.waited_for_landing == 1
+            assert agent.service.landing_wait_ms >= 250  # held from before the resume
         assert pulled == [blob.data]
 
 
