@@ -199,6 +199,7 @@ class Agent:
             observer=self.telemetry,
             hot_chunk=self.fetcher.hot_chunk,
             wait_landed=self.fetcher.wait_landed,
+            arriving=self.fetcher.arriving,
         )
         limits = Limits(
             max_connections=self.config.p2p_max_connections,

@@ -344,11 +344,13 @@ def main() -> int:
                     f"{plans / max(N * chunks, 1):.1f} per chunk per agent "
                     f"({N} agents x {chunks} chunks)"
                 )
-                waited = sum(swarm_status(a, "waited_for_landing") for a in agents)
+                relayed = sum(swarm_status(a, "relayed") for a in agents)
+                waited = sum(swarm_status(a, "waited_for_landing") for a in agents) + relayed
                 wait_ms = sum(swarm_status(a, "landing_wait_ms") for a in agents)
                 print(
                     f"swarm: {waited} peer requests came for a chunk in its last bytes (cut-"
-                    f"through) and waited {wait_ms / max(waited, 1):.0f} ms on average for it"
+                    f"through; {relayed} got its bytes in so far at once) and waited "
+                    f"{wait_ms / max(waited, 1):.0f} ms on average for the rest"
                 )
                 sealed = sum(swarm_status(a, "sealed_layers") for a in agents)
                 rehashed = sum(swarm_status(a, "rehashed_bytes") for a in agents)

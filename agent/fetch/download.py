@@ -11,11 +11,11 @@ its size, and then either
   layers being read): passes chunks to the readers that joined before the body started, through
   bounded memory channels; a later reader starts a download of its own.
 
-On a node with roots the chunks come through the swarm instead (`agent.swarm.download`, which
-fills this download through its `LayerSink` methods); the node that owns the layer, or any node
-whose swarm cannot deliver, fetches from the origin. Every byte is hashed on the way in. The
-last bytes of any response wait until the whole layer matched its digest; a mismatch drops the
-layer and cuts every response short, so no client ever completes a download of wrong bytes.
+On a node with roots the chunks come through the swarm instead (`agent.swarm.download` fills
+this download through its `LayerSink` methods; a chunk in its last bytes is `landing`, relayed
+to peers that ask); a node whose swarm cannot deliver fetches from the origin. Every byte is
+hashed on the way in; the last bytes of any response wait until the whole layer matched its
+digest (a mismatch drops the layer and cuts every response short).
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ class LayerDownload:
         self._changed = trio.Event()
         self._subscribers = Fanout(self._slow_reader, self._dropped_slow)
         self._hot: OrderedDict[int, Chunk] = OrderedDict()
-        self._landing: set[int] = set()  # swarm chunks in their last bytes (`landing`)
+        # Swarm chunks in their last bytes (`landing`), with their bytes in so far (if known).
+        self.landing_chunks: dict[int, memoryview | None] = {}
         self._unwritten: set[int] = set()  # in memory, write to disk in progress
         self._write_slots = trio.Semaphore(WRITES_IN_FLIGHT)
         self.readers = Readers()  # a ring's readers (a layer bigger than the cache)
@@ -135,15 +136,11 @@ class LayerDownload:
         assert entry is not None
         await self._wait_until(lambda: entry.has_chunk(index))
 
-    async def wait_landed(self, index: int) -> bool:
-        """Whether chunk `index` is here (verified in memory, or on disk), once a chunk in its
-        last bytes (`landing`) landed or stopped coming; at once for one not on its way."""
-        while index in self._landing and self.error is None and not self.holds(index):
-            await self._changed.wait()
-        return self.holds(index)
-
-    def landing(self, index: int, coming: bool) -> None:
-        (self._landing.add if coming else self._landing.discard)(index)
+    def landing(self, index: int, coming: bool, prefix: memoryview | None = None) -> None:
+        if coming:
+            self.landing_chunks[index] = prefix
+        else:
+            self.landing_chunks.pop(index, None)
         self._notify()
 
     async def wait_verified(self) -> None:

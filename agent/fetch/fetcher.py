@@ -93,15 +93,26 @@ class LayerFetcher:
             return None
         return download.hot_chunk(index)
 
+    def arriving(self, entry: CacheEntry, index: int) -> memoryview | None:
+        """The bytes in so far of chunk `index` of `entry` if it is in its last bytes here."""
+        download = self._inflight.get(entry.digest)
+        if download is None or download.entry is not entry:
+            return None
+        return download.landing_chunks.get(index)
+
     async def wait_landed(self, entry: CacheEntry, index: int) -> bool:
-        """Whether chunk `index` of `entry` is in the cache, once it landed if it is in its
-        last bytes here (the root counts this node as its holder from then: cut-through), for
-        LANDING_WAIT at most; False at once for a chunk not on its way."""
+        """Whether chunk `index` of `entry` is here (verified in memory, or in the cache), once
+        it landed if it is in its last bytes here (the root counts this node as its holder from
+        then: cut-through), for LANDING_WAIT at most; at once for a chunk not on its way."""
         download = self._inflight.get(entry.digest)
         if download is None or download.entry is not entry:
             return entry.has_chunk(index)
         with trio.move_on_after(LANDING_WAIT):
-            return await download.wait_landed(index)
+            while index in download.landing_chunks and download.error is None:
+                if download.holds(index):  # verified, in memory or on disk
+                    break
+                await download.wait_change()
+            return download.holds(index)
         log.info("layer %s: chunk %d still not here after %gs", entry.digest, index, LANDING_WAIT)
         return entry.has_chunk(index)
 

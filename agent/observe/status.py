@@ -77,6 +77,7 @@ class SwarmStatus:
             "chunks_served": self.p2p.chunks_served,
             "waited_for_landing": self.p2p.waited_for_landing,  # cut-through: asked early
             "landing_wait_ms": self.p2p.landing_wait_ms,
+            "relayed": self.p2p.relayed,  # of those, sent on as they landed
             "refused": self.p2p.refused,
             "server": self.server.statistics() if self.server else None,
             "tracker": self.tracker.statistics() if self.tracker else None,

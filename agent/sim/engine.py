@@ -132,7 +132,8 @@ class Simulation(RootSide):
         self.hold_version: dict[tuple[int, int], int] = {}
         # (node, layer, chunk): on its way to the node, in its last bytes (the planner said
         # `finishing`, so the root counts the node as a holder), and the transfers from there
-        # that wait for it to land, as the node's P2P port holds their requests.
+        # whose bytes are in and whose end waits for it to land (the node's P2P port relays
+        # the bytes in so far and the rest once the chunk is verified there).
         self.landing: set[tuple[int, int, int]] = set()
         self.parked: dict[tuple[int, int, int], list[_Flow]] = {}
         # (node, layer, chunk): verified, not stored yet: servable from the node's memory.
@@ -364,12 +365,19 @@ class Simulation(RootSide):
             self.start_layers(node, now)
 
     def landed(self, node: int, layer: int, chunk: int, now: float) -> None:
-        """The chunk is stored at `node`, or (not held) nothing brings it any more: the
-        transfers waiting for it there start, or find it missing."""
+        """The chunk is verified at `node`, or (not held) nothing brings it any more: the
+        transfers relaying it from there end, or are cut."""
         key = (node, layer, chunk)
         self.landing.discard(key)
         for flow in self.parked.pop(key, ()):
-            self.start(flow, now)
+            if self.flows.get((flow.dst, flow.layer, flow.chunk, flow.src)) is not flow:
+                continue  # cancelled meanwhile
+            if self.held[node][layer][chunk] or key in self.verified:
+                self.finish(flow, now)
+                continue
+            del self.flows[(flow.dst, flow.layer, flow.chunk, flow.src)]
+            failed = self.planners[flow.dst][flow.layer].failed(flow.chunk, self.ids[node], now)
+            self.agent_does(flow.dst, flow.layer, failed, now)
 
     def make_room(self, node: int, layer: int, now: float) -> None:
         """The node's readers consume in order; its cache lets the oldest consumed chunks go
@@ -418,16 +426,12 @@ class Simulation(RootSide):
         serves = (
             flow.src != self.origin and flow.src != self.root_of[flow.layer] + self.config.nodes
         )
-        landing = (flow.src, flow.layer, flow.chunk)
-        # Not stored there yet, nor verified in the download's memory (served from there):
+        # Not stored there, verified in the download's memory, nor landing (relayed: `finish`):
         if (
             serves
-            and not self.held[flow.src][flow.layer][flow.chunk]
-            and landing not in self.verified
+            and not self._servable(flow)
+            and (flow.src, flow.layer, flow.chunk) not in self.landing
         ):
-            if landing in self.landing:  # its P2P port holds the request until it lands
-                self.parked.setdefault(landing, []).append(flow)
-                return
             del self.flows[(flow.dst, flow.layer, flow.chunk, flow.src)]  # let go there: 404
             planner = self.planners[flow.dst][flow.layer]
             missing = planner.missing(flow.chunk, self.ids[flow.src], now)
@@ -450,6 +454,8 @@ class Simulation(RootSide):
 
     def stop(self, flow: _Flow, now: float) -> None:
         """Take a flow off its links and count the bytes it moved."""
+        if flow.relayed:
+            return  # off its links and counted when its bytes were in
         if flow.running:
             flow.remaining = max(0.0, flow.left(now))
             flow.running = False
@@ -494,7 +500,21 @@ class Simulation(RootSide):
         for f, rate in fair_rates(self.running, self.up_cap, self.down_cap).items():
             self.set_rate(f, max(rate, 1e-9), now)
 
+    def _servable(self, flow: _Flow) -> bool:
+        """The flow's source holds its chunk: stored, or verified in memory."""
+        key = (flow.src, flow.layer, flow.chunk)
+        return bool(self.held[flow.src][flow.layer][flow.chunk]) or key in self.verified
+
     def finish(self, flow: _Flow, now: float) -> None:
+        serves = (
+            flow.src != self.origin and flow.src != self.root_of[flow.layer] + self.config.nodes
+        )
+        if serves and not flow.relayed and not self._servable(flow):
+            flow.remaining = 0.0  # relayed ahead of its source's copy: the end waits for it
+            self.stop(flow, now)
+            flow.relayed = True
+            self.parked.setdefault((flow.src, flow.layer, flow.chunk), []).append(flow)
+            return
         del self.flows[(flow.dst, flow.layer, flow.chunk, flow.src)]
         flow.remaining = 0.0
         self.stop(flow, now)

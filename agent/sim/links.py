@@ -26,6 +26,7 @@ class Flow:
         "due",
         "tail_due",
         "tail_version",
+        "relayed",
     )
 
     def __init__(self, src: int, dst: int, layer: int, chunk: int, size: int) -> None:
@@ -46,6 +47,7 @@ class Flow:
         self.due = math.inf
         self.tail_due = math.inf
         self.tail_version = 0
+        self.relayed = False  # its bytes are in; its end waits for its source's copy
 
     def left(self, now: float) -> float:
         """Bytes still to come at `now`."""

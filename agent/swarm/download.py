@@ -130,10 +130,11 @@ class LayerSink(Protocol):
 
     def verify_time(self, seconds: float) -> None: ...
 
-    def landing(self, index: int, coming: bool) -> None:
+    def landing(self, index: int, coming: bool, prefix: memoryview | None = None) -> None:
         """Chunk `index` is in its last bytes here and the root counts this node as its holder
-        (`coming`), or no longer on its way (it landed, or its transfers failed): the P2P
-        port holds peers' requests for it meanwhile."""
+        (`coming`; `prefix`: its bytes in so far, in the buffer that will hold it whole), or
+        no longer on its way (it landed, or its transfers failed): the P2P port relays the
+        prefix to peers that ask meanwhile, and the rest once the chunk is verified."""
 
 
 # An event for the loop: a planner method with its arguments bound, waiting only for `now`.
@@ -367,7 +368,7 @@ class SwarmDownload:
             if (length - filled) * elapsed <= lead:
                 told = True
                 self._landing.add(index)
-                sink.landing(index, True)
+                sink.landing(index, True, memoryview(buffer)[:filled])
                 await self._send.send(partial(planner.finishing, index, source))
                 return length
             return max(filled + 1, length - int(lead / elapsed))

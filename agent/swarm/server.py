@@ -2,11 +2,13 @@
 plans for agents and preheat requests (`pollen preheat`).
 
 Every request must carry a valid signature of the cluster token (`agent.swarm.signing.verify`);
-anything else gets 401 and no data. A chunk is served only if this node holds it: one in its
+anything else gets 401 and no data. A chunk is served only if this node holds it, or is in its
 last bytes here (the root counts this node as its holder from its `finishing` report:
-cut-through) is waited for until it lands; one still being downloaded otherwise is 404, and the
-asker goes elsewhere. It is served from the download's memory when it just arrived (the root
-sends peers to a new holder at once), else from the cache file, with
+cut-through): then the bytes in so far go at once, and the rest once the chunk is verified (the
+response is cut if it is not: the asker never completes a chunk this node did not verify); one
+still being downloaded otherwise is 404, and the asker goes elsewhere. It is served from the
+download's memory when it just arrived (the root sends peers to a new holder at once), else
+from the cache file, with
 sendfile (the receiver checks it against the root's sha256, so no byte needs to pass through
 Python here) or, in an O_DIRECT cache, read into a recycled buffer and checked on the way.
 """
@@ -48,6 +50,8 @@ PreheatHandler = Callable[[str, PreheatTarget, bytes | None], Awaitable[PreheatR
 HotChunk = Callable[[CacheEntry, int], bytearray | memoryview | None]
 # Whether a chunk is in the cache, once it landed if it is in its last bytes here.
 WaitLanded = Callable[[CacheEntry, int], Awaitable[bool]]
+# The bytes in so far of a chunk in its last bytes here, or None.
+Arriving = Callable[[CacheEntry, int], memoryview | None]
 
 
 class P2PService:
@@ -61,6 +65,7 @@ class P2PService:
         observer: Observer = NULL_OBSERVER,
         hot_chunk: HotChunk | None = None,
         wait_landed: WaitLanded | None = None,
+        arriving: Arriving | None = None,
     ) -> None:
         self._token = token
         self._cache = cache
@@ -68,6 +73,7 @@ class P2PService:
         self._preheat = preheat_handler
         self._hot_chunk = hot_chunk
         self._wait_landed = wait_landed
+        self._arriving = arriving
         self._observer = observer  # rpc:stat / rpc:pread (audit log, metrics)
         self.refused = 0
         self._replays = ReplayGuard()  # plan requests change the root: each answered once
@@ -75,6 +81,7 @@ class P2PService:
         self.served_from_memory = 0
         self.waited_for_landing = 0  # requests for a chunk in its last bytes, served once landed
         self.landing_wait_ms = 0  # their waits, in all
+        self.relayed = 0  # chunks sent on as they landed (a prefix first)
 
     async def handle(self, request: Request) -> Response:
         try:
@@ -117,6 +124,13 @@ class P2PService:
         op = RPC_STAT if method == "HEAD" else RPC_PREAD
         path = target.target().partition("?")[0]
         entry = self._cache.peek(target.digest)
+        prefix = None
+        if entry is not None and not entry.has_chunk(target.index) and self._arriving is not None:
+            prefix = self._arriving(entry, target.index)
+        if entry is not None and prefix is not None and method == "GET":
+            headers = self._chunk_headers(entry, target.index)
+            body = self._relay(entry, target.index, prefix, path)
+            return Response(status=200, headers=headers, body=body)
         waiting = time.perf_counter()
         landed = (
             entry is not None
@@ -131,16 +145,48 @@ class P2PService:
             self._observer.served(op, path, 0, NOT_HELD, 0.0)
             return plain_error(404, f"chunk {target.index} of {target.digest} is not here")
         length = entry.layout.length(target.index)
-        headers = [
-            (b"content-type", b"application/octet-stream"),
-            (b"content-length", str(length).encode()),
-            (b"x-pollen-layer-size", str(entry.size).encode()),
-        ]
+        headers = self._chunk_headers(entry, target.index)
         if method == "HEAD":  # rpc:stat: the chunk's length
             self._observer.served(op, path, entry.layout.offset(target.index), length, 0.0)
             return Response(status=200, headers=headers)
         body = self._send_chunk(entry, target.index, path)
         return Response(status=200, headers=headers, body=body)
+
+    @staticmethod
+    def _chunk_headers(entry: CacheEntry, index: int) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"content-type", b"application/octet-stream"),
+            (b"content-length", str(entry.layout.length(index)).encode()),
+            (b"x-pollen-layer-size", str(entry.size).encode()),
+        ]
+
+    async def _relay(
+        self, entry: CacheEntry, index: int, prefix: memoryview, path: str
+    ) -> AsyncIterator[memoryview]:
+        """A chunk in its last bytes here: the bytes in so far at once, the rest once the
+        chunk is verified, from the very buffer the prefix came from (else the response is
+        cut: a prefix from a copy that lost to another, or failed its check, must not be
+        completed with other bytes; the asker sees a failed transfer, not bad data)."""
+        started = time.perf_counter()
+        sent = False
+        self._cache.pin(entry)
+        try:
+            yield prefix
+            waiting = time.perf_counter()
+            landed = self._wait_landed is not None and await self._wait_landed(entry, index)
+            hot = self._hot_chunk(entry, index) if self._hot_chunk is not None else None
+            if not landed or hot is None or memoryview(hot).obj is not prefix.obj:
+                raise ConnectionAbortedError(f"chunk {index} of {entry.digest} did not land")
+            self.landing_wait_ms += round((time.perf_counter() - waiting) * 1000)
+            self.relayed += 1
+            yield memoryview(hot)[len(prefix) :]
+            self.chunks_served += 1
+            sent = True
+        finally:
+            self._cache.unpin(entry)
+            seconds = time.perf_counter() - started
+            length = entry.layout.length(index) if sent else -1
+            self._observer.served(RPC_PREAD, path, entry.layout.offset(index), length, seconds)
 
     async def _send_chunk(
         self, entry: CacheEntry, index: int, path: str

@@ -201,6 +201,7 @@ async def test_the_swarm_part_on_a_node_with_roots() -> None:
         "chunks_served": 7,
         "waited_for_landing": 5,
         "landing_wait_ms": 60,
+        "relayed": 0,
         "refused": 1,
         "server": None,
         "tracker": None,
