@@ -34,8 +34,8 @@ from agent.swarm.download import SwarmContext
 
 log = logging.getLogger(__name__)
 
-# s a peer's request for a chunk in its last bytes here waits for it (then 404: it asks
-# elsewhere); a chunk's last bytes take about three plan round trips, then a hash and a write.
+# Seconds a peer's request for a chunk in its last bytes here waits for it when there is no
+# prefix to relay (then 404: it asks elsewhere); the last bytes take a few plan round trips.
 LANDING_WAIT = 5.0
 
 
