@@ -358,7 +358,6 @@ class Simulation(RootSide):
         planner = self.planners[node][layer]
         self.verified.discard((node, layer, chunk))
         self.agent_does(node, layer, planner.stored(chunk, source, now), now)
-        self.landed(node, layer, chunk, now)
         if self.layers[layer].window is not None:
             self.make_room(node, layer, now)
         if self.layer_complete(node, layer):

@@ -36,9 +36,9 @@ the `finishing` one.
   bytes need less than `finish_lead` (three report round trips, measured) at the rate so far;
   its slot frees then and the root hears it at once, so the next transfer is under way as
   this one ends. For the root the transfer is done then: it sends peers here at once (the P2P
-  port holds their requests until the chunk lands), and no `done` follows it. The chunk is
-  *vouched* for until it is stored; a transfer that fails after its `finishing` is reported
-  `failed`, which takes the holding back at the root.
+  port relays the chunk: the bytes in so far, the rest once verified), and no `done` follows
+  it. The chunk is *vouched* for until it is stored; a transfer that fails after its
+  `finishing` is reported `failed`, which takes the holding back at the root.
 - A chunk whose sha256 does not match the root's table is reported as bad data (the root bans
   that source for the layer); a transfer that failed otherwise is reported as failed.
 - The first copy of a chunk to arrive wins; its other transfers (endgame) are cancelled.

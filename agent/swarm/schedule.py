@@ -53,10 +53,10 @@ and the root's link, the narrowest point, busy with first copies only.
   whose copies from the root lag or run that slow gets no first copy that another node waits
   for, and its transfers count neither in the usual duration nor in their source's pace: one
   straggler held the root's only slot, and every node's window, for a whole slow chunk.
-- **Pipelining, cut-through.** A transfer `finishing` (its last bytes, a few plan round trips
-  before the end) counts as completed: both links take their next transfer as it ends, and
-  its receiver holds the chunk (its P2P port holds requests for it until the bytes land), so
-  the chunk's next hop starts then too. No `done` follows; a `failed` takes it back.
+- **Pipelining, cut-through.** A transfer `finishing` (its last bytes) counts as completed:
+  both links take their next transfer as it ends, and its receiver holds the chunk (its P2P
+  port relays it: the bytes in so far, the rest once verified), so the chunk's next hop starts
+  then too. No `done` follows; a `failed` takes it back.
 - **Late transfers, endgame.** A transfer from a peer that has run LATE times the usual
   duration (once the node lacks at most `endgame` chunks: the usual duration) may get a second
   source, an idle peer, if the node has demand to spare; the first to complete wins and the

@@ -981,25 +981,27 @@ class ScheduleMachine(RuleBasedStateMachine):
                 self.banned.add(source)
             self.act(self.s.failed(node, chunk, source, bad_data=bad, now=self.now))
 
+    def fail_one(self, pick: int, bad: bool) -> Assignment | None:
+        """A transfer in flight fails (`bad`: its bytes did not match); which one, or None."""
+        flights = self.s.in_flight()
+        if not flights:
+            return None
+        a = flights[pick % len(flights)]
+        if bad and a.source != ROOT:
+            self.banned.add(a.source)
+        self.act(self.s.failed(a.node, a.chunk, a.source, bad_data=bad, now=self.now))
+        return a
+
     @rule(pick=st.integers(0, 50), bad=st.booleans())
     def fail(self, pick: int, bad: bool) -> None:
-        flights = self.s.in_flight()
-        if flights:
-            a = flights[pick % len(flights)]
-            if bad and a.source != ROOT:
-                self.banned.add(a.source)
-            self.act(self.s.failed(a.node, a.chunk, a.source, bad_data=bad, now=self.now))
+        self.fail_one(pick, bad)
 
     @rule(pick=st.integers(0, 50), bad=st.booleans())
     def failure_overtakes_its_finishing(self, pick: int, bad: bool) -> None:
         """A transfer fails in its last bytes and its `failed` reaches the root before its
         `finishing` (two requests in flight; an older agent): its node lacks the chunk."""
-        flights = self.s.in_flight()
-        if flights:
-            a = flights[pick % len(flights)]
-            if bad and a.source != ROOT:
-                self.banned.add(a.source)
-            self.act(self.s.failed(a.node, a.chunk, a.source, bad_data=bad, now=self.now))
+        a = self.fail_one(pick, bad)
+        if a is not None:
             if not self.s.flying(a.node, a.chunk, a.source):  # (else: the new one's, for all
                 # the root can tell; agents hold a `failed` back until its `finishing` is in)
                 self.act(self.s.finishing(a.node, a.chunk, a.source, now=self.now))
