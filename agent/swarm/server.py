@@ -81,6 +81,7 @@ class P2PService:
         self.served_from_memory = 0
         self.waited_for_landing = 0  # requests for a chunk in its last bytes, served once landed
         self.landing_wait_ms = 0  # their waits, in all
+        self.waiting_for_landing = 0  # such requests waiting now
         self.relayed = 0  # chunks sent on as they landed (a prefix first)
 
     async def handle(self, request: Request) -> Response:
@@ -131,13 +132,13 @@ class P2PService:
             headers = self._chunk_headers(entry, target.index)
             body = self._relay(entry, target.index, prefix, path)
             return Response(status=200, headers=headers, body=body)
-        waiting = time.perf_counter()
-        landed = (
-            entry is not None
-            and not entry.has_chunk(target.index)
-            and self._wait_landed is not None
-            and await self._wait_landed(entry, target.index)
-        )
+        waiting, landed = time.perf_counter(), False
+        if entry is not None and not entry.has_chunk(target.index) and self._wait_landed:
+            self.waiting_for_landing += 1
+            try:
+                landed = await self._wait_landed(entry, target.index)
+            finally:
+                self.waiting_for_landing -= 1
         if landed:
             self.waited_for_landing += 1
             self.landing_wait_ms += round((time.perf_counter() - waiting) * 1000)

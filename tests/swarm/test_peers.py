@@ -26,6 +26,7 @@ import agent.swarm.tracker as tracker_module
 from agent.cache.store import CacheEntry
 from agent.core.config import Config
 from agent.fetch.download import LayerDownload
+from agent.fetch.fetcher import LANDING_WAIT
 from agent.fetch.model import LayerCorrupt
 from agent.fetch.readers import BlobSource
 from agent.http.client import HttpClient
@@ -822,18 +823,19 @@ async def test_a_request_for_a_chunk_in_its_last_bytes_is_held_until_it_lands(
             assert peer.swarm is not None
             buffer = bytearray(CHUNK)
 
-            async def resume_soon() -> None:
-                await trio.sleep(0.3)  # the request below is waiting by then
+            async def resume_once_held() -> None:
+                while not agent.service.waiting_for_landing:  # the request below, held
+                    await trio.sleep(0.01)
                 assert agent.service.waited_for_landing == 0
                 blob.resume.set()
 
-            nursery.start_soon(resume_soon)
+            nursery.start_soon(resume_once_held)
             await peer.swarm.client.fetch_chunk(
                 agent.node, blob.digest, 3, CHUNK, into=memoryview(buffer)
             )
             assert bytes(buffer) == chunk_of(blob, 3)
             assert agent.service.waited_for_landing == 1
-            assert agent.service.landing_wait_ms >= 250  # held from before the resume
+            assert agent.service.waiting_for_landing == 0
         assert pulled == [blob.data]
 
 
@@ -849,15 +851,17 @@ async def test_a_chunk_that_stops_coming_is_not_found(swarm: Swarm, registry: Fa
             download = await landing_chunk_3(agent, blob)
             assert peer.swarm is not None
 
-            async def give_up_soon() -> None:
-                await trio.sleep(0.3)
+            async def give_up_once_held() -> None:
+                while not agent.service.waiting_for_landing:  # the request below, held
+                    await trio.sleep(0.01)
                 download.landing(3, False)
 
-            nursery.start_soon(give_up_soon)
+            nursery.start_soon(give_up_once_held)
             started = trio.current_time()
             with pytest.raises(PeerError, match="404"):
                 await peer.swarm.client.fetch_chunk(
                     agent.node, blob.digest, 3, CHUNK, into=memoryview(bytearray(CHUNK))
                 )
-            assert 0.25 < trio.current_time() - started < 3  # held, then let go at once
+            assert trio.current_time() - started < LANDING_WAIT  # let go at once, not timed out
+            assert agent.service.waited_for_landing == 0 and not agent.service.waiting_for_landing
             blob.resume.set()
