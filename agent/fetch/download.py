@@ -42,7 +42,7 @@ from agent.fetch.model import (
     LayerRef,
 )
 from agent.fetch.rangefetch import discard, resumed_skip
-from agent.fetch.window import SLOT_RECHECK, Readers, ring_slots, slot_holder
+from agent.fetch.window import SLOT_RECHECK, Readers, admission, slot_holder
 from agent.http.client import ClientResponse, HttpClientError
 from agent.http.groups import first_failure
 from agent.observe.auditline import failure_size, url_pathname
@@ -67,17 +67,18 @@ class LayerDownload:
         cacheable: bool = True,
         swarm: SwarmContext | None = None,
         ring: bool = False,
+        unsized: Callable[[], int] = lambda: 0,
     ) -> None:
         self.ref, self.digest, self.upstream, self.repo = ref, ref.digest, ref.upstream, ref.repo
         self._headers, self._expected_size = ref.headers, ref.size
         self._cache, self._registry = context.cache, context.registry
-        self._retries = context.retries
+        self._retries, self._unsized = context.retries, unsized  # (layers not sized yet)
         self._observer, self._slow_reader = context.observer, context.slow_reader
         self._cacheable, self._swarm = cacheable, swarm
         # A layer bigger than the cache passes through a ring of slots when it serves peers
         # (a swarm download, or a root's), else streams past the cache. A ring keeps the
         # chunks the swarm still needs from this node (`keep`: a root's tracker says).
-        self._ring = ring or swarm is not None
+        self.may_ring = ring or swarm is not None
         self.keep: Callable[[int], bool] = lambda index: False
         self.times = LayerTimes()  # where this download's time went (per-layer summary)
         self.had_reader = False  # a client read it: the client's summary line covers it
@@ -247,10 +248,12 @@ class LayerDownload:
             return
         self.layout = layout = ChunkLayout(size=size, chunk_size=self._cache.chunk_size)
         self.progress.size = size
-        slots = ring_slots(layout.count, layout.chunk_size, self._cache.room())
+        room, ring, unsized = self._cache.room(), self.may_ring, self._unsized()
+        whole, slots = admission(layout.count, layout.chunk_size, size, room, ring, unsized)
         if self._cacheable:
-            self.entry = self._cache.admit(str(self.digest), size)
-            if self.entry is None and self._ring and slots is not None:
+            if whole:
+                self.entry = self._cache.admit(str(self.digest), size)
+            if self.entry is None and slots is not None:
                 self.entry = self._cache.admit(str(self.digest), size, slots=slots)
         if self.entry is None:
             self.stream_mode = True

@@ -196,12 +196,28 @@ class LayerFetcher:
             # A ring already let chunks go and its chunk table does not cover them (see
             # `_late_reader`): this late reader gets a download of its own past the cache.
             cacheable = False
-        download = LayerDownload(ref, self._context, cacheable=cacheable, swarm=swarm, ring=ring)
+        download = LayerDownload(
+            ref,
+            self._context,
+            cacheable=cacheable,
+            swarm=swarm,
+            ring=ring,
+            unsized=lambda: self._unsized(download),
+        )
         if cacheable:
             self._inflight[key] = download
         assert self._nursery is not None, "LayerFetcher.run is not running"
         self._nursery.start_soon(self._run_download, download)
         return download
+
+    def _unsized(self, download: LayerDownload) -> int:
+        """The other downloads in flight that may take a ring and whose sizes are not known
+        yet: a layer admitted whole must leave them room (`agent.fetch.window.admission`)."""
+        return sum(
+            1
+            for other in self._inflight.values()
+            if other is not download and other.may_ring and not other.started.is_set()
+        )
 
     async def ensure(
         self, *, upstream: Upstream, repo: str, digest: Digest, headers: Headers

@@ -48,6 +48,23 @@ def ring_slots(count: int, chunk_size: int, room: int) -> int | None:
     return slots if slots >= RING_MIN else None
 
 
+def admission(
+    count: int, chunk_size: int, size: int, room: int, ring: bool, unsized: int
+) -> tuple[bool, int | None]:
+    """How to admit a layer of `size` bytes (`count` chunks) with `room` bytes free or
+    evictable: (try it whole, else the ring slots to try; None: no ring).
+
+    A layer that may pass through a ring (`ring`) is admitted whole only if that leaves a
+    minimal ring's room for each of the `unsized` other layers in flight whose sizes are not
+    known yet: else the order in which the sizes arrive decides, and a small layer that fills
+    the cache sends a big one of the same pull to the registry (stream mode) instead of
+    through a ring beside it."""
+    slots = ring_slots(count, chunk_size, room) if ring else None
+    if slots is None:
+        return True, None
+    return room - size >= unsized * RING_MIN * chunk_size, slots
+
+
 def slot_holder(entry: CacheEntry, index: int, unwritten: Iterable[int]) -> int | None:
     """The chunk (other than `index`) in, or being written to, the slot of chunk `index`."""
     assert entry.slots is not None

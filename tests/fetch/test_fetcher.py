@@ -255,6 +255,41 @@ async def test_a_reader_arriving_after_a_stream_started_gets_a_download_of_its_o
         assert blob.gets == [None, None]
 
 
+async def test_a_small_layer_sized_first_leaves_a_ring_for_a_big_one_of_the_same_pull(
+    registry: FakeRegistry, make_node: MakeNode
+) -> None:
+    """A root's cache of 32 chunks, an image of 32 and 96 chunks pulled at once, the small
+    layer's size known first while the big one's is not: the small layer takes a ring and
+    leaves the big one room for its own, so both stay cacheable for the swarm (admitted whole,
+    the small layer filled the cache and the big one went past it: 502 for a root)."""
+    with trio.fail_after(TIMEOUT):
+        node = await make_node(CACHE_CAPACITY=32 * CHUNK)
+        small = registry.add(layer(32 * CHUNK), pause_at=CHUNK)  # stays in flight (pinned)
+        big = registry.add(layer(96 * CHUNK), hold=trio.Event())
+        got: dict[str, object] = {}
+
+        async def ensure(blob: FakeBlob) -> None:
+            digest = parse_digest(blob.digest)
+            got[blob.digest] = await node.fetcher.ensure(
+                upstream=registry.upstream, repo=REPO, digest=digest, headers=[]
+            )
+
+        async with trio.open_nursery() as pulls:
+            pulls.start_soon(ensure, big)
+            await big.requested.wait()  # in flight, its size not known yet
+            pulls.start_soon(ensure, small)
+            await small.requested.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert small.digest in got, "the small layer was admitted"
+            assert big.hold is not None
+            big.hold.set()
+            await trio.testing.wait_all_tasks_blocked()
+            small.resume.set()
+        entries = {d: getattr(download, "entry", None) for d, download in got.items()}
+        assert entries[small.digest] is not None and entries[small.digest].slots == 16
+        assert entries[big.digest] is not None and entries[big.digest].slots == 16
+
+
 @pytest.mark.parametrize("honour_range", [True, False], ids=["206", "200-skip"])
 async def test_body_broken_midway_resumes_from_the_byte_reached(
     registry: FakeRegistry, make_node: MakeNode, honour_range: bool

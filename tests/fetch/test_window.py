@@ -8,7 +8,14 @@ import pytest
 
 from agent.cache.chunks import ChunkLayout
 from agent.cache.store import CacheEntry
-from agent.fetch.window import RING_MIN, ReaderDropped, Readers, ring_slots, slot_holder
+from agent.fetch.window import (
+    RING_MIN,
+    ReaderDropped,
+    Readers,
+    admission,
+    ring_slots,
+    slot_holder,
+)
 
 
 def test_a_ring_takes_half_the_room_at_least_its_minimum_and_never_too_few() -> None:
@@ -20,6 +27,18 @@ def test_a_ring_takes_half_the_room_at_least_its_minimum_and_never_too_few() -> 
     assert ring_slots(100, 4, room=4 * (RING_MIN - 1)) is None
     # What is left after the ring fits the rest of a 32 MiB cache's image.
     assert ring_slots(512, 256 << 10, room=32 << 20) == 64
+
+
+def test_a_layer_admitted_whole_leaves_a_ring_for_each_layer_not_sized_yet() -> None:
+    """32 chunks of room: a 32-chunk layer alone is admitted whole; with another layer of the
+    pull still to size it takes a ring of 16, leaving that layer 16 (a ring's minimum)."""
+    room = 32 * 4
+    assert admission(32, 4, 32 * 4, room, True, unsized=0) == (True, 16)
+    assert admission(32, 4, 32 * 4, room, True, unsized=1) == (False, 16)
+    assert admission(16, 4, 16 * 4, room, True, unsized=1) == (True, 16)  # leaves 16
+    assert admission(32, 4, 32 * 4, room, False, unsized=1) == (True, None)  # no ring: whole
+    # No ring possible (too little room): whole if it fits, whatever comes next.
+    assert admission(8, 4, 8 * 4, 4 * (RING_MIN - 1), True, unsized=1) == (True, None)
 
 
 def test_the_holder_of_a_slot_is_any_other_chunk_there_written_or_being_written() -> None:
