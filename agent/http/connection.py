@@ -53,6 +53,30 @@ def check_head(event: h11.Request, max_header_bytes: int) -> h11.Request:
 
 SEND_STEP = 1 << 20  # bytes handed to the kernel under one send deadline
 SMALL_BODY = 64 << 10  # a bytes body up to this size goes out with its head in one send
+SMALL_PIECE = 4 << 10  # h11 pieces up to this size are joined before they are sent
+
+
+Piece = bytes | bytearray | memoryview | FileRegion
+
+
+def coalesce(pieces: Iterator[Piece] | list[Piece]) -> list[Piece]:
+    """h11's pieces for one event with the small ones joined: with data passthrough h11 hands
+    a response head over line by line, and each line sent alone cost a write(2) and an
+    event-loop turn, eight per chunk served. Large pieces (a chunk's bytes, a file region)
+    pass as they are: joining them would copy them."""
+    out: list[Piece] = []
+    small: list[bytes | bytearray | memoryview] = []
+    for piece in pieces:
+        if isinstance(piece, FileRegion) or len(piece) > SMALL_PIECE:
+            if small:
+                out.append(b"".join(small))
+                small = []
+            out.append(piece)
+        elif piece:
+            small.append(piece)
+    if small:
+        out.append(b"".join(small))
+    return out
 
 
 class HttpConnection:
@@ -160,15 +184,15 @@ class HttpConnection:
     async def _send(self, event: h11.Event) -> None:
         # Passthrough keeps a multi-MiB Data payload as the caller's buffer instead of joining
         # it into a fresh bytes object: one copy less per chunk served.
-        pieces = self.h11.send_with_data_passthrough(event)
+        pieces = coalesce(self.h11.send_with_data_passthrough(event) or ())
         throttle = self.settings.throttle
         if throttle is not None and isinstance(event, h11.Data):
             await throttle(len(event.data))
         try:
-            for piece in pieces or ():
+            for piece in pieces:
                 if isinstance(piece, FileRegion):
                     await self._send_region(piece)
-                elif piece:
+                else:
                     await self._send_bytes(piece)
         except BaseException:
             self.h11.send_failed()

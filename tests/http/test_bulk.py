@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
 import trio.testing
@@ -93,30 +93,64 @@ async def test_a_raw_body_read_wakes_per_mib_and_still_gets_its_last_bytes() -> 
 async def test_a_small_answer_goes_out_with_its_head_in_one_send() -> None:
     """A plan reply or an error is a few hundred bytes: its head and body leave in one send
     (one system call, one event-loop turn), not two; a root answers thousands a second."""
-    left, right = trio.testing.memory_stream_pair()
-    sends: list[int] = []
-    send_all = left.send_all
-
-    async def counting(data: bytes | bytearray | memoryview) -> None:
-        sends.append(len(data))
-        await send_all(data)
-
-    left.send_all = counting  # type: ignore[method-assign]
 
     async def app(request: Request) -> Response:
         return bytes_response(200, b'{"plan": 1}', JSON)
 
+    received, sends = await _exchange_counting_sends(app, "/p2p/v1/plan", len(b'{"plan": 1}'))
+    assert received.startswith(b"HTTP/1.1 200") and received.endswith(b'{"plan": 1}')
+    assert len(sends) == 1, [len(s) for s in sends]
+
+
+async def test_a_streamed_answer_sends_its_head_in_one_piece() -> None:
+    """A chunk served to a peer or a client: its head (status and five headers) leaves in one
+    send and each body piece in one more; h11 hands a head over line by line, and sending the
+    lines one by one cost a system call and an event-loop turn each."""
+    piece = b"x" * (64 << 10)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield piece
+        yield piece
+
+    async def app(request: Request) -> Response:
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"content-length", str(2 * len(piece)).encode()),
+            (b"docker-content-digest", b"sha256:" + b"0" * 64),
+            (b"accept-ranges", b"bytes"),
+        ]
+        return Response(status=200, headers=headers, body=body())
+
+    received, sends = await _exchange_counting_sends(app, "/blob", 2 * len(piece))
+    head = received[: received.index(b"\r\n\r\n") + 4]
+    assert sends == [head, piece, piece], [len(s) for s in sends]
+
+
+async def _exchange_counting_sends(
+    app: Callable[[Request], Awaitable[Response]], target: str, body_length: int
+) -> tuple[bytes, list[bytes]]:
+    """One request to `app` through a real server connection over a memory stream: what the
+    client received (head and `body_length` bytes of body), and each send the server made."""
+    left, right = trio.testing.memory_stream_pair()
+    sends: list[bytes] = []
+    send_all = left.send_all
+
+    async def counting(data: bytes | bytearray | memoryview) -> None:
+        sends.append(bytes(data))
+        await send_all(data)
+
+    left.send_all = counting  # type: ignore[method-assign]
     server = HttpServer(app, ServerSettings(), name="t")
+    request = f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server._serve_connection, left, 1, trio.CancelScope(), True)
-        await right.send_all(b"GET /p2p/v1/plan HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await right.send_all(request.encode())
         received = b""
         with trio.fail_after(5):
-            while not received.endswith(b'{"plan": 1}'):
-                received += await right.receive_some(4096)
+            while len(received.partition(b"\r\n\r\n")[2]) < body_length:
+                received += await right.receive_some(1 << 20)
         nursery.cancel_scope.cancel()
-    assert received.startswith(b"HTTP/1.1 200")
-    assert len(sends) == 1, sends
+    return received, sends
 
 
 async def _read_raw(client: HttpClient, url: str, size: int) -> bytes:
