@@ -21,6 +21,7 @@ from agent.sim.model import (
     parse_image,
     parse_size,
 )
+from agent.swarm.protocol import MAX_DEPTH
 
 DEFAULTS: dict[str, Any] = {
     "nodes": 100,
@@ -100,6 +101,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="roots in tiers (parentRoots): node i's group root is root i mod K, and each root "
         "fetches a layer another root owns through that root's swarm (off; on with --reference)",
     )
+    parser.add_argument(
+        "--max-depth",
+        type=int,
+        default=MAX_DEPTH,
+        help=f"transfers a node keeps in flight at most (1: one at a time; {MAX_DEPTH})",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one JSON object (a list with -r)")
     parser.add_argument(
@@ -154,6 +161,7 @@ def build_config(args: argparse.Namespace, image: str | None = None) -> SwarmCon
         latency=args.rtt_ms / 1000,
         store_delay=args.store_ms / 1000,
         seed=args.seed,
+        max_depth=args.max_depth,
         node_cache_chunks=cache_chunks,
         time_limit=24 * 3600.0,
     )

@@ -293,6 +293,7 @@ class Simulation(RootSide):
             repo="sim/image",
             chunk_size=c.chunk_size,
             parallel=c.want,
+            max_depth=c.max_depth,
         )
 
     def layer_complete(self, node: int, layer: int) -> bool:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.swarm.pace import expected_transfer
-from agent.swarm.protocol import rendezvous_order
+from agent.swarm.protocol import MAX_DEPTH, rendezvous_order
 from agent.swarm.schedule import LayerSchedule
 
 KiB = 1 << 10
@@ -112,6 +112,7 @@ class SwarmConfig:
     # the owner's swarm, as one more node there; the owner alone goes to the origin.
     tiers: bool = False
     want: int = 2  # the planner's transfer slots: one, and a spare for a second source
+    max_depth: int = MAX_DEPTH  # transfers a node keeps in flight at most (LayerPlanner.depth)
     window: int = 8
     upload_slots: int = 1
     root_upload_slots: int = 1
@@ -141,6 +142,8 @@ class SwarmConfig:
             raise ValueError("an image needs at least one byte")
         if self.nodes < 1 or self.roots < 1 or self.chunk_size < 1:
             raise ValueError("nodes, roots and chunk_size must be >= 1")
+        if not 1 <= self.max_depth <= MAX_DEPTH:
+            raise ValueError(f"max_depth must be in 1..{MAX_DEPTH}")
         if self.stripe_chunks is not None and self.stripe_chunks < 1:
             raise ValueError("stripe_chunks must be >= 1")
         if self.owners and self.stripe_chunks is not None:

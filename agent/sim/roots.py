@@ -129,7 +129,13 @@ class RootSide:
         for chunk, source in request.finishing:
             deliver(layer_index, timed(layer, schedule.finishing, ident, chunk, source, now), now)
         actions = timed(
-            layer, schedule.request, ident, have=request.have, want=request.want, now=now
+            layer,
+            schedule.request,
+            ident,
+            have=request.have,
+            want=request.want,
+            now=now,
+            depth=request.depth,
         )
         deliver(layer_index, actions, now)
         if request.poll and request.want and not self.mailbox.get(key):

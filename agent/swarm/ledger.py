@@ -23,6 +23,7 @@ them in its inner loops without going through the ledger.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -86,6 +87,7 @@ class Peer:
         "failed",
         "lagging",
         "down_pace",
+        "depth",
     )
 
     def __init__(self, ident: int, name: str, chunk_count: int) -> None:
@@ -115,6 +117,7 @@ class Peer:
         self.failed: set[tuple[int, int]] = set()
         self.lagging = 0  # its downloads that lag (`Ledger.lag`): their sources moved on
         self.down_pace = -1.0  # moving average of its downloads' durations (-1: none yet)
+        self.depth = 1  # transfers it keeps in flight each way (its request's `depth`)
 
     def progress(self) -> dict[str, object]:
         """This node's counts, for status pages and tests."""
@@ -163,6 +166,7 @@ class Ledger:
         # Live, not banned peers holding each chunk; the root is never listed.
         self.holders: list[set[int]] = [set() for _ in range(chunk_count)]
         self.free: set[int] = set()  # live, not banned peers with a free upload slot
+        self.depths: Counter[int] = Counter({1: 0})  # live peers by depth
         # Every transfer in flight, in the order issued (expire walks it from the front).
         self.flights: dict[FlightKey, Assignment] = {}
         self.root_uploads = 0
@@ -178,6 +182,26 @@ class Ledger:
         self.banned: set[int] = set()  # every node banned for this layer, gone or not
         # chunk -> peers with open demand for which it is a candidate, in waiting order.
         self.waiting: dict[int, dict[int, None]] = {}
+
+    def slots(self, peer: Peer) -> int:
+        """Uploads `peer` may serve at once: its depth, where its link outruns a round trip."""
+        return max(self.upload_slots, peer.depth)
+
+    def set_depth(self, peer: Peer, depth: int) -> None:
+        """`peer` keeps `depth` transfers in flight each way from now on."""
+        self.depths[peer.depth] -= 1
+        self.depths[depth] += 1
+        peer.depth = depth
+        if not peer.banned and peer.ident in self.peers:
+            if peer.uploads < self.slots(peer):
+                self.free.add(peer.ident)
+            else:
+                self.free.discard(peer.ident)
+
+    @property
+    def deepest(self) -> int:
+        """The greatest depth a live peer asked for (the root's link is as far from them)."""
+        return max((d for d, n in self.depths.items() if n > 0), default=1)
 
     def check_chunk(self, chunk: int) -> None:
         if not 0 <= chunk < self.chunk_count:
@@ -197,6 +221,7 @@ class Ledger:
         peer = self.peers.get(ident)
         if peer is None:
             peer = self.peers[ident] = Peer(ident, node, self.chunk_count)
+            self.depths[1] += 1
             if ident in self.banned:
                 peer.banned = True  # leaving and coming back does not lift a ban
             else:
@@ -314,7 +339,7 @@ class Ledger:
             s = self.peers[src]
             s.uploads += 1
             s.outgoing.add(key)
-            if s.uploads >= self.upload_slots:
+            if s.uploads >= self.slots(s):
                 self.free.discard(src)
         batch.assigned.append(a)
         batch.dirty.add(peer.ident)
@@ -400,7 +425,7 @@ class Ledger:
             s = self.peers.get(src)
             if s is not None:
                 s.uploads -= 1
-                if not s.banned and s.uploads < self.upload_slots:
+                if not s.banned and s.uploads < self.slots(s):
                     self.free.add(src)
 
     # ----------------------------------------------------------------------------------------
@@ -444,6 +469,7 @@ class Ledger:
                     if not other.avoid:
                         self.avoiders -= 1
         del self.peers[ident]
+        self.depths[peer.depth] -= 1
         batch.dirty.discard(ident)
         batch.freed.discard(ident)
 

@@ -127,6 +127,23 @@ class Pace:
             for h in self._holders[chunk]
         )
 
+    def time_out(self, limit: float, now: float, batch: Batch) -> None:
+        """Cancel the transfers issued at `limit` or earlier (into `batch`): each node avoids
+        the source that timed out, and the chunk may come from another holder."""
+        ledger, peers = self._ledger, self._peers
+        while self._flights:
+            key, a = next(iter(self._flights.items()))
+            if a.issued > limit:
+                return
+            node, _, src = key
+            receiver = peers.get(node)
+            slow = receiver is not None and self.slow_receiver(receiver)
+            lagged = key in ledger.lagging or slow
+            batch.cancelled.append(ledger.release(key, batch))
+            self.cut(key, receiver, now - a.issued, lagged=lagged)
+            if src != ROOT and src in peers and node in peers:
+                ledger.avoid(peers[node], src)
+
     def lag_root_copies(self, now: float, root_slots: int, batch: Batch) -> None:
         """A copy from the root running LATE times the usual duration has a slow receiver:
         it stops holding the root's slot, and its chunk may go to another node too. At most

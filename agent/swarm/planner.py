@@ -24,11 +24,13 @@ Plan requests are of two kinds. The *standing* request (``poll``), at most one i
 asks for work; the root holds it until it has some, so new work reaches the agent at once.
 *Reports* (not ``poll``) go the moment a transfer ends, so the source's upload slot at the
 root frees without waiting for the standing request; a report may bring work too. Demand
-(``want``) is the free transfer slots: `parallel` (one transfer, plus a spare the root uses for
-a second source when a transfer runs late) less the transfers in flight. While a transfer runs,
-the standing request for the spare goes only once it is late (LATE times the usual duration,
-as the root judges) or in the endgame: reports carry demand too, and the next chunk comes with
-the `finishing` one.
+(``want``) is the free transfer slots: `depth` transfers plus a spare the root uses for a second
+source when one runs late (`parallel` - 1), less the transfers in flight. The depth is 1 unless
+a chunk crosses the link faster than a plan round trip (10 Gbit/s: 3.4 ms per 4 MiB): then as
+many as the round trips between one transfer and the next take (agent/swarm/depth.py). While a
+transfer runs, the standing request for the spare goes only once it is late (LATE times the
+usual duration, as the root judges) or in the endgame: reports carry demand too, and the next
+chunk comes with the `finishing` one.
 
 - A transfer's slot frees when its bytes arrived; a chunk is reported done only once it is
   stored (from then on the root sends peers to this node, which serves from its cache).
@@ -74,8 +76,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent.swarm.decisions import Decisions, Fallback, Pending, Transfer
+from agent.swarm.depth import PipelineDepth
 from agent.swarm.plan import Plan
-from agent.swarm.protocol import PlanTarget, clip_ranges
+from agent.swarm.protocol import MAX_DEPTH, PlanTarget, clip_ranges
 from agent.swarm.reports import Reports
 
 __all__ = ["FALLBACK_KINDS", "Decisions", "Fallback", "LayerPlanner", "Transfer"]
@@ -114,6 +117,7 @@ class LayerPlanner:
     repo: str
     chunk_size: int  # ours; a root with another one cannot serve us
     parallel: int = 2  # transfer slots: one, and a spare for a second source
+    max_depth: int = MAX_DEPTH  # transfers kept in flight at most (agent/swarm/depth.py)
     denied_means_fallback: bool = False
     expected_size: int | None = None  # the layer's size as the registry told this node
     size_deadline: float = SIZE_DEADLINE  # s for a root to learn the size, else fallback
@@ -152,6 +156,7 @@ class LayerPlanner:
     started_at: float | None = field(default=None, init=False)
     began: dict[tuple[int, str], float] = field(default_factory=dict, init=False)  # transfers
     usual: float | None = field(default=None, init=False)  # s, a transfer (moving average)
+    pipeline: PipelineDepth = field(init=False)  # transfers to keep in flight
     fresh: bool = field(default=True, init=False)  # the first request says: forget the past
 
     # -- queries ----------------------------------------------------------------------------
@@ -159,6 +164,14 @@ class LayerPlanner:
     @property
     def in_flight(self) -> int:
         return sum(len(sources) for sources in self.fetching.values())
+
+    def __post_init__(self) -> None:
+        self.pipeline = PipelineDepth(limit=self.max_depth)
+
+    @property
+    def depth(self) -> int:
+        """Transfers to keep in flight (agent/swarm/depth.py)."""
+        return self.pipeline.value
 
     @property
     def finish_lead(self) -> float:
@@ -255,6 +268,9 @@ class LayerPlanner:
             self.usual = (
                 took if self.usual is None else self.usual + USUAL_WEIGHT * (took - self.usual)
             )
+            size, whole = self.size or 0, self.chunk_size
+            part = min(whole, size - chunk * whole) / whole  # the last chunk is short
+            self.pipeline.ended(began, now, self.began.values(), self.rtt, self.window, part)
         if sha256 != self.hashes.get(chunk):
             self.reports.failure(chunk, source, bad_data=True)
         elif chunk in self.got or chunk in self.storing:
@@ -424,7 +440,7 @@ class LayerPlanner:
     def _want(self) -> int:
         if self.complete:
             return 0
-        slots = self.parallel - self.in_flight + len(self.tailing)  # a tail holds no slot
+        slots = self.depth + self.parallel - 1 - self.in_flight + len(self.tailing)  # (tails)
         if self.window is not None:  # room in the cache's window, counting what is on its way
             slots = min(slots, self.window - len(self.held) - self.in_flight - len(self.storing))
         return max(0, slots)
@@ -452,6 +468,7 @@ class LayerPlanner:
             missing=lost,
             finishing=ending,
             past=self.past,
+            depth=self.depth,
             poll=poll,
         )
 
@@ -483,7 +500,7 @@ class LayerPlanner:
         """When the standing request may go while transfers run: once one is late (None: now,
         there is a free slot beyond the spare, it is the endgame, or no duration is known)."""
         running = [t for t in self.began if t not in self.tailing]
-        if not running or self.in_flight - len(self.tailing) < self.parallel - 1:
+        if not running or self.in_flight - len(self.tailing) < self.depth + self.parallel - 2:
             return None
         left = (self.count or 0) - len(self.got) - len(self.storing)
         if self.usual is None or left <= ENDGAME:

@@ -70,6 +70,7 @@ TARGET_MAX = REQUEST_LINE_MAX - len("GET  HTTP/1.1\r\n") - 1
 MAX_CHUNKS = 1 << 20  # chunk indexes are below this (1 TiB of layer at 1 MiB chunks)
 MAX_CHUNK_SIZE = 1 << 30
 MAX_WANT = 256  # assignments one plan request may ask for
+MAX_DEPTH = 16  # transfers a node may ask to have in flight at once (`PlanTarget.depth`)
 MAX_NONCE = 1 << 63  # a plan request's nonce is below this
 MAX_REPORTS = 16  # done + failed entries in one plan request; more wait for the next ask
 MAX_HAVE_CHARS = 6000  # encoded `have`; the worst 2000-chunk holding needs 5928
@@ -326,6 +327,7 @@ class PlanTarget:
       from their end): the root may give both links their next transfer now (pipelining);
     - ``past``: chunks below this index the agent no longer wants (its cache keeps a window of
       the layer and its readers are beyond them);
+    - ``depth``: transfers the agent keeps in flight at once (1..MAX_DEPTH, `LayerPlanner.depth`);
     - ``fresh``: the first request of a new download of the layer on that node: whatever the
       root knew of the node for this layer (holdings, transfers, assignments) is from before
       (a restart, an earlier download that failed) and is forgotten;
@@ -347,6 +349,7 @@ class PlanTarget:
     missing: tuple[tuple[int, str], ...] = ()
     finishing: tuple[tuple[int, str], ...] = ()
     past: int = 0
+    depth: int = 1
     fresh: bool = False
     poll: bool = False
     nonce: int = 0
@@ -360,6 +363,8 @@ class PlanTarget:
         check_repo(self.repo)
         check_index(self.want, "want", MAX_WANT + 1)
         check_index(self.past, "past", MAX_CHUNKS + 1)
+        if not 1 <= check_index(self.depth, "depth", MAX_DEPTH + 1):
+            raise P2PProtocolError(f"depth {self.depth} out of range (1..{MAX_DEPTH})")
         if self.have is not None:
             if isinstance(self.have, (str, bytes)) or not isinstance(self.have, Iterable):
                 raise P2PProtocolError("have must be a set of chunk indexes")
@@ -399,8 +404,9 @@ class PlanTarget:
         ]
         if self.have is not None:
             params.append(f"have={encode_ranges(self.have)}")
-        if self.done:
-            params.append("done=" + ",".join(f"{c}@{quote_brackets(n)}" for c, n in self.done))
+        for name, pairs in (("done", self.done), ("missing", self.missing)):
+            if pairs:
+                params.append(f"{name}=" + ",".join(f"{c}@{quote_brackets(n)}" for c, n in pairs))
         if self.failed:
             params.append(
                 "failed="
@@ -408,16 +414,14 @@ class PlanTarget:
                     f"{c}{'!' if bad else ''}@{quote_brackets(n)}" for c, n, bad in self.failed
                 )
             )
-        if self.missing:
-            params.append(
-                "missing=" + ",".join(f"{c}@{quote_brackets(n)}" for c, n in self.missing)
-            )
         if self.finishing:
             params.append(
                 "finishing=" + ",".join(f"{c}@{quote_brackets(n)}" for c, n in self.finishing)
             )
         if self.past:
             params.append(f"past={self.past}")
+        if self.depth != 1:
+            params.append(f"depth={self.depth}")
         if self.fresh:
             params.append("fresh=1")
         if self.poll:
@@ -438,6 +442,7 @@ _PLAN_PARAMS = (
     "missing",
     "finishing",
     "past",
+    "depth",
     "fresh",
     "poll",
     "n",
@@ -534,6 +539,7 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
         missing=pairs("missing"),
         finishing=pairs("finishing"),
         past=parse_decimal(params.get("past", "0"), "past", MAX_CHUNKS + 1),
+        depth=parse_decimal(params.get("depth", "1"), "depth", MAX_DEPTH + 1),
         fresh=fresh_text == "1",
         poll=poll_text == "1",
         nonce=parse_decimal(params.get("n", "0"), "n", MAX_NONCE),

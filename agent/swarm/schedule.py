@@ -6,36 +6,35 @@ One `LayerSchedule` per layer lives on the root that owns the layer (the tracker
 fetches the layer from the origin in order and reports how far it got (`origin_progress`).
 Agents ask for work (`request`, the plan long-poll) and report the end of each transfer
 (`completed`, `failed`); the adapter reports agents that are gone (`leave`) and calls `expire`
-about every half second. Every event carries `now` (seconds, never decreasing) and returns
-`Actions`: the assignments it made, for any node, and the assignments it cancelled. The
-schedule never reads a clock and never sends anything.
+about every half second. Every event carries `now` (never decreasing) and returns `Actions`
+(assignments made, for any node, and cancelled). It never reads a clock nor sends anything.
 
 This module holds the rules (who may take what) and the matching that applies them after each
 event; the facts they read (holdings, transfers, free slots, bans) are the `Ledger`'s
 (agent/swarm/ledger.py), which keeps its indexes consistent and makes no decision.
 
 An agent's `request` states its *demand*: how many new transfers it could start now (its free
-download slots less the assignments it has not seen yet; it keeps 2: one, and a spare for a
-second source of a late download). Demand that cannot be met at once stays open for a later
-event (a chunk landing at the root, a slot freeing); the adapter holds the agent's long poll
-and hands it what was assigned meanwhile. The next `request` replaces the demand.
+download slots less the assignments it has not seen yet: `depth`, and a spare for a second
+source of a late download). Demand that cannot be met at once stays open for a later event (a
+chunk landing at the root, a slot freeing); the adapter holds the agent's long poll and hands
+it what was assigned meanwhile. The next `request` replaces the demand.
 
 The rules bring a swarm near the Kumar-Ross floor (docs/ARCHITECTURE.md, "The floor"). Transfers
 sharing a link each run slower, so every one of a chunk's log2(N) hops takes longer (the
-simulator, `pollen simulate`, confirms it): the schedule keeps *one transfer per link*,
-and the root's link, the narrowest point, busy with first copies only.
+simulator, `pollen simulate`, confirms it): the schedule keeps *one transfer per link* where a
+chunk outlasts a round trip, and the root's link, the narrowest point, busy with first copies.
 
-- **Window.** A node is given chunks in [first missing, first missing + window) only, lowest
-  first, so its client reads the layer in order while the swarm fills.
-- **One download at a time.** A node downloads one chunk at a time; demand beyond that is
-  only used for a second source of a *late* transfer (see Late).
-- **Slots.** A peer uploads at most `upload_slots` transfers at once, the root at most
-  `root_upload_slots`. Set them to how many downloaders a node can feed at full speed (its
-  upload rate / a peer's download rate): 1 on a uniform cluster. A transfer comes from the
-  least-loaded holder with a free slot, the fastest among equals (each peer's *pace* is the
-  moving average of its uploads' durations). When every holder is busy the node waits.
+- **Window.** A node is given chunks in [first missing, first missing + window) only (window
+  >= twice its depth), lowest first: its client reads the layer in order as the swarm fills.
+- **Depth, slots.** A node downloads `depth` chunks at a time (1 unless its link moves a chunk
+  faster than a few plan round trips, `LayerPlanner.depth`: at 10 Gbit/s a 4 MiB chunk lasts
+  3.4 ms); demand beyond that only brings a second source of a *late* transfer (see Late). A
+  peer uploads max(`upload_slots`, its depth) at once, the root max(`root_upload_slots`, the
+  greatest depth asked); `upload_slots`: how many downloaders a node feeds at full speed, 1 on
+  a uniform cluster. A transfer comes from the least-loaded holder with a free slot, the
+  fastest among equals (a peer's *pace*: its uploads' mean duration); else the node waits.
 - **Striping.** The root sends only chunks no live peer holds ("root-only"; also a chunk held
-  by slow peers only), one copy at a time, to a node downloading nothing else. A freed root
+  by slow peers only), one copy at a time, to a node with a download slot free. A freed root
   slot sends the lowest root-only chunk to a waiting node that is not slow and had the fewest
   from the root; a node that asks while the root is idle takes a root-only chunk first. So
   first copies land on different nodes, which serve them to the rest: the root's link carries
@@ -83,6 +82,7 @@ from itertools import islice
 
 from agent.swarm.ledger import NOTHING, ROOT, Actions, Assignment, Batch, FlightKey, Ledger, Peer
 from agent.swarm.pace import LATE, Pace
+from agent.swarm.protocol import MAX_DEPTH
 
 __all__ = ["NOTHING", "Actions", "Assignment", "LayerSchedule"]
 
@@ -168,15 +168,25 @@ class LayerSchedule:
         self._root_held[chunk] = 0
 
     def request(
-        self, node: str, *, have: Iterable[int] | None = None, want: int, now: float, past: int = 0
+        self,
+        node: str,
+        *,
+        have: Iterable[int] | None = None,
+        want: int,
+        now: float,
+        past: int = 0,
+        depth: int = 1,
     ) -> Actions:
         """`node` can start `want` new transfers (this replaces its open demand); `have`, if
         given, is every chunk it holds (it replaces what the schedule knew); chunks below
-        `past` it no longer wants (a cache window behind its readers)."""
+        `past` it no longer wants (a cache window behind its readers); it keeps `depth`
+        transfers in flight each way (see Depth)."""
         self._tick(now)
-        if want < 0:
-            raise ValueError(f"want must be >= 0, not {want}")
+        if want < 0 or not 1 <= depth <= MAX_DEPTH:
+            raise ValueError(f"want must be >= 0 and depth in 1..{MAX_DEPTH}: {want}, {depth}")
         peer = self._ledger.peer(node)
+        if depth != peer.depth:
+            self._ledger.set_depth(peer, depth)
         batch = Batch()
         if have is not None:
             self._ledger.replace_holdings(peer, have, batch)
@@ -290,28 +300,12 @@ class LayerSchedule:
     def expire(self, now: float) -> Actions:
         """The clock: call it about every half second.
 
-        Cancels the transfers issued `transfer_timeout` ago or earlier (returned as cancelled;
-        each node avoids the source that timed out, and the chunk becomes assignable from
-        another holder), and gives late transfers a second source where the node has demand to
-        spare."""
+        Cancels the transfers issued `transfer_timeout` ago or earlier (`Pace.time_out`), and
+        gives late transfers a second source where the node has demand to spare."""
         self._tick(now)
-        ledger = self._ledger
         batch = Batch()
-        limit = now - self.transfer_timeout
-        while self._flights:
-            key, a = next(iter(self._flights.items()))
-            if a.issued > limit:
-                break
-            node, _, src = key
-            receiver = self._peers.get(node)
-            lagged = key in ledger.lagging or (
-                receiver is not None and self._pace.slow_receiver(receiver)
-            )
-            batch.cancelled.append(ledger.release(key, batch))
-            self._pace.cut(key, receiver, now - a.issued, lagged=lagged)
-            if src != ROOT and src in self._peers and node in self._peers:
-                ledger.avoid(self._peers[node], src)
-        self._pace.lag_root_copies(now, self.root_upload_slots, batch)
+        self._pace.time_out(now - self.transfer_timeout, now, batch)
+        self._pace.lag_root_copies(now, self._root_slots(), batch)
         if self._pace.typical > 0:
             # Late transfers: their nodes, if they have demand to spare, may get a second source.
             limit = now - self._pace.typical
@@ -398,28 +392,28 @@ class LayerSchedule:
         inside its window; else those in flight to it that are late (for a second source)."""
         if peer.from_root:
             return []
-        if peer.incoming:
-            return sorted(c for c, src in peer.incoming.items() if self._late(peer, c, src, now))
-        held, out = peer.held, []
-        for c in range(peer.first, min(peer.first + self.window, self.chunk_count)):
-            if not held[c]:
-                out.append(c)
-        return out
+        incoming = peer.incoming
+        if len(incoming) >= peer.depth:
+            return sorted(c for c, src in incoming.items() if self._late(peer, c, src, now))
+        held, end = peer.held, min(peer.first + self._window(peer), self.chunk_count)
+        return [c for c in range(peer.first, end) if not held[c] and c not in incoming]
 
     def _may_take(self, peer: Peer, chunk: int, src: Peer, now: float) -> bool:
         """Whether `peer` may now fetch `chunk` from `src`, a peer holding it with a free slot
         (the window aside: the waiting lists reflect it)."""
         if peer.demand <= 0 or peer.held[chunk] or peer.from_root or chunk < peer.past:
             return False
-        if chunk >= peer.first + self.window:
+        if chunk >= peer.first + self._window(peer):
             return False
         if peer.avoid and src.ident in peer.avoid:
             return False
         if self._slow(src) and self._fast_holder(chunk, src.ident, peer.avoid):
             return False
-        if peer.incoming:
-            sources = peer.incoming.get(chunk)
-            if sources is None or src.uploads or src.ident in sources:
+        sources = peer.incoming.get(chunk)
+        if sources is None and len(peer.incoming) >= peer.depth:
+            return False  # its downloads are all busy
+        if sources is not None:
+            if src.uploads or src.ident in sources:
                 return False  # busy: only an idle second source for a late chunk
             return self._late(peer, chunk, sources, now)
         return True
@@ -432,11 +426,11 @@ class LayerSchedule:
         if not holders or peer.from_root:
             return None
         sources = peer.incoming.get(chunk)
-        if peer.incoming and sources is None:
-            return None  # one chunk at a time
+        if sources is None and len(peer.incoming) >= peer.depth:
+            return None  # its downloads are all busy
         avoid = peer.avoid
         typical = self._pace.typical
-        best, best_key, seen = None, (self.upload_slots, 0.0), 0
+        best, best_key, seen = None, (MAX_DEPTH + self.upload_slots, 0.0), 0
         peers = self._peers
         for h in holders & self._free:  # the intersection runs in C over the smaller set
             if (avoid and h in avoid) or (sources and h in sources):
@@ -463,11 +457,11 @@ class LayerSchedule:
         avoids every holder); `peer` downloads nothing else, and is not slow unless all are."""
         if (
             not self._root_held[chunk]
-            or self._ledger.root_uploads >= self.root_upload_slots
+            or self._ledger.root_uploads >= self._root_slots()
             or self._root_sending[chunk]
             or peer.demand <= 0
             or peer.held[chunk]
-            or peer.incoming
+            or len(peer.incoming) >= peer.depth
         ):
             return False
         if self._slow(peer) and any(not self._slow(p) for p in self._peers.values()):
@@ -482,6 +476,12 @@ class LayerSchedule:
             return True
         avoid = peer.avoid
         return bool(avoid) and all(h in avoid for h in holders)
+
+    def _window(self, peer: Peer) -> int:
+        return max(self.window, 2 * peer.depth)  # room for `depth` transfers, and as many next
+
+    def _root_slots(self) -> int:
+        return max(self.root_upload_slots, self._ledger.deepest)
 
     # ----------------------------------------------------------------------------------------
     # Matching
@@ -519,7 +519,7 @@ class LayerSchedule:
         while peer.demand > 0:
             candidates = self._candidates(peer, now)
             chosen = None
-            if not peer.incoming and self._ledger.root_uploads < self.root_upload_slots:
+            if len(peer.incoming) < peer.depth and self._ledger.root_uploads < self._root_slots():
                 for c in candidates:
                     if self._root_may_send(peer, c):
                         chosen = (c, ROOT)
@@ -544,7 +544,7 @@ class LayerSchedule:
             return
         ident, held, holders, peers = src.ident, src.held, self._holders, self._peers
         slow = self._slow(src)
-        while src.uploads < self.upload_slots:
+        while src.uploads < self._ledger.slots(src):
             best_key: tuple[int, int] | None = None
             best: tuple[Peer, int] | None = None
             for c, waiters in self._waiting.items():
@@ -574,7 +574,7 @@ class LayerSchedule:
         """The root's free slots: the lowest root-only chunk goes to the waiter for it that had
         the fewest chunks from the root (the first of them in waiting order)."""
         peers = self._peers
-        while self._ledger.root_uploads < self.root_upload_slots:
+        while self._ledger.root_uploads < self._root_slots():
             chosen: tuple[Peer, int] | None = None
             for c in sorted(self._waiting):
                 if not self._root_held[c] or self._root_sending[c]:

@@ -230,15 +230,7 @@ class Tracker:
         layer.seen[asker] = layer.last_asked
         if layer.schedule is None:
             return Plan(size=None, chunk_size=chunk_size, retry_after=0.2)
-        schedule = layer.schedule
-        now = trio.current_time()
-        self._take_reports(layer, asker, request, now)
-        asked = schedule.request(
-            asker, have=request.have, want=request.want, now=now, past=request.past
-        )
-        self._deliver(layer, asked)
-        if layer.download is not None:
-            layer.download.recheck()  # reports, `have` and `past` change what a ring must keep
+        self._take_request(layer, asker, request, trio.current_time())
         # The agent's standing request waits here until work appears for it; its reports
         # come in separate requests that are answered at once.
         if request.poll:
@@ -311,9 +303,9 @@ class Tracker:
                 layer.sealed = table_digest(table)  # type: ignore[arg-type]
         return layer.sealed
 
-    def _take_reports(self, layer: RootLayer, asker: str, request: PlanTarget, now: float) -> None:
+    def _take_request(self, layer: RootLayer, asker: str, request: PlanTarget, now: float) -> None:
         """Feed the agent's reports (a fresh start, transfers done, failed, missing, finishing)
-        to the layer's schedule, and deliver what the schedule decided."""
+        and then its demand to the layer's schedule, and deliver what the schedule decided."""
         schedule = layer.schedule
         assert schedule is not None
         if request.fresh:  # a new download there: what we knew of the node is from before
@@ -344,6 +336,17 @@ class Tracker:
             self._deliver(layer, schedule.missing(asker, chunk, source, now))
         for chunk, source in request.finishing:  # last bytes: both links take their next
             self._deliver(layer, schedule.finishing(asker, chunk, source, now))
+        asked = schedule.request(
+            asker,
+            have=request.have,
+            want=request.want,
+            now=now,
+            past=request.past,
+            depth=request.depth,
+        )
+        self._deliver(layer, asked)
+        if layer.download is not None:
+            layer.download.recheck()  # reports, `have` and `past` change what a ring must keep
 
     async def _start_layer(
         self, request: PlanTarget, upstream: Upstream, headers: list[tuple[bytes, bytes]]

@@ -114,6 +114,20 @@ def test_a_busy_root_core_slows_the_swarm() -> None:
     assert simulate(busy).p95 > 2 * simulate(free).p95
 
 
+def test_links_faster_than_a_round_trip_keep_several_transfers_in_flight() -> None:
+    """10 Gbit/s moves a 4 MiB chunk in 3.4 ms; a hop's round trip is 10 ms. One transfer at a
+    time per link (`max_depth=1`) left the links idle most of the time; the planners' depth
+    hides the round trips behind transfers in flight, and the origin still sends F once."""
+    link = 10_000 * Mbit
+    one = SwarmConfig(
+        nodes=30, layers=(256 * MiB,), chunk_size=4 * MiB, upload=link, download=link, origin=link
+    )
+    one = dataclasses.replace(one, latency=0.010, max_depth=1)
+    deep = simulate(dataclasses.replace(one, max_depth=16))
+    assert deep.p95 < simulate(one).p95 / 2
+    assert deep.origin_over_f == 1.0
+
+
 def test_a_slow_disk_or_a_busy_core_caps_a_nodes_rate() -> None:
     config = SwarmConfig(
         nodes=4, file_size=GiB, chunk_size=4 * MiB, upload=1e10, download=1e10, origin=1e10

@@ -7,6 +7,8 @@ that every index still says what the facts say.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -47,7 +49,9 @@ def consistent(led: Ledger) -> None:
         assert p.incoming == incoming
         assert p.from_root == sum(1 for node, _, src in downloads if node == ident and src == ROOT)
         assert p.lagging == sum(1 for key in led.lagging if key[0] == ident)
-    assert led.free == {i for i, p in live.items() if not p.banned and p.uploads < led.upload_slots}
+    assert led.free == {i for i, p in live.items() if not p.banned and p.uploads < led.slots(p)}
+    depths = Counter(p.depth for p in live.values())
+    assert {d: n for d, n in led.depths.items() if n} == depths
     assert led.root_uploads == sum(1 for key in uploads if key[2] == ROOT)
     assert led.root_lagging == sum(1 for key in led.lagging if key[2] == ROOT)
     sending = sorted(

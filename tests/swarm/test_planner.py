@@ -12,6 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from agent.swarm.depth import DEPTH_RTTS
 from agent.swarm.plan import Plan
 from agent.swarm.planner import (
     FLUSH_ATTEMPTS,
@@ -807,3 +808,39 @@ def test_every_pending_decision_reaches_the_driver() -> None:
     for f in dataclasses.fields(Pending):
         assert f.name in decided
         assert f"{f.name}=" in source, f"_settle does not pass {f.name}"
+
+
+# --------------------------------------------------------------------------------------------
+# Depth: where a chunk crosses the link faster than a plan round trip
+
+
+def _one_transfer(p: LayerPlanner, rtt: float, took: float) -> list[PlanTarget]:
+    """The standing request answered after `rtt` with chunk 0 from a peer, which arrives
+    `took` later and is stored: every request the planner sent on the way."""
+    request = only(p.start(0.0))
+    sent = list(reply_to(p, request, plan(assignments=((0, PEERS[0]),)), ROOT, rtt).requests)
+    sent += p.received(0, PEERS[0], sha(0), rtt + took).requests
+    sent += p.stored(0, PEERS[0], rtt + took + 0.001).requests
+    return sent
+
+
+def test_chunks_shorter_than_a_round_trip_deepen_the_pipeline_and_the_root_hears_it() -> None:
+    """A 4 ms transfer after a 20 ms round trip: the node keeps as many in flight as the round
+    trips take, asks for that many (and the spare) and tells the root its depth."""
+    p = planner(parallel=2)
+    sent = _one_transfer(p, rtt=0.020, took=0.004)
+    assert p.depth == 1 + int(DEPTH_RTTS * 0.020 / 0.004)
+    assert sent[-1].depth == p.depth and sent[-1].want == p.depth + 1
+
+
+def test_chunks_that_outlast_a_round_trip_keep_one_transfer_and_its_spare() -> None:
+    p = planner(parallel=2)
+    sent = _one_transfer(p, rtt=0.020, took=0.300)
+    assert p.depth == 1
+    assert all(r.depth == 1 for r in sent) and sent[-1].want == 2
+
+
+def test_the_depth_stops_at_the_planners_limit() -> None:
+    p = planner(parallel=2, max_depth=3)
+    _one_transfer(p, rtt=0.050, took=0.001)
+    assert p.depth == 3

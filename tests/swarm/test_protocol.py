@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from agent.swarm.protocol import (
     MAX_CHUNKS,
+    MAX_DEPTH,
     MAX_HAVE_CHARS,
     MAX_REPORTS,
     NODE_MAX,
@@ -79,6 +80,7 @@ def plan_targets(draw: st.DrawFn) -> PlanTarget:
         missing=tuple(draw(st.tuples(chunk_indexes, nodes)) for _ in range(n_missing)),
         finishing=tuple(draw(st.tuples(chunk_indexes, nodes)) for _ in range(n_finishing)),
         past=draw(st.integers(0, 5000)),
+        depth=draw(st.integers(1, MAX_DEPTH)),
         fresh=draw(st.booleans()),
         poll=draw(st.booleans()),
     )
@@ -407,6 +409,11 @@ def test_longest_plan_request_line_is_under_8_KiB() -> None:
         done=tuple((big, node) for _ in range(MAX_REPORTS // 2 - 1)),
         failed=tuple((big, node, True) for _ in range(MAX_REPORTS - MAX_REPORTS // 2)),
         missing=((big, node),),
+        past=big,
+        depth=MAX_DEPTH,
+        fresh=True,
+        poll=True,
+        nonce=10**16 - 1,  # the most digits a parser reads
     ).target()
 
     request_line = f"GET {target} HTTP/1.1\r\n"
@@ -501,11 +508,23 @@ def test_refused_targets(method: str, target: str, status: int, message: str) ->
         ({"failed": ((1, "10.0.0.1:1"),)}, "(chunk, source, bad)"),
         ({"failed": ((1, "10.0.0.1:1", 1),)}, "(chunk, source, bad)"),
         ({"done": tuple((i, "a:1") for i in range(17))}, "more than 16"),
+        ({"depth": 0}, "depth 0 out of range (1..16)"),
+        ({"depth": MAX_DEPTH + 1}, "out of range"),
     ],
 )
 def test_plan_target_validates_its_fields(fields: dict[str, object], message: str) -> None:
     with pytest.raises(P2PProtocolError, match=message.replace("(", r"\(").replace(")", r"\)")):
         plan(**fields)
+
+
+def test_a_depth_of_one_is_left_out_of_the_target_and_any_other_is_read_back() -> None:
+    """Depth 1 is what a request without it means: roots from before it read the same."""
+    assert "depth" not in plan(depth=1).target()
+    deep = plan(depth=9)
+    assert "&depth=9" in deep.target()
+    assert parse_target("GET", deep.target()) == deep
+    with pytest.raises(P2PProtocolError, match="depth"):
+        parse_target("GET", plan().target() + "&depth=0")
 
 
 def test_chunk_target_validates_its_fields() -> None:

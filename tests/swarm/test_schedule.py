@@ -313,6 +313,58 @@ def test_an_upload_running_long_marks_its_source_slow() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Depth: where a chunk crosses a link faster than a round trip, several at once
+
+
+def test_a_deep_node_downloads_its_depth_at_once_each_from_another_holder() -> None:
+    """A node that asks with depth 3 is given three chunks at once, from three holders; a node
+    of depth 1 one at a time (its demand beyond that only brings a second source)."""
+    s = schedule(6)
+    s.origin_progress(6, now=0)
+    for holder in ("h1", "h2", "h3", "h4"):
+        s.request(holder, have=range(6), want=0, now=0)
+    assert len(triples(s.request("one", want=2, now=0))) == 1
+    deep = triples(s.request("deep", want=4, now=0, depth=3))
+    assert len(deep) == 3
+    assert len({chunk for _, chunk, _ in deep}) == 3 and len({src for *_, src in deep}) == 3
+    assert s.progress()["nodes"]["deep"]["downloading"] == 3
+
+
+def test_a_deep_holder_uploads_its_depth_at_once_and_a_shallow_one_one() -> None:
+    s = schedule(4)
+    s.origin_progress(4, now=0)
+    s.request("deep", have=range(4), want=0, now=0, depth=2)
+    got = [triples(s.request(n, want=2, now=0)) for n in ("x", "y", "z")]
+    assert [len(g) for g in got] == [1, 1, 0], got  # the holder's two slots, then it is busy
+    assert uploading(s) == {"deep": 2}
+    s.request("deep", want=0, now=0.1, depth=1)  # it measured its link again: one at a time
+    s.completed("x", got[0][0][1], "deep", now=0.2)
+    # z gets the chunk from x, which holds it now, not from the holder above its new depth.
+    assert uploading(s) == {"deep": 1, "x": 1}
+
+
+def test_the_roots_link_sends_as_many_first_copies_as_the_deepest_node_keeps() -> None:
+    """The root's link is as far from the nodes as theirs are from each other: once a node
+    asks with depth 3 the root sends three first copies at once, not `root_upload_slots`."""
+    shallow = schedule(4)
+    shallow.origin_progress(4, now=0)
+    assert [len(triples(shallow.request(n, want=2, now=0))) for n in "xyz"] == [1, 0, 0]
+    s = schedule(4)
+    s.origin_progress(4, now=0)
+    assert len(triples(s.request("deep", want=4, now=0, depth=3))) == 1  # one from the root
+    assert [len(triples(s.request(n, want=2, now=0))) for n in "xyz"] == [1, 1, 0]
+    assert uploading(s) == {ROOT: 3}
+
+
+def test_a_depth_outside_the_protocols_range_is_refused() -> None:
+    s = schedule(4)
+    with pytest.raises(ValueError, match="depth"):
+        s.request("a", want=1, now=0, depth=0)
+    with pytest.raises(ValueError, match="depth"):
+        s.request("a", want=1, now=0, depth=17)
+
+
+# --------------------------------------------------------------------------------------------
 # Faults
 
 
@@ -899,6 +951,7 @@ class ScheduleMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.origin = 0
         self.held: dict[str, set[int]] = {}  # live nodes -> chunks they really hold
+        self.deepest: dict[str, int] = {}  # node -> the greatest depth it asked for
         self.banned: set[str] = set()
         self.at_root: set[int] = set()  # chunks really on the root's disk
 
@@ -939,13 +992,20 @@ class ScheduleMachine(RuleBasedStateMachine):
             self.at_root.add(c)
             self.act(self.s.root_stored(c, now=self.now))
 
-    @rule(node=st.sampled_from(NODES), want=st.integers(0, 3), tell=st.booleans())
-    def request(self, node: str, want: int, tell: bool) -> None:
+    @rule(
+        node=st.sampled_from(NODES),
+        want=st.integers(0, 3),
+        tell=st.booleans(),
+        depth=st.sampled_from([1, 1, 2, 3]),
+    )
+    def request(self, node: str, want: int, tell: bool, depth: int) -> None:
         if node not in self.held:
             self.held[node] = set()
             tell = True
         have = sorted(self.held[node]) if tell else None
-        self.act(self.s.request(node, have=have, want=want, now=self.now))
+        # A lower depth takes effect as transfers end: bound by the deepest it ever asked.
+        self.deepest[node] = max(self.deepest.get(node, 1), depth)
+        self.act(self.s.request(node, have=have, want=want, now=self.now, depth=depth))
 
     @rule(pick=st.integers(0, 50))
     def complete(self, pick: int) -> None:
@@ -1034,7 +1094,8 @@ class ScheduleMachine(RuleBasedStateMachine):
         consistent(ledger)
         # A lagging transfer holds its node's download slot only.
         lagging = {(ledger.names[n], c, ledger.names[src]) for n, c, src in ledger.lagging}
-        assert ledger.root_lagging <= self.root_slots
+        deepest = max(self.deepest.values(), default=1)
+        assert ledger.root_lagging <= max(self.root_slots, deepest)
         load: dict[str, int] = {}
         chunks_of: dict[str, set[int]] = {}
         sources_of: dict[tuple[str, int], list[str]] = {}
@@ -1046,13 +1107,16 @@ class ScheduleMachine(RuleBasedStateMachine):
             load[a.source] = load.get(a.source, 0) + 1
             assert a.source not in self.banned
         for source, n in load.items():
-            assert n <= (self.root_slots if source == ROOT else self.slots), (source, n)
+            if source == ROOT:
+                assert n <= max(self.root_slots, deepest), (source, n)
+            else:
+                assert n <= max(self.slots, self.deepest.get(source, 1)), (source, n)
         root_chunks = [
             a.chunk for a in flights if a.source == ROOT and (a.node, a.chunk, ROOT) not in lagging
         ]
         assert len(root_chunks) == len(set(root_chunks))  # one root copy of a chunk at a time
         for node, chunks in chunks_of.items():
-            assert len(chunks) == 1, (node, chunks)  # one chunk at a time
+            assert len(chunks) <= self.deepest[node], (node, chunks)  # `depth` at a time
         for key, sources in sources_of.items():
             assert len(sources) <= 2 and len(set(sources)) == len(sources), (key, sources)
         for node, held in self.held.items():
