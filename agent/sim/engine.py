@@ -388,7 +388,8 @@ class Simulation(RootSide):
         while consumed[layer] < count and got[consumed[layer]]:
             consumed[layer] += 1
         assert window is not None
-        excess = self.held_n[node][layer] + c.want - window
+        planner = self.planners[node][layer]
+        excess = self.held_n[node][layer] + planner.depth + c.want - 1 - window
         gone = []
         for chunk in range(consumed[layer]):
             if len(gone) >= excess:
@@ -397,7 +398,7 @@ class Simulation(RootSide):
                 held[chunk] = 0
                 gone.append(chunk)
         self.held_n[node][layer] -= len(gone)
-        decisions = self.planners[node][layer].released(gone, consumed[layer], now)
+        decisions = planner.released(gone, consumed[layer], now)
         self.agent_does(node, layer, decisions, now)
 
     def leave(self, node: int, now: float) -> None:

@@ -17,7 +17,9 @@ took `took` s beside others got its share of the link, `took` x its share of the
 transfers in flight took together (less the round trip before its first byte). A source that
 serves several at once stretches a transfer too, so the least of the recent samples is the
 link's. The request tells the root the depth (`PlanTarget.depth`); the root lets the node
-download and upload that many at once (agent/swarm/schedule.py, "Depth, slots").
+download that many at once, and upload that many once its uploads ran at the usual pace
+(agent/swarm/schedule.py, "Depth, slots"). A root from before depth refuses the parameter:
+the planner goes on at depth 1 with it.
 """
 
 from __future__ import annotations

@@ -88,6 +88,7 @@ class Peer:
         "lagging",
         "down_pace",
         "depth",
+        "proven",
     )
 
     def __init__(self, ident: int, name: str, chunk_count: int) -> None:
@@ -118,6 +119,7 @@ class Peer:
         self.lagging = 0  # its downloads that lag (`Ledger.lag`): their sources moved on
         self.down_pace = -1.0  # moving average of its downloads' durations (-1: none yet)
         self.depth = 1  # transfers it keeps in flight each way (its request's `depth`)
+        self.proven = False  # its uploads ran at the usual pace: it may serve `depth` at once
 
     def progress(self) -> dict[str, object]:
         """This node's counts, for status pages and tests."""
@@ -184,15 +186,21 @@ class Ledger:
         self.waiting: dict[int, dict[int, None]] = {}
 
     def slots(self, peer: Peer) -> int:
-        """Uploads `peer` may serve at once: its depth, where its link outruns a round trip."""
-        return max(self.upload_slots, peer.depth)
+        """Uploads `peer` may serve at once: its depth once its uploads proved to run at the
+        usual pace (its depth measures its download link; a slow upload link given that many
+        at once held every one of them up to the transfer timeout)."""
+        return max(self.upload_slots, peer.depth) if peer.proven else self.upload_slots
 
-    def set_depth(self, peer: Peer, depth: int) -> None:
-        """`peer` keeps `depth` transfers in flight each way from now on."""
+    def set_depth(self, peer: Peer, depth: int, proven: bool | None = None) -> None:
+        """`peer` keeps `depth` transfers in flight each way from now on (`proven`: its
+        uploads run at the usual pace, or not; None: as they were)."""
+        if self.peers.get(peer.ident) is not peer:
+            return  # gone (a stale object): its books closed with it
         self.depths[peer.depth] -= 1
         self.depths[depth] += 1
         peer.depth = depth
-        if not peer.banned and peer.ident in self.peers:
+        peer.proven = peer.proven if proven is None else proven
+        if not peer.banned:
             if peer.uploads < self.slots(peer):
                 self.free.add(peer.ident)
             else:

@@ -80,6 +80,9 @@ class Pace:
         peer = self._peers.get(source)
         if peer is not None:
             peer.pace = moving(peer.pace, took)
+            proven = not self.slow(peer)
+            if proven != peer.proven:
+                self._ledger.set_depth(peer, peer.depth, proven)
 
     def slow(self, peer: Peer) -> bool:
         """A peer whose uploads take LATE times the usual duration or longer (its pace, or an

@@ -101,6 +101,7 @@ USUAL_WEIGHT = 0.25  # of the newest transfer in the moving average of their dur
 # Why a node leaves the swarm for a layer; "cache": the layer does not fit this node's cache
 # (the driver's own cause, for metrics).
 FALLBACK_KINDS = ("no_root", "root_error", "credentials", "chunk_size", "size", "no_size", "cache")
+UNKNOWN_DEPTH = "unknown plan parameter 'depth'"  # a root from before `PlanTarget.depth`
 SIZE_DEADLINE = 30.0  # s: a root that cannot tell the layer's size by then is not helping
 
 
@@ -157,6 +158,7 @@ class LayerPlanner:
     began: dict[tuple[int, str], float] = field(default_factory=dict, init=False)  # transfers
     usual: float | None = field(default=None, init=False)  # s, a transfer (moving average)
     pipeline: PipelineDepth = field(init=False)  # transfers to keep in flight
+    told_want: int = field(default=0, init=False)  # the demand the root heard last
     fresh: bool = field(default=True, init=False)  # the first request says: forget the past
 
     # -- queries ----------------------------------------------------------------------------
@@ -242,6 +244,9 @@ class LayerPlanner:
     def unanswered(self, request: PlanTarget, root: str, reason: str, now: float) -> Decisions:
         """`root` did not answer `request` (unreachable, timed out, refused, a bad reply)."""
         pending = Pending(bench=root)
+        if request.depth > 1 and UNKNOWN_DEPTH in reason:  # a root from before depth
+            self.pipeline.limit = self.pipeline.value = 1  # one at a time, as it knows
+            pending = Pending()  # no fault of the root: ask it again
         self._request_ended(request)
         self.sent_at.pop(id(request), None)
         self.fresh = self.fresh or request.fresh  # the next root must hear it too
@@ -366,7 +371,10 @@ class LayerPlanner:
         self.past = max(self.past, past)  # the next request carries it
         self.tell_have = self.tell_have or bool(left)
         self._poll(pending, now)
-        if left and not self.polling and not pending.requests:
+        # The root holds our standing request with the demand it last heard: 0 when the window
+        # was full. Without a word now it would hear of the room only when the poll expires.
+        held_idle = self.polling and self.told_want == 0 and self._want() > 0
+        if (held_idle or left and not self.polling) and not pending.requests:
             self._report_holdings(pending)
         return self._settle(pending, now)
 
@@ -453,7 +461,7 @@ class LayerPlanner:
     def _request(self, *, poll: bool) -> PlanTarget:
         done, failed, lost, ending = self.reports.take()
         fresh, self.fresh = self.fresh, False
-        have = self._have()
+        have, self.told_want = self._have(), self._want()
         if have is not None:  # it cannot list chunks in their last bytes: the root drops them
             self.retell.update(c for c, _ in self.tailing)
         return PlanTarget(
@@ -461,7 +469,7 @@ class LayerPlanner:
             digest=self.digest,
             upstream=self.upstream,
             repo=self.repo,
-            want=self._want(),
+            want=self.told_want,
             have=have,
             done=done,
             failed=failed,

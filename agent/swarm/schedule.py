@@ -27,12 +27,12 @@ chunk outlasts a round trip, and the root's link, the narrowest point, busy with
 - **Window.** A node is given chunks in [first missing, first missing + window) only (window
   >= twice its depth), lowest first: its client reads the layer in order as the swarm fills.
 - **Depth, slots.** A node downloads `depth` chunks at a time (1 unless its link moves a chunk
-  faster than a few plan round trips, `LayerPlanner.depth`: at 10 Gbit/s a 4 MiB chunk lasts
+  faster than a few plan round trips, agent/swarm/depth.py: at 10 Gbit/s a 4 MiB chunk lasts
   3.4 ms); demand beyond that only brings a second source of a *late* transfer (see Late). A
-  peer uploads max(`upload_slots`, its depth) at once, the root max(`root_upload_slots`, the
-  greatest depth asked); `upload_slots`: how many downloaders a node feeds at full speed, 1 on
-  a uniform cluster. A transfer comes from the least-loaded holder with a free slot, the
-  fastest among equals (a peer's *pace*: its uploads' mean duration); else the node waits.
+  peer uploads `upload_slots` at once (1 on a uniform cluster), its depth once its uploads ran
+  at the usual pace; the root max(`root_upload_slots`, the greatest depth asked). A transfer
+  comes from the least-loaded holder with a free slot, the fastest among equals (a peer's
+  *pace*: its uploads' mean duration); else the node waits.
 - **Striping.** The root sends only chunks no live peer holds ("root-only"; also a chunk held
   by slow peers only), one copy at a time, to a node with a download slot free. A freed root
   slot sends the lowest root-only chunk to a waiting node that is not slow and had the fewest
@@ -40,33 +40,29 @@ chunk outlasts a round trip, and the root's link, the narrowest point, busy with
   first copies land on different nodes, which serve them to the rest: the root's link carries
   each chunk once.
 - **Spreading.** When a peer's slot frees, or it just finished a chunk, it serves a waiting
-  node that lacks the rarest chunk it holds (fewest holders, then lowest index; waiters in the
-  order they began waiting): fresh chunks spread by doubling while old chunks, which many hold,
-  are served by whoever is idle.
+  node that lacks the rarest chunk it holds (fewest holders, then lowest index; waiters in
+  order): fresh chunks spread by doubling, old ones (many hold them) come from whoever is idle.
 - **Slow sources.** A peer whose pace is LATE times the usual transfer duration or worse only
   serves chunks that no faster peer holds, and gets no first copies from the root while a
   faster node exists: a slow link loses its requests to faster holders.
-- **Slow receivers.** A copy from the root that has run LATE times the usual duration (before
-  one is measured: a chunk at 25 Mbit/s, agent/swarm/pace.py) *lags*: it goes on, but no
-  longer holds the root's slot, and its chunk may go from the root to another node. A node
-  whose copies from the root lag or run that slow gets no first copy that another node waits
-  for, and its transfers count neither in the usual duration nor in their source's pace: one
-  straggler held the root's only slot, and every node's window, for a whole slow chunk.
+- **Slow receivers.** A root copy running LATE times the usual duration (before one is known:
+  a chunk at 25 Mbit/s, agent/swarm/pace.py) *lags*: it goes on without the root's slot, and
+  its chunk may go to another node. A node whose root copies lag gets no first copy another
+  node waits for, and its transfers count in no duration nor pace (one straggler held the
+  root's only slot, and every node's window, for a whole slow chunk).
 - **Pipelining, cut-through.** A transfer `finishing` (its last bytes) counts as completed:
   both links take their next transfer as it ends, and its receiver holds the chunk (its P2P
   port relays it: the bytes in so far, the rest once verified), so the chunk's next hop starts
   then too. No `done` follows; a `failed` takes it back.
-- **Late transfers, endgame.** A transfer from a peer that has run LATE times the usual
-  duration (once the node lacks at most `endgame` chunks: the usual duration) may get a second
-  source, an idle peer, if the node has demand to spare; the first to complete wins and the
-  other is cancelled. `expire` looks for late transfers.
-- **Faults.** `failed(bad_data=True)`: the source served bytes that did not match the chunk's
-  sha256; it is *banned* for this layer (never a source again; its uploads are cancelled; it
-  may still download). `failed(bad_data=False)` (timeout, connection error) and `expire` after
-  `transfer_timeout`: the slot frees and that node *avoids* that source from then on; if a node
-  avoids every holder of a chunk, the root serves it the chunk. `missing`: the source said
-  it no longer holds the chunk (evicted): it stops counting as a holder, nobody avoids it.
-  `leave`: the node's holdings, transfers and slots vanish (its chunks may be root-only again).
+- **Late transfers, endgame.** A transfer from a peer running LATE times the usual duration
+  (the usual duration once the node lacks at most `endgame` chunks) may get an idle second
+  source if the node has demand to spare; the first to end wins (`expire` looks for them).
+- **Faults.** `failed(bad_data=True)`: the source's bytes did not match the chunk's sha256; it
+  is *banned* for this layer (never a source again, its uploads cancelled; it may download).
+  `failed(bad_data=False)` (timeout, connection error) and `expire` after `transfer_timeout`:
+  the slot frees and that node *avoids* that source; a node avoiding every holder of a chunk
+  gets it from the root. `missing`: the source no longer holds the chunk (evicted): no longer
+  a holder, nobody avoids it. `leave`: its holdings, transfers and slots vanish.
 - **The root's window.** A root whose cache is smaller than the layer holds a window of it
   (`root_stored`, `root_released`): a chunk may go once every live node has it or is past it
   (`root_keeps`); a chunk nodes wait for that nobody they may take it from holds is `lost`
@@ -185,9 +181,10 @@ class LayerSchedule:
         if want < 0 or not 1 <= depth <= MAX_DEPTH:
             raise ValueError(f"want must be >= 0 and depth in 1..{MAX_DEPTH}: {want}, {depth}")
         peer = self._ledger.peer(node)
+        batch = Batch()
         if depth != peer.depth:
             self._ledger.set_depth(peer, depth)
-        batch = Batch()
+            batch.freed.update((peer.ident, ROOT))  # its slots, and maybe the root's, grew
         if have is not None:
             self._ledger.replace_holdings(peer, have, batch)
         if past:
@@ -388,15 +385,17 @@ class LayerSchedule:
         return now - issued > (1.0 if endgame else LATE) * self._pace.typical
 
     def _candidates(self, peer: Peer, now: float) -> list[int]:
-        """Chunks `peer` may be given now, lowest first: if it downloads nothing, those missing
-        inside its window; else those in flight to it that are late (for a second source)."""
+        """Chunks `peer` may be given now, lowest first: those in flight to it that are late (a
+        second source), and, below its depth, those missing inside its window."""
         if peer.from_root:
             return []
         incoming = peer.incoming
+        late = [c for c, src in incoming.items() if self._late(peer, c, src, now)]
         if len(incoming) >= peer.depth:
-            return sorted(c for c, src in incoming.items() if self._late(peer, c, src, now))
+            return sorted(late)
         held, end = peer.held, min(peer.first + self._window(peer), self.chunk_count)
-        return [c for c in range(peer.first, end) if not held[c] and c not in incoming]
+        fresh = [c for c in range(peer.first, end) if not held[c] and c not in incoming]
+        return sorted(fresh + late)
 
     def _may_take(self, peer: Peer, chunk: int, src: Peer, now: float) -> bool:
         """Whether `peer` may now fetch `chunk` from `src`, a peer holding it with a free slot
@@ -462,6 +461,7 @@ class LayerSchedule:
             or peer.demand <= 0
             or peer.held[chunk]
             or len(peer.incoming) >= peer.depth
+            or chunk in peer.incoming
         ):
             return False
         if self._slow(peer) and any(not self._slow(p) for p in self._peers.values()):
@@ -477,10 +477,10 @@ class LayerSchedule:
         avoid = peer.avoid
         return bool(avoid) and all(h in avoid for h in holders)
 
-    def _window(self, peer: Peer) -> int:
-        return max(self.window, 2 * peer.depth)  # room for `depth` transfers, and as many next
+    def _window(self, peer: Peer) -> int:  # room for `depth` transfers and as many next
+        return self.window if peer.depth == 1 else max(self.window, 2 * peer.depth)
 
-    def _root_slots(self) -> int:
+    def _root_slots(self) -> int:  # the root's link is as far from the nodes as theirs
         return max(self.root_upload_slots, self._ledger.deepest)
 
     # ----------------------------------------------------------------------------------------

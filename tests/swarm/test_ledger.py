@@ -281,3 +281,15 @@ TestLedgerMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_a_stale_peer_object_changes_nothing() -> None:
+    """The depth of a peer that left (an object kept from before) is not booked."""
+    led = Ledger(chunk_count=2, root="r", upload_slots=1)
+    a = led.peer("a")
+    led.remove(a, Batch())
+    led.set_depth(a, 3, True)
+    assert led.deepest == 1 and led.depths[3] == 0
+    b = led.peer("a")  # back, a new object
+    led.set_depth(a, 3, True)
+    assert b.depth == 1 and led.deepest == 1

@@ -844,3 +844,43 @@ def test_the_depth_stops_at_the_planners_limit() -> None:
     p = planner(parallel=2, max_depth=3)
     _one_transfer(p, rtt=0.050, took=0.001)
     assert p.depth == 3
+
+
+def test_room_in_a_full_window_is_told_to_the_root_holding_our_standing_request() -> None:
+    """The window (12 chunks of a cache ring) fills while the standing request waits at the
+    root with the demand it last heard, 0. When the readers move on, the room goes to the root
+    at once in a report, not when the standing request expires two seconds later."""
+    count, window = 40, 12
+
+    def work(*chunks: int) -> Plan:
+        return plan(size=count * CHUNK, assignments=tuple((c, PEERS[c % 3]) for c in chunks))
+
+    p = planner(parallel=2, max_depth=1)
+    p.answered(only(p.start(0.0)), plan(size=count * CHUNK), ROOT, 0.01)
+    first = only(p.admitted(range(9), 0.01, window=window))  # resumed: 0..8 held
+    d = p.answered(first, work(9), ROOT, 0.02)
+    assert polls(d), "the standing request goes and the root holds it"
+    p.received(9, PEERS[0], sha(9), 0.2)
+    (report,) = p.stored(9, PEERS[0], 0.21).requests
+    p.answered(report, work(*range(10, 10 + report.want)), ROOT, 0.22)
+    for i, c in enumerate(range(10, 10 + report.want)):
+        p.received(c, PEERS[c % 3], sha(c), 0.4 + i * 0.2)
+        told = p.stored(c, PEERS[c % 3], 0.41 + i * 0.2).requests
+    assert told and told[-1].want == 0 and p.polling, "the window is full; the poll waits"
+    d = p.released(set(range(6)), 6, 1.0)
+    assert [(r.poll, r.want) for r in d.requests] == [(False, 2)]
+
+
+def test_a_root_from_before_depth_is_asked_again_one_transfer_at_a_time() -> None:
+    """A root that predates `depth` refuses the parameter (400). That is no fault of the root
+    and no reason to leave the swarm: the node goes on at depth 1 with the same root."""
+    p = planner(parallel=2)
+    request = _one_transfer(p, rtt=0.020, took=0.004)[-1]
+    assert request.depth > 1
+    body = b"unknown plan parameter 'depth'\n"  # the old root's answer, as the client says it
+    d = p.unanswered(request, ROOT, f"plan: status 400: {body!r}", 1.1)
+    assert d.bench is None and d.fallback is None
+    assert p.depth == 1
+    later = [*d.requests, *p.tick(1.1 + POLL_RETRY).requests]
+    assert later and all(r.depth == 1 for r in later)
+    assert later[0].done == request.done, "its reports go again"

@@ -330,17 +330,21 @@ def test_a_deep_node_downloads_its_depth_at_once_each_from_another_holder() -> N
     assert s.progress()["nodes"]["deep"]["downloading"] == 3
 
 
-def test_a_deep_holder_uploads_its_depth_at_once_and_a_shallow_one_one() -> None:
+def test_a_deep_holder_uploads_its_depth_at_once_once_its_uploads_run_at_the_usual_pace() -> None:
+    """A node's depth measures its download link: it serves that many at once only after an
+    upload of its showed its upload link keeps the usual pace (a slow upload link given its
+    depth held every transfer from it up to the timeout)."""
     s = schedule(4)
     s.origin_progress(4, now=0)
     s.request("deep", have=range(4), want=0, now=0, depth=2)
     got = [triples(s.request(n, want=2, now=0)) for n in ("x", "y", "z")]
-    assert [len(g) for g in got] == [1, 1, 0], got  # the holder's two slots, then it is busy
-    assert uploading(s) == {"deep": 2}
-    s.request("deep", want=0, now=0.1, depth=1)  # it measured its link again: one at a time
-    s.completed("x", got[0][0][1], "deep", now=0.2)
-    # z gets the chunk from x, which holds it now, not from the holder above its new depth.
-    assert uploading(s) == {"deep": 1, "x": 1}
+    assert [len(g) for g in got] == [1, 0, 0], got  # not proven yet: one at a time
+    s.completed("x", got[0][0][1], "deep", now=0.1)
+    assert uploading(s).get("deep") == 2, "proven: both its slots serve the waiting nodes"
+    s.request("deep", want=0, now=0.2, depth=1)  # it measured its link again: one at a time
+    for a in [a for a in s.in_flight() if a.source == "deep"][:1]:
+        s.completed(a.node, a.chunk, "deep", now=0.3)
+    assert uploading(s).get("deep", 0) <= 1, "a freed slot is not refilled above its depth"
 
 
 def test_the_roots_link_sends_as_many_first_copies_as_the_deepest_node_keeps() -> None:
@@ -354,6 +358,43 @@ def test_the_roots_link_sends_as_many_first_copies_as_the_deepest_node_keeps() -
     assert len(triples(s.request("deep", want=4, now=0, depth=3))) == 1  # one from the root
     assert [len(triples(s.request(n, want=2, now=0))) for n in "xyz"] == [1, 1, 0]
     assert uploading(s) == {ROOT: 3}
+
+
+def test_a_deep_nodes_late_last_chunk_gets_a_second_source() -> None:
+    """In the endgame a late transfer gets a second source at any depth (a deep node with a
+    slot free was offered only chunks not in flight, and waited for the timeout)."""
+    s = schedule(2, endgame=1)
+    s.request("a", have=[0, 1], want=0, now=0)
+    s.request("b", have=[0, 1], want=0, now=0)
+    s.request("x", want=1, now=0, depth=2)
+    s.completed("x", 0, "a", now=1)
+    assert triples(s.request("x", want=3, now=1, depth=2)) == [("x", 1, "a")]
+    assert triples(s.expire(now=2.1)) == [("x", 1, "b")]
+
+
+def test_the_root_never_sends_a_deep_node_a_chunk_already_coming_to_it() -> None:
+    s = schedule(2)
+    s.origin_progress(1, now=0)
+    s.request("S", want=1, now=0)
+    s.completed("S", 0, ROOT, now=1)
+    assert triples(s.request("P", want=3, now=1, depth=2)) == [("P", 0, "S")]
+    assert triples(s.request("X", have=[1], want=0, now=2.5)) == [("P", 1, "X")]
+    s.expire(now=3.2)  # chunk 0 from S is late: P waits for a second source of it
+    assert ("P", 0, ROOT) not in triples(s.leave("X", now=3.3))
+
+
+def test_a_deeper_request_uses_the_root_slots_it_opens_at_once() -> None:
+    s = schedule(2)
+    s.origin_progress(2, now=0)
+    assert triples(s.request("a", want=2, now=0)) == [("a", 0, ROOT)]
+    assert not s.request("b", want=1, now=0)  # the root's one slot is busy
+    assert triples(s.request("a", want=1, now=0.1, depth=2)) == [("b", 1, ROOT)]
+
+
+def test_depth_one_keeps_the_configured_window() -> None:
+    s = schedule(3, window=1)
+    s.request("h", have=[1], want=0, now=0)
+    assert not s.request("x", want=1, now=0)  # chunk 1 is outside x's window of one
 
 
 def test_a_depth_outside_the_protocols_range_is_refused() -> None:
@@ -965,6 +1006,32 @@ class ScheduleMachine(RuleBasedStateMachine):
             else:
                 assert a.chunk in self.held.get(a.source, ()), a  # that holds it
             assert a.issued == self.now
+        self.check_slots(actions)
+
+    def check_slots(self, actions: Actions) -> None:
+        """At each new assignment: no more chunks on their way to a node than its depth (a
+        second source aside), no more uploads than the source's slots, and no root copy of a
+        chunk already on its way to that node."""
+        s, led = self.s, self.s._ledger
+        flights = s.in_flight()
+        lagging = {(led.names[n], c, led.names[src]) for n, c, src in led.lagging}
+        for a in actions.assigned:
+            if a not in flights:
+                continue  # cancelled again in the same batch
+            sources = [b.source for b in flights if (b.node, b.chunk) == (a.node, a.chunk)]
+            if len(sources) == 1:
+                chunks = {b.chunk for b in flights if b.node == a.node}
+                assert len(chunks) <= led.peers[led.ids[a.node]].depth, (a, chunks)
+            live = [
+                b
+                for b in flights
+                if b.source == a.source and (b.node, b.chunk, b.source) not in lagging
+            ]
+            if a.source == ROOT:
+                assert len(live) <= s._root_slots(), (a, live)
+                assert sources == [ROOT], ("a root copy of a chunk on its way", a, sources)
+            else:
+                assert len(live) <= led.slots(led.peers[led.ids[a.source]]), (a, live)
 
     def act(self, actions: Actions) -> None:
         self.check(actions)
