@@ -198,8 +198,15 @@ class Tracker:
                 error=f"registry {request.upstream} is not in this root's upstreams",
                 error_status=403,
             )
+        # Every asker is answered within START_WAIT of its arrival, "no size yet" if need be:
+        # one that came during another's start waited for that start and then its own, 2 x
+        # START_WAIT, as long as its plan timeout, and left the swarm for the registry.
+        deadline = trio.current_time() + START_WAIT
         while (starting := self._starting.get(request.digest)) is not None:
-            await starting.wait()  # one start per layer: its first asker's
+            with trio.move_on_at(deadline):
+                await starting.wait()  # one start per layer: its first asker's
+            if trio.current_time() >= deadline:
+                return Plan(size=None, chunk_size=chunk_size, retry_after=0.5)
         layer = self._layers.get(request.digest)
         if (
             layer is None
@@ -212,7 +219,7 @@ class Tracker:
             try:
                 # Answered before the agent gives up on us (its plan timeout): the origin, or
                 # a parent tier, may be slow to tell the size; the download goes on meanwhile.
-                with trio.move_on_after(START_WAIT):
+                with trio.move_on_at(deadline):
                     fresh = await self._start_layer(request, upstream, headers)
             except RegistryError as err:
                 return Plan(
