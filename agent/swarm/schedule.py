@@ -389,11 +389,12 @@ class LayerSchedule:
         second source), and, below its depth, those missing inside its window."""
         if peer.from_root:
             return []
-        incoming = peer.incoming
-        late = [c for c, src in incoming.items() if self._late(peer, c, src, now)]
+        incoming, held = peer.incoming, peer.held
+        # (a chunk its `have` already lists is in; its `done` is on the way)
+        late = [c for c, src in incoming.items() if not held[c] and self._late(peer, c, src, now)]
         if len(incoming) >= peer.depth:
             return sorted(late)
-        held, end = peer.held, min(peer.first + self._window(peer), self.chunk_count)
+        end = min(peer.first + self._window(peer), self.chunk_count)
         fresh = [c for c in range(peer.first, end) if not held[c] and c not in incoming]
         return sorted(fresh + late)
 

@@ -866,6 +866,21 @@ def test_no_second_source_without_spare_demand() -> None:
     assert not s.expire(now=5)
 
 
+def test_a_late_chunk_the_node_already_says_it_holds_gets_no_second_source() -> None:
+    """Found in CI (a ring node at depth 4): a node's `have` listed a chunk still in flight to
+    it (its bytes were in, the `done` in a later request); the chunk then turned late and the
+    node, now a holder of it, was its own best second source: the root's plan handler raised
+    "cannot fetch from itself" and its agents left it for the registry."""
+    s = schedule(8, endgame=1)
+    s.request("a", have=range(8), want=0, now=0)
+    assert triples(s.request("x", want=1, now=0)) == [("x", 0, "a")]
+    s.completed("x", 0, "a", now=1)
+    assert triples(s.request("x", want=1, now=1)) == [("x", 1, "a")]
+    assert not triples(s.request("x", have=[0, 1], want=2, now=3.5))  # 1 is in; past late
+    assert not s.expire(now=4)
+    assert triples(s.completed("x", 1, "a", now=4)) == [("x", 2, "a")]
+
+
 # --------------------------------------------------------------------------------------------
 # Bookkeeping and validation
 
@@ -992,6 +1007,7 @@ class ScheduleMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.origin = 0
         self.held: dict[str, set[int]] = {}  # live nodes -> chunks they really hold
+        self.landed: dict[str, set[int]] = {}  # ... and chunks in that the root is not told of
         self.deepest: dict[str, int] = {}  # node -> the greatest depth it asked for
         self.banned: set[str] = set()
         self.at_root: set[int] = set()  # chunks really on the root's disk
@@ -1069,10 +1085,21 @@ class ScheduleMachine(RuleBasedStateMachine):
         if node not in self.held:
             self.held[node] = set()
             tell = True
+        if tell:
+            self.held[node] |= self.landed.pop(node, set())
         have = sorted(self.held[node]) if tell else None
         # A lower depth takes effect as transfers end: bound by the deepest it ever asked.
         self.deepest[node] = max(self.deepest.get(node, 1), depth)
         self.act(self.s.request(node, have=have, want=want, now=self.now, depth=depth))
+
+    @rule(pick=st.integers(0, 50))
+    def lands_before_its_report(self, pick: int) -> None:
+        """The bytes are in: the node's next `have` lists the chunk, its `done` comes later."""
+        flights = self.s.in_flight()
+        if flights:
+            a = flights[pick % len(flights)]
+            if a.chunk not in self.held[a.node]:
+                self.landed.setdefault(a.node, set()).add(a.chunk)
 
     @rule(pick=st.integers(0, 50))
     def complete(self, pick: int) -> None:
@@ -1114,6 +1141,7 @@ class ScheduleMachine(RuleBasedStateMachine):
         if not flights:
             return None
         a = flights[pick % len(flights)]
+        self.landed.get(a.node, set()).discard(a.chunk)
         if bad and a.source != ROOT:
             self.banned.add(a.source)
         self.act(self.s.failed(a.node, a.chunk, a.source, bad_data=bad, now=self.now))
@@ -1145,6 +1173,7 @@ class ScheduleMachine(RuleBasedStateMachine):
     @rule(node=st.sampled_from(NODES))
     def leave(self, node: str) -> None:
         self.held.pop(node, None)
+        self.landed.pop(node, None)
         self.act(self.s.leave(node, now=self.now))
 
     @rule(dt=st.sampled_from([0.0, 0.5, 1.0, 3.0, 6.0]))
