@@ -12,7 +12,8 @@ A chunk counts only once its line is in the index, and a layer is served only af
 process killed mid-write therefore leaves nothing that is served wrong. Every chunk read is
 checked against its xxh3 sum, so a chunk damaged on disk is detected, dropped and never served.
 
-Capacity is reserved in full when a layer is admitted, so the cache never exceeds its bound;
+Capacity is reserved in full when a layer is admitted, so the cache never exceeds its bound
+(but for up to a chunk of small blobs being written or read, which a new layer may overlook);
 least recently used layers that nobody reads or writes (pins == 0) are evicted to make room.
 
 After a crash, a layer cut short keeps the chunks whose bytes match their xxh3 (checked once
@@ -348,19 +349,31 @@ class ChunkCache:
 
     def room(self) -> int:
         """The most a new layer could get: the capacity less what pinned layers reserve."""
-        return self.capacity - sum(e.reserved for e in self._entries.values() if e.pins)
+        pinned = sum(e.reserved for e in self._entries.values() if e.pins)
+        return self.capacity - pinned + self._small_pinned()
+
+    def _small_pinned(self) -> int:
+        """What pinned blobs smaller than a chunk reserve, up to one chunk: a config blob of a
+        few hundred bytes in flight as a layer was sized took a whole slot from its ring (15 <
+        RING_MIN: the layer left the swarm for the registry). They are gone in a moment, so a
+        new layer may overlook them: the cache then exceeds its bound by at most a chunk."""
+        chunk = self.chunk_size
+        small = sum(e.reserved for e in self._entries.values() if e.pins and e.reserved < chunk)
+        return min(small, chunk)
 
     def _make_room(self, size: int) -> bool:
-        if self.used + size <= self.capacity:
+        used = self.used - self._small_pinned()
+        if used + size <= self.capacity:
             return True
         unpinned = [e for e in self._entries.values() if e.pins == 0]  # partial ones too
         freeable = sum(e.reserved for e in unpinned)
-        if self.used - freeable + size > self.capacity:
+        if used - freeable + size > self.capacity:
             return False
         for entry in unpinned:  # oldest first
-            if self.used + size <= self.capacity:
+            if used + size <= self.capacity:
                 break
             log.info("cache: evicting %s (%d bytes)", entry.digest, entry.reserved)
+            used -= entry.reserved
             self._remove(entry)
             self.evictions += 1
         return True

@@ -10,6 +10,7 @@ import pytest
 
 from agent.cache import engines, native
 from agent.cache.store import ChunkCache, ChunkCorrupt
+from agent.fetch.window import RING_MIN, ring_slots
 
 CHUNK = 4096
 
@@ -330,3 +331,24 @@ async def test_a_ring_layer_holds_its_slots_not_its_size(tmp_path: Path) -> None
     assert (entry.data_path.stat().st_size) <= 4 * CHUNK
     cache.unpin(entry)
     assert make_cache(tmp_path, capacity=4 * CHUNK).peek(entry.digest) is None  # not kept
+
+
+def test_a_small_blob_in_flight_takes_no_slot_from_a_ring(tmp_path: Path) -> None:
+    """A cache of exactly two minimal rings, the image's config blob (431 bytes) in flight as
+    the second layer is sized: the second ring still gets its RING_MIN slots (it got one
+    fewer, under the minimum, and the layer left the swarm for the registry). The cache then
+    holds 431 bytes over its bound until the blob is let go."""
+    cache = make_cache(tmp_path, capacity=2 * RING_MIN * CHUNK)
+    first = cache.admit("sha256:" + "1" * 64, 3 * RING_MIN * CHUNK, slots=RING_MIN)
+    blob = cache.admit("sha256:" + "2" * 64, 431)  # pinned: being written
+    assert first is not None and blob is not None
+    assert ring_slots(96, CHUNK, cache.room()) == RING_MIN
+    second = cache.admit("sha256:" + "3" * 64, 96 * CHUNK, slots=RING_MIN)
+    assert second is not None
+    assert cache.used == 2 * RING_MIN * CHUNK + 431
+    assert cache.admit("sha256:" + "4" * 64, CHUNK) is None, "no more than that"
+
+    many = make_cache(tmp_path / "many", capacity=8 * CHUNK)
+    for n in range(4):  # small blobs in flight: a new layer overlooks a chunk's worth at most
+        assert many.admit(f"sha256:{n}" + "0" * 63, CHUNK - 1) is not None
+    assert many.room() == 8 * CHUNK - 4 * (CHUNK - 1) + CHUNK
