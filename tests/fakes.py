@@ -31,7 +31,7 @@ from agent.fetch.fetcher import LayerFetcher
 from agent.fetch.model import FetchContext
 from agent.fetch.readers import BlobSource
 from agent.http.client import HttpClient
-from agent.http.responses import Response
+from agent.http.responses import FileRegion, Response
 from agent.http.server import (
     HttpServer,
     Request,
@@ -264,12 +264,17 @@ class DataPath:
         await self.http.aclose()
 
 
+def as_bytes(piece: bytes | bytearray | memoryview | FileRegion) -> bytes | memoryview:
+    """A piece of a layer as bytes: a cached chunk comes as a `FileRegion` (for sendfile)."""
+    return piece.read_bytes() if isinstance(piece, FileRegion) else memoryview(piece)
+
+
 async def read_into(source: BlobSource, received: bytearray) -> None:
     """Read a whole layer into `received` and close the source, whatever happens: a test
     that expects the read to fail still sees how many bytes a client would have got."""
     try:
         async with aclosing(source.read(0, source.size)) as pieces:
             async for piece in pieces:
-                received += piece
+                received += as_bytes(piece)
     finally:
         source.close()

@@ -29,13 +29,16 @@ import os
 import shutil
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-import xxhash
+import trio
 
+from agent.cache.checksums import chunk_checksum, mapped_checksum
 from agent.cache.chunks import ChunkLayout
+from agent.cache.entry import CacheEntry, blob_directory
 from agent.cache.indexfile import VERIFIED_LINE, chunk_line, header_line, parse_index
 from agent.observe.auditline import FILEREAD, FILEWRITE, failure_size
 from agent.observe.events import NULL_OBSERVER, Observer
@@ -69,62 +72,6 @@ class FileOps(Protocol):
     def alloc_buffer(self, n: int) -> memoryview: ...
 
     def round_up(self, n: int) -> int: ...
-
-
-def chunk_checksum(data: bytes | bytearray | memoryview) -> int:
-    return xxhash.xxh3_64_intdigest(data)
-
-
-@dataclass(eq=False, kw_only=True)
-class CacheEntry:
-    """One layer in the cache, complete or being written."""
-
-    digest: str
-    layout: ChunkLayout
-    directory: Path
-    checksums: dict[int, int] = field(default_factory=dict)  # xxh3-64, checked on every read
-    sha256: dict[int, str] = field(default_factory=dict)  # the chunk table peers verify against
-    verified: bool = False
-    pins: int = 0
-    dropped: bool = False
-    # A layer bigger than the cache passes through a ring of `slots` chunk slots (chunk i in
-    # slot i mod slots); None: the whole layer has its place. `sending` counts chunks being
-    # sent to peers straight from the file: their slots are not reused meanwhile.
-    slots: int | None = None
-    sending: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def size(self) -> int:
-        return self.layout.size
-
-    @property
-    def reserved(self) -> int:
-        """The bytes of capacity this layer holds."""
-        if self.slots is None:
-            return self.layout.size
-        return min(self.layout.size, self.slots * self.layout.chunk_size)
-
-    def file_offset(self, index: int) -> int:
-        """Where chunk `index` lives in the data file."""
-        if self.slots is None:
-            return self.layout.offset(index)
-        return (index % self.slots) * self.layout.chunk_size
-
-    @property
-    def data_path(self) -> Path:
-        return self.directory / "data"
-
-    @property
-    def index_path(self) -> Path:
-        return self.directory / "index"
-
-    def has_chunk(self, index: int) -> bool:
-        return index in self.checksums
-
-
-def blob_directory(root: Path, digest: str) -> Path:
-    algorithm, _, hexpart = digest.partition(":")
-    return root / "blobs" / algorithm / hexpart
 
 
 class ChunkCache:
@@ -488,29 +435,50 @@ class ChunkCache:
         A file that vanished or cannot be read counts as corrupt too: the layer is dropped and
         fetched again, never served from a half-present cache.
         """
+        path, offset = str(entry.data_path), entry.file_offset(index)
+        data: bytes | memoryview = b""
+
+        async def read() -> tuple[int, int]:
+            nonlocal data
+            fd = self._files.open_file(path, write=False, create=False, direct=self._direct)
+            try:
+                data = await self._engine.read(fd, offset, entry.layout.length(index))
+            finally:
+                self._files.close_file(fd)
+            return len(data), chunk_checksum(data)
+
+        await self._checked(entry, index, read)
+        return data
+
+    async def check_in_place(self, entry: CacheEntry, index: int, fd: int) -> None:
+        """Check chunk `index` where it lies in the page cache (mapped, in a worker thread: a
+        page not in memory is read from disk), so that sendfile then sends those very pages
+        without a copy through Python; a bad chunk drops the layer, as in `read_chunk`. `fd`
+        is the caller's `open_for_reading` descriptor."""
+        offset, length = entry.file_offset(index), entry.layout.length(index)
+        await self._checked(
+            entry, index, partial(trio.to_thread.run_sync, mapped_checksum, fd, offset, length)
+        )
+
+    async def _checked(
+        self, entry: CacheEntry, index: int, measure: Callable[[], Awaitable[tuple[int, int]]]
+    ) -> None:
+        """Run `measure` (the bytes it found, their xxh3) and judge chunk `index` by it."""
         expected = entry.checksums.get(index)
         if expected is None:
             raise KeyError(f"chunk {index} of {entry.digest} is not in the cache")
-        length = entry.layout.length(index)
-        offset = entry.file_offset(index)
-        path = str(entry.data_path)
-        started = time.perf_counter()
+        length, offset = entry.layout.length(index), entry.file_offset(index)
+        path, started = str(entry.data_path), time.perf_counter()
         try:
-            fd = self._files.open_file(path, write=False, create=False, direct=self._direct)
-            try:
-                data = await self._engine.read(fd, offset, length)
-            finally:
-                self._files.close_file(fd)
+            found, checksum = await measure()
         except OSError as exc:
             self._observer.disk(FILEREAD, path, offset, failure_size(exc), _since(started))
-            self._corrupt(entry, index, f"unreadable: {exc}")
-            raise ChunkCorrupt(f"chunk {index} of {entry.digest} is unreadable: {exc}") from exc
-        if len(data) != length or chunk_checksum(data) != expected:
+            raise self.unreadable(entry, index, exc) from exc
+        if found != length or checksum != expected:
             self._observer.disk(FILEREAD, path, offset, -1, _since(started))
             self._corrupt(entry, index, "failed its checksum")
             raise ChunkCorrupt(f"chunk {index} of {entry.digest} is corrupt on disk")
         self._observer.disk(FILEREAD, path, offset, length, _since(started))
-        return data
 
     def release_chunk(self, entry: CacheEntry, index: int) -> None:
         """Let chunk `index` of a ring layer go: its slot takes the next chunk. Never while a
@@ -544,6 +512,12 @@ class ChunkCache:
         """A read-only descriptor of the layer's data file, for sending it with sendfile; the
         caller checks each chunk's checksum on what it sends, or trusts the verified layer."""
         return os.open(entry.data_path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def unreadable(self, entry: CacheEntry, index: int, exc: OSError) -> ChunkCorrupt:
+        """Chunk `index` could not be read (its file vanished, a disk error): the layer is
+        dropped and fetched again, never served from a half-present cache; what to raise."""
+        self._corrupt(entry, index, f"unreadable: {exc}")
+        return ChunkCorrupt(f"chunk {index} of {entry.digest} is unreadable: {exc}")
 
     def _corrupt(self, entry: CacheEntry, index: int, why: str) -> None:
         self.corrupt_chunks += 1

@@ -389,8 +389,7 @@ class LayerSchedule:
         second source), and, below its depth, those missing inside its window."""
         if peer.from_root:
             return []
-        incoming, held = peer.incoming, peer.held
-        # (a chunk its `have` already lists is in; its `done` is on the way)
+        incoming, held = peer.incoming, peer.held  # (a chunk in `held` has its `done` coming)
         late = [c for c, src in incoming.items() if not held[c] and self._late(peer, c, src, now)]
         if len(incoming) >= peer.depth:
             return sorted(late)

@@ -22,7 +22,7 @@ import trio.testing
 from agent.fetch.model import LayerCorrupt, LayerFailed
 from agent.fetch.readers import BlobSource, ResumingBlob
 from agent.registry.routes import parse_digest
-from tests.fakes import DataPath, FakeBlob, FakeRegistry, node_config, read_into
+from tests.fakes import DataPath, FakeBlob, FakeRegistry, as_bytes, node_config, read_into
 
 REPO = "library/app"
 CHUNK = 16 * 1024
@@ -69,7 +69,7 @@ async def read_source(source: BlobSource, start: int = 0, end: int | None = None
     try:
         async with aclosing(source.read(start, source.size if end is None else end)) as pieces:
             async for piece in pieces:
-                parts.append(bytes(piece))
+                parts.append(bytes(as_bytes(piece)))
     finally:
         source.close()
     return b"".join(parts)
@@ -136,7 +136,7 @@ async def test_layer_bigger_than_the_cache_streams_to_every_reader_in_bounded_me
             try:
                 async with aclosing(source.read(0, source.size)) as pieces:
                     async for piece in pieces:
-                        hasher.update(piece)
+                        hasher.update(as_bytes(piece))
                         if slow and not stalled.is_set():
                             stalled.set()
                             await go_on.wait()
@@ -192,7 +192,7 @@ async def test_a_reader_that_stops_reading_a_stream_is_dropped_and_the_others_fi
             try:
                 async with aclosing(source.read(0, source.size)) as pieces:
                     async for piece in pieces:
-                        hasher.update(piece)
+                        hasher.update(as_bytes(piece))
                         if stops and not stopped.is_set():
                             stopped.set()
                             await trio.sleep(2)  # a client that stopped reading, for a while
@@ -237,7 +237,7 @@ async def test_a_reader_arriving_after_a_stream_started_gets_a_download_of_its_o
             try:
                 async with aclosing(source.read(0, source.size)) as pieces:
                     async for piece in pieces:
-                        parts.append(bytes(piece))
+                        parts.append(bytes(as_bytes(piece)))
                         if not first_piece.is_set():
                             first_piece.set()
                             await go_on.wait()  # the stream waits on us meanwhile

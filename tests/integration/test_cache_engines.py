@@ -56,6 +56,8 @@ def test_pull_through_each_engine(
     for digest in image.layer_digests:
         assert registry.blob_get_count(digest) == 1, "the warm pull must come from the cache"
     io = agent_status(agent)["io_engine"]
-    assert io["writes"] > 0 and io["reads"] > 0
+    # The warm pull reads through the engine with O_DIRECT; through the page cache each chunk
+    # is checked where it lies and sent with sendfile, no engine read at all.
+    assert io["writes"] > 0 and (io["reads"] > 0) == (aio == "1")
     if aio == "1":
         assert io["copies"] == 0, "chunk buffers are aligned: O_DIRECT writes need no copy"

@@ -45,6 +45,7 @@ from tests.fakes import (
     DataPath,
     FakeBlob,
     FakeRegistry,
+    as_bytes,
     node_config,
     plain_http_client,
     serve,
@@ -189,7 +190,7 @@ async def pull(
     try:
         async with aclosing(source.read(0, source.size)) as pieces:
             async for piece in pieces:
-                parts.append(bytes(piece))
+                parts.append(bytes(as_bytes(piece)))
     finally:
         source.close()
     return b"".join(parts)
@@ -665,12 +666,12 @@ async def test_a_late_reader_of_a_ring_reads_the_window_and_fetches_only_what_it
 
         async def read_all(source: BlobSource) -> None:
             async with aclosing(source.read(0, source.size)) as pieces:
-                late.append(b"".join([bytes(p) async for p in pieces]))
+                late.append(b"".join([bytes(as_bytes(p)) async for p in pieces]))
             source.close()
 
         async with aclosing(first.read(0, first.size)) as pieces:
             async for piece in pieces:
-                head += piece
+                head += as_bytes(piece)
                 if len(head) == 30 * CHUNK:
                     entry = agent.data.cache.peek(blob.digest)
                     assert entry is not None
@@ -684,7 +685,7 @@ async def test_a_late_reader_of_a_ring_reads_the_window_and_fetches_only_what_it
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read_all, second)
                 async for piece in pieces:
-                    head += piece
+                    head += as_bytes(piece)
         first.close()
         assert bytes(head) == blob.data and late == [blob.data]
         # The first reader sat on chunk 29 (its bytes handed out, not yet passed): the ring
@@ -719,7 +720,7 @@ async def test_a_late_reader_never_gets_a_gap_chunk_that_fails_the_chunk_table(
             with pytest.raises(LayerCorrupt):
                 async with aclosing(second.read(0, second.size)) as late:
                     async for piece in late:
-                        received += piece
+                        received += as_bytes(piece)
             second.close()
         first.close()
         assert bytes(received) == blob.data[: 3 * CHUNK]
