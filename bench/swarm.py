@@ -25,6 +25,7 @@ Everything it made (namespaces, processes, files) is removed at the end, also on
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import os
 import resource
@@ -198,6 +199,9 @@ def main() -> int:
         "--keep-logs", type=Path, help="copy every process's log and audit log here"
     )
     parser.add_argument(
+        "--verbose", action="store_true", help="debug logs (with --keep-logs: to trace a pull)"
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="sample one agent and one root with py-spy during the swarm pull (raw stacks "
@@ -260,7 +264,7 @@ def main() -> int:
             if args.keep_logs:
                 env["POLLEN_LOG_AUDIT"] = "true"
                 env["POLLEN_LOG_AUDIT_MODE"] = "file"
-            start_node(host, env, work)
+            start_node(host, env, work, verbose=args.verbose)
         for host in roots + agents:
             wait_http(host, f"http://127.0.0.1:{PROXY_PORT}/readyz")
 
@@ -294,6 +298,8 @@ def main() -> int:
                 if label == "swarm"
                 else []
             )
+            if args.verbose:  # the logs' clock, to trace the pull
+                print(f"{label}: pull starts at {datetime.datetime.now():%H:%M:%S,%f}")
             durations = pull_all(agents, source, work, label, args.client)
             profiling.stop(spies)
             total1, idle1, irq1 = cpu_times()
