@@ -7,8 +7,7 @@ fetches the layer from the origin in order and reports how far it got (`origin_p
 Agents ask for work (`request`, the plan long-poll) and report the end of each transfer
 (`completed`, `failed`); the adapter reports agents that are gone (`leave`) and calls `expire`
 about every half second. Every event carries `now` (never decreasing) and returns `Actions`
-(assignments made, for any node, and cancelled). It never reads a clock nor sends anything.
-
+(assignments made, for any node, and cancelled); it never reads a clock nor sends anything.
 This module holds the rules (who may take what) and the matching that applies them after each
 event; the facts they read (holdings, transfers, free slots, bans) are the `Ledger`'s
 (agent/swarm/ledger.py), which keeps its indexes consistent and makes no decision.
@@ -39,12 +38,12 @@ chunk outlasts a round trip, and the root's link, the narrowest point, busy with
   from the root; a node that asks while the root is idle takes a root-only chunk first. So
   first copies land on different nodes, which serve them to the rest: the root's link carries
   each chunk once.
-- **Spreading.** When a peer's slot frees, or it just finished a chunk, it serves a waiting
-  node that lacks the rarest chunk it holds (fewest holders, then lowest index; waiters in
-  order): fresh chunks spread by doubling, old ones (many hold them) come from whoever is idle.
+- **Spreading.** A peer whose slot frees (or that just finished a chunk) serves the first
+  waiter of the rarest chunk it holds (fewest holders, then lowest index): fresh chunks spread
+  by doubling, old ones (many hold them) come from whoever is idle.
 - **Slow sources.** A peer whose pace is LATE times the usual transfer duration or worse only
-  serves chunks that no faster peer holds, and gets no first copies from the root while a
-  faster node exists: a slow link loses its requests to faster holders.
+  serves chunks that no faster peer holds, and gets no first copy from the root while a
+  faster node still wants that chunk: a slow link loses its requests to faster holders.
 - **Slow receivers.** A root copy running LATE times the usual duration (before one is known:
   a chunk at 25 Mbit/s, agent/swarm/pace.py) *lags*: it goes on without the root's slot, and
   its chunk may go to another node. A node whose root copies lag gets no first copy another
@@ -67,7 +66,6 @@ chunk outlasts a round trip, and the root's link, the narrowest point, busy with
   (`root_stored`, `root_released`): a chunk may go once every live node has it or is past it
   (`root_keeps`); a chunk nodes wait for that nobody they may take it from holds is `lost`
   and the root fetches it again from the origin.
-
 Cost per event: docs/ARCHITECTURE.md, "The swarm" (nothing is O(N·C)).
 """
 
@@ -453,7 +451,8 @@ class LayerSchedule:
     def _root_may_send(self, peer: Peer, chunk: int) -> bool:
         """Whether the root may send `chunk` to `peer` now: a root slot is free; the chunk is at
         the root, not being sent, and root-only (no peer holds it but slow ones, or `peer`
-        avoids every holder); `peer` downloads nothing else, and is not slow unless all are."""
+        avoids every holder); `peer` downloads nothing else, and is not slow unless all nodes
+        that still want the chunk are (a slow node starved while the fast ones were past it)."""
         if (
             not self._root_held[chunk]
             or self._ledger.root_uploads >= self._root_slots()
@@ -464,7 +463,9 @@ class LayerSchedule:
             or chunk in peer.incoming
         ):
             return False
-        if self._slow(peer) and any(not self._slow(p) for p in self._peers.values()):
+        if self._slow(peer) and any(
+            not (p.held[chunk] or chunk < p.past or self._slow(p)) for p in self._peers.values()
+        ):
             return False  # first copies go to nodes that pass them on at the usual speed
         if self._pace.slow_receiver(peer) and any(
             w != peer.ident and not self._pace.sluggish(self._peers[w])
@@ -490,11 +491,10 @@ class LayerSchedule:
         """Meet open demand until nothing more can be assigned, then return the batch.
 
         Afterwards, for every node with open demand and each of its candidate chunks, no source
-        it may take that chunk from has a free slot (a transfer turning late is the exception:
-        `expire` finds those). Freed sources are offered to the nodes already waiting before
-        the nodes whose state just changed are served: the root first (its slot goes to the
-        waiter that deserves it, not to whoever is looked at first), then peers (the longest
-        waiting get the slots, not the node that just finished a chunk)."""
+        it may take that chunk from has a free slot (but for transfers turning late: `expire`).
+        Freed sources are offered to the nodes already waiting before the nodes whose state
+        just changed are served: the root first (its slot goes to the waiter that deserves it,
+        not to whoever is looked at first), then peers (the longest waiting get the slots)."""
         peers = self._peers
         while batch.dirty or batch.freed:
             while batch.freed:

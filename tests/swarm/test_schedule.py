@@ -572,6 +572,28 @@ def test_the_slow_receiver_rule_looks_at_a_bounded_number_of_waiters(
     assert calls <= 20 * 1000, calls
 
 
+def test_a_slow_node_gets_the_roots_copy_once_no_fast_node_wants_the_chunk() -> None:
+    """Found in CI under load (a small-cache swarm pull hung until the client gave up): a node
+    whose uploads ran slow gets no first copy while a faster node exists, so that the copy
+    spreads at the usual speed. But the fast nodes here are past the chunk (rings that passed
+    it): nobody would ever pass it on, and the slow node waited for it forever."""
+    s = schedule(4, endgame=0)
+    s.origin_progress(4, now=0)
+    assert triples(s.request("f", want=1, now=0)) == [("f", 0, ROOT)]
+    s.completed("f", 0, ROOT, now=1)
+    assert triples(s.request("s", want=1, now=1)) == [("s", 1, ROOT)]
+    s.completed("s", 0, "f", now=2)  # (it had chunk 0 on its own: recorded all the same)
+    s.request("f", have=[], want=0, now=2, past=1)  # f's ring let chunk 0 go
+    assert triples(s.request("g", want=1, now=2)) == [("g", 0, "s")]
+    s.completed("g", 0, "s", now=10)  # 8 usual durations: s uploads slowly
+    s.completed("s", 1, ROOT, now=10)
+    for node in ("f", "g"):  # the fast nodes are past the layer (done, their rings empty)
+        s.request(node, have=[], want=0, now=10, past=4)
+    assert s.progress()["nodes"]["s"]["pace"] == 8
+    got = triples(s.request("s", want=1, now=10))
+    assert got == [("s", 2, ROOT)], "the slow node is the only one that still wants chunk 2"
+
+
 def test_a_node_that_avoids_the_only_fast_holder_takes_a_slow_one() -> None:
     """The slow-source rule skips a slow holder while a faster one holds the chunk: not when
     the node avoids that faster one. A straggler in the chaos bench waited for its last chunk
