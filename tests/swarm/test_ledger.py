@@ -39,7 +39,9 @@ def consistent(led: Ledger) -> None:
         assert p.banned == (ident in led.banned)
         assert p.have == sum(p.held)
         assert all(p.held[c] for c in p.vouched)
-        assert p.first == next((c for c in range(led.chunk_count) if not p.held[c]), len(p.held))
+        # the first chunk it lacks and still wants (its readers are past the ones before)
+        want = range(p.past, led.chunk_count)
+        assert p.first == next((c for c in want if not p.held[c]), len(p.held))
         out = {key for key in led.flights if key[2] == ident}
         assert p.outgoing == out and p.uploads == sum(1 for key in uploads if key[2] == ident)
         incoming: dict[int, list[int]] = {}
