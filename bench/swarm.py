@@ -18,7 +18,10 @@ concurrently, as containerd does; its `dir:` destination takes them one after an
 same run every node also pulls straight from the origin (the baseline). It prints per-node
 times, P50/P95/max, the bytes the origin sent (from the registry's own access log), CPU use, and
 the ratios P95/T_min and P95/direct, where
-    T_min = max(F/u_origin, F/d, N·F/(u_origin + Σu))   (Σu counts the roots' uploads too).
+    T_min = max(F/u_origin, F/d, N·F/(u_origin + Σu))   (Σu counts the roots' uploads too),
+and beside them `pollen simulate` of the same cluster: the layers on the roots the agents'
+rendezvous order picks, and, where that puts several on one root while another has none, the
+layers spread too (T_min leaves out that one root's own link carries its layers in and out).
 Everything it made (namespaces, processes, files) is removed at the end, also on Ctrl-C.
 """
 
@@ -118,13 +121,40 @@ def run_queue_wait(pids: list[int]) -> float:
     return total / 1e9
 
 
-def simulated(args: argparse.Namespace, image: Image, root_nodes: list[str]) -> SwarmResult:
-    """`pollen simulate` of this very run: the layers on the roots the agents' rendezvous
-    order picks for their digests, every layer pulled at once (as skopeo does), the config
-    blob left out (431 bytes)."""
-    owners = tuple(
+def report_simulated(
+    args: argparse.Namespace, image: Image, root_nodes: list[str], p95: float
+) -> None:
+    """The simulation of this run beside it; where rendezvous put two layers on one root while
+    another root has none, also the simulation with the layers spread (one root's own link
+    then carries those layers in and out: T_min leaves that out)."""
+    owners = placement(image, root_nodes)
+    sim = simulated(args, image, root_nodes, owners)
+    print(
+        f"simulated P95 {sim.p95:6.1f}s  (pollen simulate: same nodes, links, layers and roots, "
+        f"rtt {args.sim_rtt_ms:g} ms); measured / simulated {p95 / sim.p95:5.2f}"
+    )
+    spread = tuple(i % len(root_nodes) for i in range(len(owners)))
+    if len(set(owners)) < len(set(spread)):
+        alt = simulated(args, image, root_nodes, spread)
+        print(
+            f"simulated P95 {alt.p95:6.1f}s  with the layers spread over the roots (rendezvous "
+            f"put {max(map(owners.count, owners))} on one root): this placement costs "
+            f"{sim.p95 / alt.p95:4.2f} x"
+        )
+
+
+def placement(image: Image, root_nodes: list[str]) -> tuple[int, ...]:
+    """The root each layer lands on: the first in the agents' rendezvous order for it."""
+    return tuple(
         root_nodes.index(rendezvous_order(digest, root_nodes)[0]) for digest in image.layer_digests
     )
+
+
+def simulated(
+    args: argparse.Namespace, image: Image, root_nodes: list[str], owners: tuple[int, ...]
+) -> SwarmResult:
+    """`pollen simulate` of this very run with the layers on the roots `owners` names, every
+    layer pulled at once (as skopeo does), the config blob left out (431 bytes)."""
     link = args.node_mbit * SIM_MBIT
     config = SwarmConfig(
         nodes=args.nodes,
@@ -397,12 +427,7 @@ def main() -> int:
             print(line)
             print("        per node: " + " ".join(f"{x:.1f}" for x in durations))
             if label == "swarm":
-                sim = simulated(args, image, [f"{r.address}:{P2P_PORT}" for r in roots])
-                print(
-                    f"simulated P95 {sim.p95:6.1f}s  (pollen simulate: same nodes, links, "
-                    f"layers and roots, rtt {args.sim_rtt_ms:g} ms); measured / simulated "
-                    f"{p95 / sim.p95:5.2f}"
-                )
+                report_simulated(args, image, [f"{r.address}:{P2P_PORT}" for r in roots], p95)
     finally:
         net.close()
         if args.keep_logs:
