@@ -209,11 +209,14 @@ class P2PService:
                 # It just arrived (and was checked on the way in): no disk read, no readahead.
                 self.served_from_memory += 1
                 yield memoryview(hot)
-            elif self._cache.direct:
+            elif self._cache.direct or entry.slots is not None:
                 # An O_DIRECT cache keeps chunks out of the page cache: sendfile would read
                 # them back through it (readahead into fresh, zero-filled pages: a third of a
-                # swarm agent's CPU). Read the chunk into a recycled buffer instead (checked
-                # against its xxh3 on the way) and send that.
+                # swarm agent's CPU). And a ring's slot takes the next chunk once this one
+                # is passed, written in place: sendfile queues references to the file's
+                # pages, not copies, so bytes still in either socket buffer would change
+                # under the asker (it saw a bad chunk and banned an honest peer). Read the
+                # chunk into a buffer instead (checked against its xxh3) and send that.
                 yield await self._cache.read_chunk(entry, index)
             else:
                 fd = self._cache.open_for_reading(entry)

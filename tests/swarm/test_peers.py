@@ -460,6 +460,44 @@ async def test_request_without_the_cluster_token_gets_401_and_no_data(
         assert buffer == bytearray(CHUNK)
 
 
+async def test_a_ring_chunk_sent_and_unread_keeps_its_bytes_when_its_slot_takes_another(
+    swarm: Swarm,
+) -> None:
+    """Found under load (an honest peer banned for "a bad chunk"): sendfile queues references
+    to the cache file's pages, not copies, and a ring writes the next chunk into a passed
+    chunk's slot in place. Chunk 1 goes to a peer that has not read it yet; the slot then
+    takes chunk 5; the peer must still read chunk 1's bytes (with sendfile it read chunk 5's)."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        agent = await swarm.agent(root, CACHE_CAPACITY=16 * CHUNK)
+        cache = agent.data.cache
+        one, five = os.urandom(CHUNK), os.urandom(CHUNK)
+        digest = "sha256:" + hashlib.sha256(b"a ring layer").hexdigest()
+        entry = cache.admit(digest, 8 * CHUNK, slots=4)
+        assert entry is not None and not cache.direct
+        await cache.write_chunk(entry, 1, one, hashlib.sha256(one).hexdigest())
+        target = ChunkTarget(digest=digest, index=1).target()
+        host, port = agent.node.rsplit(":", 1)
+        headers = [(b"host", agent.node.encode()), (b"connection", b"close")]
+        headers += request_headers(TOKEN.encode(), "127.0.0.1:1", "GET", target, time.time())
+        head = f"GET {target} HTTP/1.1\r\n".encode()
+        head += b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n"
+        stream = await trio.open_tcp_stream(host, int(port))
+        served = agent.service.chunks_served
+        await stream.send_all(head)
+        while agent.service.chunks_served == served:  # sent whole, not read by us yet
+            await trio.sleep(0.01)
+        cache.release_chunk(entry, 1)  # the ring's readers are past it
+        await cache.write_chunk(entry, 5, five, hashlib.sha256(five).hexdigest())
+        response = b""
+        while data := await stream.receive_some(1 << 20):
+            response += data
+        await stream.aclose()
+        status, _, body = response.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 200"), status
+        assert body == one, "the peer got the slot's next chunk"
+
+
 async def test_chunk_the_node_does_not_hold_gets_404(swarm: Swarm, registry: FakeRegistry) -> None:
     """Midway through the root's own download: a chunk it has stored is served, one still to
     come is 404 (the asker goes elsewhere), as are a layer it never saw, a chunk past the
