@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -266,7 +267,11 @@ class DataPath:
 
 def as_bytes(piece: bytes | bytearray | memoryview | FileRegion) -> bytes | memoryview:
     """A piece of a layer as bytes: a cached chunk comes as a `FileRegion` (for sendfile)."""
-    return piece.read_bytes() if isinstance(piece, FileRegion) else memoryview(piece)
+    if not isinstance(piece, FileRegion):
+        return memoryview(piece)
+    data = os.pread(piece.fd, piece.length, piece.offset)
+    assert len(data) == piece.length, f"the file ended {piece.length - len(data)} bytes early"
+    return data
 
 
 async def read_into(source: BlobSource, received: bytearray) -> None:

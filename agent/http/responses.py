@@ -10,9 +10,7 @@ separate lines) that the server, the client and the registry code share.
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -54,13 +52,6 @@ class FileRegion:
 
     def __len__(self) -> int:
         return self.length
-
-    def read_bytes(self) -> bytes:
-        """The region's bytes, read now (where no sendfile can take them: TLS, tests)."""
-        data = os.pread(self.fd, self.length, self.offset)
-        if len(data) != self.length:
-            raise OSError(errno.EIO, f"pread: file ended {self.length - len(data)} bytes early")
-        return data
 
 
 Body = bytes | AsyncIterator[bytes | memoryview | FileRegion]
