@@ -203,9 +203,9 @@ class Tracker:
         # START_WAIT, as long as its plan timeout, and left the swarm for the registry.
         deadline = trio.current_time() + START_WAIT
         while (starting := self._starting.get(request.digest)) is not None:
-            with trio.move_on_at(deadline):
+            with trio.move_on_at(deadline) as waiting:
                 await starting.wait()  # one start per layer: its first asker's
-            if trio.current_time() >= deadline:
+            if waiting.cancelled_caught:
                 return Plan(size=None, chunk_size=chunk_size, retry_after=0.5)
         layer = self._layers.get(request.digest)
         if (
