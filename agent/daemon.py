@@ -106,8 +106,14 @@ class Agent:
         self.preheater: Preheater | None = None
         if self.mode == "root":
             self.tracker = Tracker(
-                node=self.node, config=config, fetcher=self.fetcher, cache=self.cache
+                node=self.node,
+                config=config,
+                fetcher=self.fetcher,
+                cache=self.cache,
+                roots=self.roots,
             )
+            if self.swarm is not None:  # this root's own client follows its handoffs
+                self.swarm.handed_to = self.tracker.handed_to
             self.preheater = Preheater(
                 upstreams=config.upstreams, fetcher=self.fetcher, cache=self.cache
             )

@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 from harness import build_image  # noqa: E402
 from harness.images import Image  # noqa: E402
 
-from agent.swarm.protocol import rendezvous_order  # noqa: E402
+from agent.swarm.ownership import rendezvous_order  # noqa: E402
 
 MiB = 1 << 20
 SCENARIOS = ("baseline", "loss", "partition", "root-kill", "agent-restart", "straggler", "clock")

@@ -175,13 +175,14 @@ def wait_http(host: Host, url: str, timeout: float = 60) -> None:
 
 def swarm_status(host: Host, field: str) -> int:
     """One number of the node's swarm status (its loopback-only status page), e.g.
-    ``tracker.plans_answered``."""
+    ``tracker.plans_answered`` (of a map, e.g. ``tracker.handoffs``: its size)."""
     url = f"http://127.0.0.1:{PROXY_PORT}/_pollen/status"
     path = "".join(f"[{part!r}]" for part in field.split("."))
     code = (
         "import json, urllib.request; "
         f"status = json.load(urllib.request.urlopen('{url}', timeout=5)); "
-        f"print(status['swarm']{path})"
+        f"value = status['swarm']{path}; "
+        "print(len(value) if isinstance(value, dict) else value)"
     )
     result = host.run("python3", "-c", code, check=False)
     return int(result.stdout.strip() or 0)

@@ -63,7 +63,8 @@ from netcluster import (  # noqa: E402
 from agent.sim.engine import simulate  # noqa: E402
 from agent.sim.model import ROOT_REQUEST_S, SwarmConfig, SwarmResult  # noqa: E402
 from agent.sim.model import Mbit as SIM_MBIT  # noqa: E402
-from agent.swarm.protocol import rendezvous_order  # noqa: E402
+from agent.swarm.ownership import placement as placement_of  # noqa: E402
+from agent.swarm.ownership import rendezvous_order  # noqa: E402
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -124,30 +125,41 @@ def run_queue_wait(pids: list[int]) -> float:
 def report_simulated(
     args: argparse.Namespace, image: Image, root_nodes: list[str], p95: float
 ) -> None:
-    """The simulation of this run beside it; where rendezvous put two layers on one root while
-    another root has none, also the simulation with the layers spread (one root's own link
-    then carries those layers in and out: T_min leaves that out)."""
-    owners = placement(image, root_nodes)
+    """The simulation of this run beside it; where rendezvous alone put several layers on one
+    root, also the simulation without the roots' handoffs (that one root's own link would
+    carry those layers in and out: T_min leaves that out)."""
+    owners = placement(args, image, root_nodes, handoffs=True)
     sim = simulated(args, image, root_nodes, owners)
     print(
         f"simulated P95 {sim.p95:6.1f}s  (pollen simulate: same nodes, links, layers and roots, "
         f"rtt {args.sim_rtt_ms:g} ms); measured / simulated {p95 / sim.p95:5.2f}"
     )
-    spread = tuple(i % len(root_nodes) for i in range(len(owners)))
-    if len(set(owners)) < len(set(spread)):
-        alt = simulated(args, image, root_nodes, spread)
+    alone = placement(args, image, root_nodes, handoffs=False)
+    if alone != owners:
+        alt = simulated(args, image, root_nodes, alone)
         print(
-            f"simulated P95 {alt.p95:6.1f}s  with the layers spread over the roots (rendezvous "
-            f"put {max(map(owners.count, owners))} on one root): this placement costs "
-            f"{sim.p95 / alt.p95:4.2f} x"
+            f"simulated P95 {alt.p95:6.1f}s  without handoffs (rendezvous puts "
+            f"{max(map(alone.count, alone))} layers on one root): handoffs give "
+            f"{alt.p95 / sim.p95:4.2f} x"
         )
 
 
-def placement(image: Image, root_nodes: list[str]) -> tuple[int, ...]:
-    """The root each layer lands on: the first in the agents' rendezvous order for it."""
-    return tuple(
-        root_nodes.index(rendezvous_order(digest, root_nodes)[0]) for digest in image.layer_digests
-    )
+def placement(
+    args: argparse.Namespace, image: Image, root_nodes: list[str], *, handoffs: bool
+) -> tuple[int, ...]:
+    """The root each layer lands on, as the layers are asked for at once: the first in the
+    agents' rendezvous order for it, or (`handoffs`) the next when that root is busy with an
+    earlier big layer (`agent.swarm.ownership.placement`)."""
+    chunk = parse_size(args.chunk)
+    if handoffs:
+        asked = [
+            (d, -(-layer.size // chunk))
+            for d, layer in zip(image.layer_digests, image.layers, strict=True)
+        ]
+        owners = placement_of(asked, root_nodes)
+    else:
+        owners = [rendezvous_order(digest, root_nodes)[0] for digest in image.layer_digests]
+    return tuple(root_nodes.index(owner) for owner in owners)
 
 
 def simulated(
@@ -388,6 +400,8 @@ def main() -> int:
                     f"through; {relayed} got its bytes in so far at once) and waited "
                     f"{wait_ms / max(waited, 1):.0f} ms on average for the rest"
                 )
+                handed = sum(swarm_status(r, "tracker.handoffs") for r in roots)
+                print(f"swarm: the roots handed {handed} layers to the next root (handoffs)")
                 sealed = sum(swarm_status(a, "sealed_layers") for a in agents)
                 rehashed = sum(swarm_status(a, "rehashed_bytes") for a in agents)
                 print(

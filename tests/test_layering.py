@@ -30,7 +30,8 @@ LAYERS: dict[str, int] = {
     "registry.upstreams": 2,  # which upstream serves a request
     "cache.chunks": 2,  # chunk geometry
     "cache.indexfile": 2,  # a cached layer's index lines, written and read back
-    "swarm.protocol": 2,  # P2P limits, errors, targets, ranges, ownership
+    "swarm.protocol": 2,  # P2P limits, errors, targets, ranges
+    "swarm.ownership": 2,  # which root schedules a layer: rendezvous, handoffs
     "swarm.signing": 2,  # P2P request signatures
     "swarm.plan": 2,  # P2P plan replies
     "swarm.schedule": 2,  # the root's per-layer schedule

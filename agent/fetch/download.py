@@ -48,7 +48,7 @@ from agent.http.groups import first_failure
 from agent.observe.auditline import failure_size, url_pathname
 from agent.observe.events import LayerReport, LayerTimes
 from agent.registry.client import UpstreamUnavailable, backoff_delay, passthrough_error
-from agent.swarm.download import SwarmContext, SwarmDownload, SwarmUnavailable
+from agent.swarm.download import HandedHere, SwarmContext, SwarmDownload, SwarmUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +176,7 @@ class LayerDownload:
             async with limiter:
                 self._transfer_from = time.perf_counter()
                 self.times.add_time("slot", self._transfer_from - queued)
-                # A nursery per layer: chunk writes and the swarm's chunk fetches run here
-                # beside the receive. It closes when every one of them ended.
+                # A nursery per layer: chunk writes and swarm fetches run beside the receive.
                 try:
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
@@ -341,15 +340,17 @@ class LayerDownload:
 
     async def _download_swarm_or_origin(self) -> None:
         """Fetch through the swarm; go to the origin when no root answers (a pull never fails
-        because of P2P) or when this node is the layer's owner."""
+        because of P2P) or when this node is the layer's owner (or was handed it)."""
         swarm = self._swarm
         assert swarm is not None
         owners = swarm.roots.owners(str(self.digest))
-        if owners and owners[0] == swarm.node:
+        if owners and owners[0] == swarm.node and swarm.handed_to(str(self.digest)) is None:
             await self._download()  # we own it: the cluster's one trip to the origin
             return
         try:
             await self._download_swarm()
+        except HandedHere:  # handed to this root: the cluster's one trip to the origin
+            await self._download()
         except SwarmUnavailable as exc:
             swarm.fell_back(exc.kind)
             log.warning(
@@ -378,11 +379,10 @@ class LayerDownload:
         try:
             self._check_digest(await download.run(), "chunks from the swarm")
         except LayerCorrupt as exc:
-            # Every chunk matched the root's table, so the table was wrong: the responses in
-            # flight are cut (integrity first), and the next pull of this layer does not ask
-            # that root about it (it goes to the next root, or to the registry).
-            for root in swarm.roots.owners(str(self.digest))[:1]:
-                swarm.roots.distrust(root, str(self.digest), str(exc))
+            # Every chunk matched the root's table, so the table was wrong: responses in flight
+            # are cut (integrity first); the next pull asks the next root, or the registry.
+            if download.answered_by is not None:
+                swarm.roots.distrust(download.answered_by, str(self.digest), str(exc))
             raise
 
     # -- what the swarm download fills (agent.swarm.download.LayerSink) -----------------------

@@ -85,6 +85,12 @@ class LayerFetcher:
             return download.layout.size
         return None
 
+    def holds(self, digest: str) -> bool:
+        """The layer is in this node's cache or on its way (a download of any reader's): a
+        root that hands it off would cost the origin a second copy."""
+        entry = self._cache.peek(digest)
+        return (entry is not None and entry.verified) or digest in self._inflight
+
     def hot_chunk(self, entry: CacheEntry, index: int) -> Chunk | None:
         """Chunk `index` of `entry` if a download of it still holds the chunk in memory (it
         just arrived): a peer that asks for it is served without reading the disk."""

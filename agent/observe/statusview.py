@@ -132,7 +132,8 @@ def render_status(status: Mapping[str, Any]) -> str:
         refetched = sum(layer.get("refetched", 0) for layer in tracked.values())
         lines.append(
             f"tracker: {len(tracked)} layers, {tracker.get('plans_answered', 0)} plans "
-            f"answered, {refetched} lost chunks fetched again from the origin"
+            f"answered, {refetched} lost chunks fetched again from the origin, "
+            f"{len(tracker.get('handoffs') or {})} handed to the next root"
         )
     if telemetry:
         exporter = telemetry.get("exporter") or {}

@@ -1,7 +1,7 @@
 """Asking each blob's owning root to fetch it, and following every one to its end.
 
 The owner is the root an agent's pull will ask: the first in the blob's rendezvous order over
-the node's ``roots`` (`agent.swarm.protocol.rendezvous_order`). A root that does not answer
+the node's ``roots`` (`agent.swarm.ownership.rendezvous_order`). A root that does not answer
 is skipped for the rest of the preheat, its blobs going to the next root in their order --
 where agents' pulls go while it is down -- and said so in a warning. Each blob has a task of
 its own (at most `PARALLEL` at once) that repeats its preheat request, which the root holds
@@ -23,8 +23,8 @@ from agent.preheat.images import PreheatError
 from agent.preheat.manifests import BlobRef
 from agent.preheat.progress import BlobState, PlainLog, frame
 from agent.swarm.client import P2PClient, PeerError
+from agent.swarm.ownership import rendezvous_order
 from agent.swarm.preheat import PreheatTarget
-from agent.swarm.protocol import rendezvous_order
 
 PARALLEL = 16  # blobs asked about at once (each a connection to its root)
 MIN_ASK_INTERVAL = 0.2  # s between two requests for a blob whose root answered at once

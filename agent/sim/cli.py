@@ -95,6 +95,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "own root (rendezvous); today one root schedules a whole layer",
     )
     parser.add_argument(
+        "--handoffs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a root fetching one big layer hands the next to the next root, as roots do "
+        "(on); --no-handoffs: every layer on the first root of its rendezvous order",
+    )
+    parser.add_argument(
         "--tiers",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -158,6 +165,7 @@ def build_config(args: argparse.Namespace, image: str | None = None) -> SwarmCon
         layers_at_once=args.layers_at_once or None,
         stripe_chunks=args.stripe_chunks,
         tiers=bool(args.tiers),
+        handoffs=args.handoffs,
         latency=args.rtt_ms / 1000,
         store_delay=args.store_ms / 1000,
         seed=args.seed,

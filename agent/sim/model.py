@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.swarm.ownership import placement, rendezvous_order
 from agent.swarm.pace import expected_transfer
-from agent.swarm.protocol import MAX_DEPTH, rendezvous_order
+from agent.swarm.protocol import MAX_DEPTH
 from agent.swarm.schedule import LayerSchedule
 
 KiB = 1 << 10
@@ -97,6 +98,9 @@ class SwarmConfig:
     origin: float  # the origin's upload, shared by the roots fetching from it
     roots: int = 1
     owners: tuple[int, ...] = ()  # each layer's root (an index); default: rendezvous order
+    # A root fetching one big layer hands the next to the next root (`Handoffs`); False: each
+    # layer on the first root of its rendezvous order, as before handoffs.
+    handoffs: bool = True
     root_upload: float | None = None  # default: `upload`
     root_download: float | None = None  # a root's link from the origin; default: `download`
     disk: float | None = None  # a node's disk write rate
@@ -314,6 +318,7 @@ class SimLayer:
         stripes: int = 1,
         layer_size: int | None = None,
         group: int | None = None,
+        owner: str | None = None,
     ) -> None:
         c = config
         self.index = index
@@ -323,11 +328,10 @@ class SimLayer:
         # With tiers the groups' copies of one layer are one blob: one digest, one table.
         name = self.image_layer if group is not None else index
         self.digest = f"sha256:{name:064x}"
-        owner = (
-            roots[c.owners[self.image_layer]]
-            if c.owners
-            else rendezvous_order(self.digest, roots)[0]
-        )
+        if c.owners:
+            owner = roots[c.owners[self.image_layer]]
+        elif owner is None:
+            owner = rendezvous_order(self.digest, roots)[0]
         self.owner_id = owner  # the root that fetches it from the origin
         self.group = group  # tiers: the group whose root schedules this copy
         self.root_id = owner if group is None else roots[group]
@@ -367,6 +371,12 @@ def sim_layers(config: SwarmConfig, roots: list[str]) -> list[SimLayer]:
     one per stripe, or (with `tiers`) one per layer and group, each knowing its layer."""
     stripe = config.stripe_chunks
     layers: list[SimLayer] = []
+    owners: list[str | None] = [None] * len(config.layer_sizes)
+    if config.handoffs and stripe is None and not config.tiers:
+        asked = [
+            (f"sha256:{i:064x}", config.chunks_of(n)) for i, n in enumerate(config.layer_sizes)
+        ]
+        owners = list(placement(asked, roots))
     for i, size in enumerate(config.layer_sizes):
         if config.tiers:  # one copy per group, scheduled by the group's root
             for group in range(len(roots)):
@@ -375,7 +385,7 @@ def sim_layers(config: SwarmConfig, roots: list[str]) -> list[SimLayer]:
                 )
             continue
         if stripe is None:
-            layers.append(SimLayer(i, size, config, roots))
+            layers.append(SimLayer(i, size, config, roots, owner=owners[i]))
             continue
         part = stripe * config.chunk_size
         sizes = [min(part, size - start) for start in range(0, size, part)]

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Protocol
 
@@ -49,6 +49,11 @@ class SwarmUnavailable(Exception):
         self.kind = kind
 
 
+class HandedHere(Exception):
+    """The layer's first root handed it to this very node, a root: its own download is then
+    the cluster's one trip to the origin (asking its own tracker would wait on itself)."""
+
+
 @dataclass(eq=False, kw_only=True)
 class SwarmContext:
     """What a node needs to fetch layers through the swarm."""
@@ -68,6 +73,9 @@ class SwarmContext:
     rehashed_bytes: int = 0  # bytes hashed a second time, for a whole-layer digest
     # Requests a root refused because this node's clock and the root's are too far apart.
     clock_refusals: int = 0
+    # On a root: the root its tracker handed a layer to (`agent.swarm.ownership`), if it did;
+    # the root's own client asks that root too instead of going to the origin.
+    handed_to: Callable[[str], str | None] = field(default=lambda digest: None)
 
     def fell_back(self, kind: str) -> None:
         self.fallbacks[kind] = self.fallbacks.get(kind, 0) + 1
@@ -161,6 +169,9 @@ class SwarmDownload:
         self._sink = sink
         self._digest = digest
         self._authorization = authorization
+        # The root the layer's first root handed it to (`Plan.handoff`): asked from then on.
+        self._handed_to = swarm.handed_to(digest)
+        self.answered_by: str | None = None  # the root whose plans we follow (and its seal)
         self.planner = LayerPlanner(
             digest=digest,
             upstream=upstream,
@@ -311,29 +322,55 @@ class SwarmDownload:
             scope = self._scopes[transfer] = trio.CancelScope()
             nursery.start_soon(self._transfer, transfer, scope)
         for request in decisions.requests:
-            owners = self._swarm.roots.owners(self._digest)
-            if not owners:
+            if not self._swarm.roots.owners(self._digest):
                 return self._carry_out(self.planner.no_root(trio.current_time()), nursery)
             scope = trio.CancelScope()
             if request.poll:
                 self._poll_scope = scope
-            nursery.start_soon(self._ask, owners[0], request, scope)
+            nursery.start_soon(self._ask, request, scope)
         return decisions.finished
+
+    def _route(self, request: PlanTarget) -> tuple[str, PlanTarget]:
+        """The root to ask, and what: the layer's owner; after a handoff the root it was
+        handed to, told so (`handed`); or, when that root is not ours to ask (benched, not in
+        our roots), the first root again, told we could not follow, so it takes the layer."""
+        owners = self._swarm.roots.owners(self._digest)
+        if self._handed_to is None and owners:
+            return owners[0], request
+        handed = replace(request, handed=True)
+        if self._handed_to in owners:
+            return self._handed_to, handed
+        return (owners or [self._handed_to])[0], handed
 
     # -- tasks ------------------------------------------------------------------------------
 
-    async def _ask(self, root: str, request: PlanTarget, scope: trio.CancelScope) -> None:
+    async def _ask(self, request: PlanTarget, scope: trio.CancelScope) -> None:
         with scope:
-            try:
-                with trio.fail_after(self._swarm.plan_timeout):
-                    plan = await self._swarm.client.plan(root, request, self._authorization)
-            except (PeerError, trio.TooSlowError) as exc:
-                if isinstance(exc, PeerError) and exc.status == 401 and is_clock_refusal(str(exc)):
-                    self._swarm.clock_refused(root, str(exc))
-                await self._send.send(
-                    partial(self.planner.unanswered, request, root, str(exc) or "timed out")
-                )
+            root, asked = self._route(request)
+            for _ in range(2):  # a handoff costs one more request, never two
+                try:
+                    with trio.fail_after(self._swarm.plan_timeout):
+                        plan = await self._swarm.client.plan(root, asked, self._authorization)
+                except (PeerError, trio.TooSlowError) as exc:
+                    if isinstance(exc, PeerError) and exc.status == 401:
+                        if is_clock_refusal(str(exc)):
+                            self._swarm.clock_refused(root, str(exc))
+                    await self._send.send(
+                        partial(self.planner.unanswered, request, root, str(exc) or "timed out")
+                    )
+                    return
+                if plan.handoff is None or asked.handed:
+                    break
+                log.info("layer %s: root %s hands it to %s", self._digest, root, plan.handoff)
+                self._handed_to = plan.handoff
+                root, asked = self._route(request)
+                if root == self._swarm.node:
+                    raise HandedHere(f"{plan.handoff} is this node")
+            if plan.handoff is not None:  # a root must take a layer handed to it
+                why = f"handed the layer on to {plan.handoff} when it was handed to it"
+                await self._send.send(partial(self.planner.unanswered, request, root, why))
                 return
+            self.answered_by = root
             await self._send.send(partial(self.planner.answered, request, plan, root))
         log.debug(
             "layer %s: plan from %s (poll=%s want=%d done=%d failed=%d)",

@@ -72,7 +72,10 @@ class Plan:
       reply's signature, `agent.swarm.signing.verify_reply`, says which root vouched);
     - ``error`` / ``error_status``: the origin refused or failed (e.g. 401, 404, 429 pass
       through to the client; 502 for unreachable); an error reply assigns nothing;
-    - ``retry_after``: seconds to wait before asking again when there is nothing to do.
+    - ``retry_after``: seconds to wait before asking again when there is nothing to do;
+    - ``handoff``: this root hands the layer to that root (`agent.swarm.ownership`): ask it
+      instead, with ``handed``; such a reply says nothing else. Sent only when set, so a reply
+      without a handoff reads as before.
     """
 
     size: int | None
@@ -84,6 +87,7 @@ class Plan:
     error: str | None = None
     error_status: int | None = None
     retry_after: float = 0.0
+    handoff: str | None = None
 
     def __post_init__(self) -> None:
         if not is_int(self.chunk_size) or not 0 < self.chunk_size <= MAX_CHUNK_SIZE:
@@ -151,6 +155,12 @@ class Plan:
         if not (math.isfinite(retry) and 0 <= retry <= MAX_RETRY_AFTER):
             raise P2PProtocolError(f"retry_after must be in 0..{MAX_RETRY_AFTER:g} s, got {retry}")
         object.__setattr__(self, "retry_after", float(retry))
+        if self.handoff is not None:
+            if not isinstance(self.handoff, str):
+                raise P2PProtocolError("handoff must name a root")
+            object.__setattr__(self, "handoff", parse_node(self.handoff))
+            if self.size is not None or hashes or checked or self.complete or self.error:
+                raise P2PProtocolError("a handoff reply says nothing else")
 
     @property
     def count(self) -> int | None:
@@ -169,6 +179,8 @@ class Plan:
             "error_status": self.error_status,
             "retry_after": self.retry_after,
         }
+        if self.handoff is not None:
+            doc["handoff"] = self.handoff
         return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
@@ -196,7 +208,7 @@ class Plan:
             "error_status",
             "retry_after",
         }
-        if keys != expected:
+        if keys - {"handoff"} != expected:
             extra, lacking = sorted(keys - expected), sorted(expected - keys)
             raise P2PProtocolError(
                 f"plan reply fields wrong: unknown {extra[:5]}, missing {lacking}"
@@ -220,6 +232,7 @@ class Plan:
             error=doc["error"],
             error_status=doc["error_status"],
             retry_after=doc["retry_after"],
+            handoff=doc.get("handoff"),
         )
 
 

@@ -1,4 +1,4 @@
-"""P2P messages between agents and roots, without I/O: targets, ranges, ownership.
+"""P2P messages between agents and roots, without I/O: targets, ranges, limits.
 
 Theory of operation
 -------------------
@@ -15,7 +15,7 @@ build on: the limits, the errors, the field checks, and
   - ``GET|HEAD /p2p/v1/chunk/<digest>/<index>`` → :class:`ChunkTarget` (``rpc:pread`` /
     ``rpc:stat``);
   - ``GET /p2p/v1/plan/<digest>?upstream=&repo=&want=&have=&done=&failed=&missing=&finishing=
-    &past=`` →
+    &past=&depth=&fresh=&poll=&n=&handed=`` →
     :class:`PlanTarget`, an agent asking the owning root for work.
 
   (A third, ``/p2p/v1/preheat/``, is `pollen preheat`'s: :mod:`agent.swarm.preheat`, whose
@@ -38,9 +38,8 @@ build on: the limits, the errors, the field checks, and
   the agent with :func:`clip_ranges`: reporting fewer chunks is always safe, the root then
   merely does not use the others as sources yet.
 
-* **Ownership** (:func:`rendezvous_order`): the roots sorted by
-  ``xxh3_64(f"{digest}|{root}")``, highest first; the owner of a layer is the first root in
-  that order the asker believes alive.
+Which root an agent asks about a layer (rendezvous order, a busy root's handoffs) is
+:mod:`agent.swarm.ownership`'s.
 
 Every error is a :class:`P2PError` carrying an HTTP status hint, as h11's ProtocolError does
 (:class:`P2PProtocolError` here and in plan.py, :class:`agent.swarm.signing.P2PAuthError`).
@@ -51,10 +50,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-
-import xxhash
 
 from agent.core.errors import RegistryError
 from agent.core.hostport import join_hostport, split_hostport
@@ -335,7 +332,9 @@ class PlanTarget:
       standing request for work); without it the root answers at once (a report sent the
       moment a transfer ends, so the sources' slots free without delay);
     - ``nonce``: makes each request (and its signature) unique, so a root can answer each
-      once (`agent.swarm.replay`); 0: none.
+      once (`agent.swarm.replay`); 0: none;
+    - ``handed``: the layer's first root handed it to this one (`Plan.handoff`), or the agent
+      could not follow a handoff: the root asked takes the layer (`agent.swarm.ownership`).
     Node ids are stored canonical (:func:`parse_node`).
     """
 
@@ -353,10 +352,11 @@ class PlanTarget:
     fresh: bool = False
     poll: bool = False
     nonce: int = 0
+    handed: bool = False
 
     def __post_init__(self) -> None:
-        if type(self.poll) is not bool or type(self.fresh) is not bool:
-            raise P2PProtocolError("poll and fresh must be true or false")
+        if not all(type(flag) is bool for flag in (self.poll, self.fresh, self.handed)):
+            raise P2PProtocolError("poll, fresh and handed must be true or false")
         check_index(self.nonce, "nonce", MAX_NONCE)
         check_digest(self.digest)
         check_upstream(self.upstream)
@@ -428,6 +428,8 @@ class PlanTarget:
             params.append("poll=1")
         if self.nonce:
             params.append(f"n={self.nonce}")
+        if self.handed:
+            params.append("handed=1")
         return f"{PLAN_PREFIX}{self.digest}?{'&'.join(params)}"
 
 
@@ -446,6 +448,7 @@ _PLAN_PARAMS = (
     "fresh",
     "poll",
     "n",
+    "handed",
 )
 _PLAN_REQUIRED = ("upstream", "repo", "want")
 
@@ -525,9 +528,10 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
     def pairs(name: str) -> tuple[tuple[int, str], ...]:  # (chunk, node) reports
         return tuple((c, n) for c, n, _ in _parse_reports(params.get(name, ""), name, marks=False))
 
-    poll_text, fresh_text = params.get("poll", "0"), params.get("fresh", "0")
-    if poll_text not in ("0", "1") or fresh_text not in ("0", "1"):
-        raise P2PProtocolError(f"poll and fresh must be 0 or 1, got {poll_text[:20]!r}")
+    flags = {name: params.get(name, "0") for name in ("poll", "fresh", "handed")}
+    for name, text in flags.items():
+        if text not in ("0", "1"):
+            raise P2PProtocolError(f"{name} must be 0 or 1, got {text[:20]!r}")
     return PlanTarget(
         digest=digest,
         upstream=params["upstream"],
@@ -540,9 +544,10 @@ def _parse_plan_query(digest: str, query: str) -> PlanTarget:
         finishing=pairs("finishing"),
         past=parse_decimal(params.get("past", "0"), "past", MAX_CHUNKS + 1),
         depth=parse_decimal(params.get("depth", "1"), "depth", MAX_DEPTH + 1),
-        fresh=fresh_text == "1",
-        poll=poll_text == "1",
+        fresh=flags["fresh"] == "1",
+        poll=flags["poll"] == "1",
         nonce=parse_decimal(params.get("n", "0"), "n", MAX_NONCE),
+        handed=flags["handed"] == "1",
     )
 
 
@@ -575,24 +580,3 @@ def _parse_reports(text: str, what: str, *, marks: bool) -> list[tuple[int, str,
         chunk = parse_decimal(chunk_text, f"{what} chunk", MAX_CHUNKS)
         out.append((chunk, parse_node(node_text), bad))
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Ownership
-
-
-def rendezvous_score(digest: str, root: str) -> int:
-    return xxhash.xxh3_64_intdigest(f"{digest}|{root}".encode())
-
-
-def rendezvous_order(digest: str, roots: Sequence[str]) -> list[str]:
-    """The roots in preference order for a layer: highest ``xxh3_64(f"{digest}|{root}")``
-    first, ties broken by name; duplicates are dropped.
-
-    The ownership rule: **the owner of a layer is the first root in this order that the asker
-    believes alive.**  Every node computes it alone, from the roots' addresses exactly as
-    configured (so every node must spell them the same way).  Each root owns about 1/R of the
-    layers; when a root dies or is removed only the layers it owned move, each to the next
-    root in its own order, spreading that root's load over the others.
-    """
-    return sorted(set(roots), key=lambda root: (-rendezvous_score(digest, root), root))

@@ -14,7 +14,8 @@ import socket
 import trio
 
 from agent.core.hostport import join_hostport, split_hostport
-from agent.swarm.protocol import parse_node, rendezvous_order
+from agent.swarm.ownership import rendezvous_order
+from agent.swarm.protocol import parse_node
 
 log = logging.getLogger(__name__)
 

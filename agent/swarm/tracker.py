@@ -32,9 +32,11 @@ from agent.core.errors import RegistryError
 from agent.core.upstream import Upstream
 from agent.registry.routes import Digest, parse_digest
 from agent.registry.upstreams import match_upstream
+from agent.swarm.ownership import Fetching, Handoffs, busy_with
 from agent.swarm.pace import expected_transfer
 from agent.swarm.plan import Plan, table_digest
 from agent.swarm.protocol import PlanTarget
+from agent.swarm.roots import RootSet
 from agent.swarm.schedule import Actions, LayerSchedule
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,9 @@ class OriginFetcher(Protocol):
     async def refetch(self, download: OriginDownload, index: int) -> int:
         """Fetch a chunk of a ring layer again from the origin; the bytes the origin sent."""
 
+    def holds(self, digest: str) -> bool:
+        """The layer is in this node's cache or on its way (a download of any reader's)."""
+
 
 @dataclass(eq=False, kw_only=True)
 class RootLayer:
@@ -120,7 +125,11 @@ class Tracker:
     window: int = 8  # the schedule's look-ahead, in chunks
     upload_slots: int = 1  # transfers a peer (and the root) uploads at once
     transfer_timeout: float = 10.0
+    # The roots as this root sees them: a busy root hands a new layer to the next in its
+    # order (`agent.swarm.ownership`); None: it keeps every layer it is asked about.
+    roots: RootSet | None = None
     plans_answered: int = field(default=0, init=False)
+    handoffs: Handoffs = field(default_factory=Handoffs, init=False)
     _layers: dict[str, RootLayer] = field(default_factory=dict, init=False)
     _starting: dict[str, trio.Event] = field(default_factory=dict, init=False)
     _nursery: trio.Nursery | None = field(default=None, init=False)
@@ -142,6 +151,7 @@ class Tracker:
                 for digest, layer in self._layers.items()
             },
             "plans_answered": self.plans_answered,
+            "handoffs": self.handoffs.state(),
         }
 
     def _deliverable(self, layer: RootLayer, node: str) -> list[tuple[int, str]]:
@@ -207,30 +217,18 @@ class Tracker:
                 await starting.wait()  # one start per layer: its first asker's
             if waiting.cancelled_caught:
                 return Plan(size=None, chunk_size=chunk_size, retry_after=0.5)
+        if not request.handed and (to := self.handed_to(request.digest)) is not None:
+            return Plan(size=None, chunk_size=chunk_size, handoff=to)
         layer = self._layers.get(request.digest)
         if (
             layer is None
             or (layer.download is not None and layer.download.error is not None)
             or (layer.entry is not None and layer.entry.dropped)  # evicted meanwhile
         ):
-            headers = [(b"authorization", authorization)] if authorization else []
-            self._starting[request.digest] = started = trio.Event()
-            fresh: RootLayer | None = None
-            try:
-                # Answered before the agent gives up on us (its plan timeout): the origin, or
-                # a parent tier, may be slow to tell the size; the download goes on meanwhile.
-                with trio.move_on_at(deadline):
-                    fresh = await self._start_layer(request, upstream, headers)
-            except RegistryError as err:
-                return Plan(
-                    size=None, chunk_size=chunk_size, error=err.message, error_status=err.status
-                )
-            finally:
-                del self._starting[request.digest]
-                started.set()
-            if fresh is None:
-                return Plan(size=None, chunk_size=chunk_size, retry_after=0.5)
-            layer = fresh
+            started = await self._start(request, upstream, authorization, deadline)
+            if isinstance(started, Plan):
+                return started
+            layer = started
         if (full := self._full(layer, asker, request.digest, chunk_size)) is not None:
             return full
         layer.last_asked = trio.current_time()
@@ -283,6 +281,75 @@ class Tracker:
             table_sha256=self._seal(layer) if complete else None,
             retry_after=0.0 if assignments else 0.5,
         )
+
+    async def _start(
+        self,
+        request: PlanTarget,
+        upstream: Upstream,
+        authorization: bytes | None,
+        deadline: float,
+    ) -> RootLayer | Plan:
+        """Start a layer new to this root (one start per layer: later askers wait for it), or
+        hand it off; a Plan when there is no layer to answer from (yet)."""
+        chunk_size = self.cache.chunk_size
+        headers = [(b"authorization", authorization)] if authorization else []
+        self._starting[request.digest] = started = trio.Event()
+        fresh: RootLayer | None = None
+        to: str | None = None
+        try:
+            # Answered before the agent gives up on us (its plan timeout): the origin, or a
+            # parent tier, may be slow to tell the size; the download goes on meanwhile.
+            with trio.move_on_at(deadline):
+                if not request.handed:
+                    to = await self._hand_off(request.digest)
+                if to is None:
+                    fresh = await self._start_layer(request, upstream, headers)
+        except RegistryError as err:
+            return Plan(
+                size=None, chunk_size=chunk_size, error=err.message, error_status=err.status
+            )
+        finally:
+            del self._starting[request.digest]
+            started.set()
+        if to is not None:
+            return Plan(size=None, chunk_size=chunk_size, handoff=to)
+        return (
+            fresh if fresh is not None else Plan(size=None, chunk_size=chunk_size, retry_after=0.5)
+        )
+
+    def handed_to(self, digest: str) -> str | None:
+        """The root this root handed `digest` to, if it did: its own client goes there too."""
+        return self.handoffs.target(digest, trio.current_time())
+
+    async def _hand_off(self, digest: str) -> str | None:
+        """Whether to hand a layer new to this root to the next root, and to which one
+        (`agent.swarm.ownership.Handoffs.decide`): recorded, so every asker hears the same."""
+        order = self.roots.owners(digest) if self.roots is not None else []
+        if len(order) < 2 or order[0] != self.node or self.fetcher.holds(digest):
+            return None
+        # Layers whose starts began before this one's are weighed with their sizes: two big
+        # layers asked for at once are the case this is for.
+        for other, event in list(self._starting.items()):
+            if other == digest:
+                break
+            await event.wait()
+        fetching = [
+            Fetching(d, layer.entry.layout.count if layer.entry is not None else None)
+            for d, layer in self._layers.items()
+            if layer.download is not None and not layer.download.finished.is_set()
+        ]
+        to = self.handoffs.decide(
+            digest,
+            me=self.node,
+            order=order,
+            held=self.fetcher.holds(digest),
+            fetching=fetching,
+            now=trio.current_time(),
+        )
+        if to is not None:
+            busy = busy_with(fetching, digest)
+            log.info("tracker %s: busy fetching %s; handing it to %s", digest, busy, to)
+        return to
 
     @staticmethod
     def _full(layer: RootLayer, asker: str, digest: str, chunk_size: int) -> Plan | None:

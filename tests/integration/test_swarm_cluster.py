@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import hashlib
 import http.client
 import signal
 import socket
@@ -26,14 +27,18 @@ from harness import (
     RegistryFront,
     agent_status,
     blob_path_pattern,
+    blob_url,
     cache_blob_dir,
     free_port,
+    http_get,
     make_ca_and_cert,
     push_image,
     skopeo_copy_to_dir,
     verify_dir_blobs,
     write_authfile,
 )
+
+from agent.swarm.ownership import rendezvous_order
 
 MiB = 1 << 20
 TOKEN = "test-cluster-token"
@@ -117,6 +122,58 @@ def test_swarm_pull_sends_each_layer_once_from_the_origin(
         assert registry.blob_get_count(digest) == 1, f"origin sent {digest} more than once"
     peer_bytes = sum(agent_status(a)["swarm"]["peer_bytes"] for a in cluster.agents)
     assert peer_bytes >= sum(layer.size for layer in image.layers) * len(cluster.agents) * 0.9
+    assert all(agent_status(a)["swarm"]["origin_fallbacks"] == 0 for a in cluster.agents)
+
+
+def test_a_root_fetching_one_big_layer_hands_the_next_to_the_other_root(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+    make_front: Callable[..., RegistryFront],
+) -> None:
+    """Two layers whose rendezvous owner is the same root, pulled at once: that root fetches
+    the first from the origin and hands the second to the other root, which fetches it (so each
+    root's link carries one layer); every agent follows, and the origin still sends each layer
+    once. Each agent GETs both layers at once, as containerd does (skopeo into a directory
+    copies one layer after the other); the origin trickles them, so both are in flight when
+    the agents ask."""
+    front = make_front(registry.url)
+    cluster = Cluster(make_agent, registry, roots=2, agents=3, upstream=front.url)
+    roots = [f"{a}:{cluster.p2p_port}" for a in cluster.root_addresses]
+    for seed in range(40, 80):  # an image whose two layers rendezvous puts on one root
+        image = make_image(layers=(2 * MiB, 2 * MiB), seed=seed)
+        owners = {rendezvous_order(d, roots)[0] for d in image.layer_digests}
+        if len(owners) == 1:
+            break
+    [owner] = owners
+    push_image(image, registry, "team/handoff", "v1")
+    for digest in image.layer_digests:
+        front.trickle(blob_path_pattern(digest), piece=256 * 1024, delay=0.1)  # ~0.8 s each
+
+    def get(agent: AgentProcess, digest: str) -> str:
+        status, _, body = http_get(agent.address, agent.port, blob_url("team/handoff", digest))
+        assert status == 200, body[:300]
+        return "sha256:" + hashlib.sha256(body).hexdigest()
+
+    pairs = [(a, d) for a in cluster.agents for d in image.layer_digests]
+    with concurrent.futures.ThreadPoolExecutor(len(pairs)) as pool:
+        got = list(pool.map(lambda pair: get(*pair), pairs))
+    assert got == [d for _, d in pairs]
+    for digest in image.layer_digests:
+        assert registry.blob_get_count(digest) == 1, f"origin sent {digest} more than once"
+    trackers = {
+        root: agent_status(process)["swarm"]["tracker"]
+        for root, process in zip(roots, cluster.roots, strict=True)
+    }
+    [(handed, to)] = trackers[owner]["handoffs"].items()
+    [other] = [r for r in roots if r != owner]
+    assert handed in image.layer_digests and to == other
+    taken = {r: set(image.layer_digests) & set(t["layers"]) for r, t in trackers.items()}
+    assert taken == {owner: set(image.layer_digests) - {handed}, other: {handed}}
+    # The first root's own client follows its handoff too: through the swarm, not the origin.
+    assert get(cluster.roots[roots.index(owner)], handed) == handed
+    assert registry.blob_get_count(handed) == 1
     assert all(agent_status(a)["swarm"]["origin_fallbacks"] == 0 for a in cluster.agents)
 
 
@@ -384,7 +441,6 @@ def test_root_killed_mid_layer_pull_still_completes(
     )
     layer = image.layer_digests[0]
     # Kill whichever root owns the layer once the pulls are under way.
-    from agent.swarm.protocol import rendezvous_order
 
     owner = rendezvous_order(layer, [f"{a}:{cluster.p2p_port}" for a in cluster.root_addresses])[0]
     owner_proc = next(r for r in cluster.roots if owner.startswith(r.address + ":"))
@@ -407,7 +463,6 @@ def test_root_killed_mid_layer_pull_still_completes(
 
 
 def owner_of(cluster: Cluster, digest: str) -> tuple[str, AgentProcess]:
-    from agent.swarm.protocol import rendezvous_order
 
     owner = rendezvous_order(digest, [f"{a}:{cluster.p2p_port}" for a in cluster.root_addresses])[0]
     return owner, next(r for r in cluster.roots if owner.startswith(r.address + ":"))

@@ -101,9 +101,11 @@ def test_a_root_says_how_many_lost_chunks_it_fetched_again() -> None:
     tracker = {
         "layers": {"sha256:ab": {"refetched": 2}, "sha256:cd": {"state": "starting"}},
         "plans_answered": 40,
+        "handoffs": {"sha256:" + "c" * 64: "10.0.0.2:65002"},
     }
     text = render_status({**STATUS, "swarm": {**STATUS["swarm"], "tracker": tracker}})
     assert "tracker: 2 layers, 40 plans answered, 2 lost chunks fetched again" in text
+    assert "from the origin, 1 handed to the next root" in text
 
 
 def test_minimal_status_still_renders() -> None:

@@ -14,8 +14,8 @@ from agent.preheat.manifests import BlobRef, RepoAccess
 from agent.preheat.progress import BlobState
 from agent.preheat.warm import Warmer
 from agent.swarm.client import PeerError
+from agent.swarm.ownership import rendezvous_order
 from agent.swarm.preheat import PreheatReply, PreheatTarget
-from agent.swarm.protocol import rendezvous_order
 
 ROOTS = ["10.0.0.1:65002", "10.0.0.2:65002", "10.0.0.3:65002"]
 UPSTREAM = Upstream("http", "127.0.0.1", 5000)

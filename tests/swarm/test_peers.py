@@ -34,6 +34,7 @@ from agent.http.server import HttpServer, ServerSettings, listener_port, open_li
 from agent.registry.routes import parse_digest
 from agent.swarm.client import P2PClient, PeerError
 from agent.swarm.download import SwarmContext
+from agent.swarm.ownership import HANDOFF_MIN_CHUNKS, Fetching, rendezvous_order
 from agent.swarm.preheater import Preheater
 from agent.swarm.protocol import ChunkTarget, PlanTarget
 from agent.swarm.roots import RootSet
@@ -104,11 +105,29 @@ class Swarm:
         for http in self._clients:
             await http.aclose()
 
-    async def root(self, **env: str | int) -> Peer:
+    def _client(self, node: str) -> P2PClient:
+        p2p_http = plain_http_client(30.0)
+        self._clients.append(p2p_http)
+        return P2PClient(p2p_http, token=TOKEN.encode(), node=node, tls=False)
+
+    async def root(self, *others: Peer, **env: str | int) -> Peer:
+        """A root; with `others`, one whose own client pulls through the roots `others` and
+        itself, as the daemon wires a root that lists the roots (its tracker knows them too)."""
         listeners, node = await self._listen()
+        swarm: SwarmContext | None = None
+        root_set: RootSet | None = None
+        if others:
+            env["ROOTS"] = ",".join([*(p.node for p in others), node])
         config = self._config(node, MODE="root", **env)
-        data = DataPath.build(config, root=True)
-        tracker = Tracker(node=node, config=config, fetcher=data.fetcher, cache=data.cache)
+        if others:
+            root_set = RootSet(config.roots, p2p_port=config.p2p_port)
+            swarm = SwarmContext(node=node, roots=root_set, client=self._client(node))
+        data = DataPath.build(config, swarm=swarm, root=True)
+        tracker = Tracker(
+            node=node, config=config, fetcher=data.fetcher, cache=data.cache, roots=root_set
+        )
+        if swarm is not None:
+            swarm.handed_to = tracker.handed_to
         preheater = Preheater(upstreams=config.upstreams, fetcher=data.fetcher, cache=data.cache)
         service = P2PService(
             token=TOKEN.encode(),
@@ -117,7 +136,11 @@ class Swarm:
             preheat_handler=preheater.preheat,
             hot_chunk=data.fetcher.hot_chunk,
         )
-        peer = Peer(node=node, data=data, service=service, tracker=tracker, preheater=preheater)
+        peer = Peer(
+            node=node, data=data, service=service, tracker=tracker, preheater=preheater, swarm=swarm
+        )
+        if root_set is not None:
+            await self._nursery.start(root_set.run)
         await self._nursery.start(data.fetcher.run)
         await self._nursery.start(tracker.run)
         await self._serve(peer, listeners)
@@ -128,10 +151,7 @@ class Swarm:
         names = [r if isinstance(r, str) else r.node for r in roots]
         config = self._config(node, ROOTS=",".join(names), **env)
         root_set = RootSet(config.roots, p2p_port=config.p2p_port)
-        p2p_http = plain_http_client(config.upstream_timeout)
-        self._clients.append(p2p_http)
-        client = P2PClient(p2p_http, token=TOKEN.encode(), node=node, tls=False)
-        swarm = SwarmContext(node=node, roots=root_set, client=client)
+        swarm = SwarmContext(node=node, roots=root_set, client=self._client(node))
         data = DataPath.build(config, swarm=swarm)
         service = P2PService(
             token=TOKEN.encode(),
@@ -567,6 +587,79 @@ async def test_plan_reaches_the_tracker_and_returns_the_chunk_table(
         refused = await client.plan(root.node, elsewhere, None)
         assert refused.error_status == 403 and not refused.assignments
         assert blob.gets == [None]
+
+
+def hand_off(root: Peer, blob: FakeBlob, to: str) -> None:
+    """Make `root` hand `blob` to `to`, as it does while it fetches another big layer."""
+    assert root.tracker is not None
+    busy = Fetching("sha256:" + "0" * 64, HANDOFF_MIN_CHUNKS)
+    order = [root.node, to]
+    now = trio.current_time()
+    handoffs = root.tracker.handoffs
+    assert (
+        handoffs.decide(
+            blob.digest, me=root.node, order=order, held=False, fetching=[busy], now=now
+        )
+        == to
+    )
+
+
+async def test_an_agent_follows_a_handoff_to_the_root_it_names(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """The layer's first root hands it off: the agent asks the root it names, saying so, and
+    that root takes the layer (the cluster's one trip to the origin) though it is second in
+    the layer's rendezvous order; the first root never fetches it."""
+    with trio.fail_after(TIMEOUT):
+        roots = {peer.node: peer for peer in (await swarm.root(), await swarm.root())}
+        agent = await swarm.agent(*roots.values())
+        blob = registry.add(os.urandom(6 * CHUNK + 10))
+        first, second = (roots[n] for n in rendezvous_order(blob.digest, list(roots)))
+        hand_off(first, blob, second.node)
+        assert await pull(agent, registry, blob) == blob.data
+        assert blob.gets == [None]
+        assert first.tracker is not None and second.tracker is not None
+        assert blob.digest in second.tracker.statistics()["layers"]  # type: ignore[operator]
+        assert blob.digest not in first.tracker.statistics()["layers"]  # type: ignore[operator]
+        assert agent.swarm is not None and agent.swarm.fallbacks == {}
+
+
+async def test_an_agent_that_cannot_ask_the_root_named_has_the_first_root_take_the_layer(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """A handoff to a root this agent does not know (or has benched): it asks the first root
+    again, saying the layer was handed, and that root takes it: a handoff never costs a pull."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        agent = await swarm.agent(root)
+        blob = registry.add(os.urandom(6 * CHUNK + 10))
+        hand_off(root, blob, "127.0.0.1:9")
+        assert await pull(agent, registry, blob) == blob.data
+        assert blob.gets == [None]
+        assert root.tracker is not None
+        assert blob.digest in root.tracker.statistics()["layers"]  # type: ignore[operator]
+        assert agent.swarm is not None and agent.swarm.fallbacks == {}
+
+
+async def test_a_root_handed_a_layer_fetches_it_for_its_own_client_from_the_origin(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """The root a layer was handed to pulls it for its own client: it asks the first root,
+    hears the layer is its own, and fetches it from the origin (its tracker, asking itself,
+    would wait on its own download until the size deadline); its agents then share it."""
+    with trio.fail_after(TIMEOUT):
+        first = await swarm.root()
+        second = await swarm.root(first)
+        blob = registry.add(os.urandom(6 * CHUNK + 10))
+        while rendezvous_order(blob.digest, [first.node, second.node])[0] != first.node:
+            blob = registry.add(os.urandom(6 * CHUNK + 10))
+        hand_off(first, blob, second.node)
+        assert await pull(second, registry, blob) == blob.data
+        assert blob.gets == [None]
+        agent = await swarm.agent(first, second)
+        assert await pull(agent, registry, blob) == blob.data
+        assert blob.gets == [None]
+        assert second.swarm is not None and second.swarm.fallbacks == {}
 
 
 async def test_a_root_answers_a_bounded_number_of_nodes_per_layer(

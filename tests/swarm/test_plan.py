@@ -35,6 +35,8 @@ def plans(draw: st.DrawFn) -> Plan:
     hashes = draw(st.dictionaries(st.integers(0, count - 1), sha, max_size=50)) if count else {}
     pairs = st.tuples(st.sampled_from(sorted(hashes)), nodes)
     assignments = draw(st.lists(pairs, max_size=20, unique=True)) if hashes else []
+    if draw(st.integers(0, 9)) == 0:  # a handoff says nothing else
+        return Plan(size=None, chunk_size=chunk_size, handoff=draw(nodes))
     error = draw(st.none() | st.text(string.printable.strip(), max_size=60))
     complete = False if error is not None or size is None else draw(st.booleans())
     return Plan(
@@ -96,6 +98,14 @@ def test_plan_error_reply() -> None:
         reply(chunk_sha256={}, assignments=[], size=None, error="unauthorized", error_status=401)
     )
     assert (got.error, got.error_status, got.size, got.count) == ("unauthorized", 401, None, None)
+
+
+def test_a_handoff_reply_names_the_root_and_nothing_else() -> None:
+    doc = reply(size=None, chunk_sha256={}, assignments=[], handoff="[FD00::2]:65002")
+    got = Plan.from_json(doc)
+    assert got.handoff == "[fd00::2]:65002" and got.size is None
+    assert Plan.from_json(got.to_json()) == got
+    assert b"handoff" not in Plan(size=None, chunk_size=4).to_json()  # read as before
 
 
 @given(plans())
@@ -169,6 +179,9 @@ def test_plan_round_trip(original: Plan) -> None:
         (reply().replace(b'"retry_after": 0.5', b'"retry_after": 1e999'), "retry_after"),
         (reply().replace(b'"size": 10', b'"size": ' + b"9" * 5000), "not JSON"),
         (reply(extra=1), "unknown ['extra']"),
+        (reply(handoff="10.0.0.2:65002"), "says nothing else"),
+        (reply(size=None, chunk_sha256={}, assignments=[], handoff="x"), "needs a port"),
+        (reply(size=None, chunk_sha256={}, assignments=[], handoff=5), "must name a root"),
         (reply().replace(b'"complete": false, ', b""), "missing ['complete']"),
     ],
 )
