@@ -119,7 +119,7 @@ class SwarmConfig:
     max_depth: int = MAX_DEPTH  # transfers a node keeps in flight at most (LayerPlanner.depth)
     window: int = 8
     upload_slots: int = 1
-    root_upload_slots: int = 1
+    root_upload_slots: int = 2  # as a root's tracker (agent/swarm/tracker.py)
     endgame: int = 2
     transfer_timeout: float = 10.0
     latency: float = 0.001  # s: a round trip (a plan request and its answer; a chunk request)

@@ -29,9 +29,9 @@ chunk outlasts a round trip, and the root's link, the narrowest point, busy with
   faster than a few plan round trips, agent/swarm/depth.py: at 10 Gbit/s a 4 MiB chunk lasts
   3.4 ms); demand beyond that only brings a second source of a *late* transfer (see Late). A
   peer uploads `upload_slots` at once (1 on a uniform cluster), its depth once its uploads ran
-  at the usual pace; the root max(`root_upload_slots`, the greatest depth asked). A transfer
-  comes from the least-loaded holder with a free slot, the fastest among equals (a peer's
-  *pace*: its uploads' mean duration); else the node waits.
+  at the usual pace; the root max(`root_upload_slots` (a tracker's: 2), the greatest depth
+  asked). A transfer comes from the least-loaded holder with a free slot, the fastest among
+  equals (a peer's *pace*: its uploads' mean duration); else the node waits.
 - **Striping.** The root sends only chunks no live peer holds ("root-only"; also a chunk held
   by slow peers only), one copy at a time, to a node with a download slot free. A freed root
   slot sends the lowest root-only chunk to a waiting node that is not slow and had the fewest

@@ -123,7 +123,14 @@ class Tracker:
     fetcher: OriginFetcher
     cache: ChunkCache
     window: int = 8  # the schedule's look-ahead, in chunks
-    upload_slots: int = 1  # transfers a peer (and the root) uploads at once
+    upload_slots: int = 1  # transfers a peer uploads at once
+    # The root's uploads at once. Its link is the one every byte crosses once, and a single
+    # transfer rarely has a receiver's link to itself (its pipelined next transfer, a relayed
+    # chunk): with 2, the netns bench's roots sent at ~110 -> more of their 200 Mbit/s, and P95
+    # went 1.45-1.50 -> 1.39-1.40 x T_min (N=8, 2 layers), 1.62 -> 1.49 (N=16), 1.68 -> 1.56
+    # (N=8, 1 layer); 3 gave 1.43. Each first copy takes twice as long, which costs the
+    # simulator's fluid links a little (1.22 -> 1.24 for one layer) and no real link we measured.
+    root_upload_slots: int = 2
     transfer_timeout: float = 10.0
     # The roots as this root sees them: a busy root hands a new layer to the next in its
     # order (`agent.swarm.ownership`); None: it keeps every layer it is asked about.
@@ -445,7 +452,7 @@ class Tracker:
             root=self.node,
             window=self.window,
             upload_slots=self.upload_slots,
-            root_upload_slots=self.upload_slots,
+            root_upload_slots=self.root_upload_slots,
             transfer_timeout=self.transfer_timeout,
             expected=expected_transfer(self.cache.chunk_size),
         )

@@ -406,6 +406,7 @@ async def test_an_assignment_wakes_only_the_standing_request_it_is_for(
         root = await swarm.root()
         tracker = root.tracker
         assert tracker is not None
+        tracker.root_upload_slots = 1  # one chunk's first copy at a time: one asker to wake
         blob = registry.add(os.urandom(4 * CHUNK), pause_at=CHUNK // 2)
         looked: list[str] = []
         deliverable = tracker._deliverable
@@ -438,6 +439,23 @@ async def test_an_assignment_wakes_only_the_standing_request_it_is_for(
             nursery.cancel_scope.cancel()
         assert len(answered) == 1
         assert set(looked) == set(answered), looked
+
+
+async def test_a_root_sends_two_first_copies_at_once(swarm: Swarm, registry: FakeRegistry) -> None:
+    """The root's link is the one every byte crosses once; a transfer rarely has its receiver's
+    link to itself, so the root keeps two going (`Tracker.root_upload_slots`): two agents
+    asking at once both get a chunk from the root."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        tracker = root.tracker
+        assert tracker is not None
+        blob = registry.add(os.urandom(8 * CHUNK))
+        assert await pull(root, registry, blob) == blob.data  # the root holds it all
+        plans = [
+            await tracker.plan(asker, plan_request(registry, blob, want=1), None)
+            for asker in ("127.0.0.2:7000", "127.0.0.3:7000")
+        ]
+        assert [[src for _, src in p.assignments] for p in plans] == [[root.node], [root.node]]
 
 
 @pytest.mark.parametrize("token", [b"not-the-cluster-token", None], ids=["wrong", "unsigned"])
