@@ -86,10 +86,11 @@ class LayerFetcher:
         return None
 
     def holds(self, digest: str) -> bool:
-        """The layer is in this node's cache or on its way (a download of any reader's): a
-        root that hands it off would cost the origin a second copy."""
+        """The layer is in this node's cache, whole or in part (a download resumes it), or on
+        its way (a download of any reader's): a root that hands it off would cost the origin
+        bytes it sent once already."""
         entry = self._cache.peek(digest)
-        return (entry is not None and entry.verified) or digest in self._inflight
+        return (entry is not None and not entry.dropped) or digest in self._inflight
 
     def hot_chunk(self, entry: CacheEntry, index: int) -> Chunk | None:
         """Chunk `index` of `entry` if a download of it still holds the chunk in memory (it

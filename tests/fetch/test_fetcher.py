@@ -400,3 +400,23 @@ async def test_a_layer_cut_short_by_a_crash_resumes_with_its_chunks(
         assert "resuming" in caplog.text and "2 of 5 chunks kept" in caplog.text
         entry = restarted.cache.get(blob.digest)
         assert entry is not None and entry.verified and blob.gets == [None]
+
+
+async def test_holds_says_whether_the_origin_sent_a_layer_here_already(
+    registry: FakeRegistry, make_node: MakeNode
+) -> None:
+    """What a root asks before it hands a layer off (`Tracker._hand_off`): a layer on its way
+    here or in the cache counts; an unknown one does not."""
+    with trio.fail_after(TIMEOUT):
+        node = await make_node()
+        blob = registry.add(layer(3 * CHUNK + 5), hold=trio.Event())
+        assert not node.fetcher.holds(blob.digest)
+        async with trio.open_nursery() as readers:
+            readers.start_soon(read_layer, node, registry, blob)
+            await blob.requested.wait()
+            assert node.fetcher.holds(blob.digest), "on its way"
+            assert blob.hold is not None
+            blob.hold.set()
+        assert node.fetcher.in_flight() == []
+        assert node.fetcher.holds(blob.digest), "in the cache"
+        assert not node.fetcher.holds("sha256:" + "0" * 64)
