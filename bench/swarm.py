@@ -401,7 +401,8 @@ def main() -> int:
                     f"{wait_ms / max(waited, 1):.0f} ms on average for the rest"
                 )
                 handed = sum(swarm_status(r, "tracker.handoffs") for r in roots)
-                print(f"swarm: the roots handed {handed} layers to the next root (handoffs)")
+                plural = "" if handed == 1 else "s"
+                print(f"swarm: the roots handed {handed} layer{plural} to the next root (handoffs)")
                 sealed = sum(swarm_status(a, "sealed_layers") for a in agents)
                 rehashed = sum(swarm_status(a, "rehashed_bytes") for a in agents)
                 print(
