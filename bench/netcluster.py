@@ -9,9 +9,11 @@ upload and download rates. The origin runs Debian's docker-registry; the nodes r
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -188,11 +190,12 @@ def swarm_status(host: Host, field: str) -> int:
     return int(result.stdout.strip() or 0)
 
 
-def pull_command(client: str, ref: str, dest: Path) -> list[str]:
+def pull_command(client: str, ref: str, dest: Path, *, ready: bool = False) -> list[str]:
     """skopeo copies the image into an OCI layout (layers at once, as containerd fetches
     them); `light` checks every blob against its digest and keeps nothing (bench/lightpull.py)."""
     if client == "light":
-        return [sys.executable, str(Path(__file__).with_name("lightpull.py")), ref]
+        light = [sys.executable, str(Path(__file__).with_name("lightpull.py"))]
+        return [*light, "--ready", ref] if ready else [*light, ref]
     return [
         "skopeo",
         "copy",
@@ -205,10 +208,18 @@ def pull_command(client: str, ref: str, dest: Path) -> list[str]:
 
 
 def pull_all(
-    hosts: list[Host], source: str, work: Path, label: str, client: str = "skopeo"
+    hosts: list[Host],
+    source: str,
+    work: Path,
+    label: str,
+    client: str = "skopeo",
+    *,
+    verbose: bool = False,
 ) -> list[float]:
-    """Start a pull on every host at once; return each one's duration."""
-    started = time.monotonic()
+    """Start a pull on every host at once; return each one's duration. Light clients start
+    first and wait (`lightpull.py --ready`): the clock runs from their go, not from Python's
+    start-up. `verbose`: print the start on the logs' clock, to trace the pull."""
+    light = client == "light"
     procs = []
     for host in hosts:
         dest = work / f"{label}-{host.index}"
@@ -216,11 +227,24 @@ def pull_all(
         ref = source.format(address=host.address)
         procs.append(
             subprocess.Popen(
-                ["ip", "netns", "exec", host.netns, *pull_command(client, ref, dest)],
-                stdout=subprocess.DEVNULL,
+                ["ip", "netns", "exec", host.netns, *pull_command(client, ref, dest, ready=True)],
+                stdin=subprocess.PIPE if light else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if light else subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
         )
+    for proc in procs if light else []:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        if not ready or proc.stdout.readline() != b"ready\n":
+            raise RuntimeError(f"{label}: a light client did not start within 60 s")
+    started = time.monotonic()
+    if verbose:
+        print(f"{label}: pull starts at {datetime.datetime.now():%H:%M:%S,%f}")
+    for proc in procs if light else []:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.close()
     durations = [0.0] * len(procs)
     pending = set(range(len(procs)))
     deadline = started + 1800

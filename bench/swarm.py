@@ -28,7 +28,6 @@ Everything it made (namespaces, processes, files) is removed at the end, also on
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
 import os
 import resource
@@ -340,9 +339,7 @@ def main() -> int:
                 if label == "swarm"
                 else []
             )
-            if args.verbose:  # the logs' clock, to trace the pull
-                print(f"{label}: pull starts at {datetime.datetime.now():%H:%M:%S,%f}")
-            durations = pull_all(agents, source, work, label, args.client)
+            durations = pull_all(agents, source, work, label, args.client, verbose=args.verbose)
             profiling.stop(spies)
             total1, idle1, irq1 = cpu_times()
             clients = children_cpu() - clients0
