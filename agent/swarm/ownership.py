@@ -23,8 +23,9 @@ itself: correctness never depends on the handoff.
 A root hands a layer off only when that costs the origin nothing: not one it holds or fetches
 already (cached, preheated, a pull of its own client's), and only while it fetches another
 layer of at least HANDOFF_MIN_CHUNKS chunks itself (a config blob of 400 bytes is no load). The
-decision is this root's alone and made once per layer; the record lives as long as askers come
-(FORGET_AFTER after the last), at most MAX_HANDOFFS layers.
+decision is this root's alone and made once per layer; the record lives a week after the last
+asker (the next root still holds the layer when a later pull comes), at most MAX_HANDOFFS
+layers, and not across a restart of this root (a pull after it has this root fetch the layer).
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ from dataclasses import dataclass, field
 import xxhash
 
 HANDOFF_MIN_CHUNKS = 2  # a layer this big being fetched from the origin makes its root busy
-MAX_HANDOFFS = 4096  # layers a root remembers having handed off
-FORGET_AFTER = 600.0  # s after the last asker: the layer is cold again
+MAX_HANDOFFS = 16384  # layers a root remembers having handed off (~250 bytes each)
+# A record outlives the pull: the next root keeps the layer in its cache, and a later pull that
+# asked this root would have it fetch the layer from the origin again. A stale record costs a
+# redirect at most (the next root fetches what it no longer holds, as this one would have).
+FORGET_AFTER = 7 * 24 * 3600.0
 
 
 def rendezvous_score(digest: str, root: str) -> int:

@@ -153,3 +153,11 @@ def test_placement_puts_a_busy_roots_next_big_layer_on_its_next_root() -> None:
         roots[1]
     ]
     assert placement([(same[0], 4), (same[1], 4)], roots[:1]) == [roots[0]] * 2
+
+
+def test_a_handoff_outlives_the_pull_so_a_later_pull_finds_the_layer_where_it_went() -> None:
+    """The next root keeps the layer; a pull a day later that this root kept for itself would
+    have it fetch the layer from the origin a second time."""
+    handoffs = Handoffs()
+    decide(handoffs)
+    assert handoffs.target(DIGEST, now=24 * 3600.0) == NEXT
