@@ -44,6 +44,7 @@ from agent.registry.client import RegistryClient
 from agent.registry.proxy import RegistryProxy, protocol_error_response
 from agent.swarm.client import P2PClient
 from agent.swarm.download import SwarmContext
+from agent.swarm.handoffstore import HandoffStore
 from agent.swarm.preheater import Preheater
 from agent.swarm.protocol import parse_node
 from agent.swarm.roots import RootSet
@@ -111,6 +112,7 @@ class Agent:
                 fetcher=self.fetcher,
                 cache=self.cache,
                 roots=self.roots,
+                handoff_store=HandoffStore(Path(config.cache_path)),
             )
             if self.swarm is not None:  # this root's own client follows its handoffs
                 self.swarm.handed_to = self.tracker.handed_to

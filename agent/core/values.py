@@ -16,6 +16,7 @@ Bad values are echoed through `show_value`, cut short; parsers of values that ma
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
 import re
@@ -387,3 +388,15 @@ def format_labels(pairs: tuple[tuple[str, str], ...]) -> str:
 def format_optional(x: object) -> str:
     """'' for None (how an unset optional key is written), else str(x)."""
     return "" if x is None else str(x)
+
+
+def parse_json_object(data: bytes | str, what: str) -> dict[str, Any]:
+    """`data` as a JSON object, or ValueError saying `what` is not one (a reply, a manifest, a
+    file: every JSON document this program reads is an object at the top)."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, ...
+        raise ValueError(f"{what} is not JSON: {str(exc)[:120]}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{what} is not a JSON object")
+    return doc

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import urllib.parse
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.hostport import normalize_registry_host
+from agent.core.values import parse_json_object
 
 DEFAULT_TOKEN_SECONDS = 60.0  # a token without expires_in lasts this long (the spec's rule)
 MAX_TOKEN_REPLY = 1 << 20
@@ -91,12 +91,7 @@ def token_url(challenge: Challenge, repo: str) -> str:
 
 def parse_token_reply(body: bytes) -> tuple[str, float]:
     """A token service's JSON → (token, seconds it lasts); ValueError if there is none."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise ValueError(f"token reply is not JSON: {str(e)[:80]}") from None
-    if not isinstance(doc, dict):
-        raise ValueError("token reply is not a JSON object")
+    doc = parse_json_object(body, "token reply")
     token = doc.get("token") or doc.get("access_token")
     if not isinstance(token, str) or not token or not token.isprintable():
         raise ValueError("token reply carries no token")

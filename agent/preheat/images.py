@@ -14,12 +14,12 @@ amd64); asked without a variant, the plain (or normalized) entry wins over other
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from agent.core.errors import RegistryError
+from agent.core.values import parse_json_object
 from agent.kube.admission import parse_image
 from agent.registry.routes import parse_digest
 
@@ -162,11 +162,9 @@ def parse_manifest(body: bytes, content_type: str | None) -> Index | ImageManife
     if len(body) > MANIFEST_LIMIT:
         raise ManifestError(f"manifest larger than {MANIFEST_LIMIT >> 20} MiB")
     try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise ManifestError(f"manifest is not JSON: {str(e)[:120]}") from None
-    if not isinstance(doc, dict):
-        raise ManifestError("manifest is not a JSON object")
+        doc = parse_json_object(body, "manifest")
+    except ValueError as exc:
+        raise ManifestError(str(exc)) from None
     if doc.get("schemaVersion") == 1:
         raise ManifestError("schema 1 manifests (Docker before 1.10) are not supported")
     if doc.get("schemaVersion") != 2:

@@ -25,15 +25,19 @@ already (cached, preheated, a pull of its own client's), and only while it fetch
 layer of at least HANDOFF_MIN_CHUNKS chunks itself (a config blob of 400 bytes is no load). The
 decision is this root's alone and made once per layer; the record lives a week after the last
 asker (the next root still holds the layer when a later pull comes), at most MAX_HANDOFFS
-layers, and not across a restart of this root (a pull after it has this root fetch the layer).
+layers, and across restarts of this root (`agent.swarm.handoffstore` keeps them on disk).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import xxhash
+
+from agent.core.values import parse_json_object
+from agent.swarm.protocol import P2PError, check_digest, parse_node
 
 HANDOFF_MIN_CHUNKS = 2  # a layer this big being fetched from the origin makes its root busy
 MAX_HANDOFFS = 16384  # layers a root remembers having handed off (~250 bytes each)
@@ -146,3 +150,25 @@ class Handoffs:
     def state(self) -> dict[str, str]:
         """digest -> root, for the status page."""
         return {digest: root for digest, (root, _) in self._to.items()}
+
+    def dump(self) -> bytes:
+        """The records as a file keeps them (`restore` reads them back), oldest first."""
+        return json.dumps(self.state(), separators=(",", ":")).encode()
+
+    def restore(self, data: bytes, now: float) -> int:
+        """Records an earlier run of this root wrote (`dump`), each as if asked `now`: a
+        restarted root still sends pulls where its layers went. Raises ValueError, naming what
+        is wrong, for anything but such a file; returns how many records it holds now."""
+        records = parse_json_object(data, "the handoff records")
+        checked = {}
+        for digest, root in records.items():
+            try:
+                checked[check_digest(digest)] = parse_node(root)
+            except P2PError as exc:
+                raise ValueError(exc.message) from None
+        for digest, root in list(checked.items())[-self.limit :]:
+            self._to.pop(digest, None)
+            self._to[digest] = (root, now)
+        while len(self._to) > self.limit:
+            del self._to[next(iter(self._to))]
+        return len(self._to)

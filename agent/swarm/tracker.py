@@ -32,6 +32,7 @@ from agent.core.errors import RegistryError
 from agent.core.upstream import Upstream
 from agent.registry.routes import Digest, parse_digest
 from agent.registry.upstreams import match_upstream
+from agent.swarm.handoffstore import HandoffStore
 from agent.swarm.ownership import Fetching, Handoffs, busy_with
 from agent.swarm.pace import expected_transfer
 from agent.swarm.plan import Plan, table_digest
@@ -135,6 +136,7 @@ class Tracker:
     # The roots as this root sees them: a busy root hands a new layer to the next in its
     # order (`agent.swarm.ownership`); None: it keeps every layer it is asked about.
     roots: RootSet | None = None
+    handoff_store: HandoffStore | None = None  # the handoffs on disk, across restarts
     plans_answered: int = field(default=0, init=False)
     handoffs: Handoffs = field(default_factory=Handoffs, init=False)
     _layers: dict[str, RootLayer] = field(default_factory=dict, init=False)
@@ -142,6 +144,8 @@ class Tracker:
     _nursery: trio.Nursery | None = field(default=None, init=False)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.handoff_store is not None:
+            await self.handoff_store.load(self.handoffs)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
@@ -356,6 +360,8 @@ class Tracker:
         if to is not None:
             busy = busy_with(fetching, digest)
             log.info("tracker %s: busy fetching %s; handing it to %s", digest, busy, to)
+            if self.handoff_store is not None and self._nursery is not None:
+                self._nursery.start_soon(self.handoff_store.save, self.handoffs)
         return to
 
     @staticmethod

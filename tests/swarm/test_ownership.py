@@ -3,6 +3,7 @@ agree) and a busy root's handoffs, without sockets."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -161,3 +162,24 @@ def test_a_handoff_outlives_the_pull_so_a_later_pull_finds_the_layer_where_it_we
     handoffs = Handoffs()
     decide(handoffs)
     assert handoffs.target(DIGEST, now=24 * 3600.0) == NEXT
+
+
+def test_records_read_back_as_written_and_anything_else_is_refused() -> None:
+    handoffs = Handoffs()
+    decide(handoffs)
+    again = Handoffs(limit=5)
+    assert again.restore(handoffs.dump(), now=100.0) == 1
+    assert again.target(DIGEST, now=100.0 + 3600) == NEXT
+    for bad, why in [
+        (b"[1]", "JSON object"),
+        (b"{", "not JSON"),
+        (b'{"sha256:xyz": "10.0.0.1:1"}', "digest"),
+        (b'{"%s": "no-port"}' % DIGEST.encode(), "port"),
+        (b'{"%s": 7}' % DIGEST.encode(), "string"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            Handoffs().restore(bad, now=0.0)
+    many = {f"sha256:{i:064x}": NEXT for i in range(9)}
+    assert again.restore(json.dumps(many).encode(), now=0.0) == 5  # the newest are kept
+    assert again.target(f"sha256:{8:064x}", now=1.0) == NEXT
+    assert again.target(DIGEST, now=1.0) is None

@@ -34,6 +34,7 @@ from agent.http.server import HttpServer, ServerSettings, listener_port, open_li
 from agent.registry.routes import parse_digest
 from agent.swarm.client import P2PClient, PeerError
 from agent.swarm.download import SwarmContext
+from agent.swarm.handoffstore import FILE_NAME, HandoffStore
 from agent.swarm.ownership import HANDOFF_MIN_CHUNKS, Fetching, rendezvous_order
 from agent.swarm.preheater import Preheater
 from agent.swarm.protocol import ChunkTarget, PlanTarget
@@ -124,7 +125,12 @@ class Swarm:
             swarm = SwarmContext(node=node, roots=root_set, client=self._client(node))
         data = DataPath.build(config, swarm=swarm, root=True)
         tracker = Tracker(
-            node=node, config=config, fetcher=data.fetcher, cache=data.cache, roots=root_set
+            node=node,
+            config=config,
+            fetcher=data.fetcher,
+            cache=data.cache,
+            roots=root_set,
+            handoff_store=HandoffStore(Path(config.cache_path)),
         )
         if swarm is not None:
             swarm.handed_to = tracker.handed_to
@@ -678,6 +684,46 @@ async def test_a_root_handed_a_layer_fetches_it_for_its_own_client_from_the_orig
         assert await pull(agent, registry, blob) == blob.data
         assert blob.gets == [None]
         assert second.swarm is not None and second.swarm.fallbacks == {}
+
+
+async def test_a_busy_root_hands_a_new_layer_off_and_a_restart_of_it_still_does(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """A root fetching a big layer from the origin hands a new one to the next root of its
+    order and writes that down; a new run of it (a tracker over the same cache directory)
+    answers the same, so the first pull after a restart does not fetch the layer again."""
+    with trio.fail_after(TIMEOUT):
+        other = await swarm.root()
+        root = await swarm.root(other)
+        assert root.tracker is not None
+        slow = registry.add(os.urandom(8 * CHUNK), pause_at=2 * CHUNK)
+        asker = "127.0.0.9:7000"
+        taken = plan_request(registry, slow, want=0, handed=True)  # taken whatever the order
+        assert (await root.tracker.plan(asker, taken, None)).size == slow.size
+        blob = registry.add(os.urandom(4 * CHUNK))
+        while rendezvous_order(blob.digest, [root.node, other.node])[0] != root.node:
+            blob = registry.add(os.urandom(4 * CHUNK))
+        new = plan_request(registry, blob, want=1)
+        assert (await root.tracker.plan(asker, new, None)).handoff == other.node
+        assert blob.gets == []
+        store = root.tracker.handoff_store
+        assert store is not None
+        while not store.path.exists():  # written in the background
+            await trio.sleep(0.01)
+        restarted = Tracker(
+            node=root.node,
+            config=root.tracker.config,
+            fetcher=root.data.fetcher,
+            cache=root.data.cache,
+            roots=root.tracker.roots,
+            handoff_store=HandoffStore(store.path.parent),
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(restarted.run)
+            assert (await restarted.plan(asker, new, None)).handoff == other.node
+            nursery.cancel_scope.cancel()
+        assert store.path.name == FILE_NAME and blob.gets == []
+        slow.resume.set()
 
 
 async def test_a_root_answers_a_bounded_number_of_nodes_per_layer(
