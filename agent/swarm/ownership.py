@@ -71,13 +71,14 @@ def placement(layers: Sequence[tuple[str, int]], roots: Sequence[str]) -> list[s
     unless that root fetches a big layer of these already, then the next one (which takes it
     whatever its own load: one handoff, as `Handoffs.decide`). For the simulator and the
     benches, which lay out a pull before it runs."""
-    busy: set[str] = set()
+    fetching: dict[str, list[Fetching]] = {}
     out = []
     for digest, chunks in layers:
         order = rendezvous_order(digest, roots)
-        root = order[1] if len(order) > 1 and order[0] in busy else order[0]
-        if chunks >= HANDOFF_MIN_CHUNKS:
-            busy.add(root)
+        first = order[0]
+        busy = busy_with(fetching.get(first, []), digest) is not None
+        root = order[1] if busy and may_hand_off(first, order, held=False) else first
+        fetching.setdefault(root, []).append(Fetching(digest, chunks))
         out.append(root)
     return out
 
@@ -88,6 +89,14 @@ class Fetching:
 
     digest: str
     chunks: int | None  # None while the origin has not told its size
+
+
+def may_hand_off(me: str, order: Sequence[str], *, held: bool) -> bool:
+    """Whether root `me` may hand a layer off at all: it comes first in the layer's `order`
+    (an asker that came here on a failover finds the next root busy or gone already), a next
+    root exists, and handing off costs the origin nothing (this node does not hold or fetch
+    the layer already: `held`)."""
+    return not held and len(order) >= 2 and order[0] == me
 
 
 def busy_with(fetching: Sequence[Fetching], digest: str) -> str | None:
@@ -132,12 +141,10 @@ class Handoffs:
 
         `order`: the live roots in the layer's rendezvous order as this root sees them; `held`:
         this node holds or fetches the layer already; `fetching`: the layers it fetches from
-        the origin now. Hands off only when this root comes first in `order` (an asker that
-        came here on a failover finds the next root busy or gone already), a next root exists,
-        handing off costs the origin nothing (not `held`), and another big layer is on its way
-        in (`busy_with`). A handoff is recorded; the oldest record goes when `limit` is
-        reached."""
-        if held or len(order) < 2 or order[0] != me or busy_with(fetching, digest) is None:
+        the origin now. Hands off only when it may (`may_hand_off`) and another big layer is
+        on its way in (`busy_with`). A handoff is recorded; the oldest record goes when `limit`
+        is reached."""
+        if not may_hand_off(me, order, held=held) or busy_with(fetching, digest) is None:
             return None
         while len(self._to) >= self.limit:
             del self._to[next(iter(self._to))]

@@ -33,7 +33,7 @@ from agent.core.upstream import Upstream
 from agent.registry.routes import Digest, parse_digest
 from agent.registry.upstreams import match_upstream
 from agent.swarm.handoffstore import HandoffStore
-from agent.swarm.ownership import Fetching, Handoffs, busy_with
+from agent.swarm.ownership import Fetching, Handoffs, busy_with, may_hand_off
 from agent.swarm.pace import expected_transfer
 from agent.swarm.plan import Plan, table_digest
 from agent.swarm.protocol import PlanTarget
@@ -336,8 +336,8 @@ class Tracker:
         """Whether to hand a layer new to this root to the next root, and to which one
         (`agent.swarm.ownership.Handoffs.decide`): recorded, so every asker hears the same."""
         order = self.roots.owners(digest) if self.roots is not None else []
-        if len(order) < 2 or order[0] != self.node or self.fetcher.holds(digest):
-            return None
+        if not may_hand_off(self.node, order, held=self.fetcher.holds(digest)):
+            return None  # (before waiting on other starts)
         # Layers whose starts began before this one's are weighed with their sizes: two big
         # layers asked for at once are the case this is for.
         for other, event in list(self._starting.items()):
