@@ -32,6 +32,7 @@ import trio
 from agent.cache.chunks import ChunkLayout
 from agent.cache.store import CacheEntry
 from agent.core.errors import RegistryError
+from agent.fetch.chunkfill import ChunkFill
 from agent.fetch.fanout import Chunk, Fanout
 from agent.fetch.model import (
     CacheWriteFailed,
@@ -268,13 +269,9 @@ class LayerDownload:
 
     async def _download(self) -> None:
         path = f"/v2/{self.repo}/blobs/{self.digest}"
-        hasher = hashlib.new(self.digest.algorithm)
-        offset = 0
-        chunk_index = 0
-        chunk: Chunk = bytearray()
-        filled = 0
-        failures = 0
-        origin_bytes = 0
+        tabled = self._cache.chunk_tables and not self.stream_mode  # a root's, for peers
+        fill: ChunkFill | None = None
+        offset = failures = origin_bytes = 0
         url = url_pathname(self.upstream.base_url + path)
         gone = self.past()  # after a swarm download: what a ring let go stays gone
         while True:
@@ -292,35 +289,33 @@ class LayerDownload:
                         await discard(response, skip)
                     layout = self.layout
                     assert layout is not None
+                    if fill is None:
+                        new_buffer = self._cache.new_buffer
+                        fill = ChunkFill(layout, self.digest.algorithm, new_buffer, tabled=tabled)
                     while offset < layout.size:
-                        if filled == len(chunk):
-                            # A fresh buffer per chunk: emitted chunks are shared, never reused.
-                            chunk = self._cache.new_buffer(layout.length(chunk_index))
-                            filled = 0
-                        view = memoryview(chunk)[filled:]
-                        n = await response.receive_into(view)
+                        n = await response.receive_into(fill.free())
                         if n == 0:
                             raise HttpClientError(f"body ended at {offset} of {layout.size}")
-                        hashing = time.perf_counter()
-                        hasher.update(view[:n])
-                        self.times.add_time("verify", time.perf_counter() - hashing)
-                        filled += n
+                        self.times.add_time("verify", fill.landed(n))
                         offset += n
                         origin_bytes += n
                         self.progress.received = offset
                         self.progress.sources["origin"] = origin_bytes
-                        if filled == len(chunk):
-                            self._got("origin", "", url, offset - filled, filled, chunk_from)
+                        if fill.full:
+                            self._got(
+                                "origin", "", url, offset - fill.filled, fill.filled, chunk_from
+                            )
                             chunk_from = time.perf_counter()
-                        if filled == len(chunk) and chunk_index < layout.count - 1:
-                            if not self.holds(chunk_index) and chunk_index >= gone:
-                                await self._emit(chunk_index, chunk)
-                            chunk_index += 1
-                            self._hashed_upto = max(self._hashed_upto, chunk_index)
+                        if fill.full and not fill.last:
+                            if not self.holds(fill.index) and fill.index >= gone:
+                                await self._emit(fill.index, fill.chunk, fill.table_sha())
+                            fill.advance()
+                            self._hashed_upto = max(self._hashed_upto, fill.index)
                 break
             except HttpClientError as exc:
                 if self.layout is None:
                     raise UpstreamUnavailable(f"layer {self.digest}: {exc}") from exc
+                filled = fill.filled if fill is not None else 0
                 self._got("origin", "", url, offset - filled, failure_size(exc), chunk_from)
                 failures += 1
                 if failures > self._retries:
@@ -329,11 +324,11 @@ class LayerDownload:
                     ) from exc
                 log.info("layer %s: body broke at %d (%s); resuming", self.digest, offset, exc)
                 await trio.sleep(backoff_delay(failures - 1, None))
-        assert self.layout is not None
-        self._check_digest(hasher.hexdigest(), "upstream bytes")
+        assert self.layout is not None and fill is not None
+        self._check_digest(fill.layer.hexdigest(), "upstream bytes")
         # The last chunk was held back until the digest matched.
         if self.layout.count and not self.holds(self.layout.count - 1):
-            await self._emit(self.layout.count - 1, chunk)
+            await self._emit(self.layout.count - 1, fill.chunk, fill.table_sha())
         self._hashed_upto = self.layout.count
 
     # -- the swarm ---------------------------------------------------------------------------

@@ -392,6 +392,7 @@ class SwarmDownload:
         kind = "root" if source in swarm.roots.addresses else "peer"
         t0 = time.perf_counter()
         told = False
+        hasher, hashing = hashlib.sha256(), 0.0  # fed as the bytes land
 
         async def progress(filled: int) -> int | None:
             """Say `finishing` once the rest needs less than the planner's lead (at the rate
@@ -413,13 +414,14 @@ class SwarmDownload:
         with scope:
             try:
                 with trio.fail_after(swarm.chunk_timeout):
-                    await swarm.client.fetch_chunk(
+                    hashing = await swarm.client.fetch_chunk(
                         source,
                         self._digest,
                         index,
                         length,
                         into=memoryview(buffer),
                         progress=progress,
+                        hasher=hasher,
                     )
             except (PeerError, HttpClientError, trio.TooSlowError) as exc:
                 log.info("layer %s: chunk %d from %s failed: %s", self._digest, index, source, exc)
@@ -432,9 +434,8 @@ class SwarmDownload:
         if scope.cancelled_caught:
             return  # the endgame's loser: the chunk came from elsewhere
         self._scopes.pop(transfer, None)
-        hashing = time.perf_counter()
-        sha = hashlib.sha256(buffer).hexdigest()
-        sink.verify_time(time.perf_counter() - hashing)
+        sha = hasher.hexdigest()
+        sink.verify_time(hashing)
         if sha != planner.hashes.get(index):
             log.warning("layer %s: %s sent a bad chunk %d", self._digest, source, index)
             sink.arrived(kind, source, index, -1, t0)

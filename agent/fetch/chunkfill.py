@@ -1,0 +1,71 @@
+"""The chunk a layer's body is filling, and the hashes that hear each piece as it lands.
+
+A piece the kernel has just copied into the chunk's buffer is still in the CPU's cache; a
+pass over a whole 4 MiB chunk once it is full reads it back from memory. Here every piece is
+hashed at once into the layer's digest and, on a root, into the chunk's sha256 (the table
+peers check chunks against): 0.6 CPU-s per GiB per hash instead of 0.9 for a pass afterwards,
+and no pause of the event loop for a whole chunk when it completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+from agent.cache.chunks import ChunkLayout
+from agent.fetch.fanout import Chunk
+
+
+class ChunkFill:
+    """Chunk `index` of a layer, `filled` bytes in; a fresh buffer for each chunk (an emitted
+    chunk is shared with readers and peers, never reused)."""
+
+    def __init__(
+        self,
+        layout: ChunkLayout,
+        algorithm: str,
+        new_buffer: Callable[[int], Chunk],
+        *,
+        tabled: bool,
+    ) -> None:
+        self._layout, self._new_buffer, self._tabled = layout, new_buffer, tabled
+        self.layer = hashlib.new(algorithm)  # every byte of the layer, in order
+        self._chunk_sha = hashlib.sha256()
+        self.index, self.filled = 0, 0
+        self.chunk: Chunk = bytearray()
+
+    def free(self) -> memoryview:
+        """Where the next bytes go: the rest of this chunk, or the next chunk's new buffer once
+        `advance` moved on from a full one."""
+        if self.filled == len(self.chunk):
+            self.chunk = self._new_buffer(self._layout.length(self.index))
+            self.filled, self._chunk_sha = 0, hashlib.sha256()
+        return memoryview(self.chunk)[self.filled :]
+
+    def landed(self, count: int) -> float:
+        """`count` bytes arrived at the start of `free()`'s view; the seconds spent hashing."""
+        started = time.perf_counter()
+        piece = memoryview(self.chunk)[self.filled : self.filled + count]
+        self.layer.update(piece)
+        if self._tabled:
+            self._chunk_sha.update(piece)
+        self.filled += count
+        return time.perf_counter() - started
+
+    @property
+    def full(self) -> bool:
+        return self.filled == len(self.chunk)
+
+    @property
+    def last(self) -> bool:
+        return self.index >= self._layout.count - 1
+
+    def table_sha(self) -> str | None:
+        """The full chunk's sha256 for the table (None where no table is kept)."""
+        return self._chunk_sha.hexdigest() if self._tabled else None
+
+    def advance(self) -> None:
+        """On to the next chunk (the full one's bytes stay with whoever took `chunk`)."""
+        assert self.full and not self.last
+        self.index += 1
