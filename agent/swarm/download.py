@@ -28,6 +28,7 @@ from agent.http.client import HttpClientError
 from agent.http.groups import first_failure
 from agent.observe.auditline import failure_size
 from agent.swarm.client import P2PClient, PeerError
+from agent.swarm.pace import finishing_look
 from agent.swarm.plan import table_digest
 from agent.swarm.planner import Decisions, LayerPlanner, Transfer
 from agent.swarm.protocol import PlanTarget
@@ -395,21 +396,20 @@ class SwarmDownload:
         hasher, hashing = hashlib.sha256(), 0.0  # fed as the bytes land
 
         async def progress(filled: int) -> int | None:
-            """Say `finishing` once the rest needs less than the planner's lead (at the rate
-            so far, first-byte wait included: it errs early). Until then, the fill at which
-            the rest will need the lead at that rate is when to hear again."""
+            """Say `finishing` once the rest needs less than the planner's lead; until then,
+            the fill at which to hear again (`finishing_look`)."""
             nonlocal told
             if told or filled >= length:
                 return length  # the end itself is reported as received
             elapsed = time.perf_counter() - t0
-            lead = planner.finish_lead * filled  # bytes x seconds, as elapsed x the rest
-            if (length - filled) * elapsed <= lead:
-                told = True
-                self._landing.add(index)
-                sink.landing(index, True, memoryview(buffer)[:filled])
-                await self._send.send(partial(planner.finishing, index, source))
-                return length
-            return max(filled + 1, length - int(lead / elapsed))
+            look = finishing_look(length, filled, elapsed, planner.finish_lead)
+            if look is not None:
+                return look
+            told = True
+            self._landing.add(index)
+            sink.landing(index, True, memoryview(buffer)[:filled])
+            await self._send.send(partial(planner.finishing, index, source))
+            return length
 
         with scope:
             try:
