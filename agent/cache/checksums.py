@@ -12,6 +12,12 @@ def chunk_checksum(data: bytes | bytearray | memoryview) -> int:
     return xxhash.xxh3_64_intdigest(data)
 
 
+def new_chunk_checksum() -> xxhash.xxh3_64:
+    """A running `chunk_checksum` (`intdigest()`), for bytes hashed piece by piece as they
+    land rather than in a pass over the whole chunk afterwards."""
+    return xxhash.xxh3_64()
+
+
 def mapped_checksum(fd: int, offset: int, length: int) -> tuple[int, int]:
     """(bytes found, xxh3) of a file's region, read where it lies in the page cache: mapped,
     not copied (blocks on the disk for pages not in memory). A file shorter than the region

@@ -380,11 +380,15 @@ class ChunkCache:
         index: int,
         data: bytes | bytearray | memoryview,
         sha256: str | None,
+        checksum: int | None = None,
     ) -> None:
         """Write chunk `index` and record it in the index (data first, then the record).
 
         `sha256` is the chunk's hex sha256, computed by the caller from the bytes it received
         (the swarm's chunk table); it is stored so this node can vouch for the chunk later.
+        `checksum` is its `chunk_checksum` when the caller computed it as the bytes landed
+        (these very bytes: buffers are never reused while a chunk is written), else it is
+        computed here.
         """
         if len(data) != entry.layout.length(index):
             raise ValueError(
@@ -405,7 +409,8 @@ class ChunkCache:
                 await self._engine.write(fd, offset, data)
             finally:
                 self._files.close_file(fd)
-            checksum = chunk_checksum(data)
+            if checksum is None:
+                checksum = chunk_checksum(data)
             self._append_index(entry, chunk_line(index, len(data), checksum, sha256))
         except OSError as exc:
             self._observer.disk(

@@ -2,9 +2,10 @@
 
 A piece the kernel has just copied into the chunk's buffer is still in the CPU's cache; a
 pass over a whole 4 MiB chunk once it is full reads it back from memory. Here every piece is
-hashed at once into the layer's digest and, on a root, into the chunk's sha256 (the table
-peers check chunks against): 0.6 CPU-s per GiB per hash instead of 0.9 for a pass afterwards,
-and no pause of the event loop for a whole chunk when it completes.
+hashed at once into the layer's digest, the chunk's xxh3 (the cache's check) and, on a root,
+the chunk's sha256 (the table peers check chunks against): 0.6 CPU-s per GiB for a sha256
+instead of 0.9 for a pass afterwards, 0.03 for the xxh3 instead of 0.13, and no pause of the
+event loop for a whole chunk when it completes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import time
 from collections.abc import Callable
 
+from agent.cache.checksums import new_chunk_checksum
 from agent.cache.chunks import ChunkLayout
 from agent.fetch.fanout import Chunk
 
@@ -32,6 +34,7 @@ class ChunkFill:
         self._layout, self._new_buffer, self._tabled = layout, new_buffer, tabled
         self.layer = hashlib.new(algorithm)  # every byte of the layer, in order
         self._chunk_sha = hashlib.sha256()
+        self._checksum = new_chunk_checksum()
         self.index, self.filled = 0, 0
         self.chunk: Chunk = bytearray()
 
@@ -41,6 +44,7 @@ class ChunkFill:
         if self.filled == len(self.chunk):
             self.chunk = self._new_buffer(self._layout.length(self.index))
             self.filled, self._chunk_sha = 0, hashlib.sha256()
+            self._checksum = new_chunk_checksum()
         return memoryview(self.chunk)[self.filled :]
 
     def landed(self, count: int) -> float:
@@ -50,6 +54,7 @@ class ChunkFill:
         self.layer.update(piece)
         if self._tabled:
             self._chunk_sha.update(piece)
+        self._checksum.update(piece)
         self.filled += count
         return time.perf_counter() - started
 
@@ -64,6 +69,10 @@ class ChunkFill:
     def table_sha(self) -> str | None:
         """The full chunk's sha256 for the table (None where no table is kept)."""
         return self._chunk_sha.hexdigest() if self._tabled else None
+
+    def checksum(self) -> int:
+        """The full chunk's `chunk_checksum`, for the cache's index."""
+        return self._checksum.intdigest()
 
     def advance(self) -> None:
         """On to the next chunk (the full one's bytes stay with whoever took `chunk`)."""

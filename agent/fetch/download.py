@@ -308,7 +308,9 @@ class LayerDownload:
                             chunk_from = time.perf_counter()
                         if fill.full and not fill.last:
                             if not self.holds(fill.index) and fill.index >= gone:
-                                await self._emit(fill.index, fill.chunk, fill.table_sha())
+                                await self._emit(
+                                    fill.index, fill.chunk, fill.table_sha(), fill.checksum()
+                                )
                             fill.advance()
                             self._hashed_upto = max(self._hashed_upto, fill.index)
                 break
@@ -328,7 +330,8 @@ class LayerDownload:
         self._check_digest(fill.layer.hexdigest(), "upstream bytes")
         # The last chunk was held back until the digest matched.
         if self.layout.count and not self.holds(self.layout.count - 1):
-            await self._emit(self.layout.count - 1, fill.chunk, fill.table_sha())
+            last = self.layout.count - 1
+            await self._emit(last, fill.chunk, fill.table_sha(), fill.checksum())
         self._hashed_upto = self.layout.count
 
     # -- the swarm ---------------------------------------------------------------------------
@@ -401,9 +404,9 @@ class LayerDownload:
     def new_buffer(self, length: int) -> Chunk:
         return self._cache.new_buffer(length)
 
-    async def emit(self, index: int, data: Chunk, sha256: str) -> None:
+    async def emit(self, index: int, data: Chunk, sha256: str, checksum: int) -> None:
         self.progress.received += len(data)
-        await self._emit(index, data, sha256)
+        await self._emit(index, data, sha256, checksum)
 
     def reader_at(self, reader: int, index: int) -> None:
         """Reader `reader` has read every chunk below `index` (a ring's slots may free)."""
@@ -531,7 +534,9 @@ class LayerDownload:
         """Chunk `index` is here, or on its way to the disk."""
         return self.entry is not None and (index in self._hot or self.entry.has_chunk(index))
 
-    async def _emit(self, index: int, data: Chunk, sha256: str | None = None) -> None:
+    async def _emit(
+        self, index: int, data: Chunk, sha256: str | None, checksum: int | None
+    ) -> None:
         if self.stream_mode:
             if not await self._subscribers.send(data):
                 raise LayerFailed("every reader of a streamed layer went away")
@@ -547,10 +552,12 @@ class LayerDownload:
         # The chunk is readable from memory at once; its write overlaps the next receive.
         self._hot[index] = data
         self._unwritten.add(index)
-        self._nursery.start_soon(self._write_chunk, index, data, sha256)
+        self._nursery.start_soon(self._write_chunk, index, data, sha256, checksum)
         self._notify()
 
-    async def _write_chunk(self, index: int, data: Chunk, sha256: str | None) -> None:
+    async def _write_chunk(
+        self, index: int, data: Chunk, sha256: str | None, checksum: int | None
+    ) -> None:
         assert self.entry is not None
         if sha256 is None and self._cache.chunk_tables:  # the table peers verify against
             hashing = time.perf_counter()
@@ -558,7 +565,7 @@ class LayerDownload:
             self.times.add_time("verify", time.perf_counter() - hashing)
         writing = time.perf_counter()
         try:
-            await self._cache.write_chunk(self.entry, index, data, sha256)
+            await self._cache.write_chunk(self.entry, index, data, sha256, checksum)
         except OSError as exc:
             self._cache.write_failed(exc)
             raise CacheWriteFailed(f"cache write of chunk {index} failed: {exc}") from exc

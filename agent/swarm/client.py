@@ -14,7 +14,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from agent.http.client import HttpClient, HttpClientError
@@ -74,10 +74,10 @@ class P2PClient:
         *,
         into: memoryview,
         progress: Callable[[int], Awaitable[int | None]] | None = None,
-        hasher: Hasher | None = None,
+        hashers: Sequence[Hasher] = (),
     ) -> float:
         """Fill `into` (exactly `length` bytes) with chunk `index` of `digest` from `source`;
-        the seconds spent in `hasher`, which hears every piece the moment it lands: a piece
+        the seconds spent in `hashers`, which hear every piece the moment it lands: a piece
         just copied in by the kernel is still in the CPU's cache, where a second pass over the
         whole 4 MiB after the last byte reads it back from memory (0.9 CPU-s per GiB against
         0.6 here), and holds the event loop for the whole chunk at the end of each transfer.
@@ -106,9 +106,10 @@ class P2PClient:
                     n = await response.receive_into(into[filled:end])
                     if n == 0:
                         raise PeerError(source, f"chunk {index}: body ended at {filled}")
-                    if hasher is not None:
-                        started = time.perf_counter()
-                        hasher.update(into[filled : filled + n])
+                    if hashers:
+                        started, piece = time.perf_counter(), into[filled : filled + n]
+                        for hasher in hashers:
+                            hasher.update(piece)
                         hashing += time.perf_counter() - started
                     filled += n
                     if progress is not None and (ask_at is None or filled >= ask_at):

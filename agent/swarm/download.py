@@ -23,6 +23,7 @@ from typing import Protocol
 
 import trio
 
+from agent.cache.checksums import new_chunk_checksum
 from agent.core.errors import RegistryError
 from agent.http.client import HttpClientError
 from agent.http.groups import first_failure
@@ -104,7 +105,7 @@ class LayerSink(Protocol):
 
     def new_buffer(self, length: int) -> Chunk: ...
 
-    async def emit(self, index: int, data: Chunk, sha256: str) -> None:
+    async def emit(self, index: int, data: Chunk, sha256: str, checksum: int) -> None:
         """Chunk `index` is verified: readable at once, written to the cache meanwhile."""
 
     async def wait_written(self, index: int) -> None: ...
@@ -194,7 +195,7 @@ class SwarmDownload:
         self._hash_lock = trio.Lock()
         self._emitted: set[int] = set()  # readable through the sink
         # Received and verified, not stored yet: the bytes and their sha256.
-        self._buffers: dict[Transfer, tuple[Chunk, str]] = {}
+        self._buffers: dict[Transfer, tuple[Chunk, str, int]] = {}  # bytes, sha256, xxh3
         self._started: dict[Transfer, float] = {}
         self._scopes: dict[Transfer, trio.CancelScope] = {}
         self._landing: set[int] = set()  # chunks said `finishing`, not stored yet (`landing`)
@@ -393,7 +394,8 @@ class SwarmDownload:
         kind = "root" if source in swarm.roots.addresses else "peer"
         t0 = time.perf_counter()
         told = False
-        hasher, hashing = hashlib.sha256(), 0.0  # fed as the bytes land
+        # Fed as the bytes land: the check against the root's table, the cache's own sum.
+        hasher, checksum, hashing = hashlib.sha256(), new_chunk_checksum(), 0.0
 
         async def progress(filled: int) -> int | None:
             """Say `finishing` once the rest needs less than the planner's lead; until then,
@@ -421,7 +423,7 @@ class SwarmDownload:
                         length,
                         into=memoryview(buffer),
                         progress=progress,
-                        hasher=hasher,
+                        hashers=(hasher, checksum),
                     )
             except (PeerError, HttpClientError, trio.TooSlowError) as exc:
                 log.info("layer %s: chunk %d from %s failed: %s", self._digest, index, source, exc)
@@ -440,17 +442,18 @@ class SwarmDownload:
             log.warning("layer %s: %s sent a bad chunk %d", self._digest, source, index)
             sink.arrived(kind, source, index, -1, t0)
         else:
-            self._buffers[transfer] = (buffer, sha)
+            self._buffers[transfer] = (buffer, sha, checksum.intdigest())
             self._started[transfer] = t0
         await self._send.send(partial(self._received, transfer, sha))
 
     async def _store(self, transfer: Transfer) -> None:
-        buffer, self._chunk_sha[transfer.chunk] = self._buffers.pop(transfer)
+        buffer, sha, checksum = self._buffers.pop(transfer)
+        self._chunk_sha[transfer.chunk] = sha
         t0 = self._started.pop(transfer)
         index, source = transfer.chunk, transfer.source
         kind = "root" if source in self._swarm.roots.addresses else "peer"
         self._sink.arrived(kind, source, index, len(buffer), t0)
-        await self._sink.emit(index, buffer, self.planner.hashes[index])
+        await self._sink.emit(index, buffer, self.planner.hashes[index], checksum)
         self._emitted.add(index)
         # Reported only once on disk: from then on the root sends peers here, and the P2P
         # port serves chunks from the cache file.

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.cache import engines, native
+from agent.cache.checksums import chunk_checksum, new_chunk_checksum
 from agent.cache.store import ChunkCache, ChunkCorrupt
 from agent.fetch.window import RING_MIN, ring_slots
 
@@ -167,6 +168,25 @@ async def test_corrupt_chunk_is_detected_and_layer_dropped(tmp_path: Path) -> No
     assert cache.get(digest) is None
     assert cache.used == 0
     assert cache.corrupt_chunks == 1
+
+
+async def test_a_checksum_computed_as_the_bytes_landed_is_the_one_recorded(
+    tmp_path: Path,
+) -> None:
+    """A writer that summed the chunk while it arrived passes the sum in: the cache records
+    it as given (no second pass), and reads check against it."""
+    cache = make_cache(tmp_path)
+    data = os.urandom(2 * CHUNK)
+    entry = cache.admit(digest_of(data), len(data))
+    assert entry is not None
+    running = new_chunk_checksum()
+    running.update(data[:CHUNK])
+    await cache.write_chunk(entry, 0, data[:CHUNK], sha(data[:CHUNK]), running.intdigest())
+    wrong = chunk_checksum(data[CHUNK:]) ^ 1
+    await cache.write_chunk(entry, 1, data[CHUNK:], sha(data[CHUNK:]), wrong)
+    assert await cache.read_chunk(entry, 0) == data[:CHUNK]
+    with pytest.raises(ChunkCorrupt):  # the sum given, not one computed again, is the check
+        await cache.read_chunk(entry, 1)
 
 
 async def test_missing_data_file_counts_as_corrupt(tmp_path: Path) -> None:

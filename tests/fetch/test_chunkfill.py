@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from agent.cache.checksums import chunk_checksum
 from agent.cache.chunks import ChunkLayout
 from agent.fetch.chunkfill import ChunkFill
 
@@ -29,6 +30,7 @@ def fill_all(
         fill.landed(n)
         offset, step = offset + n, step + 1
         if fill.full:
+            assert fill.checksum() == chunk_checksum(fill.chunk)
             done.append((fill.index, bytes(fill.chunk), fill.table_sha()))
             if not fill.last:
                 fill.advance()
