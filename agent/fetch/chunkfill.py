@@ -74,6 +74,11 @@ class ChunkFill:
         """The full chunk's `chunk_checksum`, for the cache's index."""
         return self._checksum.intdigest()
 
+    def done(self) -> tuple[int, Chunk, str | None, int]:
+        """The full chunk as a download emits it: index, bytes, table sha256, checksum."""
+        assert self.full
+        return self.index, self.chunk, self.table_sha(), self.checksum()
+
     def advance(self) -> None:
         """On to the next chunk (the full one's bytes stay with whoever took `chunk`)."""
         assert self.full and not self.last

@@ -308,9 +308,7 @@ class LayerDownload:
                             chunk_from = time.perf_counter()
                         if fill.full and not fill.last:
                             if not self.holds(fill.index) and fill.index >= gone:
-                                await self._emit(
-                                    fill.index, fill.chunk, fill.table_sha(), fill.checksum()
-                                )
+                                await self._emit(*fill.done())
                             fill.advance()
                             self._hashed_upto = max(self._hashed_upto, fill.index)
                 break
@@ -330,8 +328,7 @@ class LayerDownload:
         self._check_digest(fill.layer.hexdigest(), "upstream bytes")
         # The last chunk was held back until the digest matched.
         if self.layout.count and not self.holds(self.layout.count - 1):
-            last = self.layout.count - 1
-            await self._emit(last, fill.chunk, fill.table_sha(), fill.checksum())
+            await self._emit(*fill.done())
         self._hashed_upto = self.layout.count
 
     # -- the swarm ---------------------------------------------------------------------------

@@ -65,6 +65,9 @@ def test_each_chunk_gets_a_fresh_buffer() -> None:
     fill.free()[:] = b"b" * CHUNK
     fill.landed(CHUNK)
     assert first == b"a" * CHUNK and fill.chunk is not first
+    index, chunk, sha, checksum = fill.done()
+    assert (index, chunk, sha) == (1, b"b" * CHUNK, hashlib.sha256(b"b" * CHUNK).hexdigest())
+    assert checksum == chunk_checksum(b"b" * CHUNK)
 
 
 def test_a_resumed_body_continues_the_same_chunk() -> None:
