@@ -168,7 +168,8 @@ class Ledger:
         # Live, not banned peers holding each chunk; the root is never listed.
         self.holders: list[set[int]] = [set() for _ in range(chunk_count)]
         self.free: set[int] = set()  # live, not banned peers with a free upload slot
-        self.depths: Counter[int] = Counter({1: 0})  # live peers by depth
+        # Live peers still downloading (some chunk missing past their `past`), by depth.
+        self.depths: Counter[int] = Counter({1: 0})
         # Every transfer in flight, in the order issued (expire walks it from the front).
         self.flights: dict[FlightKey, Assignment] = {}
         self.root_uploads = 0
@@ -196,8 +197,9 @@ class Ledger:
         uploads run at the usual pace, or not; None: as they were)."""
         if self.peers.get(peer.ident) is not peer:
             return  # gone (a stale object): its books closed with it
-        self.depths[peer.depth] -= 1
-        self.depths[depth] += 1
+        if self.downloading(peer):
+            self.depths[peer.depth] -= 1
+            self.depths[depth] += 1
         peer.depth = depth
         peer.proven = peer.proven if proven is None else proven
         if not peer.banned:
@@ -208,8 +210,19 @@ class Ledger:
 
     @property
     def deepest(self) -> int:
-        """The greatest depth a live peer asked for (the root's link is as far from them)."""
+        """The greatest depth a peer still downloading asked for (the root's link is as far
+        from them). A node that has every chunk it wants asks for no first copies: counting
+        it kept the root's link split that many ways after the deep nodes were done."""
         return max((d for d, n in self.depths.items() if n > 0), default=1)
+
+    def downloading(self, peer: Peer) -> bool:
+        return peer.first < self.chunk_count
+
+    def _recount(self, peer: Peer, was_downloading: bool) -> None:
+        """Keep `depths` to the peers still downloading, as `peer.first` moved."""
+        now = self.downloading(peer)
+        if now != was_downloading:
+            self.depths[peer.depth] += 1 if now else -1
 
     def check_chunk(self, chunk: int) -> None:
         if not 0 <= chunk < self.chunk_count:
@@ -229,7 +242,7 @@ class Ledger:
         peer = self.peers.get(ident)
         if peer is None:
             peer = self.peers[ident] = Peer(ident, node, self.chunk_count)
-            self.depths[1] += 1
+            self._recount(peer, False)
             if ident in self.banned:
                 peer.banned = True  # leaving and coming back does not lift a ban
             else:
@@ -250,6 +263,7 @@ class Ledger:
             while first < n and held[first]:
                 first += 1
             peer.first = first
+            self._recount(peer, True)
         batch.dirty.add(peer.ident)
 
     def drop_holdings(self, peer: Peer, batch: Batch) -> None:
@@ -283,7 +297,9 @@ class Ledger:
         peer.have -= 1
         self.holders[chunk].discard(peer.ident)
         if chunk >= peer.past:
+            was = self.downloading(peer)
             peer.first = min(peer.first, chunk)
+            self._recount(peer, was)
         batch.freed.add(ROOT)  # it may be root-only again
         batch.dirty.add(peer.ident)
 
@@ -317,10 +333,12 @@ class Ledger:
         if past <= peer.past:
             return
         peer.past = past
+        was = self.downloading(peer)
         first, held, n = max(peer.first, past), peer.held, self.chunk_count
         while first < n and held[first]:
             first += 1
         peer.first = first
+        self._recount(peer, was)
         batch.dirty.add(peer.ident)
 
     # ----------------------------------------------------------------------------------------
@@ -477,7 +495,8 @@ class Ledger:
                     if not other.avoid:
                         self.avoiders -= 1
         del self.peers[ident]
-        self.depths[peer.depth] -= 1
+        if self.downloading(peer):
+            self.depths[peer.depth] -= 1
         batch.dirty.discard(ident)
         batch.freed.discard(ident)
 

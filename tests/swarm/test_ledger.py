@@ -52,7 +52,7 @@ def consistent(led: Ledger) -> None:
         assert p.from_root == sum(1 for node, _, src in downloads if node == ident and src == ROOT)
         assert p.lagging == sum(1 for key in led.lagging if key[0] == ident)
     assert led.free == {i for i, p in live.items() if not p.banned and p.uploads < led.slots(p)}
-    depths = Counter(p.depth for p in live.values())
+    depths = Counter(p.depth for p in live.values() if p.first < led.chunk_count)  # downloading
     assert {d: n for d, n in led.depths.items() if n} == depths
     assert led.root_uploads == sum(1 for key in uploads if key[2] == ROOT)
     assert led.root_lagging == sum(1 for key in led.lagging if key[2] == ROOT)
@@ -283,6 +283,29 @@ TestLedgerMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_a_node_that_has_every_chunk_no_longer_counts_for_the_roots_first_copies() -> None:
+    """The root's link sends as many first copies at once as the deepest node still
+    downloading keeps; a deep node that finished (or whose readers are past every chunk it
+    lacks) no longer counts, and counts again once it lacks a chunk it wants."""
+    led = Ledger(chunk_count=2, root="r", upload_slots=1)
+    deep, shallow = led.peer("deep"), led.peer("shallow")
+    led.set_depth(deep, 3, True)
+    assert led.deepest == 3
+    led.add_holding(deep, 0, Batch())
+    assert led.deepest == 3
+    led.add_holding(deep, 1, Batch())
+    assert led.deepest == 1  # done: its depth asks nothing of the root any more
+    led.set_depth(deep, 4, True)
+    assert led.deepest == 1
+    led.lose_holding(deep, 1, Batch())  # evicted: it wants chunk 1 again
+    assert led.deepest == 4
+    led.set_past(deep, 2, Batch())  # its readers are past the layer
+    assert led.deepest == 1
+    led.remove(deep, Batch())
+    led.set_depth(shallow, 2, True)
+    assert led.deepest == 2 and {d: n for d, n in led.depths.items() if n} == {2: 1}
 
 
 def test_a_stale_peer_object_changes_nothing() -> None:
