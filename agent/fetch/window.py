@@ -36,7 +36,7 @@ from itertools import chain
 from agent.cache.store import CacheEntry
 from agent.fetch.model import LayerFailed
 
-RING_MIN = 16  # slots: the root's window (8), the transfers in flight, and some slack
+RING_MIN = 16  # slots: the root's window (ROOT_WINDOW, 8), the transfers in flight, slack
 SLOT_RECHECK = 0.05  # s between looks at a slot held only by a chunk being sent to a peer
 
 

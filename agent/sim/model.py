@@ -11,7 +11,7 @@ from typing import Any
 
 from agent.swarm.ownership import placement, rendezvous_order
 from agent.swarm.pace import expected_transfer
-from agent.swarm.protocol import MAX_DEPTH
+from agent.swarm.protocol import MAX_DEPTH, ROOT_WINDOW
 from agent.swarm.schedule import LayerSchedule
 
 KiB = 1 << 10
@@ -117,7 +117,7 @@ class SwarmConfig:
     tiers: bool = False
     want: int = 2  # the planner's transfer slots: one, and a spare for a second source
     max_depth: int = MAX_DEPTH  # transfers a node keeps in flight at most (LayerPlanner.depth)
-    window: int = 8
+    window: int = ROOT_WINDOW
     upload_slots: int = 1
     root_upload_slots: int = 2  # as a root's tracker (agent/swarm/tracker.py)
     endgame: int = 2

@@ -29,13 +29,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain
 
-from agent.swarm.protocol import MAX_DEPTH
+from agent.swarm.protocol import MAX_DEPTH, ROOT_WINDOW
 
 # Round trips from one transfer's `finishing` to its successor's first byte, with margin:
 # what the transfers in flight must cover (2 left 10 ms hops at 2.0 x T_min, 3 at 1.9).
 DEPTH_RTTS = 3.0
 SAMPLES = 8  # the link's time per chunk is the least of this many recent samples
-ROOT_WINDOW = 8  # chunks: the root's window a ring of the node's cache must hold besides
 
 
 @dataclass(eq=False)

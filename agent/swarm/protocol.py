@@ -68,6 +68,9 @@ MAX_CHUNKS = 1 << 20  # chunk indexes are below this (1 TiB of layer at 1 MiB ch
 MAX_CHUNK_SIZE = 1 << 30
 MAX_WANT = 256  # assignments one plan request may ask for
 MAX_DEPTH = 16  # transfers a node may ask to have in flight at once (`PlanTarget.depth`)
+# Chunks ahead of a node's first missing one a root's schedule assigns from (its look-ahead,
+# `LayerSchedule.window`); a node's ring must hold that many besides its transfers.
+ROOT_WINDOW = 8
 MAX_NONCE = 1 << 63  # a plan request's nonce is below this
 MAX_REPORTS = 16  # done + failed entries in one plan request; more wait for the next ask
 MAX_HAVE_CHARS = 6000  # encoded `have`; the worst 2000-chunk holding needs 5928

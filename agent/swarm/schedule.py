@@ -63,9 +63,9 @@ chunk outlasts a round trip, and the root's link, the narrowest point, busy with
   gets it from the root. `missing`: the source no longer holds the chunk (evicted): no longer
   a holder, nobody avoids it. `leave`: its holdings, transfers and slots vanish.
 - **The root's window.** A root whose cache is smaller than the layer holds a window of it
-  (`root_stored`, `root_released`): a chunk may go once every live node has it or is past it
-  (`root_keeps`); a chunk nodes wait for that nobody they may take it from holds is `lost`
-  and the root fetches it again from the origin.
+  (`root_stored`, `root_released`; agent/swarm/rootwindow.py): a chunk may go once every live
+  node has it or is past it (`root_keeps`); a chunk nodes wait for that nobody they may take
+  it from holds is `lost` and the root fetches it again from the origin.
 Cost per event: docs/ARCHITECTURE.md, "The swarm" (nothing is O(N·C)).
 """
 
@@ -76,7 +76,8 @@ from itertools import islice
 
 from agent.swarm.ledger import NOTHING, ROOT, Actions, Assignment, Batch, FlightKey, Ledger, Peer
 from agent.swarm.pace import LATE, Pace
-from agent.swarm.protocol import MAX_DEPTH
+from agent.swarm.protocol import MAX_DEPTH, ROOT_WINDOW
+from agent.swarm.rootwindow import lost_chunks, root_keeps
 
 __all__ = ["NOTHING", "Actions", "Assignment", "LayerSchedule"]
 
@@ -91,7 +92,7 @@ class LayerSchedule:
         *,
         chunk_count: int,
         root: str,
-        window: int = 8,
+        window: int = ROOT_WINDOW,
         upload_slots: int = 1,
         root_upload_slots: int = 1,
         transfer_timeout: float = 10.0,
@@ -256,11 +257,13 @@ class LayerSchedule:
         peer, src, in_flight = ended
         if self._ledger.take_back(peer, chunk, src, batch):
             in_flight = True  # it failed after its `finishing`: not here after all
-        if src != ROOT and src in self._peers:
-            if bad_data:
-                self._ledger.ban(self._peers[src], batch)
-            elif in_flight:
-                self._ledger.avoid(peer, src)
+        source = self._peers.get(src) if src != ROOT else None
+        if bad_data and src != ROOT and source is None:
+            self._ledger.banned.add(src)  # gone meanwhile: still banned when it comes back
+        elif bad_data and source is not None:
+            self._ledger.ban(source, batch)
+        elif in_flight and source is not None:
+            self._ledger.avoid(peer, src)
         return self._settle(batch, now)
 
     def missing(self, node: str, chunk: int, source: str, now: float) -> Actions:
@@ -334,27 +337,12 @@ class LayerSchedule:
         return list(self._flights.values())
 
     def root_keeps(self, chunk: int) -> bool:
-        """Whether the root must keep `chunk`: it is sending it, or a live node still wants it
-        (peers' windows let chunks go too: a node that joins later gets it fetched again)."""
-        if self._root_sending[chunk]:
-            return True
-        if self._ledger.root_lagging and any(
-            c == chunk and src == ROOT for _, c, src in self._ledger.lagging
-        ):
-            return True  # a lagging copy still reads it
-        return any(not p.held[chunk] and chunk >= p.past for p in self._peers.values())
+        """Whether the root must keep `chunk` (agent/swarm/rootwindow.py)."""
+        return root_keeps(self._ledger, chunk)
 
     def lost(self) -> list[int]:
-        """Chunks a node waits for that no peer it may take them from holds, the root's
-        download has passed and the root no longer holds: only the origin has them now."""
-        out = []
-        for c, waiters in self._waiting.items():
-            if c >= self._origin or self._root_held[c]:
-                continue
-            holders = self._holders[c]
-            if not holders or all(holders <= self._peers[w].avoid for w in waiters):
-                out.append(c)
-        return sorted(out)
+        """Chunks only the origin has now (agent/swarm/rootwindow.py)."""
+        return lost_chunks(self._ledger, self._origin)
 
     def progress(self) -> dict:
         """Counts for status pages and tests: per node, per chunk, and the root's."""

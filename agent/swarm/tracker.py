@@ -36,7 +36,7 @@ from agent.swarm.handoffstore import HandoffStore
 from agent.swarm.ownership import Fetching, Handoffs, busy_with, may_hand_off
 from agent.swarm.pace import expected_transfer
 from agent.swarm.plan import Plan, table_digest
-from agent.swarm.protocol import PlanTarget
+from agent.swarm.protocol import ROOT_WINDOW, PlanTarget
 from agent.swarm.roots import RootSet
 from agent.swarm.schedule import Actions, LayerSchedule
 
@@ -123,7 +123,7 @@ class Tracker:
     config: Config
     fetcher: OriginFetcher
     cache: ChunkCache
-    window: int = 8  # the schedule's look-ahead, in chunks
+    window: int = ROOT_WINDOW  # the schedule's look-ahead, in chunks
     upload_slots: int = 1  # transfers a peer uploads at once
     # The root's uploads at once. Its link is the one every byte crosses once, and a single
     # transfer rarely has a receiver's link to itself (its pipelined next transfer, a relayed

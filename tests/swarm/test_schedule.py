@@ -409,6 +409,19 @@ def test_a_depth_outside_the_protocols_range_is_refused() -> None:
 # Faults
 
 
+def test_a_source_reported_for_bad_data_after_it_left_stays_banned_when_it_comes_back() -> None:
+    """The report of its bad bytes can arrive after the source left the layer (the receiver
+    checks the chunk once all of it came): the ban holds when it asks again."""
+    s = schedule(1)
+    s.request("liar", have=[0], want=0, now=0)
+    assert triples(s.request("a", want=1, now=0)) == [("a", 0, "liar")]
+    s.leave("liar", now=0.5)
+    s.failed("a", 0, "liar", bad_data=True, now=0.6)
+    s.request("liar", have=[0], want=0, now=0.7)  # back, still claiming the chunk
+    assert ("b", 0, "liar") not in triples(s.request("b", want=1, now=0.8))
+    assert ("a", 0, "liar") not in triples(s.request("a", want=1, now=0.9))
+
+
 def test_a_root_copy_to_a_slow_receiver_lags_and_its_chunk_goes_to_a_fast_node() -> None:
     """The straggler asked first and got the first copy of chunk 0; it takes far longer than
     expected. At LATE times the expected duration that copy stops holding the root's only
