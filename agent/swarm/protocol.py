@@ -84,7 +84,7 @@ MAX_ERROR_CHARS = 1024
 # The client's registry credential, passed to a root only over P2P TLS.
 AUTHORIZATION_HEADER = b"x-pollen-authorization"
 
-_DECIMAL_RE = re.compile(r"0|[1-9][0-9]{0,15}")
+_DECIMAL_RE = re.compile(r"0|[1-9][0-9]{0,18}")  # up to MAX_NONCE's 19 digits
 HEX64_RE = re.compile(r"[0-9a-f]{64}")  # a sha256 in hex, as signatures and plans spell it
 _TARGET_CHARS_RE = re.compile(r"[\x21-\x7e]*")  # visible ASCII: no spaces, controls or UTF-8
 

@@ -17,6 +17,7 @@ from agent.swarm.protocol import (
     MAX_CHUNKS,
     MAX_DEPTH,
     MAX_HAVE_CHARS,
+    MAX_NONCE,
     MAX_REPORTS,
     NODE_MAX,
     ChunkTarget,
@@ -385,6 +386,15 @@ def test_plan_target_round_trip(original: PlanTarget) -> None:
     assert parsed.target() == target
 
 
+def test_every_nonce_a_plan_target_takes_is_read_back() -> None:
+    """PlanTarget takes nonces below MAX_NONCE; the query parser read 16 digits at most."""
+    for nonce in (0, 10**16, MAX_NONCE - 1):
+        target = PlanTarget(digest=DIGEST, upstream="r.io", repo="x", want=1, nonce=nonce)
+        assert parse_target("GET", target.target()).nonce == nonce
+    with pytest.raises(P2PProtocolError, match="out of range"):
+        parse_target("GET", f"{PLAN}&n={MAX_NONCE}")
+
+
 @given(digests, st.integers(0, MAX_CHUNKS - 1), st.sampled_from(["GET", "HEAD"]))
 def test_chunk_round_trip(digest: str, index: int, method: str) -> None:
     original = ChunkTarget(digest=digest, index=index)
@@ -411,7 +421,7 @@ def test_longest_plan_request_line_is_under_8_KiB() -> None:
         depth=MAX_DEPTH,
         fresh=True,
         poll=True,
-        nonce=10**16 - 1,  # the most digits a parser reads
+        nonce=MAX_NONCE - 1,  # the most digits a parser reads
         handed=True,
     ).target()
 
