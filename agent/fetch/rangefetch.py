@@ -67,13 +67,14 @@ async def checked_chunks(
             if sha256 is None:
                 raise LayerFailed(f"layer {ref.digest}: chunk {index} has no recorded sha256")
             data = context.cache.new_buffer(layout.length(index))
-            view, filled = memoryview(data), 0
+            view, filled, hasher = memoryview(data), 0, hashlib.sha256()
             while filled < len(data):
                 n = await response.receive_into(view[filled:])
                 if n == 0:
                     raise HttpClientError(f"{path}: body ended in chunk {index}")
+                hasher.update(view[filled : filled + n])  # while in the CPU's cache
                 filled += n
-            if hashlib.sha256(data).hexdigest() != sha256:
+            if hasher.hexdigest() != sha256:
                 context.observer.rejected("layer")
                 raise LayerCorrupt(f"layer {ref.digest}: chunk {index} from the origin differs")
             yield index, data, sha256
