@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "swarm.schedule": 2,  # the root's per-layer schedule
     "swarm.ledger": 2,  # the schedule's facts: holdings, transfers, slots
     "swarm.pace": 2,  # the schedule's clock: usual durations, who is slow
+    "swarm.rootwindow": 2,  # the root's window of a layer: what it keeps, what is lost
     "swarm.planner": 2,  # the agent's per-layer planner
     "swarm.decisions": 2,  # what the planner decides, for its driver
     "swarm.reports": 2,  # the reports a planner owes its root

@@ -40,15 +40,16 @@ class ChunkFill:
 
     def free(self) -> memoryview:
         """Where the next bytes go: the rest of this chunk, or the next chunk's new buffer once
-        `advance` moved on from a full one."""
-        if self.filled == len(self.chunk):
+        `advance` moved on from a full one (never a second buffer for the same chunk)."""
+        if not len(self.chunk):
             self.chunk = self._new_buffer(self._layout.length(self.index))
-            self.filled, self._chunk_sha = 0, hashlib.sha256()
-            self._checksum = new_chunk_checksum()
+            self._chunk_sha, self._checksum = hashlib.sha256(), new_chunk_checksum()
+        assert not self.full, f"chunk {self.index} is full: advance first"
         return memoryview(self.chunk)[self.filled :]
 
     def landed(self, count: int) -> float:
         """`count` bytes arrived at the start of `free()`'s view; the seconds spent hashing."""
+        assert 0 < count <= len(self.chunk) - self.filled
         started = time.perf_counter()
         piece = memoryview(self.chunk)[self.filled : self.filled + count]
         self.layer.update(piece)
@@ -60,10 +61,12 @@ class ChunkFill:
 
     @property
     def full(self) -> bool:
+        """The chunk has all its bytes (ready for `done`)."""
         return self.filled == len(self.chunk)
 
     @property
     def last(self) -> bool:
+        """This is the layer's last chunk: a download holds it back until the digest matched."""
         return self.index >= self._layout.count - 1
 
     def table_sha(self) -> str | None:
@@ -83,3 +86,4 @@ class ChunkFill:
         """On to the next chunk (the full one's bytes stay with whoever took `chunk`)."""
         assert self.full and not self.last
         self.index += 1
+        self.chunk, self.filled = bytearray(), 0

@@ -269,7 +269,6 @@ class LayerDownload:
 
     async def _download(self) -> None:
         path = f"/v2/{self.repo}/blobs/{self.digest}"
-        tabled = self._cache.chunk_tables and not self.stream_mode  # a root's, for peers
         fill: ChunkFill | None = None
         offset = failures = origin_bytes = 0
         url = url_pathname(self.upstream.base_url + path)
@@ -289,7 +288,8 @@ class LayerDownload:
                         await discard(response, skip)
                     layout = self.layout
                     assert layout is not None
-                    if fill is None:
+                    if fill is None:  # (`_begin` chose stream or cache mode by now)
+                        tabled = self._cache.chunk_tables and not self.stream_mode  # for peers
                         new_buffer = self._cache.new_buffer
                         fill = ChunkFill(layout, self.digest.algorithm, new_buffer, tabled=tabled)
                     while offset < layout.size:

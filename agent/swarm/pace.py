@@ -20,6 +20,9 @@ WEIGHT = 0.1  # weight of the newest transfer in the moving averages of duration
 # slot for the whole chunk; links slower than this lose a little at the start (a second
 # first copy from the root) until a duration is measured.
 ASSUMED_RATE = 3.125e6
+# A transfer's progress hook looks again at least this many bytes on, or a quarter of what the
+# lead brings if that is more: each look is a read and an event-loop turn of its own.
+MIN_LOOK_STEP = 64 * 1024
 
 
 def expected_transfer(chunk_size: int) -> float:
@@ -163,26 +166,23 @@ class Pace:
                 ledger.lag(key, batch)
 
 
-# A transfer's progress hook never asks to look again sooner than this many bytes on: each look
-# is a read and an event-loop turn of its own.
-MIN_LOOK_STEP = 256 * 1024
-
-
 def finishing_look(length: int, filled: int, elapsed: float, lead: float) -> int | None:
     """Where a transfer `filled` bytes into a chunk of `length`, `elapsed` seconds after its
     request, should look again; None once the rest needs less than `lead` seconds at the rate
     so far (first-byte wait included: a slow first byte makes it a little late), and the
     transfer is `finishing`.
 
-    The next look is where the rest will need `lead` at that rate; one closer than
-    MIN_LOOK_STEP counts as now. Without that floor the hook walked into a crawl: with the
-    bytes already waiting, a look a few bytes on comes back at once, the rate so far is a
-    little lower by then (the turn took time, not bytes), so the point moves a few bytes on
-    again: 1,700 reads of 2-13 bytes in 6 s on one agent, each an event-loop turn.
+    The next look is where the rest will need `lead` at that rate; one closer than a step
+    (MIN_LOOK_STEP, or a quarter of the lead's bytes) counts as now, so `finishing` errs early
+    by a step at most: its transfer's slot frees that much before the end and the next one
+    overlaps it. Without the step the hook walked into a crawl: with the bytes already
+    waiting, a look a few bytes on comes back at once, the rate so far is a little lower by
+    then (the turn took time, not bytes), so the point moves a few bytes on again: 1,700
+    reads of 2-13 bytes in 6 s on one agent, each an event-loop turn.
     """
     if elapsed <= 0 or filled >= length:
         return None
     in_lead = int(lead * filled / elapsed)  # bytes the rate so far brings in `lead` seconds
-    if length - filled <= in_lead + MIN_LOOK_STEP:
+    if length - filled <= in_lead + max(MIN_LOOK_STEP, in_lead // 4):
         return None
     return length - in_lead

@@ -247,7 +247,9 @@ class LayerSchedule:
     def failed(self, node: str, chunk: int, source: str, *, bad_data: bool, now: float) -> Actions:
         """The transfer of `chunk` from `source` to `node` ended without the chunk. `bad_data`:
         the bytes did not match the chunk's sha256, and `source` is banned for this layer,
-        known transfer or not (its uploads are cancelled; never a source again). Otherwise
+        known transfer or not (its uploads are cancelled; never a source again; one that left
+        meanwhile, the receiver checking the chunk once all of it came, stays banned when it
+        comes back: any agent could have it banned while it was here too). Otherwise
         (timeout, connection error) the slot frees and `node` avoids `source` from now on."""
         self._tick(now)
         batch = Batch()

@@ -70,8 +70,9 @@ def test_each_chunk_gets_a_fresh_buffer() -> None:
     assert checksum == chunk_checksum(b"b" * CHUNK)
 
 
-def test_a_resumed_body_continues_the_same_chunk() -> None:
-    """After a broken body the next response continues mid-chunk: the hashes go on."""
+def test_free_after_a_partial_fill_continues_the_same_chunk() -> None:
+    """A body that broke mid-chunk is resumed into the rest of the same buffer (the next
+    response's first `free()`), and the chunk's hashes go on from where they were."""
     data = os.urandom(CHUNK + 10)
     layout = ChunkLayout(size=len(data), chunk_size=CHUNK)
     fill = ChunkFill(layout, "sha256", bytearray, tabled=True)
@@ -82,3 +83,14 @@ def test_a_resumed_body_continues_the_same_chunk() -> None:
     view[:] = data[400:CHUNK]
     fill.landed(CHUNK - 400)
     assert fill.table_sha() == hashlib.sha256(data[:CHUNK]).hexdigest()
+
+
+def test_a_full_chunk_is_never_refilled_in_place() -> None:
+    """`free()` on a full chunk that was not advanced would start a second buffer for the same
+    index and lose the first's hashes: it refuses instead."""
+    layout = ChunkLayout(size=CHUNK, chunk_size=CHUNK)
+    fill = ChunkFill(layout, "sha256", bytearray, tabled=True)
+    fill.free()[:] = b"x" * CHUNK
+    fill.landed(CHUNK)
+    with pytest.raises(AssertionError):
+        fill.free()

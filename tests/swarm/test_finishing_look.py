@@ -62,10 +62,10 @@ def test_a_few_looks_per_chunk() -> None:
 
 def test_it_errs_early_by_at_most_a_step() -> None:
     """At a steady rate from the first byte, finishing comes lead before the end, never
-    later, and at most MIN_LOOK_STEP's worth of time earlier."""
+    later, and at most a step earlier (MIN_LOOK_STEP's worth of time, or a quarter lead)."""
     rate, lead = 25e6, 0.045
     looks, early = looks_for(Arrival(rate, 0.0, rate, 0), lead, turn=0.0)
-    assert lead * 0.99 <= early <= lead + MIN_LOOK_STEP / rate + 1e-6
+    assert lead * 0.99 <= early <= lead + max(MIN_LOOK_STEP / rate, lead / 4) + 1e-6
     assert looks == 2
 
 
@@ -76,3 +76,6 @@ def test_edges() -> None:
     # the rest is a step from the point: now
     assert finishing_look(CHUNK, CHUNK - MIN_LOOK_STEP, 1.0, 0.0) is None
     assert finishing_look(CHUNK, MiB, 1.0, 0.0) == CHUNK
+    # a quarter of the lead's bytes is the step where that is more: 0.9 MiB come in the
+    # lead, the rest is 1 MiB, within a quarter more: now
+    assert finishing_look(CHUNK, 3 * MiB, 1.0, 0.3) is None

@@ -270,6 +270,19 @@ class LedgerMachine(RuleBasedStateMachine):
         if p is not None:
             self.led.remove(p, Batch())
 
+    @rule(node=st.sampled_from(NODES), depth=st.integers(1, 4), proven=st.booleans())
+    def deepen(self, node: str, depth: int, proven: bool) -> None:
+        p = self.live(node)
+        if p is not None:
+            self.led.set_depth(p, depth, proven)
+
+    @rule(node=st.sampled_from(NODES), past=st.integers(0, 5))
+    def move_past(self, node: str, past: int) -> None:
+        """Its readers are past chunks below `past` (a cache window)."""
+        p = self.live(node)
+        if p is not None:
+            self.led.set_past(p, past, Batch())
+
     @invariant()
     def indexes_agree(self) -> None:
         if hasattr(self, "led"):
