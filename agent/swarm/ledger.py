@@ -26,9 +26,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 
 ROOT = 0  # the root's internal id; peers are numbered from 1
 FlightKey = tuple[int, int, int]  # (node, chunk, source)
+LEFT_FLIGHTS = 4096  # transfers whose source left, remembered as evidence for a bad-data report
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -183,6 +185,9 @@ class Ledger:
         self.root_uploaded = 0
         self.avoiders = 0  # peers with a non-empty avoid set
         self.banned: set[int] = set()  # every node banned for this layer, gone or not
+        # Transfers cancelled because their source left, the latest LEFT_FLIGHTS: a receiver
+        # that had all the bytes still reports them, and a bad chunk still bans the source.
+        self.left_flights: dict[FlightKey, None] = {}
         # chunk -> peers with open demand for which it is a candidate, in waiting order.
         self.waiting: dict[int, dict[int, None]] = {}
 
@@ -479,6 +484,10 @@ class Ledger:
         """`peer` is gone: its transfers both ways end as cancelled, its holdings vanish, and
         nobody avoids it any more (a ban stays, in `banned`)."""
         ident = peer.ident
+        for key in peer.outgoing:
+            self.left_flights[key] = None
+        for old in list(islice(self.left_flights, max(0, len(self.left_flights) - LEFT_FLIGHTS))):
+            del self.left_flights[old]
         for chunk, sources in list(peer.incoming.items()):
             for src in list(sources):
                 batch.cancelled.append(self.release((ident, chunk, src), batch))
@@ -499,6 +508,15 @@ class Ledger:
             self.depths[peer.depth] -= 1
         batch.dirty.discard(ident)
         batch.freed.discard(ident)
+
+    def left_with(self, peer: Peer, chunk: int, src: int) -> bool:
+        """Whether a transfer of `chunk` from `src` to `peer` was cancelled when `src` left
+        (remembered once: the receiver reports it once)."""
+        key = (peer.ident, chunk, src)
+        if key not in self.left_flights:
+            return False
+        del self.left_flights[key]
+        return True
 
     def flying(self, node: str, chunk: int, source: str) -> bool:
         return (self.ids.get(node, -1), chunk, self.ids.get(source, -1)) in self.flights

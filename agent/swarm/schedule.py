@@ -57,7 +57,8 @@ chunk outlasts a round trip, and the root's link, the narrowest point, busy with
   (the usual duration once the node lacks at most `endgame` chunks) may get an idle second
   source if the node has demand to spare; the first to end wins (`expire` looks for them).
 - **Faults.** `failed(bad_data=True)`: the source's bytes did not match the chunk's sha256; it
-  is *banned* for this layer (never a source again, its uploads cancelled; it may download).
+  is *banned* for this layer (never a source again, its uploads cancelled; it may download),
+  if the reporter was given that transfer (also when the source left meanwhile).
   `failed(bad_data=False)` (timeout, connection error) and `expire` after `transfer_timeout`:
   the slot frees and that node *avoids* that source; a node avoiding every holder of a chunk
   gets it from the root. `missing`: the source no longer holds the chunk (evicted): no longer
@@ -246,25 +247,30 @@ class LayerSchedule:
 
     def failed(self, node: str, chunk: int, source: str, *, bad_data: bool, now: float) -> Actions:
         """The transfer of `chunk` from `source` to `node` ended without the chunk. `bad_data`:
-        the bytes did not match the chunk's sha256, and `source` is banned for this layer,
-        known transfer or not (its uploads are cancelled; never a source again; one that left
-        meanwhile, the receiver checking the chunk once all of it came, stays banned when it
-        comes back: any agent could have it banned while it was here too). Otherwise
-        (timeout, connection error) the slot frees and `node` avoids `source` from now on."""
+        the bytes did not match the chunk's sha256, and `source` is banned for this layer (its
+        uploads are cancelled; never a source again), if `node` was given that transfer: in
+        flight, or vouched for by its `finishing`. A report of a transfer the root never
+        assigned bans nobody (any token holder could name any node), and a source that left
+        meanwhile (the receiver checks the chunk once all of it came) stays banned when it
+        comes back. Otherwise (timeout, connection error) the slot frees and `node` avoids
+        `source` from now on."""
         self._tick(now)
         batch = Batch()
         ended = self._ledger.end(node, chunk, source, batch)
         if ended is None:
             return NOTHING
-        peer, src, in_flight = ended
+        peer, src, given = ended
         if self._ledger.take_back(peer, chunk, src, batch):
-            in_flight = True  # it failed after its `finishing`: not here after all
-        source = self._peers.get(src) if src != ROOT else None
-        if bad_data and src != ROOT and source is None:
-            self._ledger.banned.add(src)  # gone meanwhile: still banned when it comes back
-        elif bad_data and source is not None:
-            self._ledger.ban(source, batch)
-        elif in_flight and source is not None:
+            given = True  # it failed after its `finishing`: not here after all
+        if self._ledger.left_with(peer, chunk, src):
+            given = True  # cancelled when its source left, its bytes all in by then
+        source_peer = self._peers.get(src) if src != ROOT else None
+        if bad_data and given and src != ROOT:
+            if source_peer is not None:
+                self._ledger.ban(source_peer, batch)
+            else:
+                self._ledger.banned.add(src)  # gone meanwhile: still banned when back
+        elif given and source_peer is not None and not bad_data:
             self._ledger.avoid(peer, src)
         return self._settle(batch, now)
 

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from agent.swarm import ledger as ledger_module
 from agent.swarm.ledger import ROOT, Batch, Ledger, Peer
 
 ROOT_NAME = "root"
@@ -319,6 +320,22 @@ def test_a_node_that_has_every_chunk_no_longer_counts_for_the_roots_first_copies
     led.remove(deep, Batch())
     led.set_depth(shallow, 2, True)
     assert led.deepest == 2 and {d: n for d, n in led.depths.items() if n} == {2: 1}
+
+
+def test_transfers_cancelled_by_their_sources_departure_are_remembered_once_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The evidence a later bad-data report needs: asked once, and bounded."""
+    monkeypatch.setattr(ledger_module, "LEFT_FLIGHTS", 2)
+    led = Ledger(chunk_count=4, root="r", upload_slots=4)
+    src, a = led.peer("src"), led.peer("a")
+    for c in range(3):
+        led.add_holding(src, c, Batch())
+        led.assign(a, c, src.ident, 0.0, Batch())
+    led.remove(src, Batch())
+    remembered = [c for c in range(3) if led.left_with(a, c, src.ident)]
+    assert len(remembered) == 2  # the bound
+    assert not any(led.left_with(a, c, src.ident) for c in range(3))  # once each
 
 
 def test_a_stale_peer_object_changes_nothing() -> None:

@@ -422,6 +422,19 @@ def test_a_source_reported_for_bad_data_after_it_left_stays_banned_when_it_comes
     assert ("b", 0, "liar") not in triples(s.request("b", want=1, now=0.8))
 
 
+def test_a_bad_data_report_of_a_transfer_never_assigned_bans_nobody() -> None:
+    """Only a node given a transfer can have its source banned: any token holder could name
+    any node, and an honest holder banned is a source lost for the whole layer."""
+    s = schedule(2)
+    s.request("honest", have=[0, 1], want=0, now=0)
+    s.request("accuser", want=0, now=0)
+    s.failed("accuser", 1, "honest", bad_data=True, now=0.1)
+    assert not s.progress()["nodes"]["honest"]["banned"]
+    assert triples(s.request("x", want=1, now=0.2)) == [("x", 0, "honest")]
+    s.failed("x", 0, "honest", bad_data=True, now=0.3)  # given it: believed
+    assert s.progress()["nodes"]["honest"]["banned"]
+
+
 def test_a_root_copy_to_a_slow_receiver_lags_and_its_chunk_goes_to_a_fast_node() -> None:
     """The straggler asked first and got the first copy of chunk 0; it takes far longer than
     expected. At LATE times the expected duration that copy stops holding the root's only
