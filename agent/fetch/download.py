@@ -20,7 +20,6 @@ digest (a mismatch drops the layer and cuts every response short).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -556,10 +555,9 @@ class LayerDownload:
         self, index: int, data: Chunk, sha256: str | None, checksum: int | None
     ) -> None:
         assert self.entry is not None
-        if sha256 is None and self._cache.chunk_tables:  # the table peers verify against
-            hashing = time.perf_counter()
-            sha256 = hashlib.sha256(data).hexdigest()
-            self.times.add_time("verify", time.perf_counter() - hashing)
+        # Every writer brings the table's sha256 where one is kept (the origin's `ChunkFill`
+        # hashed it as the bytes landed; the swarm's chunks come checked against it).
+        assert sha256 is not None or not self._cache.chunk_tables
         writing = time.perf_counter()
         try:
             await self._cache.write_chunk(self.entry, index, data, sha256, checksum)

@@ -264,7 +264,7 @@ class LayerSchedule:
             given = True  # it failed after its `finishing`: not here after all
         if self._ledger.left_with(peer, chunk, src):
             given = True  # cancelled when its source left, its bytes all in by then
-        source_peer = self._peers.get(src) if src != ROOT else None
+        source_peer = self._peers.get(src)  # (never the root: not a peer)
         if bad_data and given and src != ROOT:
             if source_peer is not None:
                 self._ledger.ban(source_peer, batch)
