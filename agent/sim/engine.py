@@ -36,7 +36,10 @@ Model
   window of that many: its readers consume chunks in order as they arrive, the oldest consumed
   are let go (the planner's `released`); a transfer from a node that let the chunk go is a 404.
 - Faults: `liars` serve bytes that fail verification; `leaves` maps a node to the time it
-  disappears (it stops counting).
+  disappears (it stops counting); `crashes` one to the time its process dies: its uploads
+  break (their receivers report them failed), its downloads' sources never hear of it, a
+  transfer from it is refused, and its roots learn only as the tracker does (it stops asking
+  for `gone_after` seconds, or a failure is reported of a source that silent).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from agent.sim.links import fair_rates, spread_over_seconds
 from agent.sim.model import SimLayer, SwarmConfig, SwarmResult, sim_layers
 from agent.sim.roots import (
     EV_ARRIVE,
+    EV_CRASH,
     EV_DONE,
     EV_EXPIRE,
     EV_HANDLE,
@@ -121,6 +125,8 @@ class Simulation(RootSide):
         self.seq = 0
         self.running: set[_Flow] = set()
         self.banned: set[int] = set()  # sources a root banned for bad data
+        self.crashed: set[int] = set()  # died without a word: the roots may still count them
+        self.seen: dict[tuple[int, int], float] = {}  # (node, layer) -> its last plan request
         self.rng = random.Random(c.seed)
         self.unfinished = n
         self.total_chunks = c.chunk_count
@@ -159,6 +165,8 @@ class Simulation(RootSide):
             self.push(i * c.start_spread / c.nodes, EV_JOIN, i)
         for i, t in c.leaves.items():
             self.push(t, EV_LEAVE, i)
+        for i, t in c.crashes.items():
+            self.push(t, EV_CRASH, i)
         self.push(c.tick, EV_EXPIRE)
         limit = c.time_limit if c.time_limit is not None else 50 * c.t_min
         now = 0.0
@@ -251,10 +259,17 @@ class Simulation(RootSide):
         elif kind == EV_LEAVE:
             assert isinstance(obj, int)
             self.leave(obj, now)
+            for layer in self.layers:
+                self.deliver(layer.index, layer.schedule.leave(self.ids[obj], now), now)
+        elif kind == EV_CRASH:
+            assert isinstance(obj, int)
+            self.crashed.add(obj)
+            self.leave(obj, now)
         elif kind == EV_EXPIRE:
-            if self.flows:
+            if self.flows or self.crashed:  # (the tracker's clock runs on while it waits)
                 for layer in self.layers:
                     self.deliver(layer.index, self.timed(layer, layer.schedule.expire, now), now)
+                    self.forget_silent(layer, now)
             self.push(now + self.config.tick, EV_EXPIRE)
 
     def stuck(self) -> str:
@@ -402,12 +417,15 @@ class Simulation(RootSide):
         self.agent_does(node, layer, decisions, now)
 
     def leave(self, node: int, now: float) -> None:
+        """The node is gone (the caller tells its roots, or not: a crash): its transfers end,
+        those from it with a failure at their receivers."""
         self.alive[node] = False
         self.gone[node] = True
         for layer in range(len(self.layers)):
             self.held_poll.pop((node, layer), None)
         if self.have[node] < self.total_chunks:
             self.unfinished -= 1
+        self.landing = {key for key in self.landing if key[0] != node}
         for key, flow in list(self.flows.items()):
             if node in (flow.src, flow.dst):
                 del self.flows[key]
@@ -416,14 +434,18 @@ class Simulation(RootSide):
                     planner = self.planners[flow.dst][flow.layer]
                     decisions = planner.failed(flow.chunk, self.ids[node], now)
                     self.agent_does(flow.dst, flow.layer, decisions, now)
-        for layer in self.layers:
-            self.deliver(layer.index, layer.schedule.leave(self.ids[node], now), now)
 
     # Links -------------------------------------------------------------------------------
 
     def start(self, flow: _Flow, now: float) -> None:
         if self.flows.get((flow.dst, flow.layer, flow.chunk, flow.src)) is not flow:
             return  # cancelled before its first byte
+        if flow.src in self.crashed:  # its P2P port is closed: the connection is refused
+            del self.flows[(flow.dst, flow.layer, flow.chunk, flow.src)]
+            planner = self.planners[flow.dst][flow.layer]
+            refused = planner.failed(flow.chunk, self.ids[flow.src], now)
+            self.agent_does(flow.dst, flow.layer, refused, now)
+            return
         serves = (
             flow.src != self.origin and flow.src != self.root_of[flow.layer] + self.config.nodes
         )

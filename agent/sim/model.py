@@ -131,6 +131,11 @@ class SwarmConfig:
     node_download: Mapping[int, float] = field(default_factory=dict)
     liars: frozenset[int] = frozenset()
     leaves: Mapping[int, float] = field(default_factory=dict)  # node -> time it leaves
+    # node -> time its process dies: nobody tells the roots (`leaves` models a node the roots
+    # forget at once); they forget it `gone_after` seconds after its last plan request, as
+    # the tracker does (GONE_AFTER).
+    crashes: Mapping[int, float] = field(default_factory=dict)
+    gone_after: float = 6.0
     time_limit: float | None = None  # s; default 50 x T_min
     jitter: bool = True  # each latency is uniform in [latency/2, 3*latency/2] (breaks ties)
     seed: int = 0

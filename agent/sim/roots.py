@@ -33,9 +33,10 @@ if TYPE_CHECKING:
     EV_WAKE,
     EV_JOIN,
     EV_LEAVE,
+    EV_CRASH,
     EV_EXPIRE,
     EV_TAIL,
-) = range(12)
+) = range(13)
 
 
 _PLAN_DEFAULTS = {
@@ -68,6 +69,8 @@ class RootSide:
     landing: set[tuple[int, int, int]]
     verified: set[tuple[int, int, int]]
     banned: set[int]
+    crashed: set[int]
+    seen: dict[tuple[int, int], float]
     mailbox: dict[tuple[int, int], list[tuple[int, str]]]
     held_poll: dict[tuple[int, int], PlanTarget]
     hold_version: dict[tuple[int, int], int]
@@ -116,6 +119,7 @@ class RootSide:
             self.root_fetches(layer, now)
         ident, schedule, key = self.ids[node], layer.schedule, (node, layer_index)
         deliver, timed = self.deliver, self.timed
+        self.seen[key] = now
         if request.fresh:  # as the tracker: a new download there forgets the old one
             self.mailbox[key] = []
             deliver(layer_index, timed(layer, schedule.leave, ident, now), now)
@@ -126,6 +130,10 @@ class RootSide:
                 self.banned.add(self.index[source])
             actions = timed(layer, schedule.failed, ident, chunk, source, bad_data=bad, now=now)
             deliver(layer_index, actions, now)
+            src = self.index[source]
+            if not bad and now - self.seen.get((src, layer_index), 0.0) > self.config.gone_after:
+                if src < self.config.nodes:  # as the tracker: a silent source that fails is gone
+                    self.forget(layer, src, now)
         for chunk, source in request.finishing:
             deliver(layer_index, timed(layer, schedule.finishing, ident, chunk, source, now), now)
         actions = timed(
@@ -144,6 +152,19 @@ class RootSide:
             self.push(now + self.config.long_poll, EV_HOLD_END, key, version)
             return
         self.reply(node, layer_index, request, now)
+
+    def forget_silent(self, layer: SimLayer, now: float) -> None:
+        """As the tracker's expiry: a node receiving transfers that has not asked for
+        `gone_after` seconds is gone."""
+        receivers = {self.index[a.node] for a in layer.schedule.in_flight()}
+        for node in sorted(receivers):
+            seen = self.seen.get((node, layer.index))
+            if seen is not None and now - seen > self.config.gone_after:
+                self.forget(layer, node, now)
+
+    def forget(self, layer: SimLayer, node: int, now: float) -> None:
+        self.seen.pop((node, layer.index), None)
+        self.deliver(layer.index, self.timed(layer, layer.schedule.leave, self.ids[node], now), now)
 
     def deliver(self, layer: int, actions: Actions, now: float) -> None:
         """The schedule's decisions into the mailboxes; a held request with work answers."""
@@ -181,6 +202,8 @@ class RootSide:
     def check(self, layer_index: int, a: Assignment, dst: int, src: int) -> None:
         """The schedule's promises, against what the simulation knows (AssertionError)."""
         chunk, layer = a.chunk, self.layers[layer_index]
+        if dst in self.crashed or src in self.crashed:
+            return  # the root has not noticed yet: a transfer that will fail
         assert self.alive[dst] and not self.gone[dst], f"{a}: to a node that is not there"
         if src == self.root_of[layer_index] + self.config.nodes:
             assert chunk < layer.origin_chunks, f"{a}: the root does not have it yet"

@@ -32,18 +32,21 @@ chunk outlasts a round trip, and the root's link, the narrowest point, busy with
   at the usual pace; the root max(`root_upload_slots` (a tracker's: 2), the greatest depth
   asked). A transfer comes from the least-loaded holder with a free slot, the fastest among
   equals (a peer's *pace*: its uploads' mean duration); else the node waits.
-- **Striping.** The root sends only chunks no live peer holds ("root-only"; also a chunk held
-  by slow peers only), one copy at a time, to a node with a download slot free. A freed root
-  slot sends the lowest root-only chunk to a waiting node that is not slow and had the fewest
-  from the root; a node that asks while the root is idle takes a root-only chunk first. So
-  first copies land on different nodes, which serve them to the rest: the root's link carries
-  each chunk once.
+- **Striping.** The root sends only chunks no live peer holds ("root-only"; for a node also a
+  chunk that only slow peers and peers it avoids hold), one copy at a time, to a node with a
+  download slot free. A freed root slot sends the lowest root-only chunk to a waiting node
+  that is not slow and had the fewest from the root; a node that asks while the root is idle
+  takes a root-only chunk first. So first copies land on different nodes, which serve them to
+  the rest: the root's link carries each chunk once.
 - **Spreading.** A peer whose slot frees (or that just finished a chunk) serves the first
   waiter of the rarest chunk it holds (fewest holders, then lowest index): fresh chunks spread
   by doubling, old ones (many hold them) come from whoever is idle.
 - **Slow sources.** A peer whose pace is LATE times the usual transfer duration or worse only
   serves chunks that no faster peer holds, and gets no first copy from the root while a
-  faster node still wants that chunk: a slow link loses its requests to faster holders.
+  faster node still wants that chunk: a slow link loses its requests to faster holders. An
+  upload turning that late makes its source slow then (`expire` offers the root's slots to
+  the nodes waiting for what only slow peers hold: an upload to a node that died unnoticed
+  holds its source's slot until the root forgets that node).
 - **Slow receivers.** A root copy running LATE times the usual duration (before one is known:
   a chunk at 25 Mbit/s, agent/swarm/pace.py) *lags*: it goes on without the root's slot, and
   its chunk may go to another node. A node whose root copies lag gets no first copy another
@@ -60,8 +63,8 @@ chunk outlasts a round trip, and the root's link, the narrowest point, busy with
   is *banned* for this layer (never a source again, its uploads cancelled; it may download),
   if the reporter was given that transfer (also when the source left meanwhile).
   `failed(bad_data=False)` (timeout, connection error) and `expire` after `transfer_timeout`:
-  the slot frees and that node *avoids* that source; a node avoiding every holder of a chunk
-  gets it from the root. `missing`: the source no longer holds the chunk (evicted): no longer
+  the slot frees and that node *avoids* that source; a node avoiding every fast holder of a
+  chunk gets it from the root. `missing`: the source no longer holds the chunk (evicted): no longer
   a holder, nobody avoids it. `leave`: its holdings, transfers and slots vanish.
 - **The root's window.** A root whose cache is smaller than the layer holds a window of it
   (`root_stored`, `root_released`; agent/swarm/rootwindow.py): a chunk may go once every live
@@ -313,14 +316,18 @@ class LayerSchedule:
         self._pace.time_out(now - self.transfer_timeout, now, batch)
         self._pace.lag_root_copies(now, self._root_slots(), batch)
         if self._pace.typical > 0:
-            # Late transfers: their nodes, if they have demand to spare, may get a second source.
-            limit = now - self._pace.typical
-            for (node, _, _), a in self._flights.items():
+            # Late transfers: their nodes, if they have demand to spare, may get a second source;
+            # a source whose upload turned LATE is slow now, and the root may send the chunks
+            # only slow peers hold to the nodes waiting for them (no event would say so).
+            limit, slow = now - self._pace.typical, now - LATE * self._pace.typical
+            for (node, _, src), a in self._flights.items():
                 if a.issued > limit:
                     break
                 peer = self._peers.get(node)
                 if peer is not None and peer.demand > 0:
                     batch.dirty.add(node)
+                if src != ROOT and a.issued <= slow and self._waiting:
+                    batch.freed.add(ROOT)
         if not batch.cancelled and not batch.dirty and not batch.freed:
             return NOTHING
         return self._settle(batch, now)
@@ -446,8 +453,8 @@ class LayerSchedule:
 
     def _root_may_send(self, peer: Peer, chunk: int) -> bool:
         """Whether the root may send `chunk` to `peer` now: a root slot is free; the chunk is at
-        the root, not being sent, and root-only (no peer holds it but slow ones, or `peer`
-        avoids every holder); `peer` downloads nothing else, and is not slow unless all nodes
+        the root, not being sent, and root-only for `peer` (no peer holds it but slow ones
+        and ones `peer` avoids); `peer` downloads nothing else, and is not slow unless all nodes
         that still want the chunk are (a slow node starved while the fast ones were past it)."""
         if (
             not self._root_held[chunk]
@@ -468,11 +475,7 @@ class LayerSchedule:
             for w in islice(self._waiting.get(chunk, ()), SCAN)
         ):
             return False  # ... and that take them at the usual speed, if one waits for it
-        holders = self._holders[chunk]
-        if not holders or not self._fast_holder(chunk, ROOT):
-            return True
-        avoid = peer.avoid
-        return bool(avoid) and all(h in avoid for h in holders)
+        return not self._fast_holder(chunk, ROOT, peer.avoid)
 
     def _window(self, peer: Peer) -> int:  # room for `depth` transfers and as many next
         return self.window if peer.depth == 1 else max(self.window, 2 * peer.depth)
