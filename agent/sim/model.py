@@ -136,6 +136,9 @@ class SwarmConfig:
     # the tracker does (GONE_AFTER).
     crashes: Mapping[int, float] = field(default_factory=dict)
     gone_after: float = 6.0
+    # A root looks at the port of a source reported failing (agent/swarm/liveness.py) and
+    # finds a crashed node's refusing; False: a port that still answers (restarted at once).
+    refused: bool = True
     time_limit: float | None = None  # s; default 50 x T_min
     jitter: bool = True  # each latency is uniform in [latency/2, 3*latency/2] (breaks ties)
     seed: int = 0

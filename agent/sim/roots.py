@@ -131,9 +131,15 @@ class RootSide:
             actions = timed(layer, schedule.failed, ident, chunk, source, bad_data=bad, now=now)
             deliver(layer_index, actions, now)
             src = self.index[source]
-            if not bad and now - self.seen.get((src, layer_index), 0.0) > self.config.gone_after:
-                if src < self.config.nodes:  # as the tracker: a silent source that fails is gone
-                    self.forget(layer, src, now)
+            if bad or src >= self.config.nodes:
+                continue
+            if now - self.seen.get((src, layer_index), 0.0) > self.config.gone_after:
+                self.forget(layer, src, now)  # as the tracker: a silent source that fails is gone
+            elif src in self.crashed and self.config.refused:  # the tracker looked: gone
+                root = self.root_of[layer_index]
+                for other in self.layers:  # (in each layer of that root's)
+                    if self.root_of[other.index] == root and (src, other.index) in self.seen:
+                        self.forget(other, src, now)
         for chunk, source in request.finishing:
             deliver(layer_index, timed(layer, schedule.finishing, ident, chunk, source, now), now)
         actions = timed(

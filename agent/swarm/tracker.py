@@ -33,6 +33,7 @@ from agent.core.upstream import Upstream
 from agent.registry.routes import Digest, parse_digest
 from agent.registry.upstreams import match_upstream
 from agent.swarm.handoffstore import HandoffStore
+from agent.swarm.liveness import Liveness
 from agent.swarm.ownership import Fetching, Handoffs, busy_with, may_hand_off
 from agent.swarm.pace import expected_transfer
 from agent.swarm.plan import Plan, table_digest
@@ -137,6 +138,7 @@ class Tracker:
     # order (`agent.swarm.ownership`); None: it keeps every layer it is asked about.
     roots: RootSet | None = None
     handoff_store: HandoffStore | None = None  # the handoffs on disk, across restarts
+    liveness: Liveness = field(default_factory=Liveness)  # is a failing source's port still open
     plans_answered: int = field(default=0, init=False)
     handoffs: Handoffs = field(default_factory=Handoffs, init=False)
     _layers: dict[str, RootLayer] = field(default_factory=dict, init=False)
@@ -410,7 +412,9 @@ class Tracker:
                     chunk,
                 )
             self._deliver(layer, schedule.failed(asker, chunk, source, bad_data=bad, now=now))
-            if not bad and source != self.node and now - layer.seen.get(source, 0.0) > GONE_AFTER:
+            if bad or source == self.node:
+                continue
+            if now - layer.seen.get(source, 0.0) > GONE_AFTER:
                 # A source that fails transfers and has not asked us anything lately is gone
                 # (killed, partitioned): forget its chunks so nobody else waits on it. It
                 # comes back with its holdings if it asks again.
@@ -419,6 +423,8 @@ class Tracker:
                 )
                 layer.seen.pop(source, None)
                 self._deliver(layer, schedule.leave(source, now))
+            elif self._nursery is not None and self.liveness.due(source, now):
+                self._nursery.start_soon(self._forget_if_gone, source)  # (it may have died)
         for chunk, source in request.missing:  # evicted there: no fault, just not a holder
             self._deliver(layer, schedule.missing(asker, chunk, source, now))
         for chunk, source in request.finishing:  # last bytes: both links take their next
@@ -434,6 +440,17 @@ class Tracker:
         self._deliver(layer, asked)
         if layer.download is not None:
             layer.download.recheck()  # reports, `have` and `past` change what a ring must keep
+
+    async def _forget_if_gone(self, node: str) -> None:
+        """Forget `node` in every layer at once if nothing listens at its port any more
+        (agent/swarm/liveness.py), not GONE_AFTER after its last request."""
+        if not await self.liveness.gone(node):
+            return
+        now = trio.current_time()
+        for digest, layer in self._layers.items():
+            if layer.schedule is not None and layer.seen.pop(node, None) is not None:
+                log.warning("tracker %s: %s refuses connections; forgetting it", digest, node)
+                self._deliver(layer, layer.schedule.leave(node, now))
 
     async def _start_layer(
         self, request: PlanTarget, upstream: Upstream, headers: list[tuple[bytes, bytes]]

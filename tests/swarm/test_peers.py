@@ -36,6 +36,7 @@ from agent.swarm.client import P2PClient, PeerError
 from agent.swarm.download import SwarmContext
 from agent.swarm.handoffstore import FILE_NAME, HandoffStore
 from agent.swarm.ownership import HANDOFF_MIN_CHUNKS, Fetching, rendezvous_order
+from agent.swarm.plan import Plan
 from agent.swarm.preheater import Preheater
 from agent.swarm.protocol import ChunkTarget, PlanTarget
 from agent.swarm.roots import RootSet
@@ -611,6 +612,50 @@ async def test_plan_reaches_the_tracker_and_returns_the_chunk_table(
         refused = await client.plan(root.node, elsewhere, None)
         assert refused.error_status == 403 and not refused.assignments
         assert blob.gets == [None]
+
+
+async def plan_with_size(client: P2PClient, root: Peer, request: PlanTarget) -> Plan:
+    """Ask until the root's layer has started (a first answer may come without the size)."""
+    while True:
+        plan = await client.plan(root.node, request, None)
+        if plan.size is not None:
+            return plan
+        await trio.sleep(plan.retry_after or 0.05)
+
+
+@pytest.mark.parametrize("port_open", [False, True], ids=["port-refuses", "port-listens"])
+async def test_a_root_forgets_a_failing_source_whose_port_refuses_connections(
+    swarm: Swarm, registry: FakeRegistry, port_open: bool
+) -> None:
+    """A node that died is news to nobody but the receivers of its uploads: the root counted it
+    a holder (and its downloads as running) until it had not asked for GONE_AFTER (6 s), and
+    the chaos bench's other agents waited for it. A failure report about a source makes the
+    root look at its port: refused, the node is forgotten at once; a port that takes
+    connections (a loaded node) proves nothing."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    if not port_open:
+        await listener.aclose()  # nothing listens there now: a connect is refused
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        assert root.tracker is not None
+        blob = registry.add(os.urandom(2 * CHUNK))
+        dead, waiter = swarm._client(f"127.0.0.1:{port}"), swarm._client("127.0.0.1:9")
+        holds = plan_request(registry, blob, want=0, have=frozenset({0, 1}))
+        await plan_with_size(dead, root, holds)
+        asked = await plan_with_size(waiter, root, plan_request(registry, blob, want=1))
+        while not asked.assignments:
+            poll = plan_request(registry, blob, want=1, poll=True)
+            asked = await waiter.plan(root.node, poll, None)
+        assert asked.assignments == ((0, dead.node),)
+        failed = plan_request(registry, blob, want=1, failed=((0, dead.node, False),))
+        again = await waiter.plan(root.node, failed, None)
+        assert again.assignments == ((0, root.node),)  # it avoids the only holder now
+        await trio.sleep(0.5)  # the look: a connect on loopback
+        nodes = root.tracker.statistics()["layers"][blob.digest]["nodes"]  # type: ignore[index]
+        assert (dead.node in nodes) == port_open
+    if port_open:
+        await listener.aclose()
 
 
 def hand_off(root: Peer, blob: FakeBlob, to: str) -> None:

@@ -1478,15 +1478,21 @@ def test_nodes_leaving_mid_layer() -> None:
     assert result.root_upload_bytes <= 1.2 * result.config.file_size
 
 
-def test_nodes_crashing_mid_layer() -> None:
+@pytest.mark.parametrize("refused", [True, False], ids=["port-refuses", "port-answers"])
+def test_nodes_crashing_mid_layer(refused: bool) -> None:
     """A crash, unlike a leave, is news to nobody: the dead node's uploads break at their
-    receivers, its downloads' sources and its roots never hear of it, and the roots forget it
-    only once it stopped asking (`gone_after`, the tracker's GONE_AFTER). Meanwhile the root
-    counts it a holder of the chunks it said `finishing` for and its downloads as running.
-    The chaos bench's setting (6 agents, 2 layers of 16 MiB in 1 MiB chunks, 100 Mbit/s)
-    with a crash at several points of the pull: the others finished 6 s late (one in four
-    runs, up to 3.1 x T_min) while nodes waited for a chunk that only the dead node and a
-    peer busy with a transfer to it held."""
+    receivers, its downloads' sources and its roots never hear of it. Meanwhile the root
+    counts it a holder of the chunks it said `finishing` for and its downloads as running,
+    each holding a source's slot. The chaos bench's setting (6 agents, 2 layers of 16 MiB in
+    1 MiB chunks, 100 Mbit/s) with a crash at several points of the pull.
+
+    A root looks at the port of a source whose transfer failed (agent/swarm/liveness.py):
+    refused, it forgets the node at once, and a crash costs what a leave does (1.15 x T_min
+    on average here). A port that still answers (the chaos bench restarts the agent a second
+    later) leaves the root to forget the node once it stopped asking (`gone_after`, the
+    tracker's GONE_AFTER): 1.26 x on average; before the schedule served a chunk that only
+    slow peers and peers a node avoids hold, the others finished 6 s late in one run of four
+    (up to 3.1 x T_min)."""
     ratios = []
     for seed in range(8):
         for at in (0.6, 1.0, 1.5, 2.0):
@@ -1501,18 +1507,17 @@ def test_nodes_crashing_mid_layer() -> None:
                 latency=0.002,
                 seed=seed,
                 crashes={seed % 6: at},
+                refused=refused,
             )
             result = simulate(config)
             assert len(result.completion) == 5
             ratios.append(result.p95 / result.t_min)
-    report(f"crashes: worst P95 {max(ratios):.2f} x T_min", simulate(config))
-    # (A leave costs 1.15 x on average here; a crash 1.26: uploads to the dead node hold
-    # their sources' slots until the root forgets it.)
-    assert max(ratios) <= 1.8, ratios
-    big = simulate(bench_case(16, crashes={3: 2.0, 7: 6.0, 12: 9.0}))
+    print(f"crashes: P95 mean {sum(ratios) / len(ratios):.2f}, worst {max(ratios):.2f} x T_min")
+    assert max(ratios) <= (1.3 if refused else 1.8), ratios
+    big = simulate(bench_case(16, crashes={3: 2.0, 7: 6.0, 12: 9.0}, refused=refused))
     report("crashes, 16 nodes", big)
     assert set(big.completion) == {f"n{i}" for i in range(16)} - {"n3", "n7", "n12"}
-    assert big.p95 <= 1.5 * big.t_min
+    assert big.p95 <= (1.3 if refused else 1.5) * big.t_min
 
 
 @pytest.mark.parametrize("cache_chunks", [16, 10])
