@@ -107,6 +107,9 @@ def _layer_tar_gz(index: int, content: bytes) -> tuple[bytes, bytes]:
     return tar, gzip.compress(tar, compresslevel=1, mtime=0)
 
 
+RANDOM_PIECE = 64 << 20
+
+
 def build_image(
     tmpdir: Path,
     layers: Sequence[int] = (256 * 1024, 384 * 1024, 512 * 1024),
@@ -133,7 +136,10 @@ def build_image(
     rng = random.Random(seed)
     built: list[Layer] = []
     for i, size in enumerate(layers):
-        content = rng.randbytes(size)
+        # (in pieces: randbytes takes at most 2**31 bits at once, a 256 MiB layer is more)
+        content = b"".join(
+            rng.randbytes(min(RANDOM_PIECE, size - at)) for at in range(0, size, RANDOM_PIECE)
+        )
         tar, gz = _layer_tar_gz(i, content)
         built.append(Layer(put(gz), len(gz), sha256_digest(tar), size))
 
