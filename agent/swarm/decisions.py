@@ -1,11 +1,13 @@
 """What an agent's planner decides (`agent.swarm.planner`), as its driver
 (`agent.swarm.download`) and the simulator carry it out: the transfers, the requests, the end
-of the layer's swarm part. Pure data."""
+of the layer's swarm part; and what a root's answer that cannot be used means (a fallback, or
+the client's error). Pure."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.swarm.plan import Plan
 from agent.swarm.protocol import PlanTarget
 
 
@@ -60,3 +62,35 @@ class Pending:
     bench: str | None = None
     fallback: Fallback | None = None
     error: tuple[int, str] | None = None
+
+
+def unusable(plan: Plan, root: str, chunk_size: int, expected_size: int | None) -> Fallback | None:
+    """The first size a root gives must fit this node: our chunk size, and the size the
+    registry gave us (a root that disagrees is wrong, or lying)."""
+    if plan.chunk_size != chunk_size:
+        reason = f"root {root} uses {plan.chunk_size}-byte chunks, we use {chunk_size}"
+        return Fallback(kind="chunk_size", reason=reason, root=root)
+    if expected_size is not None and plan.size != expected_size:
+        reason = f"root {root} says {plan.size} bytes, the registry {expected_size}"
+        return Fallback(kind="size", reason=reason, root=root)
+    return None
+
+
+def refusal(
+    plan: Plan, root: str, denied_means_fallback: bool
+) -> tuple[Fallback | None, tuple[int, str] | None]:
+    """What a root's error answer means for this node: the registry's own answer for the
+    client (4xx: not found, denied, too many requests) is the client's to see; a root that
+    failed (5xx: it cannot hold the layer, the origin broke for it) or that could not use the
+    client's credentials (no P2P TLS to pass them) is not, and the node asks the registry."""
+    status = plan.error_status or 502
+    message = f"root {root}: {plan.error}"
+    if status >= 500:
+        return Fallback(kind="root_error", reason=message, root=root), None
+    if status in (401, 403) and denied_means_fallback:
+        reason = (
+            f"root {root} may not read it without credentials, and the P2P port has no TLS "
+            "to pass them"
+        )
+        return Fallback(kind="credentials", reason=reason, root=root), None
+    return None, (status, message)

@@ -66,7 +66,14 @@ class SwarmContext:
     # Plan demand: one transfer at a time (links do best with one transfer each, see
     # agent/swarm/schedule.py) plus a spare the root uses for a second source when one runs late.
     parallel: int = 2
+    # A transfer may take `chunk_timeout` plus its bytes at `min_chunk_rate`: a fixed 15 s cut
+    # every transfer of a node on a slow link (2 Mbit/s, two layers at once, each transfer
+    # sharing it with the next one's first bytes: 1 MiB in 17 s) after most of its bytes had
+    # come, and it fetched them again: 1.5-1.7 x its link's floor in the chaos bench. A source
+    # that stalls is cut by the HTTP client's read timeout; a slow one loses to a second
+    # source (the root's late transfers) before this.
     chunk_timeout: float = 15.0
+    min_chunk_rate: float = 64 * 1024  # bytes per second
     plan_timeout: float = 10.0
     # Layers fetched from the registry because the swarm could not deliver, by cause.
     fallbacks: dict[str, int] = field(default_factory=dict)
@@ -415,7 +422,7 @@ class SwarmDownload:
 
         with scope:
             try:
-                with trio.fail_after(swarm.chunk_timeout):
+                with trio.fail_after(swarm.chunk_timeout + length / swarm.min_chunk_rate):
                     hashing = await swarm.client.fetch_chunk(
                         source,
                         self._digest,

@@ -11,6 +11,7 @@ back with the chunk table.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from agent.fetch.fetcher import LANDING_WAIT
 from agent.fetch.model import LayerCorrupt
 from agent.fetch.readers import BlobSource
 from agent.http.client import HttpClient
+from agent.http.responses import Response
 from agent.http.server import HttpServer, ServerSettings, listener_port, open_listeners
 from agent.registry.routes import parse_digest
 from agent.swarm.client import P2PClient, PeerError
@@ -656,6 +658,39 @@ async def test_a_root_forgets_a_failing_source_whose_port_refuses_connections(
         assert (dead.node in nodes) == port_open
     if port_open:
         await listener.aclose()
+
+
+async def test_a_transfer_slower_than_the_chunk_timeout_but_steady_is_not_cut(
+    swarm: Swarm, registry: FakeRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node on a slow link (the chaos bench's straggler: 2 Mbit/s, two layers at once) took
+    longer than the fixed 15 s per chunk, and every such transfer was cut after most of its
+    bytes had come, then fetched again: 1.5-1.7 x its link's floor. A transfer may take
+    `chunk_timeout` plus its bytes at `min_chunk_rate`. Here every chunk from the source
+    comes 0.4 s late, twice the (shortened) `chunk_timeout`: none is cut."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        source, slow = await swarm.agent(root), await swarm.agent(root)
+        blob = registry.add(os.urandom(4 * CHUNK + 10))
+        assert await pull(source, registry, blob) == blob.data
+        serve_chunk = source.service._chunk
+
+        async def late_chunk(method: str, target: ChunkTarget) -> Response:
+            await trio.sleep(0.4)
+            return await serve_chunk(method, target)
+
+        source.service._chunk = late_chunk  # type: ignore[method-assign]
+        assert slow.swarm is not None
+        slow.swarm.chunk_timeout = 0.2
+        slow.swarm.min_chunk_rate = CHUNK  # each chunk may take 0.2 + 1 s
+        served = source.service.chunks_served
+        with caplog.at_level(logging.INFO, logger="agent.swarm.download"):
+            assert await pull(slow, registry, blob) == blob.data
+        # (the root sends the rest: a source this slow loses its requests to the root)
+        assert source.service.chunks_served > served, "a chunk came from the late source"
+        cut = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+        assert not cut, cut
+        assert (slow.swarm.fallbacks, slow.swarm.peer_bytes) == ({}, blob.size)
 
 
 def hand_off(root: Peer, blob: FakeBlob, to: str) -> None:

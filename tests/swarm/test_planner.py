@@ -16,6 +16,7 @@ from agent.swarm.depth import DEPTH_RTTS
 from agent.swarm.plan import Plan
 from agent.swarm.planner import (
     FLUSH_ATTEMPTS,
+    KEEPALIVE,
     LATE,
     POLL_RETRY,
     Decisions,
@@ -134,10 +135,38 @@ def test_a_full_slot_set_sends_no_poll_until_a_transfer_ends() -> None:
     p = planner(parallel=2)
     request = only(p.start(0.0))
     d = reply_to(p, request, plan(assignments=((0, ROOT), (1, PEERS[0]))), ROOT, 0.1)
-    assert len(d.start) == 2 and d.requests == () and d.wake_at is None
+    assert len(d.start) == 2 and d.requests == ()
+    assert d.wake_at == KEEPALIVE  # (the keepalive: the request went at 0.0)
     d = p.failed(1, PEERS[0], 0.2)
     # The standing request goes for the freed slot and carries the report with it.
     assert [(r.want, r.failed) for r in d.requests] == [(1, ((1, PEERS[0], False),))]
+
+
+def test_a_node_whose_transfers_run_long_still_asks_every_keepalive() -> None:
+    """The root forgets a node that has not asked for GONE_AFTER (6 s) while transfers to it
+    run: a node on a slow link, its transfers long and none late by its own measure, was
+    forgotten over and over (21 times in one chaos bench pull). It asks (a report of nothing)
+    once KEEPALIVE passed without a request; not while a request is in flight, nor with
+    nothing running."""
+    p = planner(parallel=2)
+    request = only(p.start(0.0))
+    d = reply_to(p, request, plan(assignments=((0, ROOT), (1, PEERS[0]))), ROOT, 0.1)
+    assert d.requests == () and d.wake_at == KEEPALIVE
+    assert p.tick(1.0).requests == ()
+    d = p.tick(KEEPALIVE)
+    (alive,) = d.requests
+    assert not alive.poll and (alive.done, alive.failed, alive.finishing) == ((), (), ())
+    assert alive.have == frozenset(), "what it holds: it may have been forgotten"
+    assert p.tick(KEEPALIVE + 5).requests == (), "one at a time: the last is in flight"
+    d = reply_to(p, alive, plan(), ROOT, KEEPALIVE + 5.1)  # a slow answer: due again at once
+    (again,) = d.requests
+    assert not again.poll and d.wake_at is None
+    d = reply_to(p, again, plan(), ROOT, KEEPALIVE + 5.2)
+    assert d.wake_at == 2 * KEEPALIVE + 5.1  # counted from when the last one went
+    for chunk, source in ((0, ROOT), (1, PEERS[0])):  # both end: nothing runs
+        p.received(chunk, source, sha(chunk), KEEPALIVE + 6)
+        p.stored(chunk, source, KEEPALIVE + 6)
+    assert all(r.poll or r.done for r in p.tick(KEEPALIVE + 20).requests)
 
 
 def test_a_finishing_transfer_frees_its_slot_and_tells_the_root_once() -> None:
