@@ -339,5 +339,8 @@ def start_node(
     return host.spawn(
         [sys.executable, "-m", "agent", role, *(["-v"] if verbose else [])],
         work / f"{role}-{host.index}.log",
-        env={**env, "PYTHONPATH": str(ROOT)},
+        env={
+            **env,
+            "PYTHONPATH": os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT)])),
+        },
     )

@@ -249,6 +249,12 @@ def main() -> int:
         "here) and print their top frames",
     )
     parser.add_argument(
+        "--task-cpu",
+        action="store_true",
+        help="count the CPU of every trio task of every agent and root during the swarm pull "
+        "(bench/taskcpu) and print the biggest, per chunk received",
+    )
+    parser.add_argument(
         "--tiers",
         action="store_true",
         help="roots in tiers: agent i lists only root i mod K (its group's), every root has "
@@ -302,6 +308,8 @@ def main() -> int:
                 env["POLLEN_CACHE_CAPACITY"] = cache
             if args.o_direct:
                 env["POLLEN_CACHE_AIO_ENABLE"] = "1"
+            if args.task_cpu:
+                env.update(profiling.task_cpu_env(work / "task-cpu"))
             if args.keep_logs:
                 env["POLLEN_LOG_AUDIT"] = "true"
                 env["POLLEN_LOG_AUDIT_MODE"] = "file"
@@ -339,8 +347,16 @@ def main() -> int:
                 if label == "swarm"
                 else []
             )
+            counting = args.task_cpu and label == "swarm"
+            if counting:
+                counted = profiling.task_cpu_snapshot(work / "task-cpu", pollen_pids)
             durations = pull_all(agents, source, work, label, args.client, verbose=args.verbose)
             profiling.stop(spies)
+            if counting:
+                after = profiling.task_cpu_snapshot(work / "task-cpu", pollen_pids)
+                chunks = N * sum(-(-layer.size // parse_size(args.chunk)) for layer in image.layers)
+                for who, pids in (("agents", agent_pids), ("roots", root_pids)):
+                    profiling.print_task_cpu(who, counted, after, pids, chunks)
             total1, idle1, irq1 = cpu_times()
             clients = children_cpu() - clients0
             busy = 1 - (idle1 - idle0) / max(1e-9, total1 - total0)
