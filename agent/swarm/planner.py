@@ -32,6 +32,8 @@ transfer runs, the standing request for the spare goes only once it is late (LAT
 usual duration, as the root judges) or in the endgame: reports carry demand too, and the next
 chunk comes with the `finishing` one.
 
+- A node whose transfers run long (a slow link) and that asked nothing for KEEPALIVE tells
+  the root its holdings: the root forgets a node silent for GONE_AFTER with transfers to it.
 - A transfer's slot frees when its bytes arrived; a chunk is reported done only once it is
   stored (from then on the root sends peers to this node, which serves from its cache).
 - Pipelining and cut-through: the driver says a transfer is `finishing` once its remaining
