@@ -399,8 +399,10 @@ class SwarmDownload:
         length = min(planner.chunk_size, planner.size - index * planner.chunk_size)
         buffer = sink.new_buffer(length)
         kind = "root" if source in swarm.roots.addresses else "peer"
-        t0 = time.perf_counter()
+        t0, began = time.perf_counter(), time.time()
         told = False
+        # For the trace: seconds after t0 to the first look (1 MiB in) and to `finishing`.
+        trace = {"first": -0.001, "said": -0.001}
         # Fed as the bytes land: the check against the root's table, the cache's own sum.
         hasher, checksum, hashing = hashlib.sha256(), new_chunk_checksum(), 0.0
 
@@ -408,13 +410,16 @@ class SwarmDownload:
             """Say `finishing` once the rest needs less than the planner's lead; until then,
             the fill at which to hear again (`finishing_look`)."""
             nonlocal told
+            elapsed = time.perf_counter() - t0
+            if trace["first"] < 0:
+                trace["first"] = elapsed
             if told or filled >= length:
                 return length  # the end itself is reported as received
-            elapsed = time.perf_counter() - t0
             look = finishing_look(length, filled, elapsed, planner.finish_lead)
             if look is not None:
                 return look
             told = True
+            trace["said"] = elapsed
             self._landing.add(index)
             sink.landing(index, True, memoryview(buffer)[:filled])
             await self._send.send(partial(planner.finishing, index, source))
@@ -443,6 +448,18 @@ class SwarmDownload:
         if scope.cancelled_caught:
             return  # the endgame's loser: the chunk came from elsewhere
         self._scopes.pop(transfer, None)
+        if log.isEnabledFor(logging.DEBUG):  # a trace of every transfer (bench --verbose)
+            log.debug(
+                "layer %s: chunk %d from %s began at %.3f: 1 MiB in after %.0f ms, `finishing` "
+                "after %.0f ms, all in after %.0f ms",
+                self._digest,
+                index,
+                source,
+                began,
+                1000 * trace["first"],
+                1000 * trace["said"],
+                1000 * (time.perf_counter() - t0),
+            )
         sha = hasher.hexdigest()
         sink.verify_time(hashing)
         if sha != planner.hashes.get(index):

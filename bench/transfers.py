@@ -1,0 +1,165 @@
+"""Where the hops wait: every swarm transfer of a bench run, from the agents' debug logs.
+
+    sudo .venv/bin/python bench/swarm.py --verbose --keep-logs DIR [...]
+    .venv/bin/python bench/transfers.py DIR --node-mbit 100 [--chunk 4MiB]
+
+With debug logging each agent logs every transfer it completes (`agent.swarm.download`: the
+chunk, its source, when it began, when 1 MiB was in, when it said `finishing`, when all of it
+was in). This prints, against the time a chunk takes at the link's rate: the transfers'
+durations, from the roots and from peers; how much of the sources' upload time and of the
+receivers' download time was shared by two or more transfers at once (each then runs at a
+fraction of the link: the schedule wants one per link, but every layer's root schedules its
+own); the idle gaps between a receiver's transfers; and how early `finishing` was said.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+LINE = re.compile(
+    r"layer (?P<layer>\S+): chunk (?P<chunk>\d+) from (?P<source>\S+) began at (?P<began>[\d.]+): "
+    r"1 MiB in after (?P<first>-?\d+) ms, `finishing` after (?P<said>-?\d+) ms, "
+    r"all in after (?P<took>\d+) ms"
+)
+UNITS = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+@dataclass(frozen=True)
+class Transfer:
+    node: str  # the receiver (its log's name)
+    layer: str
+    chunk: int
+    source: str  # host:port
+    began: float  # epoch seconds
+    first: float  # seconds to the first MiB (< 0: not heard)
+    said: float  # seconds to `finishing` (< 0: not said)
+    took: float  # seconds to the last byte
+
+    @property
+    def ended(self) -> float:
+        return self.began + self.took
+
+
+def parse(node: str, lines: Iterable[str]) -> list[Transfer]:
+    """The transfers one agent's log records."""
+    found = []
+    for line in lines:
+        m = LINE.search(line)
+        if m is not None:
+            found.append(
+                Transfer(
+                    node=node,
+                    layer=m["layer"],
+                    chunk=int(m["chunk"]),
+                    source=m["source"],
+                    began=float(m["began"]),
+                    first=int(m["first"]) / 1000,
+                    said=int(m["said"]) / 1000,
+                    took=int(m["took"]) / 1000,
+                )
+            )
+    return found
+
+
+def shared(intervals: list[tuple[float, float]]) -> tuple[float, float]:
+    """(time with at least one interval open, time with two or more)."""
+    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
+    busy = both = 0.0
+    open_now, last = 0, 0.0
+    for t, step in events:
+        if open_now >= 1:
+            busy += t - last
+        if open_now >= 2:
+            both += t - last
+        open_now, last = open_now + step, t
+    return busy, both
+
+
+def gaps(intervals: list[tuple[float, float]]) -> list[float]:
+    """The idle stretches between the first interval's start and the last one's end."""
+    found, reach = [], None
+    for a, b in sorted(intervals):
+        if reach is not None and a > reach:
+            found.append(a - reach)
+        reach = b if reach is None else max(reach, b)
+    return found
+
+
+def report(transfers: list[Transfer], chunk_seconds: float, roots: set[str]) -> list[str]:
+    """The summary lines (see the module docstring)."""
+    full = [t for t in transfers if t.took >= chunk_seconds / 4]  # whole chunks, not blobs
+    if not full:
+        return ["no transfers of whole chunks in these logs (run the bench with --verbose)"]
+    lines = [
+        f"{len(full)} transfers; a chunk takes {1000 * chunk_seconds:.0f} ms at the link's rate"
+    ]
+    for kind in ("root", "peer"):
+        some = [t for t in full if (t.source.rpartition(":")[0] in roots) == (kind == "root")]
+        if some:
+            took = statistics.median(t.took for t in some)
+            lines.append(
+                f"  from a {kind}: {len(some)}, median {1000 * took:.0f} ms "
+                f"({took / chunk_seconds:.2f} x the link's time)"
+            )
+    by_source: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    by_node: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for t in full:
+        by_source[t.source].append((t.began, t.ended))
+        by_node[t.node].append((t.began, t.ended))
+    up = [shared(v) for v in by_source.values()]
+    down = [shared(v) for v in by_node.values()]
+    up_busy, up_both = sum(b for b, _ in up), sum(s for _, s in up)
+    down_busy, down_both = sum(b for b, _ in down), sum(s for _, s in down)
+    lines.append(
+        f"sources uploading {up_busy:.1f} s in all, two or more at once "
+        f"{up_both / max(up_busy, 1e-9):.0%} of it; receivers downloading {down_busy:.1f} s, "
+        f"two or more at once {down_both / max(down_busy, 1e-9):.0%}"
+    )
+    idle = [g for v in by_node.values() for g in gaps(v)]
+    if idle:
+        lines.append(
+            f"idle gaps between a receiver's transfers: {len(idle)}, {sum(idle):.1f} s in all, "
+            f"median {1000 * statistics.median(idle):.0f} ms"
+        )
+    leads = sorted(t.took - t.said for t in full if t.said >= 0)
+    if leads:
+        lines.append(
+            f"`finishing` said {len(leads)} times, before the last byte by a median "
+            f"{1000 * statistics.median(leads):.0f} ms (10th percentile "
+            f"{1000 * leads[len(leads) // 10]:.0f}, 90th {1000 * leads[9 * len(leads) // 10]:.0f})"
+        )
+    return lines
+
+
+def parse_size(text: str) -> int:
+    for unit, factor in UNITS.items():
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("logs", type=Path, help="a bench run's --keep-logs directory")
+    parser.add_argument("--node-mbit", type=float, required=True)
+    parser.add_argument("--chunk", default="4MiB")
+    parser.add_argument("--roots", default="198.18.0.2,198.18.0.3", help="the roots' addresses")
+    args = parser.parse_args()
+    transfers = []
+    for log in sorted(args.logs.glob("agent-*.log")):
+        with log.open(errors="replace") as lines:
+            transfers += parse(log.stem, lines)
+    seconds = parse_size(args.chunk) * 8 / (args.node_mbit * 1e6)
+    print("\n".join(report(transfers, seconds, set(args.roots.split(",")))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

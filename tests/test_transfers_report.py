@@ -1,0 +1,62 @@
+"""bench/transfers.py: the transfer trace the agents log at debug level, read back and summed
+(the line is `agent.swarm.download`'s; a change there that the reader misses fails here)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import transfers  # noqa: E402
+
+
+def line(chunk: int, source: str, began: float, took_ms: int, said_ms: int = -1) -> str:
+    """The debug line `SwarmDownload._transfer` writes, with its format string."""
+    record = logging.LogRecord(
+        "agent.swarm.download",
+        logging.DEBUG,
+        __file__,
+        0,
+        "layer %s: chunk %d from %s began at %.3f: 1 MiB in after %.0f ms, `finishing` "
+        "after %.0f ms, all in after %.0f ms",
+        ("sha256:" + "ab" * 32, chunk, source, began, 100, said_ms, took_ms),
+        None,
+    )
+    return "2026-12-02 08:25:24,628 DEBUG agent.swarm.download: " + record.getMessage()
+
+
+def test_the_download_module_writes_the_line_the_reader_parses() -> None:
+    source = Path(__file__).resolve().parents[1] / "agent" / "swarm" / "download.py"
+    assert "began at %.3f: 1 MiB in after %.0f ms, `finishing` " in source.read_text()
+
+
+def test_shared_links_gaps_and_leads_are_summed() -> None:
+    a = transfers.parse(
+        "agent-3",
+        [
+            line(0, "10.0.0.2:1", 100.0, 1000, said_ms=990),  # from the root, alone first
+            line(1, "10.0.0.5:1", 100.5, 1000, said_ms=980),  # overlaps it: 0.5 s shared
+            line(2, "10.0.0.5:1", 102.0, 500),  # after an idle gap of 0.5 s
+            "an unrelated line",
+        ],
+    )
+    assert [t.chunk for t in a] == [0, 1, 2] and a[1].ended == pytest.approx(101.5)
+    b = transfers.parse("agent-4", [line(0, "10.0.0.5:1", 101.0, 1000)])  # .5 uploads two
+    out = transfers.report(a + b, chunk_seconds=0.5, roots={"10.0.0.2"})
+    assert out[0] == "4 transfers; a chunk takes 500 ms at the link's rate"
+    assert out[1] == "  from a root: 1, median 1000 ms (2.00 x the link's time)"
+    assert out[2] == "  from a peer: 3, median 1000 ms (2.00 x the link's time)"
+    # .5 uploads 100.5-101.5 and 101.0-102.0, then 102.0-102.5: 2 s busy, 0.5 s of it shared;
+    # with the root's 1 s: 3 s. agent-3 downloads 100.0-101.5 (0.5 s shared), 102.0-102.5.
+    assert out[3].startswith("sources uploading 3.0 s in all, two or more at once 17%")
+    assert out[3].endswith("receivers downloading 3.0 s, two or more at once 17%")
+    assert out[4] == "idle gaps between a receiver's transfers: 1, 0.5 s in all, median 500 ms"
+    assert out[5].startswith("`finishing` said 2 times, before the last byte by a median 15 ms")
+
+
+def test_logs_without_the_trace_say_how_to_get_it() -> None:
+    assert "--verbose" in transfers.report([], 0.3, set())[0]
