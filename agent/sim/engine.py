@@ -225,7 +225,8 @@ class Simulation(RootSide):
                     return
                 obj.tailed = True
                 self.landing.add((obj.dst, obj.layer, obj.chunk))
-                decisions = planner.finishing(obj.chunk, self.ids[obj.src], now)
+                waited = obj.began - obj.asked
+                decisions = planner.finishing(obj.chunk, self.ids[obj.src], now, waited=waited)
                 self.agent_does(obj.dst, obj.layer, decisions, now)
         elif kind == EV_START:
             assert isinstance(obj, _Flow)
@@ -334,6 +335,7 @@ class Simulation(RootSide):
             src = self.index[t.source]
             size = self.layers[layer].chunk_bytes(t.chunk, self.config.chunk_size)
             flow = _Flow(src, node, layer, t.chunk, size)
+            flow.asked = now
             self.flows[(node, layer, t.chunk, src)] = flow
             self.transfers += 1
             self.push(now + self.delay(self.config.latency), EV_START, flow)
@@ -550,7 +552,8 @@ class Simulation(RootSide):
             return
         sha = self.bad_hash if flow.src in self.config.liars else layer.hashes[flow.chunk]
         planner = self.planners[flow.dst][flow.layer]
-        decisions = planner.received(flow.chunk, self.ids[flow.src], sha, now)
+        waited = None if flow.tailed else flow.began - flow.asked
+        decisions = planner.received(flow.chunk, self.ids[flow.src], sha, now, waited=waited)
         self.agent_does(flow.dst, flow.layer, decisions, now)
         landing = (flow.dst, flow.layer, flow.chunk)
         if landing in self.landing and flow.chunk not in planner.fetching:

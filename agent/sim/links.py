@@ -27,6 +27,7 @@ class Flow:
         "tail_due",
         "tail_version",
         "relayed",
+        "asked",
     )
 
     def __init__(self, src: int, dst: int, layer: int, chunk: int, size: int) -> None:
@@ -48,6 +49,7 @@ class Flow:
         self.tail_due = math.inf
         self.tail_version = 0
         self.relayed = False  # its bytes are in; its end waits for its source's copy
+        self.asked = math.nan  # when its receiver asked for it
 
     def left(self, now: float) -> float:
         """Bytes still to come at `now`."""

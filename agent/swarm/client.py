@@ -75,6 +75,7 @@ class P2PClient:
         into: memoryview,
         progress: Callable[[int], Awaitable[int | None]] | None = None,
         hashers: Sequence[Hasher] = (),
+        headed: Callable[[], None] | None = None,
     ) -> float:
         """Fill `into` (exactly `length` bytes) with chunk `index` of `digest` from `source`;
         the seconds spent in `hashers`, which hear every piece the moment it lands: a piece
@@ -86,7 +87,8 @@ class P2PClient:
         returns (None: after every read). A read wakes only once its whole view arrived
         (SO_RCVLOWAT), so a read ends exactly at the level asked for: the pipelining hook
         hears the moment a transfer is about to end in two or three reads per chunk (it heard
-        every 256 KiB of the last 2 MiB, ten event-loop turns per chunk)."""
+        every 256 KiB of the last 2 MiB, ten event-loop turns per chunk). `headed` hears that
+        the response's head came (the first byte: the planner's lead measures that wait)."""
         target = ChunkTarget(digest=digest, index=index).target()
         url = f"{self._scheme}://{source}{target}"
         try:
@@ -99,6 +101,8 @@ class P2PClient:
                     raise PeerError(
                         source, f"chunk {index}: {response.content_length} bytes, want {length}"
                     )
+                if headed is not None:
+                    headed()
                 filled, hashing = 0, 0.0
                 ask_at: int | None = min(length, FIRST_LOOK)
                 while filled < length:

@@ -279,8 +279,11 @@ class SwarmDownload:
         gone = {c for c in self.planner.held if c < past}
         return self.planner.released(gone, past, now, evicted=self._sink.take_evicted())
 
-    def _received(self, transfer: Transfer, sha256: str, now: float) -> Decisions:
-        decisions = self.planner.received(transfer.chunk, transfer.source, sha256, now)
+    def _received(
+        self, transfer: Transfer, sha256: str, waited: float | None, now: float
+    ) -> Decisions:
+        chunk, source = transfer.chunk, transfer.source
+        decisions = self.planner.received(chunk, source, sha256, now, waited=waited)
         if decisions.store != transfer:  # bad, or a copy of a chunk we have: let it go
             self._buffers.pop(transfer, None)
             self._started.pop(transfer, None)
@@ -402,7 +405,11 @@ class SwarmDownload:
         t0, began = time.perf_counter(), time.time()
         told = False
         # For the trace: seconds after t0 to the first look (1 MiB in) and to `finishing`.
-        trace = {"first": -0.001, "said": -0.001}
+        trace = {"first": -0.001, "said": -0.001, "head": -0.001}
+
+        def headed() -> None:  # the first byte: how long a transfer waits for it (the lead)
+            trace["head"] = time.perf_counter() - t0
+
         # Fed as the bytes land: the check against the root's table, the cache's own sum.
         hasher, checksum, hashing = hashlib.sha256(), new_chunk_checksum(), 0.0
 
@@ -422,7 +429,8 @@ class SwarmDownload:
             trace["said"] = elapsed
             self._landing.add(index)
             sink.landing(index, True, memoryview(buffer)[:filled])
-            await self._send.send(partial(planner.finishing, index, source))
+            waited = trace["head"]
+            await self._send.send(partial(planner.finishing, index, source, waited=waited))
             return length
 
         with scope:
@@ -436,6 +444,7 @@ class SwarmDownload:
                         into=memoryview(buffer),
                         progress=progress,
                         hashers=(hasher, checksum),
+                        headed=headed,
                     )
             except (PeerError, HttpClientError, trio.TooSlowError) as exc:
                 log.info("layer %s: chunk %d from %s failed: %s", self._digest, index, source, exc)
@@ -468,7 +477,8 @@ class SwarmDownload:
         else:
             self._buffers[transfer] = (buffer, sha, checksum.intdigest())
             self._started[transfer] = t0
-        await self._send.send(partial(self._received, transfer, sha))
+        waited = None if told else trace["head"]
+        await self._send.send(partial(self._received, transfer, sha, waited))
 
     async def _store(self, transfer: Transfer) -> None:
         buffer, sha, checksum = self._buffers.pop(transfer)

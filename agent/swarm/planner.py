@@ -32,12 +32,12 @@ transfer runs, the standing request for the spare goes only once it is late (LAT
 usual duration, as the root judges) or in the endgame: reports carry demand too, and the next
 chunk comes with the `finishing` one.
 
-- A node whose transfers run long (a slow link) and that asked nothing for KEEPALIVE tells
-  the root its holdings: the root forgets a node silent for GONE_AFTER with transfers to it.
+- Transfers running long and nothing asked for KEEPALIVE: our holdings go (GONE_AFTER).
 - A transfer's slot frees when its bytes arrived; a chunk is reported done only once it is
   stored (from then on the root sends peers to this node, which serves from its cache).
 - Pipelining and cut-through: the driver says a transfer is `finishing` once its remaining
-  bytes need less than `finish_lead` (three report round trips, measured) at the rate so far;
+  bytes need less than `finish_lead` (a report's round trip and a transfer's wait for its
+  first byte, measured: the next one needs both to start) at the rate so far;
   its slot frees then and the root hears it at once, so the next transfer is under way as
   this one ends. For the root the transfer is done then: it sends peers here at once (the P2P
   port relays the chunk: the bytes in so far, the rest once verified), and no `done` follows
@@ -148,6 +148,7 @@ class LayerPlanner:
     retell: set[int] = field(default_factory=set, init=False)
     rtt: float = field(default=DEFAULT_RTT, init=False)  # s, reports' round trip (recent least)
     rtt_samples: list[float] = field(default_factory=list, init=False)
+    waits: list[float] = field(default_factory=list, init=False)  # s to a first byte, recent
     sent_at: dict[int, float] = field(default_factory=dict, init=False)  # id(report) -> time
     tell_have: bool = field(default=False, init=False)  # the next request says what we hold
     polling: bool = field(default=False, init=False)  # the standing request is in flight
@@ -181,8 +182,13 @@ class LayerPlanner:
 
     @property
     def finish_lead(self) -> float:
-        """Seconds before a transfer's end at which to report it `finishing`."""
-        return LEAD_RTTS * self.rtt
+        """Seconds before a transfer's end at which to say `finishing`: the report's round
+        trip and a new transfer's wait for its first byte (the recent median), once known."""
+        waits = sorted(self.waits)
+        return self.rtt + waits[len(waits) // 2] if waits else LEAD_RTTS * self.rtt
+
+    def _waited(self, seconds: float | None) -> None:  # a transfer's wait for its first byte
+        self.waits = self.waits if seconds is None else [*self.waits[1 - RTT_SAMPLES :], seconds]
 
     @property
     def complete(self) -> bool:
@@ -265,9 +271,13 @@ class LayerPlanner:
         self._report(pending)
         return self._settle(pending, now)
 
-    def received(self, chunk: int, source: str, sha256: str, now: float) -> Decisions:
-        """The bytes of chunk `chunk` arrived from `source`, hashing to `sha256`."""
+    def received(
+        self, chunk: int, source: str, sha256: str, now: float, *, waited: float | None = None
+    ) -> Decisions:
+        """The bytes of chunk `chunk` arrived from `source`, hashing to `sha256` (`waited`:
+        to its first byte, if it said no `finishing`)."""
         pending = Pending()
+        self._waited(waited)
         began = self.began.get((chunk, source))
         said_finishing = (chunk, source) in self.tailing
         if not self._end_transfer(chunk, source):
@@ -300,11 +310,15 @@ class LayerPlanner:
         self._report(pending)
         return self._settle(pending, now)
 
-    def finishing(self, chunk: int, source: str, now: float) -> Decisions:
+    def finishing(
+        self, chunk: int, source: str, now: float, *, waited: float | None = None
+    ) -> Decisions:
         """The transfer of `chunk` from `source` is in its last bytes (less than
         `finish_lead` seconds to go): its download slot is free for the next transfer, and the
-        root hears it at once, so the next chunk is under way as this one ends."""
+        root hears it at once, so the next chunk is under way as this one ends (`waited`:
+        from its request to its first byte)."""
         pending = Pending()
+        self._waited(waited)
         transfer = (chunk, source)
         if source in self.fetching.get(chunk, ()) and transfer not in self.tailing:
             self.tailing.add(transfer)
@@ -508,11 +522,9 @@ class LayerPlanner:
         return min(self.began[t] for t in running) + LATE * self.usual
 
     def _keepalive_due(self) -> float | None:
-        """When to tell the root our holdings while transfers run and nothing else goes: a
-        root forgets a node that has not asked for GONE_AFTER (6 s) while transfers to it run
-        (killed, it never will), and a node on a slow link, its transfers running long and
-        none of them late by its own measure, asked nothing that long: its root forgot it 21
-        times in one chaos bench pull and gave its transfers' slots to others meanwhile."""
+        """When to tell the root our holdings while transfers run and nothing else goes: it
+        forgets a node silent for GONE_AFTER (6 s) with transfers to it, and a slow-link node
+        (long transfers, none late) was forgotten 21 times in one chaos bench pull."""
         if not self.fetching or self.asked_at is None or self.polling or self.reporting:
             return None
         return self.asked_at + KEEPALIVE
