@@ -189,8 +189,7 @@ class Tracker:
                 for node in receivers:
                     if now - layer.seen.get(node, now) > GONE_AFTER:
                         log.warning("tracker %s: %s stopped asking; forgetting it", digest, node)
-                        layer.seen.pop(node, None)
-                        self._deliver(layer, layer.schedule.leave(node, now))
+                        self._forget(layer, node, now)
             if now - layer.last_asked > FORGET_AFTER:
                 del self._layers[digest]
 
@@ -421,8 +420,7 @@ class Tracker:
                 log.warning(
                     "tracker %s: %s looks gone; forgetting its chunks", request.digest, source
                 )
-                layer.seen.pop(source, None)
-                self._deliver(layer, schedule.leave(source, now))
+                self._forget(layer, source, now)
             elif self._nursery is not None and self.liveness.due(source, now):
                 self._nursery.start_soon(self._forget_if_gone, source)  # (it may have died)
         for chunk, source in request.missing:  # evicted there: no fault, just not a holder
@@ -448,9 +446,16 @@ class Tracker:
             return
         now = trio.current_time()
         for digest, layer in self._layers.items():
-            if layer.schedule is not None and layer.seen.pop(node, None) is not None:
+            if layer.schedule is not None and node in layer.seen:
                 log.warning("tracker %s: %s refuses connections; forgetting it", digest, node)
-                self._deliver(layer, layer.schedule.leave(node, now))
+                self._forget(layer, node, now)
+
+    def _forget(self, layer: RootLayer, node: str, now: float) -> None:
+        """`node` is gone from `layer`: its holdings and transfers leave the schedule; it comes
+        back with its holdings if it asks again."""
+        assert layer.schedule is not None
+        layer.seen.pop(node, None)
+        self._deliver(layer, layer.schedule.leave(node, now))
 
     async def _start_layer(
         self, request: PlanTarget, upstream: Upstream, headers: list[tuple[bytes, bytes]]

@@ -650,10 +650,20 @@ async def test_a_root_forgets_a_failing_source_whose_port_refuses_connections(
             poll = plan_request(registry, blob, want=1, poll=True)
             asked = await waiter.plan(root.node, poll, None)
         assert asked.assignments == ((0, dead.node),)
+        looked = trio.Event()
+        look = root.tracker.liveness.gone
+
+        async def gone(node: str) -> bool:  # the root's own look, and word that it ended
+            try:
+                return await look(node)
+            finally:
+                looked.set()
+
+        root.tracker.liveness.gone = gone  # type: ignore[method-assign]
         failed = plan_request(registry, blob, want=1, failed=((0, dead.node, False),))
         again = await waiter.plan(root.node, failed, None)
         assert again.assignments == ((0, root.node),)  # it avoids the only holder now
-        await trio.sleep(0.5)  # the look: a connect on loopback
+        await looked.wait()  # (the forgetting follows the look's answer in the same step)
         nodes = root.tracker.statistics()["layers"][blob.digest]["nodes"]  # type: ignore[index]
         assert (dead.node in nodes) == port_open
     if port_open:
