@@ -4,12 +4,13 @@
     .venv/bin/python bench/transfers.py DIR --node-mbit 100 [--chunk 4MiB]
 
 With debug logging each agent logs every transfer it completes (`agent.swarm.download`: the
-chunk, its source, when it began, when 1 MiB was in, when it said `finishing`, when all of it
-was in). This prints, against the time a chunk takes at the link's rate: the transfers'
-durations, from the roots and from peers; how much of the sources' upload time and of the
-receivers' download time was shared by two or more transfers at once (each then runs at a
-fraction of the link: the schedule wants one per link, but every layer's root schedules its
-own); the idle gaps between a receiver's transfers; and how early `finishing` was said.
+chunk, its source, when it began, when the response's head came, when 1 MiB was in, when it
+said `finishing`, when all of it was in). This prints, against the time a chunk takes at the
+link's rate: the transfers' durations (and their heads'), from the roots and from peers; how
+much of the sources' upload time and of the receivers' download time was shared by two or
+more transfers at once (each then runs at a fraction of the link: the schedule wants one per
+link, but every layer's root schedules its own); the idle gaps between a receiver's
+transfers; and how early `finishing` was said.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from pathlib import Path
 
 LINE = re.compile(
     r"layer (?P<layer>\S+): chunk (?P<chunk>\d+) from (?P<source>\S+) began at (?P<began>[\d.]+): "
-    r"1 MiB in after (?P<first>-?\d+) ms, `finishing` after (?P<said>-?\d+) ms, "
-    r"all in after (?P<took>\d+) ms"
+    r"(?:head after (?P<head>-?\d+) ms, )?1 MiB in after (?P<first>-?\d+) ms, "
+    r"`finishing` after (?P<said>-?\d+) ms, all in after (?P<took>\d+) ms"
 )
 UNITS = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 
@@ -38,6 +39,7 @@ class Transfer:
     chunk: int
     source: str  # host:port
     began: float  # epoch seconds
+    head: float  # seconds to the response's head (< 0: not logged, an older agent)
     first: float  # seconds to the first MiB (< 0: not heard)
     said: float  # seconds to `finishing` (< 0: not said)
     took: float  # seconds to the last byte
@@ -60,6 +62,7 @@ def parse(node: str, lines: Iterable[str]) -> list[Transfer]:
                     chunk=int(m["chunk"]),
                     source=m["source"],
                     began=float(m["began"]),
+                    head=int(m["head"]) / 1000 if m["head"] is not None else -0.001,
                     first=int(m["first"]) / 1000,
                     said=int(m["said"]) / 1000,
                     took=int(m["took"]) / 1000,
@@ -104,8 +107,10 @@ def report(transfers: list[Transfer], chunk_seconds: float, roots: set[str]) -> 
         some = [t for t in full if (t.source.rpartition(":")[0] in roots) == (kind == "root")]
         if some:
             took = statistics.median(t.took for t in some)
+            heads = [t.head for t in some if t.head >= 0]
+            head = f", the head after {1000 * statistics.median(heads):.0f}" if heads else ""
             lines.append(
-                f"  from a {kind}: {len(some)}, median {1000 * took:.0f} ms "
+                f"  from a {kind}: {len(some)}, median {1000 * took:.0f} ms{head} "
                 f"({took / chunk_seconds:.2f} x the link's time)"
             )
     by_source: dict[str, list[tuple[float, float]]] = defaultdict(list)

@@ -14,16 +14,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import transfers  # noqa: E402
 
 
-def line(chunk: int, source: str, began: float, took_ms: int, said_ms: int = -1) -> str:
+def line(
+    chunk: int, source: str, began: float, took_ms: int, said_ms: int = -1, head_ms: int = 20
+) -> str:
     """The debug line `SwarmDownload._transfer` writes, with its format string."""
     record = logging.LogRecord(
         "agent.swarm.download",
         logging.DEBUG,
         __file__,
         0,
-        "layer %s: chunk %d from %s began at %.3f: 1 MiB in after %.0f ms, `finishing` "
-        "after %.0f ms, all in after %.0f ms",
-        ("sha256:" + "ab" * 32, chunk, source, began, 100, said_ms, took_ms),
+        "layer %s: chunk %d from %s began at %.3f: head after %.0f ms, 1 MiB in after "
+        "%.0f ms, `finishing` after %.0f ms, all in after %.0f ms",
+        ("sha256:" + "ab" * 32, chunk, source, began, head_ms, 100, said_ms, took_ms),
         None,
     )
     return "2026-12-02 08:25:24,628 DEBUG agent.swarm.download: " + record.getMessage()
@@ -31,14 +33,14 @@ def line(chunk: int, source: str, began: float, took_ms: int, said_ms: int = -1)
 
 def test_the_download_module_writes_the_line_the_reader_parses() -> None:
     source = Path(__file__).resolve().parents[1] / "agent" / "swarm" / "download.py"
-    assert "began at %.3f: 1 MiB in after %.0f ms, `finishing` " in source.read_text()
+    assert "began at %.3f: head after %.0f ms, 1 MiB in after " in source.read_text()
 
 
 def test_shared_links_gaps_and_leads_are_summed() -> None:
     a = transfers.parse(
         "agent-3",
         [
-            line(0, "10.0.0.2:1", 100.0, 1000, said_ms=990),  # from the root, alone first
+            line(0, "10.0.0.2:1", 100.0, 1000, said_ms=990, head_ms=80),  # the root's, alone
             line(1, "10.0.0.5:1", 100.5, 1000, said_ms=980),  # overlaps it: 0.5 s shared
             line(2, "10.0.0.5:1", 102.0, 500),  # after an idle gap of 0.5 s
             "an unrelated line",
@@ -48,8 +50,8 @@ def test_shared_links_gaps_and_leads_are_summed() -> None:
     b = transfers.parse("agent-4", [line(0, "10.0.0.5:1", 101.0, 1000)])  # .5 uploads two
     out = transfers.report(a + b, chunk_seconds=0.5, roots={"10.0.0.2"})
     assert out[0] == "4 transfers; a chunk takes 500 ms at the link's rate"
-    assert out[1] == "  from a root: 1, median 1000 ms (2.00 x the link's time)"
-    assert out[2] == "  from a peer: 3, median 1000 ms (2.00 x the link's time)"
+    assert out[1] == "  from a root: 1, median 1000 ms, the head after 80 (2.00 x the link's time)"
+    assert out[2] == "  from a peer: 3, median 1000 ms, the head after 20 (2.00 x the link's time)"
     # .5 uploads 100.5-101.5 and 101.0-102.0, then 102.0-102.5: 2 s busy, 0.5 s of it shared;
     # with the root's 1 s: 3 s. agent-3 downloads 100.0-101.5 (0.5 s shared), 102.0-102.5.
     assert out[3].startswith("sources uploading 3.0 s in all, two or more at once 17%")

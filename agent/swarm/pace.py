@@ -40,6 +40,10 @@ class Pace:
     def __init__(self, ledger: Ledger, expected: float) -> None:
         self.expected = expected  # s: the usual duration until one is measured (0: none)
         self.typical = -1.0  # moving average of all transfer durations (-1: none yet)
+        # Moving average of the root's copies that did not lag (-1: none yet). The root's
+        # link is not always wider than the nodes' (the same link, shared by its slots): a
+        # root copy is late against the root's own copies, never faster than these.
+        self.root_typical = -1.0
         self.now = float("-inf")
         self._ledger = ledger
         self._peers = ledger.peers
@@ -64,7 +68,9 @@ class Pace:
         if lagged:
             return
         self.typical = moving(self.typical, took)
-        if src != ROOT:
+        if src == ROOT:
+            self.root_typical = moving(self.root_typical, took)
+        else:
             self.clock(src, took)
 
     def cut(self, key: FlightKey, peer: Peer | None, took: float, *, lagged: bool) -> None:
@@ -155,7 +161,7 @@ class Pace:
         it stops holding the root's slot, and its chunk may go to another node too. At most
         `root_slots` copies lag at once: with every link slower than expected the root's link
         is shared by twice its slots, not more."""
-        usual = self.usual()
+        usual = max(self.usual(), self.root_typical)
         if usual <= 0:
             return
         limit, ledger = now - LATE * usual, self._ledger

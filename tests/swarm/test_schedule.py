@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from agent.sim.engine import simulate
 from agent.sim.model import Mbit, MiB, SwarmConfig, bench_case
 from agent.swarm.ledger import ROOT as ROOT_ID
-from agent.swarm.ledger import Ledger
+from agent.swarm.ledger import Batch, Ledger
 from agent.swarm.pace import Pace
 from agent.swarm.schedule import Actions, Assignment, LayerSchedule
 from tests.swarm.test_ledger import consistent
@@ -514,6 +514,36 @@ def test_a_cut_copy_counts_against_its_source_unless_its_receiver_is_to_blame() 
     b = ledger.peer("b")
     pace.cut((b.ident, 1, ROOT_ID), b, 10.5, lagged=False)
     assert b.down_pace == 10.5  # a copy from the root always measures its receiver
+
+
+def test_a_root_copy_is_late_against_the_roots_own_copies() -> None:
+    """When the root's link is no wider than the nodes' (the netns bench's one-layer case),
+    its two slots halve it and every copy from the root takes twice a peer's transfer.
+    Judged against the peers' transfers such copies lagged, and the root sent their chunks
+    again on the link that is the narrow one (41 copies of 32 chunks, P95 1.65-1.78 x T_min
+    against 1.56-1.67 without). A copy from the root is late at LATE times the root's own
+    copies, when they take longer than the usual transfer."""
+    ledger = Ledger(chunk_count=8, root=ROOT, upload_slots=1)
+    pace = Pace(ledger, expected=1.0)
+    batch = Batch()
+    a, b, c, d = (ledger.peer(name) for name in "abcd")
+    for peer in (a, b, c, d):
+        peer.demand = 2
+    ledger.assign(a, 0, ROOT_ID, 0.0, batch)
+    ledger.assign(b, 1, ROOT_ID, 0.0, batch)
+    for key, took in (((a.ident, 0, ROOT_ID), 2.0), ((b.ident, 1, ROOT_ID), 2.0)):
+        ledger.release(key, batch)
+        pace.ended(key, ledger.peers[key[0]], took, lagged=False)  # root copies: 2 s
+    for _ in range(30):  # many peer transfers of 1 s: the usual duration comes near 1 s
+        pace.ended((c.ident, 2, a.ident), c, 1.0, lagged=False)
+    assert pace.typical < 1.1
+    ledger.assign(c, 3, ROOT_ID, 10.0, batch)
+    pace.tick(13.0)  # 3 s: late against the peers' 1 s, not against the root's 2 s
+    pace.lag_root_copies(13.0, 2, batch)
+    assert not ledger.lagging
+    pace.tick(14.1)  # past LATE x 2 s: late by the root's own measure too
+    pace.lag_root_copies(14.1, 2, batch)
+    assert ledger.lagging == {(c.ident, 3, ROOT_ID)}
 
 
 def test_two_sources_running_late_at_once_make_their_receiver_slow() -> None:
