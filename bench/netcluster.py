@@ -71,8 +71,9 @@ class Host:
 class Network:
     """The namespaces, bridge, veths and shaping; `close()` removes all of it."""
 
-    def __init__(self, tag: str) -> None:
+    def __init__(self, tag: str, queue_ms: float = 100.0) -> None:
         self.tag = tag
+        self.queue_ms = queue_ms  # each shaped link's FIFO holds this long at its rate
         self.hub = f"{tag}-hub"
         self.hosts: list[Host] = []
 
@@ -107,8 +108,8 @@ class Network:
         sh("ip", "-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0")
         sh("ip", "-n", host.netns, "link", "set", "eth0", "up")
         # Upload: the host's own end; download: the hub's end (traffic towards the host).
-        shape(host.netns, "eth0", up_mbit)
-        shape(self.hub, veth, down_mbit)
+        shape(host.netns, "eth0", up_mbit, self.queue_ms)
+        shape(self.hub, veth, down_mbit, self.queue_ms)
         self.hosts.append(host)
         return host
 
@@ -121,7 +122,8 @@ class Network:
         sh("ip", "netns", "del", self.hub, check=False)
 
 
-def shape(netns: str, dev: str, mbit: float) -> None:
+def shape(netns: str, dev: str, mbit: float, queue_ms: float = 100.0) -> None:
+    """`tc qdisc tbf` at `mbit`, its FIFO holding `queue_ms` of traffic at that rate."""
     rate_bytes = mbit * 1e6 / 8
     # The burst must hold a GSO segment (64 KiB) and a few ms of traffic.
     burst = max(128 * 1024, int(rate_bytes / 100))
@@ -142,7 +144,7 @@ def shape(netns: str, dev: str, mbit: float) -> None:
         "burst",
         str(burst),
         "latency",
-        "100ms",
+        f"{queue_ms:g}ms",
     )
 
 

@@ -243,6 +243,15 @@ def main() -> int:
         "--verbose", action="store_true", help="debug logs (with --keep-logs: to trace a pull)"
     )
     parser.add_argument(
+        "--queue-ms",
+        type=float,
+        default=100.0,
+        help="each shaped link's FIFO, in ms of traffic at its rate (100: the figures so far). "
+        "A switch port or NIC queue holds far less; a deep FIFO delays the ACKs and plan "
+        "replies that share a loaded link with data (a root's copies took 2 x the link's time "
+        "behind its origin download, 1.6 x at 10 ms)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         help="sample one agent and one root with py-spy during the swarm pull (raw stacks "
@@ -279,7 +288,7 @@ def main() -> int:
         signal.signal(signum, signal.default_int_handler)
     tag = f"plb{os.getpid() % 100000}"
     work = Path(tempfile.mkdtemp(prefix="pollen-bench-swarm-"))
-    net = Network(tag)
+    net = Network(tag, args.queue_ms)
     try:
         sizes = [args.layer_mib] * args.layers
         if args.sizes_mib:
@@ -430,6 +439,7 @@ def main() -> int:
             f"(layers of {', '.join(str(s) for s in sizes)} MiB), chunk {args.chunk}"
             + (f", caches {args.cache}" if args.cache else "")
             + (f" (roots {args.root_cache})" if args.root_cache else "")
+            + f", link queues {args.queue_ms:g} ms"
         )
         print(
             f"T_min = max(F/u_o {F / u_o:.1f}s, F/d {F / d:.1f}s, "

@@ -56,8 +56,10 @@ def test_shared_links_gaps_and_leads_are_summed() -> None:
     # with the root's 1 s: 3 s. agent-3 downloads 100.0-101.5 (0.5 s shared), 102.0-102.5.
     assert out[3].startswith("sources uploading 3.0 s in all, two or more at once 17%")
     assert out[3].endswith("receivers downloading 3.0 s, two or more at once 17%")
-    assert out[4] == "idle gaps between a receiver's transfers: 1, 0.5 s in all, median 500 ms"
-    assert out[5].startswith("`finishing` said 2 times, before the last byte by a median 15 ms")
+    # 4 chunks of 0.5 s at the link's rate in 3 s of downloading (agent-3 2 s, agent-4 1 s).
+    assert out[4].startswith("while a transfer was in, the receivers' links moved 67% of their")
+    assert out[5] == "idle gaps between a receiver's transfers: 1, 0.5 s in all, median 500 ms"
+    assert out[6].startswith("`finishing` said 2 times, before the last byte by a median 15 ms")
 
 
 def test_logs_without_the_trace_say_how_to_get_it() -> None:
