@@ -3,8 +3,10 @@
 The schedule (agent/swarm/schedule.py) judges sources and receivers against the *usual*
 transfer duration: the moving average of every transfer it saw end, or, before one ended,
 `expected` (a chunk at ASSUMED_RATE). A source is slow when its uploads take LATE times the
-usual duration; a receiver is slow when a copy from the root does (the root's link is never
-the narrow one, so such a copy measures the receiver) or when one of its downloads lags. A
+usual duration; a receiver is slow when a copy from the root does (such a copy measures the
+receiver: a root whose link is no wider than the nodes' shares it between its slots, so a
+copy from it lags only at LATE times its own copies' usual duration, `root_typical`) or when
+one of its downloads lags. A
 slow receiver's transfers count neither in the usual duration nor in its source's pace: a
 straggler would otherwise make its fast sources look slow.
 """
@@ -157,7 +159,8 @@ class Pace:
                 ledger.avoid(peers[node], src)
 
     def lag_root_copies(self, now: float, root_slots: int, batch: Batch) -> None:
-        """A copy from the root running LATE times the usual duration has a slow receiver:
+        """A copy from the root running LATE times the usual duration (the root's copies', if
+        longer) has a slow receiver:
         it stops holding the root's slot, and its chunk may go to another node too. At most
         `root_slots` copies lag at once: with every link slower than expected the root's link
         is shared by twice its slots, not more."""

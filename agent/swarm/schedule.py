@@ -48,10 +48,11 @@ chunk outlasts a round trip, and the root's link, the narrowest point, busy with
   the nodes waiting for what only slow peers hold: an upload to a node that died unnoticed
   holds its source's slot until the root forgets that node).
 - **Slow receivers.** A root copy running LATE times the usual duration (before one is known:
-  a chunk at 25 Mbit/s, agent/swarm/pace.py) *lags*: it goes on without the root's slot, and
-  its chunk may go to another node. A node whose root copies lag gets no first copy another
-  node waits for, and its transfers count in no duration nor pace (one straggler held the
-  root's only slot, and every node's window, for a whole slow chunk).
+  a chunk at 25 Mbit/s; the root's own copies' if longer, agent/swarm/pace.py) *lags*: it goes
+  on without the root's slot, and its chunk may go to another node. A node whose root copies
+  lag gets no first copy another node waits for, and its transfers count in no duration nor
+  pace (one straggler held the root's only slot, and every node's window, for a whole slow
+  chunk).
 - **Pipelining, cut-through.** A transfer `finishing` (its last bytes) counts as completed:
   both links take their next transfer as it ends, and its receiver holds the chunk (its P2P
   port relays it: the bytes in so far, the rest once verified), so the chunk's next hop starts
