@@ -131,7 +131,9 @@ def report_simulated(
     sim = simulated(args, image, root_nodes, owners)
     print(
         f"simulated P95 {sim.p95:6.1f}s  (pollen simulate: same nodes, links, layers and roots, "
-        f"rtt {args.sim_rtt_ms:g} ms); measured / simulated {p95 / sim.p95:5.2f}"
+        f"rtt {args.sim_rtt_ms:g} ms); measured / simulated {p95 / sim.p95:5.2f}; its links "
+        f"moved {sim.link_use:.0%} of their rate while a transfer was in (measured: "
+        "bench/transfers.py on a --verbose --keep-logs run)"
     )
     alone = placement(args, image, root_nodes, handoffs=False)
     if alone != owners:

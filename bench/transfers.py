@@ -131,7 +131,8 @@ def report(transfers: list[Transfer], chunk_seconds: float, roots: set[str]) -> 
     moved = len(full) * chunk_seconds / max(down_busy, 1e-9)  # (short last chunks count whole)
     lines.append(
         f"while a transfer was in, the receivers' links moved {moved:.0%} of their rate "
-        "(the simulator's fluid links move ~97 %: where TCP shares a link worse, it shows here)"
+        "(bench/swarm.py prints the simulator's beside its P95: 96-99 % on the reference "
+        "settings; where TCP shares a link worse, it shows here)"
     )
     idle = [g for v in by_node.values() for g in gaps(v)]
     if idle:

@@ -221,6 +221,9 @@ class SwarmResult:
     total_bytes: int  # every byte moved between nodes (roots included), aborted parts too
     uploaded: dict[str, int]  # bytes each node (and root) uploaded
     downloaded: dict[str, int]
+    # The agents' bytes received over what their links could have moved while a transfer was
+    # coming in (bench/transfers.py measures the same on the netns cluster).
+    link_use: float
     transfers: int
     cancelled: int
     events: int
@@ -267,7 +270,7 @@ class SwarmResult:
             f"chunks={c.chunk_count} T_min={self.t_min:.2f}s "
             f"P50={self.p50:.2f}s P95={self.p95:.2f}s max={self.slowest:.2f}s "
             f"P95/T_min={self.p95_ratio:.3f} root/F={self.root_ratio:.3f} "
-            f"origin/F={self.origin_over_f:.3f} "
+            f"origin/F={self.origin_over_f:.3f} link_use={self.link_use:.3f} "
             f"total/(N*F)={self.total_bytes / (c.nodes * c.total_size):.3f} "
             f"transfers={self.transfers} cancelled={self.cancelled} events={self.events}"
         )
@@ -286,6 +289,7 @@ class SwarmResult:
             "origin_bytes": self.origin_bytes,
             "origin_over_f": round(self.origin_over_f, 4),
             "origin_peak_gbit": round(self.origin_peak / Gbit, 3),
+            "link_use_while_receiving": round(self.link_use, 3),
             "plan_requests": sum(self.requests.values()),
             "root_cpu_s_max": round(max(cpu.values(), default=0.0), 2),
             "transfers": self.transfers,

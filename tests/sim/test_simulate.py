@@ -21,6 +21,7 @@ JSON_FIELDS = {
     "origin_bytes",
     "origin_over_f",
     "origin_peak_gbit",
+    "link_use_while_receiving",
     "wall_s",
 }
 
@@ -126,6 +127,25 @@ def test_links_faster_than_a_round_trip_keep_several_transfers_in_flight() -> No
     deep = simulate(dataclasses.replace(one, max_depth=16))
     assert deep.p95 < simulate(one).p95 / 2
     assert deep.origin_over_f == 1.0
+
+
+def test_link_use_is_the_bytes_received_over_what_the_links_moved_while_busy() -> None:
+    """The figure bench/transfers.py measures on the netns cluster (77-83 % there): a node
+    fed by a root whose link is half its own moves half its rate while a transfer is in,
+    one fed at its own rate all of it (a little less: a transfer's first bytes wait for a
+    latency, and the two fluid shares are exact)."""
+    base = SwarmConfig(
+        nodes=1,
+        layers=(32 * MiB,),
+        chunk_size=4 * MiB,
+        upload=100 * Mbit,
+        download=100 * Mbit,
+        origin=1000 * Mbit,
+        jitter=False,
+    )
+    assert simulate(base).link_use == pytest.approx(1.0, abs=0.01)
+    narrow = simulate(dataclasses.replace(base, root_upload=50 * Mbit))
+    assert narrow.link_use == pytest.approx(0.5, abs=0.01)
 
 
 def test_a_slow_disk_or_a_busy_core_caps_a_nodes_rate() -> None:
