@@ -6,9 +6,8 @@ transfer duration: the moving average of every transfer it saw end, or, before o
 usual duration; a receiver is slow when a copy from the root does (such a copy measures the
 receiver: a root whose link is no wider than the nodes' shares it between its slots, so a
 copy from it lags only at LATE times its own copies' usual duration, `root_typical`) or when
-one of its downloads lags. A
-slow receiver's transfers count neither in the usual duration nor in its source's pace: a
-straggler would otherwise make its fast sources look slow.
+one of its downloads lags. A slow receiver's transfers count neither in the usual duration nor
+in its source's pace: a straggler would otherwise make its fast sources look slow.
 """
 
 from __future__ import annotations
@@ -160,10 +159,9 @@ class Pace:
 
     def lag_root_copies(self, now: float, root_slots: int, batch: Batch) -> None:
         """A copy from the root running LATE times the usual duration (the root's copies', if
-        longer) has a slow receiver:
-        it stops holding the root's slot, and its chunk may go to another node too. At most
-        `root_slots` copies lag at once: with every link slower than expected the root's link
-        is shared by twice its slots, not more."""
+        longer) has a slow receiver: it stops holding the root's slot, and its chunk may go to
+        another node too. At most `root_slots` copies lag at once: with every link slower than
+        expected the root's link is shared by twice its slots, not more."""
         usual = max(self.usual(), self.root_typical)
         if usual <= 0:
             return

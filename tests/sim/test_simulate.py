@@ -11,7 +11,16 @@ import pytest
 from agent import cli
 from agent.sim import reference
 from agent.sim.engine import simulate
-from agent.sim.model import GiB, Mbit, MiB, SwarmConfig, parse_image, parse_size, sim_layers
+from agent.sim.model import (
+    GiB,
+    Mbit,
+    MiB,
+    SwarmConfig,
+    bench_case,
+    parse_image,
+    parse_size,
+    sim_layers,
+)
 
 JSON_FIELDS = {
     "p50_s",
@@ -134,15 +143,7 @@ def test_link_use_is_the_bytes_received_over_what_the_links_moved_while_busy() -
     fed by a root whose link is half its own moves half its rate while a transfer is in,
     one fed at its own rate all of it (a little less: a transfer's first bytes wait for a
     latency, and the two fluid shares are exact)."""
-    base = SwarmConfig(
-        nodes=1,
-        layers=(32 * MiB,),
-        chunk_size=4 * MiB,
-        upload=100 * Mbit,
-        download=100 * Mbit,
-        origin=1000 * Mbit,
-        jitter=False,
-    )
+    base = bench_case(nodes=1, origin_mbit=1000, file_size=32 * MiB, jitter=False)
     assert simulate(base).link_use == pytest.approx(1.0, abs=0.01)
     narrow = simulate(dataclasses.replace(base, root_upload=50 * Mbit))
     assert narrow.link_use == pytest.approx(0.5, abs=0.01)

@@ -526,8 +526,8 @@ def test_a_root_copy_is_late_against_the_roots_own_copies() -> None:
     ledger = Ledger(chunk_count=8, root=ROOT, upload_slots=1)
     pace = Pace(ledger, expected=1.0)
     batch = Batch()
-    a, b, c, d = (ledger.peer(name) for name in "abcd")
-    for peer in (a, b, c, d):
+    a, b, c = (ledger.peer(name) for name in "abc")
+    for peer in (a, b, c):
         peer.demand = 2
     ledger.assign(a, 0, ROOT_ID, 0.0, batch)
     ledger.assign(b, 1, ROOT_ID, 0.0, batch)
