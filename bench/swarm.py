@@ -132,8 +132,9 @@ def report_simulated(
     print(
         f"simulated P95 {sim.p95:6.1f}s  (pollen simulate: same nodes, links, layers and roots, "
         f"rtt {args.sim_rtt_ms:g} ms); measured / simulated {p95 / sim.p95:5.2f}; its links "
-        f"moved {sim.link_use:.0%} of their rate while a transfer was in (measured: "
-        "bench/transfers.py on a --verbose --keep-logs run)"
+        f"moved {sim.link_use:.0%} of their rate while a transfer was in, and a layer's "
+        f"download stood empty between its transfers {sim.lane_idle:.0%} of its span "
+        "(measured: bench/transfers.py on a --verbose --keep-logs run)"
     )
     alone = placement(args, image, root_nodes, handoffs=False)
     if alone != owners:

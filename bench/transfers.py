@@ -10,7 +10,8 @@ link's rate: the transfers' durations (and their heads'), from the roots and fro
 much of the sources' upload time and of the receivers' download time was shared by two or
 more transfers at once (each then runs at a fraction of the link: the schedule wants one per
 link, but every layer's root schedules its own); the share of their rate the receivers'
-links moved while busy; the idle gaps between a receiver's transfers; and how early
+links moved while busy; how long a layer's download on a node (its lane) stood empty between
+its transfers; the idle gaps between a receiver's transfers; and how early
 `finishing` was said.
 """
 
@@ -96,6 +97,22 @@ def gaps(intervals: list[tuple[float, float]]) -> list[float]:
     return found
 
 
+def lane_line(transfers: list[Transfer]) -> str:
+    """How long each lane (one node's download of one layer) had no transfer with bytes to
+    move between its first and its last: from a transfer's end to the next one's head
+    (the wait for an assignment, the request's round trip); `pollen simulate` computes the
+    same (`lane_idle`)."""
+    lanes: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for t in transfers:
+        lanes[(t.node, t.layer)].append((t.began + max(t.head, 0.0), t.ended))
+    span = sum(max(b for _, b in v) - min(a for a, _ in v) for v in lanes.values())
+    empty = sum(sum(gaps(v)) for v in lanes.values())
+    return (
+        f"a layer's download stood empty between its transfers {empty / max(span, 1e-9):.0%} "
+        f"of its span ({empty:.1f} of {span:.1f} s; bench/swarm.py prints the simulator's)"
+    )
+
+
 def report(transfers: list[Transfer], chunk_seconds: float, roots: set[str]) -> list[str]:
     """The summary lines (see the module docstring)."""
     full = [t for t in transfers if t.took >= chunk_seconds / 4]  # whole chunks, not blobs
@@ -134,6 +151,7 @@ def report(transfers: list[Transfer], chunk_seconds: float, roots: set[str]) -> 
         "(bench/swarm.py prints the simulator's beside its P95: 96-99 % on the reference "
         "settings; where TCP shares a link worse, it shows here)"
     )
+    lines.append(lane_line(full))
     idle = [g for v in by_node.values() for g in gaps(v)]
     if idle:
         lines.append(

@@ -58,8 +58,12 @@ def test_shared_links_gaps_and_leads_are_summed() -> None:
     assert out[3].endswith("receivers downloading 3.0 s, two or more at once 17%")
     # 4 chunks of 0.5 s at the link's rate in 3 s of downloading (agent-3 2 s, agent-4 1 s).
     assert out[4].startswith("while a transfer was in, the receivers' links moved 67% of their")
-    assert out[5] == "idle gaps between a receiver's transfers: 1, 0.5 s in all, median 500 ms"
-    assert out[6].startswith("`finishing` said 2 times, before the last byte by a median 15 ms")
+    # Lanes, from each transfer's head (20 ms in, the root's 80): agent-3's spans 100.08 to
+    # 102.5 with 101.5 to 102.02 empty; agent-4's 0.98 s, none: 0.52 of 3.40 s.
+    assert out[5].startswith("a layer's download stood empty between its transfers 15% of its")
+    assert "(0.5 of 3.4 s;" in out[5]
+    assert out[6] == "idle gaps between a receiver's transfers: 1, 0.5 s in all, median 500 ms"
+    assert out[7].startswith("`finishing` said 2 times, before the last byte by a median 15 ms")
 
 
 def test_logs_without_the_trace_say_how_to_get_it() -> None:

@@ -119,6 +119,12 @@ class Simulation(RootSide):
         self.origin_seconds: dict[int, float] = {}  # second -> bytes the origin sent in it
         self.receiving = [0.0] * (n + k + 1)  # s each node had a transfer coming in
         self.receiving_since = [0.0] * (n + k + 1)
+        # Lanes (an agent's download of one layer): transfers in flight, when each first ran and
+        # last stopped, since when each stands empty; the time they stood empty in between.
+        self.lane_flows: dict[tuple[int, int], int] = {}
+        self.lane_span: dict[tuple[int, int], tuple[float, float]] = {}
+        self.lane_empty_since: dict[tuple[int, int], float] = {}
+        self.lane_idle = 0.0
         self.transfers = self.cancelled = self.events = 0
         self.requests = [0] * k
         self.schedule_cpu = [0.0] * k
@@ -199,6 +205,7 @@ class Simulation(RootSide):
             downloaded={self.names[i]: self.downloaded[i] for i in range(n)},
             link_use=sum(self.downloaded[:n])
             / max(sum(self.receiving[i] * self.down_cap[i] for i in range(n)), 1e-9),
+            lane_idle=self.lane_idle / max(sum(b - a for a, b in self.lane_span.values()), 1e-9),
             transfers=self.transfers,
             cancelled=self.cancelled,
             events=self.events,
@@ -472,8 +479,24 @@ class Simulation(RootSide):
             self.receiving_since[flow.dst] = now
         self.ups[flow.src].add(flow)
         self.downs[flow.dst].add(flow)
+        self.lane_moved(flow, now, 1)
         self.running.add(flow)
         self.shares_changed(flow, now)
+
+    def lane_moved(self, flow: _Flow, now: float, step: int) -> None:
+        """A transfer of an agent's lane (its download of one layer) began (+1) or stopped
+        (-1): the time the lane stood empty between its transfers is counted (`lane_idle`)."""
+        if flow.dst >= self.config.nodes:
+            return  # a root fetching as a node of another root's swarm
+        key = (flow.dst, flow.layer)
+        count = self.lane_flows.get(key, 0) + step
+        self.lane_flows[key] = count
+        first, _ = self.lane_span.get(key, (now, now))
+        self.lane_span[key] = (first, now)
+        if count == 0:
+            self.lane_empty_since[key] = now
+        elif step > 0 and count == 1 and key in self.lane_empty_since:
+            self.lane_idle += now - self.lane_empty_since.pop(key)
 
     def shares_changed(self, flow: _Flow, now: float) -> None:
         """A flow joined or left its two links: the rates there change."""
@@ -492,6 +515,7 @@ class Simulation(RootSide):
             flow.running = False
             self.ups[flow.src].discard(flow)
             self.downs[flow.dst].discard(flow)
+            self.lane_moved(flow, now, -1)
             if not self.downs[flow.dst]:
                 self.receiving[flow.dst] += now - self.receiving_since[flow.dst]
             self.running.discard(flow)

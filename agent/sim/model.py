@@ -224,6 +224,9 @@ class SwarmResult:
     # The agents' bytes received over what their links could have moved while a transfer was
     # coming in (bench/transfers.py measures the same on the netns cluster).
     link_use: float
+    # The share of its span (first transfer to last) an agent's download of a layer had no
+    # transfer running: waits for an assignment, a round trip, a head (bench/transfers.py too).
+    lane_idle: float
     transfers: int
     cancelled: int
     events: int
@@ -271,6 +274,7 @@ class SwarmResult:
             f"P50={self.p50:.2f}s P95={self.p95:.2f}s max={self.slowest:.2f}s "
             f"P95/T_min={self.p95_ratio:.3f} root/F={self.root_ratio:.3f} "
             f"origin/F={self.origin_over_f:.3f} link_use={self.link_use:.3f} "
+            f"lane_idle={self.lane_idle:.3f} "
             f"total/(N*F)={self.total_bytes / (c.nodes * c.total_size):.3f} "
             f"transfers={self.transfers} cancelled={self.cancelled} events={self.events}"
         )
@@ -290,6 +294,7 @@ class SwarmResult:
             "origin_over_f": round(self.origin_over_f, 4),
             "origin_peak_gbit": round(self.origin_peak / Gbit, 3),
             "link_use_while_receiving": round(self.link_use, 3),
+            "lane_idle": round(self.lane_idle, 3),
             "plan_requests": sum(self.requests.values()),
             "root_cpu_s_max": round(max(cpu.values(), default=0.0), 2),
             "transfers": self.transfers,
