@@ -87,6 +87,7 @@ class Network:
         index = len(self.hosts)
         host = Host(index, f"{self.tag}-h{index}", f"{SUBNET}.{index + 1}", role)
         sh("ip", "netns", "add", host.netns)
+        self.hosts.append(host)  # from here `close()` removes it, should the rest fail
         veth = f"v{index}"
         sh(
             "ip",
@@ -110,7 +111,6 @@ class Network:
         # Upload: the host's own end; download: the hub's end (traffic towards the host).
         shape(host.netns, "eth0", up_mbit, self.queue_ms)
         shape(self.hub, veth, down_mbit, self.queue_ms)
-        self.hosts.append(host)
         return host
 
     def close(self) -> None:
