@@ -68,6 +68,10 @@ from agent.swarm.ownership import rendezvous_order  # noqa: E402
 GiB = 1 << 30
 MiB = 1 << 20
 
+# TCP's climb that reproduces this cluster in `pollen simulate` (`SwarmConfig.ramp`): fitted
+# at N=8 200/400, N=16 100/200 and one layer at 50/100 Mbit/s, 2-8 MiB chunks, 100 ms queues.
+SIM_RAMP = 0.3
+
 
 def parse_size(text: str) -> int:
     """`4MiB`, `512KiB` or a plain byte count."""
@@ -136,6 +140,12 @@ def report_simulated(
         f"download stood empty between its transfers {sim.lane_idle:.0%} of its span "
         "(measured: bench/transfers.py on a --verbose --keep-logs run)"
     )
+    tcp = simulated(args, image, root_nodes, owners, ramp=SIM_RAMP)
+    print(
+        f"simulated P95 {tcp.p95:6.1f}s  with TCP's climb (--ramp {SIM_RAMP:g}: each larger "
+        f"share taken over {SIM_RAMP:g} chunk times, as fitted to this cluster); measured / "
+        f"simulated {p95 / tcp.p95:5.2f}; links moved {tcp.link_use:.0%} while receiving"
+    )
     alone = placement(args, image, root_nodes, handoffs=False)
     if alone != owners:
         alt = simulated(args, image, root_nodes, alone)
@@ -165,10 +175,15 @@ def placement(
 
 
 def simulated(
-    args: argparse.Namespace, image: Image, root_nodes: list[str], owners: tuple[int, ...]
+    args: argparse.Namespace,
+    image: Image,
+    root_nodes: list[str],
+    owners: tuple[int, ...],
+    ramp: float = 0.0,
 ) -> SwarmResult:
     """`pollen simulate` of this very run with the layers on the roots `owners` names, every
-    layer pulled at once (as skopeo does), the config blob left out (431 bytes)."""
+    layer pulled at once (as skopeo does), the config blob left out (431 bytes); `ramp`:
+    TCP's climb to a larger share (0: fluid links)."""
     link = args.node_mbit * SIM_MBIT
     config = SwarmConfig(
         nodes=args.nodes,
@@ -183,6 +198,7 @@ def simulated(
         root_request_s=ROOT_REQUEST_S,
         latency=args.sim_rtt_ms / 1000,
         store_delay=0.015,  # traced: sha256, the disk write, then the report
+        ramp=ramp,
         node_cache_chunks=parse_size(args.cache) // parse_size(args.chunk) if args.cache else None,
     )
     return simulate(config)

@@ -114,6 +114,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=MAX_DEPTH,
         help=f"transfers a node keeps in flight at most (1: one at a time; {MAX_DEPTH})",
     )
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        help="TCP's climb to a larger share, in chunk times at the node's link (0: fluid links, "
+        "every share taken at once; 0.3 reproduces the netns cluster's 100 ms queues)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one JSON object (a list with -r)")
     parser.add_argument(
@@ -170,6 +177,7 @@ def build_config(args: argparse.Namespace, image: str | None = None) -> SwarmCon
         store_delay=args.store_ms / 1000,
         seed=args.seed,
         max_depth=args.max_depth,
+        ramp=args.ramp,
         node_cache_chunks=cache_chunks,
         time_limit=24 * 3600.0,
     )

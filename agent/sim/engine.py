@@ -49,8 +49,8 @@ import math
 import random
 from collections.abc import Callable
 
+from agent.sim.links import RAMP_STEPS, Lanes, climbed, fair_rates, spread_over_seconds
 from agent.sim.links import Flow as _Flow
-from agent.sim.links import fair_rates, spread_over_seconds
 from agent.sim.model import SimLayer, SwarmConfig, SwarmResult, sim_layers
 from agent.sim.roots import (
     EV_ARRIVE,
@@ -61,6 +61,7 @@ from agent.sim.roots import (
     EV_HOLD_END,
     EV_JOIN,
     EV_LEAVE,
+    EV_RAMP,
     EV_REPLY,
     EV_START,
     EV_STORE,
@@ -119,12 +120,7 @@ class Simulation(RootSide):
         self.origin_seconds: dict[int, float] = {}  # second -> bytes the origin sent in it
         self.receiving = [0.0] * (n + k + 1)  # s each node had a transfer coming in
         self.receiving_since = [0.0] * (n + k + 1)
-        # Lanes (an agent's download of one layer): transfers in flight, when each first ran and
-        # last stopped, since when each stands empty; the time they stood empty in between.
-        self.lane_flows: dict[tuple[int, int], int] = {}
-        self.lane_span: dict[tuple[int, int], tuple[float, float]] = {}
-        self.lane_empty_since: dict[tuple[int, int], float] = {}
-        self.lane_idle = 0.0
+        self.lanes = Lanes(n)
         self.transfers = self.cancelled = self.events = 0
         self.requests = [0] * k
         self.schedule_cpu = [0.0] * k
@@ -205,7 +201,7 @@ class Simulation(RootSide):
             downloaded={self.names[i]: self.downloaded[i] for i in range(n)},
             link_use=sum(self.downloaded[:n])
             / max(sum(self.receiving[i] * self.down_cap[i] for i in range(n)), 1e-9),
-            lane_idle=self.lane_idle / max(sum(b - a for a, b in self.lane_span.values()), 1e-9),
+            lane_idle=self.lanes.idle_share(),
             transfers=self.transfers,
             cancelled=self.cancelled,
             events=self.events,
@@ -239,6 +235,11 @@ class Simulation(RootSide):
                 waited = obj.began - obj.asked
                 decisions = planner.finishing(obj.chunk, self.ids[obj.src], now, waited=waited)
                 self.agent_does(obj.dst, obj.layer, decisions, now)
+        elif kind == EV_RAMP:
+            assert isinstance(obj, _Flow)
+            if obj.running and obj.climbing:
+                obj.climbing = False
+                self.aim(obj, obj.share, now)
         elif kind == EV_START:
             assert isinstance(obj, _Flow)
             self.start(obj, now)
@@ -479,24 +480,9 @@ class Simulation(RootSide):
             self.receiving_since[flow.dst] = now
         self.ups[flow.src].add(flow)
         self.downs[flow.dst].add(flow)
-        self.lane_moved(flow, now, 1)
+        self.lanes.moved(flow.dst, flow.layer, now, 1)
         self.running.add(flow)
         self.shares_changed(flow, now)
-
-    def lane_moved(self, flow: _Flow, now: float, step: int) -> None:
-        """A transfer of an agent's lane (its download of one layer) began (+1) or stopped
-        (-1): the time the lane stood empty between its transfers is counted (`lane_idle`)."""
-        if flow.dst >= self.config.nodes:
-            return  # a root fetching as a node of another root's swarm
-        key = (flow.dst, flow.layer)
-        count = self.lane_flows.get(key, 0) + step
-        self.lane_flows[key] = count
-        first, _ = self.lane_span.get(key, (now, now))
-        self.lane_span[key] = (first, now)
-        if count == 0:
-            self.lane_empty_since[key] = now
-        elif step > 0 and count == 1 and key in self.lane_empty_since:
-            self.lane_idle += now - self.lane_empty_since.pop(key)
 
     def shares_changed(self, flow: _Flow, now: float) -> None:
         """A flow joined or left its two links: the rates there change."""
@@ -515,7 +501,7 @@ class Simulation(RootSide):
             flow.running = False
             self.ups[flow.src].discard(flow)
             self.downs[flow.dst].discard(flow)
-            self.lane_moved(flow, now, -1)
+            self.lanes.moved(flow.dst, flow.layer, now, -1)
             if not self.downs[flow.dst]:
                 self.receiving[flow.dst] += now - self.receiving_since[flow.dst]
             self.running.discard(flow)
@@ -530,9 +516,23 @@ class Simulation(RootSide):
         """Equal shares at both ends, the smaller one wins (the default, local model)."""
         ups, downs, up_cap, down_cap = self.ups, self.downs, self.up_cap, self.down_cap
         for f in flows:
-            self.set_rate(
+            self.aim(
                 f, min(up_cap[f.src] / len(ups[f.src]), down_cap[f.dst] / len(downs[f.dst])), now
             )
+
+    def aim(self, f: _Flow, share: float, now: float) -> None:
+        """The flow's links give it `share` now: a smaller one it takes at once (the queue
+        forces it), a larger one over time (`SwarmConfig.ramp`, TCP's climb: a step each
+        RAMP_STEPS-th of `ramp` chunk times at its receiver's link; fluid links at once)."""
+        f.share = share
+        if self.config.ramp <= 0 or share <= f.rate:
+            self.set_rate(f, share, now)
+        elif not f.climbing:  # (a step already due climbs to the new share)
+            self.set_rate(f, climbed(f.rate, share), now)
+            if f.rate < share:
+                f.climbing = True
+                tau = self.config.ramp * self.config.chunk_size / self.down_cap[f.dst]
+                self.push(now + tau / RAMP_STEPS, EV_RAMP, f, 0)
 
     def set_rate(self, f: _Flow, rate: float, now: float) -> None:
         if rate == f.rate:
@@ -555,7 +555,7 @@ class Simulation(RootSide):
     def rebalance(self, now: float) -> None:
         """Max-min fair rates over every link (progressive filling): O(links x flows)."""
         for f, rate in fair_rates(self.running, self.up_cap, self.down_cap).items():
-            self.set_rate(f, max(rate, 1e-9), now)
+            self.aim(f, max(rate, 1e-9), now)
 
     def _servable(self, flow: _Flow) -> bool:
         """The flow's source holds its chunk: stored, or verified in memory."""

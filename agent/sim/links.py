@@ -28,6 +28,8 @@ class Flow:
         "tail_version",
         "relayed",
         "asked",
+        "share",
+        "climbing",
     )
 
     def __init__(self, src: int, dst: int, layer: int, chunk: int, size: int) -> None:
@@ -50,10 +52,52 @@ class Flow:
         self.tail_version = 0
         self.relayed = False  # its bytes are in; its end waits for its source's copy
         self.asked = math.nan  # when its receiver asked for it
+        self.share = 0.0  # the rate its links give it; `rate` climbs to it (SwarmConfig.ramp)
+        self.climbing = False  # a step of its climb to `share` is due
 
     def left(self, now: float) -> float:
         """Bytes still to come at `now`."""
         return self.remaining - self.rate * (now - self.t)
+
+
+RAMP_STEPS = 4  # a climbing flow's rate changes this many times per time constant
+
+
+def climbed(rate: float, share: float) -> float:
+    """A flow's rate one step of its climb to `share` later: a RAMP_STEPS-th of the time
+    constant closes 22 % of the gap (63 % in the whole); within 1 % it is there."""
+    gap = (share - rate) * math.exp(-1 / RAMP_STEPS)
+    return share if gap < 0.01 * share else share - gap
+
+
+class Lanes:
+    """Each agent's download of one layer (a lane, keyed (node, layer)): how long it stood
+    with no transfer running between its first transfer and its last (`idle_share`; the
+    netns cluster's agents trace the same, bench/transfers.py)."""
+
+    def __init__(self, agents: int) -> None:
+        self._agents = agents  # nodes [0, agents) are agents; the rest are roots
+        self._running: dict[tuple[int, int], int] = {}
+        self._span: dict[tuple[int, int], tuple[float, float]] = {}  # first start, last change
+        self._empty_since: dict[tuple[int, int], float] = {}
+        self._idle = 0.0
+
+    def moved(self, node: int, layer: int, now: float, step: int) -> None:
+        """A transfer to `node` of `layer` began (`step` +1) or stopped (-1) at `now` (a root
+        fetching as a node of another root's swarm counts not)."""
+        if node >= self._agents:
+            return
+        lane = (node, layer)
+        count = self._running.get(lane, 0) + step
+        self._running[lane] = count
+        self._span[lane] = (self._span.get(lane, (now, now))[0], now)
+        if count == 0:
+            self._empty_since[lane] = now
+        elif step > 0 and count == 1 and lane in self._empty_since:
+            self._idle += now - self._empty_since.pop(lane)
+
+    def idle_share(self) -> float:
+        return self._idle / max(sum(b - a for a, b in self._span.values()), 1e-9)
 
 
 def fair_rates(

@@ -143,6 +143,12 @@ class SwarmConfig:
     jitter: bool = True  # each latency is uniform in [latency/2, 3*latency/2] (breaks ties)
     seed: int = 0
     fair_sharing: bool = False  # max-min fair rates over all links (O(flows^2) per event)
+    # TCP's climb: a transfer given a larger share (new, or a flow beside it ended) closes
+    # 63 % of the gap in this many chunk times at its receiver's link (0: at once, the fluid
+    # links). 0.3 reproduces the netns cluster (bench/swarm.py: 100 ms link queues, BBR):
+    # P95 within 0.1 x T_min and the links' use while receiving, at 50-200 Mbit/s and 2-8 MiB
+    # chunks (docs/ARCHITECTURE.md has the figures).
+    ramp: float = 0.0
     # Chunks each node's cache holds at once (None: every layer whole). Readers consume chunks
     # in order as they arrive; the oldest consumed chunks are let go to make room.
     node_cache_chunks: int | None = None
@@ -158,6 +164,8 @@ class SwarmConfig:
             raise ValueError(f"max_depth must be in 1..{MAX_DEPTH}")
         if self.stripe_chunks is not None and self.stripe_chunks < 1:
             raise ValueError("stripe_chunks must be >= 1")
+        if self.ramp < 0:
+            raise ValueError("ramp must be >= 0")
         if self.owners and self.stripe_chunks is not None:
             raise ValueError("owners place whole layers: not with stripe_chunks")
         if self.tiers and self.stripe_chunks is not None:
@@ -293,6 +301,7 @@ class SwarmResult:
             "origin_bytes": self.origin_bytes,
             "origin_over_f": round(self.origin_over_f, 4),
             "origin_peak_gbit": round(self.origin_peak / Gbit, 3),
+            "ramp": self.config.ramp,
             "link_use_while_receiving": round(self.link_use, 3),
             "lane_idle": round(self.lane_idle, 3),
             "plan_requests": sum(self.requests.values()),

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     EV_CRASH,
     EV_EXPIRE,
     EV_TAIL,
-) = range(13)
+    EV_RAMP,
+) = range(14)
 
 
 _PLAN_DEFAULTS = {

@@ -1,10 +1,13 @@
-"""The link model's max-min fair rates (agent/sim/links.py), without a simulation."""
+"""The link model (agent/sim/links.py) without a simulation: max-min fair rates, TCP's climb
+to a larger share, the lanes' idle time."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from agent.sim.links import Flow, fair_rates
+from agent.sim.links import RAMP_STEPS, Flow, Lanes, climbed, fair_rates
 
 
 def test_fair_rates_share_each_link_and_give_the_rest_to_who_can_use_it() -> None:
@@ -13,3 +16,30 @@ def test_fair_rates_share_each_link_and_give_the_rest_to_who_can_use_it() -> Non
     rates = fair_rates([a, b, c], [10.0, 0, 0, 10.0], [0, 12.0, 1.0, 0])
     assert rates[b] == pytest.approx(1.0)  # its download link
     assert rates[a] == pytest.approx(6.0) and rates[c] == pytest.approx(6.0)  # share node 1
+
+
+def test_a_climb_closes_63_percent_of_the_gap_per_time_constant_and_then_arrives() -> None:
+    rate = 0.0
+    for _ in range(RAMP_STEPS):
+        rate = climbed(rate, 100.0)
+    assert rate == pytest.approx(100 * (1 - math.exp(-1)))
+    steps = RAMP_STEPS
+    while rate < 100.0:
+        rate, steps = climbed(rate, 100.0), steps + 1
+    # The first step whose gap is under 1 % lands on it: e^(-k / RAMP_STEPS) < 0.01.
+    assert rate == 100.0 and steps == math.ceil(RAMP_STEPS * math.log(100))
+
+
+def test_a_lane_counts_only_the_time_it_stood_empty_between_its_transfers() -> None:
+    lanes = Lanes(agents=2)
+    lanes.moved(0, 0, 1.0, 1)  # node 0, layer 0: 1.0-2.0, 1.5-2.5 overlapping, 3.0-4.0
+    lanes.moved(0, 0, 1.5, 1)
+    lanes.moved(0, 0, 2.0, -1)
+    lanes.moved(0, 0, 2.5, -1)
+    lanes.moved(0, 0, 3.0, 1)
+    lanes.moved(0, 0, 4.0, -1)
+    lanes.moved(1, 0, 0.0, 1)  # node 1: one transfer, 0-1
+    lanes.moved(1, 0, 1.0, -1)
+    lanes.moved(2, 0, 0.0, 1)  # node 2 is a root: not a lane
+    lanes.moved(2, 0, 9.0, -1)
+    assert lanes.idle_share() == pytest.approx(0.5 / 4.0)  # 2.5-3.0 of spans 3 s + 1 s

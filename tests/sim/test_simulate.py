@@ -32,6 +32,7 @@ JSON_FIELDS = {
     "origin_peak_gbit",
     "link_use_while_receiving",
     "lane_idle",
+    "ramp",
     "wall_s",
 }
 
@@ -161,6 +162,28 @@ def test_lane_idle_is_the_share_of_a_layers_download_with_nothing_to_move() -> N
     assert half.lane_idle == pytest.approx(0.5, abs=0.05)
     quarter = simulate(dataclasses.replace(base, origin=25 * Mbit))
     assert quarter.lane_idle == pytest.approx(0.75, abs=0.05)
+
+
+def test_tcps_climb_leaves_part_of_every_link_unused_and_never_overfills_one() -> None:
+    """With `ramp` a transfer takes a larger share over time (a new one, or one whose neighbour
+    ended) and a smaller one at once: a node fed alone by its root loses part of each chunk's
+    start (the more, the slower the climb), and where two layers' transfers share every link
+    the links still never carry more than their rate (a share cut at once: link use <= 1).
+    0.3 chunk times reproduce the netns cluster's N=16 run (measured 1.45-1.49 x T_min, its
+    links 81 % used while receiving)."""
+    alone = bench_case(nodes=1, origin_mbit=1000, file_size=32 * MiB, jitter=False)
+    fluid, climbing, slower = (
+        simulate(dataclasses.replace(alone, ramp=r)) for r in (0.0, 0.3, 0.6)
+    )
+    assert fluid.link_use > 0.99
+    assert 0.6 < slower.link_use < climbing.link_use < 0.95
+    assert fluid.p95 < climbing.p95 < slower.p95
+    two = (64 * MiB, 64 * MiB)
+    result = simulate(bench_case(layers=two, roots=2, latency=0.015, store_delay=0.015, ramp=0.3))
+    assert 0.75 < result.link_use <= 1.0
+    assert 1.3 < result.p95_ratio < 1.6
+    with pytest.raises(ValueError, match="ramp"):
+        dataclasses.replace(alone, ramp=-1.0)
 
 
 def test_a_slow_disk_or_a_busy_core_caps_a_nodes_rate() -> None:
