@@ -112,6 +112,20 @@ def process_cpu(pids: list[int], *, system_only: bool = False) -> float:
     return total
 
 
+def peak_rss_mib(pids: list[int]) -> float:
+    """The largest peak resident set (VmHWM) among these processes, MiB."""
+    peak = 0.0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]) / 1024)
+    return peak
+
+
 def run_queue_wait(pids: list[int]) -> float:
     """Seconds these processes' threads have waited, runnable, for a core (schedstat): the
     CPU contention of many processes on few cores, which averages hide."""
@@ -424,6 +438,11 @@ def main() -> int:
                     "bench/netfloor.py gives the floor), roots "
                     f"{per_root:.1f} s per GiB fetched from "
                     "the origin, their uploads included (goal <= 2.0 + 0.2 per GiB uploaded)"
+                )
+                print(
+                    f"swarm: peak resident memory (VmHWM): agents up to "
+                    f"{peak_rss_mib(agent_pids):.0f} MiB, roots up to "
+                    f"{peak_rss_mib(root_pids):.0f} MiB (goal: an agent under 1 GiB)"
                 )
                 chunk = parse_size(args.chunk)
                 chunks = sum(-(-layer.size // chunk) for layer in image.layers)
