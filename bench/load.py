@@ -40,19 +40,12 @@ from harness import (  # noqa: E402
     push_image,
     skopeo_copy_to_dir,
 )
+from profiling import proc_status  # noqa: E402
 
 MiB = 1 << 20
 SOURCES = [f"127.0.0.{i}" for i in range(66, 71)]
 NON_READER_LIFETIME = 40.0  # s: past the agent's sendTimeout (30 s), then reopened
 HEAD_BYTE_EVERY = 1.5  # s
-
-
-def proc_status(pid: int, field: str) -> float:
-    """A /proc/PID/status field in MiB (VmRSS, VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def cpu_seconds(pid: int) -> float:

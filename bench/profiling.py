@@ -1,7 +1,8 @@
 """py-spy around a benchmark's measured step: sample a running process, then print its top frames.
 
 Shared by the benchmarks' ``--profile DIR`` switches (and, below, bench/swarm.py's
-``--task-cpu``: the CPU of every task, counted, not sampled). Samples every thread, not only the one
+``--task-cpu``: the CPU of every task, counted, not sampled; and `proc_status`, a process's
+memory as the kernel counts it). Samples every thread, not only the one
 holding the GIL (hashlib and the I/O engine's threads release it), and separates the frames that
 only wait (the event loop's epoll, idle worker threads) from the ones that cost CPU.
 """
@@ -19,6 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 WAIT_FRAMES = ("EpollIOManager.get_events", "WorkerThread._work", "Condition.wait")
 
 Sampler = tuple[subprocess.Popen[bytes], Path, str]
+
+
+def proc_status(pid: int, field: str) -> float:
+    """A /proc/PID/status field in MiB (VmRSS, VmHWM: the peak resident set)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def start(where: Path | None, targets: list[tuple[int, str]]) -> list[Sampler]:

@@ -52,13 +52,6 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / 100.0, int(fields[12]) / 100.0
 
 
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def timed_pull(ref: str, dest: Path) -> float:
     shutil.rmtree(dest, ignore_errors=True)
     start = time.perf_counter()
@@ -131,7 +124,7 @@ def one_round(
         warm = timed_pull(f"{agent.host}/bench/image:v1", work / "out-warm")
         profiling.stop(spies)
         cpu2 = cpu_seconds(pid)
-        rss = peak_rss_mib(pid)
+        rss = profiling.proc_status(pid, "VmHWM")
     cold_cpu = tuple(b - a for a, b in zip(cpu0, cpu1, strict=True))
     warm_cpu = tuple(b - a for a, b in zip(cpu1, cpu2, strict=True))
     return direct, cold, warm, cold_cpu, warm_cpu, rss

@@ -113,17 +113,9 @@ def process_cpu(pids: list[int], *, system_only: bool = False) -> float:
 
 
 def peak_rss_mib(pids: list[int]) -> float:
-    """The largest peak resident set (VmHWM) among these processes, MiB."""
-    peak = 0.0
-    for pid in pids:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                peak = max(peak, int(line.split()[1]) / 1024)
-    return peak
+    """The largest peak resident set (VmHWM) among these processes still running, MiB."""
+    alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    return max((profiling.proc_status(pid, "VmHWM") for pid in alive), default=0.0)
 
 
 def run_queue_wait(pids: list[int]) -> float:
