@@ -118,9 +118,7 @@ class Simulation(RootSide):
         self.uploaded = [0] * (n + k + 1)
         self.downloaded = [0] * (n + k + 1)
         self.origin_seconds: dict[int, float] = {}  # second -> bytes the origin sent in it
-        self.receiving = [0.0] * (n + k + 1)  # s each node had a transfer coming in
-        self.receiving_since = [0.0] * (n + k + 1)
-        self.lanes = Lanes(n)
+        self.lanes = Lanes(n)  # what each agent received when (link use, lanes' idle time)
         self.transfers = self.cancelled = self.events = 0
         self.requests = [0] * k
         self.schedule_cpu = [0.0] * k
@@ -200,7 +198,7 @@ class Simulation(RootSide):
             uploaded={self.names[i]: self.uploaded[i] for i in range(n + c.roots)},
             downloaded={self.names[i]: self.downloaded[i] for i in range(n)},
             link_use=sum(self.downloaded[:n])
-            / max(sum(self.receiving[i] * self.down_cap[i] for i in range(n)), 1e-9),
+            / max(sum(self.lanes.receiving(i) * self.down_cap[i] for i in range(n)), 1e-9),
             lane_idle=self.lanes.idle_share(),
             transfers=self.transfers,
             cancelled=self.cancelled,
@@ -476,8 +474,6 @@ class Simulation(RootSide):
             return
         flow.running = True
         flow.t = flow.began = now
-        if not self.downs[flow.dst]:
-            self.receiving_since[flow.dst] = now
         self.ups[flow.src].add(flow)
         self.downs[flow.dst].add(flow)
         self.lanes.moved(flow.dst, flow.layer, now, 1)
@@ -502,8 +498,6 @@ class Simulation(RootSide):
             self.ups[flow.src].discard(flow)
             self.downs[flow.dst].discard(flow)
             self.lanes.moved(flow.dst, flow.layer, now, -1)
-            if not self.downs[flow.dst]:
-                self.receiving[flow.dst] += now - self.receiving_since[flow.dst]
             self.running.discard(flow)
             self.shares_changed(flow, now)
         moved = flow.size - round(flow.remaining)

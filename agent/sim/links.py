@@ -71,12 +71,17 @@ def climbed(rate: float, share: float) -> float:
 
 
 class Lanes:
-    """Each agent's download of one layer (a lane, keyed (node, layer)): how long it stood
-    with no transfer running between its first transfer and its last (`idle_share`; the
-    netns cluster's agents trace the same, bench/transfers.py)."""
+    """The agents' transfers coming in, as they begin and stop: how long each agent had one
+    coming in (`receiving`: its link's busy time), and how long each of its downloads of one
+    layer (a lane, keyed (node, layer)) stood with no transfer running between its first
+    transfer and its last (`idle_share`). The netns cluster's agents trace both
+    (bench/transfers.py)."""
 
     def __init__(self, agents: int) -> None:
         self._agents = agents  # nodes [0, agents) are agents; the rest are roots
+        self._node_running = [0] * agents
+        self._node_since = [0.0] * agents
+        self._receiving = [0.0] * agents
         self._running: dict[tuple[int, int], int] = {}
         self._span: dict[tuple[int, int], tuple[float, float]] = {}  # first start, last change
         self._empty_since: dict[tuple[int, int], float] = {}
@@ -87,6 +92,12 @@ class Lanes:
         fetching as a node of another root's swarm counts not)."""
         if node >= self._agents:
             return
+        running = self._node_running[node] + step
+        self._node_running[node] = running
+        if step > 0 and running == 1:
+            self._node_since[node] = now
+        elif running == 0:
+            self._receiving[node] += now - self._node_since[node]
         lane = (node, layer)
         count = self._running.get(lane, 0) + step
         self._running[lane] = count
@@ -95,6 +106,10 @@ class Lanes:
             self._empty_since[lane] = now
         elif step > 0 and count == 1 and lane in self._empty_since:
             self._idle += now - self._empty_since.pop(lane)
+
+    def receiving(self, node: int) -> float:
+        """Seconds agent `node` had a transfer coming in."""
+        return self._receiving[node]
 
     def idle_share(self) -> float:
         return self._idle / max(sum(b - a for a, b in self._span.values()), 1e-9)

@@ -30,7 +30,7 @@ def test_a_climb_closes_63_percent_of_the_gap_per_time_constant_and_then_arrives
     assert rate == 100.0 and steps == math.ceil(RAMP_STEPS * math.log(100))
 
 
-def test_a_lane_counts_only_the_time_it_stood_empty_between_its_transfers() -> None:
+def test_lanes_count_the_time_they_stood_empty_and_the_links_busy_time() -> None:
     lanes = Lanes(agents=2)
     lanes.moved(0, 0, 1.0, 1)  # node 0, layer 0: 1.0-2.0, 1.5-2.5 overlapping, 3.0-4.0
     lanes.moved(0, 0, 1.5, 1)
@@ -43,3 +43,5 @@ def test_a_lane_counts_only_the_time_it_stood_empty_between_its_transfers() -> N
     lanes.moved(2, 0, 0.0, 1)  # node 2 is a root: not a lane
     lanes.moved(2, 0, 9.0, -1)
     assert lanes.idle_share() == pytest.approx(0.5 / 4.0)  # 2.5-3.0 of spans 3 s + 1 s
+    # Each agent's link was busy while any transfer came in: 1.0-2.5 and 3.0-4.0; 0-1.
+    assert lanes.receiving(0) == pytest.approx(2.5) and lanes.receiving(1) == pytest.approx(1.0)
