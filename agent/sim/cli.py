@@ -74,19 +74,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="layers an agent pulls at once (containerd: 3; 0: all)",
     )
     parser.add_argument("--chunk", default=DEFAULTS["chunk"], help="chunk size (cache.chunkSize)")
-    parser.add_argument(
-        "--rtt-ms",
-        type=float,
-        default=10.0,
-        help="a plan request's and a chunk request's round trip, software included (10: as "
-        "traced on the netns cluster)",
-    )
-    parser.add_argument(
-        "--store-ms",
-        type=float,
-        default=15.0,
-        help="from a chunk's last byte to its report (hash, disk write; 15: as traced)",
-    )
+    add_timing_arguments(parser)
     parser.add_argument(
         "--stripe-chunks",
         type=int,
@@ -108,19 +96,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="roots in tiers (parentRoots): node i's group root is root i mod K, and each root "
         "fetches a layer another root owns through that root's swarm (off; on with --reference)",
     )
-    parser.add_argument(
-        "--max-depth",
-        type=int,
-        default=MAX_DEPTH,
-        help=f"transfers a node keeps in flight at most (1: one at a time; {MAX_DEPTH})",
-    )
-    parser.add_argument(
-        "--ramp",
-        type=float,
-        default=0.0,
-        help="TCP's climb to a larger share, in chunk times at the node's link (0: fluid links, "
-        "every share taken at once; 0.3 reproduces the netns cluster's 100 ms queues)",
-    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one JSON object (a list with -r)")
     parser.add_argument(
@@ -133,6 +108,37 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=row_numbers,
         default=list(range(1, len(reference.PUBLISHED) + 1)),
         help="with --reference: which rows, e.g. 1 or 1,3 (all)",
+    )
+
+
+def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the modelled agents and links behave in time: round trips, the store after a
+    chunk's last byte, transfers in flight, and TCP's climb to a larger share."""
+    parser.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=10.0,
+        help="a plan request's and a chunk request's round trip, software included (10: as "
+        "traced on the netns cluster)",
+    )
+    parser.add_argument(
+        "--store-ms",
+        type=float,
+        default=15.0,
+        help="from a chunk's last byte to its report (hash, disk write; 15: as traced)",
+    )
+    parser.add_argument(
+        "--max-depth",
+        type=int,
+        default=MAX_DEPTH,
+        help=f"transfers a node keeps in flight at most (1: one at a time; {MAX_DEPTH})",
+    )
+    parser.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        help="TCP's climb to a larger share, in chunk times at the node's link (0: fluid links, "
+        "every share taken at once; 0.3 reproduces the netns cluster's 100 ms queues)",
     )
 
 
