@@ -280,9 +280,10 @@ def origin_bytes(log: Path, since: int) -> int:
     return total
 
 
-def start_origin(origin: Host, work: Path, image: Image) -> Path:
+def start_origin(origin: Host, work: Path, image: Image, *more: tuple[str, Image]) -> Path:
     """Debian's docker-registry in the origin's namespace, with `image` pushed to it as
-    bench/image:v1; its access log (where origin bytes are counted)."""
+    bench/image:v1 (and each of `more` under its tag); its access log (where origin bytes are
+    counted)."""
     reg_dir = work / "registry"
     reg_dir.mkdir()
     config = {
@@ -299,16 +300,17 @@ def start_origin(origin: Host, work: Path, image: Image) -> Path:
         env={"PATH": os.environ["PATH"]},
     )
     wait_http(origin, f"http://127.0.0.1:{REGISTRY_PORT}/v2/")
-    origin.run(
-        "skopeo",
-        "copy",
-        "--quiet",
-        "--insecure-policy",
-        "--dest-tls-verify=false",
-        f"oci:{image.layout_dir}:{image.tag}",
-        f"docker://127.0.0.1:{REGISTRY_PORT}/bench/image:v1",
-        timeout=300,
-    )
+    for tag, pushed in [("v1", image), *more]:
+        origin.run(
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--insecure-policy",
+            "--dest-tls-verify=false",
+            f"oci:{pushed.layout_dir}:{pushed.tag}",
+            f"docker://127.0.0.1:{REGISTRY_PORT}/bench/image:{tag}",
+            timeout=300,
+        )
     return reg_log
 
 

@@ -210,20 +210,22 @@ def simulated(
     return simulate(config)
 
 
-def tcp_segments(hosts: list[Host]) -> tuple[int, int]:
-    """(segments sent, segments retransmitted) by every host's TCP so far: a retransmission
-    is a segment a tbf queue dropped (or that arrived too late), and costs its flow a
-    round trip or a timeout."""
-    sent = retransmitted = 0
+TCP_COUNTERS = ("TcpOutSegs", "TcpRetransSegs", "TcpActiveOpens")
+
+
+def tcp_counters(hosts: list[Host]) -> dict[str, int]:
+    """Every host's TCP counters so far, summed: segments sent and retransmitted (a
+    retransmission is a segment a tbf queue dropped, or that arrived too late, and costs its
+    flow a round trip or a timeout) and connections opened (each costs both ends a connect,
+    an accept and a close: the agents should reuse theirs)."""
+    sums = dict.fromkeys(TCP_COUNTERS, 0)
     for host in hosts:
-        out = host.run("nstat", "-asz", "TcpOutSegs", "TcpRetransSegs")
+        out = host.run("nstat", "-asz", *TCP_COUNTERS)
         for line in out.stdout.splitlines():
             name, _, rest = line.partition(" ")
-            if name == "TcpOutSegs":
-                sent += int(rest.split()[0])
-            elif name == "TcpRetransSegs":
-                retransmitted += int(rest.split()[0])
-    return sent, retransmitted
+            if name in sums:
+                sums[name] += int(rest.split()[0])
+    return sums
 
 
 def main() -> int:
@@ -300,6 +302,14 @@ def main() -> int:
         help="the scenario 'a layer 3x every cache': 6 nodes at 200 Mbit/s, origin 400, "
         "layers of 96 and 32 MiB, every cache 32 MiB, 1 MiB chunks",
     )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="every agent first pulls another image of the same sizes through the swarm, "
+        "unmeasured, so that the measured pull finds the agents as a long-running node would "
+        "(memory buffers touched, connections to roots and peers open, code warm); without "
+        "it, the agents are fresh processes",
+    )
     args = parser.parse_args()
     if args.small_caches:
         args.nodes, args.node_mbit, args.origin_mbit = 6, 200.0, 400.0
@@ -326,7 +336,11 @@ def main() -> int:
         roots = [net.add_host("root", args.node_mbit, args.node_mbit) for _ in range(args.roots)]
         agents = [net.add_host("agent", args.node_mbit, args.node_mbit) for _ in range(args.nodes)]
 
-        reg_log = start_origin(origin, work, image)
+        more = []
+        if args.warm:
+            warm = build_image(work / "warm", tuple(s * MiB for s in sizes), seed=8)
+            more.append(("warm", warm))
+        reg_log = start_origin(origin, work, image, *more)
 
         # Roots and agents.
         root_list = ",".join(f"{r.address}:{P2P_PORT}" for r in roots)
@@ -360,6 +374,14 @@ def main() -> int:
         sum_u = (N + args.roots) * u
         t_min = max(F / u_o, F / d, N * F / (u_o + sum_u))
 
+        if args.warm:
+            warm_ref = f"127.0.0.1:{PROXY_PORT}/bench/image:warm"
+            took = pull_all(agents, warm_ref, work, "warm", args.client, verbose=args.verbose)
+            done = [x for x in took if not math.isnan(x)]
+            print(
+                f"warm-up: another image of the same sizes, {len(done)} of {len(took)} pulls "
+                f"done in {max(done, default=math.nan):.1f}s"
+            )
         results: dict[str, tuple[list[float], int, float, float]] = {}
         runs = [("swarm", f"127.0.0.1:{PROXY_PORT}/bench/image:v1")]
         if not args.skip_direct:
@@ -374,7 +396,7 @@ def main() -> int:
             agent_sys0 = process_cpu(agent_pids, system_only=True)
             total0, idle0, irq0 = cpu_times()
             clients0 = children_cpu()
-            segments0 = tcp_segments(roots + agents)
+            tcp0 = tcp_counters(roots + agents)
             waited0 = run_queue_wait(agent_pids)
             spies = (
                 profiling.start(args.profile, [profile_target(agents[0]), profile_target(roots[0])])
@@ -408,11 +430,12 @@ def main() -> int:
                 f"the rest {used - pollen_cpu - clients - (irq1 - irq0):.1f})"
             )
             waited = run_queue_wait(agent_pids) - waited0
-            segments1 = tcp_segments(roots + agents)
-            out_segs, resent = (segments1[0] - segments0[0], segments1[1] - segments0[1])
+            tcp = {k: v - tcp0[k] for k, v in tcp_counters(roots + agents).items()}
+            out_segs, resent = tcp["TcpOutSegs"], tcp["TcpRetransSegs"]
             print(
                 f"{label}: TCP of the nodes sent {out_segs} segments, retransmitted {resent} "
-                f"({resent / max(out_segs, 1):.2%}: drops at the shaped links); the agents "
+                f"({resent / max(out_segs, 1):.2%}: drops at the shaped links), opened "
+                f"{tcp['TcpActiveOpens']} connections; the agents "
                 f"waited {waited:.2f} s in all for a core ({waited / len(agents):.2f} s each, "
                 f"{waited / len(agents) / wall:.0%} of the pull)"
             )
