@@ -10,9 +10,9 @@ link's rate: the transfers' durations (and their heads'), from the roots and fro
 much of the sources' upload time and of the receivers' download time was shared by two or
 more transfers at once (each then runs at a fraction of the link: the schedule wants one per
 link, but every layer's root schedules its own); the share of their rate the receivers'
-links moved while busy; how long a layer's download on a node (its lane) stood empty between
-its transfers; the idle gaps between a receiver's transfers; and how early
-`finishing` was said.
+links moved while busy, and in each fifth of the pull; how long a layer's download on a node
+(its lane) stood empty between its transfers; the idle gaps between a receiver's transfers;
+and how early `finishing` was said.
 """
 
 from __future__ import annotations
@@ -113,6 +113,35 @@ def lane_line(transfers: list[Transfer]) -> str:
     )
 
 
+PHASES = 5
+
+
+def phase_line(full: list[Transfer], chunk_seconds: float) -> str:
+    """How much of its link's rate each receiver used in each fifth of its pull (from the
+    first head of the run to the node's own last byte), averaged over the receivers: where
+    the pull loses time to the link, at the start (nothing to relay yet), in the middle
+    (links shared) or at the end (the last chunks)."""
+    start = min(t.began + max(t.head, 0.0) for t in full)
+    by_node: dict[str, list[Transfer]] = defaultdict(list)
+    for t in full:
+        by_node[t.node].append(t)
+    used = [0.0] * PHASES
+    for mine in by_node.values():
+        width = (max(t.ended for t in mine) - start) / PHASES
+        for t in mine:
+            begin = t.began + max(t.head, 0.0)
+            if t.ended <= begin:
+                continue
+            rate = 1 / (t.ended - begin)  # chunks per second, as if the bytes came evenly
+            for k in range(PHASES):
+                lo, hi = max(begin, start + k * width), min(t.ended, start + (k + 1) * width)
+                if hi > lo:
+                    used[k] += rate * (hi - lo) * chunk_seconds / width / len(by_node)
+    return "the receivers' links by fifth of each pull (their rate used): " + " ".join(
+        f"{u:.0%}" for u in used
+    )
+
+
 def report(transfers: list[Transfer], chunk_seconds: float, roots: set[str]) -> list[str]:
     """The summary lines (see the module docstring)."""
     full = [t for t in transfers if t.took >= chunk_seconds / 4]  # whole chunks, not blobs
@@ -151,6 +180,7 @@ def report(transfers: list[Transfer], chunk_seconds: float, roots: set[str]) -> 
         "(bench/swarm.py prints the simulator's beside its P95: 96-99 % on the reference "
         "settings; where TCP shares a link worse, it shows here)"
     )
+    lines.append(phase_line(full, chunk_seconds))
     lines.append(lane_line(full))
     idle = [g for v in by_node.values() for g in gaps(v)]
     if idle:

@@ -60,10 +60,26 @@ def test_shared_links_gaps_and_leads_are_summed() -> None:
     assert out[4].startswith("while a transfer was in, the receivers' links moved 67% of their")
     # Lanes, from each transfer's head (20 ms in, the root's 80): agent-3's spans 100.08 to
     # 102.5 with 101.5 to 102.02 empty; agent-4's 0.98 s, none: 0.52 of 3.40 s.
-    assert out[5].startswith("a layer's download stood empty between its transfers 15% of its")
-    assert "(0.5 of 3.4 s;" in out[5]
-    assert out[6] == "idle gaps between a receiver's transfers: 1, 0.5 s in all, median 500 ms"
-    assert out[7].startswith("`finishing` said 2 times, before the last byte by a median 15 ms")
+    assert out[5].startswith("the receivers' links by fifth of each pull (their rate used): ")
+    assert out[6].startswith("a layer's download stood empty between its transfers 15% of its")
+    assert "(0.5 of 3.4 s;" in out[6]
+    assert out[7] == "idle gaps between a receiver's transfers: 1, 0.5 s in all, median 500 ms"
+    assert out[8].startswith("`finishing` said 2 times, before the last byte by a median 15 ms")
+
+
+def test_each_fifth_of_a_pull_counts_the_link_rate_its_transfers_used() -> None:
+    # A chunk takes 0.4 s at the link's rate. agent-x's one chunk took 1 s from its head (40 %
+    # of its link all along, its pull 0-1 s); agent-y's pull (0-2 s, fifths of 0.4 s) moved a
+    # chunk at the full rate in its first fifth and one in its last, nothing between.
+    x = transfers.parse("agent-x", [line(0, "10.0.0.5:1", 100.0, 1000, head_ms=0)])
+    y = transfers.parse(
+        "agent-y",
+        [
+            line(1, "10.0.0.5:1", 100.0, 400, head_ms=0),
+            line(2, "10.0.0.6:1", 101.6, 400, head_ms=0),
+        ],
+    )
+    assert transfers.phase_line(x + y, chunk_seconds=0.4).endswith(": 70% 20% 20% 20% 70%")
 
 
 def test_logs_without_the_trace_say_how_to_get_it() -> None:
