@@ -35,6 +35,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT))
 
 import profiling  # noqa: E402
+import transfers  # noqa: E402
 from harness import build_image  # noqa: E402
 from harness.images import Image  # noqa: E402
 from netcluster import (  # noqa: E402
@@ -211,6 +213,34 @@ def simulated(
 
 
 TCP_COUNTERS = ("TcpOutSegs", "TcpRetransSegs", "TcpActiveOpens")
+
+
+ROOT_COUNTERS = ("tracker.plans_answered", "tracker.handoffs")
+AGENT_COUNTERS = ("relayed", "waited_for_landing", "landing_wait_ms", "sealed_layers")
+AGENT_COUNTERS += ("rehashed_bytes",)
+
+
+def status_counters(roots: list[Host], agents: list[Host]) -> dict[tuple[int, str], int]:
+    """The swarm status counters the bench prints, per (host, counter), as they stand."""
+    hosts = [(h, ROOT_COUNTERS) for h in roots] + [(h, AGENT_COUNTERS) for h in agents]
+    return {(h.index, f): swarm_status(h, f) for h, fields in hosts for f in fields}
+
+
+def status_since(before: dict[tuple[int, str], int], field: str, hosts: list[Host]) -> int:
+    """A status counter summed over `hosts`, less what it stood at in `before`."""
+    return sum(swarm_status(h, field) - before.get((h.index, field), 0) for h in hosts)
+
+
+def print_traced(work: Path, since: float, chunk: int, node_mbit: float, roots: list[Host]) -> None:
+    """bench/transfers.py's summary of the transfers the agents traced (debug logs) since
+    `since`: a warm-up pull's are left out."""
+    traced = []
+    for log in sorted(work.glob("agent-*.log")):
+        with log.open(errors="replace") as lines:
+            traced += [t for t in transfers.parse(log.stem, lines) if t.began >= since]
+    seconds = chunk * 8 / (node_mbit * 1e6)
+    for line in transfers.report(traced, seconds, {r.address for r in roots}):
+        print(f"swarm (traced): {line}")
 
 
 def tcp_counters(hosts: list[Host]) -> dict[str, int]:
@@ -388,6 +418,9 @@ def main() -> int:
             runs.append(("direct", f"{origin.address}:5000/bench/image:v1"))
         for label, source in runs:
             mark = len(reg_log.read_text(errors="replace").splitlines())
+            # The nodes' status counters run from their start: a warm-up pull's come off.
+            before = status_counters(roots, agents) if args.warm else {}
+
             pollen_pids = [p.pid for h in roots + agents for p in h.procs]
             root_pids = [p.pid for h in roots for p in h.procs]
             agent_pids = [p.pid for h in agents for p in h.procs]
@@ -406,6 +439,7 @@ def main() -> int:
             counting = args.task_cpu and label == "swarm"
             if counting:
                 counted = profiling.task_cpu_snapshot(work / "task-cpu", pollen_pids)
+            began = time.time()
             durations = pull_all(agents, source, work, label, args.client, verbose=args.verbose)
             profiling.stop(spies)
             if counting:
@@ -461,25 +495,27 @@ def main() -> int:
                 )
                 chunk = parse_size(args.chunk)
                 chunks = sum(-(-layer.size // chunk) for layer in image.layers)
-                plans = sum(swarm_status(r, "tracker.plans_answered") for r in roots)
+                plans = status_since(before, "tracker.plans_answered", roots)
                 print(
                     f"swarm: the roots answered {plans} plan requests, "
                     f"{plans / max(N * chunks, 1):.1f} per chunk per agent "
                     f"({N} agents x {chunks} chunks)"
                 )
-                relayed = sum(swarm_status(a, "relayed") for a in agents)
-                waited = sum(swarm_status(a, "waited_for_landing") for a in agents) + relayed
-                wait_ms = sum(swarm_status(a, "landing_wait_ms") for a in agents)
+                relayed = status_since(before, "relayed", agents)
+                waited = status_since(before, "waited_for_landing", agents) + relayed
+                wait_ms = status_since(before, "landing_wait_ms", agents)
                 print(
                     f"swarm: {waited} peer requests came for a chunk in its last bytes (cut-"
                     f"through; {relayed} got its bytes in so far at once) and waited "
                     f"{wait_ms / max(waited, 1):.0f} ms on average for the rest"
                 )
-                handed = sum(swarm_status(r, "tracker.handoffs") for r in roots)
+                handed = status_since(before, "tracker.handoffs", roots)
                 plural = "" if handed == 1 else "s"
                 print(f"swarm: the roots handed {handed} layer{plural} to the next root (handoffs)")
-                sealed = sum(swarm_status(a, "sealed_layers") for a in agents)
-                rehashed = sum(swarm_status(a, "rehashed_bytes") for a in agents)
+                if args.verbose:  # the agents traced every transfer: read them back
+                    print_traced(work, began, parse_size(args.chunk), args.node_mbit, roots)
+                sealed = status_since(before, "sealed_layers", agents)
+                rehashed = status_since(before, "rehashed_bytes", agents)
                 print(
                     f"swarm: {sealed} of {N * len(blobs)} blobs on the agents verified by the "
                     f"root's seal; {rehashed / MiB:.0f} MiB hashed a second time"
