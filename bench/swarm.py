@@ -146,13 +146,14 @@ def report_simulated(
         f"rtt {args.sim_rtt_ms:g} ms); measured / simulated {p95 / sim.p95:5.2f}; its links "
         f"moved {sim.link_use:.0%} of their rate while a transfer was in, and a layer's "
         f"download stood empty between its transfers {sim.lane_idle:.0%} of its span "
-        "(measured: bench/transfers.py on a --verbose --keep-logs run)"
+        "(measured: --verbose prints the traced transfers)"
     )
     tcp = simulated(args, image, root_nodes, owners, ramp=SIM_RAMP)
     print(
         f"simulated P95 {tcp.p95:6.1f}s  with TCP's climb (--ramp {SIM_RAMP:g}: each larger "
         f"share taken over {SIM_RAMP:g} chunk times, as fitted to this cluster); measured / "
-        f"simulated {p95 / tcp.p95:5.2f}; links moved {tcp.link_use:.0%} while receiving"
+        f"simulated {p95 / tcp.p95:5.2f}; links moved {tcp.link_use:.0%} while receiving, by "
+        f"fifth of each pull {' '.join(f'{u:.0%}' for u in tcp.phase_use)}"
     )
     alone = placement(args, image, root_nodes, handoffs=False)
     if alone != owners:

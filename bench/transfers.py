@@ -26,6 +26,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.sim.links import phase_use  # noqa: E402
+
 LINE = re.compile(
     r"layer (?P<layer>\S+): chunk (?P<chunk>\d+) from (?P<source>\S+) began at (?P<began>[\d.]+): "
     r"(?:head after (?P<head>-?\d+) ms, )?1 MiB in after (?P<first>-?\d+) ms, "
@@ -113,32 +117,26 @@ def lane_line(transfers: list[Transfer]) -> str:
     )
 
 
-PHASES = 5
-
-
 def phase_line(full: list[Transfer], chunk_seconds: float) -> str:
     """How much of its link's rate each receiver used in each fifth of its pull (from the
     first head of the run to the node's own last byte), averaged over the receivers: where
     the pull loses time to the link, at the start (nothing to relay yet), in the middle
-    (links shared) or at the end (the last chunks)."""
+    (links shared) or at the end (the last chunks). `pollen simulate` computes the same
+    (`agent.sim.links.phase_use`)."""
     start = min(t.began + max(t.head, 0.0) for t in full)
     by_node: dict[str, list[Transfer]] = defaultdict(list)
     for t in full:
         by_node[t.node].append(t)
-    used = [0.0] * PHASES
-    for mine in by_node.values():
-        width = (max(t.ended for t in mine) - start) / PHASES
-        for t in mine:
-            begin = t.began + max(t.head, 0.0)
-            if t.ended <= begin:
-                continue
-            rate = 1 / (t.ended - begin)  # chunks per second, as if the bytes came evenly
-            for k in range(PHASES):
-                lo, hi = max(begin, start + k * width), min(t.ended, start + (k + 1) * width)
-                if hi > lo:
-                    used[k] += rate * (hi - lo) * chunk_seconds / width / len(by_node)
+    pulls = [
+        (
+            max(t.ended for t in mine),
+            1 / chunk_seconds,
+            [(t.began + max(t.head, 0.0), t.ended, 1.0) for t in mine],
+        )
+        for mine in by_node.values()
+    ]
     return "the receivers' links by fifth of each pull (their rate used): " + " ".join(
-        f"{u:.0%}" for u in used
+        f"{u:.0%}" for u in phase_use(pulls, start)
     )
 
 

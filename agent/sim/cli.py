@@ -223,6 +223,8 @@ def describe(result: SwarmResult, wall_s: float) -> str:
         f"  origin sent {result.origin_over_f:.3f} x F, peak {result.origin_peak / Gbit:.2f} "
         f"Gbit/s; roots answered {sum(result.requests.values())} plan requests, the busiest "
         f"{busiest:.1f} CPU-s ({busiest / max(result.p95, 1e-9):.0%} of one core until P95)\n"
+        f"  the agents' links moved {result.link_use:.0%} of their rate while receiving; by "
+        f"fifth of each pull {' '.join(f'{u:.0%}' for u in result.phase_use)}\n"
         f"  simulated in {wall_s:.1f} CPU-s ({result.events} events)"
     )
 

@@ -200,6 +200,9 @@ class Simulation(RootSide):
             link_use=sum(self.downloaded[:n])
             / max(sum(self.lanes.receiving(i) * self.down_cap[i] for i in range(n)), 1e-9),
             lane_idle=self.lanes.idle_share(),
+            phase_use=self.lanes.phases(
+                [self.completion.get(self.names[i]) for i in range(n)], self.down_cap[:n]
+            ),
             transfers=self.transfers,
             cancelled=self.cancelled,
             events=self.events,
@@ -503,6 +506,7 @@ class Simulation(RootSide):
         moved = flow.size - round(flow.remaining)
         self.uploaded[flow.src] += moved
         self.downloaded[flow.dst] += moved
+        self.lanes.received(flow.dst, flow.began, now, moved)
         if flow.src == self.origin and moved:
             spread_over_seconds(self.origin_seconds, flow.began, now, moved)
 

@@ -70,12 +70,37 @@ def climbed(rate: float, share: float) -> float:
     return share if gap < 0.01 * share else share - gap
 
 
+PHASES = 5  # a pull cut in this many equal parts: where its link stood unused
+Pull = tuple[float, float, Iterable[tuple[float, float, float]]]
+
+
+def phase_use(pulls: Iterable[Pull], start: float) -> tuple[float, ...]:
+    """The share of its link's rate each pull used in each fifth of it, averaged over the
+    pulls; each pull is (its end, its link's rate, its transfers as (first byte, last byte,
+    amount)), all from `start`. A transfer's amount counts as spread evenly over its time, all
+    the agents' traces tell on the cluster (bench/transfers.py), so the two compare: where
+    a pull loses its link, at the start (nothing to relay yet), in the middle or at the end."""
+    used, count = [0.0] * PHASES, 0
+    for end, rate, transfers in pulls:
+        count += 1
+        width = (end - start) / PHASES
+        for begin, stop, amount in transfers if width > 0 else ():
+            if stop <= begin:
+                continue
+            per_second = amount / (stop - begin) / (rate * width)
+            for k in range(PHASES):
+                lo, hi = max(begin, start + k * width), min(stop, start + (k + 1) * width)
+                if hi > lo:
+                    used[k] += per_second * (hi - lo)
+    return tuple(u / max(count, 1) for u in used)
+
+
 class Lanes:
     """The agents' transfers coming in, as they begin and stop: how long each agent had one
-    coming in (`receiving`: its link's busy time), and how long each of its downloads of one
+    coming in (`receiving`: its link's busy time), how long each of its downloads of one
     layer (a lane, keyed (node, layer)) stood with no transfer running between its first
-    transfer and its last (`idle_share`). The netns cluster's agents trace both
-    (bench/transfers.py)."""
+    transfer and its last (`idle_share`), and what each moved when (`phases`). The netns
+    cluster's agents trace all three (bench/transfers.py)."""
 
     def __init__(self, agents: int) -> None:
         self._agents = agents  # nodes [0, agents) are agents; the rest are roots
@@ -86,6 +111,7 @@ class Lanes:
         self._span: dict[tuple[int, int], tuple[float, float]] = {}  # first start, last change
         self._empty_since: dict[tuple[int, int], float] = {}
         self._idle = 0.0
+        self._moved: list[list[tuple[float, float, float]]] = [[] for _ in range(agents)]
 
     def moved(self, node: int, layer: int, now: float, step: int) -> None:
         """A transfer to `node` of `layer` began (`step` +1) or stopped (-1) at `now` (a root
@@ -106,6 +132,18 @@ class Lanes:
             self._empty_since[lane] = now
         elif step > 0 and count == 1 and lane in self._empty_since:
             self._idle += now - self._empty_since.pop(lane)
+
+    def received(self, node: int, began: float, now: float, amount: float) -> None:
+        """A transfer to `node` moved `amount` bytes from its first byte at `began` to `now`."""
+        if node < self._agents and amount > 0:
+            self._moved[node].append((began, now, amount))
+
+    def phases(self, ends: Sequence[float | None], rates: Sequence[float]) -> tuple[float, ...]:
+        """`phase_use` of the agents that finished (`ends`, None: not), from the first byte
+        any agent received."""
+        began = [b for moved in self._moved for b, _, _ in moved]
+        pulls = [(end, rates[i], self._moved[i]) for i, end in enumerate(ends) if end is not None]
+        return phase_use(pulls, min(began)) if began and pulls else (0.0,) * PHASES
 
     def receiving(self, node: int) -> float:
         """Seconds agent `node` had a transfer coming in."""

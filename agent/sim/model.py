@@ -235,6 +235,9 @@ class SwarmResult:
     # The share of its span (first transfer to last) an agent's download of a layer had no
     # transfer running: waits for an assignment, a round trip, a head (bench/transfers.py too).
     lane_idle: float
+    # The share of its link's rate an agent used in each fifth of its pull (links.phase_use),
+    # averaged over the agents: bench/transfers.py measures the same.
+    phase_use: tuple[float, ...]
     transfers: int
     cancelled: int
     events: int
@@ -283,6 +286,7 @@ class SwarmResult:
             f"P95/T_min={self.p95_ratio:.3f} root/F={self.root_ratio:.3f} "
             f"origin/F={self.origin_over_f:.3f} link_use={self.link_use:.3f} "
             f"lane_idle={self.lane_idle:.3f} "
+            f"by_fifth={'/'.join(f'{u:.2f}' for u in self.phase_use)} "
             f"total/(N*F)={self.total_bytes / (c.nodes * c.total_size):.3f} "
             f"transfers={self.transfers} cancelled={self.cancelled} events={self.events}"
         )
@@ -304,6 +308,7 @@ class SwarmResult:
             "ramp": self.config.ramp,
             "link_use_while_receiving": round(self.link_use, 3),
             "lane_idle": round(self.lane_idle, 3),
+            "link_use_by_fifth": [round(u, 3) for u in self.phase_use],
             "plan_requests": sum(self.requests.values()),
             "root_cpu_s_max": round(max(cpu.values(), default=0.0), 2),
             "transfers": self.transfers,

@@ -1,5 +1,5 @@
 """The link model (agent/sim/links.py) without a simulation: max-min fair rates, TCP's climb
-to a larger share, the lanes' idle time."""
+to a larger share, the lanes' idle time, the links' use by fifth of a pull."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from agent.sim.links import RAMP_STEPS, Flow, Lanes, climbed, fair_rates
+from agent.sim.links import RAMP_STEPS, Flow, Lanes, climbed, fair_rates, phase_use
 
 
 def test_fair_rates_share_each_link_and_give_the_rest_to_who_can_use_it() -> None:
@@ -45,3 +45,26 @@ def test_lanes_count_the_time_they_stood_empty_and_the_links_busy_time() -> None
     assert lanes.idle_share() == pytest.approx(0.5 / 4.0)  # 2.5-3.0 of spans 3 s + 1 s
     # Each agent's link was busy while any transfer came in: 1.0-2.5 and 3.0-4.0; 0-1.
     assert lanes.receiving(0) == pytest.approx(2.5) and lanes.receiving(1) == pytest.approx(1.0)
+
+
+def test_phase_use_spreads_each_transfer_over_its_time_and_averages_the_pulls() -> None:
+    # Pulls from 0. One of 10 s at 1 byte/s: 2 bytes in 0-2 s (the first fifth all used),
+    # 3 bytes over 4-10 s (half a byte/s: the third fifth half, the fourth and fifth too).
+    # One of 5 s at 2 bytes/s that moved 10 bytes evenly all along.
+    pulls = [
+        (10.0, 1.0, [(0.0, 2.0, 2.0), (4.0, 10.0, 3.0)]),
+        (5.0, 2.0, [(0.0, 5.0, 10.0)]),
+    ]
+    assert phase_use(pulls, 0.0) == pytest.approx((1.0, 0.5, 0.75, 0.75, 0.75))
+    # Transfers without time (a chunk of a few bytes) and pulls that took none count nothing.
+    assert phase_use([(1.0, 1.0, [(0.5, 0.5, 9.0)]), (0.0, 1.0, [])], 0.0) == (0.0,) * 5
+
+
+def test_lanes_say_what_each_finished_agent_moved_when() -> None:
+    lanes = Lanes(agents=3)
+    lanes.received(0, 1.0, 6.0, 50.0)  # from the run's first byte at 1.0: 10 bytes/s, 5 s
+    lanes.received(1, 2.0, 3.0, 5.0)  # agent 1 never finishes: not counted
+    lanes.received(3, 0.0, 9.0, 99.0)  # a root: not an agent
+    phases = lanes.phases([6.0, None, None], [10.0, 10.0, 10.0])
+    assert phases == pytest.approx((1.0,) * 5)
+    assert Lanes(agents=1).phases([None], [1.0]) == (0.0,) * 5
