@@ -77,9 +77,10 @@ Pull = tuple[float, float, Iterable[tuple[float, float, float]]]
 def phase_use(pulls: Iterable[Pull], start: float) -> tuple[float, ...]:
     """The share of its link's rate each pull used in each fifth of it, averaged over the
     pulls; each pull is (its end, its link's rate, its transfers as (first byte, last byte,
-    amount)), all from `start`. A transfer's amount counts as spread evenly over its time, all
-    the agents' traces tell on the cluster (bench/transfers.py), so the two compare: where
-    a pull loses its link, at the start (nothing to relay yet), in the middle or at the end."""
+    amount)), all from `start`. A transfer's amount counts as spread evenly over its time, as
+    much as the agents' traces on the cluster say (bench/transfers.py), so the two compare:
+    where a pull loses its link, at the start (nothing to relay yet), in the middle or at the
+    end."""
     used, count = [0.0] * PHASES, 0
     for end, rate, transfers in pulls:
         count += 1
