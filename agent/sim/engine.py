@@ -346,7 +346,7 @@ class Simulation(RootSide):
                 self.stop(flow, now)
         for t in d.start:
             src = self.index[t.source]
-            size = self.layers[layer].chunk_bytes(t.chunk, self.config.chunk_size)
+            size = self.layers[layer].chunk_bytes(t.chunk)
             flow = _Flow(src, node, layer, t.chunk, size)
             flow.asked = now
             self.flows[(node, layer, t.chunk, src)] = flow
@@ -529,7 +529,8 @@ class Simulation(RootSide):
             self.set_rate(f, climbed(f.rate, share), now)
             if f.rate < share:
                 f.climbing = True
-                tau = self.config.ramp * self.config.chunk_size / self.down_cap[f.dst]
+                whole = self.layers[f.layer].nominal(f.chunk, self.config.chunk_size)
+                tau = self.config.ramp * whole / self.down_cap[f.dst]
                 self.push(now + tau / RAMP_STEPS, EV_RAMP, f, 0)
 
     def set_rate(self, f: _Flow, rate: float, now: float) -> None:

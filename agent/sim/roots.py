@@ -198,7 +198,7 @@ class RootSide:
         layer = self.layers[layer_index]
         assignments = tuple(self.mailbox.pop((node, layer_index), ()))
         plan = trusted_plan(
-            size=layer.size,
+            size=layer.plan_size,
             chunk_size=self.config.chunk_size,
             chunk_sha256={chunk: layer.hashes[chunk] for chunk, _ in assignments},
             assignments=assignments,
@@ -251,7 +251,7 @@ class RootSide:
         chunk = layer.origin_chunks
         if chunk < layer.count:
             root = self.index[layer.root_id]
-            size = layer.chunk_bytes(chunk, self.config.chunk_size)
+            size = layer.chunk_bytes(chunk)
             flow = _Flow(self.origin, root, layer.index, chunk, size)
             self.flows[(root, layer.index, chunk, self.origin)] = flow
             self.start(flow, now)
