@@ -514,7 +514,7 @@ def main() -> int:
                 plural = "" if handed == 1 else "s"
                 print(f"swarm: the roots handed {handed} layer{plural} to the next root (handoffs)")
                 if args.verbose:  # the agents traced every transfer: read them back
-                    print_traced(work, began, parse_size(args.chunk), args.node_mbit, roots)
+                    print_traced(work, began, chunk, args.node_mbit, roots)
                 sealed = status_since(before, "sealed_layers", agents)
                 rehashed = status_since(before, "rehashed_bytes", agents)
                 print(

@@ -203,13 +203,15 @@ class SwarmConfig:
     def chunks_of(self, size: int) -> int:
         return len(self.chunk_lengths(size))
 
+    def head_of(self, size: int) -> int:
+        """The bytes at a layer's start in `head_chunk` chunks (0 without head chunks)."""
+        return min(size, self.head_bytes) if self.head_chunk is not None else 0
+
     def chunk_lengths(self, size: int) -> list[int]:
         """The lengths of a layer's chunks: `chunk_size` each, the last one short; with
         `head_chunk` its first `head_bytes` in chunks of that size."""
-        head = min(size, self.head_bytes) if self.head_chunk is not None else 0
-        lengths = [
-            min(self.head_chunk or 1, head - at) for at in range(0, head, self.head_chunk or 1)
-        ]
+        head, step = self.head_of(size), self.head_chunk or self.chunk_size
+        lengths = [min(step, head - at) for at in range(0, head, step)]
         return lengths + [
             min(self.chunk_size, size - at) for at in range(head, size, self.chunk_size)
         ]
@@ -383,8 +385,7 @@ class SimLayer:
         # chunks, so with head chunks (more of them) a size that gives their count.
         self.plan_size = size if c.head_chunk is None else self.count * c.chunk_size
         self._head_chunk = c.head_chunk or c.chunk_size
-        head = min(size, c.head_bytes) if c.head_chunk is not None else 0
-        self.head_chunks = -(-head // self._head_chunk)  # chunks of the head's size
+        self.head_chunks = -(-c.head_of(size) // self._head_chunk)  # chunks of the head's size
         # With tiers the groups' copies of one layer are one blob: one digest, one table.
         name = self.image_layer if group is not None else index
         self.digest = f"sha256:{name:064x}"
