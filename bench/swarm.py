@@ -61,6 +61,7 @@ from netcluster import (  # noqa: E402
     wait_http,
 )
 
+from agent.cache.chunks import ChunkLayout  # noqa: E402
 from agent.sim.engine import simulate  # noqa: E402
 from agent.sim.model import ROOT_REQUEST_S, SwarmConfig, SwarmResult  # noqa: E402
 from agent.sim.model import Mbit as SIM_MBIT  # noqa: E402
@@ -259,6 +260,11 @@ def tcp_counters(hosts: list[Host]) -> dict[str, int]:
     return sums
 
 
+def layer_chunks(size: int, chunk: int) -> int:
+    """The chunks a layer of `size` bytes has: the agents' layout (a head of small ones)."""
+    return ChunkLayout(size=size, chunk_size=chunk).count
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=16)
@@ -445,7 +451,9 @@ def main() -> int:
             profiling.stop(spies)
             if counting:
                 after = profiling.task_cpu_snapshot(work / "task-cpu", pollen_pids)
-                chunks = N * sum(-(-layer.size // parse_size(args.chunk)) for layer in image.layers)
+                chunks = N * sum(
+                    layer_chunks(layer.size, parse_size(args.chunk)) for layer in image.layers
+                )
                 for who, pids in (("agents", agent_pids), ("roots", root_pids)):
                     profiling.print_task_cpu(who, counted, after, pids, chunks)
             total1, idle1, irq1 = cpu_times()
@@ -495,7 +503,7 @@ def main() -> int:
                     f"{peak_rss_mib(root_pids):.0f} MiB (goal: an agent under 1 GiB)"
                 )
                 chunk = parse_size(args.chunk)
-                chunks = sum(-(-layer.size // chunk) for layer in image.layers)
+                chunks = sum(layer_chunks(layer.size, chunk) for layer in image.layers)
                 plans = status_since(before, "tracker.plans_answered", roots)
                 print(
                     f"swarm: the roots answered {plans} plan requests, "

@@ -5,7 +5,7 @@ Theory of operation
 Each layer in the cache has an append-only text log next to its data (`agent.cache.store`
 has the layout and why)::
 
-    pollen-index 1 <digest> <size> <chunk_size>
+    pollen-index 2 <digest> <size> <chunk_size>
     c <index> <length> <xxh3-64 hex>  <sha256 hex or ->   one line per chunk, after its data
     v                                                      the whole layer matched its digest
 
@@ -29,7 +29,7 @@ from agent.cache.chunks import ChunkLayout
 from agent.core.errors import RegistryError
 from agent.registry.routes import parse_digest
 
-INDEX_MAGIC = "pollen-index 1"
+INDEX_MAGIC = "pollen-index 2"  # 2: layers have small head chunks (agent.cache.chunks)
 NO_SHA256 = "-"  # a chunk recorded without its sha256 (only roots keep the chunk table)
 _DECIMAL = r"(0|[1-9][0-9]{0,18})"  # as str(int) writes it, below 10**19
 _HEADER_RE = re.compile(rf"{INDEX_MAGIC} ([\x21-\x7e]+) {_DECIMAL} {_DECIMAL}")

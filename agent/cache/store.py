@@ -4,7 +4,7 @@ Layout: ``<cache.path>/blobs/<algorithm>/<hex>/`` holds ``data`` (the layer, chu
 offset i·chunkSize) and ``index``, an append-only text log (`agent.cache.indexfile` spells
 and reads its lines)::
 
-    pollen-index 1 <digest> <size> <chunk_size>
+    pollen-index 2 <digest> <size> <chunk_size>
     c <index> <length> <xxh3-64 hex> <sha256 hex or ->   one line per chunk, after its data
     v                                                     the whole layer matched its digest
 

@@ -137,7 +137,9 @@ KEYS: tuple[Key, ...] = (
     _k("cache_path", "POLLEN_CACHE_PATH", "cache.path", "/var/cache/pollen", parse_path, "path",
        "cache directory"),
     _k("cache_chunk_size", "POLLEN_CACHE_CHUNK_SIZE", "cache.chunkSize", 4 << 20,
-       parse_positive_size, "bytes", "chunk size (a multiple of 4096 when aioEnable=1)", **_SIZE),
+       parse_positive_size, "bytes", "chunk size (a multiple of 4096 when aioEnable=1); a "
+       "layer's first 8 chunks are half of it (a quarter in a layer of at most two chunks) when "
+       "that is a multiple of 4 KiB and at least 1 MiB", **_SIZE),
     _k("cache_queue_depth", "POLLEN_CACHE_QUEUE_DEPTH", "cache.queueDepth", 32, parse_positive_int,
        "operations", "native I/O operations in flight"),
     _k("cache_write_retry", "POLLEN_CACHE_WRITE_RETRY", "cache.writeRetry", 30.0,

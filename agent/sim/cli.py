@@ -85,11 +85,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument(
         "--head-chunk",
         type=parse_size,
-        default=None,
-        help="a design under study: each layer's first --head-bytes in chunks of this size, "
-        "the rest in --chunk ones (the start of a pull is a chunk time per hop)",
+        default=0,
+        help="the size of each layer's first 8 chunks (default: the agents' rule, half a "
+        "--chunk, a quarter for a layer of at most two; the start of a pull is a chunk time "
+        "per hop)",
     )
-    parser.add_argument("--head-bytes", type=parse_size, default=8 * 2**20, help="(8MiB)")
+    parser.add_argument(
+        "--uniform-chunks",
+        action="store_true",
+        help="cut layers into --chunk chunks only, no smaller head (as agents did before)",
+    )
     parser.add_argument(
         "--handoffs",
         action=argparse.BooleanOptionalAction,
@@ -185,8 +190,7 @@ def build_config(args: argparse.Namespace, image: str | None = None) -> SwarmCon
         root_request_s=args.root_request_ms / 1000,
         layers_at_once=args.layers_at_once or None,
         stripe_chunks=args.stripe_chunks,
-        head_chunk=args.head_chunk,
-        head_bytes=args.head_bytes,
+        head_chunk=chunk if args.uniform_chunks else args.head_chunk,
         tiers=bool(args.tiers),
         handoffs=args.handoffs,
         latency=args.rtt_ms / 1000,

@@ -321,6 +321,7 @@ class Simulation(RootSide):
             upstream="registry.sim",
             repo="sim/image",
             chunk_size=c.chunk_size,
+            head_chunk=c.head,
             parallel=c.want,
             max_depth=c.max_depth,
         )
@@ -529,7 +530,7 @@ class Simulation(RootSide):
             self.set_rate(f, climbed(f.rate, share), now)
             if f.rate < share:
                 f.climbing = True
-                whole = self.layers[f.layer].nominal(f.chunk, self.config.chunk_size)
+                whole = self.layers[f.layer].nominal(f.chunk)
                 tau = self.config.ramp * whole / self.down_cap[f.dst]
                 self.push(now + tau / RAMP_STEPS, EV_RAMP, f, 0)
 

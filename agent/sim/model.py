@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.cache.chunks import ChunkLayout
 from agent.swarm.ownership import placement, rendezvous_order
 from agent.swarm.pace import expected_transfer
 from agent.swarm.protocol import MAX_DEPTH, ROOT_WINDOW
@@ -111,11 +112,9 @@ class SwarmConfig:
     # many, each stripe scheduled by the root its own rendezvous order picks (None: one root
     # per layer, as now).
     stripe_chunks: int | None = None
-    # A design under study: the first `head_bytes` of each layer in chunks of `head_chunk`
-    # bytes, the rest in `chunk_size` ones, so that first copies spread in a fraction of the
-    # time (the start of a pull is a chunk time per hop) without small chunks' cost after it.
-    head_chunk: int | None = None
-    head_bytes: int = 0
+    # The size of a layer's head chunks (agent.cache.chunks): 0 by the agents' rule;
+    # `chunk_size` cuts layers uniformly (`--uniform-chunks`, as before heads; stripes are).
+    head_chunk: int = 0
     # Roots in tiers (`parentRoots`): every root is a group root, node i's group is root
     # i mod K, and a root fetches a layer it does not own (rendezvous over the roots) through
     # the owner's swarm, as one more node there; the owner alone goes to the origin.
@@ -171,12 +170,8 @@ class SwarmConfig:
             raise ValueError("stripe_chunks must be >= 1")
         if self.ramp < 0:
             raise ValueError("ramp must be >= 0")
-        if self.head_chunk is not None and not (
-            0 < self.head_chunk <= self.chunk_size and self.head_bytes >= 0
-        ):
-            raise ValueError("head_chunk must be in 1..chunk_size, head_bytes >= 0")
-        if self.head_chunk is not None and self.stripe_chunks is not None:
-            raise ValueError("stripes cut whole chunks: not with head_chunk")
+        if not 0 <= self.head_chunk <= self.chunk_size:
+            raise ValueError("head_chunk must be in 0..chunk_size")
         if self.owners and self.stripe_chunks is not None:
             raise ValueError("owners place whole layers: not with stripe_chunks")
         if self.tiers and self.stripe_chunks is not None:
@@ -201,20 +196,16 @@ class SwarmConfig:
         return sum(self.chunks_of(size) for size in self.layer_sizes)
 
     def chunks_of(self, size: int) -> int:
-        return len(self.chunk_lengths(size))
+        return self.layout_of(size).count
 
-    def head_of(self, size: int) -> int:
-        """The bytes at a layer's start in `head_chunk` chunks (0 without head chunks)."""
-        return min(size, self.head_bytes) if self.head_chunk is not None else 0
+    def layout_of(self, size: int) -> ChunkLayout:
+        """A layer's chunks, as the agents and roots cut it."""
+        return ChunkLayout(size=size, chunk_size=self.chunk_size, head_chunk=self.head)
 
-    def chunk_lengths(self, size: int) -> list[int]:
-        """The lengths of a layer's chunks: `chunk_size` each, the last one short; with
-        `head_chunk` its first `head_bytes` in chunks of that size."""
-        head, step = self.head_of(size), self.head_chunk or self.chunk_size
-        lengths = [min(step, head - at) for at in range(0, head, step)]
-        return lengths + [
-            min(self.chunk_size, size - at) for at in range(head, size, self.chunk_size)
-        ]
+    @property
+    def head(self) -> int:
+        """The head chunk size the agents use (0: the rule); a stripe is whole chunks."""
+        return self.chunk_size if self.stripe_chunks is not None else self.head_chunk
 
     def upload_of(self, node: int) -> float:
         return self.node_upload.get(node, self.upload)
@@ -379,13 +370,9 @@ class SimLayer:
         self.index = index
         self.image_layer = index if image_layer is None else image_layer  # which real layer
         self.size = size
-        self.lengths = c.chunk_lengths(size)
+        self.layout = c.layout_of(size)
+        self.lengths = self.layout.lengths()
         self.count = len(self.lengths)
-        # What the plans say the size is: the agents' planners count `size / chunk_size`
-        # chunks, so with head chunks (more of them) a size that gives their count.
-        self.plan_size = size if c.head_chunk is None else self.count * c.chunk_size
-        self._head_chunk = c.head_chunk or c.chunk_size
-        self.head_chunks = -(-c.head_of(size) // self._head_chunk)  # chunks of the head's size
         # With tiers the groups' copies of one layer are one blob: one digest, one table.
         name = self.image_layer if group is not None else index
         self.digest = f"sha256:{name:064x}"
@@ -421,15 +408,16 @@ class SimLayer:
             transfer_timeout=c.transfer_timeout,
             endgame=c.endgame,
             expected=expected_transfer(c.chunk_size),
+            layout=self.layout,
         )
 
     def chunk_bytes(self, chunk: int) -> int:
         return self.lengths[chunk]
 
-    def nominal(self, chunk: int, chunk_size: int) -> int:
+    def nominal(self, chunk: int) -> int:
         """The chunk's size in its layout, a short last chunk counted whole (TCP's climb
         takes `ramp` of these)."""
-        return self._head_chunk if chunk < self.head_chunks else chunk_size
+        return round(self.layout.scale(chunk) * self.layout.chunk_size)
 
 
 def sim_layers(config: SwarmConfig, roots: list[str]) -> list[SimLayer]:

@@ -198,8 +198,9 @@ class RootSide:
         layer = self.layers[layer_index]
         assignments = tuple(self.mailbox.pop((node, layer_index), ()))
         plan = trusted_plan(
-            size=layer.plan_size,
+            size=layer.size,
             chunk_size=self.config.chunk_size,
+            head_chunk=layer.layout.head_chunk,
             chunk_sha256={chunk: layer.hashes[chunk] for chunk, _ in assignments},
             assignments=assignments,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from agent.cache.chunks import ChunkLayout
 from agent.swarm.plan import Plan
 from agent.swarm.protocol import PlanTarget
 
@@ -64,11 +65,19 @@ class Pending:
     error: tuple[int, str] | None = None
 
 
-def unusable(plan: Plan, root: str, chunk_size: int, expected_size: int | None) -> Fallback | None:
-    """The first size a root gives must fit this node: our chunk size, and the size the
-    registry gave us (a root that disagrees is wrong, or lying)."""
-    if plan.chunk_size != chunk_size:
-        reason = f"root {root} uses {plan.chunk_size}-byte chunks, we use {chunk_size}"
+def unusable(
+    plan: Plan, root: str, layout: ChunkLayout, expected_size: int | None
+) -> Fallback | None:
+    """The first size a root gives must fit this node: our chunk layout for that size
+    (`layout`), and the size the registry gave us (a root that disagrees is wrong, or lying)."""
+    if plan.chunk_size != layout.chunk_size:
+        reason = f"root {root} uses {plan.chunk_size}-byte chunks, we use {layout.chunk_size}"
+        return Fallback(kind="chunk_size", reason=reason, root=root)
+    if plan.head_chunk != layout.head_chunk:
+        reason = (
+            f"root {root} cuts the layer's head in {plan.head_chunk}-byte chunks, "
+            f"we in {layout.head_chunk}"
+        )
         return Fallback(kind="chunk_size", reason=reason, root=root)
     if expected_size is not None and plan.size != expected_size:
         reason = f"root {root} says {plan.size} bytes, the registry {expected_size}"

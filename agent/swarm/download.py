@@ -398,8 +398,8 @@ class SwarmDownload:
         swarm, sink = self._swarm, self._sink
         index, source = transfer.chunk, transfer.source
         planner = self.planner
-        assert planner.size is not None
-        length = min(planner.chunk_size, planner.size - index * planner.chunk_size)
+        assert planner.layout is not None
+        length = planner.layout.length(index)
         buffer = sink.new_buffer(length)
         kind = "root" if source in swarm.roots.addresses else "peer"
         t0, began = time.perf_counter(), time.time()

@@ -8,9 +8,14 @@ receiver: a root whose link is no wider than the nodes' shares it between its sl
 copy from it lags only at LATE times its own copies' usual duration, `root_typical`) or when
 one of its downloads lags. A slow receiver's transfers count neither in the usual duration nor
 in its source's pace: a straggler would otherwise make its fast sources look slow.
+
+Durations are a whole chunk's: a layer's head chunks are shorter (`agent.cache.chunks`), so a
+head chunk's transfer counts `took / scale` and is late at `scale` times the limit.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from agent.swarm.ledger import ROOT, Batch, FlightKey, Ledger, Peer
 
@@ -38,8 +43,16 @@ def moving(average: float, value: float) -> float:
 class Pace:
     """Durations of one layer's transfers and the judgements made from them."""
 
-    def __init__(self, ledger: Ledger, expected: float) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        expected: float,
+        scale: Callable[[int], float] | None = None,
+        least_scale: float = 1.0,
+    ) -> None:
         self.expected = expected  # s: the usual duration until one is measured (0: none)
+        # A chunk's cut as a share of a whole chunk (ChunkLayout.scale), the least of them.
+        self.scale, self.least_scale = scale or (lambda chunk: 1.0), least_scale
         self.typical = -1.0  # moving average of all transfer durations (-1: none yet)
         # Moving average of the root's copies that did not lag (-1: none yet). The root's
         # link is not always wider than the nodes' (the same link, shared by its slots): a
@@ -63,7 +76,7 @@ class Pace:
     def ended(self, key: FlightKey, peer: Peer, took: float, *, lagged: bool) -> None:
         """The transfer `key` to `peer` ended after `took` seconds (`lagged`: it lagged, or
         its receiver is slow)."""
-        src = key[2]
+        src, took = key[2], took / self.scale(key[1])
         if src == ROOT or lagged:
             peer.down_pace = moving(peer.down_pace, took)
         if lagged:
@@ -79,7 +92,7 @@ class Pace:
         another copy): at least that long, for the receiver (a copy from the root) and, unless
         the receiver is to blame (`lagged`), for the source. A chunk slower than the transfer
         timeout never completes: this is how such a receiver is known."""
-        src = key[2]
+        src, took = key[2], took / self.scale(key[1])
         if (src == ROOT or lagged) and peer is not None:
             peer.down_pace = moving(peer.down_pace, took)
         if not lagged and src != ROOT:
@@ -102,8 +115,11 @@ class Pace:
         limit = LATE * self.typical
         if peer.pace > limit:
             return True
-        flights, since, lagging = self._flights, self.now - limit, self._ledger.lagging
-        return any(flights[k].issued < since and k not in lagging for k in peer.outgoing)
+        flights, now, lagging, scale = self._flights, self.now, self._ledger.lagging, self.scale
+        return any(
+            flights[k].issued < now - limit * scale(k[1]) and k not in lagging
+            for k in peer.outgoing
+        )
 
     def slow_receiver(self, peer: Peer) -> bool:
         """A peer whose downloads lag, whose copies from the root (or, once it is known slow,
@@ -119,12 +135,12 @@ class Pace:
             return True
         if sum(len(sources) for sources in peer.incoming.values()) < 2:
             return False  # fewer than two copies in flight
-        since, flights = self.now - limit, self._flights
+        now, flights, scale = self.now, self._flights, self.scale
         late = {
             src
             for chunk, sources in peer.incoming.items()
             for src in sources
-            if flights[(peer.ident, chunk, src)].issued < since
+            if flights[(peer.ident, chunk, src)].issued < now - limit * scale(chunk)
         }
         return len(late) >= 2
 
@@ -157,6 +173,23 @@ class Pace:
             if src != ROOT and src in peers and node in peers:
                 ledger.avoid(peers[node], src)
 
+    def look_at_late(self, now: float, waiting: bool, batch: Batch) -> None:
+        """Late transfers: their nodes, if they have demand to spare, may get a second source
+        (`dirty`); a source whose upload turned LATE is slow now, and the root may send the
+        chunks only slow peers hold to the nodes `waiting` for them (`freed`: no event would
+        say so)."""
+        typical, scale, peers = self.typical, self.scale, self._peers
+        if typical <= 0:
+            return
+        for (node, chunk, src), a in self._flights.items():  # oldest first
+            if a.issued > now - typical * self.least_scale:
+                return
+            peer = peers.get(node)
+            if peer is not None and peer.demand > 0:
+                batch.dirty.add(node)
+            if waiting and src != ROOT and a.issued <= now - LATE * typical * scale(chunk):
+                batch.freed.add(ROOT)
+
     def lag_root_copies(self, now: float, root_slots: int, batch: Batch) -> None:
         """A copy from the root running LATE times the usual duration (the root's copies', if
         longer) has a slow receiver: it stops holding the root's slot, and its chunk may go to
@@ -165,11 +198,13 @@ class Pace:
         usual = max(self.usual(), self.root_typical)
         if usual <= 0:
             return
-        limit, ledger = now - LATE * usual, self._ledger
+        ledger, scale = self._ledger, self.scale
         for key, a in self._flights.items():  # oldest first
-            if a.issued > limit or ledger.root_lagging >= root_slots:
+            if a.issued > now - LATE * usual * self.least_scale:
                 return
-            if key[2] == ROOT:
+            if ledger.root_lagging >= root_slots:
+                return
+            if key[2] == ROOT and a.issued <= now - LATE * usual * scale(key[1]):
                 ledger.lag(key, batch)
 
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.cache.chunks import ChunkLayout
 from agent.swarm.protocol import (
     HEX64_RE,
     MAX_ASSIGNMENTS,
@@ -61,6 +62,9 @@ class Plan:
 
     - ``size``: the layer's length in bytes, None while the origin has not told the root yet;
     - ``chunk_size``: the swarm's chunk size for this layer (the root's);
+    - ``head_chunk``: with the size, the length of the layer's first chunks (its head:
+      `agent.cache.chunks`' rule from size and chunk size when not given); an agent that cuts
+      the layer otherwise cannot use the root's chunk numbers;
     - ``chunk_sha256``: hex sha256 of chunks the root knows, at least every assigned chunk's
       (the agent checks each chunk it receives from a peer against it before caching it);
     - ``assignments``: ``(chunk, source node)`` transfers to start now; a chunk may appear with
@@ -80,6 +84,7 @@ class Plan:
 
     size: int | None
     chunk_size: int
+    head_chunk: int | None = None
     chunk_sha256: Mapping[int, str] = field(default_factory=dict)
     assignments: tuple[tuple[int, str], ...] = ()
     complete: bool = False
@@ -96,12 +101,24 @@ class Plan:
             )
         if self.size is None:
             count = 0
+            if self.head_chunk is not None:
+                raise P2PProtocolError("head_chunk comes with the size")
         else:
             if not is_int(self.size) or self.size < 0:
                 raise P2PProtocolError(
                     f"size must be a non-negative integer, got {self.size!r:.40}"
                 )
-            count = -(-self.size // self.chunk_size)
+            if self.head_chunk is None:
+                object.__setattr__(self, "head_chunk", 0)  # by the rule
+            elif not is_int(self.head_chunk) or not 0 < self.head_chunk <= self.chunk_size:
+                raise P2PProtocolError(
+                    f"head_chunk must be an integer in 1..chunk_size, got {self.head_chunk!r:.40}"
+                )
+            layout = ChunkLayout(
+                size=self.size, chunk_size=self.chunk_size, head_chunk=self.head_chunk or 0
+            )
+            object.__setattr__(self, "head_chunk", layout.head_chunk)
+            count = layout.count
             if count > MAX_CHUNKS:
                 raise P2PProtocolError(f"layer has more than {MAX_CHUNKS} chunks")
         if not isinstance(self.chunk_sha256, Mapping):
@@ -163,14 +180,25 @@ class Plan:
                 raise P2PProtocolError("a handoff reply says nothing else")
 
     @property
+    def layout(self) -> ChunkLayout | None:
+        """The layer's chunks, None while the size is unknown."""
+        if self.size is None:
+            return None
+        return ChunkLayout(
+            size=self.size, chunk_size=self.chunk_size, head_chunk=self.head_chunk or 0
+        )
+
+    @property
     def count(self) -> int | None:
         """Chunks in the layer, None while the size is unknown."""
-        return None if self.size is None else -(-self.size // self.chunk_size)
+        layout = self.layout
+        return None if layout is None else layout.count
 
     def to_json(self) -> bytes:
         doc = {
             "size": self.size,
             "chunk_size": self.chunk_size,
+            "head_chunk": self.head_chunk,
             "chunk_sha256": {str(i): h for i, h in self.chunk_sha256.items()},
             "assignments": [[c, n] for c, n in self.assignments],
             "complete": self.complete,
@@ -200,6 +228,7 @@ class Plan:
         expected = {
             "size",
             "chunk_size",
+            "head_chunk",
             "chunk_sha256",
             "assignments",
             "complete",
@@ -225,6 +254,7 @@ class Plan:
         return cls(
             size=doc["size"],
             chunk_size=doc["chunk_size"],
+            head_chunk=doc["head_chunk"],
             chunk_sha256=by_index,
             assignments=tuple(tuple(a) if isinstance(a, list) else a for a in assignments),
             complete=doc["complete"],

@@ -5,10 +5,9 @@ Theory of operation
 -------------------
 An agent that fetches a layer through the swarm holds one `LayerPlanner`, the mirror image of
 the root's `agent.swarm.schedule.LayerSchedule`. Its trio driver (`agent.swarm.download`) feeds
-it events and carries out the `Decisions` each event returns; the simulator
-(`agent.sim`, `pollen simulate`) feeds the same events from virtual links, so a simulated agent runs
-the logic a real one runs. Every event carries `now` (seconds, never decreasing); the planner
-never reads a clock and never sends anything.
+it events and carries out the `Decisions` each event returns; the simulator (`pollen simulate`)
+feeds the same events from virtual links, so a simulated agent runs the logic a real one runs.
+Every event carries `now` (seconds, never decreasing); it never reads a clock or sends.
 
     events in                               decisions out
     start                                   plan requests to send (`PlanTarget`)
@@ -33,8 +32,7 @@ usual duration, as the root judges) or in the endgame: reports carry demand too,
 chunk comes with the `finishing` one.
 
 - Transfers running long and nothing asked for KEEPALIVE: our holdings go (GONE_AFTER).
-- A transfer's slot frees when its bytes arrived; a chunk is reported done only once it is
-  stored (from then on the root sends peers to this node, which serves from its cache).
+- A transfer's slot frees when its bytes arrived; a chunk is reported done once stored.
 - Pipelining and cut-through: the driver says a transfer is `finishing` once its remaining
   bytes need less than `finish_lead` (a report's round trip and a transfer's wait for its
   first byte, measured: the next one needs both to start) at the rate so far;
@@ -49,14 +47,13 @@ chunk comes with the `finishing` one.
 - A root that does not answer is benched (the driver's root set moves the layer to the next
   root in rendezvous order); reports it did not take go again, and the next request says what
   this node holds, since the new root knows nothing of it.
-- The swarm is an accelerator, never a reason to fail a pull the registry would serve. This
-  node fetches the layer from the registry itself (`Fallback`) when: no root answers; a root
-  fails (a 5xx answer: it cannot hold the layer, the origin broke for it); a root refuses with
-  401/403 while the client's credentials could not be passed to it (no P2P TLS); a root's
-  chunk size differs from ours; a root's layer size differs from the one the registry gave
-  this node; no root knows the size within `size_deadline`. A root that answered unusably is
-  named, so the driver does not ask it about this layer again for a while. The registry's own
-  answers that a root passes on (404, 401 with credentials, 429) are the client's to see.
+- The swarm is an accelerator, never a reason to fail a pull the registry would serve: this
+  node fetches the layer from the registry itself (`Fallback`) when no root answers, a root
+  fails (5xx), refuses with 401/403 while the client's credentials could not reach it (no P2P
+  TLS), cuts chunks unlike us or gives another size than the registry, or no root knows the
+  size within `size_deadline`. Such a root is named, so the driver does not ask it about this
+  layer again for a while. The registry's answers a root passes on (404, 401 with
+  credentials, 429) are the client's to see.
 - The first answer with the layer's size returns `size` alone: the driver admits the layer to
   its cache and calls `admitted` with the chunks it already holds (a download resumed after a
   crash), and the work parked meanwhile starts then; the root learns those chunks with `have`.
@@ -69,7 +66,8 @@ chunk comes with the `finishing` one.
   `parallel`, so that chunks arriving out of order never fill the cache while an earlier one
   is still missing.
 - When every chunk is stored the standing request is dropped and the last reports are sent
-  (a few attempts), then the planner is finished.
+  (a few attempts), then the planner is finished. Chunks are `agent.cache.chunks`' (a short
+  head): durations are a whole chunk's (`usual`), shares of one (the depth's `part`).
 """
 
 from __future__ import annotations
@@ -77,6 +75,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from agent.cache.chunks import ChunkLayout
 from agent.swarm.decisions import Decisions, Fallback, Pending, Transfer, refusal, unusable
 from agent.swarm.depth import PipelineDepth
 from agent.swarm.plan import Plan
@@ -120,6 +119,7 @@ class LayerPlanner:
     upstream: str  # the registry, as Upstream.key
     repo: str
     chunk_size: int  # ours; a root with another one cannot serve us
+    head_chunk: int = 0  # ours too (agent.cache.chunks: 0 by the rule, chunk_size: no head)
     parallel: int = 2  # transfer slots: one, and a spare for a second source
     max_depth: int = MAX_DEPTH  # transfers kept in flight at most (agent/swarm/depth.py)
     denied_means_fallback: bool = False
@@ -128,6 +128,7 @@ class LayerPlanner:
     # State, from the events.
     size: int | None = field(default=None, init=False)
     count: int | None = field(default=None, init=False)
+    layout: ChunkLayout | None = field(default=None, init=False)  # with the size
     held: set[int] = field(default_factory=set, init=False)  # in this node's cache now
     # Behind the readers (out of the window) but still in their slots: peers may have them.
     passed: set[int] = field(default_factory=set, init=False)
@@ -160,7 +161,7 @@ class LayerPlanner:
     parked: list[tuple[int, str]] = field(default_factory=list, init=False)  # until admitted
     started_at: float | None = field(default=None, init=False)
     began: dict[tuple[int, str], float] = field(default_factory=dict, init=False)  # transfers
-    usual: float | None = field(default=None, init=False)  # s, a transfer (moving average)
+    usual: float | None = field(default=None, init=False)  # s, a whole chunk (moving average)
     pipeline: PipelineDepth = field(init=False)  # transfers to keep in flight
     told_want: int = field(default=0, init=False)  # the demand the root heard last
     fresh: bool = field(default=True, init=False)  # the first request says: forget the past
@@ -232,11 +233,13 @@ class LayerPlanner:
         started = 0
         if plan.size is not None:
             if self.size is None:
-                pending.fallback = unusable(plan, root, self.chunk_size, self.expected_size)
+                ours = ChunkLayout(
+                    size=plan.size, chunk_size=self.chunk_size, head_chunk=self.head_chunk
+                )
+                pending.fallback = unusable(plan, root, ours, self.expected_size)
                 if pending.fallback is not None:
                     return self._settle(pending, now)
-                self.size = plan.size
-                self.count = -(-plan.size // self.chunk_size)
+                self.size, self.layout, self.count = plan.size, ours, ours.count
                 pending.size = plan.size
             self.hashes.update(plan.chunk_sha256)
             if plan.complete and plan.table_sha256 is not None:
@@ -247,9 +250,7 @@ class LayerPlanner:
             started = self._take(plan.assignments, pending, now)
         if request.poll:
             self.poll_at = now if started else now + POLL_RETRY
-        self._poll(pending, now)
-        self._report(pending)
-        return self._settle(pending, now)
+        return self._go_on(pending, now)
 
     def unanswered(self, request: PlanTarget, root: str, reason: str, now: float) -> Decisions:
         """`root` did not answer `request` (unreachable, timed out, refused, a bad reply)."""
@@ -267,9 +268,7 @@ class LayerPlanner:
             self.poll_at = now + POLL_RETRY
         elif self.complete:
             self.flushes_left -= 1
-        self._poll(pending, now)
-        self._report(pending)
-        return self._settle(pending, now)
+        return self._go_on(pending, now)
 
     def received(
         self, chunk: int, source: str, sha256: str, now: float, *, waited: float | None = None
@@ -283,12 +282,12 @@ class LayerPlanner:
         if not self._end_transfer(chunk, source):
             return self._settle(pending, now)  # cancelled meanwhile: nothing was asked of it
         if began is not None and sha256 == self.hashes.get(chunk):
-            took = now - began
+            assert self.layout is not None
+            whole = (now - began) / self.layout.scale(chunk)  # `usual` is a whole chunk's
             self.usual = (
-                took if self.usual is None else self.usual + USUAL_WEIGHT * (took - self.usual)
+                whole if self.usual is None else self.usual + USUAL_WEIGHT * (whole - self.usual)
             )
-            size, whole = self.size or 0, self.chunk_size
-            part = min(whole, size - chunk * whole) / whole  # the last chunk is short
+            part = self.layout.part(chunk)  # a head chunk, the last, are short
             self.pipeline.ended(began, now, self.began.values(), self.rtt, self.window, part)
         if sha256 != self.hashes.get(chunk):
             self.reports.failure(chunk, source, bad_data=True)
@@ -306,9 +305,7 @@ class LayerPlanner:
                 # wait for its report for ever (and `_want` count its slot twice).
                 self.tailing.discard((chunk, other))
                 pending.cancel.append(Transfer(chunk=chunk, source=other))
-        self._poll(pending, now)
-        self._report(pending)
-        return self._settle(pending, now)
+        return self._go_on(pending, now)
 
     def finishing(
         self, chunk: int, source: str, now: float, *, waited: float | None = None
@@ -339,18 +336,14 @@ class LayerPlanner:
         if self.complete and self.polling:
             self.polling = False
             pending.drop_poll = True
-        self._poll(pending, now)
-        self._report(pending)
-        return self._settle(pending, now)
+        return self._go_on(pending, now)
 
     def failed(self, chunk: int, source: str, now: float) -> Decisions:
         """The transfer of `chunk` from `source` failed (timeout, refused, not found)."""
         pending = Pending()
         if self._end_transfer(chunk, source):
             self.reports.failure(chunk, source, bad_data=False)
-        self._poll(pending, now)
-        self._report(pending)
-        return self._settle(pending, now)
+        return self._go_on(pending, now)
 
     def admitted(self, held: Iterable[int], now: float, *, window: int | None = None) -> Decisions:
         """The driver admitted the layer (its size came in the last `Decisions`); `held` are
@@ -368,9 +361,7 @@ class LayerPlanner:
         self.tell_have = bool(kept)
         self._take(self.parked, pending, now)
         self.parked.clear()
-        self._poll(pending, now)
-        self._report(pending)
-        return self._settle(pending, now)
+        return self._go_on(pending, now)
 
     def released(
         self, chunks: Iterable[int], past: int, now: float, *, evicted: Iterable[int] = ()
@@ -402,9 +393,7 @@ class LayerPlanner:
         pending = Pending()
         if self._end_transfer(chunk, source):
             self.reports.missing.append((chunk, source))
-        self._poll(pending, now)
-        self._report(pending)
-        return self._settle(pending, now)
+        return self._go_on(pending, now)
 
     def tick(self, now: float) -> Decisions:
         """Time passed (the standing request's retry came due, the size deadline, or a
@@ -519,7 +508,8 @@ class LayerPlanner:
         left = (self.count or 0) - len(self.got) - len(self.storing)
         if self.usual is None or left <= ENDGAME:
             return None
-        return min(self.began[t] for t in running) + LATE * self.usual
+        assert self.layout is not None  # with `usual`
+        return min(self.began[t] + LATE * self.usual * self.layout.scale(t[0]) for t in running)
 
     def _keepalive_due(self) -> float | None:
         """When to tell the root our holdings while transfers run and nothing else goes: it
@@ -545,6 +535,12 @@ class LayerPlanner:
             return  # the last reports go one request at a time, a few attempts
         self.reporting += 1
         pending.requests.append(self._request(poll=False))
+
+    def _go_on(self, pending: Pending, now: float) -> Decisions:
+        """After an event: the standing request if due, the reports owed, then settle."""
+        self._poll(pending, now)
+        self._report(pending)
+        return self._settle(pending, now)
 
     def _settle(self, pending: Pending, now: float) -> Decisions:
         deadline = None if self.started_at is None else self.started_at + self.size_deadline

@@ -79,6 +79,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from itertools import islice
 
+from agent.cache.chunks import ChunkLayout
 from agent.swarm.ledger import NOTHING, ROOT, Actions, Assignment, Batch, FlightKey, Ledger, Peer
 from agent.swarm.pace import LATE, Pace
 from agent.swarm.protocol import MAX_DEPTH, ROOT_WINDOW
@@ -103,6 +104,7 @@ class LayerSchedule:
         transfer_timeout: float = 10.0,
         endgame: int = 2,
         expected: float = 0.0,
+        layout: ChunkLayout | None = None,
     ) -> None:
         if chunk_count < 0:
             raise ValueError(f"chunk_count must be >= 0, not {chunk_count}")
@@ -133,7 +135,10 @@ class LayerSchedule:
         self._root_sending: bytearray = ledger.root_sending
         self._root_held: bytearray = ledger.root_held
         self._waiting: dict[int, dict[int, None]] = ledger.waiting
-        self._pace = pace = Pace(ledger, expected)
+        if layout is not None and layout.count != chunk_count:
+            raise ValueError(f"a layout of {layout.count} chunks for {chunk_count}")
+        scale, least = (layout.scale, layout.scale(0)) if layout is not None else (None, 1.0)
+        self._pace = pace = Pace(ledger, expected, scale, least)
         self._slow, self._fast_holder = pace.slow, pace.fast_holder
 
     # ----------------------------------------------------------------------------------------
@@ -316,19 +321,7 @@ class LayerSchedule:
         batch = Batch()
         self._pace.time_out(now - self.transfer_timeout, now, batch)
         self._pace.lag_root_copies(now, self._root_slots(), batch)
-        if self._pace.typical > 0:
-            # Late transfers: their nodes, if they have demand to spare, may get a second source;
-            # a source whose upload turned LATE is slow now, and the root may send the chunks
-            # only slow peers hold to the nodes waiting for them (no event would say so).
-            limit, slow = now - self._pace.typical, now - LATE * self._pace.typical
-            for (node, _, src), a in self._flights.items():
-                if a.issued > limit:
-                    break
-                peer = self._peers.get(node)
-                if peer is not None and peer.demand > 0:
-                    batch.dirty.add(node)
-                if src != ROOT and a.issued <= slow and self._waiting:
-                    batch.freed.add(ROOT)
+        self._pace.look_at_late(now, bool(self._waiting), batch)
         if not batch.cancelled and not batch.dirty and not batch.freed:
             return NOTHING
         return self._settle(batch, now)
@@ -384,7 +377,8 @@ class LayerSchedule:
             return False
         issued = self._flights[(peer.ident, chunk, sources[0])].issued
         endgame = self.chunk_count - max(peer.have, peer.first) <= self.endgame
-        return now - issued > (1.0 if endgame else LATE) * self._pace.typical
+        limit = (1.0 if endgame else LATE) * self._pace.typical * self._pace.scale(chunk)
+        return now - issued > limit
 
     def _candidates(self, peer: Peer, now: float) -> list[int]:
         """Chunks `peer` may be given now, lowest first: those in flight to it that are late (a

@@ -470,13 +470,13 @@ class Tracker:
         else:
             layer = RootLayer(digest=request.digest, download=target, entry=target.entry)
         self._layers[request.digest] = layer
-        count = layer.entry.layout.count if layer.entry is not None else None
-        if count is None:
+        if layer.entry is None:
             raise RegistryError(
                 502, "UNAVAILABLE", f"layer {digest} does not fit this root's cache"
             )
         layer.schedule = LayerSchedule(
-            chunk_count=count,
+            chunk_count=layer.entry.layout.count,
+            layout=layer.entry.layout,
             root=self.node,
             window=self.window,
             upload_slots=self.upload_slots,

@@ -57,6 +57,8 @@ def test_a_torn_last_line_is_ignored_and_a_chunk_outside_the_layer_skipped() -> 
         HEADER + "c 0 4 0x00000000000001 -\n",
         HEADER + "c 00 4 0000000000000001 -\n",
         HEADER + "c 0 4 0000000000000001 -\n".replace(" ", "  ", 1),
+        # Version 1 cut layers uniformly (no small head chunks): its chunk numbers are others.
+        HEADER.replace("pollen-index 2", "pollen-index 1"),
     ],
 )
 def test_anything_else_is_refused(text: str) -> None:

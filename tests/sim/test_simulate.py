@@ -158,8 +158,9 @@ def test_link_use_by_fifth_shows_a_swarm_filling_up_at_the_start() -> None:
     from its first byte uses all of it in every fifth; in a swarm of 16 a chunk must first
     cross a few hops before most nodes have one to take, so the first fifth lags the rest."""
     base = bench_case(nodes=1, origin_mbit=1000, file_size=32 * MiB, jitter=False)
+    base = dataclasses.replace(base, head_chunk=base.chunk_size)  # (see the next test)
     assert simulate(base).phase_use == pytest.approx((1.0,) * 5, abs=0.01)
-    swarm = simulate(bench_case(jitter=False)).phase_use
+    swarm = simulate(dataclasses.replace(bench_case(jitter=False), head_chunk=MiB * 4)).phase_use
     assert len(swarm) == 5 and swarm[0] < 0.7 and min(swarm[1:]) > 0.85
 
 
@@ -167,8 +168,13 @@ def test_lane_idle_is_the_share_of_a_layers_download_with_nothing_to_move() -> N
     """The figure bench/transfers.py measures on the netns cluster (11 % at N=8 against the
     simulator's 7 %): a node fed as fast as its link never waits between chunks; one whose
     root gets each chunk from the origin in two (four) times the node's transfer waits for
-    the next one half (three quarters) of the time, less the first chunk's."""
+    the next one half (three quarters) of the time, less the first chunk's. In chunks of one
+    size: the root gets the layer at the node's rate and passes a chunk on once it is whole,
+    so where the 2 MiB head chunks end the node waits for the first 4 MiB one to be whole at
+    the root (half a chunk time, 6 % of this pull; it waited as long for the first chunk).
+    """
     base = bench_case(nodes=1, origin_mbit=1000, file_size=32 * MiB, jitter=False)
+    base = dataclasses.replace(base, head_chunk=base.chunk_size)
     assert simulate(base).lane_idle == pytest.approx(0.0, abs=0.01)
     half = simulate(dataclasses.replace(base, origin=50 * Mbit))
     assert half.lane_idle == pytest.approx(0.5, abs=0.05)
@@ -241,6 +247,7 @@ def test_the_simulated_trackers_plans_are_the_plans_the_checks_accept() -> None:
     fields = {
         "size": 10 * MiB,
         "chunk_size": 4 * MiB,
+        "head_chunk": MiB,  # given: the simulated tracker gives it
         "chunk_sha256": {1: "a" * 64},
         "assignments": ((1, "10.0.0.1:65002"),),
     }
@@ -339,22 +346,24 @@ def test_a_striped_layer_bigger_than_the_cache_passes_through_its_window() -> No
 
 
 def test_head_chunks_cut_a_layer_and_spread_its_first_copies_sooner() -> None:
-    """A design under study (`pollen simulate --head-chunk`): each layer's first bytes in
-    smaller chunks. A pull's start is a chunk time per hop before most nodes hold a chunk:
-    two layers on two roots, 16 nodes at 100 Mbit/s, the first fifth of each pull moves 36 %
-    of the links with 4 MiB chunks; with each layer's first 16 MiB in 2 MiB chunks 65 %, and
-    P95 comes down (1.25 -> 1.15 x T_min here; with `ramp` 0.3, 1.45 -> 1.33)."""
+    """The agents cut each layer's first 8 chunks small (agent.cache.chunks). A pull's start
+    is a chunk time per hop before most nodes hold a chunk: two layers on two roots, 16 nodes
+    at 100 Mbit/s, the first fifth of each pull moves 36 % of the links with 4 MiB chunks
+    only (`--uniform-chunks`), 65 % with the head in 2 MiB ones, and P95 comes down (1.25 ->
+    1.15 x T_min here; with `ramp` 0.3, 1.40 -> 1.33). The simulated agents and roots cut
+    layers as the real ones do, stripes excepted (whole chunks)."""
     two = (64 * MiB, 64 * MiB)
-    base = bench_case(jitter=False, layers=two, file_size=0, roots=2, latency=0.015)
-    head = dataclasses.replace(base, head_chunk=2 * MiB, head_bytes=16 * MiB)
-    assert head.chunk_lengths(20 * MiB + 5) == [2 * MiB] * 8 + [4 * MiB, 5]
-    assert head.chunk_lengths(3 * MiB) == [2 * MiB, MiB]  # a layer smaller than the head
-    assert base.chunk_lengths(9 * MiB) == [4 * MiB, 4 * MiB, MiB]
+    head = bench_case(jitter=False, layers=two, file_size=0, roots=2, latency=0.015)
+    uniform = dataclasses.replace(head, head_chunk=head.chunk_size)
+    assert head.layout_of(20 * MiB + 5).lengths() == [2 * MiB] * 8 + [4 * MiB, 5]
+    assert head.layout_of(3 * MiB).lengths() == [MiB] * 3  # a small layer: quarters
+    assert uniform.layout_of(9 * MiB).lengths() == [4 * MiB, 4 * MiB, MiB]
     assert head.chunks_of(64 * MiB) == 8 + 12
-    before, after = simulate(base), simulate(head)
+    assert dataclasses.replace(head, stripe_chunks=4).chunks_of(64 * MiB) == 16
+    before, after = simulate(uniform), simulate(head)
     assert after.origin_over_f == 1.0 and len(after.completion) == 16
     assert after.transfers > before.transfers  # 8 more chunks per layer per node, less 4
     assert after.phase_use[0] > before.phase_use[0] + 0.2
     assert after.p95 < before.p95
     with pytest.raises(ValueError, match="head_chunk"):
-        dataclasses.replace(base, head_chunk=8 * MiB)  # larger than the chunks after it
+        dataclasses.replace(head, head_chunk=8 * MiB)  # larger than the chunks after it

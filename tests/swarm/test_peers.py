@@ -58,6 +58,7 @@ from tests.fakes import (
 
 REPO = "library/app"
 CHUNK = 16 * 1024
+MiB = 1024 * 1024
 TOKEN = "cluster-secret"
 TIMEOUT = 20  # seconds; each test takes a fraction of that
 
@@ -93,10 +94,9 @@ class Swarm:
         return node_config(
             self._tmp_path / f"node{self._serial}",
             self._registry,
-            CACHE_CHUNK_SIZE=CHUNK,
             CLUSTER_TOKEN=TOKEN,
             P2P_PORT=node.rpartition(":")[2],
-            **env,
+            **{"CACHE_CHUNK_SIZE": CHUNK, **env},
         )
 
     async def _serve(self, peer: Peer, listeners: list[trio.abc.Listener[trio.abc.Stream]]) -> None:
@@ -287,6 +287,27 @@ async def test_agent_gets_the_layer_through_the_root_with_one_origin_get(
         # Warm on the agent now: served from its own cache, nobody asked.
         assert await pull(agent, registry, blob) == blob.data
         assert root.service.chunks_served == 11 and blob.gets == [None]
+
+
+async def test_a_layers_head_crosses_the_swarm_in_small_chunks(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """With 2 MiB chunks a layer's first 8 are 1 MiB (agent.cache.chunks): the root's table,
+    its plans and the agent's transfers number them alike, and the bytes are the layer's."""
+    big = {"CACHE_CHUNK_SIZE": 2 * MiB, "CACHE_CAPACITY": 64 * MiB}
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root(**big)
+        agent = await swarm.agent(root, **big)
+        blob = registry.add(os.urandom(11 * MiB + 5))  # 8 x 1 MiB, 2 MiB, 1 MiB + 5
+        assert await pull(agent, registry, blob) == blob.data
+        assert agent.swarm is not None and agent.swarm.fallbacks == {}
+        assert agent.swarm.peer_bytes == blob.size
+        assert root.service.chunks_served == 10
+        entry = root.data.cache.get(blob.digest)
+        assert entry is not None and entry.layout.lengths() == [MiB] * 8 + [2 * MiB, MiB + 5]
+        assert entry.sha256[8] == hashlib.sha256(blob.data[8 * MiB : 10 * MiB]).hexdigest()
+        held = agent.data.cache.get(blob.digest)
+        assert held is not None and held.verified and held.layout == entry.layout
 
 
 async def test_an_agent_trusts_the_seal_of_a_root_that_verified_the_layer(

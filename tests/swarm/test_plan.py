@@ -69,7 +69,32 @@ def reply(**fields: object) -> bytes:
         "retry_after": 0.5,
     }
     doc.update(fields)
+    doc.setdefault("head_chunk", None if doc.get("size") is None else doc.get("chunk_size"))
     return json.dumps(doc).encode()
+
+
+def test_a_plan_says_how_the_layers_head_is_cut() -> None:
+    """The head chunk size goes with the size, by agent.cache.chunks' rule when not given;
+    the chunk numbers the plan checks are that layout's."""
+    plan = Plan(size=64 << 20, chunk_size=4 << 20)
+    assert plan.head_chunk == 2 << 20 and plan.count == 8 + 12
+    assert json.loads(plan.to_json())["head_chunk"] == 2 << 20
+    assert Plan.from_json(plan.to_json()) == plan
+    uniform = Plan.from_json(reply(size=64 << 20, chunk_size=4 << 20, head_chunk=4 << 20))
+    assert uniform.count == 16
+    assert Plan(size=None, chunk_size=4 << 20).head_chunk is None
+    # Chunk 17 exists only in the layout with a head.
+    Plan(size=64 << 20, chunk_size=4 << 20, chunk_sha256={17: SHA_A})
+    with pytest.raises(P2PProtocolError, match="out of range"):
+        Plan.from_json(
+            reply(
+                size=64 << 20,
+                chunk_size=4 << 20,
+                head_chunk=4 << 20,
+                chunk_sha256={"17": SHA_A},
+                assignments=[],
+            )
+        )
 
 
 def test_a_seal_is_the_sha256_of_the_chunk_table_in_order() -> None:
@@ -183,6 +208,11 @@ def test_plan_round_trip(original: Plan) -> None:
         (reply(size=None, chunk_sha256={}, assignments=[], handoff="x"), "needs a port"),
         (reply(size=None, chunk_sha256={}, assignments=[], handoff=5), "must name a root"),
         (reply().replace(b'"complete": false, ', b""), "missing ['complete']"),
+        (reply(head_chunk=5), "head_chunk must be an integer in 1..chunk_size"),
+        (reply(head_chunk=0), "head_chunk must be an integer in 1..chunk_size"),
+        (reply(head_chunk="4"), "head_chunk must be an integer in 1..chunk_size"),
+        (reply(size=None, chunk_sha256={}, assignments=[], head_chunk=4), "comes with the size"),
+        (reply().replace(b', "head_chunk": 4', b""), "missing ['head_chunk']"),
     ],
 )
 def test_malformed_replies(data: bytes, message: str) -> None:
