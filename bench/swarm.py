@@ -239,7 +239,7 @@ def print_traced(work: Path, since: float, chunk: int, node_mbit: float, roots: 
     traced = []
     for log in sorted(work.glob("agent-*.log")):
         with log.open(errors="replace") as lines:
-            traced += [t for t in transfers.parse(log.stem, lines) if t.began >= since]
+            traced += [t for t in transfers.parse(log.stem, lines, chunk) if t.began >= since]
     seconds = chunk * 8 / (node_mbit * 1e6)
     for line in transfers.report(traced, seconds, {r.address for r in roots}):
         print(f"swarm (traced): {line}")
@@ -265,7 +265,197 @@ def layer_chunks(size: int, chunk: int) -> int:
     return ChunkLayout(size=size, chunk_size=chunk).count
 
 
-def main() -> int:
+def print_swarm_counters(
+    args: argparse.Namespace,
+    work: Path,
+    image: Image,
+    began: float,
+    before: dict[tuple[int, str], int],
+    roots: list[Host],
+    agents: list[Host],
+    agent_pids: list[int],
+    root_pids: list[int],
+) -> None:
+    """What the nodes counted during the swarm pull: memory, plan requests, cut-through,
+    handoffs, seals (and with --verbose the traced transfers)."""
+    N = len(agents)
+    blobs = [layer.size for layer in image.layers] + [image.config_size]
+    print(
+        f"swarm: peak resident memory (VmHWM): agents up to "
+        f"{peak_rss_mib(agent_pids):.0f} MiB, roots up to "
+        f"{peak_rss_mib(root_pids):.0f} MiB (goal: an agent under 1 GiB)"
+    )
+    chunk = parse_size(args.chunk)
+    chunks = sum(layer_chunks(layer.size, chunk) for layer in image.layers)
+    plans = status_since(before, "tracker.plans_answered", roots)
+    print(
+        f"swarm: the roots answered {plans} plan requests, "
+        f"{plans / max(N * chunks, 1):.1f} per chunk per agent "
+        f"({N} agents x {chunks} chunks)"
+    )
+    relayed = status_since(before, "relayed", agents)
+    waited = status_since(before, "waited_for_landing", agents) + relayed
+    wait_ms = status_since(before, "landing_wait_ms", agents)
+    print(
+        f"swarm: {waited} peer requests came for a chunk in its last bytes (cut-"
+        f"through; {relayed} got its bytes in so far at once) and waited "
+        f"{wait_ms / max(waited, 1):.0f} ms on average for the rest"
+    )
+    handed = status_since(before, "tracker.handoffs", roots)
+    plural = "" if handed == 1 else "s"
+    print(f"swarm: the roots handed {handed} layer{plural} to the next root (handoffs)")
+    if args.verbose:  # the agents traced every transfer: read them back
+        print_traced(work, began, chunk, args.node_mbit, roots)
+    sealed = status_since(before, "sealed_layers", agents)
+    rehashed = status_since(before, "rehashed_bytes", agents)
+    print(
+        f"swarm: {sealed} of {N * len(blobs)} blobs on the agents verified by the "
+        f"root's seal; {rehashed / MiB:.0f} MiB hashed a second time"
+    )
+
+
+def print_summary(
+    args: argparse.Namespace,
+    image: Image,
+    sizes: list[int],
+    roots: list[Host],
+    results: dict[str, tuple[list[float], int, float, float]],
+) -> None:
+    """The cluster, its floor T_min, and each run's percentiles against it (and the swarm's
+    simulation beside it)."""
+    N, F = args.nodes, image_size(image)
+    u = d = args.node_mbit * 1e6 / 8
+    u_o = args.origin_mbit * 1e6 / 8
+    sum_u = (N + args.roots) * u
+    t_min = max(F / u_o, F / d, N * F / (u_o + sum_u))
+    print()
+    print(
+        f"cluster: {N} agents + {args.roots} roots, {args.node_mbit:g} Mbit/s per node, "
+        f"origin {args.origin_mbit:g} Mbit/s, image {F / MiB:.0f} MiB "
+        f"(layers of {', '.join(str(s) for s in sizes)} MiB), chunk {args.chunk}"
+        + (f", caches {args.cache}" if args.cache else "")
+        + (f" (roots {args.root_cache})" if args.root_cache else "")
+        + f", link queues {args.queue_ms:g} ms"
+    )
+    print(
+        f"T_min = max(F/u_o {F / u_o:.1f}s, F/d {F / d:.1f}s, "
+        f"N·F/(u_o+Σu) {N * F / (u_o + sum_u):.1f}s) = {t_min:.1f}s"
+    )
+    p95_direct = None
+    if "direct" in results:
+        p95_direct = percentile([x for x in results["direct"][0] if not math.isnan(x)], 95)
+    for label, (all_durations, sent, busy, _) in results.items():
+        durations = [x for x in all_durations if not math.isnan(x)]
+        if len(durations) < len(all_durations):
+            print(f"{label}: {len(all_durations) - len(durations)} of {N} pulls FAILED")
+        if not durations:
+            continue
+        p50, p95 = percentile(durations, 50), percentile(durations, 95)
+        line = (
+            f"{label:7s} P50 {p50:6.1f}s  P95 {p95:6.1f}s  max {max(durations):6.1f}s  "
+            f"P95/T_min {p95 / t_min:5.2f}  origin bytes {sent / F:5.2f} x F  "
+            f"CPU busy {busy:4.0%}"
+        )
+        if p95_direct and label != "direct":
+            line += f"  P95/direct {p95 / p95_direct:5.2f}"
+        print(line)
+        print("        per node: " + " ".join(f"{x:.1f}" for x in durations))
+        if label == "swarm":
+            report_simulated(args, image, [f"{r.address}:{P2P_PORT}" for r in roots], p95)
+
+
+def image_size(image: Image) -> int:
+    """F: every blob of the image, its config included."""
+    return sum(layer.size for layer in image.layers) + image.config_size
+
+
+def measure_run(
+    args: argparse.Namespace,
+    work: Path,
+    image: Image,
+    label: str,
+    source: str,
+    reg_log: Path,
+    roots: list[Host],
+    agents: list[Host],
+) -> tuple[list[float], int, float, float]:
+    """Every agent pulls from `source` at once; what it cost (CPU by role, TCP, the origin's
+    bytes) is printed. Returns the pulls' durations, the origin's bytes, the machine's busy
+    share and the longest pull."""
+    N, F = len(agents), image_size(image)
+    mark = len(reg_log.read_text(errors="replace").splitlines())
+    # The nodes' status counters run from their start: a warm-up pull's come off.
+    before = status_counters(roots, agents) if args.warm else {}
+
+    pollen_pids = [p.pid for h in roots + agents for p in h.procs]
+    root_pids = [p.pid for h in roots for p in h.procs]
+    agent_pids = [p.pid for h in agents for p in h.procs]
+    cpu0 = process_cpu(pollen_pids)
+    root0 = process_cpu(root_pids)
+    agent_sys0 = process_cpu(agent_pids, system_only=True)
+    total0, idle0, irq0 = cpu_times()
+    clients0 = children_cpu()
+    tcp0 = tcp_counters(roots + agents)
+    waited0 = run_queue_wait(agent_pids)
+    spies = (
+        profiling.start(args.profile, [profile_target(agents[0]), profile_target(roots[0])])
+        if label == "swarm"
+        else []
+    )
+    counting = args.task_cpu and label == "swarm"
+    if counting:
+        counted = profiling.task_cpu_snapshot(work / "task-cpu", pollen_pids)
+    began = time.time()
+    durations = pull_all(agents, source, work, label, args.client, verbose=args.verbose)
+    profiling.stop(spies)
+    if counting:
+        after = profiling.task_cpu_snapshot(work / "task-cpu", pollen_pids)
+        chunks = N * sum(layer_chunks(layer.size, parse_size(args.chunk)) for layer in image.layers)
+        for who, pids in (("agents", agent_pids), ("roots", root_pids)):
+            profiling.print_task_cpu(who, counted, after, pids, chunks)
+    total1, idle1, irq1 = cpu_times()
+    clients = children_cpu() - clients0
+    busy = 1 - (idle1 - idle0) / max(1e-9, total1 - total0)
+    used = (total1 - total0) - (idle1 - idle0)
+    pollen_cpu = process_cpu(pollen_pids) - cpu0
+    root_cpu = process_cpu(root_pids) - root0
+    agent_sys = process_cpu(agent_pids, system_only=True) - agent_sys0
+    wall = max([x for x in durations if not math.isnan(x)], default=0.0) or 1e-9
+    print(
+        f"{label}: pollen processes used {pollen_cpu:.1f} CPU-s "
+        f"({pollen_cpu / wall:.2f} cores of {os.cpu_count()}; roots {root_cpu:.1f}, "
+        f"agents {pollen_cpu - root_cpu:.1f}) over {wall:.1f}s; the machine was "
+        f"{busy:.0%} busy ({used:.1f} CPU-s in all: pollen {pollen_cpu:.1f}, the "
+        f"clients {clients:.1f}, interrupts (packet forwarding) {irq1 - irq0:.1f}, "
+        f"the rest {used - pollen_cpu - clients - (irq1 - irq0):.1f})"
+    )
+    waited = run_queue_wait(agent_pids) - waited0
+    tcp = {k: v - tcp0[k] for k, v in tcp_counters(roots + agents).items()}
+    out_segs, resent = tcp["TcpOutSegs"], tcp["TcpRetransSegs"]
+    print(
+        f"{label}: TCP of the nodes sent {out_segs} segments, retransmitted {resent} "
+        f"({resent / max(out_segs, 1):.2%}: drops at the shaped links), opened "
+        f"{tcp['TcpActiveOpens']} connections; the agents "
+        f"waited {waited:.2f} s in all for a core ({waited / len(agents):.2f} s each, "
+        f"{waited / len(agents) / wall:.0%} of the pull)"
+    )
+    sent = origin_bytes(reg_log, mark)
+    print(f"{label}: done in {wall:.1f}s, origin sent {sent / F:.2f} x F, CPU busy {busy:.0%}")
+    if label == "swarm":
+        received = N * F / GiB  # what the agents received (and their clients read)
+        per_root = root_cpu / max(sent / GiB, 1e-9)
+        print(
+            f"swarm: CPU per GiB: agents {(pollen_cpu - root_cpu) / received:.1f} s per "
+            f"GiB received ({agent_sys / received:.1f} of it in the kernel; goal <= 2.0; "
+            "bench/netfloor.py gives the floor), roots "
+            f"{per_root:.1f} s per GiB fetched from "
+            "the origin, their uploads included (goal <= 2.0 + 0.2 per GiB uploaded)"
+        )
+        print_swarm_counters(args, work, image, began, before, roots, agents, agent_pids, root_pids)
+    return durations, sent, busy, wall
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=16)
     parser.add_argument("--roots", type=int, default=2)
@@ -351,6 +541,38 @@ def main() -> int:
     if args.small_caches:
         args.nodes, args.node_mbit, args.origin_mbit = 6, 200.0, 400.0
         args.sizes_mib, args.cache, args.chunk = "96,32", "32MiB", "1MiB"
+    return args
+
+
+def start_nodes(
+    args: argparse.Namespace, work: Path, origin: Host, roots: list[Host], agents: list[Host]
+) -> None:
+    """Every root and agent, configured from the flags, up and ready."""
+    root_list = ",".join(f"{r.address}:{P2P_PORT}" for r in roots)
+    for i, host in enumerate(roots + agents):
+        # Tiers: each root answers its own group (agents i mod K) and fetches through all.
+        group = i if i < len(roots) else (i - len(roots)) % len(roots)
+        own = f"{roots[group].address}:{P2P_PORT}" if args.tiers else root_list
+        env = node_env(host, origin, own, work, args.chunk)
+        if args.tiers and host.role == "root":
+            env["POLLEN_PARENT_ROOTS"] = root_list
+        cache = args.root_cache if host.role == "root" and args.root_cache else args.cache
+        if cache:
+            env["POLLEN_CACHE_CAPACITY"] = cache
+        if args.o_direct:
+            env["POLLEN_CACHE_AIO_ENABLE"] = "1"
+        if args.task_cpu:
+            env.update(profiling.task_cpu_env(work / "task-cpu"))
+        if args.keep_logs:
+            env["POLLEN_LOG_AUDIT"] = "true"
+            env["POLLEN_LOG_AUDIT_MODE"] = "file"
+        start_node(host, env, work, verbose=args.verbose)
+    for host in roots + agents:
+        wait_http(host, f"http://127.0.0.1:{PROXY_PORT}/readyz")
+
+
+def main() -> int:
+    args = parse_args()
     if os.geteuid() != 0:
         print("bench/swarm.py needs root (network namespaces, tc)", file=sys.stderr)
         return 2
@@ -366,8 +588,6 @@ def main() -> int:
         if args.sizes_mib:
             sizes = [int(s) for s in args.sizes_mib.split(",")]
         image = build_image(work / "image", tuple(s * MiB for s in sizes), seed=7)
-        blobs = [layer.size for layer in image.layers] + [image.config_size]
-        F = sum(blobs)
         net.create_hub()
         origin = net.add_host("origin", args.origin_mbit, args.origin_mbit)
         roots = [net.add_host("root", args.node_mbit, args.node_mbit) for _ in range(args.roots)]
@@ -379,38 +599,7 @@ def main() -> int:
             more.append(("warm", warm))
         reg_log = start_origin(origin, work, image, *more)
 
-        # Roots and agents.
-        root_list = ",".join(f"{r.address}:{P2P_PORT}" for r in roots)
-        for i, host in enumerate(roots + agents):
-            # Tiers: each root answers its own group (agents i mod K) and fetches through all.
-            group = i if i < len(roots) else (i - len(roots)) % len(roots)
-            own = f"{roots[group].address}:{P2P_PORT}" if args.tiers else root_list
-            env = node_env(host, origin, own, work, args.chunk)
-            if args.tiers and host.role == "root":
-                env["POLLEN_PARENT_ROOTS"] = root_list
-            cache = args.root_cache if host.role == "root" and args.root_cache else args.cache
-            if cache:
-                env["POLLEN_CACHE_CAPACITY"] = cache
-            if args.o_direct:
-                env["POLLEN_CACHE_AIO_ENABLE"] = "1"
-            if args.task_cpu:
-                env.update(profiling.task_cpu_env(work / "task-cpu"))
-            if args.keep_logs:
-                env["POLLEN_LOG_AUDIT"] = "true"
-                env["POLLEN_LOG_AUDIT_MODE"] = "file"
-            start_node(host, env, work, verbose=args.verbose)
-        for host in roots + agents:
-            wait_http(host, f"http://127.0.0.1:{PROXY_PORT}/readyz")
-
-        N, u, d, u_o = (
-            args.nodes,
-            args.node_mbit * 1e6 / 8,
-            args.node_mbit * 1e6 / 8,
-            args.origin_mbit * 1e6 / 8,
-        )
-        sum_u = (N + args.roots) * u
-        t_min = max(F / u_o, F / d, N * F / (u_o + sum_u))
-
+        start_nodes(args, work, origin, roots, agents)
         if args.warm:
             warm_ref = f"127.0.0.1:{PROXY_PORT}/bench/image:warm"
             took = pull_all(agents, warm_ref, work, "warm", args.client, verbose=args.verbose)
@@ -424,146 +613,9 @@ def main() -> int:
         if not args.skip_direct:
             runs.append(("direct", f"{origin.address}:5000/bench/image:v1"))
         for label, source in runs:
-            mark = len(reg_log.read_text(errors="replace").splitlines())
-            # The nodes' status counters run from their start: a warm-up pull's come off.
-            before = status_counters(roots, agents) if args.warm else {}
+            results[label] = measure_run(args, work, image, label, source, reg_log, roots, agents)
 
-            pollen_pids = [p.pid for h in roots + agents for p in h.procs]
-            root_pids = [p.pid for h in roots for p in h.procs]
-            agent_pids = [p.pid for h in agents for p in h.procs]
-            cpu0 = process_cpu(pollen_pids)
-            root0 = process_cpu(root_pids)
-            agent_sys0 = process_cpu(agent_pids, system_only=True)
-            total0, idle0, irq0 = cpu_times()
-            clients0 = children_cpu()
-            tcp0 = tcp_counters(roots + agents)
-            waited0 = run_queue_wait(agent_pids)
-            spies = (
-                profiling.start(args.profile, [profile_target(agents[0]), profile_target(roots[0])])
-                if label == "swarm"
-                else []
-            )
-            counting = args.task_cpu and label == "swarm"
-            if counting:
-                counted = profiling.task_cpu_snapshot(work / "task-cpu", pollen_pids)
-            began = time.time()
-            durations = pull_all(agents, source, work, label, args.client, verbose=args.verbose)
-            profiling.stop(spies)
-            if counting:
-                after = profiling.task_cpu_snapshot(work / "task-cpu", pollen_pids)
-                chunks = N * sum(
-                    layer_chunks(layer.size, parse_size(args.chunk)) for layer in image.layers
-                )
-                for who, pids in (("agents", agent_pids), ("roots", root_pids)):
-                    profiling.print_task_cpu(who, counted, after, pids, chunks)
-            total1, idle1, irq1 = cpu_times()
-            clients = children_cpu() - clients0
-            busy = 1 - (idle1 - idle0) / max(1e-9, total1 - total0)
-            used = (total1 - total0) - (idle1 - idle0)
-            pollen_cpu = process_cpu(pollen_pids) - cpu0
-            root_cpu = process_cpu(root_pids) - root0
-            agent_sys = process_cpu(agent_pids, system_only=True) - agent_sys0
-            wall = max([x for x in durations if not math.isnan(x)], default=0.0) or 1e-9
-            print(
-                f"{label}: pollen processes used {pollen_cpu:.1f} CPU-s "
-                f"({pollen_cpu / wall:.2f} cores of {os.cpu_count()}; roots {root_cpu:.1f}, "
-                f"agents {pollen_cpu - root_cpu:.1f}) over {wall:.1f}s; the machine was "
-                f"{busy:.0%} busy ({used:.1f} CPU-s in all: pollen {pollen_cpu:.1f}, the "
-                f"clients {clients:.1f}, interrupts (packet forwarding) {irq1 - irq0:.1f}, "
-                f"the rest {used - pollen_cpu - clients - (irq1 - irq0):.1f})"
-            )
-            waited = run_queue_wait(agent_pids) - waited0
-            tcp = {k: v - tcp0[k] for k, v in tcp_counters(roots + agents).items()}
-            out_segs, resent = tcp["TcpOutSegs"], tcp["TcpRetransSegs"]
-            print(
-                f"{label}: TCP of the nodes sent {out_segs} segments, retransmitted {resent} "
-                f"({resent / max(out_segs, 1):.2%}: drops at the shaped links), opened "
-                f"{tcp['TcpActiveOpens']} connections; the agents "
-                f"waited {waited:.2f} s in all for a core ({waited / len(agents):.2f} s each, "
-                f"{waited / len(agents) / wall:.0%} of the pull)"
-            )
-            sent = origin_bytes(reg_log, mark)
-            results[label] = (durations, sent, busy, wall)
-            print(
-                f"{label}: done in {wall:.1f}s, origin sent {sent / F:.2f} x F, CPU busy {busy:.0%}"
-            )
-            if label == "swarm":
-                received = N * F / GiB  # what the agents received (and their clients read)
-                per_root = root_cpu / max(sent / GiB, 1e-9)
-                print(
-                    f"swarm: CPU per GiB: agents {(pollen_cpu - root_cpu) / received:.1f} s per "
-                    f"GiB received ({agent_sys / received:.1f} of it in the kernel; goal <= 2.0; "
-                    "bench/netfloor.py gives the floor), roots "
-                    f"{per_root:.1f} s per GiB fetched from "
-                    "the origin, their uploads included (goal <= 2.0 + 0.2 per GiB uploaded)"
-                )
-                print(
-                    f"swarm: peak resident memory (VmHWM): agents up to "
-                    f"{peak_rss_mib(agent_pids):.0f} MiB, roots up to "
-                    f"{peak_rss_mib(root_pids):.0f} MiB (goal: an agent under 1 GiB)"
-                )
-                chunk = parse_size(args.chunk)
-                chunks = sum(layer_chunks(layer.size, chunk) for layer in image.layers)
-                plans = status_since(before, "tracker.plans_answered", roots)
-                print(
-                    f"swarm: the roots answered {plans} plan requests, "
-                    f"{plans / max(N * chunks, 1):.1f} per chunk per agent "
-                    f"({N} agents x {chunks} chunks)"
-                )
-                relayed = status_since(before, "relayed", agents)
-                waited = status_since(before, "waited_for_landing", agents) + relayed
-                wait_ms = status_since(before, "landing_wait_ms", agents)
-                print(
-                    f"swarm: {waited} peer requests came for a chunk in its last bytes (cut-"
-                    f"through; {relayed} got its bytes in so far at once) and waited "
-                    f"{wait_ms / max(waited, 1):.0f} ms on average for the rest"
-                )
-                handed = status_since(before, "tracker.handoffs", roots)
-                plural = "" if handed == 1 else "s"
-                print(f"swarm: the roots handed {handed} layer{plural} to the next root (handoffs)")
-                if args.verbose:  # the agents traced every transfer: read them back
-                    print_traced(work, began, chunk, args.node_mbit, roots)
-                sealed = status_since(before, "sealed_layers", agents)
-                rehashed = status_since(before, "rehashed_bytes", agents)
-                print(
-                    f"swarm: {sealed} of {N * len(blobs)} blobs on the agents verified by the "
-                    f"root's seal; {rehashed / MiB:.0f} MiB hashed a second time"
-                )
-
-        print()
-        print(
-            f"cluster: {N} agents + {args.roots} roots, {args.node_mbit:g} Mbit/s per node, "
-            f"origin {args.origin_mbit:g} Mbit/s, image {F / MiB:.0f} MiB "
-            f"(layers of {', '.join(str(s) for s in sizes)} MiB), chunk {args.chunk}"
-            + (f", caches {args.cache}" if args.cache else "")
-            + (f" (roots {args.root_cache})" if args.root_cache else "")
-            + f", link queues {args.queue_ms:g} ms"
-        )
-        print(
-            f"T_min = max(F/u_o {F / u_o:.1f}s, F/d {F / d:.1f}s, "
-            f"N·F/(u_o+Σu) {N * F / (u_o + sum_u):.1f}s) = {t_min:.1f}s"
-        )
-        p95_direct = None
-        if "direct" in results:
-            p95_direct = percentile([x for x in results["direct"][0] if not math.isnan(x)], 95)
-        for label, (all_durations, sent, busy, _) in results.items():
-            durations = [x for x in all_durations if not math.isnan(x)]
-            if len(durations) < len(all_durations):
-                print(f"{label}: {len(all_durations) - len(durations)} of {N} pulls FAILED")
-            if not durations:
-                continue
-            p50, p95 = percentile(durations, 50), percentile(durations, 95)
-            line = (
-                f"{label:7s} P50 {p50:6.1f}s  P95 {p95:6.1f}s  max {max(durations):6.1f}s  "
-                f"P95/T_min {p95 / t_min:5.2f}  origin bytes {sent / F:5.2f} x F  "
-                f"CPU busy {busy:4.0%}"
-            )
-            if p95_direct and label != "direct":
-                line += f"  P95/direct {p95 / p95_direct:5.2f}"
-            print(line)
-            print("        per node: " + " ".join(f"{x:.1f}" for x in durations))
-            if label == "swarm":
-                report_simulated(args, image, [f"{r.address}:{P2P_PORT}" for r in roots], p95)
+        print_summary(args, image, sizes, roots, results)
     finally:
         net.close()
         if args.keep_logs:

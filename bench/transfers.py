@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.sim.links import phase_use  # noqa: E402
 
 LINE = re.compile(
-    r"layer (?P<layer>\S+): chunk (?P<chunk>\d+) from (?P<source>\S+) began at (?P<began>[\d.]+): "
+    r"layer (?P<layer>\S+): chunk (?P<chunk>\d+)(?: \((?P<bytes>\d+) bytes\))? "
+    r"from (?P<source>\S+) began at (?P<began>[\d.]+): "
     r"(?:head after (?P<head>-?\d+) ms, )?1 MiB in after (?P<first>-?\d+) ms, "
     r"`finishing` after (?P<said>-?\d+) ms, all in after (?P<took>\d+) ms"
 )
@@ -49,14 +50,16 @@ class Transfer:
     first: float  # seconds to the first MiB (< 0: not heard)
     said: float  # seconds to `finishing` (< 0: not said)
     took: float  # seconds to the last byte
+    part: float = 1.0  # its bytes over a whole chunk's (a layer's head chunks are smaller)
 
     @property
     def ended(self) -> float:
         return self.began + self.took
 
 
-def parse(node: str, lines: Iterable[str]) -> list[Transfer]:
-    """The transfers one agent's log records."""
+def parse(node: str, lines: Iterable[str], chunk: int | None = None) -> list[Transfer]:
+    """The transfers one agent's log records (`chunk`: the whole chunk's bytes, which sizes
+    the logged ones; an older agent's lines have no size and count whole)."""
     found = []
     for line in lines:
         m = LINE.search(line)
@@ -72,6 +75,7 @@ def parse(node: str, lines: Iterable[str]) -> list[Transfer]:
                     first=int(m["first"]) / 1000,
                     said=int(m["said"]) / 1000,
                     took=int(m["took"]) / 1000,
+                    part=int(m["bytes"]) / chunk if m["bytes"] and chunk else 1.0,
                 )
             )
     return found
@@ -131,7 +135,7 @@ def phase_line(full: list[Transfer], chunk_seconds: float) -> str:
         (
             max(t.ended for t in mine),
             1 / chunk_seconds,
-            [(t.began + max(t.head, 0.0), t.ended, 1.0) for t in mine],
+            [(t.began + max(t.head, 0.0), t.ended, t.part) for t in mine],
         )
         for mine in by_node.values()
     ]
@@ -142,7 +146,8 @@ def phase_line(full: list[Transfer], chunk_seconds: float) -> str:
 
 def report(transfers: list[Transfer], chunk_seconds: float, roots: set[str]) -> list[str]:
     """The summary lines (see the module docstring)."""
-    full = [t for t in transfers if t.took >= chunk_seconds / 4]  # whole chunks, not blobs
+    # Chunks that took a quarter of their link time or more (not a short last chunk's few bytes).
+    full = [t for t in transfers if t.took >= t.part * chunk_seconds / 4]
     if not full:
         return ["no transfers of whole chunks in these logs (run the bench with --verbose)"]
     lines = [
@@ -152,11 +157,12 @@ def report(transfers: list[Transfer], chunk_seconds: float, roots: set[str]) -> 
         some = [t for t in full if (t.source.rpartition(":")[0] in roots) == (kind == "root")]
         if some:
             took = statistics.median(t.took for t in some)
+            ratio = statistics.median(t.took / (t.part * chunk_seconds) for t in some)
             heads = [t.head for t in some if t.head >= 0]
             head = f", the head after {1000 * statistics.median(heads):.0f}" if heads else ""
             lines.append(
                 f"  from a {kind}: {len(some)}, median {1000 * took:.0f} ms{head} "
-                f"({took / chunk_seconds:.2f} x the link's time)"
+                f"({ratio:.2f} x the link's time for its bytes)"
             )
     by_source: dict[str, list[tuple[float, float]]] = defaultdict(list)
     by_node: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -172,7 +178,7 @@ def report(transfers: list[Transfer], chunk_seconds: float, roots: set[str]) -> 
         f"{up_both / max(up_busy, 1e-9):.0%} of it; receivers downloading {down_busy:.1f} s, "
         f"two or more at once {down_both / max(down_busy, 1e-9):.0%}"
     )
-    moved = len(full) * chunk_seconds / max(down_busy, 1e-9)  # (short last chunks count whole)
+    moved = sum(t.part for t in full) * chunk_seconds / max(down_busy, 1e-9)
     lines.append(
         f"while a transfer was in, the receivers' links moved {moved:.0%} of their rate "
         "(bench/swarm.py prints the simulator's beside its P95: 96-99 % on the reference "
@@ -213,7 +219,7 @@ def main() -> int:
     transfers = []
     for log in sorted(args.logs.glob("agent-*.log")):
         with log.open(errors="replace") as lines:
-            transfers += parse(log.stem, lines)
+            transfers += parse(log.stem, lines, parse_size(args.chunk))
     seconds = parse_size(args.chunk) * 8 / (args.node_mbit * 1e6)
     print("\n".join(report(transfers, seconds, set(args.roots.split(",")))))
     return 0

@@ -459,10 +459,11 @@ class SwarmDownload:
         self._scopes.pop(transfer, None)
         if log.isEnabledFor(logging.DEBUG):  # a trace of every transfer (bench --verbose)
             log.debug(
-                "layer %s: chunk %d from %s began at %.3f: head after %.0f ms, 1 MiB in after "
-                "%.0f ms, `finishing` after %.0f ms, all in after %.0f ms",
+                "layer %s: chunk %d (%d bytes) from %s began at %.3f: head after %.0f ms, "
+                "1 MiB in after %.0f ms, `finishing` after %.0f ms, all in after %.0f ms",
                 self._digest,
                 index,
+                length,
                 source,
                 began,
                 1000 * trace["head"],
