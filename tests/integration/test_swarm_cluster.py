@@ -125,6 +125,30 @@ def test_swarm_pull_sends_each_layer_once_from_the_origin(
     assert all(agent_status(a)["swarm"]["origin_fallbacks"] == 0 for a in cluster.agents)
 
 
+def test_skopeo_pulls_layers_whose_heads_cross_the_swarm_in_small_chunks(
+    tmp_path: Path,
+    registry: Registry,
+    make_image: Callable[..., Image],
+    make_agent: Callable[..., AgentProcess],
+) -> None:
+    """With 2 MiB chunks each layer's first chunks are 1 MiB (agent.cache.chunks): an 11 MiB
+    layer in 8 of them and two of 2 MiB and 1 MiB, a 3 MiB one in three; skopeo gets every
+    blob whole and right through the swarm, the origin sends each layer once."""
+    image = make_image(layers=(11 * MiB, 3 * MiB, 512 * 1024), seed=28)
+    push_image(image, registry, "team/heads", "v1")
+    cluster = Cluster(
+        make_agent, registry, roots=2, agents=3, env={"POLLEN_CACHE_CHUNK_SIZE": "2MiB"}
+    )
+    results = pull_all(cluster.agents, "team/heads:v1", tmp_path / "pulls")
+    for got in results:
+        assert set(image.layer_digests) <= got
+    for digest in image.layer_digests:
+        assert registry.blob_get_count(digest) == 1, f"origin sent {digest} more than once"
+    swarm = [agent_status(a)["swarm"] for a in cluster.agents]
+    assert all(s["origin_fallbacks"] == 0 for s in swarm)
+    assert sum(s["peer_bytes"] for s in swarm) >= 3 * 14 * MiB
+
+
 def test_a_root_fetching_one_big_layer_hands_the_next_to_the_other_root(
     tmp_path: Path,
     registry: Registry,
