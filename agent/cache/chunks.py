@@ -23,7 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-HEAD_CHUNKS = 8  # small chunks at a layer's start
+# Small chunks at a layer's start. With `--ramp 0.3` (N=8 200/400, N=16 100/200 two 64 MiB
+# layers, N=16 eight 16 MiB): 4 of them 1.31 / 1.38 / 1.68, 8: 1.29 / 1.31 / 1.44, 12 or 16
+# no better (1.29-1.31 / 1.29 / 1.44), for more chunks to pay for.
+HEAD_CHUNKS = 8
 HEAD_ALIGN = 4096  # a head chunk's size is a multiple of this (O_DIRECT's alignment)
 # And no smaller: with 512 KiB chunks a 2 Mbit/s straggler among six 100 Mbit/s nodes held
 # the others to 1.85 x their time without it (2 MiB: 1.16 x; the simulator, 2 x 32 MiB).
