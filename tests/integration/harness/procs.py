@@ -74,11 +74,23 @@ def free_port(host: str = "127.0.0.1") -> int:
 
     Racy by nature: callers that bind in another process should retry on EADDRINUSE
     (`Registry` does).
+
+    A port is never handed out twice in one test run, whatever the host: the kernel may give
+    a port just closed again, and one process's config may name two drawn ports (an agent's
+    proxy and exporter ports are then refused as the same).
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    for _ in range(1000):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError(f"no fresh free port on {host} in 1000 tries")
+
+
+_HANDED_OUT: set[int] = set()  # free_port's ports so far
 
 
 def assert_loopback_url(url: str) -> None:
