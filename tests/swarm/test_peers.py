@@ -1058,6 +1058,28 @@ async def test_a_root_whose_cache_holds_a_third_of_the_layer_still_fetches_it_on
             assert agent.swarm is not None and agent.swarm.fallbacks == {}
 
 
+async def test_rings_pass_a_layer_whose_head_is_in_small_chunks(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """As above with 2 MiB chunks, so the layer's first 8 are 1 MiB (agent.cache.chunks): its
+    52 chunks pass through rings of 16 slots of 2 MiB on the root and the agents, the bytes
+    come out right and no cache holds more than its capacity."""
+    big = 2 * MiB
+    with trio.fail_after(TIMEOUT):
+        small = {"CACHE_CHUNK_SIZE": big, "CACHE_CAPACITY": 16 * big}
+        root = await swarm.root(**small)
+        agents = [await swarm.agent(root, **small) for _ in range(2)]
+        blob = registry.add(os.urandom(48 * big - 100))
+        results = await pull_everywhere(agents, registry, blob)
+        assert results == {a.node: blob.data for a in agents}
+        assert blob.gets[0] is None and len(blob.gets) <= 5
+        for node in [root, *agents]:
+            assert node.data.cache.used <= 16 * big
+        for agent in agents:
+            assert agent.swarm is not None and agent.swarm.fallbacks == {}
+            assert agent.swarm.peer_bytes == blob.size
+
+
 async def test_chunks_the_swarm_lost_are_fetched_again_with_range_requests(
     swarm: Swarm, registry: FakeRegistry
 ) -> None:
