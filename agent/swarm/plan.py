@@ -108,16 +108,13 @@ class Plan:
                 raise P2PProtocolError(
                     f"size must be a non-negative integer, got {self.size!r:.40}"
                 )
-            if self.head_chunk is None:
-                object.__setattr__(self, "head_chunk", 0)  # by the rule
-            elif not is_int(self.head_chunk) or not 0 < self.head_chunk <= self.chunk_size:
+            head = self.head_chunk
+            if head is not None and not (is_int(head) and 0 < head <= self.chunk_size):
                 raise P2PProtocolError(
-                    f"head_chunk must be an integer in 1..chunk_size, got {self.head_chunk!r:.40}"
+                    f"head_chunk must be an integer in 1..chunk_size, got {head!r:.40}"
                 )
-            layout = ChunkLayout(
-                size=self.size, chunk_size=self.chunk_size, head_chunk=self.head_chunk or 0
-            )
-            object.__setattr__(self, "head_chunk", layout.head_chunk)
+            layout = ChunkLayout(size=self.size, chunk_size=self.chunk_size, head_chunk=head or 0)
+            object.__setattr__(self, "head_chunk", layout.head_chunk)  # not given: the rule
             count = layout.count
             if count > MAX_CHUNKS:
                 raise P2PProtocolError(f"layer has more than {MAX_CHUNKS} chunks")
