@@ -171,7 +171,7 @@ class SwarmConfig:
         if self.ramp < 0:
             raise ValueError("ramp must be >= 0")
         if not 0 <= self.head_chunk <= self.chunk_size:
-            raise ValueError("head_chunk must be in 0..chunk_size")
+            raise ValueError("head_chunk (--head-chunk) must be at most chunk_size (--chunk)")
         if self.owners and self.stripe_chunks is not None:
             raise ValueError("owners place whole layers: not with stripe_chunks")
         if self.tiers and self.stripe_chunks is not None:
