@@ -3,10 +3,10 @@
 One real root (`pollen root`, no debug logging) fetches one layer from a loopback
 docker-registry; then N virtual agents, each a real `LayerPlanner` speaking the real P2P
 protocol (signed plan requests over HTTP) to that root, pull the layer. Their transfers are
-virtual: a transfer "lasts" --transfer-ms (its `finishing` at three quarters), no byte moves,
-so the root's CPU over the run is its control plane alone: HTTP, signatures, JSON, the
-tracker and the schedule. The result is what `pollen simulate` takes as `--root-request-ms`
-(agent.sim.model.ROOT_REQUEST_S); printed side by side.
+virtual: a transfer "lasts" --transfer-ms, a head chunk its share of it (its `finishing` at
+three quarters), no byte moves, so the root's CPU over the run is its control plane alone:
+HTTP, signatures, JSON, the tracker and the schedule. The result is what `pollen simulate`
+takes as `--root-request-ms` (agent.sim.model.ROOT_REQUEST_S); printed side by side.
 
     .venv/bin/python bench/rootload.py [--agents 100] [--layer-mib 256] [--chunk 4MiB]
 
@@ -39,6 +39,7 @@ from harness import AgentProcess, Registry, build_image  # noqa: E402
 from harness.images import push_image  # noqa: E402
 from harness.procs import free_port  # noqa: E402
 
+from agent.cache.chunks import ChunkLayout  # noqa: E402
 from agent.http.client import HttpClient  # noqa: E402
 from agent.http.tls import make_client_ssl_context  # noqa: E402
 from agent.sim.model import ROOT_REQUEST_S, parse_size  # noqa: E402
@@ -122,9 +123,11 @@ class VirtualAgent:
             await self._send.send(partial(self.planner.answered, request, plan, self.root))
 
     async def _transfer(self, chunk: int, source: str) -> None:
-        await trio.sleep(self.transfer_s * 0.75)
+        assert self.planner.layout is not None
+        lasts = self.transfer_s * self.planner.layout.part(chunk)  # a head chunk: its share
+        await trio.sleep(lasts * 0.75)
         await self._send.send(partial(self.planner.finishing, chunk, source))
-        await trio.sleep(self.transfer_s * 0.25)
+        await trio.sleep(lasts * 0.25)
         sha = self.planner.hashes.get(chunk, "")
         await self._send.send(partial(self.planner.received, chunk, source, sha))
 
@@ -152,7 +155,7 @@ async def load(args: argparse.Namespace, root: str, layer: dict[str, object], pi
     requests = sum(a.requests for a in agents)
     outcomes = {a.outcome for a in agents}
     per = cpu / max(requests, 1)
-    chunks = -(-int(layer["size"]) // int(layer["chunk_size"]))  # type: ignore[call-overload]
+    chunks = ChunkLayout(size=int(layer["size"]), chunk_size=int(layer["chunk_size"])).count  # type: ignore[call-overload]
     print(
         f"{args.agents} virtual agents pulled {layer['size']} bytes ({chunks} chunks) through "
         f"one root in {wall:.1f}s: {requests} plan requests "
