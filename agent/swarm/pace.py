@@ -16,6 +16,7 @@ head chunk's transfer counts `took / scale` and is late at `scale` times the lim
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import islice
 
 from agent.swarm.ledger import ROOT, Batch, FlightKey, Ledger, Peer
 
@@ -59,6 +60,8 @@ class Pace:
         # root copy is late against the root's own copies, never faster than these.
         self.root_typical = -1.0
         self.now = float("-inf")
+        self._judged: dict[int, bool] | None = None  # `slow`'s answers while `settling`
+        self._fast: dict[int, list[int]] | None = None  # `fast_holder`'s, by chunk
         self._ledger = ledger
         self._peers = ledger.peers
         self._flights = ledger.flights
@@ -107,19 +110,38 @@ class Pace:
             if proven != peer.proven:
                 self._ledger.set_depth(peer, peer.depth, proven)
 
+    def settling(self, on: bool) -> None:
+        """From `settling(True)` to `settling(False)` `slow` and `fast_holder` answer from what
+        they worked out the first time: the schedule's matching only assigns (no holding, pace
+        or lag changes), and a transfer issued now is late for nobody, so no answer changes
+        meanwhile. (With 200 agents the matching
+        asked for every holder of every candidate chunk: `slow` and `fast_holder` were 70 % of
+        a root's CPU, bench/rootload.py.)"""
+        self._judged = {} if on else None
+        self._fast: dict[int, list[int]] | None = {} if on else None  # chunk: fast holders
+
     def slow(self, peer: Peer) -> bool:
         """A peer whose uploads take LATE times the usual duration or longer (its pace, or an
         upload running that long)."""
+        judged = self._judged
+        if judged is not None:
+            known = judged.get(peer.ident)
+            if known is not None:
+                return known
         if self.typical <= 0:
             return False
         limit = LATE * self.typical
         if peer.pace > limit:
-            return True
-        flights, now, lagging, scale = self._flights, self.now, self._ledger.lagging, self.scale
-        return any(
-            flights[k].issued < now - limit * scale(k[1]) and k not in lagging
-            for k in peer.outgoing
-        )
+            answer = True
+        else:
+            flights, now, lagging, scale = self._flights, self.now, self._ledger.lagging, self.scale
+            answer = any(
+                flights[k].issued < now - limit * scale(k[1]) and k not in lagging
+                for k in peer.outgoing
+            )
+        if judged is not None:
+            judged[peer.ident] = answer
+        return answer
 
     def slow_receiver(self, peer: Peer) -> bool:
         """A peer whose downloads lag, whose copies from the root (or, once it is known slow,
@@ -150,11 +172,18 @@ class Pace:
     def fast_holder(self, chunk: int, besides: int, avoid: set[int] | None = None) -> bool:
         """Whether a peer other than `besides` (and not in `avoid`: the holders a receiver
         takes nothing from), and not slow, holds `chunk` (busy or not)."""
-        peers = self._peers
-        return any(
-            h != besides and not (avoid and h in avoid) and not self.slow(peers[h])
-            for h in self._holders[chunk]
-        )
+        peers, fast = self._peers, self._fast
+        if avoid or fast is None:
+            return any(
+                h != besides and not (avoid and h in avoid) and not self.slow(peers[h])
+                for h in self._holders[chunk]
+            )
+        # While settling, holdings stand still too: two fast holders answer for any `besides`.
+        found = fast.get(chunk)
+        if found is None:
+            holders = (h for h in self._holders[chunk] if not self.slow(peers[h]))
+            found = fast[chunk] = list(islice(holders, 2))
+        return any(h != besides for h in found)
 
     def time_out(self, limit: float, now: float, batch: Batch) -> None:
         """Cancel the transfers issued at `limit` or earlier (into `batch`): each node avoids

@@ -490,18 +490,22 @@ class LayerSchedule:
         just changed are served: the root first (its slot goes to the waiter that deserves it,
         not to whoever is looked at first), then peers (the longest waiting get the slots)."""
         peers = self._peers
-        while batch.dirty or batch.freed:
-            while batch.freed:
-                src = ROOT if ROOT in batch.freed else batch.freed.pop()
-                if src == ROOT:
-                    batch.freed.discard(ROOT)
-                    self._offer_root(now, batch)
-                elif src in peers:
-                    self._offer(peers[src], now, batch)
-            if batch.dirty:
-                peer = peers.get(batch.dirty.pop())
-                if peer is not None:
-                    self._serve(peer, now, batch)
+        self._pace.settling(True)
+        try:
+            while batch.dirty or batch.freed:
+                while batch.freed:
+                    src = ROOT if ROOT in batch.freed else batch.freed.pop()
+                    if src == ROOT:
+                        batch.freed.discard(ROOT)
+                        self._offer_root(now, batch)
+                    elif src in peers:
+                        self._offer(peers[src], now, batch)
+                if batch.dirty:
+                    peer = peers.get(batch.dirty.pop())
+                    if peer is not None:
+                        self._serve(peer, now, batch)
+        finally:
+            self._pace.settling(False)
         return batch.result()
 
     def _serve(self, peer: Peer, now: float, batch: Batch) -> None:
