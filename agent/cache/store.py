@@ -1,8 +1,8 @@
 """The disk chunk cache: where layers live on a node, bounded by ``cache.capacity``.
 
 Layout: ``<cache.path>/blobs/<algorithm>/<hex>/`` holds ``data`` (the layer, chunk *i* at
-offset i·chunkSize) and ``index``, an append-only text log (`agent.cache.indexfile` spells
-and reads its lines)::
+``ChunkLayout.offset(i)``: small head chunks, then chunkSize ones) and ``index``, an
+append-only text log (`agent.cache.indexfile` spells and reads its lines)::
 
     pollen-index 2 <digest> <size> <chunk_size>
     c <index> <length> <xxh3-64 hex> <sha256 hex or ->   one line per chunk, after its data

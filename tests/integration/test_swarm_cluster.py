@@ -106,6 +106,16 @@ def pull_all(
         return list(pool.map(one, agents))
 
 
+def assert_every_layer_pulled_once(
+    results: list[set[str]], image: Image, registry: Registry
+) -> None:
+    """Every pull got every layer, and the origin sent each layer once (to its root)."""
+    for got in results:
+        assert set(image.layer_digests) <= got
+    for digest in image.layer_digests:
+        assert registry.blob_get_count(digest) == 1, f"origin sent {digest} more than once"
+
+
 def test_swarm_pull_sends_each_layer_once_from_the_origin(
     tmp_path: Path,
     registry: Registry,
@@ -116,10 +126,7 @@ def test_swarm_pull_sends_each_layer_once_from_the_origin(
     push_image(image, registry, "team/app", "v1")
     cluster = Cluster(make_agent, registry, roots=2, agents=4)
     results = pull_all(cluster.agents, "team/app:v1", tmp_path / "pulls")
-    for got in results:
-        assert set(image.layer_digests) <= got
-    for digest in image.layer_digests:
-        assert registry.blob_get_count(digest) == 1, f"origin sent {digest} more than once"
+    assert_every_layer_pulled_once(results, image, registry)
     peer_bytes = sum(agent_status(a)["swarm"]["peer_bytes"] for a in cluster.agents)
     assert peer_bytes >= sum(layer.size for layer in image.layers) * len(cluster.agents) * 0.9
     assert all(agent_status(a)["swarm"]["origin_fallbacks"] == 0 for a in cluster.agents)
@@ -140,10 +147,7 @@ def test_skopeo_pulls_layers_whose_heads_cross_the_swarm_in_small_chunks(
         make_agent, registry, roots=2, agents=3, env={"POLLEN_CACHE_CHUNK_SIZE": "2MiB"}
     )
     results = pull_all(cluster.agents, "team/heads:v1", tmp_path / "pulls")
-    for got in results:
-        assert set(image.layer_digests) <= got
-    for digest in image.layer_digests:
-        assert registry.blob_get_count(digest) == 1, f"origin sent {digest} more than once"
+    assert_every_layer_pulled_once(results, image, registry)
     swarm = [agent_status(a)["swarm"] for a in cluster.agents]
     assert all(s["origin_fallbacks"] == 0 for s in swarm)
     assert sum(s["peer_bytes"] for s in swarm) >= 3 * 14 * MiB
@@ -243,10 +247,7 @@ def test_agents_with_caches_smaller_than_a_layer_pull_it_through_the_swarm(
         make_agent, registry, roots=2, agents=4, agent_env={"POLLEN_CACHE_CAPACITY": "5MiB"}
     )
     results = pull_all(cluster.agents, "team/huge:v1", tmp_path / "pulls")
-    for got in results:
-        assert set(image.layer_digests) <= got
-    for digest in image.layer_digests:
-        assert registry.blob_get_count(digest) == 1, f"origin sent {digest} more than once"
+    assert_every_layer_pulled_once(results, image, registry)
     for agent in cluster.agents:
         swarm = agent_status(agent)["swarm"]
         assert swarm["origin_fallbacks"] == 0, swarm
