@@ -177,15 +177,16 @@ def wait_http(host: Host, url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} in {host.netns} did not answer within {timeout}s")
 
 
-def swarm_status(host: Host, field: str) -> int:
+def swarm_status(host: Host, field: str, section: str = "swarm") -> int:
     """One number of the node's swarm status (its loopback-only status page), e.g.
-    ``tracker.plans_answered`` (of a map, e.g. ``tracker.handoffs``: its size)."""
+    ``tracker.plans_answered`` (of a map, e.g. ``tracker.handoffs``: its size); another
+    part of the status page with ``section`` (``io_engine``)."""
     url = f"http://127.0.0.1:{PROXY_PORT}/_pollen/status"
     path = "".join(f"[{part!r}]" for part in field.split("."))
     code = (
         "import json, urllib.request; "
         f"status = json.load(urllib.request.urlopen('{url}', timeout=5)); "
-        f"value = status['swarm']{path}; "
+        f"value = status[{section!r}]{path}; "
         "print(len(value) if isinstance(value, dict) else value)"
     )
     result = host.run("python3", "-c", code, check=False)

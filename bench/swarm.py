@@ -102,6 +102,18 @@ def profile_target(host: Host) -> tuple[int, str]:
     return host.procs[0].pid, f"{host.role}-{host.index}"
 
 
+def minor_faults(pids: list[int]) -> int:
+    """Minor page faults these processes took so far: each one is a page of memory touched
+    for the first time (zero-filled by the kernel), a cost that follows fresh memory."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+        except OSError:
+            continue
+    return total
+
+
 def process_cpu(pids: list[int], *, system_only: bool = False) -> float:
     """CPU seconds (user + system, or system alone) used so far by these processes."""
     total = 0.0
@@ -393,6 +405,8 @@ def measure_run(
     cpu0 = process_cpu(pollen_pids)
     root0 = process_cpu(root_pids)
     agent_sys0 = process_cpu(agent_pids, system_only=True)
+    faults0 = minor_faults(agent_pids)
+    fresh0 = sum(swarm_status(h, "buffers.created_bytes", "io_engine") for h in agents)
     total0, idle0, irq0 = cpu_times()
     clients0 = children_cpu()
     tcp0 = tcp_counters(roots + agents)
@@ -450,6 +464,15 @@ def measure_run(
             "bench/netfloor.py gives the floor), roots "
             f"{per_root:.1f} s per GiB fetched from "
             "the origin, their uploads included (goal <= 2.0 + 0.2 per GiB uploaded)"
+        )
+        faults = minor_faults(agent_pids) - faults0
+        fresh = sum(swarm_status(h, "buffers.created_bytes", "io_engine") for h in agents)
+        peaks = [swarm_status(h, "buffers.peak_in_use_bytes", "io_engine") for h in agents]
+        print(
+            f"swarm: the agents took {faults * os.sysconf('SC_PAGE_SIZE') / received / GiB:.2f} "
+            f"GiB of page faults per GiB received ({(fresh - fresh0) / received / GiB:.2f} "
+            "GiB per GiB in new chunk buffers: the rest were recycled); buffers in use at once "
+            f"up to {max(peaks) / MiB:.0f} MiB on an agent"
         )
         print_swarm_counters(args, work, image, began, before, roots, agents, agent_pids, root_pids)
     return durations, sent, busy, wall

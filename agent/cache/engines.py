@@ -224,6 +224,7 @@ class Engine:
             "in_flight": self._in_flight(),
             "waiting": self._waiting(),
             **dataclasses.asdict(self._totals),
+            "buffers": buffer_pool.statistics(),
             "notes": list(self.notes),
         }
 

@@ -157,6 +157,12 @@ def round_up(n: int, alignment: int = ALIGNMENT) -> int:
     return -(-n // alignment) * alignment
 
 
+def size_class(n: int) -> int:
+    """The size of the pooled mapping that serves a buffer of ``n`` bytes: the next power of
+    two, one page at least."""
+    return max(ALIGNMENT, 1 << (max(n, 1) - 1).bit_length())
+
+
 class BufferPool:
     """Page-aligned buffers, recycled instead of unmapped.
 
@@ -168,6 +174,13 @@ class BufferPool:
     cffi pointer whose destructor returns it). At most ``max_idle_bytes`` wait in the pool;
     beyond that, returned mappings are unmapped.
 
+    Mappings come in size classes (powers of two, one page at least), not in the exact sizes
+    asked for, and a buffer takes an idle mapping of its class or, failing that, of the next
+    one: a layer's last chunk, a read rounded out to blocks, or a head chunk (half a chunk)
+    then reuses a chunk's mapping instead of faulting in a new one and parking it in the idle
+    budget, where an odd size would wait for a twin that rarely comes. Only the pages a
+    buffer's user touches are ever faulted in, so the rest of a mapping costs nothing.
+
     The destructor may run on any thread, or inside the garbage collector, so the pool takes no
     lock: ``list.append`` and ``list.pop`` are atomic, and the idle count is approximate.
     """
@@ -178,23 +191,32 @@ class BufferPool:
         self._idle_bytes = 0
         self.created = 0
         self.reused = 0
+        self.created_bytes = 0  # memory first touched by whoever fills it: page faults
+        self.in_use_bytes = 0
+        self.peak_in_use_bytes = 0  # the working set: what the idle budget should cover
 
     def take(self, n: int) -> memoryview:
         """A view of ``n`` bytes at a page-aligned address, backed by ``round_up(n)`` bytes
         (at least one page) that the view's ``obj`` covers. Contents are undefined."""
-        size = max(ALIGNMENT, round_up(n))
-        try:
-            mapping, base = self._idle[size].pop()
+        size = size_class(n)
+        idle = self._idle.get(size) or self._idle.get(2 * size)  # a head chunk takes a chunk's
+        if idle:
+            mapping, base = idle.pop()
+            size = len(mapping)
             self._idle_bytes -= size
             self.reused += 1
-        except (KeyError, IndexError):
+        else:
             mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANON)
             base = ffi.from_buffer(mapping, require_writable=True)
             self.created += 1
+            self.created_bytes += size
+        self.in_use_bytes += size
+        self.peak_in_use_bytes = max(self.peak_in_use_bytes, self.in_use_bytes)
         pointer = ffi.gc(ffi.cast("char *", base), lambda _: self._give_back(size, mapping, base))
-        return memoryview(ffi.buffer(pointer, size))[:n]
+        return memoryview(ffi.buffer(pointer, max(ALIGNMENT, round_up(n))))[:n]
 
     def _give_back(self, size: int, mapping: mmap.mmap, base: Any) -> None:
+        self.in_use_bytes -= size
         if self._idle_bytes + size <= self.max_idle_bytes:
             self._idle.setdefault(size, []).append((mapping, base))
             self._idle_bytes += size
@@ -204,7 +226,10 @@ class BufferPool:
             "idle_bytes": self._idle_bytes,
             "max_idle_bytes": self.max_idle_bytes,
             "created": self.created,
+            "created_bytes": self.created_bytes,
             "reused": self.reused,
+            "in_use_bytes": self.in_use_bytes,
+            "peak_in_use_bytes": self.peak_in_use_bytes,
         }
 
 

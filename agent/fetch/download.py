@@ -573,8 +573,13 @@ class LayerDownload:
 
     def _evict_hot(self) -> None:
         """Keep only the chunks that arrived last in memory (for readers close behind, and
-        peers: the root sends them to a new holder at once), never one unwritten or unhashed."""
-        done = [i for i in self._hot if i not in self._unwritten and i < self._hashed_upto]
+        peers: the root sends them to a new holder at once), and every unwritten one.
+
+        A chunk on disk goes even while chunks below it are still missing: the swarm's come
+        in any order, and keeping the stretch above the first gap held most of a layer in
+        memory (fresh memory on a first pull: page faults cost a cold agent 1 CPU-s per GiB).
+        A reader that gets there, and a whole-layer pass without a seal, read it back."""
+        done = [i for i in self._hot if i not in self._unwritten]
         for old in done[: max(0, len(done) - HOT_CHUNKS)]:  # in order of arrival
             del self._hot[old]
 

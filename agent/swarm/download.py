@@ -140,7 +140,7 @@ class LayerSink(Protocol):
 
     def hashed(self, count: int) -> None:
         """Chunks [0, count) are in the whole-layer hash, under the seal, or left for a pass
-        from the disk at the end (their memory may go)."""
+        from the disk at the end (a ring's slots below may take other chunks)."""
 
     def arrived(self, kind: str, source: str, index: int, size: int, t0: float) -> None:
         """Account a chunk from a root or peer (size < 0: the transfer failed)."""

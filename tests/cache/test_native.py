@@ -55,6 +55,31 @@ def test_buffers_are_recycled() -> None:
     assert pool.statistics()["idle_bytes"] == 2 * A  # the rest were unmapped
 
 
+def test_buffers_of_sizes_in_one_class_share_mappings() -> None:
+    """A layer's last chunk (any size) and a head chunk (half a chunk) reuse a whole chunk's
+    mapping, and the view each gets covers only its own pages (an O_DIRECT write rounds to
+    those); a mapping goes back to its own class."""
+    pool = native.BufferPool(max_idle_bytes=8 * MiB)
+    chunk = pool.take(4 * MiB)
+    address = native.address_of(native.ffi.from_buffer(chunk.obj))
+    del chunk
+    last = pool.take(3 * MiB + 5)
+    assert native.address_of(native.ffi.from_buffer(last.obj)) == address
+    assert len(last) == 3 * MiB + 5 and len(last.obj) == native.round_up(3 * MiB + 5)
+    assert pool.statistics()["created"] == 1 and pool.statistics()["reused"] == 1
+    del last
+    head = pool.take(2 * MiB)  # the class below: a head chunk takes a chunk's mapping
+    assert native.address_of(native.ffi.from_buffer(head.obj)) == address
+    small = pool.take(MiB)  # two classes below: a new mapping
+    assert pool.statistics()["created"] == 2
+    assert pool.statistics()["in_use_bytes"] == 4 * MiB + MiB
+    del head, small
+    assert pool.statistics()["idle_bytes"] == 5 * MiB  # each back in its own class
+    assert pool.take(4 * MiB) and pool.take(MiB) and pool.statistics()["created"] == 2
+    sizes = (0, 1, A, A + 1, 4 * MiB, 4 * MiB + 1)
+    assert [native.size_class(n) for n in sizes] == [A, A, A, 2 * A, 4 * MiB, 8 * MiB]
+
+
 # -- files ---------------------------------------------------------------------------------
 
 

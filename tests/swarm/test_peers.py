@@ -23,10 +23,12 @@ import pytest
 import trio
 import trio.testing
 
+import agent.fetch.download as download_module
 import agent.swarm.tracker as tracker_module
+from agent.cache.checksums import new_chunk_checksum
 from agent.cache.store import CacheEntry
 from agent.core.config import Config
-from agent.fetch.download import LayerDownload
+from agent.fetch.download import HOT_CHUNKS, LayerDownload
 from agent.fetch.fetcher import LANDING_WAIT
 from agent.fetch.model import LayerCorrupt
 from agent.fetch.readers import BlobSource
@@ -424,6 +426,49 @@ async def test_a_chunk_that_just_arrived_is_served_to_peers_from_memory(
             assert root.data.cache.peek(blob.digest) is entry  # not dropped
             blob.resume.set()
         assert pulled == [blob.data]
+
+
+async def test_chunks_that_came_out_of_order_leave_memory_once_on_disk(
+    swarm: Swarm, registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A swarm download's chunks come in any order. A chunk on disk leaves memory once newer
+    ones came, whether or not the chunks below it are in yet: a download keeps a few chunks in
+    memory, not the whole stretch above its first gap (which was most of a layer, and the
+    agent's page faults on a first pull: fresh memory for every chunk). The reader and the
+    whole-layer pass read the rest from the disk. Shown with a swarm download that delivers
+    the layer last chunk first: the client still gets every byte."""
+    blob = registry.add(os.urandom(12 * CHUNK + 5))
+    peak: list[int] = []
+
+    class Backwards:
+        answered_by = None
+
+        def __init__(self, *, sink: LayerDownload, **_: object) -> None:
+            self.sink = sink
+
+        async def run(self) -> str:
+            sink = self.sink
+            sink.begin(blob.size)
+            layout = sink.layout
+            for i in reversed(range(layout.count)):
+                data = blob.data[layout.offset(i) : layout.offset(i) + layout.length(i)]
+                buffer = sink.new_buffer(len(data))
+                buffer[:] = data
+                checksum = new_chunk_checksum()
+                checksum.update(data)
+                sha = hashlib.sha256(data).hexdigest()
+                await sink.emit(i, buffer, sha, checksum.intdigest())
+                await sink.wait_written(i)
+                peak.append(sum(sink.hot_chunk(j) is not None for j in range(layout.count)))
+            sink.hashed(layout.count)
+            return hashlib.sha256(blob.data).hexdigest()
+
+    monkeypatch.setattr(download_module, "SwarmDownload", Backwards)
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        agent = await swarm.agent(root)
+        assert await pull(agent, registry, blob) == blob.data
+    assert len(peak) == 13 and max(peak) <= HOT_CHUNKS
 
 
 async def test_an_assignment_wakes_only_the_standing_request_it_is_for(
