@@ -229,7 +229,7 @@ def simulated(
 TCP_COUNTERS = ("TcpOutSegs", "TcpRetransSegs", "TcpActiveOpens")
 
 
-ROOT_COUNTERS = ("tracker.plans_answered", "tracker.handoffs")
+ROOT_COUNTERS = ("tracker.plans_answered", "tracker.handoffs", "bytes_served")
 AGENT_COUNTERS = ("relayed", "waited_for_landing", "landing_wait_ms", "sealed_layers")
 AGENT_COUNTERS += ("rehashed_bytes",)
 
@@ -458,12 +458,16 @@ def measure_run(
     if label == "swarm":
         received = N * F / GiB  # what the agents received (and their clients read)
         per_root = root_cpu / max(sent / GiB, 1e-9)
+        uploaded = status_since(before, "bytes_served", roots) / GiB
+        root_goal = 2.0 * sent / GiB + 0.2 * uploaded
         print(
             f"swarm: CPU per GiB: agents {(pollen_cpu - root_cpu) / received:.1f} s per "
             f"GiB received ({agent_sys / received:.1f} of it in the kernel; goal <= 2.0; "
             "bench/netfloor.py gives the floor), roots "
             f"{per_root:.1f} s per GiB fetched from "
-            "the origin, their uploads included (goal <= 2.0 + 0.2 per GiB uploaded)"
+            f"the origin, their uploads ({uploaded:.2f} GiB) included; the goal (2.0 per GiB "
+            f"fetched + 0.2 per GiB uploaded) allows the roots {root_goal:.2f} CPU-s, they used "
+            f"{root_cpu:.2f} ({root_cpu / max(root_goal, 1e-9):.1f} x)"
         )
         faults = minor_faults(agent_pids) - faults0
         fresh = sum(swarm_status(h, "buffers.created_bytes", "io_engine") for h in agents)

@@ -75,6 +75,7 @@ class SwarmStatus:
             "rehashed_bytes": self.swarm.rehashed_bytes if self.swarm else 0,  # no seal came
             "clock_refusals": self.swarm.clock_refusals if self.swarm else 0,
             "chunks_served": self.p2p.chunks_served,
+            "bytes_served": self.p2p.bytes_served,
             "waited_for_landing": self.p2p.waited_for_landing,  # cut-through: asked early
             "landing_wait_ms": self.p2p.landing_wait_ms,
             "relayed": self.p2p.relayed,  # of those, sent on as they landed

@@ -78,6 +78,7 @@ class P2PService:
         self.refused = 0
         self._replays = ReplayGuard()  # plan requests change the root: each answered once
         self.chunks_served = 0
+        self.bytes_served = 0  # a root's uploads: its CPU goal counts them
         self.served_from_memory = 0
         self.waited_for_landing = 0  # requests for a chunk in its last bytes, served once landed
         self.landing_wait_ms = 0  # their waits, in all
@@ -182,6 +183,7 @@ class P2PService:
             self.relayed += 1
             yield memoryview(hot)[len(prefix) :]
             self.chunks_served += 1
+            self.bytes_served += entry.layout.length(index)
             sent = True
         finally:
             self._cache.unpin(entry)
@@ -225,6 +227,7 @@ class P2PService:
                 finally:
                     os.close(fd)
             self.chunks_served += 1
+            self.bytes_served += length
             sent = True
         finally:
             entry.sending[index] -= 1

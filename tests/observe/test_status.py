@@ -183,6 +183,7 @@ def test_where_the_metrics_are(enabled: bool, port: int | None, where: str) -> N
 async def test_the_swarm_part_on_a_node_with_roots() -> None:
     p2p = P2PService(token=b"t", cache=FakeCache(), plan_handler=None)  # type: ignore[arg-type]
     p2p.chunks_served, p2p.refused, p2p.waited_for_landing, p2p.landing_wait_ms = 7, 1, 5, 60
+    p2p.bytes_served = 7 << 22
     roots = RootSet(("10.0.0.2:65002", "10.0.0.3:65002"), p2p_port=65002)
     roots.bench("10.0.0.3:65002", "test")
     swarm = SwarmStatus(node=NODE, p2p=p2p, roots=roots, swarm=FakeSwarm())  # type: ignore[arg-type]
@@ -199,6 +200,7 @@ async def test_the_swarm_part_on_a_node_with_roots() -> None:
         "rehashed_bytes": 3,
         "clock_refusals": 4,
         "chunks_served": 7,
+        "bytes_served": 7 << 22,
         "waited_for_landing": 5,
         "landing_wait_ms": 60,
         "relayed": 0,

@@ -278,7 +278,7 @@ async def test_agent_gets_the_layer_through_the_root_with_one_origin_get(
         assert agent.swarm is not None
         assert agent.swarm.fallbacks == {}
         assert agent.swarm.peer_bytes == blob.size
-        assert root.service.chunks_served == 11
+        assert (root.service.chunks_served, root.service.bytes_served) == (11, blob.size)
         entry = agent.data.cache.get(blob.digest)
         assert entry is not None and entry.verified
         root_entry = root.data.cache.get(blob.digest)
