@@ -195,6 +195,12 @@ class LayerDownload:
             raise
         finally:
             self._subscribers.close()
+            # Done or failed, the layer keeps no chunk in memory: it is on disk (readers still
+            # behind read it there). A root's tracker keeps its download for as long as it
+            # tracks the layer, and a finished one waits for the garbage collector to break
+            # its reference cycles: their chunks went back to the pool only then, and the
+            # next pull faulted in fresh memory meanwhile.
+            self._hot.clear()
             if self.entry is not None:
                 self._cache.unpin(self.entry)
             self.started.set()

@@ -10,6 +10,7 @@ back with the chunk table.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -26,6 +27,7 @@ import trio.testing
 import agent.fetch.download as download_module
 import agent.swarm.tracker as tracker_module
 from agent.cache.checksums import new_chunk_checksum
+from agent.cache.native import buffer_pool
 from agent.cache.store import CacheEntry
 from agent.core.config import Config
 from agent.fetch.download import HOT_CHUNKS, LayerDownload
@@ -469,6 +471,30 @@ async def test_chunks_that_came_out_of_order_leave_memory_once_on_disk(
         agent = await swarm.agent(root)
         assert await pull(agent, registry, blob) == blob.data
     assert len(peak) == 13 and max(peak) <= HOT_CHUNKS
+
+
+async def test_a_finished_download_hands_its_chunks_back_to_the_buffer_pool(
+    swarm: Swarm, registry: FakeRegistry
+) -> None:
+    """A root's tracker keeps a layer's download for as long as it tracks the layer, and a
+    finished download lives on until the garbage collector breaks its reference cycles. The
+    chunks it kept in memory for readers close behind go back to the buffer pool when it ends
+    (the layer is on disk), so the next pull recycles them instead of faulting in fresh memory.
+    The collector is off here: only the downloads' own release counts."""
+    with trio.fail_after(TIMEOUT):
+        root = await swarm.root()
+        agent = await swarm.agent(root)
+        in_use = buffer_pool.in_use_bytes
+        gc.disable()
+        try:
+            for _ in range(2):
+                blob = registry.add(os.urandom(12 * CHUNK + 5))
+                assert await pull(agent, registry, blob) == blob.data
+                assert buffer_pool.in_use_bytes == in_use
+        finally:
+            gc.enable()
+        layer = root.tracker._layers[blob.digest] if root.tracker else None
+        assert layer is not None and layer.download is not None and layer.download.verified
 
 
 async def test_an_assignment_wakes_only_the_standing_request_it_is_for(
