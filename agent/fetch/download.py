@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 import trio
@@ -33,6 +32,7 @@ from agent.cache.store import CacheEntry
 from agent.core.errors import RegistryError
 from agent.fetch.chunkfill import ChunkFill
 from agent.fetch.fanout import Chunk, Fanout
+from agent.fetch.hotchunks import HotChunks
 from agent.fetch.model import (
     CacheWriteFailed,
     DownloadProgress,
@@ -52,7 +52,6 @@ from agent.swarm.download import HandedHere, SwarmContext, SwarmDownload, SwarmU
 
 log = logging.getLogger(__name__)
 
-HOT_CHUNKS = 2  # chunks already on disk kept in memory for readers close behind
 WRITES_IN_FLIGHT = 2  # chunk writes overlapping the network receive, per layer
 
 
@@ -91,7 +90,7 @@ class LayerDownload:
         self.stream_mode = self.verified = False
         self._changed = trio.Event()
         self._subscribers = Fanout(self._slow_reader, self._dropped_slow)
-        self._hot: OrderedDict[int, Chunk] = OrderedDict()
+        self._hot = HotChunks()  # chunks just arrived: readers close behind, peers
         # Swarm chunks in their last bytes (`landing`), with their bytes in so far (if known).
         self.landing_chunks: dict[int, memoryview | None] = {}
         self._unwritten: set[int] = set()  # in memory, write to disk in progress
@@ -195,16 +194,11 @@ class LayerDownload:
             raise
         finally:
             self._subscribers.close()
-            # Done or failed, the layer keeps no chunk in memory: it is on disk (readers still
-            # behind read it there). A root's tracker keeps its download for as long as it
-            # tracks the layer, and a finished one waits for the garbage collector to break
-            # its reference cycles: their chunks went back to the pool only then, and the
-            # next pull faulted in fresh memory meanwhile.
-            self._hot.clear()
             if self.entry is not None:
                 self._cache.unpin(self.entry)
             self.started.set()
             self.finished.set()
+            self._forget_read_chunks()
             self._notify()
             self._end_transfer()
             if not self.had_reader and self.layout is not None:  # e.g. a root's, for peers
@@ -414,10 +408,18 @@ class LayerDownload:
         """Reader `reader` has read every chunk below `index` (a ring's slots may free)."""
         self.readers.at(reader, index, trio.current_time())
         self._wake_ring()
+        self._forget_read_chunks()
 
     def reader_gone(self, reader: int) -> None:
         self.readers.gone(reader)
         self._wake_ring()
+        self._forget_read_chunks()
+
+    def _forget_read_chunks(self) -> None:
+        """Once the download has ended, its chunks leave memory as readers pass them."""
+        if self.finished.is_set() and self._hot:
+            layout = self.layout
+            self._hot.ended(self.readers.past(layout.count) if self.verified and layout else None)
 
     def _wake_ring(self) -> None:
         # Only a ring's writer waits on readers: other waiters need no wake-up per chunk read.
@@ -438,7 +440,7 @@ class LayerDownload:
                 and (held > index or not self.keep(held))  # a lower chunk comes first
             ):
                 self._cache.release_chunk(entry, held)
-                self._hot.pop(held, None)
+                self._hot.drop(held)
                 self._released_any = True
                 self.readers.evicted(held)  # the swarm driver tells the root
                 continue
@@ -497,7 +499,6 @@ class LayerDownload:
     def hashed(self, count: int) -> None:
         before = self.past()
         self._hashed_upto = count
-        self._evict_hot()
         if self.entry is not None and self.entry.slots is not None and self.past() > before:
             # `past` moved with the hash: nobody reads a root's ring (a parent tier fills
             # it), and its swarm driver, its window full, would wait for a reader forever.
@@ -552,7 +553,7 @@ class LayerDownload:
                 self._write_slots.release()
                 raise
         # The chunk is readable from memory at once; its write overlaps the next receive.
-        self._hot[index] = data
+        self._hot.add(index, data)
         self._unwritten.add(index)
         self._nursery.start_soon(self._write_chunk, index, data, sha256, checksum)
         self._notify()
@@ -574,20 +575,8 @@ class LayerDownload:
             self._write_slots.release()
             self.times.add_time("disk", time.perf_counter() - writing)
         self._unwritten.discard(index)
-        self._evict_hot()
+        self._hot.written(self._unwritten)
         self._notify()
-
-    def _evict_hot(self) -> None:
-        """Keep only the chunks that arrived last in memory (for readers close behind, and
-        peers: the root sends them to a new holder at once), and every unwritten one.
-
-        A chunk on disk goes even while chunks below it are still missing: the swarm's come
-        in any order, and keeping the stretch above the first gap held most of a layer in
-        memory (fresh memory on a first pull: page faults cost a cold agent 1 CPU-s per GiB).
-        A reader that gets there, and a whole-layer pass without a seal, read it back."""
-        done = [i for i in self._hot if i not in self._unwritten]
-        for old in done[: max(0, len(done) - HOT_CHUNKS)]:  # in order of arrival
-            del self._hot[old]
 
     def hot_chunk(self, index: int) -> Chunk | None:
         return self._hot.get(index)

@@ -8,6 +8,7 @@ cached, and a damaged cache file costing the reader nothing but a fresh download
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import tracemalloc
@@ -19,6 +20,8 @@ import pytest
 import trio
 import trio.testing
 
+from agent.cache.native import buffer_pool
+from agent.cache.store import CacheEntry
 from agent.fetch.model import LayerCorrupt, LayerFailed
 from agent.fetch.readers import BlobSource, ResumingBlob
 from agent.registry.routes import parse_digest
@@ -420,3 +423,46 @@ async def test_holds_says_whether_the_origin_sent_a_layer_here_already(
         assert node.fetcher.in_flight() == []
         assert node.fetcher.holds(blob.digest), "in the cache"
         assert not node.fetcher.holds("sha256:" + "0" * 64)
+
+
+async def test_a_reader_behind_when_the_download_ends_gets_the_last_chunks_from_memory(
+    make_node: MakeNode, registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download keeps its last chunks in memory for readers close behind. When it ends with
+    a reader still behind, they stay until that reader has them (no read back from the disk),
+    and then go back to the buffer pool: a finished download may live on (a root's tracker
+    keeps it; the garbage collector, off here, frees its reference cycles late), its chunks
+    must not, or the next pull faults in fresh memory."""
+    node = await make_node()
+    blob = registry.add(os.urandom(12 * CHUNK + 5))  # chunks 0-12
+    disk_reads: list[int] = []
+    read_chunk = node.cache.read_chunk
+
+    async def counted(entry: CacheEntry, index: int) -> bytes | memoryview:
+        disk_reads.append(index)
+        return await read_chunk(entry, index)
+
+    monkeypatch.setattr(node.cache, "read_chunk", counted)
+    in_use = buffer_pool.in_use_bytes
+    parts: list[bytes] = []
+
+    async def read_pausing_after_the_first_piece() -> None:
+        source = await open_layer(node, registry, blob)
+        try:
+            async with aclosing(source.read(0, source.size)) as pieces:
+                async for piece in pieces:
+                    parts.append(bytes(as_bytes(piece)))
+                    while len(parts) == 1 and node.fetcher.in_flight():
+                        await trio.sleep(0.01)  # the download ends, this reader at chunk 0
+        finally:
+            source.close()
+
+    gc.disable()
+    try:
+        with trio.fail_after(TIMEOUT):
+            await read_pausing_after_the_first_piece()
+        assert b"".join(parts) == blob.data
+        assert disk_reads and not {11, 12} & set(disk_reads)
+        assert buffer_pool.in_use_bytes == in_use
+    finally:
+        gc.enable()

@@ -30,8 +30,9 @@ from agent.cache.checksums import new_chunk_checksum
 from agent.cache.native import buffer_pool
 from agent.cache.store import CacheEntry
 from agent.core.config import Config
-from agent.fetch.download import HOT_CHUNKS, LayerDownload
+from agent.fetch.download import LayerDownload
 from agent.fetch.fetcher import LANDING_WAIT
+from agent.fetch.hotchunks import KEEP
 from agent.fetch.model import LayerCorrupt
 from agent.fetch.readers import BlobSource
 from agent.http.client import HttpClient
@@ -470,7 +471,7 @@ async def test_chunks_that_came_out_of_order_leave_memory_once_on_disk(
         root = await swarm.root()
         agent = await swarm.agent(root)
         assert await pull(agent, registry, blob) == blob.data
-    assert len(peak) == 13 and max(peak) <= HOT_CHUNKS
+    assert len(peak) == 13 and max(peak) <= KEEP
 
 
 async def test_a_finished_download_hands_its_chunks_back_to_the_buffer_pool(
