@@ -407,6 +407,7 @@ def measure_run(
     agent_sys0 = process_cpu(agent_pids, system_only=True)
     faults0 = minor_faults(agent_pids)
     fresh0 = sum(swarm_status(h, "buffers.created_bytes", "io_engine") for h in agents)
+    read0 = sum(swarm_status(h, "bytes_read", "io_engine") for h in agents)
     total0, idle0, irq0 = cpu_times()
     clients0 = children_cpu()
     tcp0 = tcp_counters(roots + agents)
@@ -472,11 +473,14 @@ def measure_run(
         faults = minor_faults(agent_pids) - faults0
         fresh = sum(swarm_status(h, "buffers.created_bytes", "io_engine") for h in agents)
         peaks = [swarm_status(h, "buffers.peak_in_use_bytes", "io_engine") for h in agents]
+        read = sum(swarm_status(h, "bytes_read", "io_engine") for h in agents) - read0
+        read_back = read / GiB / received
         print(
             f"swarm: the agents took {faults * os.sysconf('SC_PAGE_SIZE') / received / GiB:.2f} "
             f"GiB of page faults per GiB received ({(fresh - fresh0) / received / GiB:.2f} "
             "GiB per GiB in new chunk buffers: the rest were recycled); buffers in use at once "
-            f"up to {max(peaks) / MiB:.0f} MiB on an agent"
+            f"up to {max(peaks) / MiB:.0f} MiB on an agent; they read {read_back:.2f} GiB "
+            "back from their caches per GiB received (chunks no longer in memory)"
         )
         print_swarm_counters(args, work, image, began, before, roots, agents, agent_pids, root_pids)
     return durations, sent, busy, wall
