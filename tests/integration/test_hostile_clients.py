@@ -25,6 +25,7 @@ from harness import (
     blob_path_pattern,
     blob_url,
     free_port,
+    memory_mib,
     push_image,
     raw_get,
     raw_request,
@@ -42,10 +43,7 @@ FAKETIME_LIBS = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
 
 def rss_mib(agent: AgentProcess, field: str = "VmRSS") -> float:
     assert agent.proc is not None
-    for line in Path(f"/proc/{agent.proc.pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no {field}")
+    return memory_mib(agent.proc.pid, field)
 
 
 def root_and_agent(

@@ -34,6 +34,7 @@ from harness import (
     free_port,
     http_get,
     make_ca_and_cert,
+    memory_mib,
     wait_until,
     write_secret_volume,
 )
@@ -500,13 +501,6 @@ def test_a_registry_port_survives_the_rewrite(
     assert auths_of(copy) == {p2p_5000: on_5000, ACR_P2P: on_443}
 
 
-def peak_rss_mib(pid: int) -> int:
-    """The process's peak resident set (VmHWM), MiB."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    (line,) = [x for x in status.splitlines() if x.startswith("VmHWM:")]
-    return int(line.split()[1]) // 1024
-
-
 def costly_review(size: int) -> bytes:
     """A well-formed review of about `size` bytes whose parse costs the most memory per byte
     (an array of empty objects: 3 bytes each in JSON, some 70 in memory)."""
@@ -526,17 +520,17 @@ def test_a_huge_review_is_refused_before_it_is_parsed(
     MAX_REVIEW_BYTES (1 MiB) is refused with 413 unparsed, and the costliest review that fits
     stays far below that."""
     with webhook_process(tmp_path, kube, account_dir, tls_files) as (proc, port):
-        peak = peak_rss_mib(proc.pid)
+        peak = memory_mib(proc.pid, "VmHWM")
         big = costly_review(4 * 1024 * 1024 - 512)
         assert len(big) < 4 * 1024 * 1024  # what the old limit let through
         status, _ = https_call(port, tls_files.ca, "POST", "/mutate", big)
         assert status == 413
-        assert peak_rss_mib(proc.pid) - peak < 16
+        assert memory_mib(proc.pid, "VmHWM") - peak < 16
         # The costliest review under the limit is answered, at a bounded cost.
         fits = costly_review(MAX_REVIEW_BYTES - 512)
         status, _ = https_call(port, tls_files.ca, "POST", "/mutate", fits)
         assert status == 200
-        assert peak_rss_mib(proc.pid) - peak < 48
+        assert memory_mib(proc.pid, "VmHWM") - peak < 48
         # Nesting deeper than the parser goes is a bad request, not a crash.
         deep = b"[" * (MAX_REVIEW_BYTES // 2 - 1) + b"]" * (MAX_REVIEW_BYTES // 2 - 1)
         status, raw = https_call(port, tls_files.ca, "POST", "/mutate", deep)

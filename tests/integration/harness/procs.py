@@ -93,6 +93,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 _HANDED_OUT: set[int] = set()  # free_port's ports so far
 
 
+def memory_mib(pid: int, field: str = "VmRSS") -> float:
+    """A process's memory as /proc/PID/status counts it, MiB: VmRSS (resident now) or VmHWM
+    (its peak resident set)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise HarnessError(f"/proc/{pid}/status has no {field}")
+
+
 def assert_loopback_url(url: str) -> None:
     """Raise unless `url` names a loopback IP or `localhost` (the network rule)."""
     host = urllib.parse.urlsplit(url).hostname or ""
