@@ -102,29 +102,29 @@ def profile_target(host: Host) -> tuple[int, str]:
     return host.procs[0].pid, f"{host.role}-{host.index}"
 
 
-def minor_faults(pids: list[int]) -> int:
-    """Minor page faults these processes took so far: each one is a page of memory touched
-    for the first time (zero-filled by the kernel), a cost that follows fresh memory."""
+def proc_stat_sum(pids: list[int], fields: tuple[int, ...]) -> int:
+    """The sum of these /proc/PID/stat fields (numbered from 1, as proc(5) does) over the
+    processes still running."""
     total = 0
     for pid in pids:
         try:
-            total += int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+            values = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
+        total += sum(int(values[field - 3]) for field in fields)  # values start at field 3
     return total
+
+
+def minor_faults(pids: list[int]) -> int:
+    """Minor page faults these processes took so far: each one is a page of memory touched
+    for the first time (zero-filled by the kernel), a cost that follows fresh memory."""
+    return proc_stat_sum(pids, (10,))
 
 
 def process_cpu(pids: list[int], *, system_only: bool = False) -> float:
     """CPU seconds (user + system, or system alone) used so far by these processes."""
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks = int(fields[12]) if system_only else int(fields[11]) + int(fields[12])
-        total += ticks / os.sysconf("SC_CLK_TCK")
-    return total
+    ticks = proc_stat_sum(pids, (15,) if system_only else (14, 15))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pids: list[int]) -> float:
@@ -229,20 +229,30 @@ def simulated(
 TCP_COUNTERS = ("TcpOutSegs", "TcpRetransSegs", "TcpActiveOpens")
 
 
-ROOT_COUNTERS = ("tracker.plans_answered", "tracker.handoffs", "bytes_served")
-AGENT_COUNTERS = ("relayed", "waited_for_landing", "landing_wait_ms", "sealed_layers")
-AGENT_COUNTERS += ("rehashed_bytes",)
+# Status counters the bench prints, as (section of the status page, field).
+ROOT_COUNTERS = [("swarm", f) for f in ("tracker.plans_answered", "tracker.handoffs")]
+ROOT_COUNTERS += [("swarm", "bytes_served")]
+AGENT_COUNTERS = [("swarm", f) for f in ("relayed", "waited_for_landing", "landing_wait_ms")]
+AGENT_COUNTERS += [("swarm", "sealed_layers"), ("swarm", "rehashed_bytes")]
+AGENT_COUNTERS += [("io_engine", "buffers.created_bytes"), ("io_engine", "bytes_read")]
+Counters = dict[tuple[int, str, str], int]
 
 
-def status_counters(roots: list[Host], agents: list[Host]) -> dict[tuple[int, str], int]:
-    """The swarm status counters the bench prints, per (host, counter), as they stand."""
+def status_counters(roots: list[Host], agents: list[Host]) -> Counters:
+    """The status counters the bench prints, per (host, section, counter), as they stand."""
     hosts = [(h, ROOT_COUNTERS) for h in roots] + [(h, AGENT_COUNTERS) for h in agents]
-    return {(h.index, f): swarm_status(h, f) for h, fields in hosts for f in fields}
+    return {
+        (h.index, section, f): swarm_status(h, f, section)
+        for h, fields in hosts
+        for section, f in fields
+    }
 
 
-def status_since(before: dict[tuple[int, str], int], field: str, hosts: list[Host]) -> int:
+def status_since(before: Counters, field: str, hosts: list[Host], section: str = "swarm") -> int:
     """A status counter summed over `hosts`, less what it stood at in `before`."""
-    return sum(swarm_status(h, field) - before.get((h.index, field), 0) for h in hosts)
+    return sum(
+        swarm_status(h, field, section) - before.get((h.index, section, field), 0) for h in hosts
+    )
 
 
 def print_traced(work: Path, since: float, chunk: int, node_mbit: float, roots: list[Host]) -> None:
@@ -282,7 +292,7 @@ def print_swarm_counters(
     work: Path,
     image: Image,
     began: float,
-    before: dict[tuple[int, str], int],
+    before: Counters,
     roots: list[Host],
     agents: list[Host],
     agent_pids: list[int],
@@ -406,8 +416,6 @@ def measure_run(
     root0 = process_cpu(root_pids)
     agent_sys0 = process_cpu(agent_pids, system_only=True)
     faults0 = minor_faults(agent_pids)
-    fresh0 = sum(swarm_status(h, "buffers.created_bytes", "io_engine") for h in agents)
-    read0 = sum(swarm_status(h, "bytes_read", "io_engine") for h in agents)
     total0, idle0, irq0 = cpu_times()
     clients0 = children_cpu()
     tcp0 = tcp_counters(roots + agents)
@@ -471,13 +479,12 @@ def measure_run(
             f"{root_cpu:.2f} ({root_cpu / max(root_goal, 1e-9):.1f} x)"
         )
         faults = minor_faults(agent_pids) - faults0
-        fresh = sum(swarm_status(h, "buffers.created_bytes", "io_engine") for h in agents)
+        fresh = status_since(before, "buffers.created_bytes", agents, "io_engine")
         peaks = [swarm_status(h, "buffers.peak_in_use_bytes", "io_engine") for h in agents]
-        read = sum(swarm_status(h, "bytes_read", "io_engine") for h in agents) - read0
-        read_back = read / GiB / received
+        read_back = status_since(before, "bytes_read", agents, "io_engine") / GiB / received
         print(
             f"swarm: the agents took {faults * os.sysconf('SC_PAGE_SIZE') / received / GiB:.2f} "
-            f"GiB of page faults per GiB received ({(fresh - fresh0) / received / GiB:.2f} "
+            f"GiB of page faults per GiB received ({fresh / received / GiB:.2f} "
             "GiB per GiB in new chunk buffers: the rest were recycled); buffers in use at once "
             f"up to {max(peaks) / MiB:.0f} MiB on an agent; they read {read_back:.2f} GiB "
             "back from their caches per GiB received (chunks no longer in memory)"

@@ -65,5 +65,6 @@ class HotChunks:
         every chunk goes)."""
         if first_needed is None:
             self._chunks.clear()
-        for index in [i for i in self._chunks if i < (first_needed or 0)]:
+            return
+        for index in [i for i in self._chunks if i < first_needed]:
             del self._chunks[index]

@@ -114,11 +114,10 @@ class Pace:
         """From `settling(True)` to `settling(False)` `slow` and `fast_holder` answer from what
         they worked out the first time: the schedule's matching only assigns (no holding, pace
         or lag changes), and a transfer issued now is late for nobody, so no answer changes
-        meanwhile. (With 200 agents the matching
-        asked for every holder of every candidate chunk: `slow` and `fast_holder` were 70 % of
-        a root's CPU, bench/rootload.py.)"""
+        meanwhile. (With 200 agents the matching asked for every holder of every candidate
+        chunk: `slow` and `fast_holder` were 70 % of a root's CPU, bench/rootload.py.)"""
         self._judged = {} if on else None
-        self._fast: dict[int, list[int]] | None = {} if on else None  # chunk: fast holders
+        self._fast = {} if on else None
 
     def slow(self, peer: Peer) -> bool:
         """A peer whose uploads take LATE times the usual duration or longer (its pace, or an

@@ -170,7 +170,7 @@ class P2PService:
         cut: a prefix from a copy that lost to another, or failed its check, must not be
         completed with other bytes; the asker sees a failed transfer, not bad data)."""
         started = time.perf_counter()
-        sent = False
+        length, sent = entry.layout.length(index), False
         self._cache.pin(entry)
         try:
             yield prefix
@@ -183,13 +183,13 @@ class P2PService:
             self.relayed += 1
             yield memoryview(hot)[len(prefix) :]
             self.chunks_served += 1
-            self.bytes_served += entry.layout.length(index)
+            self.bytes_served += length
             sent = True
         finally:
             self._cache.unpin(entry)
             seconds = time.perf_counter() - started
-            length = entry.layout.length(index) if sent else -1
-            self._observer.served(RPC_PREAD, path, entry.layout.offset(index), length, seconds)
+            offset = entry.layout.offset(index)
+            self._observer.served(RPC_PREAD, path, offset, length if sent else -1, seconds)
 
     async def _send_chunk(
         self, entry: CacheEntry, index: int, path: str
