@@ -139,7 +139,8 @@ KEYS: tuple[Key, ...] = (
     _k("cache_chunk_size", "POLLEN_CACHE_CHUNK_SIZE", "cache.chunkSize", 4 << 20,
        parse_positive_size, "bytes", "chunk size (a multiple of 4096 when aioEnable=1); a "
        "layer's first 8 chunks are half of it (a quarter in a layer of at most two chunks) when "
-       "that is a multiple of 4 KiB and at least 1 MiB", **_SIZE),
+       "that is a multiple of 4 KiB and at least 1 MiB; the same on every agent and root (larger "
+       "chunks: less CPU per GiB, a later P95 on slow links; docs/ARCHITECTURE.md)", **_SIZE),
     _k("cache_queue_depth", "POLLEN_CACHE_QUEUE_DEPTH", "cache.queueDepth", 32, parse_positive_int,
        "operations", "native I/O operations in flight"),
     _k("cache_write_retry", "POLLEN_CACHE_WRITE_RETRY", "cache.writeRetry", 30.0,

@@ -55,6 +55,13 @@ class Flow:
         self.share = 0.0  # the rate its links give it; `rate` climbs to it (SwarmConfig.ramp)
         self.climbing = False  # a step of its climb to `share` is due
 
+    def __hash__(self) -> int:
+        """From what the flow carries, not its address: the engine keeps flows in sets, and
+        an address-ordered set made the same simulation differ from run to run (P95 1.78-2.00
+        x T_min for one setting). Two flows alike hash alike and stay two (equality is
+        identity)."""
+        return hash((self.src, self.dst, self.layer, self.chunk))
+
     def left(self, now: float) -> float:
         """Bytes still to come at `now`."""
         return self.remaining - self.rate * (now - self.t)

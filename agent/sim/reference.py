@@ -17,9 +17,12 @@ NODE_GBIT = 10.0
 ORIGIN_GBIT = 10.0
 DISK_MBPS = 220.0  # ESSD PL1 200 GB: 120 + 0.5 x 200 MB/s of throughput
 LAYERS_AT_ONCE = 3  # containerd's max_concurrent_downloads
-# A swarm agent's CPU per GiB received, serving included (bench/swarm.py, --o-direct, light
-# clients, this machine): with one core it caps a node at about 200 MB/s.
-AGENT_CPU_S_PER_GIB = 5.4
+# A swarm agent's CPU per GiB received, serving included, in the chunks of SETTING below
+# (bench/swarm.py --nodes 8 --node-mbit 200 --origin-mbit 400 --layer-mib 256 --chunk 16MiB
+# --o-direct --client light --warm, this machine: 2.0-2.6, 4 MiB chunks 2.4-2.8; it was 5.4
+# before the lean data plane): with one core it caps a node at about 490 MB/s, above the
+# disks' 220.
+AGENT_CPU_S_PER_GIB = 2.2
 # Unpacking is not simulated: containerd gunzips and writes each layer after it arrives, on
 # about one core; 150 MB/s is a fair figure for Go's gzip plus the writes.
 UNPACK_MBPS = 150.0
@@ -40,7 +43,7 @@ class PublishedRow:
 
 # What `pollen simulate --reference` sets, for the flags left at their defaults: the published
 # test, and a deployment fit for it (16 MiB chunks: a quarter of the plan requests of 4 MiB,
-# each still about 80 ms on a node capped at ~200 MB/s; 16 roots in tiers, 1.6% of the nodes:
+# each still about 75 ms at a node's 220 MB/s disk; 16 roots in tiers, 1.6% of the nodes:
 # a root answers its group of ~62 agents and the other roots, not all 1000 agents).
 SETTING = {
     "nodes": NODES,
