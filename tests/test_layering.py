@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "swarm.planner": 2,  # the agent's per-layer planner
     "swarm.decisions": 2,  # what the planner decides, for its driver
     "swarm.reports": 2,  # the reports a planner owes its root
+    "swarm.intake": 2,  # a plan request into the schedule, for the tracker and the simulator
     "swarm.depth": 2,  # how many transfers a planner keeps in flight
     "http.throttle": 2,  # token bucket arithmetic
     "observe.events": 2,  # the data path's events, the 10 s windows, the per-layer summary

@@ -18,13 +18,13 @@ Model
   the next one as one completes, each with its own planner. Node i starts at
   ``i * start_spread / N``.
 - Plan requests reach the root ``latency / 2`` later, queue for its one core
-  (`root_request_s` each, first come first served), then a model of the tracker applies the
-  reports, states the demand to the schedule and answers with the node's mailbox of
-  assignments (a standing request with nothing to deliver is held up to `long_poll` seconds);
-  the answer takes ``latency / 2`` back. A transfer's first byte comes `latency` after the
-  planner starts it; a received chunk is stored (hashed, written, reported) `store_delay`
-  after its last byte. `jitter` spreads every delay uniformly over [d/2, 3d/2] so simultaneous
-  events do not always run in the same order. Each schedule's `expire` runs every `tick`.
+  (`root_request_s` each, first come first served), the tracker's `agent.swarm.intake`
+  feeds the reports and demand to the schedule, and the answer is the node's mailbox of
+  assignments (a standing request with nothing to deliver is held up to `long_poll` seconds)
+  ``latency / 2`` later. A transfer's first byte comes `latency` after the planner starts it;
+  a received chunk is stored (hashed, written, reported) `store_delay` after its last byte.
+  `jitter` spreads every delay uniformly over [d/2, 3d/2] so simultaneous events do not
+  always run in the same order. Each schedule's `expire` runs every `tick`.
 - Links (default): a node's concurrent uploads share its upload rate equally, its downloads
   its receive rate, and a transfer runs at the smaller of its two shares, whichever layers
   they belong to (the roots' schedules do not know of each other's transfers, as in the real
@@ -34,7 +34,8 @@ Model
   every link instead (progressive filling: small swarms only).
 - Caches: with `node_cache_chunks`, a layer with more chunks than that passes through a
   window of that many: its readers consume chunks in order as they arrive, the oldest consumed
-  are let go (the planner's `released`); a transfer from a node that let the chunk go is a 404.
+  are let go (the planner's `released`), never one being sent; a transfer from a node that
+  let the chunk go is a 404.
 - Faults: `liars` serve bytes that fail verification; `leaves` maps a node to the time it
   disappears (it stops counting); `crashes` one to the time its process dies: its uploads
   break (their receivers report them failed), its downloads' sources never hear of it, a
@@ -51,7 +52,8 @@ from collections.abc import Callable
 
 from agent.sim.links import RAMP_STEPS, Lanes, climbed, fair_rates, spread_over_seconds
 from agent.sim.links import Flow as _Flow
-from agent.sim.model import SimLayer, SwarmConfig, SwarmResult, sim_layers
+from agent.sim.model import SwarmConfig, SwarmResult, sim_layers
+from agent.sim.nodes import NodeSide
 from agent.sim.roots import (
     EV_ARRIVE,
     EV_CRASH,
@@ -69,7 +71,7 @@ from agent.sim.roots import (
     EV_WAKE,
     RootSide,
 )
-from agent.swarm.planner import Decisions, LayerPlanner
+from agent.swarm.planner import LayerPlanner
 from agent.swarm.protocol import PlanTarget
 
 PROGRESS_EVERY = 20_000  # events between calls of the progress callback
@@ -77,7 +79,7 @@ PROGRESS_EVERY = 20_000  # events between calls of the progress callback
 Progress = Callable[[float, float], None]  # (simulated time, share of all chunks stored)
 
 
-class Simulation(RootSide):
+class Simulation(RootSide, NodeSide):
     """One run. `run()` returns the result; the object can be inspected afterwards."""
 
     def __init__(self, config: SwarmConfig, progress: Progress | None = None) -> None:
@@ -111,6 +113,7 @@ class Simulation(RootSide):
         self.layer_have = [[0] * len(self.layers) for _ in range(n)]
         self.have = [0] * n  # chunks got, every layer (completion)
         self.stored = 0  # chunks got, every node
+        self.progress_at = 0.0  # the last chunk stored, or node joining (stall_after)
         self.next_layer = [0] * n  # the next layer each agent starts
         self.alive = [False] * n + [True] * k
         self.gone = [False] * (n + k)
@@ -171,11 +174,15 @@ class Simulation(RootSide):
             self.push(t, EV_CRASH, i)
         self.push(c.tick, EV_EXPIRE)
         limit = c.time_limit if c.time_limit is not None else 50 * c.t_min
-        now = 0.0
+        stall, now = c.stall_after, 0.0
         while self.heap:
             now, kind, _, obj, version = heapq.heappop(self.heap)
             if now > limit:
                 raise RuntimeError(f"simulation passed {limit:.1f}s: {self.stuck()}")
+            if now - self.progress_at > stall:
+                raise RuntimeError(
+                    f"no chunk stored for {stall:.0f}s at {now:.1f}s: {self.stuck()}"
+                )
             self.events += 1
             self.handle(now, kind, obj, version)
             if self.unfinished == 0:
@@ -269,6 +276,7 @@ class Simulation(RootSide):
         elif kind == EV_JOIN:
             assert isinstance(obj, int)
             self.alive[obj] = True
+            self.progress_at = now
             self.start_layers(obj, now)
         elif kind == EV_LEAVE:
             assert isinstance(obj, int)
@@ -294,173 +302,13 @@ class Simulation(RootSide):
         }
         return f"nodes still missing chunks: {dict(list(missing.items())[:20])}"
 
-    # Agents: each a real LayerPlanner per layer ------------------------------------------
-
-    def start_layers(self, node: int, now: float) -> None:
-        """Start the node's next image layers, up to `layers_at_once` in flight, and of a
-        striped layer as many stripes as its window allows (`SimLayer.at_once`)."""
-        c = self.config
-        limit = c.layers_at_once or len(c.layer_sizes)
-        planners, order = self.planners[node], self.node_layers[node]
-        while self.next_layer[node] < len(order):
-            layer = self.layers[order[self.next_layer[node]]]
-            active = [self.layers[i] for i in planners if not self.layer_complete(node, i)]
-            images = {a.image_layer for a in active}
-            if layer.image_layer not in images and len(images) >= limit:
-                return
-            if sum(1 for a in active if a.image_layer == layer.image_layer) >= layer.at_once:
-                return
-            self.next_layer[node] += 1
-            planners[layer.index] = self.new_planner(layer)
-            self.agent_does(node, layer.index, planners[layer.index].start(now), now)
-
-    def new_planner(self, layer: SimLayer) -> LayerPlanner:
-        c = self.config
-        return LayerPlanner(
-            digest=layer.digest,
-            upstream="registry.sim",
-            repo="sim/image",
-            chunk_size=c.chunk_size,
-            head_chunk=c.head,
-            parallel=c.want,
-            max_depth=c.max_depth,
-        )
-
-    def layer_complete(self, node: int, layer: int) -> bool:
-        return self.layer_have[node][layer] == self.layers[layer].count
-
-    def agent_does(self, node: int, layer: int, d: Decisions, now: float) -> None:
-        """Carry out a planner's decisions, as `agent.swarm.download` does."""
-        assert d.error is None and d.fallback is None, f"{self.names[node]}: {d}"
-        planner = self.planners[node][layer]
-        if d.size is not None:  # nothing cached before: the layer is admitted empty
-            window = self.layers[layer].window if node < self.config.nodes else None
-            self.agent_does(node, layer, planner.admitted((), now, window=window), now)
-            return
-        key = (node, layer)
-        if d.drop_poll:
-            self.held_poll.pop(key, None)
-        for t in d.cancel:
-            flow = self.flows.pop((node, layer, t.chunk, self.index[t.source]), None)
-            if flow is not None:
-                self.cancelled += 1
-                self.stop(flow, now)
-        for t in d.start:
-            src = self.index[t.source]
-            size = self.layers[layer].chunk_bytes(t.chunk)
-            flow = _Flow(src, node, layer, t.chunk, size)
-            flow.asked = now
-            self.flows[(node, layer, t.chunk, src)] = flow
-            self.transfers += 1
-            self.push(now + self.delay(self.config.latency), EV_START, flow)
-        for request in d.requests:
-            message = (node, layer, request)
-            self.push(now + self.delay(self.config.latency / 2), EV_ARRIVE, message)
-        if d.store is not None:
-            self.verified.add((node, layer, d.store.chunk))
-            self.landed(node, layer, d.store.chunk, now)
-            if self.config.store_delay > 0:  # hashed, written, then reported
-                message = (node, layer, d.store.chunk, d.store.source)
-                self.push(now + self.config.store_delay, EV_STORE, message)
-            else:
-                self.store(node, layer, d.store.chunk, d.store.source, now)
-        if d.wake_at is not None:
-            version = self.wake_version[key] = self.wake_version.get(key, 0) + 1
-            self.push(d.wake_at, EV_WAKE, key, version)
-
-    def store(self, node: int, layer: int, chunk: int, source: str, now: float) -> None:
-        got = self.got[node][layer]
-        if node >= self.config.nodes:  # a root, through the tier (roots hold whole layers)
-            got[chunk] = self.held[node][layer][chunk] = 1
-            planner = self.planners[node][layer]
-            self.agent_does(node, layer, planner.stored(chunk, source, now), now)
-            self.root_stored(node, self.layers[layer], now)
-            return
-        if not got[chunk]:
-            got[chunk] = 1
-            self.stored += 1
-            self.have[node] += 1
-            self.layer_have[node][layer] += 1
-            if self.have[node] == self.total_chunks:
-                self.completion[self.names[node]] = now
-                self.unfinished -= 1
-        if not self.held[node][layer][chunk]:
-            self.held[node][layer][chunk] = 1
-            self.held_n[node][layer] += 1
-        planner = self.planners[node][layer]
-        self.verified.discard((node, layer, chunk))
-        self.agent_does(node, layer, planner.stored(chunk, source, now), now)
-        if self.layers[layer].window is not None:
-            self.make_room(node, layer, now)
-        if self.layer_complete(node, layer):
-            self.start_layers(node, now)
-
-    def landed(self, node: int, layer: int, chunk: int, now: float) -> None:
-        """The chunk is verified at `node`, or (not held) nothing brings it any more: the
-        transfers relaying it from there end, or are cut."""
-        key = (node, layer, chunk)
-        self.landing.discard(key)
-        for flow in self.parked.pop(key, ()):
-            if self.flows.get((flow.dst, flow.layer, flow.chunk, flow.src)) is not flow:
-                continue  # cancelled meanwhile
-            if self.held[node][layer][chunk] or key in self.verified:
-                self.finish(flow, now)
-                continue
-            del self.flows[(flow.dst, flow.layer, flow.chunk, flow.src)]
-            failed = self.planners[flow.dst][flow.layer].failed(flow.chunk, self.ids[node], now)
-            self.agent_does(flow.dst, flow.layer, failed, now)
-
-    def make_room(self, node: int, layer: int, now: float) -> None:
-        """The node's readers consume in order; its cache lets the oldest consumed chunks go
-        so that the next transfers fit (as the driver will, through `released`)."""
-        c, got, held = self.config, self.got[node][layer], self.held[node][layer]
-        count, window = self.layers[layer].count, self.layers[layer].window
-        consumed = self.consumed[node]
-        while consumed[layer] < count and got[consumed[layer]]:
-            consumed[layer] += 1
-        assert window is not None
-        planner = self.planners[node][layer]
-        excess = self.held_n[node][layer] + planner.depth + c.want - 1 - window
-        gone = []
-        for chunk in range(consumed[layer]):
-            if len(gone) >= excess:
-                break
-            if held[chunk]:
-                held[chunk] = 0
-                gone.append(chunk)
-        self.held_n[node][layer] -= len(gone)
-        decisions = planner.released(gone, consumed[layer], now)
-        self.agent_does(node, layer, decisions, now)
-
-    def leave(self, node: int, now: float) -> None:
-        """The node is gone (the caller tells its roots, or not: a crash): its transfers end,
-        those from it with a failure at their receivers."""
-        self.alive[node] = False
-        self.gone[node] = True
-        for layer in range(len(self.layers)):
-            self.held_poll.pop((node, layer), None)
-        if self.have[node] < self.total_chunks:
-            self.unfinished -= 1
-        self.landing = {key for key in self.landing if key[0] != node}
-        for key, flow in list(self.flows.items()):
-            if node in (flow.src, flow.dst):
-                del self.flows[key]
-                self.stop(flow, now)
-                if flow.dst != node and self.alive[flow.dst]:  # its source vanished
-                    planner = self.planners[flow.dst][flow.layer]
-                    decisions = planner.failed(flow.chunk, self.ids[node], now)
-                    self.agent_does(flow.dst, flow.layer, decisions, now)
-
     # Links -------------------------------------------------------------------------------
 
     def start(self, flow: _Flow, now: float) -> None:
         if self.flows.get((flow.dst, flow.layer, flow.chunk, flow.src)) is not flow:
             return  # cancelled before its first byte
         if flow.src in self.crashed:  # its P2P port is closed: the connection is refused
-            del self.flows[(flow.dst, flow.layer, flow.chunk, flow.src)]
-            planner = self.planners[flow.dst][flow.layer]
-            refused = planner.failed(flow.chunk, self.ids[flow.src], now)
-            self.agent_does(flow.dst, flow.layer, refused, now)
+            self.cut(flow, now)
             return
         serves = (
             flow.src != self.origin and flow.src != self.root_of[flow.layer] + self.config.nodes
@@ -483,6 +331,13 @@ class Simulation(RootSide):
         self.lanes.moved(flow.dst, flow.layer, now, 1)
         self.running.add(flow)
         self.shares_changed(flow, now)
+
+    def cut(self, flow: _Flow, now: float) -> None:
+        """The transfer breaks off (refused; its source's copy failed): the receiver hears."""
+        del self.flows[(flow.dst, flow.layer, flow.chunk, flow.src)]
+        self.stop(flow, now)
+        failed = self.planners[flow.dst][flow.layer].failed(flow.chunk, self.ids[flow.src], now)
+        self.agent_does(flow.dst, flow.layer, failed, now)
 
     def shares_changed(self, flow: _Flow, now: float) -> None:
         """A flow joined or left its two links: the rates there change."""
@@ -567,10 +422,17 @@ class Simulation(RootSide):
             flow.src != self.origin and flow.src != self.root_of[flow.layer] + self.config.nodes
         )
         if serves and not flow.relayed and not self._servable(flow):
-            flow.remaining = 0.0  # relayed ahead of its source's copy: the end waits for it
+            # Relayed ahead of its source's copy (never let go while sent: its slot is kept):
+            # the end waits for it, or the relay is cut (that copy failed its check there).
+            key = (flow.src, flow.layer, flow.chunk)
+            assert not self.got[flow.src][flow.layer][flow.chunk], f"{key} was let go"
+            if key not in self.landing:
+                self.cut(flow, now)
+                return
+            flow.remaining = 0.0
             self.stop(flow, now)
             flow.relayed = True
-            self.parked.setdefault((flow.src, flow.layer, flow.chunk), []).append(flow)
+            self.parked.setdefault(key, []).append(flow)
             return
         del self.flows[(flow.dst, flow.layer, flow.chunk, flow.src)]
         flow.remaining = 0.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +81,20 @@ def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (the value at rank ceil(q·n)): P95 of 16 nodes is the max."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def let_go(held: bytearray, consumed: int, excess: int, sending: Container[int]) -> list[int]:
+    """A node's cache window making room: up to `excess` of the oldest chunks its readers
+    consumed (below `consumed`) that it holds, cleared in `held`; none a peer is being sent
+    (a ring slot is never reused while its chunk is sent, agent/fetch/window.py)."""
+    gone: list[int] = []
+    for chunk in range(consumed):
+        if len(gone) >= excess:
+            break
+        if held[chunk] and chunk not in sending:
+            held[chunk] = 0
+            gone.append(chunk)
+    return gone
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,6 +236,16 @@ class SwarmConfig:
     @property
     def root_rate(self) -> float:
         return self.upload if self.root_upload is None else self.root_upload
+
+    @property
+    def stall_after(self) -> float:
+        """Simulated seconds without a chunk stored anywhere (nor a node joining) that mean
+        the swarm is stuck: the run fails then, not at `time_limit` (a stall ran 24 simulated
+        hours, half an hour of CPU). Ten transfer timeouts, or twenty chunks at the slowest
+        rate in the setting."""
+        rates = [self.origin, self.root_rate]
+        rates += [min(self.upload_of(i), self.download_of(i)) for i in range(self.nodes)]
+        return max(10 * self.transfer_timeout, 20 * self.chunk_size / min(rates))
 
     @property
     def t_min(self) -> float:

@@ -10,16 +10,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from agent.sim.links import Flow as _Flow
 from agent.sim.model import SimLayer, SwarmConfig
+from agent.swarm.intake import take_request
 from agent.swarm.plan import Plan
 from agent.swarm.protocol import PlanTarget
 from agent.swarm.schedule import Actions, Assignment
 
 if TYPE_CHECKING:
     from agent.swarm.planner import Decisions, LayerPlanner
+
+T = TypeVar("T")
 
 # Event kinds, in the order they are handled at equal times.
 (
@@ -91,14 +94,12 @@ class RootSide:
         def new_planner(self, layer: SimLayer) -> LayerPlanner: ...
         def agent_does(self, node: int, layer: int, d: Decisions, now: float) -> None: ...
 
-    def timed(
-        self, layer: SimLayer, call: Callable[..., Actions], *args: object, **kwargs: object
-    ) -> Actions:
+    def timed(self, layer: SimLayer, call: Callable[..., T], *args: object, **kwargs: object) -> T:
         """A schedule call, its CPU counted against the layer's root."""
         started = time.process_time()
-        actions = call(*args, **kwargs)
+        answer = call(*args, **kwargs)
         self.schedule_cpu[self.root_of[layer.index]] += time.process_time() - started
-        return actions
+        return answer
 
     def queue_at_root(self, message: tuple[int, int, PlanTarget], now: float) -> None:
         """A request waits for the root's core (one request at a time, in arrival order)."""
@@ -118,47 +119,40 @@ class RootSide:
         if not layer.fetching:  # the root starts its download of the layer
             layer.fetching = True
             self.root_fetches(layer, now)
-        ident, schedule, key = self.ids[node], layer.schedule, (node, layer_index)
-        deliver, timed = self.deliver, self.timed
+        ident, key = self.ids[node], (node, layer_index)
         self.seen[key] = now
         if request.fresh:  # as the tracker: a new download there forgets the old one
             self.mailbox[key] = []
-            deliver(layer_index, timed(layer, schedule.leave, ident, now), now)
-        for chunk, source in request.done:
-            deliver(layer_index, timed(layer, schedule.completed, ident, chunk, source, now), now)
-        for chunk, source, bad in request.failed:
-            if bad:
-                self.banned.add(self.index[source])
-            actions = timed(layer, schedule.failed, ident, chunk, source, bad_data=bad, now=now)
-            deliver(layer_index, actions, now)
-            src = self.index[source]
-            if bad or src >= self.config.nodes:
-                continue
-            if now - self.seen.get((src, layer_index), 0.0) > self.config.gone_after:
-                self.forget(layer, src, now)  # as the tracker: a silent source that fails is gone
-            elif src in self.crashed and self.config.refused:  # the tracker looked: gone
-                root = self.root_of[layer_index]
-                for other in self.layers:  # (in each layer of that root's)
-                    if self.root_of[other.index] == root and (src, other.index) in self.seen:
-                        self.forget(other, src, now)
-        for chunk, source in request.finishing:
-            deliver(layer_index, timed(layer, schedule.finishing, ident, chunk, source, now), now)
-        actions = timed(
-            layer,
-            schedule.request,
-            ident,
-            have=request.have,
-            want=request.want,
-            now=now,
-            depth=request.depth,
-        )
-        deliver(layer_index, actions, now)
+        parts = take_request(layer.schedule, ident, request, now)
+        while (fed := self.timed(layer, next, parts, None)) is not None:
+            self.deliver(layer_index, fed.actions, now)
+            if fed.failed is not None:
+                self.failed_source(layer, fed.failed, now)
         if request.poll and request.want and not self.mailbox.get(key):
             version = self.hold_version[key] = self.hold_version.get(key, 0) + 1
             self.held_poll[key] = request
             self.push(now + self.config.long_poll, EV_HOLD_END, key, version)
             return
         self.reply(node, layer_index, request, now)
+
+    def failed_source(self, layer: SimLayer, failed: tuple[int, str, bool], now: float) -> None:
+        """As the tracker after a failure report: a source with bad bytes is banned; one that
+        failed otherwise and has not asked for `gone_after`, or has crashed (the tracker
+        looked at its port), is forgotten."""
+        _, source, bad = failed
+        src = self.index[source]
+        if bad:
+            self.banned.add(src)
+            return
+        if src >= self.config.nodes:
+            return
+        if now - self.seen.get((src, layer.index), 0.0) > self.config.gone_after:
+            self.forget(layer, src, now)
+        elif src in self.crashed and self.config.refused:  # the tracker looked: gone
+            root = self.root_of[layer.index]
+            for other in self.layers:  # (in each layer of that root's)
+                if self.root_of[other.index] == root and (src, other.index) in self.seen:
+                    self.forget(other, src, now)
 
     def forget_silent(self, layer: SimLayer, now: float) -> None:
         """As the tracker's expiry: a node receiving transfers that has not asked for

@@ -33,6 +33,7 @@ from agent.core.upstream import Upstream
 from agent.registry.routes import Digest, parse_digest
 from agent.registry.upstreams import match_upstream
 from agent.swarm.handoffstore import HandoffStore
+from agent.swarm.intake import take_request
 from agent.swarm.liveness import Liveness
 from agent.swarm.ownership import Fetching, Handoffs, busy_with, may_hand_off
 from agent.swarm.pace import expected_transfer
@@ -392,16 +393,17 @@ class Tracker:
         return layer.sealed
 
     def _take_request(self, layer: RootLayer, asker: str, request: PlanTarget, now: float) -> None:
-        """Feed the agent's reports (a fresh start, transfers done, failed, missing, finishing)
-        and then its demand to the layer's schedule, and deliver what the schedule decided."""
+        """Feed the agent's reports and then its demand to the layer's schedule
+        (agent/swarm/intake.py), and deliver what the schedule decided."""
         schedule = layer.schedule
         assert schedule is not None
-        if request.fresh:  # a new download there: what we knew of the node is from before
+        if request.fresh:  # a new download there: what it was given before is void
             layer.mailbox.pop(asker, None)
-            self._deliver(layer, schedule.leave(asker, now))
-        for chunk, source in request.done:
-            self._deliver(layer, schedule.completed(asker, chunk, source, now))
-        for chunk, source, bad in request.failed:
+        for fed in take_request(schedule, asker, request, now):
+            self._deliver(layer, fed.actions)
+            if fed.failed is None:
+                continue
+            chunk, source, bad = fed.failed
             if bad:
                 log.warning(
                     "tracker %s: %s says %s served a bad chunk %d",
@@ -410,7 +412,6 @@ class Tracker:
                     source,
                     chunk,
                 )
-            self._deliver(layer, schedule.failed(asker, chunk, source, bad_data=bad, now=now))
             if bad or source == self.node:
                 continue
             if now - layer.seen.get(source, 0.0) > GONE_AFTER:
@@ -423,19 +424,6 @@ class Tracker:
                 self._forget(layer, source, now)
             elif self._nursery is not None and self.liveness.due(source, now):
                 self._nursery.start_soon(self._forget_if_gone, source)  # (it may have died)
-        for chunk, source in request.missing:  # evicted there: no fault, just not a holder
-            self._deliver(layer, schedule.missing(asker, chunk, source, now))
-        for chunk, source in request.finishing:  # last bytes: both links take their next
-            self._deliver(layer, schedule.finishing(asker, chunk, source, now))
-        asked = schedule.request(
-            asker,
-            have=request.have,
-            want=request.want,
-            now=now,
-            past=request.past,
-            depth=request.depth,
-        )
-        self._deliver(layer, asked)
         if layer.download is not None:
             layer.download.recheck()  # reports, `have` and `past` change what a ring must keep
 

@@ -8,11 +8,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
 from agent import cli
-from agent.sim import reference
+from agent.sim import reference, roots
 from agent.sim.engine import simulate
 from agent.sim.model import (
     GiB,
@@ -24,6 +25,8 @@ from agent.sim.model import (
     parse_size,
     sim_layers,
 )
+from agent.swarm.intake import Fed, take_request
+from agent.swarm.protocol import PlanTarget
 
 JSON_FIELDS = {
     "p50_s",
@@ -327,25 +330,68 @@ def test_tiers_cannot_go_with_stripes_and_owners_place_each_image_layer() -> Non
     ]
 
 
+def window_case(chunks: int = 192, cache: int = 12, **fields: object) -> SwarmConfig:
+    """A layer of `chunks` 16 MiB chunks through a `cache`-chunk window at 10 Gbit/s, disks
+    and CPU as in the reference setting: readers consume each chunk as it arrives and the
+    window lets it go soon after, while peers still fetch it."""
+    return SwarmConfig(
+        layers=(chunks * 16 * MiB,),
+        chunk_size=16 * MiB,
+        upload=10_000 * Mbit,
+        download=10_000 * Mbit,
+        origin=10_000 * Mbit,
+        disk=220e6,
+        agent_cpu_s_per_gib=2.2,
+        latency=0.010,
+        store_delay=0.015,
+        node_cache_chunks=cache,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
 def test_a_striped_layer_bigger_than_the_cache_passes_through_its_window() -> None:
     """Sixteen chunks of cache for a 64-chunk layer in 8 stripes: the stripes go one after
     another, each through a window the schedule can fill (sharing the 16 chunks among all 8
     stripes at once left each 2, and the swarm stalled)."""
-    config = SwarmConfig(
-        nodes=6,
-        layers=(64 * 16 * MiB,),
-        chunk_size=16 * MiB,
-        upload=1000 * Mbit,
-        download=1000 * Mbit,
-        origin=1000 * Mbit,
-        roots=4,
-        stripe_chunks=8,
-        node_cache_chunks=16,
-        time_limit=600.0,
-    )
-    result = simulate(config)
+    result = simulate(window_case(chunks=64, cache=16, nodes=6, roots=4, stripe_chunks=8))
     assert len(result.completion) == 6
     assert result.origin_bytes == 64 * 16 * MiB
+
+
+def test_a_chunk_being_sent_keeps_its_slot_in_the_window() -> None:
+    """As a ring slot is never reused while a peer is sent its chunk (agent/fetch/window.py),
+    the simulated cache does not let a chunk go under an upload. It did: four transfers ended
+    waiting for a source that no longer had the chunk, and four nodes never finished (the
+    1000-node reference row of one 20 GB layer stalled so)."""
+    result = simulate(window_case(nodes=60, seed=0))
+    assert len(result.completion) == 60
+    assert result.origin_over_f == 1.0
+
+
+def test_a_simulated_root_hears_the_agents_missing_reports() -> None:
+    """A node asked a peer that had let the chunk go (404): the simulated root, like the
+    tracker (agent/swarm/intake.py), stops counting that copy. It went on assigning the
+    chunk from two evicted copies, and the node waited for ever."""
+    result = simulate(window_case(nodes=30, roots=4, tiers=True, seed=2))
+    assert len(result.completion) == 30
+
+
+def test_a_stuck_swarm_fails_when_nothing_moves_not_at_the_time_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A root deaf to `missing` reports (the simulator's old fault) leaves a node waiting for
+    ever: the run ends `stall_after` seconds (100 here) after the last chunk was stored, not
+    after the CLI's 24 simulated hours of idle ticks (half an hour of CPU at 1000 nodes)."""
+
+    def deaf(schedule: object, asker: str, request: PlanTarget, now: float) -> Iterator[Fed]:
+        quiet = dataclasses.replace(request, missing=())
+        return take_request(schedule, asker, quiet, now)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(roots, "take_request", deaf)
+    config = window_case(nodes=30, roots=4, tiers=True, seed=2, time_limit=24 * 3600.0)
+    assert config.stall_after == 100.0  # ten transfer timeouts; a chunk takes 76 ms
+    with pytest.raises(RuntimeError, match=r"no chunk stored for 100s at 1\d\d\.\ds: .*'n1'"):
+        simulate(config)
 
 
 def test_head_chunks_cut_a_layer_and_spread_its_first_copies_sooner() -> None:
