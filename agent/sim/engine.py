@@ -113,7 +113,7 @@ class Simulation(RootSide, NodeSide):
         self.layer_have = [[0] * len(self.layers) for _ in range(n)]
         self.have = [0] * n  # chunks got, every layer (completion)
         self.stored = 0  # chunks got, every node
-        self.progress_at = 0.0  # the last chunk stored, or node joining (stall_after)
+        self.progress_at = 0.0  # the last chunk stored anywhere (stall_after)
         self.next_layer = [0] * n  # the next layer each agent starts
         self.alive = [False] * n + [True] * k
         self.gone = [False] * (n + k)
@@ -175,11 +175,12 @@ class Simulation(RootSide, NodeSide):
         self.push(c.tick, EV_EXPIRE)
         limit = c.time_limit if c.time_limit is not None else 50 * c.t_min
         stall, now = c.stall_after, 0.0
+        joined = (c.nodes - 1) * c.start_spread / c.nodes  # a quiet spell counts from then on
         while self.heap:
             now, kind, _, obj, version = heapq.heappop(self.heap)
             if now > limit:
                 raise RuntimeError(f"simulation passed {limit:.1f}s: {self.stuck()}")
-            if now - self.progress_at > stall:
+            if now - max(self.progress_at, joined) > stall:
                 raise RuntimeError(
                     f"no chunk stored for {stall:.0f}s at {now:.1f}s: {self.stuck()}"
                 )
@@ -276,7 +277,6 @@ class Simulation(RootSide, NodeSide):
         elif kind == EV_JOIN:
             assert isinstance(obj, int)
             self.alive[obj] = True
-            self.progress_at = now
             self.start_layers(obj, now)
         elif kind == EV_LEAVE:
             assert isinstance(obj, int)
@@ -440,6 +440,7 @@ class Simulation(RootSide, NodeSide):
         layer = self.layers[flow.layer]
         if flow.src == self.origin:  # a chunk landed at the root
             layer.origin_chunks = flow.chunk + 1
+            self.progress_at = now
             actions = self.timed(layer, layer.schedule.origin_progress, flow.chunk + 1, now)
             self.deliver(layer.index, actions, now)
             self.fetch_from_origin(layer, now)

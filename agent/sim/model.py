@@ -239,11 +239,11 @@ class SwarmConfig:
 
     @property
     def stall_after(self) -> float:
-        """Simulated seconds without a chunk stored anywhere (nor a node joining) that mean
-        the swarm is stuck: the run fails then, not at `time_limit` (a stall ran 24 simulated
-        hours, half an hour of CPU). Ten transfer timeouts, or twenty chunks at the slowest
-        rate in the setting."""
-        rates = [self.origin, self.root_rate]
+        """Simulated seconds without a chunk stored anywhere (after the last node joined) that
+        mean the swarm is stuck: the run fails then, not at `time_limit` (a stall ran 24
+        simulated hours, half an hour of CPU). Ten transfer timeouts, or twenty chunks at the
+        slowest rate in the setting."""
+        rates = [self.origin, self.root_rate, self.root_download or self.download]
         rates += [min(self.upload_of(i), self.download_of(i)) for i in range(self.nodes)]
         return max(10 * self.transfer_timeout, 20 * self.chunk_size / min(rates))
 

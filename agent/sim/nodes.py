@@ -132,6 +132,7 @@ class NodeSide:
 
     def store(self, node: int, layer: int, chunk: int, source: str, now: float) -> None:
         got = self.got[node][layer]
+        self.progress_at = now
         if node >= self.config.nodes:  # a root, through the tier (roots hold whole layers)
             got[chunk] = self.held[node][layer][chunk] = 1
             planner = self.planners[node][layer]
@@ -141,7 +142,6 @@ class NodeSide:
         if not got[chunk]:
             got[chunk] = 1
             self.stored += 1
-            self.progress_at = now
             self.have[node] += 1
             self.layer_have[node][layer] += 1
             if self.have[node] == self.total_chunks:

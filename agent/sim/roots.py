@@ -125,9 +125,12 @@ class RootSide:
             self.mailbox[key] = []
         parts = take_request(layer.schedule, ident, request, now)
         while (fed := self.timed(layer, next, parts, None)) is not None:
+            _, source, bad = fed.failed or (0, "", False)
+            if bad:  # banned: no assignment from it, the failure's own answer's included
+                self.banned.add(self.index[source])
             self.deliver(layer_index, fed.actions, now)
-            if fed.failed is not None:
-                self.failed_source(layer, fed.failed, now)
+            if fed.failed is not None and not bad:
+                self.failed_source(layer, self.index[source], now)
         if request.poll and request.want and not self.mailbox.get(key):
             version = self.hold_version[key] = self.hold_version.get(key, 0) + 1
             self.held_poll[key] = request
@@ -135,15 +138,9 @@ class RootSide:
             return
         self.reply(node, layer_index, request, now)
 
-    def failed_source(self, layer: SimLayer, failed: tuple[int, str, bool], now: float) -> None:
-        """As the tracker after a failure report: a source with bad bytes is banned; one that
-        failed otherwise and has not asked for `gone_after`, or has crashed (the tracker
-        looked at its port), is forgotten."""
-        _, source, bad = failed
-        src = self.index[source]
-        if bad:
-            self.banned.add(src)
-            return
+    def failed_source(self, layer: SimLayer, src: int, now: float) -> None:
+        """As the tracker after a failure report (not bad data): a source that has not asked
+        for `gone_after`, or has crashed (the tracker looked at its port), is forgotten."""
         if src >= self.config.nodes:
             return
         if now - self.seen.get((src, layer.index), 0.0) > self.config.gone_after:
