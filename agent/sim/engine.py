@@ -180,7 +180,7 @@ class Simulation(RootSide, NodeSide):
             now, kind, _, obj, version = heapq.heappop(self.heap)
             if now > limit:
                 raise RuntimeError(f"simulation passed {limit:.1f}s: {self.stuck()}")
-            if now - max(self.progress_at, joined) > stall:
+            if kind == EV_EXPIRE and now - max(self.progress_at, joined) > stall:  # (a tick)
                 raise RuntimeError(
                     f"no chunk stored for {stall:.0f}s at {now:.1f}s: {self.stuck()}"
                 )
